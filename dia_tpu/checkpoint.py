@@ -1,0 +1,90 @@
+"""Training checkpoints (the whole state, through Accelerate) and their rotation.
+
+A checkpoint `output.dir/checkpoints/step_N/` holds what `accelerator.save_state` writes (model,
+optimizer, scheduler, RNG states, the registered TrainState) plus the Dia `config.json` and the run's
+`config.yaml`, so the folder also loads with `DiaForConditionalGeneration.from_pretrained`.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from transformers import DiaForConditionalGeneration
+
+from dia_tpu.config import Config, load
+from dia_tpu.model import CONFIG_FILE, build_codec, default_generation_config, export
+
+CHECKPOINTS = "checkpoints"
+_STEP_DIR = re.compile(r"^step_(\d+)$")
+
+
+@dataclass
+class TrainState:
+    """Where training stands, in optimizer steps and data position; saved and restored with each checkpoint."""
+
+    step: int = 0
+    epoch: int = 0
+    batches_in_epoch: int = 0  # micro-batches of `epoch` already consumed on this process
+
+    def state_dict(self) -> dict:
+        return asdict(self)
+
+    def load_state_dict(self, state: dict) -> None:
+        for key, value in state.items():
+            setattr(self, key, value)
+
+
+def list_checkpoints(run_dir: str | Path) -> list[Path]:
+    """Checkpoint folders of a run, oldest first."""
+    root = Path(run_dir) / CHECKPOINTS
+    if not root.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in root.iterdir() if (m := _STEP_DIR.match(p.name)) and p.is_dir()]
+    return [p for _, p in sorted(found)]
+
+
+def resolve_resume(resume: str | None, run_dir: str | Path) -> Path | None:
+    """None, "auto" (latest checkpoint of the run, or none) or an explicit folder, checked before any work."""
+    if resume is None:
+        return None
+    if resume == "auto":
+        found = list_checkpoints(run_dir)
+        return found[-1] if found else None
+    path = Path(resume)
+    if not path.is_dir():
+        raise FileNotFoundError(f"train.resume: checkpoint folder not found: {path}")
+    if not (path / "model.safetensors").is_file() and not any(path.glob("pytorch_model*.bin")):
+        raise FileNotFoundError(f"train.resume: {path} holds no saved model state: not a checkpoint folder")
+    return path
+
+
+def save_checkpoint(accelerator: Accelerator, model, cfg: Config, step: int) -> Path:
+    """Save the full training state on every process; side files and rotation on the main process."""
+    path = Path(cfg.output.dir) / CHECKPOINTS / f"step_{step}"
+    accelerator.save_state(str(path))
+    if accelerator.is_main_process:
+        accelerator.unwrap_model(model).config.save_pretrained(path)
+        cfg.save(path / CONFIG_FILE)
+        for old in list_checkpoints(cfg.output.dir)[: -cfg.train.keep_last]:
+            shutil.rmtree(old)
+    accelerator.wait_for_everyone()
+    return path
+
+
+def export_checkpoint(checkpoint: str | Path, out_dir: str | Path) -> Path:
+    """Turn a training checkpoint folder into a `from_pretrained`-loadable export (model, processor, config)."""
+    checkpoint, out_dir = Path(checkpoint), Path(out_dir)
+    saved = checkpoint / CONFIG_FILE
+    if not saved.is_file():
+        raise FileNotFoundError(f"{checkpoint} holds no {CONFIG_FILE}: not a dia_tpu checkpoint folder")
+    cfg = load(saved)
+    model = DiaForConditionalGeneration.from_pretrained(checkpoint, dtype=torch.float32)
+    if model.generation_config.guidance_scale is None:
+        model.generation_config = default_generation_config(model.config)
+    export(model, build_codec(cfg.model), cfg, out_dir)
+    return out_dir

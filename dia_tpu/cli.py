@@ -1,0 +1,102 @@
+"""`dia-tpu`: subcommands that parse arguments and call the pipeline's functions."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from dia_tpu import finetune_acc_tpu
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="dia-tpu", description="Fine-tune Dia text-to-speech with Accelerate.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("prepare", help="encode audio + transcripts into a codes dataset")
+    p.add_argument("--config", required=True, help="YAML config: model.codec and data.* are used")
+    p.add_argument("--input", help="source folder with metadata.csv (default: data.source)")
+    p.add_argument("--output", help="dataset folder to write (default: data.dataset)")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
+    p.set_defaults(func=_prepare)
+
+    p = sub.add_parser("train", help="fine-tune in this process (use `accelerate launch` for more)")
+    finetune_acc_tpu.build_parser(p)
+    p.set_defaults(func=finetune_acc_tpu.run)
+
+    p = sub.add_parser("export", help="turn a training checkpoint into a from_pretrained-loadable folder")
+    p.add_argument("--checkpoint", required=True, help="output.dir/checkpoints/step_N")
+    p.add_argument("--out", required=True, help="folder to write")
+    p.set_defaults(func=_export)
+
+    p = sub.add_parser("generate", help="synthesize speech from text")
+    p.add_argument("--model", required=True, help="export folder, checkpoint folder or hub id")
+    text = p.add_mutually_exclusive_group(required=True)
+    text.add_argument("--text", help='one script, e.g. "[S1] Hello. [S2] Hi!"')
+    text.add_argument("--text-file", help="one script per line; writes OUT/line_0001.wav, ...")
+    p.add_argument("--out", required=True, help="wav file (with --text) or folder (with --text-file)")
+    p.add_argument("--guidance-scale", type=float, default=3.0)
+    p.add_argument("--temperature", type=float, default=1.8)
+    p.add_argument("--top-p", type=float, default=0.90)
+    p.add_argument("--top-k", type=int, default=45)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-seconds", type=float, default=20.0)
+    p.add_argument("--greedy", action="store_true", help="argmax decoding instead of sampling")
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    p.set_defaults(func=_generate)
+
+    args = parser.parse_args(argv)
+    try:
+        args.func(args)
+    except (FileNotFoundError, ValueError) as err:
+        sys.exit(f"dia-tpu {args.command}: error: {err}")
+
+
+def _prepare(args: argparse.Namespace) -> None:
+    from dia_tpu.config import load
+    from dia_tpu.prepare import prepare
+
+    cfg = load(args.config, args.overrides)
+    prepare(cfg, args.input or cfg.data.source, args.output or cfg.data.dataset)
+
+
+def _export(args: argparse.Namespace) -> None:
+    from dia_tpu.checkpoint import export_checkpoint
+
+    print(f"exported to {export_checkpoint(args.checkpoint, args.out)}")
+
+
+def _generate(args: argparse.Namespace) -> None:
+    import soundfile as sf
+    import torch
+
+    from dia_tpu.generate import GenerationSettings, synthesize
+    from dia_tpu.model import load_for_inference
+
+    if args.text is not None:
+        texts, outputs = [args.text], [Path(args.out)]
+    else:
+        source = Path(args.text_file)
+        if not source.is_file():
+            raise FileNotFoundError(f"--text-file not found: {source}")
+        texts = [line.strip() for line in source.read_text(encoding="utf-8").splitlines() if line.strip()]
+        outputs = [Path(args.out) / f"line_{i + 1:04d}.wav" for i in range(len(texts))]
+    settings = GenerationSettings(
+        guidance_scale=args.guidance_scale,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        top_k=args.top_k,
+        seed=args.seed,
+        max_seconds=args.max_seconds,
+        greedy=args.greedy,
+    )
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model, codec = load_for_inference(args.model, device)
+    rate = codec.config.sampling_rate
+    for start in range(0, len(texts), args.batch_size):
+        waves = synthesize(model, codec, texts[start : start + args.batch_size], settings)
+        for wave, path in zip(waves, outputs[start : start + args.batch_size]):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            sf.write(path, wave, rate)
+            print(f"wrote {path} ({len(wave) / rate:.2f} s at {rate} Hz)")

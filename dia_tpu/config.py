@@ -1,0 +1,263 @@
+"""The one typed configuration: nested dataclasses read from YAML with dotted overrides.
+
+Every field is declared once here with a comment; `load` rejects unknown keys (naming the valid ones),
+coerces values to the declared types, and reports every validation problem in a single error.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be used; the message lists every problem found."""
+
+
+@dataclass
+class ModelConfig:
+    # Hub id or local directory of a DiaForConditionalGeneration (an export, or the hub's
+    # "nari-labs/Dia-1.6B-0626"). None builds a randomly initialised model from `architecture`.
+    pretrained: str | None = None
+    # DiaConfig keyword arguments for a randomly initialised model (encoder_config, decoder_config,
+    # delay_pattern). Ignored when `pretrained` is set.
+    architecture: dict = field(default_factory=dict)
+    # Hub id or local directory of a transformers DacModel. None builds a random codec from
+    # `codec_architecture` (tests and the demo only: its codes carry no meaning).
+    codec: str | None = "descript/dac_44khz"
+    # DacConfig keyword arguments for a randomly initialised codec.
+    codec_architecture: dict = field(default_factory=dict)
+    # Seed for random initialisation of the model and codec, so every process builds the same weights.
+    init_seed: int = 0
+    # "sdpa" or "eager"; both give the same loss.
+    attn_implementation: str = "sdpa"
+    # Recompute activations in the backward pass (non-reentrant) to save memory.
+    gradient_checkpointing: bool = False
+
+
+@dataclass
+class DataConfig:
+    # Prepared codes dataset (the output of `dia-tpu prepare`) to train on.
+    dataset: str = "runs/demo/data/sample"
+    # Raw source folder `dia-tpu prepare` reads when no --input is given: metadata.csv + audio.
+    source: str = "data/sample"
+    # Optional separate prepared dataset for evaluation; None holds out `eval_size` items of `dataset`.
+    eval_dataset: str | None = None
+    # Items held out from `dataset` for evaluation when `eval_dataset` is None (0 disables evaluation).
+    eval_size: int = 4
+    # Seed of the held-out split and of every per-item random decision (crop window, text dropout).
+    seed: int = 1234
+    # Text is padded to exactly this many byte tokens; every batch has the same shape.
+    max_text_tokens: int = 128
+    # Audio is padded to exactly this many codec frames (plus BOS, EOS and the delay); longer clips are cropped.
+    max_audio_frames: int = 256
+    # Crop long clips at a random (seeded) window instead of keeping their start.
+    random_crop: bool = False
+    # What a transcript longer than `max_text_tokens` does: "error" stops before training, "skip" drops
+    # the item and counts it. Text is never cut silently.
+    long_text: str = "error"
+    # DataLoader worker processes.
+    num_workers: int = 0
+    # Codec batch size used by `dia-tpu prepare` (clips of equal length only are batched together).
+    prepare_batch_size: int = 8
+
+
+@dataclass
+class TrainConfig:
+    # Optimizer steps to run; 0 means run `epochs` full passes instead.
+    max_steps: int = 1000
+    # Passes over the training set when `max_steps` is 0.
+    epochs: int = 1
+    # Micro-batch size per process.
+    batch_size: int = 2
+    # Micro-batches per optimizer step; the loss is normalised by the token count of the whole step.
+    gradient_accumulation_steps: int = 1
+    learning_rate: float = 1e-4
+    weight_decay: float = 0.01
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.95
+    adam_epsilon: float = 1e-8
+    # "cosine", "linear" or "constant" (all after `warmup_steps` of linear warm-up).
+    lr_scheduler: str = "cosine"
+    warmup_steps: int = 50
+    # Gradient clipping by global norm; 0 disables it.
+    max_grad_norm: float = 1.0
+    # "no", "bf16" or "fp16": Accelerate's mixed precision (weights stay fp32).
+    mixed_precision: str = "no"
+    # Global seed (model dropout, data order).
+    seed: int = 42
+    # Fraction of items whose text is replaced by what generation's unconditional branch sees (CFG).
+    unconditional_frac: float = 0.15
+    # Loss weight per codebook; empty means 4.0 on the first codebook and 1.0 on the others.
+    codebook_weights: list = field(default_factory=list)
+    # Intervals in optimizer steps.
+    log_every: int = 10
+    save_every: int = 100
+    # Rotating checkpoints kept under output.dir/checkpoints (older ones are deleted).
+    keep_last: int = 2
+    # Trackers: "tensorboard", "wandb", "all" or "none".
+    report_to: str = "tensorboard"
+    # Resume: None starts fresh, "auto" takes the latest checkpoint in output.dir if any, or a path.
+    resume: str | None = None
+
+
+@dataclass
+class EvalConfig:
+    # Evaluate every N optimizer steps (0 only at the end).
+    eval_every: int = 100
+    # Micro-batch size per process for evaluation.
+    batch_size: int = 2
+
+
+@dataclass
+class OutputConfig:
+    # Run directory: checkpoints/, final/, logs/ and config.yaml go here.
+    dir: str = "runs/demo"
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+
+def load(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Read a YAML file (or the defaults), apply `key.sub=value` overrides, validate, return a Config."""
+    raw: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        raw = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: expected a mapping at the top level, got {type(raw).__name__}")
+    problems: list[str] = []
+    for item in overrides or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            problems.append(f"override {item!r} is not of the form section.key=value")
+            continue
+        _set_dotted(raw, key.strip(), yaml.safe_load(value))
+    cfg = _build(Config, raw, "", problems)
+    if not problems:
+        problems.extend(validate(cfg))
+    if problems:
+        where = f" in {path}" if path else ""
+        raise ConfigError(f"invalid configuration{where}:\n  - " + "\n  - ".join(problems))
+    return cfg
+
+
+def _set_dotted(raw: dict, key: str, value: Any) -> None:
+    *parents, leaf = key.split(".")
+    node = raw
+    for part in parents:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {key!r}: {part!r} is not a section")
+    node[leaf] = value
+
+
+def _build(cls: type, raw: Any, prefix: str, problems: list[str]) -> Any:
+    if not isinstance(raw, dict):
+        problems.append(f"{prefix or 'config'}: expected a mapping, got {raw!r}")
+        return cls()
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key in raw:
+        if key not in fields:
+            problems.append(f"unknown key {prefix + str(key)!r}; valid keys: {', '.join(fields)}")
+    values = {}
+    for name in fields:
+        if name not in raw:
+            continue
+        hint, value, dotted = hints[name], raw[name], prefix + name
+        if dataclasses.is_dataclass(hint):
+            values[name] = _build(hint, value, dotted + ".", problems)
+        else:
+            values[name] = _coerce(hint, value, dotted, problems)
+    return cls(**values)
+
+
+def _coerce(hint: Any, value: Any, key: str, problems: list[str]) -> Any:
+    allowed = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+    if value is None:
+        if type(None) in allowed:
+            return None
+        problems.append(f"{key}: must not be null")
+        return value
+    for kind in allowed:
+        if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if kind is int and isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if kind in (str, bool, list, dict) and isinstance(value, kind):
+            return value
+    names = " or ".join(getattr(k, "__name__", str(k)) for k in allowed)
+    problems.append(f"{key}: expected {names}, got {value!r}")
+    return value
+
+
+def _choice(problems: list[str], key: str, value: Any, options: tuple) -> None:
+    if value not in options:
+        problems.append(f"{key}: {value!r} is not one of {', '.join(map(repr, options))}")
+
+
+def validate(cfg: Config) -> list[str]:
+    """Cross-field checks; returns every problem rather than stopping at the first."""
+    p: list[str] = []
+    m, d, t, e = cfg.model, cfg.data, cfg.train, cfg.eval
+    _choice(p, "model.attn_implementation", m.attn_implementation, ("sdpa", "eager"))
+    _choice(p, "data.long_text", d.long_text, ("error", "skip"))
+    _choice(p, "train.lr_scheduler", t.lr_scheduler, ("cosine", "linear", "constant"))
+    _choice(p, "train.mixed_precision", t.mixed_precision, ("no", "bf16", "fp16"))
+    _choice(p, "train.report_to", t.report_to, ("tensorboard", "wandb", "all", "none"))
+    if m.pretrained is None and not m.architecture:
+        p.append("model.architecture: required when model.pretrained is null (a random model needs a shape)")
+    if m.codec is None and not m.codec_architecture:
+        p.append("model.codec_architecture: required when model.codec is null")
+    positive = {
+        "data.max_text_tokens": d.max_text_tokens,
+        "data.max_audio_frames": d.max_audio_frames,
+        "data.prepare_batch_size": d.prepare_batch_size,
+        "train.batch_size": t.batch_size,
+        "train.gradient_accumulation_steps": t.gradient_accumulation_steps,
+        "train.log_every": t.log_every,
+        "train.save_every": t.save_every,
+        "train.keep_last": t.keep_last,
+        "eval.batch_size": e.batch_size,
+    }
+    p += [f"{k}: must be > 0, got {v}" for k, v in positive.items() if v <= 0]
+    non_negative = {
+        "train.max_steps": t.max_steps,
+        "train.warmup_steps": t.warmup_steps,
+        "train.max_grad_norm": t.max_grad_norm,
+        "train.weight_decay": t.weight_decay,
+        "eval.eval_every": e.eval_every,
+        "data.eval_size": d.eval_size,
+        "data.num_workers": d.num_workers,
+    }
+    p += [f"{k}: must be >= 0, got {v}" for k, v in non_negative.items() if v < 0]
+    if t.max_steps == 0 and t.epochs <= 0:
+        p.append("train.epochs: must be > 0 when train.max_steps is 0")
+    if t.learning_rate <= 0:
+        p.append(f"train.learning_rate: must be > 0, got {t.learning_rate}")
+    if not 0.0 <= t.unconditional_frac < 1.0:
+        p.append(f"train.unconditional_frac: must be in [0, 1), got {t.unconditional_frac}")
+    if any(not isinstance(w, (int, float)) or w < 0 for w in t.codebook_weights):
+        p.append(f"train.codebook_weights: must be non-negative numbers, got {t.codebook_weights}")
+    return p

@@ -1,0 +1,55 @@
+"""The one loss: per-codebook masked cross-entropy in fp32, shared by training and evaluation."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from dia_tpu.data import IGNORE_INDEX
+
+
+def codebook_weights(weights: list[float], channels: int) -> torch.Tensor:
+    """Config weights as a tensor; empty means 4.0 on the first codebook and 1.0 elsewhere."""
+    if not weights:
+        weights = [4.0] + [1.0] * (channels - 1)
+    if len(weights) != channels:
+        raise ValueError(f"train.codebook_weights has {len(weights)} entries but the model has {channels} codebooks")
+    return torch.tensor(weights, dtype=torch.float32)
+
+
+def target_weight(labels: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Total weight of the counted targets in `labels` [B, T, C]: the denominator of the loss."""
+    return ((labels != IGNORE_INDEX).float() * weights.to(labels.device)).sum()
+
+
+@dataclass
+class LossParts:
+    weighted_sum: torch.Tensor  # scalar: sum over targets of weight[c] * CE
+    ce_sum: torch.Tensor  # [B, C] unweighted CE summed over time, per sample and codebook
+    correct: torch.Tensor  # [B, C] argmax hits
+    count: torch.Tensor  # [B, C] counted targets
+
+
+def codebook_loss(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor) -> LossParts:
+    """Masked cross-entropy per codebook.
+
+    logits: [B*C, T, V] from DiaForConditionalGeneration (row b*C + c is sample b, codebook c).
+    labels: [B, T, C] with IGNORE_INDEX where no target counts (PAD and BOS); EOS is a target.
+    weights: [C] loss weight per codebook.
+    The mask multiplies rather than indexes, so shapes never depend on the data.
+    """
+    size, steps, channels = labels.shape
+    targets = labels.permute(0, 2, 1)  # [B, C, T], matching the logits' channel-major rows
+    mask = (targets != IGNORE_INDEX).float()
+    logits = logits.float().reshape(size, channels, steps, -1)
+    ce = F.cross_entropy(logits.permute(0, 3, 1, 2), targets.clamp(min=0), reduction="none") * mask
+    hits = (logits.argmax(-1) == targets).float() * mask
+    ce_sum = ce.sum(-1)
+    return LossParts(
+        weighted_sum=(ce_sum * weights.to(ce_sum.device)).sum(),
+        ce_sum=ce_sum,
+        correct=hits.sum(-1),
+        count=mask.sum(-1),
+    )

@@ -1,0 +1,130 @@
+"""Build and load Dia and its codec: hub ids, local directories, exports, training checkpoints.
+
+This is the only module that knows where weights come from and how they are laid out.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from transformers import (
+    DacConfig,
+    DacModel,
+    DiaConfig,
+    DiaFeatureExtractor,
+    DiaForConditionalGeneration,
+    DiaProcessor,
+    DiaTokenizer,
+    GenerationConfig,
+)
+
+from dia_tpu.config import Config, ModelConfig
+
+# The file a run directory, checkpoint or export keeps its resolved config in.
+CONFIG_FILE = "config.yaml"
+# Where an export keeps a codec that is not a hub id (for example the demo's random one).
+CODEC_DIR = "codec"
+
+
+def build_model(cfg: ModelConfig) -> DiaForConditionalGeneration:
+    """The model to fine-tune: pretrained weights, or a seeded random initialisation of `architecture`."""
+    if cfg.pretrained is not None:
+        return DiaForConditionalGeneration.from_pretrained(
+            cfg.pretrained, dtype=torch.float32, attn_implementation=cfg.attn_implementation
+        )
+    config = DiaConfig(**cfg.architecture)
+    config._attn_implementation = cfg.attn_implementation
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.init_seed)
+        model = DiaForConditionalGeneration(config)
+    model.generation_config = default_generation_config(config)
+    return model
+
+
+def build_codec(cfg: ModelConfig) -> DacModel:
+    """The DAC codec in eval mode: from the hub or a directory, or seeded random for tests and the demo."""
+    if cfg.codec is not None:
+        codec = DacModel.from_pretrained(cfg.codec, dtype=torch.float32)
+    else:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.init_seed)
+            codec = DacModel(DacConfig(**cfg.codec_architecture))
+    return codec.eval().requires_grad_(False)
+
+
+def codec_identity(cfg: ModelConfig) -> dict:
+    """What identifies the codes a codec produces; stored with prepared data and checked before training."""
+    if cfg.codec is not None:
+        return {"codec": cfg.codec}
+    return {"codec": None, "codec_architecture": cfg.codec_architecture, "init_seed": cfg.init_seed}
+
+
+def default_generation_config(config: DiaConfig) -> GenerationConfig:
+    """Sampling defaults as published with Dia-1.6B (CFG 3.0, temperature 1.8, top-p 0.90, top-k 45)."""
+    dec = config.decoder_config
+    return GenerationConfig(
+        do_sample=True,
+        guidance_scale=3.0,
+        temperature=1.8,
+        top_p=0.90,
+        top_k=45,
+        max_length=dec.max_position_embeddings,
+        bos_token_id=dec.bos_token_id,
+        eos_token_id=dec.eos_token_id,
+        pad_token_id=dec.pad_token_id,
+        decoder_start_token_id=dec.bos_token_id,
+    )
+
+
+def make_processor(codec: DacModel) -> DiaProcessor:
+    feature_extractor = DiaFeatureExtractor(sampling_rate=codec.config.sampling_rate, hop_length=codec.config.hop_length)
+    return DiaProcessor(feature_extractor, DiaTokenizer(), codec)
+
+
+def export(model: DiaForConditionalGeneration, codec: DacModel, cfg: Config, out_dir: Path) -> None:
+    """Write a `from_pretrained`-loadable model directory with processor, generation config and run config.
+
+    A codec that is not a hub id is saved inside the export and the processor points at it by absolute
+    path, so `AutoProcessor.from_pretrained(out_dir)` finds it.
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out_dir, safe_serialization=True)
+    if cfg.model.codec is None or Path(cfg.model.codec).exists():
+        codec.save_pretrained(out_dir / CODEC_DIR)
+        codec.name_or_path = str((out_dir / CODEC_DIR).resolve())
+    make_processor(codec).save_pretrained(out_dir)
+    cfg.save(out_dir / CONFIG_FILE)
+
+
+def load_for_inference(source: str, device: str | torch.device = "cpu") -> tuple[DiaForConditionalGeneration, DacModel]:
+    """Load (model, codec) from an export, a training checkpoint directory, or a hub id.
+
+    An export or checkpoint names its codec in its saved config; an export may carry the codec itself.
+    """
+    path = Path(source)
+    if not path.exists() and (source.startswith((".", "/", "~")) or len(path.parts) != 2):
+        raise FileNotFoundError(f"model not found: {source} (neither a directory nor a hub id like org/name)")
+    if path.is_dir() and not (path / "config.json").is_file():
+        raise FileNotFoundError(f"{path} holds no config.json: not an export or a checkpoint directory")
+    model = DiaForConditionalGeneration.from_pretrained(source, dtype=torch.float32).to(device).eval()
+    if model.generation_config.guidance_scale is None:
+        model.generation_config = default_generation_config(model.config)
+    codec = _codec_for(path).to(device)
+    return model, codec
+
+
+def _codec_for(path: Path) -> DacModel:
+    if (path / CODEC_DIR / "config.json").is_file():
+        return DacModel.from_pretrained(path / CODEC_DIR).eval()
+    saved = path / CONFIG_FILE
+    if saved.is_file():
+        from dia_tpu.config import load
+
+        return build_codec(load(saved).model)
+    processor_config = path / "processor_config.json"
+    if processor_config.is_file():
+        codec_id = json.loads(processor_config.read_text())["audio_tokenizer"]["audio_tokenizer_name_or_path"]
+        return build_codec(ModelConfig(codec=codec_id))
+    return build_codec(ModelConfig())

@@ -1,0 +1,227 @@
+"""train(cfg): the whole fine-tuning run on whatever Accelerate was launched with (CPU, GPUs, TPU)."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.logging import get_logger
+from accelerate.utils import DataLoaderConfiguration, GradientAccumulationPlugin, ProjectConfiguration, set_seed
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+from transformers import get_scheduler
+
+from dia_tpu.checkpoint import TrainState, resolve_resume, save_checkpoint
+from dia_tpu.config import Config, ConfigError
+from dia_tpu.data import CodesDataset, load_splits, make_collator
+from dia_tpu.evaluate import evaluate
+from dia_tpu.loss import codebook_loss, codebook_weights, target_weight
+from dia_tpu.model import CONFIG_FILE, build_codec, build_model, codec_identity, export
+from dia_tpu.prepare import read_prepare_info
+
+logger = get_logger(__name__)
+
+_TRACKERS = {"tensorboard": "tensorboard", "wandb": "wandb", "all": ["tensorboard", "wandb"], "none": None}
+_SCHEDULERS = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}
+
+
+def train(cfg: Config) -> Path:
+    """Fine-tune, checkpoint, evaluate and export; returns the export directory (output.dir/final)."""
+    t, run_dir = cfg.train, Path(cfg.output.dir)
+    resume_from = resolve_resume(t.resume, run_dir)
+    data_info = read_prepare_info(cfg.data.dataset)
+    accelerator = Accelerator(
+        # Accumulation follows the optimizer-step windows built below, not epoch ends: a window may
+        # span two epochs, so every optimizer step sees exactly the same number of micro-batches.
+        gradient_accumulation_plugin=GradientAccumulationPlugin(
+            num_steps=t.gradient_accumulation_steps, sync_with_dataloader=False
+        ),
+        mixed_precision=t.mixed_precision,
+        log_with=_TRACKERS[t.report_to],
+        project_config=ProjectConfiguration(project_dir=str(run_dir), logging_dir=str(run_dir / "logs")),
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+    )
+    set_seed(t.seed)
+
+    with accelerator.main_process_first():
+        splits = load_splits(cfg)
+    model = build_model(cfg.model)
+    _check_data_matches_model(cfg, data_info, model.config)
+    channels = len(model.config.delay_pattern)
+    model.config.use_cache = False
+    if cfg.model.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    train_loader = DataLoader(
+        splits.train,
+        batch_size=t.batch_size,
+        shuffle=True,
+        drop_last=True,  # every batch has one shape
+        collate_fn=make_collator(cfg.data, model.config),
+        num_workers=cfg.data.num_workers,
+    )
+    if len(train_loader) < accelerator.num_processes:
+        raise ValueError(
+            f"{cfg.data.dataset}: {len(splits.train)} training items make no full batch of {t.batch_size} "
+            f"on each of {accelerator.num_processes} processes"
+        )
+    eval_loader = None
+    if splits.eval is not None:
+        eval_loader = DataLoader(
+            splits.eval,
+            batch_size=cfg.eval.batch_size,
+            collate_fn=make_collator(cfg.data, model.config, fill_to=cfg.eval.batch_size),
+            num_workers=cfg.data.num_workers,
+        )
+    optimizer = torch.optim.AdamW(
+        _param_groups(model, t.weight_decay),
+        lr=t.learning_rate,
+        betas=(t.adam_beta1, t.adam_beta2),
+        eps=t.adam_epsilon,
+    )
+    # Before `prepare` the loader counts the batches of all processes together.
+    steps_per_epoch = max(1, len(train_loader) // accelerator.num_processes // t.gradient_accumulation_steps)
+    total_steps = t.max_steps or t.epochs * steps_per_epoch
+    # A prepared scheduler advances once per process at each optimizer step.
+    scheduler = get_scheduler(
+        _SCHEDULERS[t.lr_scheduler],
+        optimizer,
+        num_warmup_steps=t.warmup_steps * accelerator.num_processes,
+        num_training_steps=total_steps * accelerator.num_processes,
+    )
+    model, optimizer, train_loader, scheduler = accelerator.prepare(model, optimizer, train_loader, scheduler)
+    if eval_loader is not None:
+        eval_loader = accelerator.prepare(eval_loader)
+
+    state = TrainState()
+    accelerator.register_for_checkpointing(state)
+    if resume_from is not None:
+        accelerator.load_state(str(resume_from))
+        logger.info(f"resumed from {resume_from} at step {state.step}", main_process_only=True)
+    if accelerator.is_main_process:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        cfg.save(run_dir / CONFIG_FILE)
+    accelerator.init_trackers(run_dir.name, config=_flat_hparams(cfg))
+    _report_data(accelerator, splits, total_steps)
+
+    weights = codebook_weights(t.codebook_weights, channels).to(accelerator.device)
+    stream = _micro_batches(accelerator, train_loader, splits.train, state)
+    bar = tqdm(total=total_steps, initial=state.step, desc="train", disable=not accelerator.is_local_main_process)
+    window = torch.zeros(3, device=accelerator.device)  # weighted CE sum, weight, audio frames since last log
+    window_start = time.perf_counter()
+    model.train()
+    while state.step < total_steps:
+        batches = [next(stream) for _ in range(t.gradient_accumulation_steps)]
+        denominator = accelerator.reduce(sum(target_weight(b["labels"], weights) for b in batches), "sum")
+        for batch in batches:
+            with accelerator.accumulate(model):
+                out = model(
+                    input_ids=batch["input_ids"],
+                    attention_mask=batch["attention_mask"],
+                    decoder_input_ids=batch["decoder_input_ids"],
+                )
+                parts = codebook_loss(out.logits, batch["labels"], weights)
+                # backward() divides by the accumulation steps and DDP averages over processes; undo both
+                # so the step's gradient is that of (all weighted CE of the step) / (all target weight).
+                scale = t.gradient_accumulation_steps * accelerator.num_processes
+                accelerator.backward(parts.weighted_sum / denominator * scale)
+                if accelerator.sync_gradients and t.max_grad_norm > 0:
+                    accelerator.clip_grad_norm_(model.parameters(), t.max_grad_norm)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad()
+            window += torch.stack(
+                [parts.weighted_sum.detach(), (parts.count * weights).sum(), parts.count[:, 0].sum()]
+            )
+        state.step += 1
+        bar.update(1)
+        last = state.step == total_steps
+        if state.step % t.log_every == 0 or last:
+            loss_sum, weight_sum, frames = accelerator.reduce(window, "sum").tolist()
+            elapsed = time.perf_counter() - window_start
+            metrics = {
+                "train/loss": loss_sum / max(weight_sum, 1.0),
+                "train/lr": scheduler.get_last_lr()[0],
+                "train/frames_per_s": frames / elapsed,
+                "train/epoch": state.epoch,
+            }
+            accelerator.log(metrics, step=state.step)
+            bar.set_postfix(loss=f"{metrics['train/loss']:.3f}", lr=f"{metrics['train/lr']:.2e}",
+                            fps=f"{metrics['train/frames_per_s']:.0f}")
+            window.zero_()
+            window_start = time.perf_counter()
+        if eval_loader is not None and ((cfg.eval.eval_every and state.step % cfg.eval.eval_every == 0) or last):
+            metrics = evaluate(accelerator, model, eval_loader, weights)
+            accelerator.log(metrics, step=state.step)
+            accelerator.print(f"step {state.step}: eval loss {metrics['eval/loss']:.4f}")
+        if state.step % t.save_every == 0 or last:
+            path = save_checkpoint(accelerator, model, cfg, state.step)
+            logger.info(f"saved checkpoint {path}", main_process_only=True)
+    bar.close()
+
+    final = run_dir / "final"
+    if accelerator.is_main_process:
+        export(accelerator.unwrap_model(model), build_codec(cfg.model), cfg, final)
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    accelerator.print(
+        f"done: {state.step} steps\n  checkpoints: {run_dir / 'checkpoints'}\n  export:      {final}\n"
+        f"  logs:        {run_dir / 'logs'}"
+    )
+    return final
+
+
+def _micro_batches(accelerator: Accelerator, loader, dataset: CodesDataset, state: TrainState) -> Iterator[dict]:
+    """Endless micro-batches in seeded epoch order, starting where `state` says (after a resume, mid-epoch)."""
+    while True:
+        loader.set_epoch(state.epoch)
+        dataset.set_epoch(state.epoch)
+        skip = state.batches_in_epoch
+        for batch in accelerator.skip_first_batches(loader, skip) if skip else loader:
+            state.batches_in_epoch += 1
+            yield batch
+        state.epoch += 1
+        state.batches_in_epoch = 0
+
+
+def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """No weight decay on norms and biases (vectors); decay on matrices and embeddings."""
+    decay, no_decay = [], []
+    for param in model.parameters():
+        if param.requires_grad:
+            (decay if param.ndim >= 2 else no_decay).append(param)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def _check_data_matches_model(cfg: Config, info: dict, model_config) -> None:
+    problems = []
+    expected = codec_identity(cfg.model)
+    if info["codec"] != expected:
+        problems.append(f"{cfg.data.dataset} was encoded with codec {info['codec']}, but model.codec is {expected}")
+    channels = len(model_config.delay_pattern)
+    if info["num_codebooks"] != channels:
+        problems.append(f"{cfg.data.dataset} has {info['num_codebooks']} codebooks but the model has {channels}")
+    if problems:
+        raise ConfigError("prepared data does not match the model:\n  - " + "\n  - ".join(problems))
+
+
+def _report_data(accelerator: Accelerator, splits, total_steps: int) -> None:
+    eval_items = 0 if splits.eval is None else len(splits.eval)
+    accelerator.print(
+        f"data: {len(splits.train)} training items, {eval_items} eval items; "
+        f"{splits.cropped} cropped to data.max_audio_frames, {splits.skipped_long_text} skipped for long text; "
+        f"{total_steps} optimizer steps on {accelerator.num_processes} process(es)"
+    )
+
+
+def _flat_hparams(cfg: Config) -> dict:
+    """The config as flat scalars, which is what trackers' hyper-parameter tables accept."""
+    flat = {}
+    for section, values in cfg.to_dict().items():
+        for key, value in values.items():
+            ok = isinstance(value, (int, float, str, bool))
+            flat[f"{section}.{key}"] = value if ok else str(value)
+    return flat
