@@ -46,6 +46,16 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     p.set_defaults(func=_generate)
 
+    p = sub.add_parser("bench", help="measure training throughput (audio frames/s) per mixed precision")
+    p.add_argument("--config", required=True, help="YAML config, e.g. configs/bench.yaml")
+    p.add_argument("--steps", type=int, default=10, help="timed optimizer steps per precision")
+    p.add_argument("--warmup", type=int, default=3, help="untimed steps before timing")
+    p.add_argument("--precision", action="append", choices=("no", "bf16", "fp16"),
+                   help="repeatable (default: --precision no --precision bf16)")
+    p.add_argument("--json", help="also write the results to this JSON file")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
+    p.set_defaults(func=_bench)
+
     args = parser.parse_args(argv)
     try:
         args.func(args)
@@ -96,7 +106,21 @@ def _generate(args: argparse.Namespace) -> None:
     rate = codec.config.sampling_rate
     for start in range(0, len(texts), args.batch_size):
         waves = synthesize(model, codec, texts[start : start + args.batch_size], settings)
-        for wave, path in zip(waves, outputs[start : start + args.batch_size]):
+        for wave, path in zip(waves, outputs[start : start + args.batch_size], strict=True):
             path.parent.mkdir(parents=True, exist_ok=True)
             sf.write(path, wave, rate)
             print(f"wrote {path} ({len(wave) / rate:.2f} s at {rate} Hz)")
+
+
+def _bench(args: argparse.Namespace) -> None:
+    import json
+
+    from dia_tpu.bench import PRECISIONS, bench, format_table
+    from dia_tpu.config import load
+
+    cfg = load(args.config, args.overrides)
+    results = bench(cfg, args.steps, args.warmup, args.precision or list(PRECISIONS))
+    print(format_table(results))
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+        print(f"wrote {args.json}")

@@ -203,6 +203,12 @@ def _coerce(hint: Any, value: Any, key: str, problems: list[str]) -> Any:
     for kind in allowed:
         if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if kind is float and isinstance(value, str):
+            # YAML 1.1 reads "3e-5" (no dot) as a string; it is still plainly a number.
+            try:
+                return float(value)
+            except ValueError:
+                pass
         if kind is int and isinstance(value, int) and not isinstance(value, bool):
             return value
         if kind in (str, bool, list, dict) and isinstance(value, kind):

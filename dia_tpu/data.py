@@ -154,7 +154,9 @@ def load_splits(cfg: Config) -> Splits:
         skipped += eval_skipped
     elif d.eval_size > 0:
         if d.eval_size >= len(table):
-            raise ValueError(f"data.eval_size={d.eval_size} leaves no training items in {d.dataset} ({len(table)} items)")
+            raise ValueError(
+                f"data.eval_size={d.eval_size} leaves no training items in {d.dataset} ({len(table)} items)"
+            )
         order = np.random.default_rng(d.seed).permutation(len(table))
         eval_table = table.select(sorted(order[: d.eval_size]))
         train_table = table.select(sorted(order[d.eval_size :]))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from accelerate import Accelerator
 
-from dia_tpu.loss import codebook_loss
+from dia_tpu.loss import batch_loss
 
 
 @torch.no_grad()
@@ -19,12 +19,7 @@ def evaluate(accelerator: Accelerator, model, loader, weights: torch.Tensor) -> 
     model.eval()
     totals = None
     for batch in loader:
-        out = model(
-            input_ids=batch["input_ids"],
-            attention_mask=batch["attention_mask"],
-            decoder_input_ids=batch["decoder_input_ids"],
-        )
-        parts = codebook_loss(out.logits, batch["labels"], weights)
+        parts = batch_loss(model, batch, weights)
         rows = accelerator.gather_for_metrics((parts.ce_sum, parts.correct, parts.count))
         sums = torch.stack([r.sum(0) for r in rows])  # [3, C]
         totals = sums if totals is None else totals + sums

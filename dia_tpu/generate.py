@@ -32,15 +32,16 @@ def synthesize(
     dec = model.config.decoder_config
     frame_rate = codec.config.sampling_rate / codec.config.hop_length
     max_frames = max(1, round(settings.max_seconds * frame_rate))
-    if max_frames + 1 + max(delay) > dec.max_position_embeddings:
+    room = dec.max_position_embeddings - 1 - max(delay)
+    if max_frames > room:
         raise ValueError(
             f"max_seconds={settings.max_seconds} needs {max_frames} frames but the model's decoder holds at most "
-            f"{dec.max_position_embeddings - 1 - max(delay)} ({(dec.max_position_embeddings - 1 - max(delay)) / frame_rate:.1f} s)"
+            f"{room} ({room / frame_rate:.1f} s)"
         )
     # The start of every sequence: one BOS row, delayed, so channel c stays BOS for its first delay[c] steps.
     bos = torch.full((len(texts), 1, len(delay)), dec.bos_token_id, dtype=torch.long)
     prefix = apply_delay(bos, delay, dec.bos_token_id, dec.pad_token_id).to(ids.device)
-    sampling = {} if settings.greedy else {"temperature": settings.temperature, "top_p": settings.top_p, "top_k": settings.top_k}
+    sampling = {"temperature": settings.temperature, "top_p": settings.top_p, "top_k": settings.top_k}
     with torch.random.fork_rng(devices=[] if ids.device.type == "cpu" else [ids.device]):
         torch.manual_seed(settings.seed)
         out = model.generate(
@@ -51,7 +52,7 @@ def synthesize(
             max_new_tokens=max_frames + max(delay),
             do_sample=not settings.greedy,
             guidance_scale=settings.guidance_scale,
-            **sampling,
+            **({} if settings.greedy else sampling),
         )
     return [decode(codec, codes) for codes in undelay_and_trim(out, delay, dec.eos_token_id)]
 
@@ -74,7 +75,7 @@ def undelay_and_trim(sequences: torch.Tensor, delay: list[int], eos: int) -> lis
 def _text_batch(model: DiaForConditionalGeneration, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
     limit = model.config.encoder_config.max_position_embeddings
     encoded = [encode_text(t) for t in texts]
-    for text, ids in zip(texts, encoded):
+    for text, ids in zip(texts, encoded, strict=True):
         if not ids:
             raise ValueError("empty text: nothing to synthesize")
         if len(ids) > limit:

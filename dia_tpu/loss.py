@@ -53,3 +53,14 @@ def codebook_loss(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Ten
         correct=hits.sum(-1),
         count=mask.sum(-1),
     )
+
+
+def batch_loss(model, batch: dict, weights: torch.Tensor) -> LossParts:
+    """Forward a collated batch through Dia and score it; the one step that training, evaluation and the
+    benchmark share. No `labels` go to the model: its built-in loss is an unweighted mean."""
+    out = model(
+        input_ids=batch["input_ids"],
+        attention_mask=batch["attention_mask"],
+        decoder_input_ids=batch["decoder_input_ids"],
+    )
+    return codebook_loss(out.logits, batch["labels"], weights)

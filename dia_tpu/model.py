@@ -79,7 +79,8 @@ def default_generation_config(config: DiaConfig) -> GenerationConfig:
 
 
 def make_processor(codec: DacModel) -> DiaProcessor:
-    feature_extractor = DiaFeatureExtractor(sampling_rate=codec.config.sampling_rate, hop_length=codec.config.hop_length)
+    rate, hop = codec.config.sampling_rate, codec.config.hop_length
+    feature_extractor = DiaFeatureExtractor(sampling_rate=rate, hop_length=hop)
     return DiaProcessor(feature_extractor, DiaTokenizer(), codec)
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +18,7 @@ from dia_tpu.checkpoint import TrainState, resolve_resume, save_checkpoint
 from dia_tpu.config import Config, ConfigError
 from dia_tpu.data import CodesDataset, load_splits, make_collator
 from dia_tpu.evaluate import evaluate
-from dia_tpu.loss import codebook_loss, codebook_weights, target_weight
+from dia_tpu.loss import batch_loss, codebook_weights, target_weight
 from dia_tpu.model import CONFIG_FILE, build_codec, build_model, codec_identity, export
 from dia_tpu.prepare import read_prepare_info
 
@@ -118,12 +117,7 @@ def train(cfg: Config) -> Path:
         denominator = accelerator.reduce(sum(target_weight(b["labels"], weights) for b in batches), "sum")
         for batch in batches:
             with accelerator.accumulate(model):
-                out = model(
-                    input_ids=batch["input_ids"],
-                    attention_mask=batch["attention_mask"],
-                    decoder_input_ids=batch["decoder_input_ids"],
-                )
-                parts = codebook_loss(out.logits, batch["labels"], weights)
+                parts = batch_loss(model, batch, weights)
                 # backward() divides by the accumulation steps and DDP averages over processes; undo both
                 # so the step's gradient is that of (all weighted CE of the step) / (all target weight).
                 scale = t.gradient_accumulation_steps * accelerator.num_processes

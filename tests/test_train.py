@@ -1,0 +1,210 @@
+"""End to end on CPU: prepare the bundled sample, train through Accelerate, resume, export, generate."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import soundfile as sf
+import torch
+from accelerate.state import AcceleratorState, GradientState
+from safetensors.torch import load_file
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from transformers import AutoProcessor, DiaForConditionalGeneration
+
+from dia_tpu.config import ConfigError, load
+from dia_tpu.model import build_model
+from dia_tpu.prepare import prepare
+from dia_tpu.train import train
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# A 2-layer Dia far smaller than the demo's, cropped audio, every random per-item decision switched on.
+TINY = [
+    "model.architecture.encoder_config.hidden_size=64",
+    "model.architecture.encoder_config.intermediate_size=128",
+    "model.architecture.encoder_config.head_dim=16",
+    "model.architecture.decoder_config.hidden_size=64",
+    "model.architecture.decoder_config.intermediate_size=128",
+    "model.architecture.decoder_config.head_dim=16",
+    "model.architecture.decoder_config.cross_head_dim=16",
+    "model.architecture.decoder_config.cross_hidden_size=64",
+    "data.max_audio_frames=48",
+    "data.random_crop=true",
+    "train.unconditional_frac=0.3",
+    "train.batch_size=2",
+    "train.warmup_steps=3",
+    "train.learning_rate=1e-3",
+    "train.log_every=5",
+    "train.report_to=tensorboard",
+    "eval.batch_size=2",
+]
+
+
+@pytest.fixture(scope="session")
+def codes_dir(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("codes") / "sample"
+    prepare(load(ROOT / "configs/demo.yaml"), ROOT / "data/sample", out)
+    return out
+
+
+@pytest.fixture(autouse=True)
+def fresh_accelerate_state():
+    """Each in-process run gets its own Accelerator settings, as separate launches would."""
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+
+
+def tiny(codes_dir: Path, out: Path, *extra: str):
+    return load(ROOT / "configs/demo.yaml", [*TINY, f"data.dataset={codes_dir}", f"output.dir={out}", *extra])
+
+
+def weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    return load_file(run_dir / "final" / "model.safetensors")
+
+
+def scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    found = {}
+    for sub in (run_dir / "logs").iterdir():
+        acc = EventAccumulator(str(sub))
+        acc.Reload()
+        for tag in acc.Tags()["scalars"]:
+            found[tag] = [(e.step, e.value) for e in acc.Scalars(tag)]
+    return found
+
+
+def test_resume_continues_exactly(codes_dir, tmp_path):
+    straight = tmp_path / "straight"
+    cfg = tiny(codes_dir, straight, "train.max_steps=30", "train.save_every=10", "train.keep_last=3",
+               "eval.eval_every=10")
+    final = train(cfg)
+
+    # Checkpoints hold the whole state and the configs that make them loadable.
+    ckpt = straight / "checkpoints" / "step_20"
+    assert sorted(p.name for p in (straight / "checkpoints").iterdir()) == ["step_10", "step_20", "step_30"]
+    for name in ["model.safetensors", "optimizer.bin", "scheduler.bin", "random_states_0.pkl",
+                 "custom_checkpoint_0.pkl", "config.json", "config.yaml"]:
+        assert (ckpt / name).is_file(), name
+    assert load(ckpt / "config.yaml") == cfg
+
+    # 14 batches per epoch: step 20 is mid-way through the second epoch, with crops and CFG drops in play.
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+    resumed = tmp_path / "resumed"
+    train(tiny(codes_dir, resumed, "train.max_steps=30", "train.save_every=10", "eval.eval_every=10",
+               f"train.resume={ckpt}"))
+    expected, got = weights(straight), weights(resumed)
+    assert expected.keys() == got.keys()
+    for key in expected:
+        torch.testing.assert_close(got[key], expected[key], rtol=0, atol=0, msg=key)
+
+    # The loss fell and both runs logged it; the export loads with transformers' own classes.
+    logged = scalars(straight)
+    losses = [v for _, v in logged["train/loss"]]
+    assert losses[-1] < losses[0]
+    assert [s for s, _ in logged["eval/loss"]] == [10, 20, 30]
+    model = DiaForConditionalGeneration.from_pretrained(final)
+    assert model.config.decoder_config.hidden_size == 64
+    processor = AutoProcessor.from_pretrained(final)
+    assert processor.audio_tokenizer.config.sampling_rate == 44100
+    assert load(final / "config.yaml") == cfg
+
+
+def test_accumulation_matches_larger_batch(codes_dir, tmp_path):
+    common = ["train.max_steps=3", "train.save_every=100", "data.eval_size=0", "train.report_to=none",
+              "train.max_grad_norm=1.0"]
+    cfg = tiny(codes_dir, tmp_path / "big", *common, "train.batch_size=4")
+    train(cfg)
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+    train(tiny(codes_dir, tmp_path / "acc", *common, "train.batch_size=2", "train.gradient_accumulation_steps=2"))
+    big, acc = weights(tmp_path / "big"), weights(tmp_path / "acc")
+    initial = build_model(cfg.model).state_dict()
+    for key in big:
+        torch.testing.assert_close(acc[key], big[key], rtol=1e-5, atol=1e-6, msg=key)
+        assert not torch.equal(big[key], initial[key]), f"{key} did not train"
+
+
+def test_two_processes_train_evaluate_and_save(codes_dir, tmp_path):
+    run_dir = tmp_path / "ddp"
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "USE_TORCH_XLA": "0", "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29541",
+           str(ROOT / "dia_tpu/finetune_acc_tpu.py"), "--config", str(ROOT / "configs/demo.yaml"), *TINY,
+           f"data.dataset={codes_dir}", f"output.dir={run_dir}", "train.max_steps=4", "train.save_every=4",
+           "eval.eval_every=4", "data.eval_size=5"]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "on 2 process(es)" in done.stdout
+    ckpt = run_dir / "checkpoints" / "step_4"
+    assert (ckpt / "random_states_0.pkl").is_file() and (ckpt / "random_states_1.pkl").is_file()
+    assert (run_dir / "final" / "model.safetensors").is_file()
+
+    # The eval loss gathered over 2 processes (5 items: the last batch is padded with repeats) equals a
+    # single-process evaluation of the same weights.
+    from accelerate import Accelerator
+    from torch.utils.data import DataLoader
+
+    from dia_tpu.data import load_splits, make_collator
+    from dia_tpu.evaluate import evaluate
+    from dia_tpu.loss import codebook_weights
+
+    cfg = load(ckpt / "config.yaml")
+    model = DiaForConditionalGeneration.from_pretrained(ckpt)
+    splits = load_splits(cfg)
+    loader = DataLoader(splits.eval, batch_size=2, collate_fn=make_collator(cfg.data, model.config, fill_to=2))
+    accelerator = Accelerator(cpu=True)
+    metrics = evaluate(accelerator, accelerator.prepare(model), accelerator.prepare(loader),
+                       codebook_weights([], 9))
+    logged = dict(scalars(run_dir)["eval/loss"])
+    assert logged[4] == pytest.approx(metrics["eval/loss"], rel=1e-5)
+    assert metrics["eval/tokens"] > 0
+
+
+def test_generate_cli_writes_wav(codes_dir, tmp_path):
+    run_dir = tmp_path / "gen"
+    final = train(tiny(codes_dir, run_dir, "train.max_steps=2", "train.report_to=none", "data.eval_size=0"))
+    out = tmp_path / "hello.wav"
+    done = subprocess.run(
+        [sys.executable, "-m", "dia_tpu", "generate", "--model", str(final), "--text", "[S1] Hello. [S2] Hi!",
+         "--out", str(out), "--max-seconds", "0.5", "--seed", "3"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    wave, rate = sf.read(out)
+    assert rate == 44100
+    assert 0 < len(wave) <= 0.5 * 44100 + 512
+    assert wave.ndim == 1
+
+    # `export` turns a checkpoint into the same loadable folder.
+    exported = tmp_path / "exported"
+    done = subprocess.run(
+        [sys.executable, "-m", "dia_tpu", "export", "--checkpoint", str(run_dir / "checkpoints" / "step_2"),
+         "--out", str(exported)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    a = load_file(exported / "model.safetensors")
+    b = load_file(final / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in b)
+
+
+def test_bad_input_fails_before_any_work(codes_dir, tmp_path):
+    with pytest.raises(FileNotFoundError, match="missing_codes"):
+        train(tiny(tmp_path / "missing_codes", tmp_path / "a"))
+    with pytest.raises(FileNotFoundError, match="no_such_ckpt"):
+        train(tiny(codes_dir, tmp_path / "b", f"train.resume={tmp_path / 'no_such_ckpt'}"))
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+    with pytest.raises(ConfigError, match=r"train.learnig_rate.*valid keys: .*learning_rate"):
+        tiny(codes_dir, tmp_path / "c", "train.learnig_rate=1e-4")
+    done = subprocess.run(
+        [sys.executable, "-m", "dia_tpu", "train", "--config", str(ROOT / "configs/demo.yaml"),
+         "data.max_audio_frame=3"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert done.returncode != 0
+    assert "data.max_audio_frame" in done.stderr and "max_audio_frames" in done.stderr
