@@ -7,6 +7,7 @@ coerces values to the declared types, and reports every validation problem in a 
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -152,10 +153,14 @@ def load(path: str | Path | None = None, overrides: list[str] | None = None) -> 
         if not sep or not key:
             problems.append(f"override {item!r} is not of the form section.key=value")
             continue
-        _set_dotted(raw, key.strip(), yaml.safe_load(value))
+        try:
+            _set_dotted(raw, key.strip(), yaml.safe_load(value))
+        except ConfigError as err:
+            problems.append(str(err))
+    # Values that fail their type are reported and left at their defaults, so the cross-field
+    # checks still run and every problem comes out in one error.
     cfg = _build(Config, raw, "", problems)
-    if not problems:
-        problems.extend(validate(cfg))
+    problems.extend(validate(cfg))
     if problems:
         where = f" in {path}" if path else ""
         raise ConfigError(f"invalid configuration{where}:\n  - " + "\n  - ".join(problems))
@@ -188,34 +193,42 @@ def _build(cls: type, raw: Any, prefix: str, problems: list[str]) -> Any:
         hint, value, dotted = hints[name], raw[name], prefix + name
         if dataclasses.is_dataclass(hint):
             values[name] = _build(hint, value, dotted + ".", problems)
+            continue
+        coerced = _coerce(hint, value)
+        if coerced is _INVALID:
+            names = " or ".join(getattr(k, "__name__", str(k)) for k in _allowed(hint))
+            problems.append(f"{dotted}: expected {names}, got {value!r}")
         else:
-            values[name] = _coerce(hint, value, dotted, problems)
+            values[name] = coerced
     return cls(**values)
 
 
-def _coerce(hint: Any, value: Any, key: str, problems: list[str]) -> Any:
-    allowed = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+_INVALID = object()
+
+
+def _allowed(hint: Any) -> tuple:
+    return typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+
+
+def _coerce(hint: Any, value: Any) -> Any:
+    """`value` as the declared type, or _INVALID."""
+    allowed = _allowed(hint)
     if value is None:
-        if type(None) in allowed:
-            return None
-        problems.append(f"{key}: must not be null")
-        return value
+        return None if type(None) in allowed else _INVALID
     for kind in allowed:
-        if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if kind is float and isinstance(value, str):
+        if kind is float and not isinstance(value, bool):
             # YAML 1.1 reads "3e-5" (no dot) as a string; it is still plainly a number.
             try:
-                return float(value)
-            except ValueError:
-                pass
+                number = float(value)
+            except (TypeError, ValueError):
+                continue
+            if math.isfinite(number) and isinstance(value, (int, float, str)):
+                return number
         if kind is int and isinstance(value, int) and not isinstance(value, bool):
             return value
         if kind in (str, bool, list, dict) and isinstance(value, kind):
             return value
-    names = " or ".join(getattr(k, "__name__", str(k)) for k in allowed)
-    problems.append(f"{key}: expected {names}, got {value!r}")
-    return value
+    return _INVALID
 
 
 def _choice(problems: list[str], key: str, value: Any, options: tuple) -> None:

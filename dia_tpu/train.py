@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -33,6 +34,8 @@ def train(cfg: Config) -> Path:
     t, run_dir = cfg.train, Path(cfg.output.dir)
     resume_from = resolve_resume(t.resume, run_dir)
     data_info = read_prepare_info(cfg.data.dataset)
+    if t.report_to in ("wandb", "all") and importlib.util.find_spec("wandb") is None:
+        raise ConfigError(f"train.report_to={t.report_to} needs wandb: pip install 'dia-tpu[wandb]'")
     accelerator = Accelerator(
         # Accumulation follows the optimizer-step windows built below, not epoch ends: a window may
         # span two epochs, so every optimizer step sees exactly the same number of micro-batches.
@@ -110,6 +113,7 @@ def train(cfg: Config) -> Path:
     stream = _micro_batches(accelerator, train_loader, splits.train, state)
     bar = tqdm(total=total_steps, initial=state.step, desc="train", disable=not accelerator.is_local_main_process)
     window = torch.zeros(3, device=accelerator.device)  # weighted CE sum, weight, audio frames since last log
+    grad_norm = torch.zeros((), device=accelerator.device)
     window_start = time.perf_counter()
     model.train()
     while state.step < total_steps:
@@ -123,7 +127,7 @@ def train(cfg: Config) -> Path:
                 scale = t.gradient_accumulation_steps * accelerator.num_processes
                 accelerator.backward(parts.weighted_sum / denominator * scale)
                 if accelerator.sync_gradients and t.max_grad_norm > 0:
-                    accelerator.clip_grad_norm_(model.parameters(), t.max_grad_norm)
+                    grad_norm = accelerator.clip_grad_norm_(model.parameters(), t.max_grad_norm)
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad()
@@ -139,6 +143,7 @@ def train(cfg: Config) -> Path:
             metrics = {
                 "train/loss": loss_sum / max(weight_sum, 1.0),
                 "train/lr": scheduler.get_last_lr()[0],
+                "train/grad_norm": float(grad_norm),
                 "train/frames_per_s": frames / elapsed,
                 "train/epoch": state.epoch,
             }

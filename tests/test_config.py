@@ -1,0 +1,144 @@
+"""Loading the typed config: YAML plus dotted overrides, types coerced, every problem named in one error."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from dia_tpu.config import Config, ConfigError, DataConfig, TrainConfig, load
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+DEMO = CONFIGS / "demo.yaml"
+
+
+def field_names(cls) -> list[str]:
+    return [f.name for f in dataclasses.fields(cls)]
+
+
+def test_demo_config_loads():
+    cfg = load(DEMO)
+    assert isinstance(cfg, Config)
+    assert cfg.model.pretrained is None and cfg.model.codec is None
+    assert cfg.model.architecture["delay_pattern"] == [0, 8, 9, 10, 11, 12, 13, 14, 15]
+    assert cfg.data.max_text_tokens == 64 and cfg.train.batch_size == 4
+    assert cfg.train.learning_rate == 2e-3 and isinstance(cfg.train.learning_rate, float)
+
+
+def test_full_model_config_loads_without_network():
+    cfg = load(CONFIGS / "dia-1.6b.yaml")
+    assert cfg.model.pretrained == "nari-labs/Dia-1.6B-0626"
+    assert cfg.train.mixed_precision == "bf16" and cfg.data.random_crop is True
+
+
+def test_dotted_overrides_are_applied_with_the_declared_types():
+    cfg = load(DEMO, ["train.learning_rate=3e-5", "output.dir=/x", "data.random_crop=true", "train.max_grad_norm=2"])
+    assert cfg.train.learning_rate == 3e-5 and type(cfg.train.learning_rate) is float
+    assert cfg.output.dir == "/x"
+    assert cfg.data.random_crop is True
+    assert cfg.train.max_grad_norm == 2.0 and type(cfg.train.max_grad_norm) is float
+    assert cfg.train.batch_size == 4  # untouched fields keep the file's values
+
+
+def test_override_can_set_a_nullable_field_and_a_list():
+    cfg = load(DEMO, ["data.eval_dataset=/data/eval", "train.codebook_weights=[2, 1, 1, 1, 1, 1, 1, 1, 1]"])
+    assert cfg.data.eval_dataset == "/data/eval"
+    assert cfg.train.codebook_weights == [2, 1, 1, 1, 1, 1, 1, 1, 1]
+    assert load(DEMO, ["data.eval_dataset=null"]).data.eval_dataset is None
+
+
+@pytest.mark.parametrize(
+    "yaml_text, key, valid",
+    [
+        ("trian:\n  batch_size: 2\n", "trian", field_names(Config)),
+        ("train:\n  batch_sise: 2\n", "train.batch_sise", field_names(TrainConfig)),
+    ],
+    ids=["top-level", "nested"],
+)
+def test_unknown_yaml_key_is_named_with_the_valid_keys(tmp_path, yaml_text, key, valid):
+    path = tmp_path / "bad.yaml"
+    path.write_text(DEMO.read_text() + yaml_text)
+    with pytest.raises(ConfigError) as err:
+        load(path)
+    message = str(err.value)
+    assert repr(key) in message
+    assert all(name in message for name in valid)
+
+
+@pytest.mark.parametrize(
+    "override, key, valid",
+    [
+        ("optimiser.lr=1", "optimiser", field_names(Config)),
+        ("data.max_frames=10", "data.max_frames", field_names(DataConfig)),
+    ],
+    ids=["top-level", "nested"],
+)
+def test_unknown_override_key_is_named_with_the_valid_keys(override, key, valid):
+    with pytest.raises(ConfigError) as err:
+        load(DEMO, [override])
+    message = str(err.value)
+    assert repr(key) in message
+    assert all(name in message for name in valid)
+
+
+def test_several_validation_problems_are_reported_in_one_error():
+    overrides = [
+        "train.mixed_precision=fp8",
+        "train.batch_size=-1",
+        "train.unconditional_frac=1.5",
+        "eval.batch_size=0",
+    ]
+    with pytest.raises(ConfigError) as err:
+        load(DEMO, overrides)
+    message = str(err.value)
+    for expected in (
+        "train.mixed_precision",
+        "'fp8'",
+        "train.batch_size",
+        "train.unconditional_frac",
+        "eval.batch_size",
+    ):
+        assert expected in message
+
+
+def test_type_errors_and_validation_problems_are_reported_together():
+    overrides = ["train.learning_rate=fast", "train.mixed_precision=fp8", "train.batch_size=-1", "train.warmup=5"]
+    with pytest.raises(ConfigError) as err:
+        load(DEMO, overrides)
+    message = str(err.value)
+    for expected in ("train.learning_rate", "'fast'", "'fp8'", "train.batch_size", "train.warmup"):
+        assert expected in message
+
+
+def test_non_finite_numbers_and_bad_override_paths_are_reported():
+    with pytest.raises(ConfigError) as err:
+        load(DEMO, ["train.learning_rate=nan", "train.max_grad_norm=.inf", "train.batch_size.x=1"])
+    message = str(err.value)
+    for expected in ("train.learning_rate", "train.max_grad_norm", "train.batch_size.x"):
+        assert expected in message
+
+
+def test_type_errors_are_all_reported():
+    with pytest.raises(ConfigError) as err:
+        load(DEMO, ["train.learning_rate=fast", "train.batch_size=2.5", "data.random_crop=maybe", "train.nope=1"])
+    message = str(err.value)
+    for expected in ("train.learning_rate", "train.batch_size", "data.random_crop", "'train.nope'"):
+        assert expected in message
+
+
+def test_malformed_override_is_reported():
+    with pytest.raises(ConfigError, match="train.batch_size"):
+        load(DEMO, ["train.batch_size"])
+
+
+def test_missing_file_is_named(tmp_path):
+    missing = tmp_path / "nowhere.yaml"
+    with pytest.raises(ConfigError, match="nowhere.yaml"):
+        load(missing)
+
+
+def test_save_then_load_round_trips(tmp_path):
+    cfg = load(DEMO, ["train.learning_rate=3e-5", "train.adam_epsilon=1e-12", "data.eval_dataset=/e", "output.dir=/x"])
+    cfg.save(tmp_path / "config.yaml")
+    assert load(tmp_path / "config.yaml") == cfg
