@@ -1,0 +1,183 @@
+"""`dia-tpu bench`: training throughput of a config's model, in audio frames per second, per mixed precision.
+
+The model is the config's (random or pretrained); the data is one synthetic batch of the config's fixed shape
+(full `max_audio_frames`-long clips, `max_text_tokens - 10` text tokens), so no dataset or codec is needed and
+the numbers measure the training step alone: forward, the shared loss, backward, clipping, AdamW.
+
+Each precision runs in a fresh spawned process rather than in this one, for three reasons:
+- Accelerate keeps one process-wide state whose mixed precision cannot change once set; resetting it takes
+  private calls (`AcceleratorState._reset_state`) that the library says not to use.
+- Peak resident memory (`ru_maxrss`) can only grow within a process, so a second precision measured in the
+  same process would report the first one's peak.
+- Every precision starts alike: no allocator, kernel or compilation caches left by the previous one, and
+  the parent never opens the accelerator, so a child can own a device (TPU, GPU) alone.
+The cost is a few seconds of imports per precision.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import resource
+import time
+from concurrent.futures import ProcessPoolExecutor
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import DistributedType, send_to_device, set_seed
+
+from dia_tpu.config import Config
+from dia_tpu.data import make_collator
+from dia_tpu.loss import batch_loss, codebook_weights, target_weight
+from dia_tpu.model import build_model
+
+PRECISIONS = ("no", "bf16")
+# Text tokens left unused at the end of the padded text, so the text mask is exercised as in real batches.
+_TEXT_SLACK = 10
+
+
+def bench(cfg: Config, steps: int, warmup: int, precisions: list[str]) -> list[dict]:
+    """Time `warmup` untimed then `steps` timed training steps per precision, each in its own process.
+
+    Measures one process on one device; returns one result dict per precision (see `run_one`).
+    """
+    if steps <= 0 or warmup < 0:
+        raise ValueError(f"bench needs steps > 0 and warmup >= 0, got steps={steps}, warmup={warmup}")
+    for precision in precisions:
+        if precision not in ("no", "bf16", "fp16"):
+            raise ValueError(f"precision {precision!r} is not one of 'no', 'bf16', 'fp16'")
+    context = multiprocessing.get_context("spawn")
+    results = []
+    for precision in precisions:
+        with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
+            results.append(pool.submit(run_one, cfg, steps, warmup, precision).result())
+    return results
+
+
+def run_one(cfg: Config, steps: int, warmup: int, precision: str) -> dict:
+    """One precision in the current process: build, prepare, warm up, time. Call it in a fresh process."""
+    t = cfg.train
+    accelerator = Accelerator(mixed_precision=precision)
+    set_seed(t.seed)
+    model = build_model(cfg.model)
+    model.config.use_cache = False
+    if cfg.model.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model_config = model.config
+    params = sum(p.numel() for p in model.parameters())
+    optimizer = torch.optim.AdamW(
+        model.parameters(),
+        lr=t.learning_rate,
+        betas=(t.adam_beta1, t.adam_beta2),
+        eps=t.adam_epsilon,
+        weight_decay=t.weight_decay,
+    )
+    model, optimizer = accelerator.prepare(model, optimizer)
+    batch = send_to_device(synthetic_batch(cfg, model_config), accelerator.device)
+    weights = codebook_weights(t.codebook_weights, len(model_config.delay_pattern)).to(accelerator.device)
+    denominator = target_weight(batch["labels"], weights)
+    model.train()
+
+    def step() -> torch.Tensor:
+        parts = batch_loss(model, batch, weights)
+        loss = parts.weighted_sum / denominator
+        accelerator.backward(loss)
+        if t.max_grad_norm > 0:
+            accelerator.clip_grad_norm_(model.parameters(), t.max_grad_norm)
+        optimizer.step()
+        optimizer.zero_grad()
+        if accelerator.distributed_type == DistributedType.XLA:
+            # No prepared dataloader cuts the lazy graph here, so each step would otherwise extend the last.
+            import torch_xla.core.xla_model as xm
+
+            xm.mark_step()
+        return loss.detach()
+
+    for _ in range(warmup):
+        loss = step()
+    if warmup:
+        _finish(accelerator, loss)
+    start = time.perf_counter()
+    for _ in range(steps):
+        loss = step()
+    final_loss = _finish(accelerator, loss)
+    seconds = time.perf_counter() - start
+
+    frames = t.batch_size * cfg.data.max_audio_frames * steps  # real codec frames; BOS, EOS and delay excluded
+    on_cuda = accelerator.device.type == "cuda"
+    return {
+        "precision": precision,
+        "device": str(accelerator.device),
+        "torch_threads": torch.get_num_threads(),
+        "params": params,
+        "batch_size": t.batch_size,
+        "max_audio_frames": cfg.data.max_audio_frames,
+        "max_text_tokens": cfg.data.max_text_tokens,
+        "warmup": warmup,
+        "steps": steps,
+        "seconds": seconds,
+        "steps_per_s": steps / seconds,
+        "step_ms": 1000.0 * seconds / steps,
+        "frames": frames,
+        "frames_per_s": frames / seconds,
+        "final_loss": final_loss,
+        # ru_maxrss is in KiB on Linux: the whole process's peak, imports and model included.
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_device_mib": torch.cuda.max_memory_allocated(accelerator.device) / 2**20 if on_cuda else None,
+    }
+
+
+def synthetic_batch(cfg: Config, model_config) -> dict:
+    """One collated batch of `train.batch_size` full-length clips with random codes and text (seeded)."""
+    d, dec = cfg.data, model_config.decoder_config
+    generator = torch.Generator().manual_seed(d.seed)
+    channels = len(model_config.delay_pattern)
+    code_limit = min(dec.bos_token_id, dec.eos_token_id, dec.pad_token_id)  # codec codes lie below the specials
+    text_len = max(1, d.max_text_tokens - _TEXT_SLACK)
+    # Byte ids from 3 on: 0 is text padding, 1 and 2 are the speaker tags.
+    text_vocab = model_config.encoder_config.vocab_size
+    items = [
+        {
+            "text_ids": torch.randint(3, text_vocab, (text_len,), generator=generator),
+            "codes": torch.randint(0, code_limit, (d.max_audio_frames, channels), generator=generator),
+            "cropped": False,
+            "unconditional": False,
+        }
+        for _ in range(cfg.train.batch_size)
+    ]
+    return make_collator(d, model_config)(items)
+
+
+def _finish(accelerator: Accelerator, loss: torch.Tensor) -> float:
+    """Wait until queued device work is done: reading a scalar blocks on every backend (CUDA, XLA, CPU)."""
+    accelerator.wait_for_everyone()
+    return loss.item()
+
+
+def format_table(results: list[dict]) -> str:
+    """The results as an aligned text table, one row per precision."""
+    header = ("precision", "device", "threads", "params", "step ms", "steps/s", "frames/s", "peak MiB")
+    rows = [header]
+    for r in results:
+        peak = r["peak_device_mib"] if r["peak_device_mib"] is not None else r["peak_rss_mib"]
+        rows.append(
+            (
+                r["precision"],
+                r["device"],
+                str(r["torch_threads"]),
+                f"{r['params'] / 1e6:.2f} M",
+                f"{r['step_ms']:.1f}",
+                f"{r['steps_per_s']:.3f}",
+                f"{r['frames_per_s']:.0f}",
+                f"{peak:.0f}",
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    lines = ["  ".join(cell.rjust(w) for cell, w in zip(row, widths, strict=True)) for row in rows]
+    if results:
+        r = results[0]
+        lines.append(
+            f"batch {r['batch_size']} x {r['max_audio_frames']} audio frames, {r['max_text_tokens']} text tokens; "
+            f"{r['warmup']} warm-up + {r['steps']} timed steps; peak MiB is "
+            + ("device memory" if r["peak_device_mib"] is not None else "process RSS")
+        )
+    return "\n".join(lines)

@@ -1,0 +1,32 @@
+"""`dia-tpu bench` on the demo's tiny model, shrunk further: one timed step in a spawned process."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+from transformers import DiaConfig
+
+from dia_tpu.bench import bench, synthetic_batch
+from dia_tpu.config import load
+from dia_tpu.data import IGNORE_INDEX
+
+DEMO = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
+
+
+def test_bench_counts_frames_and_reports_throughput():
+    cfg = load(DEMO, ["data.max_audio_frames=16", "data.max_text_tokens=24", "train.batch_size=3"])
+    batch = synthetic_batch(cfg, DiaConfig(**cfg.model.architecture))
+    # Codebook 0 has no delay: its targets are every real frame plus one EOS per clip.
+    assert int((batch["labels"][..., 0] != IGNORE_INDEX).sum()) == 3 * (16 + 1)
+    assert int(batch["attention_mask"].sum()) == 3 * (24 - 10)
+
+    (result,) = bench(cfg, steps=2, warmup=0, precisions=["no"])
+    assert result["precision"] == "no"
+    assert result["frames"] == 3 * 16 * 2
+    assert result["frames_per_s"] > 0
+    assert result["frames_per_s"] == pytest.approx(result["frames"] / result["seconds"])
+    assert result["step_ms"] == pytest.approx(1000 * result["seconds"] / 2)
+    assert result["params"] > 0 and result["peak_rss_mib"] > 0
+    assert math.isfinite(result["final_loss"])
