@@ -57,27 +57,7 @@ def train(cfg: Config) -> Path:
     model.config.use_cache = False
     if cfg.model.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    train_loader = DataLoader(
-        splits.train,
-        batch_size=t.batch_size,
-        shuffle=True,
-        drop_last=True,  # every batch has one shape
-        collate_fn=make_collator(cfg.data, model.config),
-        num_workers=cfg.data.num_workers,
-    )
-    if len(train_loader) < accelerator.num_processes:
-        raise ValueError(
-            f"{cfg.data.dataset}: {len(splits.train)} training items make no full batch of {t.batch_size} "
-            f"on each of {accelerator.num_processes} processes"
-        )
-    eval_loader = None
-    if splits.eval is not None:
-        eval_loader = DataLoader(
-            splits.eval,
-            batch_size=cfg.eval.batch_size,
-            collate_fn=make_collator(cfg.data, model.config, fill_to=cfg.eval.batch_size),
-            num_workers=cfg.data.num_workers,
-        )
+    train_loader, eval_loader = _make_loaders(cfg, splits, model.config, accelerator.num_processes)
     optimizer = torch.optim.AdamW(
         _param_groups(model, t.weight_decay),
         lr=t.learning_rate,
@@ -103,6 +83,8 @@ def train(cfg: Config) -> Path:
     if resume_from is not None:
         accelerator.load_state(str(resume_from))
         logger.info(f"resumed from {resume_from} at step {state.step}", main_process_only=True)
+    elif t.resume == "auto":
+        logger.info(f"no checkpoint under {run_dir}: starting from step 0", main_process_only=True)
     if accelerator.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
         cfg.save(run_dir / CONFIG_FILE)
@@ -171,6 +153,32 @@ def train(cfg: Config) -> Path:
         f"  logs:        {run_dir / 'logs'}"
     )
     return final
+
+
+def _make_loaders(cfg: Config, splits, model_config, num_processes: int) -> tuple[DataLoader, DataLoader | None]:
+    """Fixed-shape loaders: training drops its last partial batch, evaluation fills it with ignored rows."""
+    train_loader = DataLoader(
+        splits.train,
+        batch_size=cfg.train.batch_size,
+        shuffle=True,
+        drop_last=True,
+        collate_fn=make_collator(cfg.data, model_config),
+        num_workers=cfg.data.num_workers,
+    )
+    if len(train_loader) < num_processes:
+        raise ValueError(
+            f"{cfg.data.dataset}: {len(splits.train)} training items make no full batch of {cfg.train.batch_size} "
+            f"on each of {num_processes} processes"
+        )
+    if splits.eval is None:
+        return train_loader, None
+    eval_loader = DataLoader(
+        splits.eval,
+        batch_size=cfg.eval.batch_size,
+        collate_fn=make_collator(cfg.data, model_config, fill_to=cfg.eval.batch_size),
+        num_workers=cfg.data.num_workers,
+    )
+    return train_loader, eval_loader
 
 
 def _micro_batches(accelerator: Accelerator, loader, dataset: CodesDataset, state: TrainState) -> Iterator[dict]:
