@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--top-p", type=float, default=0.90)
     p.add_argument("--top-k", type=int, default=45)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--max-seconds", type=float, default=20.0)
+    p.add_argument("--max-seconds", type=float, default=None, help="length limit (default: all the model holds)")
     p.add_argument("--greedy", action="store_true", help="argmax decoding instead of sampling")
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")

@@ -45,7 +45,7 @@ class ModelConfig:
 @dataclass
 class DataConfig:
     # Prepared codes dataset (the output of `dia-tpu prepare`) to train on.
-    dataset: str = "runs/demo/data/sample"
+    dataset: str = "runs/demo/codes"
     # Raw source folder `dia-tpu prepare` reads when no --input is given: metadata.csv + audio.
     source: str = "data/sample"
     # Optional separate prepared dataset for evaluation; None holds out `eval_size` items of `dataset`.

@@ -19,7 +19,7 @@ class GenerationSettings:
     top_p: float = 0.90
     top_k: int = 45
     seed: int = 0
-    max_seconds: float = 20.0  # a script that never emits EOS stops here
+    max_seconds: float | None = None  # a script that never emits EOS stops here; None: all the decoder holds
     greedy: bool = False  # argmax decoding instead of sampling
 
 
@@ -31,8 +31,8 @@ def synthesize(
     delay = list(model.config.delay_pattern)
     dec = model.config.decoder_config
     frame_rate = codec.config.sampling_rate / codec.config.hop_length
-    max_frames = max(1, round(settings.max_seconds * frame_rate))
     room = dec.max_position_embeddings - 1 - max(delay)
+    max_frames = room if settings.max_seconds is None else max(1, round(settings.max_seconds * frame_rate))
     if max_frames > room:
         raise ValueError(
             f"max_seconds={settings.max_seconds} needs {max_frames} frames but the model's decoder holds at most "
