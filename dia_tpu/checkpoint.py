@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import re
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 from accelerate import Accelerator
+from accelerate.utils import DistributedType
 from transformers import DiaForConditionalGeneration
 
 from dia_tpu.config import Config, load
@@ -66,7 +69,8 @@ def resolve_resume(resume: str | None, run_dir: str | Path) -> Path | None:
 def save_checkpoint(accelerator: Accelerator, model, cfg: Config, step: int) -> Path:
     """Save the full training state on every process; side files and rotation on the main process."""
     path = Path(cfg.output.dir) / CHECKPOINTS / f"step_{step}"
-    accelerator.save_state(str(path))
+    with _xla_state_workaround(accelerator):
+        accelerator.save_state(str(path), safe_serialization=not _on_xla(accelerator))
     if accelerator.is_main_process:
         accelerator.unwrap_model(model).config.save_pretrained(path)
         cfg.save(path / CONFIG_FILE)
@@ -74,6 +78,36 @@ def save_checkpoint(accelerator: Accelerator, model, cfg: Config, step: int) -> 
             shutil.rmtree(old)
     accelerator.wait_for_everyone()
     return path
+
+
+def load_checkpoint(accelerator: Accelerator, path: Path) -> None:
+    """Restore model, optimizer, scheduler, RNG and the registered TrainState from a checkpoint folder."""
+    with _xla_state_workaround(accelerator):
+        accelerator.load_state(str(path))
+
+
+def _on_xla(accelerator: Accelerator) -> bool:
+    return accelerator.distributed_type == DistributedType.XLA
+
+
+@contextmanager
+def _xla_state_workaround(accelerator: Accelerator) -> Iterator[None]:
+    """Work around two Accelerate 1.15 failures on XLA devices (seen with torch_xla 2.9).
+
+    - `save_state`/`load_state` read `.dataset` of every prepared dataloader to find sampler state, and
+      XLA's `MpDeviceLoaderWrapper` has no such attribute. The data position is kept in TrainState and the
+      epoch order comes from the seeded sampler, so the loaders are hidden from Accelerate meanwhile.
+    - safetensors cannot load onto XLA tensors, so on XLA the model state is saved with torch.save
+      (`save_checkpoint` passes safe_serialization=False) and loaded from `pytorch_model.bin`.
+    """
+    if not _on_xla(accelerator):
+        yield
+        return
+    loaders, accelerator._dataloaders = accelerator._dataloaders, []
+    try:
+        yield
+    finally:
+        accelerator._dataloaders = loaders
 
 
 def export_checkpoint(checkpoint: str | Path, out_dir: str | Path) -> Path:

@@ -91,7 +91,9 @@ def export(model: DiaForConditionalGeneration, codec: DacModel, cfg: Config, out
     path, so `AutoProcessor.from_pretrained(out_dir)` finds it.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out_dir, safe_serialization=True)
+    # safetensors reads storage pointers, which XLA tensors do not have: write host copies.
+    weights = {name: tensor.detach().to("cpu") for name, tensor in model.state_dict().items()}
+    model.save_pretrained(out_dir, state_dict=weights, safe_serialization=True)
     if cfg.model.codec is None or Path(cfg.model.codec).exists():
         codec.save_pretrained(out_dir / CODEC_DIR)
         codec.name_or_path = str((out_dir / CODEC_DIR).resolve())

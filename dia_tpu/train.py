@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
-from dia_tpu.checkpoint import TrainState, resolve_resume, save_checkpoint
+from dia_tpu.checkpoint import TrainState, load_checkpoint, resolve_resume, save_checkpoint
 from dia_tpu.config import Config, ConfigError
 from dia_tpu.data import CodesDataset, load_splits, make_collator
 from dia_tpu.evaluate import evaluate
@@ -81,7 +81,7 @@ def train(cfg: Config) -> Path:
     state = TrainState()
     accelerator.register_for_checkpointing(state)
     if resume_from is not None:
-        accelerator.load_state(str(resume_from))
+        load_checkpoint(accelerator, resume_from)
         logger.info(f"resumed from {resume_from} at step {state.step}", main_process_only=True)
     elif t.resume == "auto":
         logger.info(f"no checkpoint under {run_dir}: starting from step 0", main_process_only=True)
