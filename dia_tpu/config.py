@@ -36,8 +36,9 @@ class ModelConfig:
     codec_architecture: dict = field(default_factory=dict)
     # Seed for random initialisation of the model and codec, so every process builds the same weights.
     init_seed: int = 0
-    # "sdpa" or "eager"; both give the same loss.
-    attn_implementation: str = "sdpa"
+    # "auto" (SDPA, or on XLA "static"), "sdpa", "eager", or "static": eager attention whose masks are
+    # built without reading their values, so no step waits on the device (what XLA needs).
+    attn_implementation: str = "auto"
     # Recompute activations in the backward pass (non-reentrant) to save memory.
     gradient_checkpointing: bool = False
 
@@ -240,7 +241,7 @@ def validate(cfg: Config) -> list[str]:
     """Cross-field checks; returns every problem rather than stopping at the first."""
     p: list[str] = []
     m, d, t, e = cfg.model, cfg.data, cfg.train, cfg.eval
-    _choice(p, "model.attn_implementation", m.attn_implementation, ("sdpa", "eager"))
+    _choice(p, "model.attn_implementation", m.attn_implementation, ("auto", "sdpa", "eager", "static"))
     _choice(p, "data.long_text", d.long_text, ("error", "skip"))
     _choice(p, "train.lr_scheduler", t.lr_scheduler, ("cosine", "linear", "constant"))
     _choice(p, "train.mixed_precision", t.mixed_precision, ("no", "bf16", "fp16"))

@@ -19,6 +19,9 @@ from transformers import (
     DiaTokenizer,
     GenerationConfig,
 )
+from transformers.masking_utils import AttentionMaskInterface, eager_mask
+from transformers.modeling_utils import AttentionInterface
+from transformers.models.dia.modeling_dia import eager_attention_forward as dia_eager_attention
 
 from dia_tpu.config import Config, ModelConfig
 
@@ -28,18 +31,41 @@ CONFIG_FILE = "config.yaml"
 CODEC_DIR = "codec"
 
 
-def build_model(cfg: ModelConfig) -> DiaForConditionalGeneration:
+# Dia's eager attention with masks built without reading their values. transformers' mask helpers otherwise
+# test `padding_mask.all()` to decide whether a mask can be skipped: a device-to-host sync on every forward,
+# which on XLA stalls the lazy trace several times per step. Accelerate 1.15's bf16 autocast also fails inside
+# SDPA on XLA, while eager attention works.
+STATIC_ATTENTION = "dia_tpu_static_eager"
+
+
+def _static_eager_mask(*args, **kwargs):
+    kwargs["allow_is_bidirectional_skip"] = False
+    return eager_mask(*args, **kwargs)
+
+
+AttentionInterface.register(STATIC_ATTENTION, dia_eager_attention)
+AttentionMaskInterface.register(STATIC_ATTENTION, _static_eager_mask)
+
+
+def attention_for(cfg: ModelConfig, on_xla: bool) -> str:
+    """The attention implementation to train with: "auto" is SDPA, or the static-mask eager one on XLA."""
+    if cfg.attn_implementation == "auto":
+        return STATIC_ATTENTION if on_xla else "sdpa"
+    return STATIC_ATTENTION if cfg.attn_implementation == "static" else cfg.attn_implementation
+
+
+def build_model(cfg: ModelConfig, on_xla: bool = False) -> DiaForConditionalGeneration:
     """The model to fine-tune: pretrained weights, or a seeded random initialisation of `architecture`."""
+    attention = attention_for(cfg, on_xla)
     if cfg.pretrained is not None:
-        return DiaForConditionalGeneration.from_pretrained(
-            cfg.pretrained, dtype=torch.float32, attn_implementation=cfg.attn_implementation
-        )
-    config = DiaConfig(**cfg.architecture)
-    config._attn_implementation = cfg.attn_implementation
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(cfg.init_seed)
-        model = DiaForConditionalGeneration(config)
-    model.generation_config = default_generation_config(config)
+        model = DiaForConditionalGeneration.from_pretrained(cfg.pretrained, dtype=torch.float32)
+    else:
+        config = DiaConfig(**cfg.architecture)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.init_seed)
+            model = DiaForConditionalGeneration(config)
+        model.generation_config = default_generation_config(config)
+    model.set_attn_implementation(attention)
     return model
 
 

@@ -10,7 +10,13 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 from accelerate.logging import get_logger
-from accelerate.utils import DataLoaderConfiguration, GradientAccumulationPlugin, ProjectConfiguration, set_seed
+from accelerate.utils import (
+    DataLoaderConfiguration,
+    DistributedType,
+    GradientAccumulationPlugin,
+    ProjectConfiguration,
+    set_seed,
+)
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import get_scheduler
@@ -51,7 +57,8 @@ def train(cfg: Config) -> Path:
 
     with accelerator.main_process_first():
         splits = load_splits(cfg)
-    model = build_model(cfg.model)
+    on_xla = accelerator.distributed_type == DistributedType.XLA
+    model = build_model(cfg.model, on_xla)
     _check_data_matches_model(cfg, data_info, model.config)
     channels = len(model.config.delay_pattern)
     model.config.use_cache = False
@@ -97,8 +104,11 @@ def train(cfg: Config) -> Path:
     window = torch.zeros(3, device=accelerator.device)  # weighted CE sum, weight, audio frames since last log
     grad_norm = torch.zeros((), device=accelerator.device)
     window_start = time.perf_counter()
+    xla = XlaWatch() if on_xla else None
     model.train()
     while state.step < total_steps:
+        if xla is not None:
+            xla.step_begins()
         batches = [next(stream) for _ in range(t.gradient_accumulation_steps)]
         denominator = accelerator.reduce(sum(target_weight(b["labels"], weights) for b in batches), "sum")
         for batch in batches:
@@ -116,6 +126,8 @@ def train(cfg: Config) -> Path:
             window += torch.stack(
                 [parts.weighted_sum.detach(), (parts.count * weights).sum(), parts.count[:, 0].sum()]
             )
+        if xla is not None:
+            xla.step_ends()
         state.step += 1
         bar.update(1)
         last = state.step == total_steps
@@ -128,6 +140,7 @@ def train(cfg: Config) -> Path:
                 "train/grad_norm": float(grad_norm),
                 "train/frames_per_s": frames / elapsed,
                 "train/epoch": state.epoch,
+                **(xla.metrics() if xla is not None else {}),
             }
             accelerator.log(metrics, step=state.step)
             bar.set_postfix(loss=f"{metrics['train/loss']:.3f}", lr=f"{metrics['train/lr']:.2e}",
@@ -153,6 +166,36 @@ def train(cfg: Config) -> Path:
         f"  logs:        {run_dir / 'logs'}"
     )
     return final
+
+
+class XlaWatch:
+    """Compilations and device-to-host syncs on XLA; syncs are counted inside train steps only, so the ones
+    that logging, evaluation and checkpointing need by design are left out."""
+
+    def __init__(self):
+        from dia_tpu import xla
+
+        self._counters = xla.counters
+        self._start: dict[str, float] = {}
+        self.step_syncs = 0.0
+        self.step_transfers = 0.0
+
+    def step_begins(self) -> None:
+        self._start = self._counters()
+
+    def step_ends(self) -> None:
+        now = self._counters()
+        self.step_syncs += now["host_syncs"] - self._start["host_syncs"]
+        self.step_transfers += now["host_transfers"] - self._start["host_transfers"]
+
+    def metrics(self) -> dict[str, float]:
+        now = self._counters()
+        return {
+            "xla/compiles": now["compiles"],
+            "xla/compile_seconds": now["compile_seconds"],
+            "xla/train_step_host_syncs": self.step_syncs,
+            "xla/train_step_host_transfers": self.step_transfers,
+        }
 
 
 def _make_loaders(cfg: Config, splits, model_config, num_processes: int) -> tuple[DataLoader, DataLoader | None]:
