@@ -5,10 +5,13 @@ This is the only module that knows where weights come from and how they are laid
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import os
 from pathlib import Path
 
 import torch
+from torch.nn.utils import parametrize
 from transformers import (
     DacConfig,
     DacModel,
@@ -78,6 +81,31 @@ def build_codec(cfg: ModelConfig) -> DacModel:
             torch.manual_seed(cfg.init_seed)
             codec = DacModel(DacConfig(**cfg.codec_architecture))
     return codec.eval().requires_grad_(False)
+
+
+def codec_on_accelerator(codec: DacModel) -> DacModel:
+    """Move the codec to the fastest device there is: a GPU, else an XLA device (TPU, or torch_xla's CPU
+    device when PJRT_DEVICE is set), else the CPU.
+
+    On XLA the weight-norm parametrizations are folded into plain weights first: recomputing them in every
+    traced graph is slow there, and the folded weights give the same codes.
+    """
+    if torch.cuda.is_available():
+        return codec.to("cuda")
+    if os.environ.get("PJRT_DEVICE") and importlib.util.find_spec("torch_xla") is not None:
+        import torch_xla
+
+        _fold_weight_norm(codec)
+        return codec.to(torch_xla.device())
+    return codec
+
+
+def _fold_weight_norm(module: torch.nn.Module) -> None:
+    """Replace weight-norm parametrizations with the weights they compute (DacModel's own
+    remove_weight_norm expects the older hook-based weight norm and fails on parametrized modules)."""
+    for sub in module.modules():
+        if parametrize.is_parametrized(sub, "weight"):
+            parametrize.remove_parametrizations(sub, "weight", leave_parametrized=True)
 
 
 def codec_identity(cfg: ModelConfig) -> dict:

@@ -14,14 +14,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 from datasets import Array2D, Dataset, Features, Value
 from tqdm import tqdm
 from transformers import DacModel
 
 from dia_tpu.audio import AudioError, encode, load_audio
 from dia_tpu.config import Config
-from dia_tpu.model import build_codec, codec_identity
+from dia_tpu.model import build_codec, codec_identity, codec_on_accelerator
 
 METADATA_FILE = "metadata.csv"
 INFO_FILE = "prepare.json"
@@ -88,8 +87,7 @@ def prepare(cfg: Config, source: str | Path, output: str | Path) -> dict:
         raise FileExistsError(f"{output} exists and is not a prepared dataset; choose another output folder")
     rows, skipped = read_metadata(metadata)
 
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    codec = build_codec(cfg.model).to(device)
+    codec = codec_on_accelerator(build_codec(cfg.model))
     rate, hop = codec.config.sampling_rate, codec.config.hop_length
     batcher = Batcher(codec, cfg.data.prepare_batch_size, int(PENDING_SECONDS * rate))
     kept: list[Row] = []

@@ -1,0 +1,111 @@
+"""The XLA path on torch_xla's CPU device: what a TPU run relies on, checked without a TPU.
+
+These tests run in the torch_xla environment (`make test-xla`, part of `make test`) and are skipped
+where torch_xla is not installed.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+torch_xla = pytest.importorskip("torch_xla")
+if not os.environ.get("PJRT_DEVICE"):
+    pytest.skip("set PJRT_DEVICE=CPU to run the XLA tests", allow_module_level=True)
+
+from accelerate.state import AcceleratorState, GradientState, PartialState  # noqa: E402
+from accelerate.utils import DistributedType  # noqa: E402
+from safetensors.torch import load_file  # noqa: E402
+from test_train import ROOT, TINY, scalars, weights  # noqa: E402
+
+from dia_tpu.audio import encode, load_audio  # noqa: E402
+from dia_tpu.config import load  # noqa: E402
+from dia_tpu.model import build_codec, codec_on_accelerator  # noqa: E402
+from dia_tpu.prepare import prepare  # noqa: E402
+from dia_tpu.train import train  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def codes_dir(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("xla_codes") / "sample"
+    prepare(load(ROOT / "configs/demo.yaml"), ROOT / "data/sample", out)
+    return out
+
+
+def reset_accelerate():
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+
+
+def tiny(codes_dir: Path, out: Path, *extra: str):
+    return load(ROOT / "configs/demo.yaml", [*TINY, f"data.dataset={codes_dir}", f"output.dir={out}", *extra])
+
+
+@pytest.fixture(scope="module")
+def straight_run(codes_dir, tmp_path_factory) -> Path:
+    """30 steps on XLA with logging every 5, evaluation and a checkpoint every 10."""
+    run_dir = tmp_path_factory.mktemp("xla") / "straight"
+    train(tiny(codes_dir, run_dir, "train.max_steps=30", "train.save_every=10", "train.keep_last=3",
+               "eval.eval_every=10"))
+    assert PartialState().distributed_type == DistributedType.XLA
+    reset_accelerate()
+    return run_dir
+
+
+def test_compilations_stop_after_warm_up_and_steps_never_sync(straight_run):
+    logged = scalars(straight_run)
+    compiles = dict(logged["xla/compiles"])
+    # Warm-up: the first train step, the steady train step, the logging step's variant and the eval graphs
+    # (the first evaluation and checkpoint come at step 10). After that, nothing new is compiled.
+    assert compiles[15] == compiles[20] == compiles[25] == compiles[30]
+    assert compiles[30] <= 12
+    assert all(value == 0 for _, value in logged["xla/train_step_host_syncs"])
+    assert all(value == 0 for _, value in logged["xla/train_step_host_transfers"])
+    assert logged["xla/compile_seconds"][-1][1] > 0
+
+
+def test_resume_on_xla_continues_exactly(straight_run, codes_dir, tmp_path):
+    ckpt = straight_run / "checkpoints" / "step_20"
+    assert (ckpt / "pytorch_model.bin").is_file()
+    train(tiny(codes_dir, tmp_path / "resumed", "train.max_steps=30", "train.save_every=10", "eval.eval_every=10",
+               f"train.resume={ckpt}"))
+    reset_accelerate()
+    expected, got = weights(straight_run), weights(tmp_path / "resumed")
+    for key in expected:
+        torch.testing.assert_close(got[key], expected[key], rtol=0, atol=0, msg=key)
+
+
+def test_accumulation_on_xla_matches_larger_batch(codes_dir, tmp_path):
+    common = ["train.max_steps=3", "train.save_every=100", "data.eval_size=0", "train.report_to=none"]
+    train(tiny(codes_dir, tmp_path / "big", *common, "train.batch_size=4"))
+    reset_accelerate()
+    train(tiny(codes_dir, tmp_path / "acc", *common, "train.batch_size=2", "train.gradient_accumulation_steps=2"))
+    reset_accelerate()
+    big, acc = weights(tmp_path / "big"), weights(tmp_path / "acc")
+    for key in big:
+        torch.testing.assert_close(acc[key], big[key], rtol=1e-4, atol=1e-5, msg=key)
+
+
+def test_bf16_trains_on_xla(codes_dir, tmp_path):
+    cfg = tiny(codes_dir, tmp_path / "bf16", "train.max_steps=6", "train.save_every=100", "train.log_every=3",
+               "train.mixed_precision=bf16")
+    train(cfg)
+    reset_accelerate()
+    losses = [v for _, v in scalars(tmp_path / "bf16")["train/loss"]]
+    assert all(np.isfinite(losses)) and losses[-1] < losses[0]
+    exported = load_file(tmp_path / "bf16" / "final" / "model.safetensors")
+    assert all(t.dtype == torch.float32 for t in exported.values())  # fp32 master weights
+
+
+def test_codes_on_xla_equal_cpu_codes():
+    cfg = load(ROOT / "configs/demo.yaml")
+    waves = [load_audio(ROOT / "data/sample/audio" / f"utt_00{i}.flac", 44100) for i in range(3)]
+    cpu_codec = build_codec(cfg.model)
+    xla_codec = codec_on_accelerator(build_codec(cfg.model))
+    assert next(xla_codec.parameters()).device.type == "xla"
+    for wave in waves:
+        np.testing.assert_array_equal(encode(xla_codec, [wave])[0], encode(cpu_codec, [wave])[0])
