@@ -1,4 +1,4 @@
-# `make demo` and `make test` create (or reuse) the virtual environment themselves.
+# `make demo` and `make test` create (or reuse) the virtual environments themselves.
 PYTHON ?= python3.11
 VENV ?= .venv
 # The CPU build of torch; set TORCH="torch" (or a CUDA wheel) on a GPU machine.
@@ -7,7 +7,14 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-0.1.0
 DEMO_TEXT ?= [S1] Are you ready to plan the trip? [S2] I have been ready all week.
 
-.PHONY: demo test lint bench clean
+# torch_xla needs exactly its own torch release (PyPI's is a CUDA build, ~7 GB installed). The environment
+# lives outside the clone, keyed on the versions, so every clone and CI run on this machine reuses it.
+XLA_TORCH ?= 2.9.0
+XLA_VERSION ?= 2.9.0
+XLA_VENV ?= $(HOME)/.cache/dia_tpu/xla-py311-torch$(XLA_TORCH)-xla$(XLA_VERSION)
+XLA_STAMP := $(XLA_VENV)/.installed
+
+.PHONY: demo test test-cpu test-xla lint bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,6 +23,15 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e ".[dev]"
 	touch $(STAMP)
 
+# Only the project's dependencies go into the XLA environment; the tests import dia_tpu from this clone.
+$(XLA_STAMP): pyproject.toml
+	$(PYTHON) -m venv $(XLA_VENV)
+	$(XLA_VENV)/bin/pip install --quiet --upgrade pip
+	$(XLA_VENV)/bin/pip install --quiet "torch==$(XLA_TORCH)" "torch_xla==$(XLA_VERSION)"
+	$(XLA_VENV)/bin/python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; print('\n'.join(p['dependencies'] + p['optional-dependencies']['dev']))" > $(XLA_VENV)/requirements.txt
+	$(XLA_VENV)/bin/pip install --quiet -r $(XLA_VENV)/requirements.txt
+	touch $(XLA_STAMP)
+
 demo: $(STAMP)
 	rm -rf runs/demo
 	$(BIN)/dia-tpu prepare --config configs/demo.yaml
@@ -23,8 +39,14 @@ demo: $(STAMP)
 	$(BIN)/dia-tpu generate --model runs/demo/final --text "$(DEMO_TEXT)" --out runs/demo/sample.wav --max-seconds 4
 	@echo "demo outputs: codes runs/demo/codes | checkpoints runs/demo/checkpoints | export runs/demo/final | wav runs/demo/sample.wav | tensorboard --logdir runs/demo/logs"
 
-test: $(STAMP)
+# The whole suite on CPU, then the training tests again on torch_xla's CPU device.
+test: test-cpu test-xla
+
+test-cpu: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+test-xla: $(XLA_STAMP)
+	PJRT_DEVICE=CPU LOCAL_RANK=0 PYTHONPATH="$(CURDIR):$(CURDIR)/tests" $(XLA_VENV)/bin/python -m pytest -q -p no:cacheprovider tests/test_xla.py tests/test_train.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check dia_tpu tests scripts

@@ -58,7 +58,8 @@ def run_one(cfg: Config, steps: int, warmup: int, precision: str) -> dict:
     t = cfg.train
     accelerator = Accelerator(mixed_precision=precision)
     set_seed(t.seed)
-    model = build_model(cfg.model)
+    on_xla = accelerator.distributed_type == DistributedType.XLA
+    model = build_model(cfg.model, on_xla)
     model.config.use_cache = False
     if cfg.model.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -85,13 +86,17 @@ def run_one(cfg: Config, steps: int, warmup: int, precision: str) -> dict:
             accelerator.clip_grad_norm_(model.parameters(), t.max_grad_norm)
         optimizer.step()
         optimizer.zero_grad()
-        if accelerator.distributed_type == DistributedType.XLA:
+        if on_xla:
             # No prepared dataloader cuts the lazy graph here, so each step would otherwise extend the last.
             import torch_xla.core.xla_model as xm
 
             xm.mark_step()
         return loss.detach()
 
+    if on_xla:
+        from dia_tpu import xla
+
+        origin = xla.counters()
     for _ in range(warmup):
         loss = step()
     if warmup:
@@ -104,7 +109,15 @@ def run_one(cfg: Config, steps: int, warmup: int, precision: str) -> dict:
 
     frames = t.batch_size * cfg.data.max_audio_frames * steps  # real codec frames; BOS, EOS and delay excluded
     on_cuda = accelerator.device.type == "cuda"
+    compiled = {}
+    if on_xla:
+        now = xla.counters()
+        compiled = {
+            "xla_compiles": now["compiles"] - origin["compiles"],
+            "xla_compile_seconds": now["compile_seconds"] - origin["compile_seconds"],
+        }
     return {
+        **compiled,
         "precision": precision,
         "device": str(accelerator.device),
         "torch_threads": torch.get_num_threads(),
