@@ -80,6 +80,8 @@ class TrainConfig:
     batch_size: int = 2
     # Micro-batches per optimizer step; the loss is normalised by the token count of the whole step.
     gradient_accumulation_steps: int = 1
+    # "adamw" (torch; fused on CUDA) or "adamw_8bit" (bitsandbytes: 8-bit moments, CUDA or CPU, not XLA).
+    optimizer: str = "adamw"
     learning_rate: float = 1e-4
     weight_decay: float = 0.01
     adam_beta1: float = 0.9
@@ -244,6 +246,7 @@ def validate(cfg: Config) -> list[str]:
     _choice(p, "model.attn_implementation", m.attn_implementation, ("auto", "sdpa", "eager", "static"))
     _choice(p, "data.long_text", d.long_text, ("error", "skip"))
     _choice(p, "train.lr_scheduler", t.lr_scheduler, ("cosine", "linear", "constant"))
+    _choice(p, "train.optimizer", t.optimizer, ("adamw", "adamw_8bit"))
     _choice(p, "train.mixed_precision", t.mixed_precision, ("no", "bf16", "fp16"))
     _choice(p, "train.report_to", t.report_to, ("tensorboard", "wandb", "all", "none"))
     if m.pretrained is None and not m.architecture:

@@ -53,11 +53,15 @@ def train(cfg: Config) -> Path:
         project_config=ProjectConfiguration(project_dir=str(run_dir), logging_dir=str(run_dir / "logs")),
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
     )
+    on_xla = accelerator.distributed_type == DistributedType.XLA
+    if t.optimizer == "adamw_8bit" and on_xla:
+        raise ConfigError("train.optimizer=adamw_8bit: bitsandbytes has no XLA (TPU) kernels; use adamw")
+    if t.optimizer == "adamw_8bit" and importlib.util.find_spec("bitsandbytes") is None:
+        raise ConfigError("train.optimizer=adamw_8bit needs bitsandbytes: pip install 'dia-tpu[bnb]'")
     set_seed(t.seed)
 
     with accelerator.main_process_first():
         splits = load_splits(cfg)
-    on_xla = accelerator.distributed_type == DistributedType.XLA
     model = build_model(cfg.model, on_xla)
     _check_data_matches_model(cfg, data_info, model.config)
     channels = len(model.config.delay_pattern)
@@ -65,12 +69,7 @@ def train(cfg: Config) -> Path:
     if cfg.model.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     train_loader, eval_loader = _make_loaders(cfg, splits, model.config, accelerator.num_processes)
-    optimizer = torch.optim.AdamW(
-        _param_groups(model, t.weight_decay),
-        lr=t.learning_rate,
-        betas=(t.adam_beta1, t.adam_beta2),
-        eps=t.adam_epsilon,
-    )
+    optimizer = _make_optimizer(t, _param_groups(model, t.weight_decay))
     # Before `prepare` the loader counts the batches of all processes together.
     steps_per_epoch = max(1, len(train_loader) // accelerator.num_processes // t.gradient_accumulation_steps)
     total_steps = t.max_steps or t.epochs * steps_per_epoch
@@ -239,6 +238,16 @@ def _micro_batches(accelerator: Accelerator, loader, dataset: CodesDataset, stat
             yield batch
         state.epoch += 1
         state.batches_in_epoch = 0
+
+
+def _make_optimizer(t, groups: list[dict]) -> torch.optim.Optimizer:
+    """AdamW from torch, or bitsandbytes' 8-bit AdamW (imported only when asked for; checked at the start)."""
+    kwargs = {"lr": t.learning_rate, "betas": (t.adam_beta1, t.adam_beta2), "eps": t.adam_epsilon}
+    if t.optimizer == "adamw":
+        return torch.optim.AdamW(groups, **kwargs)
+    import bitsandbytes
+
+    return bitsandbytes.optim.AdamW8bit(groups, **kwargs)
 
 
 def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -201,6 +202,11 @@ def test_bad_input_fails_before_any_work(codes_dir, tmp_path):
     with pytest.raises(FileNotFoundError, match="no_such_ckpt"):
         train(tiny(codes_dir, tmp_path / "b", f"train.resume={tmp_path / 'no_such_ckpt'}"))
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+    if importlib.util.find_spec("bitsandbytes") is None:
+        with pytest.raises(ConfigError, match=r"train.optimizer=adamw_8bit"):
+            train(tiny(codes_dir, tmp_path / "d", "train.optimizer=adamw_8bit"))
+        AcceleratorState._reset_state(reset_partial_state=True)
+        assert not (tmp_path / "d").exists()
     with pytest.raises(ConfigError, match=r"train.learnig_rate.*valid keys: .*learning_rate"):
         tiny(codes_dir, tmp_path / "c", "train.learnig_rate=1e-4")
     done = subprocess.run(

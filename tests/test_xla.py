@@ -23,7 +23,7 @@ from safetensors.torch import load_file  # noqa: E402
 from test_train import ROOT, TINY, scalars, weights  # noqa: E402
 
 from dia_tpu.audio import encode, load_audio  # noqa: E402
-from dia_tpu.config import load  # noqa: E402
+from dia_tpu.config import ConfigError, load  # noqa: E402
 from dia_tpu.model import build_codec, codec_on_accelerator  # noqa: E402
 from dia_tpu.prepare import prepare  # noqa: E402
 from dia_tpu.train import train  # noqa: E402
@@ -109,3 +109,10 @@ def test_codes_on_xla_equal_cpu_codes():
     assert next(xla_codec.parameters()).device.type == "xla"
     for wave in waves:
         np.testing.assert_array_equal(encode(xla_codec, [wave])[0], encode(cpu_codec, [wave])[0])
+
+
+def test_8bit_optimizer_on_xla_is_a_config_error(codes_dir, tmp_path):
+    with pytest.raises(ConfigError, match="adamw_8bit.*XLA"):
+        train(tiny(codes_dir, tmp_path / "bnb", "train.optimizer=adamw_8bit"))
+    reset_accelerate()
+    assert not (tmp_path / "bnb").exists()
