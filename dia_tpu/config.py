@@ -80,7 +80,7 @@ class TrainConfig:
     batch_size: int = 2
     # Micro-batches per optimizer step; the loss is normalised by the token count of the whole step.
     gradient_accumulation_steps: int = 1
-    # "adamw" (torch; fused on CUDA) or "adamw_8bit" (bitsandbytes: 8-bit moments, CUDA or CPU, not XLA).
+    # "adamw" (torch) or "adamw_8bit" (bitsandbytes: 8-bit moments, CUDA or CPU, not XLA).
     optimizer: str = "adamw"
     learning_rate: float = 1e-4
     weight_decay: float = 0.01
