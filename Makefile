@@ -46,7 +46,7 @@ test-cpu: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 test-xla: $(XLA_STAMP)
-	PJRT_DEVICE=CPU LOCAL_RANK=0 PYTHONPATH="$(CURDIR):$(CURDIR)/tests" $(XLA_VENV)/bin/python -m pytest -q -p no:cacheprovider tests/test_xla.py tests/test_train.py
+	PJRT_DEVICE=CPU PYTHONPATH="$(CURDIR):$(CURDIR)/tests" $(XLA_VENV)/bin/python -m pytest -q -p no:cacheprovider tests/test_xla.py tests/test_train.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check dia_tpu tests scripts

@@ -99,7 +99,7 @@ def train(cfg: Config) -> Path:
 
     weights = codebook_weights(t.codebook_weights, channels).to(accelerator.device)
     stream = _micro_batches(accelerator, train_loader, splits.train, state)
-    bar = tqdm(total=total_steps, initial=state.step, desc="train", disable=not accelerator.is_local_main_process)
+    bar = tqdm(total=total_steps, initial=state.step, desc="train", disable=not accelerator.is_main_process)
     window = torch.zeros(3, device=accelerator.device)  # weighted CE sum, weight, audio frames since last log
     grad_norm = torch.zeros((), device=accelerator.device)
     window_start = time.perf_counter()
@@ -152,7 +152,7 @@ def train(cfg: Config) -> Path:
         if eval_loader is not None and ((cfg.eval.eval_every and state.step % cfg.eval.eval_every == 0) or last):
             metrics = evaluate(accelerator, model, eval_loader, weights)
             accelerator.log(metrics, step=state.step)
-            accelerator.print(f"step {state.step}: eval loss {metrics['eval/loss']:.4f}")
+            _say(accelerator, f"step {state.step}: eval loss {metrics['eval/loss']:.4f}")
         if state.step % t.save_every == 0 or last:
             path = save_checkpoint(accelerator, model, cfg, state.step)
             logger.info(f"saved checkpoint {path}", main_process_only=True)
@@ -163,7 +163,7 @@ def train(cfg: Config) -> Path:
         export(accelerator.unwrap_model(model), build_codec(cfg.model), cfg, final)
     accelerator.wait_for_everyone()
     accelerator.end_training()
-    accelerator.print(
+    _say(accelerator, 
         f"done: {state.step} steps\n  checkpoints: {run_dir / 'checkpoints'}\n  export:      {final}\n"
         f"  logs:        {run_dir / 'logs'}"
     )
@@ -271,9 +271,16 @@ def _check_data_matches_model(cfg: Config, info: dict, model_config) -> None:
         raise ConfigError("prepared data does not match the model:\n  - " + "\n  - ".join(problems))
 
 
+def _say(accelerator: Accelerator, message: str) -> None:
+    """Print on the main process. Not `accelerator.print`: on XLA, Accelerate 1.15 reports local process
+    index -1 unless LOCAL_RANK is set (the TPU launcher does not set it), so that prints nothing."""
+    if accelerator.is_main_process:
+        print(message, flush=True)
+
+
 def _report_data(accelerator: Accelerator, splits, total_steps: int) -> None:
     eval_items = 0 if splits.eval is None else len(splits.eval)
-    accelerator.print(
+    _say(accelerator, 
         f"data: {len(splits.train)} training items, {eval_items} eval items; "
         f"{splits.cropped} cropped to data.max_audio_frames, {splits.skipped_long_text} skipped for long text; "
         f"{total_steps} optimizer steps on {accelerator.num_processes} process(es)"

@@ -7,6 +7,8 @@ where torch_xla is not installed.
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -116,3 +118,17 @@ def test_8bit_optimizer_on_xla_is_a_config_error(codes_dir, tmp_path):
         train(tiny(codes_dir, tmp_path / "bnb", "train.optimizer=adamw_8bit"))
     reset_accelerate()
     assert not (tmp_path / "bnb").exists()
+
+
+def test_shipped_tpu_accelerate_config_launches(codes_dir, tmp_path):
+    """The TPU launcher (one process here: XLA:CPU has one device) runs main() and the main process reports."""
+    run_dir = tmp_path / "launched"
+    done = subprocess.run(
+        [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(ROOT / "configs/accelerate/tpu.yaml"),
+         "--num_processes", "1", str(ROOT / "dia_tpu/finetune_acc_tpu.py"), "--config", str(ROOT / "configs/demo.yaml"),
+         *TINY, f"data.dataset={codes_dir}", f"output.dir={run_dir}", "train.max_steps=2", "train.report_to=none"],
+        env={k: v for k, v in os.environ.items() if k != "LOCAL_RANK"}, capture_output=True, text=True, timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "2 optimizer steps on 1 process(es)" in done.stdout
+    assert (run_dir / "final" / "model.safetensors").is_file()
