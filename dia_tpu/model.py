@@ -26,7 +26,7 @@ from transformers.masking_utils import AttentionMaskInterface, eager_mask
 from transformers.modeling_utils import AttentionInterface
 from transformers.models.dia.modeling_dia import eager_attention_forward as dia_eager_attention
 
-from dia_tpu.config import Config, ModelConfig
+from dia_tpu.config import Config, ModelConfig, load
 
 # The file a run directory, checkpoint or export keeps its resolved config in.
 CONFIG_FILE = "config.yaml"
@@ -177,8 +177,6 @@ def _codec_for(path: Path) -> DacModel:
         return DacModel.from_pretrained(path / CODEC_DIR).eval()
     saved = path / CONFIG_FILE
     if saved.is_file():
-        from dia_tpu.config import load
-
         return build_codec(load(saved).model)
     processor_config = path / "processor_config.json"
     if processor_config.is_file():

@@ -103,7 +103,11 @@ def train(cfg: Config) -> Path:
     window = torch.zeros(3, device=accelerator.device)  # weighted CE sum, weight, audio frames since last log
     grad_norm = torch.zeros((), device=accelerator.device)
     window_start = time.perf_counter()
-    xla = XlaWatch() if on_xla else None
+    xla = None
+    if on_xla:
+        from dia_tpu.xla import XlaWatch
+
+        xla = XlaWatch()
     model.train()
     while state.step < total_steps:
         if xla is not None:
@@ -168,37 +172,6 @@ def train(cfg: Config) -> Path:
         f"  logs:        {run_dir / 'logs'}"
     )
     return final
-
-
-class XlaWatch:
-    """Compilations and device-to-host syncs on XLA; syncs are counted inside train steps only, so the ones
-    that logging, evaluation and checkpointing need by design are left out."""
-
-    def __init__(self):
-        from dia_tpu import xla
-
-        self._counters = xla.counters
-        self._origin = xla.counters()  # compilations are counted from the start of training
-        self._start: dict[str, float] = {}
-        self.step_syncs = 0.0
-        self.step_transfers = 0.0
-
-    def step_begins(self) -> None:
-        self._start = self._counters()
-
-    def step_ends(self) -> None:
-        now = self._counters()
-        self.step_syncs += now["host_syncs"] - self._start["host_syncs"]
-        self.step_transfers += now["host_transfers"] - self._start["host_transfers"]
-
-    def metrics(self) -> dict[str, float]:
-        now = self._counters()
-        return {
-            "xla/compiles": now["compiles"] - self._origin["compiles"],
-            "xla/compile_seconds": now["compile_seconds"] - self._origin["compile_seconds"],
-            "xla/train_step_host_syncs": self.step_syncs,
-            "xla/train_step_host_transfers": self.step_transfers,
-        }
 
 
 def _make_loaders(cfg: Config, splits, model_config, num_processes: int) -> tuple[DataLoader, DataLoader | None]:

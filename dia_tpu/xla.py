@@ -22,3 +22,32 @@ def counters() -> dict[str, float]:
         "host_syncs": float(met.counter_value("aten::_local_scalar_dense") or 0),
         "host_transfers": float(transfer_data[0]) if transfer_data else 0.0,
     }
+
+
+class XlaWatch:
+    """Compilations and device-to-host syncs on XLA; syncs are counted inside train steps only, so the ones
+    that logging, evaluation and checkpointing need by design are left out."""
+
+    def __init__(self):
+        self._counters = counters
+        self._origin = counters()  # compilations are counted from the start of training
+        self._start: dict[str, float] = {}
+        self.step_syncs = 0.0
+        self.step_transfers = 0.0
+
+    def step_begins(self) -> None:
+        self._start = self._counters()
+
+    def step_ends(self) -> None:
+        now = self._counters()
+        self.step_syncs += now["host_syncs"] - self._start["host_syncs"]
+        self.step_transfers += now["host_transfers"] - self._start["host_transfers"]
+
+    def metrics(self) -> dict[str, float]:
+        now = self._counters()
+        return {
+            "xla/compiles": now["compiles"] - self._origin["compiles"],
+            "xla/compile_seconds": now["compile_seconds"] - self._origin["compile_seconds"],
+            "xla/train_step_host_syncs": self.step_syncs,
+            "xla/train_step_host_transfers": self.step_transfers,
+        }
