@@ -27,8 +27,8 @@ from accelerate.utils import DistributedType, send_to_device, set_seed
 
 from dia_tpu.config import Config
 from dia_tpu.data import make_collator
-from dia_tpu.loss import batch_loss, codebook_weights, target_weight
-from dia_tpu.model import build_model
+from dia_tpu.loss import codebook_weights
+from dia_tpu.train import build_trainable, make_optimizer, train_step
 
 PRECISIONS = ("no", "bf16")
 # Text tokens left unused at the end of the padded text, so the text mask is exercised as in real batches.
@@ -59,39 +59,22 @@ def run_one(cfg: Config, steps: int, warmup: int, precision: str) -> dict:
     accelerator = Accelerator(mixed_precision=precision)
     set_seed(t.seed)
     on_xla = accelerator.distributed_type == DistributedType.XLA
-    model = build_model(cfg.model, on_xla)
-    model.config.use_cache = False
-    if cfg.model.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model = build_trainable(cfg, on_xla)
     model_config = model.config
     params = sum(p.numel() for p in model.parameters())
-    optimizer = torch.optim.AdamW(
-        model.parameters(),
-        lr=t.learning_rate,
-        betas=(t.adam_beta1, t.adam_beta2),
-        eps=t.adam_epsilon,
-        weight_decay=t.weight_decay,
-    )
-    model, optimizer = accelerator.prepare(model, optimizer)
+    model, optimizer = accelerator.prepare(model, make_optimizer(t, model))
     batch = send_to_device(synthetic_batch(cfg, model_config), accelerator.device)
     weights = codebook_weights(t.codebook_weights, len(model_config.delay_pattern)).to(accelerator.device)
-    denominator = target_weight(batch["labels"], weights)
     model.train()
 
     def step() -> torch.Tensor:
-        parts = batch_loss(model, batch, weights)
-        loss = parts.weighted_sum / denominator
-        accelerator.backward(loss)
-        if t.max_grad_norm > 0:
-            accelerator.clip_grad_norm_(model.parameters(), t.max_grad_norm)
-        optimizer.step()
-        optimizer.zero_grad()
+        totals, _ = train_step(accelerator, model, optimizer, None, [batch], weights, t.max_grad_norm)
         if on_xla:
             # No prepared dataloader cuts the lazy graph here, so each step would otherwise extend the last.
             import torch_xla.core.xla_model as xm
 
             xm.mark_step()
-        return loss.detach()
+        return totals[0] / totals[1]
 
     if on_xla:
         from dia_tpu import xla

@@ -14,13 +14,11 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import torch
 from accelerate import Accelerator
 from accelerate.utils import DistributedType
-from transformers import DiaForConditionalGeneration
 
 from dia_tpu.config import Config, load
-from dia_tpu.model import CONFIG_FILE, build_codec, default_generation_config, export
+from dia_tpu.model import CONFIG_FILE, export, load_for_inference
 
 CHECKPOINTS = "checkpoints"
 _STEP_DIR = re.compile(r"^step_(\d+)$")
@@ -116,9 +114,6 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path) -> Path:
     saved = checkpoint / CONFIG_FILE
     if not saved.is_file():
         raise FileNotFoundError(f"{checkpoint} holds no {CONFIG_FILE}: not a dia_tpu checkpoint folder")
-    cfg = load(saved)
-    model = DiaForConditionalGeneration.from_pretrained(checkpoint, dtype=torch.float32)
-    if model.generation_config.guidance_scale is None:
-        model.generation_config = default_generation_config(model.config)
-    export(model, build_codec(cfg.model), cfg, out_dir)
+    model, codec = load_for_inference(str(checkpoint))
+    export(model, codec, load(saved), out_dir)
     return out_dir

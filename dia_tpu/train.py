@@ -62,14 +62,11 @@ def train(cfg: Config) -> Path:
 
     with accelerator.main_process_first():
         splits = load_splits(cfg)
-    model = build_model(cfg.model, on_xla)
+    model = build_trainable(cfg, on_xla)
     _check_data_matches_model(cfg, data_info, model.config)
     channels = len(model.config.delay_pattern)
-    model.config.use_cache = False
-    if cfg.model.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     train_loader, eval_loader = _make_loaders(cfg, splits, model.config, accelerator.num_processes)
-    optimizer = _make_optimizer(t, _param_groups(model, t.weight_decay))
+    optimizer = make_optimizer(t, model)
     # Before `prepare` the loader counts the batches of all processes together.
     steps_per_epoch = max(1, len(train_loader) // accelerator.num_processes // t.gradient_accumulation_steps)
     total_steps = t.max_steps or t.epochs * steps_per_epoch
@@ -100,7 +97,7 @@ def train(cfg: Config) -> Path:
     weights = codebook_weights(t.codebook_weights, channels).to(accelerator.device)
     stream = _micro_batches(accelerator, train_loader, splits.train, state)
     bar = tqdm(total=total_steps, initial=state.step, desc="train", disable=not accelerator.is_main_process)
-    window = torch.zeros(3, device=accelerator.device)  # weighted CE sum, weight, audio frames since last log
+    window = torch.zeros(3, device=accelerator.device)  # weighted CE sum, target weight, audio frames since last log
     grad_norm = torch.zeros((), device=accelerator.device)
     window_start = time.perf_counter()
     xla = None
@@ -113,25 +110,10 @@ def train(cfg: Config) -> Path:
         if xla is not None:
             xla.step_begins()
         batches = [next(stream) for _ in range(t.gradient_accumulation_steps)]
-        denominator = sum(target_weight(b["labels"], weights) for b in batches)
-        if accelerator.num_processes > 1:
-            # On XLA the reduction cuts the graph (a second, small execution per step): only when it matters.
-            denominator = accelerator.reduce(denominator, "sum")
-        for batch in batches:
-            with accelerator.accumulate(model):
-                parts = batch_loss(model, batch, weights)
-                # backward() divides by the accumulation steps and DDP averages over processes; undo both
-                # so the step's gradient is that of (all weighted CE of the step) / (all target weight).
-                scale = t.gradient_accumulation_steps * accelerator.num_processes
-                accelerator.backward(parts.weighted_sum / denominator * scale)
-                if accelerator.sync_gradients and t.max_grad_norm > 0:
-                    grad_norm = accelerator.clip_grad_norm_(model.parameters(), t.max_grad_norm)
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad()
-            window += torch.stack(
-                [parts.weighted_sum.detach(), (parts.count * weights).sum(), parts.count[:, 0].sum()]
-            )
+        totals, norm = train_step(accelerator, model, optimizer, scheduler, batches, weights, t.max_grad_norm)
+        window += totals
+        if norm is not None:
+            grad_norm = norm
         if xla is not None:
             xla.step_ends()
         state.step += 1
@@ -167,11 +149,55 @@ def train(cfg: Config) -> Path:
         export(accelerator.unwrap_model(model), build_codec(cfg.model), cfg, final)
     accelerator.wait_for_everyone()
     accelerator.end_training()
-    _say(accelerator, 
+    _say(
+        accelerator,
         f"done: {state.step} steps\n  checkpoints: {run_dir / 'checkpoints'}\n  export:      {final}\n"
-        f"  logs:        {run_dir / 'logs'}"
+        f"  logs:        {run_dir / 'logs'}",
     )
     return final
+
+
+def build_trainable(cfg: Config, on_xla: bool) -> torch.nn.Module:
+    """The model set up for training: no generation cache, optional non-reentrant checkpointing."""
+    model = build_model(cfg.model, on_xla)
+    model.config.use_cache = False
+    if cfg.model.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return model
+
+
+def train_step(
+    accelerator: Accelerator, model, optimizer, scheduler, batches: list[dict], weights: torch.Tensor,
+    max_grad_norm: float,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """One optimizer step over its micro-batches, shared by training and the benchmark.
+
+    The loss is normalised by the target weight of the whole step on all processes, so k micro-batches of
+    B equal one batch of kB. Returns this process's [weighted CE sum, target weight, audio frames] for the
+    step, and the gradient norm before clipping (None when clipping is off).
+    """
+    denominator = sum(target_weight(b["labels"], weights) for b in batches)
+    if accelerator.num_processes > 1:
+        # On XLA the reduction cuts the graph (a second, small execution per step): only when it matters.
+        denominator = accelerator.reduce(denominator, "sum")
+    # backward() divides by the accumulation steps and DDP averages over processes; undo both so the
+    # step's gradient is that of (all weighted CE of the step) / (all target weight).
+    scale = accelerator.gradient_accumulation_steps * accelerator.num_processes
+    totals, grad_norm = [], None
+    for batch in batches:
+        with accelerator.accumulate(model):
+            parts = batch_loss(model, batch, weights)
+            accelerator.backward(parts.weighted_sum / denominator * scale)
+            if accelerator.sync_gradients and max_grad_norm > 0:
+                grad_norm = accelerator.clip_grad_norm_(model.parameters(), max_grad_norm)
+            optimizer.step()
+            if scheduler is not None:
+                scheduler.step()
+            optimizer.zero_grad()
+        totals.append(
+            torch.stack([parts.weighted_sum.detach(), (parts.count * weights).sum(), parts.count[:, 0].sum()])
+        )
+    return torch.stack(totals).sum(0), grad_norm
 
 
 def _make_loaders(cfg: Config, splits, model_config, num_processes: int) -> tuple[DataLoader, DataLoader | None]:
@@ -213,8 +239,9 @@ def _micro_batches(accelerator: Accelerator, loader, dataset: CodesDataset, stat
         state.batches_in_epoch = 0
 
 
-def _make_optimizer(t, groups: list[dict]) -> torch.optim.Optimizer:
+def make_optimizer(t, model: torch.nn.Module) -> torch.optim.Optimizer:
     """AdamW from torch, or bitsandbytes' 8-bit AdamW (imported only when asked for; checked at the start)."""
+    groups = _param_groups(model, t.weight_decay)
     kwargs = {"lr": t.learning_rate, "betas": (t.adam_beta1, t.adam_beta2), "eps": t.adam_epsilon}
     if t.optimizer == "adamw":
         return torch.optim.AdamW(groups, **kwargs)
@@ -253,10 +280,11 @@ def _say(accelerator: Accelerator, message: str) -> None:
 
 def _report_data(accelerator: Accelerator, splits, total_steps: int) -> None:
     eval_items = 0 if splits.eval is None else len(splits.eval)
-    _say(accelerator, 
+    _say(
+        accelerator,
         f"data: {len(splits.train)} training items, {eval_items} eval items; "
         f"{splits.cropped} cropped to data.max_audio_frames, {splits.skipped_long_text} skipped for long text; "
-        f"{total_steps} optimizer steps on {accelerator.num_processes} process(es)"
+        f"{total_steps} optimizer steps on {accelerator.num_processes} process(es)",
     )
 
 
