@@ -52,12 +52,16 @@ def codes_dir(tmp_path_factory) -> Path:
     return out
 
 
-@pytest.fixture(autouse=True)
-def fresh_accelerate_state():
-    """Each in-process run gets its own Accelerator settings, as separate launches would."""
-    yield
+def reset_accelerate() -> None:
+    """Forget the process-wide Accelerate state, so the next in-process run sets its own, as a new launch would."""
     AcceleratorState._reset_state(reset_partial_state=True)
     GradientState._reset_state()
+
+
+@pytest.fixture(autouse=True)
+def fresh_accelerate_state():
+    yield
+    reset_accelerate()
 
 
 def tiny(codes_dir: Path, out: Path, *extra: str):
@@ -95,8 +99,7 @@ def test_resume_continues_exactly(codes_dir, tmp_path):
     assert load(ckpt / "config.yaml") == cfg
 
     # 14 batches per epoch: step 20 is mid-way through the second epoch, with crops and CFG drops in play.
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
+    reset_accelerate()
     resumed = tmp_path / "resumed"
     train(tiny(codes_dir, resumed, "train.max_steps=30", "train.save_every=10", "eval.eval_every=10",
                f"train.resume={ckpt}"))
@@ -122,8 +125,7 @@ def test_accumulation_matches_larger_batch(codes_dir, tmp_path):
               "train.max_grad_norm=1.0"]
     cfg = tiny(codes_dir, tmp_path / "big", *common, "train.batch_size=4")
     train(cfg)
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
+    reset_accelerate()
     train(tiny(codes_dir, tmp_path / "acc", *common, "train.batch_size=2", "train.gradient_accumulation_steps=2"))
     big, acc = weights(tmp_path / "big"), weights(tmp_path / "acc")
     initial = build_model(cfg.model).state_dict()
@@ -205,7 +207,7 @@ def test_bad_input_fails_before_any_work(codes_dir, tmp_path):
     if importlib.util.find_spec("bitsandbytes") is None:
         with pytest.raises(ConfigError, match=r"train.optimizer=adamw_8bit"):
             train(tiny(codes_dir, tmp_path / "d", "train.optimizer=adamw_8bit"))
-        AcceleratorState._reset_state(reset_partial_state=True)
+        reset_accelerate()
         assert not (tmp_path / "d").exists()
     with pytest.raises(ConfigError, match=r"train.learnig_rate.*valid keys: .*learning_rate"):
         tiny(codes_dir, tmp_path / "c", "train.learnig_rate=1e-4")

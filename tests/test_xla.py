@@ -19,10 +19,10 @@ torch_xla = pytest.importorskip("torch_xla")
 if not os.environ.get("PJRT_DEVICE"):
     pytest.skip("set PJRT_DEVICE=CPU to run the XLA tests", allow_module_level=True)
 
-from accelerate.state import AcceleratorState, GradientState, PartialState  # noqa: E402
+from accelerate.state import PartialState  # noqa: E402
 from accelerate.utils import DistributedType  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
-from test_train import ROOT, TINY, scalars, weights  # noqa: E402
+from test_train import ROOT, TINY, reset_accelerate, scalars, tiny, weights  # noqa: E402
 
 from dia_tpu.audio import encode, load_audio  # noqa: E402
 from dia_tpu.config import ConfigError, load  # noqa: E402
@@ -36,15 +36,6 @@ def codes_dir(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("xla_codes") / "sample"
     prepare(load(ROOT / "configs/demo.yaml"), ROOT / "data/sample", out)
     return out
-
-
-def reset_accelerate():
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
-
-
-def tiny(codes_dir: Path, out: Path, *extra: str):
-    return load(ROOT / "configs/demo.yaml", [*TINY, f"data.dataset={codes_dir}", f"output.dir={out}", *extra])
 
 
 @pytest.fixture(scope="module")
