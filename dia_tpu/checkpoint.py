@@ -7,6 +7,7 @@ optimizer, scheduler, RNG states, the registered TrainState) plus the Dia `confi
 
 from __future__ import annotations
 
+import math
 import re
 import shutil
 from collections.abc import Iterator
@@ -21,6 +22,7 @@ from dia_tpu.config import Config, load
 from dia_tpu.model import CONFIG_FILE, export, load_for_inference
 
 CHECKPOINTS = "checkpoints"
+BEST = "best"
 _STEP_DIR = re.compile(r"^step_(\d+)$")
 
 
@@ -31,6 +33,17 @@ class TrainState:
     step: int = 0
     epoch: int = 0
     batches_in_epoch: int = 0  # micro-batches of `epoch` already consumed on this process
+    best_loss: float = math.inf  # lowest eval loss so far, and the step it was reached at
+    best_step: int = 0
+    evals_since_best: int = 0  # evaluations in a row without an improvement (early stopping counts these)
+
+    def record_eval(self, loss: float, min_delta: float) -> bool:
+        """Track the best eval loss; True when `loss` improves on it by more than `min_delta`."""
+        if loss < self.best_loss - min_delta:
+            self.best_loss, self.best_step, self.evals_since_best = loss, self.step, 0
+            return True
+        self.evals_since_best += 1
+        return False
 
     def state_dict(self) -> dict:
         return asdict(self)
@@ -64,16 +77,27 @@ def resolve_resume(resume: str | None, run_dir: str | Path) -> Path | None:
     return path
 
 
-def save_checkpoint(accelerator: Accelerator, model, cfg: Config, step: int) -> Path:
-    """Save the full training state on every process; side files and rotation on the main process."""
-    path = Path(cfg.output.dir) / CHECKPOINTS / f"step_{step}"
+def save_checkpoint(accelerator: Accelerator, model, cfg: Config, step: int, folder: Path | None = None) -> Path:
+    """Save the full training state on every process; side files and rotation on the main process.
+
+    The default folder is checkpoints/step_N, rotated to `train.keep_last`. Any other `folder` (the best
+    checkpoint) is replaced whole: written beside it first, then swapped in, so a crash never leaves it
+    half-written.
+    """
+    path = folder or Path(cfg.output.dir) / CHECKPOINTS / f"step_{step}"
+    target = path.with_name(path.name + ".tmp") if folder is not None else path
     with _xla_state_workaround(accelerator):
-        accelerator.save_state(str(path), safe_serialization=not _on_xla(accelerator))
+        accelerator.save_state(str(target), safe_serialization=not _on_xla(accelerator))
     if accelerator.is_main_process:
-        accelerator.unwrap_model(model).config.save_pretrained(path)
-        cfg.save(path / CONFIG_FILE)
-        for old in list_checkpoints(cfg.output.dir)[: -cfg.train.keep_last]:
-            shutil.rmtree(old)
+        accelerator.unwrap_model(model).config.save_pretrained(target)
+        cfg.save(target / CONFIG_FILE)
+        if folder is None:
+            for old in list_checkpoints(cfg.output.dir)[: -cfg.train.keep_last]:
+                shutil.rmtree(old)
+        else:
+            if path.exists():
+                shutil.rmtree(path)
+            target.rename(path)
     accelerator.wait_for_everyone()
     return path
 

@@ -35,11 +35,13 @@ def main(argv: list[str] | None = None) -> None:
     text.add_argument("--text", help='one script, e.g. "[S1] Hello. [S2] Hi!"')
     text.add_argument("--text-file", help="one script per line; writes OUT/line_0001.wav, ...")
     p.add_argument("--out", required=True, help="wav file (with --text) or folder (with --text-file)")
+    p.add_argument("--audio-prompt", help="voice cloning: audio to continue (any rate; resampled)")
+    p.add_argument("--prompt-transcript", help="what is said in --audio-prompt, with [S1]/[S2] tags")
     p.add_argument("--guidance-scale", type=float, default=3.0)
     p.add_argument("--temperature", type=float, default=1.8)
     p.add_argument("--top-p", type=float, default=0.90)
     p.add_argument("--top-k", type=int, default=45)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="line i of --text-file uses seed + i")
     p.add_argument("--max-seconds", type=float, default=None, help="length limit (default: all the model holds)")
     p.add_argument("--greedy", action="store_true", help="argmax decoding instead of sampling")
     p.add_argument("--batch-size", type=int, default=4)
@@ -78,12 +80,16 @@ def _export(args: argparse.Namespace) -> None:
 
 
 def _generate(args: argparse.Namespace) -> None:
+    import dataclasses
+
     import soundfile as sf
     import torch
 
-    from dia_tpu.generate import GenerationSettings, synthesize
+    from dia_tpu.generate import GenerationSettings, load_voice_prompt, synthesize
     from dia_tpu.model import load_for_inference
 
+    if (args.audio_prompt is None) != (args.prompt_transcript is None):
+        raise ValueError("--audio-prompt and --prompt-transcript go together: the model reads the transcript first")
     if args.text is not None:
         texts, outputs = [args.text], [Path(args.out)]
     else:
@@ -91,6 +97,8 @@ def _generate(args: argparse.Namespace) -> None:
         if not source.is_file():
             raise FileNotFoundError(f"--text-file not found: {source}")
         texts = [line.strip() for line in source.read_text(encoding="utf-8").splitlines() if line.strip()]
+        if not texts:
+            raise ValueError(f"--text-file {source} holds no scripts")
         outputs = [Path(args.out) / f"line_{i + 1:04d}.wav" for i in range(len(texts))]
     settings = GenerationSettings(
         guidance_scale=args.guidance_scale,
@@ -103,9 +111,11 @@ def _generate(args: argparse.Namespace) -> None:
     )
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     model, codec = load_for_inference(args.model, device)
+    prompt = None if args.audio_prompt is None else load_voice_prompt(codec, args.audio_prompt, args.prompt_transcript)
     rate = codec.config.sampling_rate
     for start in range(0, len(texts), args.batch_size):
-        waves = synthesize(model, codec, texts[start : start + args.batch_size], settings)
+        batch = dataclasses.replace(settings, seed=settings.seed + start)
+        waves = synthesize(model, codec, texts[start : start + args.batch_size], batch, prompt)
         for wave, path in zip(waves, outputs[start : start + args.batch_size], strict=True):
             path.parent.mkdir(parents=True, exist_ok=True)
             sf.write(path, wave, rate)

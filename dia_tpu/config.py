@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -117,6 +118,41 @@ class EvalConfig:
     eval_every: int = 100
     # Micro-batch size per process for evaluation.
     batch_size: int = 2
+    # Keep the whole training state of the lowest eval loss so far in output.dir/best (never rotated).
+    keep_best: bool = True
+    # Stop after this many evaluations in a row without an eval-loss improvement (0: never stop early).
+    early_stopping_patience: int = 0
+    # An evaluation improves on the best only when its loss is lower by more than this.
+    early_stopping_min_delta: float = 0.0
+
+
+@dataclass
+class SamplePrompt:
+    # File stem of the sample's wav under output.dir/samples/step_N/ and its tag in the trackers.
+    name: str = ""
+    # What to say, with [S1]/[S2] speaker tags.
+    text: str = ""
+    # Voice cloning: audio to continue (any rate; resampled), and what is said in it.
+    audio: str | None = None
+    transcript: str | None = None
+    # Seed of this prompt's own sampling generator: a prompt sounds the same every time for the same weights.
+    seed: int = 0
+
+
+@dataclass
+class SamplesConfig:
+    # Generate the prompts every N optimizer steps and at the end (0: never).
+    every: int = 0
+    prompts: list[SamplePrompt] = field(default_factory=list)
+    guidance_scale: float = 3.0
+    temperature: float = 1.8
+    top_p: float = 0.90
+    top_k: int = 45
+    # Length limit of each sample, in seconds.
+    max_seconds: float = 5.0
+    # On XLA devices: "cpu" generates on the main process from a CPU copy of the weights (step-by-step
+    # generation on XLA would compile a graph per length); "off" skips samples there.
+    on_xla: str = "cpu"
 
 
 @dataclass
@@ -131,6 +167,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    samples: SamplesConfig = field(default_factory=SamplesConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
 
     def to_dict(self) -> dict:
@@ -197,6 +234,13 @@ def _build(cls: type, raw: Any, prefix: str, problems: list[str]) -> Any:
         if dataclasses.is_dataclass(hint):
             values[name] = _build(hint, value, dotted + ".", problems)
             continue
+        item = _dataclass_item(hint)
+        if item is not None:
+            if isinstance(value, list):
+                values[name] = [_build(item, v, f"{dotted}[{i}].", problems) for i, v in enumerate(value)]
+            else:
+                problems.append(f"{dotted}: expected a list, got {value!r}")
+            continue
         coerced = _coerce(hint, value)
         if coerced is _INVALID:
             names = " or ".join(getattr(k, "__name__", str(k)) for k in _allowed(hint))
@@ -207,6 +251,14 @@ def _build(cls: type, raw: Any, prefix: str, problems: list[str]) -> Any:
 
 
 _INVALID = object()
+
+
+def _dataclass_item(hint: Any) -> type | None:
+    """The item type of list[SomeDataclass], else None."""
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) is list and len(args) == 1 and dataclasses.is_dataclass(args[0]):
+        return args[0]
+    return None
 
 
 def _allowed(hint: Any) -> tuple:
@@ -283,4 +335,35 @@ def validate(cfg: Config) -> list[str]:
         p.append(f"train.unconditional_frac: must be in [0, 1), got {t.unconditional_frac}")
     if any(not isinstance(w, (int, float)) or w < 0 for w in t.codebook_weights):
         p.append(f"train.codebook_weights: must be non-negative numbers, got {t.codebook_weights}")
+    if e.early_stopping_patience < 0:
+        p.append(f"eval.early_stopping_patience: must be >= 0, got {e.early_stopping_patience}")
+    p += _validate_samples(cfg.samples)
+    return p
+
+
+def _validate_samples(s: SamplesConfig) -> list[str]:
+    p: list[str] = []
+    _choice(p, "samples.on_xla", s.on_xla, ("cpu", "off"))
+    if s.every < 0:
+        p.append(f"samples.every: must be >= 0, got {s.every}")
+    if s.every > 0 and not s.prompts:
+        p.append("samples.prompts: samples.every is set but there are no prompts to generate")
+    if s.temperature <= 0 or s.max_seconds <= 0 or s.top_k < 1 or not 0 < s.top_p <= 1 or s.guidance_scale < 1:
+        p.append(
+            "samples: need temperature > 0, max_seconds > 0, top_k >= 1, 0 < top_p <= 1 and guidance_scale >= 1; "
+            f"got {s.temperature}, {s.max_seconds}, {s.top_k}, {s.top_p}, {s.guidance_scale}"
+        )
+    names = [prompt.name for prompt in s.prompts]
+    for i, prompt in enumerate(s.prompts):
+        key = f"samples.prompts[{i}]"
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", prompt.name):
+            p.append(f"{key}.name: {prompt.name!r} must be a file-name stem (letters, digits, _ . -)")
+        elif names.count(prompt.name) > 1:
+            p.append(f"{key}.name: {prompt.name!r} is used by more than one prompt")
+        if not prompt.text.strip() and prompt.audio is None:
+            p.append(f"{key}.text: empty (a prompt needs text, or audio to continue)")
+        if (prompt.audio is None) != (prompt.transcript is None):
+            p.append(f"{key}: audio and transcript go together (the transcript is what is said in the audio)")
+        if prompt.audio is not None and not Path(prompt.audio).is_file():
+            p.append(f"{key}.audio: file not found: {prompt.audio}")
     return p

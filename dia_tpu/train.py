@@ -21,13 +21,14 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
-from dia_tpu.checkpoint import TrainState, load_checkpoint, resolve_resume, save_checkpoint
+from dia_tpu.checkpoint import BEST, TrainState, load_checkpoint, resolve_resume, save_checkpoint
 from dia_tpu.config import Config, ConfigError
 from dia_tpu.data import CodesDataset, load_splits, make_collator
 from dia_tpu.evaluate import evaluate
 from dia_tpu.loss import batch_loss, codebook_weights, target_weight
 from dia_tpu.model import CONFIG_FILE, build_codec, build_model, codec_identity, export
 from dia_tpu.prepare import read_prepare_info
+from dia_tpu.samples import TrainingSamples
 
 logger = get_logger(__name__)
 
@@ -64,6 +65,9 @@ def train(cfg: Config) -> Path:
         splits = load_splits(cfg)
     model = build_trainable(cfg, on_xla)
     _check_data_matches_model(cfg, data_info, model.config)
+    samples = TrainingSamples(accelerator, cfg, model.config, on_xla)
+    if on_xla and cfg.samples.every and not samples.enabled:
+        _say(accelerator, "samples: off on XLA (samples.on_xla=off)")
     channels = len(model.config.delay_pattern)
     train_loader, eval_loader = _make_loaders(cfg, splits, model.config, accelerator.num_processes)
     optimizer = make_optimizer(t, model)
@@ -135,13 +139,29 @@ def train(cfg: Config) -> Path:
                             fps=f"{metrics['train/frames_per_s']:.0f}")
             window.zero_()
             window_start = time.perf_counter()
+        stop = False
         if eval_loader is not None and ((cfg.eval.eval_every and state.step % cfg.eval.eval_every == 0) or last):
             metrics = evaluate(accelerator, model, eval_loader, weights)
             accelerator.log(metrics, step=state.step)
-            _say(accelerator, f"step {state.step}: eval loss {metrics['eval/loss']:.4f}")
-        if state.step % t.save_every == 0 or last:
+            # The metrics are gathered, so every process takes the same decisions here.
+            improved = state.record_eval(metrics["eval/loss"], cfg.eval.early_stopping_min_delta)
+            _say(accelerator, _eval_line(state, metrics, channels))
+            if improved and cfg.eval.keep_best:
+                save_checkpoint(accelerator, model, cfg, state.step, folder=run_dir / BEST)
+            patience = cfg.eval.early_stopping_patience
+            stop = bool(patience) and state.evals_since_best >= patience and not last
+            if stop:
+                _say(accelerator, f"early stop at step {state.step}: no eval-loss improvement in {patience} "
+                                  f"evaluations (best {state.best_loss:.4f} at step {state.best_step})")
+        if state.step % t.save_every == 0 or last or stop:
             path = save_checkpoint(accelerator, model, cfg, state.step)
             logger.info(f"saved checkpoint {path}", main_process_only=True)
+        if samples.due(state.step, last or stop):
+            folder = samples.write(model, state.step)
+            if folder is not None:
+                logger.info(f"wrote samples {folder}", main_process_only=True)
+        if stop:
+            break
     bar.close()
 
     final = run_dir / "final"
@@ -269,6 +289,15 @@ def _check_data_matches_model(cfg: Config, info: dict, model_config) -> None:
         problems.append(f"{cfg.data.dataset} has {info['num_codebooks']} codebooks but the model has {channels}")
     if problems:
         raise ConfigError("prepared data does not match the model:\n  - " + "\n  - ".join(problems))
+
+
+def _eval_line(state: TrainState, metrics: dict, channels: int) -> str:
+    losses = " ".join(f"{metrics[f'eval/loss_cb{c}']:.2f}" for c in range(channels))
+    accuracy = " ".join(f"{metrics[f'eval/acc_cb{c}']:.2f}" for c in range(channels))
+    return (
+        f"step {state.step}: eval loss {metrics['eval/loss']:.4f} (best {state.best_loss:.4f} at step "
+        f"{state.best_step})\n  loss per codebook: {losses}\n  accuracy per codebook: {accuracy}"
+    )
 
 
 def _say(accelerator: Accelerator, message: str) -> None:

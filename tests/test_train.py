@@ -6,80 +6,17 @@ import importlib.util
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import soundfile as sf
 import torch
-from accelerate.state import AcceleratorState, GradientState
+from conftest import ROOT, TINY, reset_accelerate, scalars, tiny, weights
 from safetensors.torch import load_file
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from transformers import AutoProcessor, DiaForConditionalGeneration
 
 from dia_tpu.config import ConfigError, load
 from dia_tpu.model import build_model
-from dia_tpu.prepare import prepare
 from dia_tpu.train import train
-
-ROOT = Path(__file__).resolve().parents[1]
-
-# A 2-layer Dia far smaller than the demo's, cropped audio, every random per-item decision switched on.
-TINY = [
-    "model.architecture.encoder_config.hidden_size=64",
-    "model.architecture.encoder_config.intermediate_size=128",
-    "model.architecture.encoder_config.head_dim=16",
-    "model.architecture.decoder_config.hidden_size=64",
-    "model.architecture.decoder_config.intermediate_size=128",
-    "model.architecture.decoder_config.head_dim=16",
-    "model.architecture.decoder_config.cross_head_dim=16",
-    "model.architecture.decoder_config.cross_hidden_size=64",
-    "data.max_audio_frames=48",
-    "data.random_crop=true",
-    "train.unconditional_frac=0.3",
-    "train.batch_size=2",
-    "train.warmup_steps=3",
-    "train.learning_rate=1e-3",
-    "train.log_every=5",
-    "train.report_to=tensorboard",
-    "eval.batch_size=2",
-]
-
-
-@pytest.fixture(scope="session")
-def codes_dir(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("codes") / "sample"
-    prepare(load(ROOT / "configs/demo.yaml"), ROOT / "data/sample", out)
-    return out
-
-
-def reset_accelerate() -> None:
-    """Forget the process-wide Accelerate state, so the next in-process run sets its own, as a new launch would."""
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
-
-
-@pytest.fixture(autouse=True)
-def fresh_accelerate_state():
-    yield
-    reset_accelerate()
-
-
-def tiny(codes_dir: Path, out: Path, *extra: str):
-    return load(ROOT / "configs/demo.yaml", [*TINY, f"data.dataset={codes_dir}", f"output.dir={out}", *extra])
-
-
-def weights(run_dir: Path) -> dict[str, torch.Tensor]:
-    return load_file(run_dir / "final" / "model.safetensors")
-
-
-def scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
-    found = {}
-    for sub in (run_dir / "logs").iterdir():
-        acc = EventAccumulator(str(sub))
-        acc.Reload()
-        for tag in acc.Tags()["scalars"]:
-            found[tag] = [(e.step, e.value) for e in acc.Scalars(tag)]
-    return found
 
 
 def test_resume_continues_exactly(codes_dir, tmp_path):

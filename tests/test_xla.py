@@ -21,8 +21,8 @@ if not os.environ.get("PJRT_DEVICE"):
 
 from accelerate.state import PartialState  # noqa: E402
 from accelerate.utils import DistributedType  # noqa: E402
+from conftest import ROOT, TINY, reset_accelerate, scalars, tiny, weights  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
-from test_train import ROOT, TINY, reset_accelerate, scalars, tiny, weights  # noqa: E402
 
 from dia_tpu.audio import encode, load_audio  # noqa: E402
 from dia_tpu.config import ConfigError, load  # noqa: E402

@@ -1,0 +1,156 @@
+"""Audio samples during training: the configured prompts, generated at an interval, written and logged.
+
+Files: `output.dir/samples/step_N/{name}.wav`, `{name}.png` (spectrogram) and `index.json` (what each
+sample is), which `dia-tpu report` reads. Trackers get the audio and the spectrogram image.
+
+Every process calls `TrainingSamples.write`; only the main process generates and writes, and all of them
+meet at one barrier afterwards. Generation uses the live model (mode restored, dtype untouched) except on
+XLA and under FSDP, where it runs on a CPU copy of the weights.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import torch
+from accelerate import Accelerator
+from accelerate.utils import DistributedType
+from transformers import DiaForConditionalGeneration
+
+from dia_tpu.config import Config
+from dia_tpu.generate import GenerationSettings, VoicePrompt, check_request, load_voice_prompt, synthesize
+from dia_tpu.model import build_codec
+
+SAMPLES_DIR = "samples"
+INDEX_FILE = "index.json"
+
+
+def step_dir(run_dir: str | Path, step: int) -> Path:
+    return Path(run_dir) / SAMPLES_DIR / f"step_{step:06d}"
+
+
+class TrainingSamples:
+    """The sample prompts of a run, checked against the model before the first step."""
+
+    def __init__(self, accelerator: Accelerator, cfg: Config, model_config, on_xla: bool):
+        s = cfg.samples
+        self.accelerator, self.cfg = accelerator, cfg
+        self.enabled = s.every > 0 and not (on_xla and s.on_xla == "off")
+        # A CPU copy where the live weights cannot generate in place: XLA would compile every step of
+        # the decode loop, and FSDP holds only a shard of them on each process.
+        self.copy_weights = on_xla or accelerator.distributed_type == DistributedType.FSDP
+        self._cpu_model: DiaForConditionalGeneration | None = None
+        self.codec = None
+        self.voice: dict[str, VoicePrompt] = {}
+        if not self.enabled or not accelerator.is_main_process:
+            return
+        self.codec = build_codec(cfg.model)
+        if torch.cuda.is_available() and not self.copy_weights:
+            self.codec = self.codec.to(accelerator.device)
+        rate = self.codec.config.sampling_rate / self.codec.config.hop_length
+        for prompt in s.prompts:
+            voice = None
+            if prompt.audio is not None:
+                voice = load_voice_prompt(self.codec, prompt.audio, prompt.transcript)
+                self.voice[prompt.name] = voice
+            try:
+                check_request(model_config, [prompt.text], self._settings(prompt), rate, voice)
+            except ValueError as err:
+                raise ValueError(f"samples.prompts {prompt.name!r}: {err}") from err
+
+    def due(self, step: int, last: bool) -> bool:
+        return self.enabled and (step % self.cfg.samples.every == 0 or last)
+
+    def write(self, model, step: int) -> Path | None:
+        """Generate every prompt on the main process; returns its folder there (None elsewhere)."""
+        accelerator = self.accelerator
+        state = None
+        if self.copy_weights:
+            # Under FSDP gathering the full weights is a collective: every process takes part.
+            state = accelerator.get_state_dict(model) if not _on_xla(accelerator) else None
+        out = None
+        if accelerator.is_main_process:
+            live = accelerator.unwrap_model(model)
+            generator = self._cpu_copy(live, state) if self.copy_weights else live
+            out = self._generate_all(generator, step)
+        accelerator.wait_for_everyone()
+        return out
+
+    def _generate_all(self, model: DiaForConditionalGeneration, step: int) -> Path:
+        folder = step_dir(self.cfg.output.dir, step)
+        folder.mkdir(parents=True, exist_ok=True)
+        rate = self.codec.config.sampling_rate
+        index = []
+        for prompt in self.cfg.samples.prompts:
+            voice = self.voice.get(prompt.name)
+            wave = synthesize(model, self.codec, [prompt.text], self._settings(prompt), voice)[0]
+            sf.write(folder / f"{prompt.name}.wav", wave, rate)
+            image = spectrogram_image(wave, rate)
+            _save_png(folder / f"{prompt.name}.png", image)
+            self._log(prompt.name, prompt.text, wave, rate, image, step)
+            index.append(
+                {"name": prompt.name, "text": prompt.text, "audio_prompt": prompt.audio,
+                 "transcript": prompt.transcript, "seed": prompt.seed, "seconds": round(len(wave) / rate, 3),
+                 "step": step}
+            )  # fmt: skip
+        (folder / INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n")
+        return folder
+
+    def _settings(self, prompt) -> GenerationSettings:
+        s = self.cfg.samples
+        return GenerationSettings(
+            guidance_scale=s.guidance_scale, temperature=s.temperature, top_p=s.top_p, top_k=s.top_k,
+            seed=prompt.seed, max_seconds=s.max_seconds,
+        )  # fmt: skip
+
+    def _cpu_copy(self, live: DiaForConditionalGeneration, state: dict | None) -> DiaForConditionalGeneration:
+        """The live weights in a CPU model built once per run (fp32, like the master weights)."""
+        if self._cpu_model is None:
+            self._cpu_model = DiaForConditionalGeneration(live.config).eval()
+        weights = state if state is not None else live.state_dict()
+        self._cpu_model.load_state_dict({k: v.detach().to("cpu", torch.float32) for k, v in weights.items()})
+        return self._cpu_model
+
+    def _log(self, name: str, text: str, wave: np.ndarray, rate: int, image: np.ndarray, step: int) -> None:
+        for tracker in self.accelerator.trackers:
+            if tracker.name == "tensorboard":
+                tracker.writer.add_audio(f"samples/{name}", torch.from_numpy(wave)[None], step, sample_rate=rate)
+                tracker.writer.add_image(f"spectrograms/{name}", image, step, dataformats="HWC")
+                tracker.writer.add_text(f"samples/{name}", text, step)
+                tracker.writer.flush()
+            elif tracker.name == "wandb":
+                import wandb
+
+                tracker.log(
+                    {f"samples/{name}": wandb.Audio(wave, sample_rate=rate, caption=text),
+                     f"spectrograms/{name}": wandb.Image(image, caption=text)},
+                    step=step,
+                )  # fmt: skip
+
+
+def spectrogram_image(wave: np.ndarray, rate: int, n_fft: int = 1024, hop: int = 256) -> np.ndarray:
+    """Log-magnitude spectrogram as an RGB uint8 image [freq (high at the top), time, 3], 80 dB range."""
+    import matplotlib
+
+    if len(wave) < n_fft:
+        wave = np.pad(wave, (0, n_fft - len(wave)))
+    frames = np.lib.stride_tricks.sliding_window_view(wave, n_fft)[::hop] * np.hanning(n_fft)
+    power = np.abs(np.fft.rfft(frames, axis=-1)) ** 2
+    db = 10 * np.log10(np.maximum(power, 1e-10))
+    db = np.clip(db, db.max() - 80, None)
+    scaled = (db - db.min()) / max(float(db.max() - db.min()), 1e-6)
+    rgb = matplotlib.colormaps["magma"](scaled.T[::-1])[..., :3]
+    return (rgb * 255).astype(np.uint8)
+
+
+def _save_png(path: Path, image: np.ndarray) -> None:
+    import matplotlib.image
+
+    matplotlib.image.imsave(path, image)
+
+
+def _on_xla(accelerator: Accelerator) -> bool:
+    return accelerator.distributed_type == DistributedType.XLA
