@@ -48,6 +48,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     p.set_defaults(func=_generate)
 
+    p = sub.add_parser("report", help="write one self-contained HTML page about a training run")
+    p.add_argument("run_dir", help="output.dir of a run")
+    p.add_argument("--out", help="HTML file to write (default: RUN_DIR/report.html)")
+    p.set_defaults(func=_report)
+
     p = sub.add_parser("bench", help="measure training throughput (audio frames/s) per mixed precision")
     p.add_argument("--config", required=True, help="YAML config, e.g. configs/bench.yaml")
     p.add_argument("--steps", type=int, default=10, help="timed optimizer steps per precision")
@@ -120,6 +125,12 @@ def _generate(args: argparse.Namespace) -> None:
             path.parent.mkdir(parents=True, exist_ok=True)
             sf.write(path, wave, rate)
             print(f"wrote {path} ({len(wave) / rate:.2f} s at {rate} Hz)")
+
+
+def _report(args: argparse.Namespace) -> None:
+    from dia_tpu.report import write_report
+
+    print(f"wrote {write_report(args.run_dir, args.out)}")
 
 
 def _bench(args: argparse.Namespace) -> None:

@@ -98,7 +98,8 @@ def synthesize_codes(
                 attention_mask=mask,
                 decoder_input_ids=prefix,
                 decoder_attention_mask=torch.ones(prefix.shape[:2], dtype=torch.long, device=ids.device),
-                max_new_tokens=max_frames + max(delay),
+                # Dia forces EOS on the last frame it may generate: one more, so max_frames are audio.
+                max_new_tokens=max_frames + 1 + max(delay),
                 # Token choice is argmax over what the processors leave; the sampler, when on, leaves one.
                 do_sample=False,
                 temperature=1.0,
@@ -215,12 +216,13 @@ def check_request(
             shape = list(codes.shape)
             raise ValueError(f"{prompt.source}: expected codes of shape [frames, {len(delay)}], got {shape}")
         prompt_frames = len(codes)
-    room = dec.max_position_embeddings - 1 - max(delay) - prompt_frames
+    # Positions: BOS, the prompt, the audio, its EOS, and the delayed channels' tail.
+    room = dec.max_position_embeddings - 2 - max(delay) - prompt_frames
     if prompt is not None and room < 1:
         raise ValueError(
             f"{prompt.source} is {prompt_frames / rate:.1f} s ({prompt_frames} frames), too long for the model's "
             f"decoder ({dec.max_position_embeddings} positions): keep the prompt well under "
-            f"{(dec.max_position_embeddings - 1 - max(delay)) / rate:.1f} s"
+            f"{(dec.max_position_embeddings - 2 - max(delay)) / rate:.1f} s"
         )
     if settings.max_seconds is None:
         return room

@@ -123,20 +123,9 @@ def train(cfg: Config) -> Path:
         state.step += 1
         bar.update(1)
         last = state.step == total_steps
-        if state.step % t.log_every == 0 or last:
-            loss_sum, weight_sum, frames = accelerator.reduce(window, "sum").tolist()
-            elapsed = time.perf_counter() - window_start
-            metrics = {
-                "train/loss": loss_sum / max(weight_sum, 1.0),
-                "train/lr": scheduler.get_last_lr()[0],
-                "train/grad_norm": float(grad_norm),
-                "train/frames_per_s": frames / elapsed,
-                "train/epoch": state.epoch,
-                **(xla.metrics() if xla is not None else {}),
-            }
-            accelerator.log(metrics, step=state.step)
-            bar.set_postfix(loss=f"{metrics['train/loss']:.3f}", lr=f"{metrics['train/lr']:.2e}",
-                            fps=f"{metrics['train/frames_per_s']:.0f}")
+        logged = state.step % t.log_every == 0 or last
+        if logged:
+            _log_train(accelerator, window, time.perf_counter() - window_start, scheduler, grad_norm, state, xla, bar)
             window.zero_()
             window_start = time.perf_counter()
         stop = False
@@ -153,6 +142,9 @@ def train(cfg: Config) -> Path:
             if stop:
                 _say(accelerator, f"early stop at step {state.step}: no eval-loss improvement in {patience} "
                                   f"evaluations (best {state.best_loss:.4f} at step {state.best_step})")
+                if not logged:
+                    _log_train(accelerator, window, time.perf_counter() - window_start, scheduler, grad_norm, state,
+                               xla, bar)
         if state.step % t.save_every == 0 or last or stop:
             path = save_checkpoint(accelerator, model, cfg, state.step)
             logger.info(f"saved checkpoint {path}", main_process_only=True)
@@ -289,6 +281,22 @@ def _check_data_matches_model(cfg: Config, info: dict, model_config) -> None:
         problems.append(f"{cfg.data.dataset} has {info['num_codebooks']} codebooks but the model has {channels}")
     if problems:
         raise ConfigError("prepared data does not match the model:\n  - " + "\n  - ".join(problems))
+
+
+def _log_train(accelerator: Accelerator, window, elapsed: float, scheduler, grad_norm, state, xla, bar) -> None:
+    """Log the training window since the last log: loss, learning rate, gradient norm, throughput."""
+    loss_sum, weight_sum, frames = accelerator.reduce(window, "sum").tolist()
+    metrics = {
+        "train/loss": loss_sum / max(weight_sum, 1.0),
+        "train/lr": scheduler.get_last_lr()[0],
+        "train/grad_norm": float(grad_norm),
+        "train/frames_per_s": frames / elapsed,
+        "train/epoch": state.epoch,
+        **(xla.metrics() if xla is not None else {}),
+    }
+    accelerator.log(metrics, step=state.step)
+    bar.set_postfix(loss=f"{metrics['train/loss']:.3f}", lr=f"{metrics['train/lr']:.2e}",
+                    fps=f"{metrics['train/frames_per_s']:.0f}")
 
 
 def _eval_line(state: TrainState, metrics: dict, channels: int) -> str:

@@ -16,7 +16,7 @@ import torch
 from transformers import DacConfig, DacModel, DiaConfig, DiaFeatureExtractor, DiaProcessor, DiaTokenizer
 
 from dia_tpu.audio import apply_delay, encode, revert_delay
-from dia_tpu.config import DataConfig
+from dia_tpu.config import DataConfig, load
 from dia_tpu.data import (
     IGNORE_INDEX,
     CodesDataset,
@@ -158,11 +158,18 @@ def test_collator_matches_processor_apart_from_padding_side(processor, codec):
 # --- the delay pattern ------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    "delay",
-    [DELAY, [0] * 9, [0, 1, 2, 3], DELAY * 2],
-    ids=["dia", "none", "ramp", "stereo-18"],
-)
+def delay_patterns() -> dict[str, list[int]]:
+    """Every pattern a shipped config trains with, Dia's own (what hub checkpoints use), a stereo one
+    (left and right codebooks each with Dia's delays), and two edge cases."""
+    found = {"dia-default": DiaConfig().delay_pattern, "stereo-18": DELAY * 2, "none": [0] * 9, "ramp": [0, 1, 2, 3]}
+    for path in sorted((ROOT / "configs").glob("*.yaml")):
+        pattern = load(path).model.architecture.get("delay_pattern")
+        if pattern:
+            found[f"configs/{path.name}"] = pattern
+    return found
+
+
+@pytest.mark.parametrize("delay", list(delay_patterns().values()), ids=list(delay_patterns()))
 @pytest.mark.parametrize("batch_shape", [(), (3,), (2, 2)], ids=["unbatched", "batched", "2d-batch"])
 def test_delay_round_trip_and_specials(delay, batch_shape):
     steps, channels = 20, len(delay)
@@ -322,7 +329,7 @@ def test_cfg_decisions_are_reproducible_per_epoch_and_match_the_fraction():
 _DECISIONS_SCRIPT = """
 import json, sys
 from datasets import load_from_disk
-from dia_tpu.config import DataConfig
+from dia_tpu.config import DataConfig, load
 from dia_tpu.data import CodesDataset
 ds = CodesDataset(load_from_disk(sys.argv[1]), DataConfig(seed=7), 0.5, train=True)
 out = []

@@ -3,19 +3,24 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import soundfile as sf
 import torch
 from conftest import ROOT, TINY, reset_accelerate, scalars, tiny, weights
 from safetensors.torch import load_file
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from transformers import AutoProcessor, DiaForConditionalGeneration
 
+from dia_tpu.checkpoint import list_checkpoints
 from dia_tpu.config import ConfigError, load
-from dia_tpu.model import build_model
+from dia_tpu.generate import GenerationSettings, synthesize
+from dia_tpu.model import build_model, load_for_inference
 from dia_tpu.train import train
 
 
@@ -71,20 +76,37 @@ def test_accumulation_matches_larger_batch(codes_dir, tmp_path):
         assert not torch.equal(big[key], initial[key]), f"{key} did not train"
 
 
+# Any later evaluation counts as no improvement, so patience 1 stops at the second evaluation.
+STOP_AT_SECOND_EVAL = ["eval.early_stopping_patience=1", "eval.early_stopping_min_delta=100"]
+SAMPLES = [
+    "samples.every=2", "samples.max_seconds=0.3",
+    'samples.prompts=[{name: plan, text: "[S1] Ready to plan the trip?", seed: 3}, '
+    '{name: clone, audio: data/sample/audio/utt_001.flac, transcript: "[S2] Yes, I have the map right here.", '
+    'text: "[S2] The map again."}]',
+]  # fmt: skip
+SAMPLE_FILES = ["clone.png", "clone.wav", "index.json", "plan.png", "plan.wav"]
+
+
 def test_two_processes_train_evaluate_and_save(codes_dir, tmp_path):
     run_dir = tmp_path / "ddp"
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "USE_TORCH_XLA": "0", "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29541",
            str(ROOT / "dia_tpu/finetune_acc_tpu.py"), "--config", str(ROOT / "configs/demo.yaml"), *TINY,
-           f"data.dataset={codes_dir}", f"output.dir={run_dir}", "train.max_steps=4", "train.save_every=4",
-           "eval.eval_every=4", "data.eval_size=5"]
+           f"data.dataset={codes_dir}", f"output.dir={run_dir}", "train.max_steps=8", "train.save_every=8",
+           "eval.eval_every=2", "data.eval_size=5", *STOP_AT_SECOND_EVAL, *SAMPLES]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "on 2 process(es)" in done.stdout
+    # Both processes took the same early-stopping decision (otherwise one would wait for the other forever)
+    # and met the main process after its samples.
+    assert "early stop at step 4" in done.stdout
     ckpt = run_dir / "checkpoints" / "step_4"
     assert (ckpt / "random_states_0.pkl").is_file() and (ckpt / "random_states_1.pkl").is_file()
+    assert (run_dir / "best" / "random_states_1.pkl").is_file()
     assert (run_dir / "final" / "model.safetensors").is_file()
+    for step in ("step_000002", "step_000004"):
+        assert sorted(p.name for p in (run_dir / "samples" / step).iterdir()) == SAMPLE_FILES
 
     # The eval loss gathered over 2 processes (5 items: the last batch is padded with repeats) equals a
     # single-process evaluation of the same weights.
@@ -105,6 +127,55 @@ def test_two_processes_train_evaluate_and_save(codes_dir, tmp_path):
     logged = dict(scalars(run_dir)["eval/loss"])
     assert logged[4] == pytest.approx(metrics["eval/loss"], rel=1e-5)
     assert metrics["eval/tokens"] > 0
+
+
+def test_samples_are_written_logged_and_do_not_change_training(codes_dir, tmp_path):
+    common = ["train.max_steps=4", "train.save_every=100", "data.eval_size=0"]
+    train(tiny(codes_dir, tmp_path / "plain", *common))
+    reset_accelerate()
+    run_dir = tmp_path / "sampled"
+    final = train(tiny(codes_dir, run_dir, *common, *SAMPLES))
+
+    # Sampling draws from its own generators and restores the model's mode: training is bit-identical.
+    plain, sampled = weights(tmp_path / "plain"), weights(run_dir)
+    for key in plain:
+        assert torch.equal(plain[key], sampled[key]), key
+    for step in (2, 4):
+        folder = run_dir / "samples" / f"step_{step:06d}"
+        assert sorted(p.name for p in folder.iterdir()) == SAMPLE_FILES
+        index = {entry["name"]: entry for entry in json.loads((folder / "index.json").read_text())}
+        assert index["plan"]["seed"] == 3 and index["clone"]["audio_prompt"].endswith("utt_001.flac")
+    acc = EventAccumulator(str(next((run_dir / "logs").iterdir())), size_guidance={"audio": 0, "images": 0})
+    acc.Reload()
+    assert {"samples/plan", "samples/clone"} <= set(acc.Tags()["audio"])
+    assert {"spectrograms/plan", "spectrograms/clone"} <= set(acc.Tags()["images"])
+    assert [e.step for e in acc.Audio("samples/plan")] == [2, 4]
+
+    # A sample is a function of the weights, the prompt and its seed: the export regenerates step 4's.
+    cfg = load(run_dir / "config.yaml")
+    model, codec = load_for_inference(str(final))
+    settings = GenerationSettings(guidance_scale=3.0, temperature=1.8, top_p=0.9, top_k=45, seed=3, max_seconds=0.3)
+    [again] = synthesize(model, codec, [cfg.samples.prompts[0].text], settings)
+    sf.write(tmp_path / "again.wav", again, codec.config.sampling_rate)
+    written, _ = sf.read(run_dir / "samples" / "step_000004" / "plan.wav")
+    assert np.array_equal(sf.read(tmp_path / "again.wav")[0], written)
+
+
+def test_best_checkpoint_and_early_stopping(codes_dir, tmp_path, capsys):
+    run_dir = tmp_path / "stop"
+    train(tiny(codes_dir, run_dir, "train.max_steps=40", "train.save_every=2", "train.keep_last=5",
+               "eval.eval_every=2", "eval.early_stopping_patience=2", "eval.early_stopping_min_delta=100"))
+    assert "early stop at step 6: no eval-loss improvement in 2 evaluations (best" in capsys.readouterr().out
+    assert [p.name for p in list_checkpoints(run_dir)] == ["step_2", "step_4", "step_6"]
+    assert max(step for step, _ in scalars(run_dir)["train/loss"]) == 6
+    # best/ is the whole state of the first evaluation's step, and stays beside the rotating checkpoints.
+    best, step_2 = run_dir / "best", run_dir / "checkpoints" / "step_2"
+    assert load_file(best / "model.safetensors").keys() == load_file(step_2 / "model.safetensors").keys()
+    for key, value in load_file(best / "model.safetensors").items():
+        assert torch.equal(value, load_file(step_2 / "model.safetensors")[key]), key
+    state = torch.load(best / "custom_checkpoint_0.pkl", weights_only=False)
+    assert state["step"] == 2 and state["best_step"] == 2 and state["evals_since_best"] == 0
+    assert (run_dir / "final" / "model.safetensors").is_file()
 
 
 def test_generate_cli_writes_wav(codes_dir, tmp_path):

@@ -1,0 +1,185 @@
+"""Generation: per-item seeded sampling that leaves the rest of the process alone, voice prompts, limits, CLI."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from transformers import DacConfig, DacModel
+
+from dia_tpu.data import encode_text
+from dia_tpu.generate import (
+    GenerationSettings,
+    VoicePrompt,
+    _SeededSampler,
+    check_request,
+    load_voice_prompt,
+    synthesize_codes,
+)
+
+RATE = 44100 / 512  # frames per second of the 44.1 kHz DAC
+SHORT = dict(max_seconds=0.3, guidance_scale=3.0)
+
+
+@pytest.fixture(scope="module")
+def codec() -> DacModel:
+    torch.manual_seed(0)
+    return DacModel(DacConfig(encoder_hidden_size=8, decoder_hidden_size=32, sampling_rate=44100)).eval()
+
+
+@pytest.fixture
+def training_mode(tiny_dia):
+    """The shared tiny model in training mode, as the live model is when samples are taken; restored after."""
+    tiny_dia.train()
+    yield tiny_dia
+    tiny_dia.eval()
+
+
+def test_sampling_is_seeded_per_item_and_leaves_the_process_alone(training_mode):
+    model = training_mode
+    texts = ["[S1] Hello there.", "[S2] Hi!"]
+    torch.manual_seed(123)
+    rng_before = torch.get_rng_state()
+    weights_before = {k: v.clone() for k, v in model.state_dict().items()}
+
+    batch = synthesize_codes(model, texts, GenerationSettings(seed=5, **SHORT), RATE)
+    again = synthesize_codes(model, texts, GenerationSettings(seed=5, **SHORT), RATE)
+    alone = synthesize_codes(model, texts[1:], GenerationSettings(seed=6, **SHORT), RATE)
+    other = synthesize_codes(model, texts[1:], GenerationSettings(seed=7, **SHORT), RATE)
+
+    assert all(torch.equal(a, b) for a, b in zip(batch, again, strict=True))
+    # Item i uses seed + i whatever batch it runs in; another seed gives other audio.
+    assert torch.equal(batch[1], alone[0])
+    assert not torch.equal(alone[0], other[0])
+    # The global RNG, the model's mode, dtype and weights are as they were.
+    assert torch.equal(torch.get_rng_state(), rng_before)
+    assert model.training
+    for key, value in model.state_dict().items():
+        assert value.dtype == torch.float32 and torch.equal(value, weights_before[key]), key
+
+
+def test_sampling_at_a_tiny_temperature_is_greedy(tiny_dia):
+    texts = ["[S1] Hello there.", "[S2] Hi!"]
+    greedy = synthesize_codes(tiny_dia, texts, GenerationSettings(greedy=True, **SHORT), RATE)
+    cold = synthesize_codes(tiny_dia, texts, GenerationSettings(temperature=1e-8, **SHORT), RATE)
+    assert all(torch.equal(a, b) for a, b in zip(greedy, cold, strict=True))
+    assert all(len(codes) == round(0.3 * RATE) for codes in greedy)  # a random model never says EOS
+
+
+def test_sampler_keeps_to_top_k_and_top_p():
+    vocab, channels = 8, 2
+    probs = torch.tensor([0.5, 0.3, 0.1, 0.05, 0.03, 0.01, 0.005, 0.005])
+    scores = probs.log().repeat(channels, 1)  # one item, two channels
+
+    def draws(**settings) -> set[int]:
+        sampler = _SeededSampler([0], channels, GenerationSettings(temperature=1.0, **settings))
+        picked = set()
+        for _ in range(200):
+            out = sampler(None, scores.clone())
+            assert ((out == 0).sum(-1) == 1).all() and torch.isinf(out).sum() == channels * (vocab - 1)
+            picked |= set(out.argmax(-1).tolist())
+        return picked
+
+    assert draws(top_k=2, top_p=1.0) == {0, 1}
+    assert draws(top_k=8, top_p=0.75) == {0, 1}  # 0.5 alone is short of 0.75; 0.5 + 0.3 reaches it
+    assert draws(top_k=8, top_p=0.4) == {0}
+    assert len(draws(top_k=8, top_p=1.0)) > 4
+
+
+def test_voice_prompt_continues_and_is_not_returned(tiny_dia):
+    prompt = VoicePrompt(codes=torch.randint(0, 1024, (12, 9), generator=torch.Generator().manual_seed(0)),
+                         transcript="[S1] This is how I sound.")
+    seen = {}
+
+    def capture(module, args, kwargs):
+        seen["ids"] = kwargs["input_ids"]
+
+    hook = tiny_dia.model.encoder.register_forward_pre_hook(capture, with_kwargs=True)
+    try:
+        [codes] = synthesize_codes(tiny_dia, ["[S2] And this is me."], GenerationSettings(greedy=True, **SHORT),
+                                   RATE, prompt)
+    finally:
+        hook.remove()
+    # The encoder reads the transcript, then the text; the unconditional half is all zeros.
+    assert seen["ids"][0].tolist() == encode_text("[S1] This is how I sound. [S2] And this is me.")
+    assert not seen["ids"][1].any()
+    # Only new frames come back (this random model happens to end early; test_agreement checks lengths).
+    assert 0 < len(codes) <= round(0.3 * RATE)
+
+
+def test_requests_that_do_not_fit_name_the_limit(tiny_dia):
+    config = tiny_dia.config
+    limit = config.encoder_config.max_position_embeddings
+    with pytest.raises(ValueError, match=f"text length of {limit}"):
+        check_request(config, ["[S1] " + "a" * limit], GenerationSettings(), RATE)
+    with pytest.raises(ValueError, match="empty text"):
+        check_request(config, [""], GenerationSettings(), RATE)
+    room = config.decoder_config.max_position_embeddings - 2 - max(config.delay_pattern)
+    with pytest.raises(ValueError, match="max_seconds=1000"):
+        check_request(config, ["[S1] Hi."], GenerationSettings(max_seconds=1000), RATE)
+    long = VoicePrompt(codes=torch.zeros((room, 9), dtype=torch.long), transcript="[S1] Hi.", source="long.wav")
+    with pytest.raises(ValueError, match=r"long.wav is .* too long"):
+        check_request(config, ["[S1] Hi."], GenerationSettings(), RATE, long)
+    wrong = VoicePrompt(codes=torch.zeros((5, 4), dtype=torch.long), transcript="[S1] Hi.", source="x.npy")
+    with pytest.raises(ValueError, match=r"x.npy: expected codes of shape \[frames, 9\]"):
+        check_request(config, ["[S1] Hi."], GenerationSettings(), RATE, wrong)
+    assert check_request(config, ["[S1] Hi."], GenerationSettings(), RATE) == room
+
+
+def test_voice_prompt_audio_is_resampled_to_the_codec_rate(codec, tmp_path):
+    t = np.arange(44100) / 44100
+    wave = (0.4 * np.sin(2 * np.pi * 220 * t)).astype(np.float32)
+    sf.write(tmp_path / "native.wav", wave, 44100)
+    sf.write(tmp_path / "low.flac", wave[::2], 22050)
+    stereo = np.stack([wave, wave], axis=1)
+    sf.write(tmp_path / "stereo.wav", stereo, 44100)
+    native = load_voice_prompt(codec, tmp_path / "native.wav", "[S1] Ah.")
+    low = load_voice_prompt(codec, tmp_path / "low.flac", "[S1] Ah.")
+    both = load_voice_prompt(codec, tmp_path / "stereo.wav", "[S1] Ah.")
+    assert native.codes.shape == low.codes.shape == both.codes.shape == (44100 // 512, 9)
+    assert torch.equal(native.codes, both.codes)
+    with pytest.raises(ValueError, match="native.wav: its transcript is empty"):
+        load_voice_prompt(codec, tmp_path / "native.wav", " ")
+    with pytest.raises(ValueError, match="missing.wav"):
+        load_voice_prompt(codec, tmp_path / "missing.wav", "[S1] Ah.")
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "dia_tpu", "generate", *args], capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_generate_cli_text_file_voice_prompt_and_batching(tiny_dia, codec, tmp_path):
+    model_dir = tmp_path / "model"
+    tiny_dia.save_pretrained(model_dir)
+    codec.save_pretrained(model_dir / "codec")
+    lines = tmp_path / "lines.txt"
+    lines.write_text("[S1] One.\n\n[S2] Two, a bit longer.\n[S1] Three!\n")
+    t = np.arange(22050) / 22050
+    sf.write(tmp_path / "voice.wav", (0.3 * np.sin(2 * np.pi * 300 * t)).astype(np.float32), 22050)
+    common = ["--model", str(model_dir), "--text-file", str(lines), "--max-seconds", "0.2", "--seed", "3"]
+    voice = ["--audio-prompt", str(tmp_path / "voice.wav"), "--prompt-transcript", "[S1] Hm."]
+
+    one = _cli(*common, *voice, "--out", str(tmp_path / "one"), "--batch-size", "1")
+    two = _cli(*common, *voice, "--out", str(tmp_path / "two"), "--batch-size", "2")
+    assert one.returncode == 0 and two.returncode == 0, one.stderr[-2000:] + two.stderr[-2000:]
+    names = sorted(p.name for p in (tmp_path / "one").iterdir())
+    assert names == ["line_0001.wav", "line_0002.wav", "line_0003.wav"]
+    for name in names:
+        a, rate = sf.read(tmp_path / "one" / name)
+        b, _ = sf.read(tmp_path / "two" / name)
+        assert rate == 44100 and 0 < len(a) <= round(0.2 * RATE) * 512 and len(a) % 512 == 0
+        assert np.array_equal(a, b), name  # line i uses seed + i, whatever the batch size
+
+    missing = _cli("--model", str(tmp_path / "nope"), "--text", "[S1] Hi.", "--out", str(tmp_path / "x.wav"))
+    assert missing.returncode != 0 and "model not found" in missing.stderr and "nope" in missing.stderr
+    alone = _cli(*common, "--out", str(tmp_path / "x"), "--audio-prompt", str(tmp_path / "voice.wav"))
+    assert alone.returncode != 0 and "--prompt-transcript" in alone.stderr
+    too_long = _cli("--model", str(model_dir), "--text", "[S1] " + "x" * 2000, "--out", str(tmp_path / "y.wav"))
+    assert too_long.returncode != 0 and "exceeds the model's text length" in too_long.stderr
+    assert not Path(tmp_path / "y.wav").exists()
