@@ -14,7 +14,7 @@ XLA_VERSION ?= 2.9.0
 XLA_VENV ?= $(HOME)/.cache/dia_tpu/xla-py311-torch$(XLA_TORCH)-xla$(XLA_VERSION)
 XLA_STAMP := $(XLA_VENV)/.installed
 
-.PHONY: demo test test-cpu test-xla lint bench clean
+.PHONY: demo test test-cpu test-xla lint bench clean browser
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -37,13 +37,20 @@ demo: $(STAMP)
 	$(BIN)/dia-tpu prepare --config configs/demo.yaml
 	$(BIN)/dia-tpu train --config configs/demo.yaml
 	$(BIN)/dia-tpu generate --model runs/demo/final --text "$(DEMO_TEXT)" --out runs/demo/sample.wav --max-seconds 4
-	@echo "demo outputs: codes runs/demo/codes | checkpoints runs/demo/checkpoints | export runs/demo/final | wav runs/demo/sample.wav | tensorboard --logdir runs/demo/logs"
+	$(BIN)/dia-tpu report runs/demo
+	@echo "demo outputs: codes runs/demo/codes | checkpoints runs/demo/checkpoints (best: runs/demo/best) | export runs/demo/final | samples runs/demo/samples | wav runs/demo/sample.wav | report runs/demo/report.html | tensorboard --logdir runs/demo/logs"
 
 # The whole suite on CPU, then the training tests again on torch_xla's CPU device.
 test: test-cpu test-xla
 
-test-cpu: $(STAMP)
+test-cpu: $(STAMP) browser
 	$(BIN)/python -m pytest -q
+
+# tests/test_report.py opens the report in headless Chromium (Debian's package); installed here when missing.
+browser:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium >/dev/null; \
+	  else echo "chromium not found and not root: the browser check in tests/test_report.py will be skipped"; fi
 
 test-xla: $(XLA_STAMP)
 	PJRT_DEVICE=CPU PYTHONPATH="$(CURDIR):$(CURDIR)/tests" $(XLA_VENV)/bin/python -m pytest -q -p no:cacheprovider tests/test_xla.py tests/test_train.py

@@ -151,7 +151,7 @@ class SamplesConfig:
     # Length limit of each sample, in seconds.
     max_seconds: float = 5.0
     # On XLA devices: "cpu" generates on the main process from a CPU copy of the weights (step-by-step
-    # generation on XLA would compile a graph per length); "off" skips samples there.
+    # generation on XLA would compile a graph per length); "skip" leaves samples out there.
     on_xla: str = "cpu"
 
 
@@ -343,7 +343,7 @@ def validate(cfg: Config) -> list[str]:
 
 def _validate_samples(s: SamplesConfig) -> list[str]:
     p: list[str] = []
-    _choice(p, "samples.on_xla", s.on_xla, ("cpu", "off"))
+    _choice(p, "samples.on_xla", s.on_xla, ("cpu", "skip"))
     if s.every < 0:
         p.append(f"samples.every: must be >= 0, got {s.every}")
     if s.every > 0 and not s.prompts:

@@ -38,7 +38,7 @@ class TrainingSamples:
     def __init__(self, accelerator: Accelerator, cfg: Config, model_config, on_xla: bool):
         s = cfg.samples
         self.accelerator, self.cfg = accelerator, cfg
-        self.enabled = s.every > 0 and not (on_xla and s.on_xla == "off")
+        self.enabled = s.every > 0 and not (on_xla and s.on_xla == "skip")
         # A CPU copy where the live weights cannot generate in place: XLA would compile every step of
         # the decode loop, and FSDP holds only a shard of them on each process.
         self.copy_weights = on_xla or accelerator.distributed_type == DistributedType.FSDP

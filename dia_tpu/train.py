@@ -67,7 +67,7 @@ def train(cfg: Config) -> Path:
     _check_data_matches_model(cfg, data_info, model.config)
     samples = TrainingSamples(accelerator, cfg, model.config, on_xla)
     if on_xla and cfg.samples.every and not samples.enabled:
-        _say(accelerator, "samples: off on XLA (samples.on_xla=off)")
+        _say(accelerator, "samples: off on XLA (samples.on_xla=skip)")
     channels = len(model.config.delay_pattern)
     train_loader, eval_loader = _make_loaders(cfg, splits, model.config, accelerator.num_processes)
     optimizer = make_optimizer(t, model)

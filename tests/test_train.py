@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -169,13 +170,20 @@ def test_best_checkpoint_and_early_stopping(codes_dir, tmp_path, capsys):
     assert [p.name for p in list_checkpoints(run_dir)] == ["step_2", "step_4", "step_6"]
     assert max(step for step, _ in scalars(run_dir)["train/loss"]) == 6
     # best/ is the whole state of the first evaluation's step, and stays beside the rotating checkpoints.
-    best, step_2 = run_dir / "best", run_dir / "checkpoints" / "step_2"
-    assert load_file(best / "model.safetensors").keys() == load_file(step_2 / "model.safetensors").keys()
-    for key, value in load_file(best / "model.safetensors").items():
-        assert torch.equal(value, load_file(step_2 / "model.safetensors")[key]), key
-    state = torch.load(best / "custom_checkpoint_0.pkl", weights_only=False)
+    best, step_2 = saved_model(run_dir / "best"), saved_model(run_dir / "checkpoints" / "step_2")
+    assert best.keys() == step_2.keys()
+    for key, value in best.items():
+        assert torch.equal(value, step_2[key]), key
+    state = torch.load(run_dir / "best" / "custom_checkpoint_0.pkl", weights_only=False)
     assert state["step"] == 2 and state["best_step"] == 2 and state["evals_since_best"] == 0
     assert (run_dir / "final" / "model.safetensors").is_file()
+
+
+def saved_model(checkpoint: Path) -> dict[str, torch.Tensor]:
+    """The model state of a checkpoint: safetensors, or torch.save on XLA."""
+    if (checkpoint / "model.safetensors").is_file():
+        return load_file(checkpoint / "model.safetensors")
+    return torch.load(checkpoint / "pytorch_model.bin", weights_only=True)
 
 
 def test_generate_cli_writes_wav(codes_dir, tmp_path):

@@ -123,3 +123,12 @@ def test_shipped_tpu_accelerate_config_launches(codes_dir, tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     assert "2 optimizer steps on 1 process(es)" in done.stdout
     assert (run_dir / "final" / "model.safetensors").is_file()
+
+
+def test_samples_can_be_switched_off_on_xla(codes_dir, tmp_path, capsys):
+    # With the default samples.on_xla=cpu, test_train.py's samples test runs here on a CPU copy of the weights.
+    run_dir = tmp_path / "quiet"
+    train(tiny(codes_dir, run_dir, "train.max_steps=2", "train.report_to=none", "data.eval_size=0",
+               "samples.every=1", "samples.on_xla=skip", 'samples.prompts=[{name: hi, text: "[S1] Hi."}]'))
+    assert "samples: off on XLA (samples.on_xla=skip)" in capsys.readouterr().out
+    assert not (run_dir / "samples").exists()
