@@ -8,6 +8,7 @@ process does with random numbers (training included).
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,9 +16,21 @@ from pathlib import Path
 import numpy as np
 import torch
 from transformers import DacModel, DiaForConditionalGeneration, LogitsProcessor
+from transformers.utils import logging as hf_logging
 
 from dia_tpu.audio import apply_delay, decode, encode, load_audio, revert_delay
 from dia_tpu.data import TEXT_PAD, encode_text
+
+
+class _TopKIsUsed(logging.Filter):
+    """generate() runs with do_sample=False (sampling is a processor here), so transformers flags `top_k` as
+    unused; Dia's guidance step does read it, and the warning would only mislead."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "flags are not valid and may be ignored: ['top_k']" not in record.getMessage()
+
+
+hf_logging.get_logger("transformers.generation.configuration_utils").addFilter(_TopKIsUsed())
 
 
 @dataclass

@@ -189,17 +189,20 @@ def saved_model(checkpoint: Path) -> dict[str, torch.Tensor]:
 def test_generate_cli_writes_wav(codes_dir, tmp_path):
     run_dir = tmp_path / "gen"
     final = train(tiny(codes_dir, run_dir, "train.max_steps=2", "train.report_to=none", "data.eval_size=0"))
-    out = tmp_path / "hello.wav"
-    done = subprocess.run(
-        [sys.executable, "-m", "dia_tpu", "generate", "--model", str(final), "--text", "[S1] Hello. [S2] Hi!",
-         "--out", str(out), "--max-seconds", "0.5", "--seed", "3"],
-        capture_output=True, text=True, timeout=300,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
+    out, from_checkpoint = tmp_path / "hello.wav", tmp_path / "from_checkpoint.wav"
+    for model, wav in ((final, out), (run_dir / "checkpoints" / "step_2", from_checkpoint)):
+        done = subprocess.run(
+            [sys.executable, "-m", "dia_tpu", "generate", "--model", str(model), "--text", "[S1] Hello. [S2] Hi!",
+             "--out", str(wav), "--max-seconds", "0.5", "--seed", "3"],
+            capture_output=True, text=True, timeout=300,
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
     wave, rate = sf.read(out)
     assert rate == 44100
     assert 0 < len(wave) <= 0.5 * 44100 + 512
     assert wave.ndim == 1
+    # A checkpoint folder loads for generation too (its codec comes from its config.yaml).
+    assert np.array_equal(sf.read(from_checkpoint)[0], wave)
 
     # `export` turns a checkpoint into the same loadable folder.
     exported = tmp_path / "exported"
