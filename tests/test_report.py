@@ -1,0 +1,255 @@
+"""`dia-tpu report`: a real tiny run turned into one HTML page, checked by parsing it and by opening it in
+headless Chromium, where every image and sound has to load from the page alone."""
+
+from __future__ import annotations
+
+import base64
+import io
+import itertools
+import json
+import queue
+import re
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+import soundfile as sf
+from conftest import tiny
+
+from dia_tpu.report import write_report
+from dia_tpu.train import train
+
+HELLO = "[S1] Hello <there> & you."
+PROMPTS = f'samples.prompts=[{{name: hello, text: "{HELLO}"}}, {{name: plan, text: "[S1] Ready?", seed: 3}}]'
+STEPS = [5, 10]
+CODEBOOKS = 9  # the demo model's channels
+CALL_IDS = itertools.count(1)  # DevTools command ids, unique per connection
+
+
+@pytest.fixture(scope="module")
+def run(codes_dir, tmp_path_factory) -> Path:
+    """A 10-step run evaluated and sampled at steps 5 and 10, with its report written beside it."""
+    run_dir = tmp_path_factory.mktemp("report") / "tiny"
+    train(tiny(codes_dir, run_dir, "train.max_steps=10", "eval.eval_every=5", "train.save_every=5",
+               "samples.every=5", "samples.max_seconds=0.5", PROMPTS))  # fmt: skip
+    assert write_report(run_dir) == run_dir / "report.html"
+    return run_dir
+
+
+def samples_of(run_dir: Path) -> list[dict]:
+    """index.json entries of every samples step, in the order the page shows them."""
+    folders = sorted((run_dir / "samples").iterdir())
+    return [entry for folder in folders for entry in json.loads((folder / "index.json").read_text())]
+
+
+class Page(HTMLParser):
+    """The start tags, the table rows (as cell texts) and all the text of a page."""
+
+    def __init__(self, html: str):
+        super().__init__()
+        self.tags: list[tuple[str, dict]] = []
+        self.rows: list[list[str]] = []
+        self.text: list[str] = []
+        self.in_cell = False
+        self.feed(html)
+        self.close()
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append((tag, dict(attrs)))
+        if tag == "tr":
+            self.rows.append([])
+        elif tag in ("td", "th"):
+            self.rows[-1].append("")
+            self.in_cell = True
+
+    def handle_endtag(self, tag):
+        if tag in ("td", "th"):
+            self.in_cell = False
+
+    def handle_data(self, data):
+        self.text.append(data)
+        if self.in_cell:
+            self.rows[-1][-1] += data
+
+    def find(self, tag: str) -> list[dict]:
+        return [attrs for name, attrs in self.tags if name == tag]
+
+
+def test_report_holds_curves_eval_table_and_samples(run, tmp_path):
+    html = (run / "report.html").read_text(encoding="utf-8")
+    page = Page(html)
+    assert html.startswith("<!DOCTYPE html>") and page.find("meta") == [{"charset": "utf-8"}]
+    text = "".join(page.text)
+    assert "Training run tiny" in text and "10 optimizer steps logged" in text and "best eval loss" in text
+    assert "checkpoints kept: step_5, step_10" in text and "best-eval checkpoint best/: present" in text
+
+    # Everything is embedded: no address points outside the page.
+    assert "http://" not in html and "https://" not in html
+    for name, attrs in page.tags:
+        for key in ("src", "href"):
+            assert key not in attrs or attrs[key].startswith("data:"), (name, attrs[key][:80])
+
+    images = [img["alt"] for img in page.find("img")]
+    assert images[:2] == ["loss curves", "learning-rate curve"]
+    assert images[2:] == [f"spectrogram of {s['name']}" for s in samples_of(run)]
+
+    header, *rows = page.rows
+    assert header[:2] == ["step", "loss (weighted)"]
+    assert header[2:] == [f"cb{c} {kind}" for c in range(CODEBOOKS) for kind in ("loss", "acc")]
+    assert [int(row[0]) for row in rows] == STEPS
+    assert all(len(row) == len(header) and all(row) for row in rows)
+
+    # One player per sample per step, each a wav at the codec's rate, as long as the sample.
+    samples = samples_of(run)
+    assert [(s["step"], s["name"]) for s in samples] == [(step, n) for step in STEPS for n in ("hello", "plan")]
+    audios = page.find("audio")
+    assert len(audios) == len(samples)
+    for audio, sample in zip(audios, samples, strict=True):
+        head, _, payload = audio["src"].partition(",")
+        assert head == "data:audio/wav;base64"
+        wave, rate = sf.read(io.BytesIO(base64.b64decode(payload)))
+        assert rate == 44100 and sf.info(io.BytesIO(base64.b64decode(payload))).subtype == "PCM_16"
+        assert len(wave) / rate == pytest.approx(sample["seconds"], abs=1e-3)
+
+    # The prompt text is shown as text, not markup.
+    assert "Hello &lt;there&gt; &amp; you." in html and "<there>" not in html
+    assert HELLO in text
+
+    # The command line writes the same page.
+    out = tmp_path / "elsewhere" / "page.html"
+    done = subprocess.run([sys.executable, "-m", "dia_tpu", "report", str(run), "--out", str(out)],
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert str(out) in done.stdout
+    assert out.read_text(encoding="utf-8") == html
+    assert sorted(p.name for p in out.parent.iterdir()) == ["page.html"]
+
+
+# What the page reports after loading: every image decoded, every audio's metadata read (or its error).
+PROBE = """(async () => {
+  const images = [...document.images].map(i => ({alt: i.alt, ok: i.complete && i.naturalWidth > 0}));
+  const metadata = a => new Promise(resolve => {
+    const done = () => resolve({duration: a.duration, error: a.error ? a.error.code : null});
+    if (a.readyState >= 1 || a.error) return done();
+    a.addEventListener('loadedmetadata', done, {once: true});
+    a.addEventListener('error', done, {once: true});
+    setTimeout(() => resolve({duration: null, error: 'no metadata in 20 s'}), 20000);
+  });
+  const audios = await Promise.all([...document.querySelectorAll('audio')].map(metadata));
+  return {images, audios};
+})()"""
+
+
+def test_report_loads_in_headless_chromium(run, tmp_path):
+    binary = shutil.which("chromium") or shutil.which("chromium-browser")
+    if binary is None:
+        pytest.skip("no chromium binary on PATH (Debian package: chromium)")
+    websocket = pytest.importorskip("websocket", reason="websocket-client is missing: pip install 'dia-tpu[dev]'")
+    cmd = [binary, "--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run",
+           "--disable-background-networking", "--disable-component-update", "--disable-sync",
+           "--remote-debugging-port=0", f"--user-data-dir={tmp_path / 'profile'}", "about:blank"]  # fmt: skip
+    browser = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        port = devtools_port(browser, timeout=30)
+        ws = websocket.create_connection(page_target(port), timeout=30, suppress_origin=True)
+        try:
+            events: list[dict] = []
+            for domain in ("Runtime", "Log", "Network", "Page"):
+                cdp(ws, events, f"{domain}.enable")
+            cdp(ws, events, "Page.navigate", url=(run / "report.html").as_uri())
+            wait_for(ws, events, "Page.loadEventFired", timeout=30)
+            result = cdp(ws, events, "Runtime.evaluate", expression=PROBE, awaitPromise=True, returnByValue=True)
+        finally:
+            ws.close()
+    finally:
+        browser.kill()
+        browser.wait(timeout=30)
+        browser.stderr.close()
+
+    assert "exceptionDetails" not in result, result
+    found = result["result"]["value"]
+    assert len(found["images"]) == 2 + len(samples_of(run))
+    assert all(image["ok"] for image in found["images"]), found["images"]
+    expected = [s["seconds"] for s in samples_of(run)]
+    assert [a["error"] for a in found["audios"]] == [None] * len(expected)
+    assert [a["duration"] for a in found["audios"]] == pytest.approx(expected, abs=0.05)
+    failures = [e for e in events if e["method"] in ("Runtime.exceptionThrown", "Network.loadingFailed")]
+    failures += [e for e in events if e["method"] == "Log.entryAdded" and e["params"]["entry"]["level"] == "error"]
+    assert failures == []
+
+
+def devtools_port(browser: subprocess.Popen, timeout: float) -> int:
+    """The port Chromium chose, from the `DevTools listening on ws://...` line of its stderr."""
+    lines: queue.Queue[str | None] = queue.Queue()
+
+    def drain():  # Keeps reading to the end, so a full pipe never blocks Chromium.
+        for line in browser.stderr:
+            lines.put(line)
+        lines.put(None)
+
+    threading.Thread(target=drain, daemon=True).start()
+    seen, deadline = [], time.monotonic() + timeout
+    while (line := lines.get(timeout=max(deadline - time.monotonic(), 0.01))) is not None:
+        seen.append(line)
+        if match := re.search(r"DevTools listening on ws://[^:/]+:(\d+)/", line):
+            return int(match[1])
+    pytest.fail("Chromium exited without a DevTools address:\n" + "".join(seen))
+
+
+def page_target(port: int) -> str:
+    """The DevTools websocket of the about:blank tab Chromium opened."""
+    from urllib.request import urlopen
+
+    with urlopen(f"http://127.0.0.1:{port}/json/list", timeout=30) as response:
+        targets = json.load(response)
+    pages = [t["webSocketDebuggerUrl"] for t in targets if t["type"] == "page"]
+    assert pages, targets
+    return pages[0]
+
+
+def cdp(ws, events: list[dict], method: str, **params) -> dict:
+    """Send one DevTools command and return its result; events that arrive meanwhile go to `events`."""
+    call_id = next(CALL_IDS)
+    ws.send(json.dumps({"id": call_id, "method": method, "params": params}))
+    while True:
+        message = json.loads(ws.recv())
+        if message.get("id") == call_id:
+            assert "error" not in message, (method, message["error"])
+            return message["result"]
+        events.append(message)
+
+
+def wait_for(ws, events: list[dict], method: str, timeout: float) -> None:
+    """Read events until `method` has arrived (a websocket timeout fails the test instead of hanging it)."""
+    deadline = time.monotonic() + timeout
+    while not any(e.get("method") == method for e in events):
+        assert time.monotonic() < deadline, f"no {method} in {timeout} s"
+        events.append(json.loads(ws.recv()))
+
+
+def test_report_of_a_run_without_eval_or_samples(codes_dir, tmp_path):
+    run_dir = tmp_path / "bare"
+    train(tiny(codes_dir, run_dir, "train.max_steps=3", "train.save_every=100", "data.eval_size=0",
+               "train.report_to=none", "samples.every=0"))  # fmt: skip
+    assert not (run_dir / "logs").exists()
+    out = write_report(run_dir, tmp_path / "bare.html")
+    page = Page(out.read_text(encoding="utf-8"))
+    text = "".join(page.text)
+    assert "no evaluation logged" in text and "No evaluation was logged" in text
+    assert "No samples were generated" in text and "no logs/" in text
+    assert "best-eval checkpoint best/: absent" in text and "final export final/: present" in text
+    assert page.find("audio") == [] and page.find("img") == [] and page.rows == []
+
+
+def test_report_names_a_missing_or_foreign_run_dir(tmp_path):
+    with pytest.raises(FileNotFoundError, match=re.escape(str(tmp_path / "nope"))):
+        write_report(tmp_path / "nope")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match=re.escape(str(tmp_path / "empty"))):
+        write_report(tmp_path / "empty")
+    assert not (tmp_path / "empty" / "report.html").exists()
