@@ -49,7 +49,12 @@ def encode(codec: DacModel, waves: list[np.ndarray]) -> list[np.ndarray]:
 
 @torch.no_grad()
 def decode(codec: DacModel, codes: torch.Tensor) -> np.ndarray:
-    """Undelayed codes [T, C] (values 0..1023) to a mono float32 waveform at the codec's rate."""
+    """Undelayed codes [T, C] (values 0..1023) to a mono float32 waveform at the codec's rate.
+
+    No frames (a model that ends the audio at once) decode to no samples.
+    """
+    if len(codes) == 0:
+        return np.zeros(0, dtype=np.float32)
     device = next(codec.parameters()).device
     audio = codec.decode(audio_codes=codes.T[None].long().to(device)).audio_values
     return audio.reshape(-1).float().cpu().numpy()

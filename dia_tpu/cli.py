@@ -124,7 +124,8 @@ def _generate(args: argparse.Namespace) -> None:
         for wave, path in zip(waves, outputs[start : start + args.batch_size], strict=True):
             path.parent.mkdir(parents=True, exist_ok=True)
             sf.write(path, wave, rate)
-            print(f"wrote {path} ({len(wave) / rate:.2f} s at {rate} Hz)")
+            note = "" if len(wave) else ": empty, the model ended the audio at once (EOS first)"
+            print(f"wrote {path} ({len(wave) / rate:.2f} s at {rate} Hz){note}")
 
 
 def _report(args: argparse.Namespace) -> None:

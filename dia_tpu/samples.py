@@ -117,18 +117,18 @@ class TrainingSamples:
     def _log(self, name: str, text: str, wave: np.ndarray, rate: int, image: np.ndarray, step: int) -> None:
         for tracker in self.accelerator.trackers:
             if tracker.name == "tensorboard":
-                tracker.writer.add_audio(f"samples/{name}", torch.from_numpy(wave)[None], step, sample_rate=rate)
+                if len(wave):  # a model may end the audio at once; TensorBoard cannot hold an empty clip
+                    tracker.writer.add_audio(f"samples/{name}", torch.from_numpy(wave)[None], step, sample_rate=rate)
                 tracker.writer.add_image(f"spectrograms/{name}", image, step, dataformats="HWC")
                 tracker.writer.add_text(f"samples/{name}", text, step)
                 tracker.writer.flush()
             elif tracker.name == "wandb":
                 import wandb
 
-                tracker.log(
-                    {f"samples/{name}": wandb.Audio(wave, sample_rate=rate, caption=text),
-                     f"spectrograms/{name}": wandb.Image(image, caption=text)},
-                    step=step,
-                )  # fmt: skip
+                values = {f"spectrograms/{name}": wandb.Image(image, caption=text)}
+                if len(wave):
+                    values[f"samples/{name}"] = wandb.Audio(wave, sample_rate=rate, caption=text)
+                tracker.log(values, step=step)
 
 
 def spectrogram_image(wave: np.ndarray, rate: int, n_fft: int = 1024, hop: int = 256) -> np.ndarray:

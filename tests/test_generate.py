@@ -19,8 +19,10 @@ from dia_tpu.generate import (
     _SeededSampler,
     check_request,
     load_voice_prompt,
+    synthesize,
     synthesize_codes,
 )
+from dia_tpu.samples import spectrogram_image
 
 RATE = 44100 / 512  # frames per second of the 44.1 kHz DAC
 SHORT = dict(max_seconds=0.3, guidance_scale=3.0)
@@ -110,6 +112,21 @@ def test_voice_prompt_continues_and_is_not_returned(tiny_dia):
     assert not seen["ids"][1].any()
     # Only new frames come back (this random model happens to end early; test_agreement checks lengths).
     assert 0 < len(codes) <= round(0.3 * RATE)
+
+
+def test_a_model_that_ends_at_once_gives_empty_audio(tiny_dia, codec):
+    def eos_first(module, args, output):  # channel 0's EOS logit far above everything else
+        output = output.clone()
+        output[..., 1024] = 1e4
+        return output
+
+    hook = tiny_dia.logits_dense.register_forward_hook(eos_first)
+    try:
+        [wave] = synthesize(tiny_dia, codec, ["[S1] Bye."], GenerationSettings(greedy=True, **SHORT))
+    finally:
+        hook.remove()
+    assert wave.shape == (0,) and wave.dtype == np.float32
+    assert spectrogram_image(wave, 44100).shape[2] == 3  # the sample writer draws it without failing
 
 
 def test_requests_that_do_not_fit_name_the_limit(tiny_dia):
