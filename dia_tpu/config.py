@@ -67,8 +67,61 @@ class DataConfig:
     long_text: str = "error"
     # DataLoader worker processes.
     num_workers: int = 0
-    # Codec batch size used by `dia-tpu prepare` (clips of equal length only are batched together).
-    prepare_batch_size: int = 8
+    # Length buckets in codec frames, e.g. [64, 128, 256]: each batch is padded to the smallest bucket
+    # that holds its longest clip instead of to max_audio_frames (a few fixed shapes: XLA compiles one
+    # graph per bucket). Empty: every batch is max_audio_frames long.
+    buckets: list = field(default_factory=list)
+    # Music tag prompts ("rock, guitar, 120 bpm"): per item and epoch (seeded), shuffle the comma-separated
+    # tags, drop each with this probability (at least one stays), keep at most `tag_limit` (0: all).
+    tag_shuffle: bool = False
+    tag_dropout: float = 0.0
+    tag_limit: int = 0
+    # Language tags in transcripts, e.g. {de: 3} turns "[de]" into byte 3. Values must be unused bytes:
+    # not 0 (padding), 1 or 2 (the speaker tags), nor a printable character or whitespace.
+    language_tags: dict = field(default_factory=dict)
+
+
+@dataclass
+class PrepareConfig:
+    # What --input is: "auto" (detected), "metadata" (folder + metadata.csv: LJSpeech or file|text[|speaker]),
+    # "sidecar" (audio files, each with a same-stem .txt transcript), "hf" (a Hugging Face dataset: hub id,
+    # save_to_disk folder, or parquet/jsonl/csv files). Files ending .npy/.pt/.safetensors in a metadata.csv
+    # or sidecar folder are codes encoded elsewhere and are imported without the codec.
+    kind: str = "auto"
+    # metadata.csv field delimiter, and the field names in order ([] : the header line if it names a
+    # `text` field, else LJSpeech's id|text|normalized_text when there is a wavs/ folder, else file|text|speaker).
+    delimiter: str = "|"
+    columns: list = field(default_factory=list)
+    # Which column (or metadata field) holds what. `audio_column` names the file field of a metadata.csv
+    # ("file", or "id" for LJSpeech) or the audio column of a Hugging Face dataset.
+    text_column: str = "text"
+    audio_column: str = "audio"
+    speaker_column: str = "speaker"
+    language_column: str = "language"
+    # Word or segment timing ([{start, end, text}], seconds): a column, or a same-stem .json sidecar.
+    segments_column: str = "segments"
+    # Hugging Face datasets: split, config name, and streaming (rows are read as they download).
+    split: str = "train"
+    hf_config: str | None = None
+    streaming: bool = False
+    # Codes files: "CT" ([codebooks, frames]), "TC", or "auto" (the axis whose size is the codebook count).
+    codes_layout: str = "auto"
+    # Longer clips are split at silences between timed segments when the source gives timing, else skipped.
+    max_seconds: float = 30.0
+    # Audio below this sample rate is skipped (it cannot carry what the codec encodes).
+    min_sample_rate: int = 8000
+    # Stereo models: left and right encoded separately into 2 x codebooks (mono input is duplicated).
+    stereo: bool = False
+    # Unicode NFC and collapsed whitespace in transcripts.
+    normalize_text: bool = True
+    # Items per work shard: the unit of resuming and of splitting work between processes.
+    shard_size: int = 256
+    # Codec batch size (only clips of equal length share a batch: padding would change codes).
+    batch_size: int = 8
+    # Codec precision on GPU: "no" (fp32, codes identical everywhere), "bf16" or "fp16" (faster, codes may differ).
+    mixed_precision: str = "no"
+    # Stop at the first bad input, naming it, instead of skipping it with a reason.
+    strict: bool = False
 
 
 @dataclass
@@ -168,6 +221,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     samples: SamplesConfig = field(default_factory=SamplesConfig)
+    prepare: PrepareConfig = field(default_factory=PrepareConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
 
     def to_dict(self) -> dict:
@@ -308,7 +362,8 @@ def validate(cfg: Config) -> list[str]:
     positive = {
         "data.max_text_tokens": d.max_text_tokens,
         "data.max_audio_frames": d.max_audio_frames,
-        "data.prepare_batch_size": d.prepare_batch_size,
+        "prepare.batch_size": cfg.prepare.batch_size,
+        "prepare.shard_size": cfg.prepare.shard_size,
         "train.batch_size": t.batch_size,
         "train.gradient_accumulation_steps": t.gradient_accumulation_steps,
         "train.log_every": t.log_every,
@@ -338,6 +393,52 @@ def validate(cfg: Config) -> list[str]:
     if e.early_stopping_patience < 0:
         p.append(f"eval.early_stopping_patience: must be >= 0, got {e.early_stopping_patience}")
     p += _validate_samples(cfg.samples)
+    p += _validate_data_extras(d)
+    p += _validate_prepare(cfg.prepare)
+    return p
+
+
+# Bytes a language tag may take: control characters other than the pad and speaker ids and whitespace.
+LANGUAGE_TAG_BYTES = tuple(b for b in range(3, 32) if chr(b) not in "\t\n\v\f\r") + (127,)
+
+
+def _validate_data_extras(d: DataConfig) -> list[str]:
+    p: list[str] = []
+    if any(not isinstance(b, int) or isinstance(b, bool) or b <= 0 for b in d.buckets):
+        p.append(f"data.buckets: must be positive frame counts, got {d.buckets}")
+    elif d.buckets and max(d.buckets) > d.max_audio_frames:
+        p.append(f"data.buckets: {max(d.buckets)} is longer than data.max_audio_frames={d.max_audio_frames}")
+    if not 0.0 <= d.tag_dropout < 1.0:
+        p.append(f"data.tag_dropout: must be in [0, 1), got {d.tag_dropout}")
+    if d.tag_limit < 0:
+        p.append(f"data.tag_limit: must be >= 0, got {d.tag_limit}")
+    seen: dict[int, str] = {}
+    for name, value in d.language_tags.items():
+        key = f"data.language_tags.{name}"
+        if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_-]*", str(name)):
+            p.append(f"{key}: a tag name is letters, digits, _ and - (written [{name}] in transcripts)")
+        if not isinstance(value, int) or isinstance(value, bool) or value not in LANGUAGE_TAG_BYTES:
+            why = "the pad or a speaker tag" if value in (0, 1, 2) else "a printable character or whitespace"
+            detail = why if isinstance(value, int) and 0 <= value < 256 else "not a byte"
+            p.append(f"{key}: {value!r} collides with {detail}; use one of {', '.join(map(str, LANGUAGE_TAG_BYTES))}")
+        elif value in seen:
+            p.append(f"{key}: byte {value} is also used by [{seen[value]}]")
+        else:
+            seen[value] = str(name)
+    return p
+
+
+def _validate_prepare(r: PrepareConfig) -> list[str]:
+    p: list[str] = []
+    _choice(p, "prepare.kind", r.kind, ("auto", "metadata", "sidecar", "hf"))
+    _choice(p, "prepare.codes_layout", r.codes_layout, ("auto", "CT", "TC"))
+    _choice(p, "prepare.mixed_precision", r.mixed_precision, ("no", "bf16", "fp16"))
+    if len(r.delimiter) != 1:
+        p.append(f"prepare.delimiter: must be one character, got {r.delimiter!r}")
+    if r.max_seconds <= 0:
+        p.append(f"prepare.max_seconds: must be > 0, got {r.max_seconds}")
+    if r.min_sample_rate <= 0:
+        p.append(f"prepare.min_sample_rate: must be > 0, got {r.min_sample_rate}")
     return p
 
 

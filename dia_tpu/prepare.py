@@ -89,7 +89,7 @@ def prepare(cfg: Config, source: str | Path, output: str | Path) -> dict:
 
     codec = codec_on_accelerator(build_codec(cfg.model))
     rate, hop = codec.config.sampling_rate, codec.config.hop_length
-    batcher = Batcher(codec, cfg.data.prepare_batch_size, int(PENDING_SECONDS * rate))
+    batcher = Batcher(codec, cfg.prepare.batch_size, int(PENDING_SECONDS * rate))
     kept: list[Row] = []
     first_line: dict[Path, int] = {}  # resolved audio path -> line of the row that kept it
     samples = 0

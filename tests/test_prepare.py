@@ -26,7 +26,7 @@ def cfg() -> Config:
     cfg = Config()
     cfg.model.codec = None
     cfg.model.codec_architecture = {"encoder_hidden_size": 8, "decoder_hidden_size": 32, "sampling_rate": RATE}
-    cfg.data.prepare_batch_size = 4
+    cfg.prepare.batch_size = 4
     return cfg
 
 
