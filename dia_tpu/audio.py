@@ -6,6 +6,8 @@ Codes are stored undelayed as [T, C]; `apply_delay` is the only place the delay 
 
 from __future__ import annotations
 
+import io
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +33,74 @@ def load_audio(path: str | Path, sample_rate: int) -> np.ndarray:
     if rate != sample_rate:
         mono = soxr.resample(mono, rate, sample_rate, quality="HQ")
     return np.ascontiguousarray(mono, dtype=np.float32)
+
+
+# Peak amplitude below which a clip counts as silence (-80 dBFS): nothing the codec could learn from.
+SILENCE_PEAK = 1e-4
+
+
+def read_audio(ref, min_sample_rate: int) -> tuple[np.ndarray, int]:
+    """Decode an audio reference (`.path`, encoded `.data` bytes, or a decoded `.array` at `.rate`) to
+    float32 [samples, channels] at its own rate, refusing what cannot train a codec model.
+
+    Raises AudioError with the reason, which `prepare` reports for the clip: undecodable or truncated data,
+    no samples, NaN/inf, a rate below `min_sample_rate`, more than two channels, silence.
+    """
+    if ref.array is not None:
+        data = np.asarray(ref.array, dtype=np.float32)
+        data, rate = (data[:, None] if data.ndim == 1 else data), int(ref.rate)
+    else:
+        raw = ref.data if ref.data is not None else Path(ref.path).read_bytes()
+        if problem := _wav_truncation(raw):
+            raise AudioError(problem)
+        try:
+            data, rate = sf.read(io.BytesIO(raw), dtype="float32", always_2d=True)
+        except (sf.LibsndfileError, RuntimeError, TypeError) as err:
+            raise AudioError(f"cannot decode audio: {err}") from err
+    if data.shape[0] == 0:
+        raise AudioError("no samples")
+    if not np.isfinite(data).all():
+        raise AudioError("non-finite samples (NaN or inf)")
+    if rate < min_sample_rate:
+        raise AudioError(f"sample rate {rate} Hz is below prepare.min_sample_rate={min_sample_rate}")
+    if data.shape[1] > 2:
+        raise AudioError(f"{data.shape[1]} channels: only mono or stereo audio is used")
+    peak = float(np.abs(data).max())
+    if peak < SILENCE_PEAK:
+        raise AudioError(f"silent (peak {20 * np.log10(max(peak, 1e-12)):.0f} dBFS)")
+    return data, rate
+
+
+def to_codec_input(data: np.ndarray, rate: int, target_rate: int, stereo: bool) -> list[np.ndarray]:
+    """[samples, channels] at `rate` to what the codec encodes: [mono] or [left, right] at `target_rate`.
+
+    Stereo duplicates mono input; mono downmixes stereo.
+    """
+    if stereo:
+        channels = [data[:, 0], data[:, -1]]
+    else:
+        channels = [data.mean(axis=1)]
+    if rate != target_rate:
+        channels = [soxr.resample(c, rate, target_rate, quality="HQ") for c in channels]
+    return [np.ascontiguousarray(c, dtype=np.float32) for c in channels]
+
+
+def _wav_truncation(raw: bytes) -> str | None:
+    """A WAV whose data chunk promises more bytes than the file holds: libsndfile would read the rest
+    silently, so this is the only place truncation shows."""
+    if raw[:4] != b"RIFF" or raw[8:12] != b"WAVE":
+        return None
+    pos = 12
+    while pos + 8 <= len(raw):
+        chunk, size = raw[pos : pos + 4], struct.unpack("<I", raw[pos + 4 : pos + 8])[0]
+        if chunk == b"data":
+            held = len(raw) - pos - 8
+            # 0 and 0xFFFFFFFF mark a size left unwritten by a streaming writer, not a truncation.
+            if 0 < size < 0xFFFFFFFF and held < size:
+                return f"truncated: the WAV header promises {size} bytes of audio, the file holds {held}"
+            return None
+        pos += 8 + size + (size & 1)
+    return None
 
 
 @torch.no_grad()

@@ -83,7 +83,14 @@ def build_codec(cfg: ModelConfig) -> DacModel:
     return codec.eval().requires_grad_(False)
 
 
-def codec_on_accelerator(codec: DacModel) -> DacModel:
+def codec_config(cfg: ModelConfig) -> DacConfig:
+    """The codec's configuration alone (rate, hop, codebooks), without loading its weights."""
+    if cfg.codec is not None:
+        return DacConfig.from_pretrained(cfg.codec)
+    return DacConfig(**cfg.codec_architecture)
+
+
+def codec_on_accelerator(codec: DacModel, device: torch.device | None = None) -> DacModel:
     """Move the codec to the fastest device there is: a GPU, else an XLA device (TPU, or torch_xla's CPU
     device when PJRT_DEVICE is set), else the CPU.
 
@@ -91,7 +98,7 @@ def codec_on_accelerator(codec: DacModel) -> DacModel:
     traced graph is slow there, and the folded weights give the same codes.
     """
     if torch.cuda.is_available():
-        return codec.to("cuda")
+        return codec.to(device if device is not None and device.type == "cuda" else "cuda")
     if os.environ.get("PJRT_DEVICE") and importlib.util.find_spec("torch_xla") is not None:
         import torch_xla
 
