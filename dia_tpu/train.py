@@ -23,7 +23,7 @@ from transformers import get_scheduler
 
 from dia_tpu.checkpoint import BEST, TrainState, load_checkpoint, resolve_resume, save_checkpoint
 from dia_tpu.config import Config, ConfigError
-from dia_tpu.data import CodesDataset, load_splits, make_collator
+from dia_tpu.data import BucketBatchSampler, bucket_lengths, load_splits, make_collator
 from dia_tpu.evaluate import evaluate
 from dia_tpu.loss import batch_loss, codebook_weights, target_weight
 from dia_tpu.model import CONFIG_FILE, build_codec, build_model, codec_identity, export
@@ -69,7 +69,7 @@ def train(cfg: Config) -> Path:
     if on_xla and cfg.samples.every and not samples.enabled:
         _say(accelerator, "samples: off on XLA (samples.on_xla=skip)")
     channels = len(model.config.delay_pattern)
-    train_loader, eval_loader = _make_loaders(cfg, splits, model.config, accelerator.num_processes)
+    train_loader, eval_loader, epoch_seeded = _make_loaders(cfg, splits, model.config, accelerator.num_processes)
     optimizer = make_optimizer(t, model)
     # Before `prepare` the loader counts the batches of all processes together.
     steps_per_epoch = max(1, len(train_loader) // accelerator.num_processes // t.gradient_accumulation_steps)
@@ -99,7 +99,7 @@ def train(cfg: Config) -> Path:
     _report_data(accelerator, splits, total_steps)
 
     weights = codebook_weights(t.codebook_weights, channels).to(accelerator.device)
-    stream = _micro_batches(accelerator, train_loader, splits.train, state)
+    stream = _micro_batches(accelerator, train_loader, epoch_seeded, state)
     bar = tqdm(total=total_steps, initial=state.step, desc="train", disable=not accelerator.is_main_process)
     window = torch.zeros(3, device=accelerator.device)  # weighted CE sum, target weight, audio frames since last log
     grad_norm = torch.zeros((), device=accelerator.device)
@@ -212,37 +212,51 @@ def train_step(
     return torch.stack(totals).sum(0), grad_norm
 
 
-def _make_loaders(cfg: Config, splits, model_config, num_processes: int) -> tuple[DataLoader, DataLoader | None]:
-    """Fixed-shape loaders: training drops its last partial batch, evaluation fills it with ignored rows."""
-    train_loader = DataLoader(
-        splits.train,
-        batch_size=cfg.train.batch_size,
-        shuffle=True,
-        drop_last=True,
-        collate_fn=make_collator(cfg.data, model_config),
-        num_workers=cfg.data.num_workers,
-    )
+def _make_loaders(cfg: Config, splits, model_config, num_processes: int) -> tuple[DataLoader, DataLoader | None, list]:
+    """Fixed-shape loaders: training drops its last partial batch (per length bucket with data.buckets),
+    evaluation pads to max_audio_frames and fills its last batch with ignored rows. Also returns what
+    `_micro_batches` sets the epoch of: the training dataset, and the bucket batch sampler if any."""
+    d, batch_size = cfg.data, cfg.train.batch_size
+    collate = make_collator(d, model_config, bucketed=True)
+    if d.buckets:
+        lengths = bucket_lengths(d.buckets, d.max_audio_frames)
+        sampler = BucketBatchSampler(splits.train.frames(), lengths, batch_size, d.seed, num_processes)
+        train_loader = DataLoader(splits.train, batch_sampler=sampler, collate_fn=collate, num_workers=d.num_workers)
+        epoch_seeded = [splits.train, sampler]
+        within = f" within one of the lengths {lengths} (data.buckets)"
+    else:
+        train_loader = DataLoader(
+            splits.train, batch_size=batch_size, shuffle=True, drop_last=True, collate_fn=collate,
+            num_workers=d.num_workers,
+        )  # fmt: skip
+        epoch_seeded = [splits.train]
+        within = ""
     if len(train_loader) < num_processes:
         raise ValueError(
-            f"{cfg.data.dataset}: {len(splits.train)} training items make no full batch of {cfg.train.batch_size} "
+            f"{d.dataset}: {len(splits.train)} training items make no full batch of {batch_size}{within} "
             f"on each of {num_processes} processes"
         )
     if splits.eval is None:
-        return train_loader, None
+        return train_loader, None, epoch_seeded
     eval_loader = DataLoader(
         splits.eval,
         batch_size=cfg.eval.batch_size,
-        collate_fn=make_collator(cfg.data, model_config, fill_to=cfg.eval.batch_size),
-        num_workers=cfg.data.num_workers,
+        collate_fn=make_collator(d, model_config, fill_to=cfg.eval.batch_size),
+        num_workers=d.num_workers,
     )
-    return train_loader, eval_loader
+    return train_loader, eval_loader, epoch_seeded
 
 
-def _micro_batches(accelerator: Accelerator, loader, dataset: CodesDataset, state: TrainState) -> Iterator[dict]:
-    """Endless micro-batches in seeded epoch order, starting where `state` says (after a resume, mid-epoch)."""
+def _micro_batches(accelerator: Accelerator, loader, epoch_seeded: list, state: TrainState) -> Iterator[dict]:
+    """Endless micro-batches in seeded epoch order, starting where `state` says (after a resume, mid-epoch).
+
+    The dataset and the bucket sampler get the epoch here rather than through `loader.set_epoch`: on several
+    processes Accelerate wraps a custom batch sampler in a BatchSamplerShard, which that call does not reach.
+    """
     while True:
         loader.set_epoch(state.epoch)
-        dataset.set_epoch(state.epoch)
+        for part in epoch_seeded:
+            part.set_epoch(state.epoch)
         skip = state.batches_in_epoch
         for batch in accelerator.skip_first_batches(loader, skip) if skip else loader:
             state.batches_in_epoch += 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import subprocess
 import sys
 from pathlib import Path
@@ -21,8 +22,12 @@ from dia_tpu.data import (
     IGNORE_INDEX,
     CodesDataset,
     Collator,
+    _filter_long_text,
+    augment_tags,
     encode_text,
+    item_random,
     make_collator,
+    split_tags,
     unconditional_text,
 )
 
@@ -391,3 +396,74 @@ def test_crop_keeps_the_start_without_random_crop_or_in_eval():
     random = DataConfig(max_audio_frames=10, random_crop=True)
     assert crop_starts(CodesDataset(table, fixed, 0.0, train=True), range(5)) == [0] * 5
     assert crop_starts(CodesDataset(table, random, 0.0, train=False), range(5)) == [0] * 5
+
+
+# --- language tags ------------------------------------------------------------------------------------------
+
+
+def test_language_tags_become_their_byte_and_other_tags_stay_text():
+    tags = {"de": 3, "fr": 4}
+    assert encode_text("[de] Hallo [S1] ok [xx] [fr]", tags) == [3, *b" Hallo ", 1, *b" ok [xx] ", 4]
+    assert encode_text("[DE] [de-AT] x", tags) == list(b"[DE] [de-AT] x")  # matched exactly
+    # Without the mapping (what generation passes today) the tag is plain text, as before.
+    assert encode_text("[de] Hallo [S2]") == [*b"[de] Hallo ", 2] == encode_text("[de] Hallo [S2]", {})
+
+
+def test_language_tags_reach_items_and_the_long_text_check():
+    text = "[de] " + "x" * 10  # 11 tokens with the tag as one id, 15 without
+    table = make_table([text], [random_codes(4, 0)])
+    [item] = items_of(table, language_tags={"de": 3})
+    assert item["text_ids"].tolist() == [3, *b" xxxxxxxxxx"]
+    assert _filter_long_text(table, DataConfig(max_text_tokens=12, language_tags={"de": 3}), "t") == (table, 0)
+    with pytest.raises(ValueError, match="15 tokens"):
+        _filter_long_text(table, DataConfig(max_text_tokens=12), "t")
+
+
+# --- music tag augmentation ---------------------------------------------------------------------------------
+
+TAGS = "rock, electric guitar, 120 bpm, male vocals, live"
+
+
+def test_tag_augmentation_is_seeded_keeps_a_tag_and_respects_the_limit():
+    cfg = DataConfig(tag_shuffle=True, tag_dropout=0.5, tag_limit=3)
+    outs = [augment_tags(TAGS, item_random(1, epoch, 0, "tags"), cfg) for epoch in range(300)]
+
+    assert outs == [augment_tags(TAGS, item_random(1, epoch, 0, "tags"), cfg) for epoch in range(300)]
+    for out in outs:
+        kept = out.split(", ")
+        assert 1 <= len(kept) <= 3 and len(set(kept)) == len(kept) and set(kept) <= set(split_tags(TAGS))
+    assert len(set(outs)) > 30
+    assert {len(out.split(", ")) for out in outs} == {1, 2, 3}
+    # Dropping nearly everything still leaves one tag; without shuffling the order and the first tags stay.
+    heavy = DataConfig(tag_dropout=0.99)
+    assert all(augment_tags(TAGS, random.Random(i), heavy) in split_tags(TAGS) for i in range(100))
+    assert augment_tags("a,b ,  c,", random.Random(0), DataConfig(tag_limit=2)) == "a, b"
+    assert augment_tags(" , ", random.Random(0), cfg) == " , "  # no tags: left as it is
+
+
+def tag_texts(dataset: CodesDataset, epochs: range) -> list[str]:
+    texts = []
+    for epoch in epochs:
+        dataset.set_epoch(epoch)
+        texts.append(bytes(dataset[0]["text_ids"].tolist()).decode())
+    return texts
+
+
+def test_tag_augmentation_applies_in_training_only_per_item_and_epoch():
+    table = make_table([TAGS], [random_codes(3, 0)])
+    cfg = DataConfig(tag_shuffle=True, tag_dropout=0.3, seed=5)
+    texts = tag_texts(CodesDataset(table, cfg, 0.0, train=True), range(20))
+
+    assert texts == tag_texts(CodesDataset(table, cfg, 0.0, train=True), range(20))
+    assert len(set(texts)) > 5 and all(set(t.split(", ")) <= set(split_tags(TAGS)) for t in texts)
+    assert tag_texts(CodesDataset(table, cfg, 0.0, train=False), range(5)) == [TAGS] * 5
+    assert tag_texts(CodesDataset(table, DataConfig(seed=5), 0.0, train=True), range(5)) == [TAGS] * 5
+
+
+def test_long_text_check_counts_the_longest_augmented_prompt():
+    table = make_table(["a,bb,c"], [random_codes(3, 0)])  # 6 tokens; rejoined "a, bb, c" is 8
+    assert _filter_long_text(table, DataConfig(max_text_tokens=7), "t") == (table, 0)
+    with pytest.raises(ValueError, match="8 tokens"):
+        _filter_long_text(table, DataConfig(max_text_tokens=7, tag_shuffle=True), "t")
+    # At most two tags: the longest outcome is "bb, a" (5 tokens), so the prompt fits.
+    assert _filter_long_text(table, DataConfig(max_text_tokens=7, tag_limit=2), "t")[1] == 0
