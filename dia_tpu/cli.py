@@ -13,10 +13,14 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="dia-tpu", description="Fine-tune Dia text-to-speech with Accelerate.")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("prepare", help="encode audio + transcripts into a codes dataset")
-    p.add_argument("--config", required=True, help="YAML config: model.codec and data.* are used")
-    p.add_argument("--input", help="source folder with metadata.csv (default: data.source)")
+    p = sub.add_parser("prepare", help="encode audio + transcripts into a codes dataset (resumable; "
+                                       "`accelerate launch -m dia_tpu prepare ...` splits it across processes)")
+    p.add_argument("--config", required=True, help="YAML config: model.codec, prepare.* and data.* are used")
+    p.add_argument("--input", help="a folder with metadata.csv, a folder of audio + .txt, a Hugging Face dataset "
+                                   "(hub id, save_to_disk folder, parquet/jsonl/csv) (default: data.source)")
     p.add_argument("--output", help="dataset folder to write (default: data.dataset)")
+    p.add_argument("--kind", choices=("auto", "metadata", "sidecar", "hf"), help="source kind (default: prepare.kind)")
+    p.add_argument("--strict", action="store_true", help="stop at the first bad input instead of skipping it")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
     p.set_defaults(func=_prepare)
 
@@ -66,7 +70,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     try:
         args.func(args)
-    except (FileNotFoundError, ValueError) as err:
+    except (FileNotFoundError, FileExistsError, ValueError) as err:
         sys.exit(f"dia-tpu {args.command}: error: {err}")
 
 
@@ -74,8 +78,9 @@ def _prepare(args: argparse.Namespace) -> None:
     from dia_tpu.config import load
     from dia_tpu.prepare import prepare
 
-    cfg = load(args.config, args.overrides)
-    prepare(cfg, args.input or cfg.data.source, args.output or cfg.data.dataset)
+    overrides = [*args.overrides, *([f"prepare.kind={args.kind}"] if args.kind else [])]
+    cfg = load(args.config, overrides)
+    prepare(cfg, args.input or cfg.data.source, args.output or cfg.data.dataset, strict=args.strict or None)
 
 
 def _export(args: argparse.Namespace) -> None:
@@ -91,7 +96,7 @@ def _generate(args: argparse.Namespace) -> None:
     import torch
 
     from dia_tpu.generate import GenerationSettings, load_voice_prompt, synthesize
-    from dia_tpu.model import load_for_inference
+    from dia_tpu.model import load_for_inference, run_language_tags
 
     if (args.audio_prompt is None) != (args.prompt_transcript is None):
         raise ValueError("--audio-prompt and --prompt-transcript go together: the model reads the transcript first")
@@ -116,6 +121,7 @@ def _generate(args: argparse.Namespace) -> None:
     )
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     model, codec = load_for_inference(args.model, device)
+    settings.language_tags = run_language_tags(args.model)
     prompt = None if args.audio_prompt is None else load_voice_prompt(codec, args.audio_prompt, args.prompt_transcript)
     rate = codec.config.sampling_rate
     for start in range(0, len(texts), args.batch_size):
@@ -146,3 +152,7 @@ def _bench(args: argparse.Namespace) -> None:
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
         print(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()

@@ -415,7 +415,10 @@ def _validate_data_extras(d: DataConfig) -> list[str]:
     seen: dict[int, str] = {}
     for name, value in d.language_tags.items():
         key = f"data.language_tags.{name}"
-        if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_-]*", str(name)):
+        if not isinstance(name, str):
+            # YAML reads some bare language codes as other types: `no` (Norwegian) is False.
+            p.append(f"{key}: the tag name {name!r} is a {type(name).__name__}, not text; quote it in YAML")
+        elif not re.fullmatch(r"[A-Za-z][A-Za-z0-9_-]*", name):
             p.append(f"{key}: a tag name is letters, digits, _ and - (written [{name}] in transcripts)")
         if not isinstance(value, int) or isinstance(value, bool) or value not in LANGUAGE_TAG_BYTES:
             why = "the pad or a speaker tag" if value in (0, 1, 2) else "a printable character or whitespace"

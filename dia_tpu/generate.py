@@ -42,6 +42,7 @@ class GenerationSettings:
     seed: int = 0  # item i of a call uses seed + i
     max_seconds: float | None = None  # a script that never emits EOS stops here; None: all the decoder holds
     greedy: bool = False  # argmax decoding instead of sampling
+    language_tags: dict | None = None  # the training run's data.language_tags, so "[de]" reads as it was trained
 
 
 @dataclass
@@ -92,7 +93,7 @@ def synthesize_codes(
     delay = list(model.config.delay_pattern)
     scripts = [script_for(text, prompt) for text in texts]
     max_frames = check_request(model.config, scripts, settings, frame_rate, prompt)
-    ids, mask = _text_batch(model, scripts)
+    ids, mask = _text_batch(model, scripts, settings.language_tags)
     known = torch.full((1, 1, len(delay)), dec.bos_token_id, dtype=torch.long)
     if prompt is not None:
         known = torch.cat([known, prompt.codes.long()[None]], dim=1)
@@ -214,7 +215,7 @@ def check_request(
     """
     limit = config.encoder_config.max_position_embeddings
     for script in scripts:
-        tokens = len(encode_text(script))
+        tokens = len(encode_text(script, settings.language_tags))
         if tokens == 0:
             raise ValueError("empty text: nothing to synthesize")
         if tokens > limit:
@@ -249,8 +250,10 @@ def check_request(
     return wanted
 
 
-def _text_batch(model: DiaForConditionalGeneration, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-    encoded = [encode_text(t) for t in texts]
+def _text_batch(
+    model: DiaForConditionalGeneration, texts: list[str], language_tags: dict | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    encoded = [encode_text(t, language_tags) for t in texts]
     width = max(len(i) for i in encoded)
     ids = torch.full((len(texts), width), TEXT_PAD, dtype=torch.long)
     mask = torch.zeros((len(texts), width), dtype=torch.long)

@@ -179,6 +179,12 @@ def load_for_inference(source: str, device: str | torch.device = "cpu") -> tuple
     return model, codec
 
 
+def run_language_tags(source: str) -> dict:
+    """The data.language_tags a model folder was trained with (its saved config.yaml), else none."""
+    saved = Path(source) / CONFIG_FILE
+    return load(saved).data.language_tags if saved.is_file() else {}
+
+
 def _codec_for(path: Path) -> DacModel:
     if (path / CODEC_DIR / "config.json").is_file():
         return DacModel.from_pretrained(path / CODEC_DIR).eval()

@@ -103,7 +103,7 @@ class TrainingSamples:
         s = self.cfg.samples
         return GenerationSettings(
             guidance_scale=s.guidance_scale, temperature=s.temperature, top_p=s.top_p, top_k=s.top_k,
-            seed=prompt.seed, max_seconds=s.max_seconds,
+            seed=prompt.seed, max_seconds=s.max_seconds, language_tags=self.cfg.data.language_tags,
         )  # fmt: skip
 
     def _cpu_copy(self, live: DiaForConditionalGeneration, state: dict | None) -> DiaForConditionalGeneration:

@@ -10,8 +10,10 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from conftest import ROOT
 from transformers import DacConfig, DacModel
 
+from dia_tpu.config import load
 from dia_tpu.data import encode_text
 from dia_tpu.generate import (
     GenerationSettings,
@@ -22,6 +24,7 @@ from dia_tpu.generate import (
     synthesize,
     synthesize_codes,
 )
+from dia_tpu.model import run_language_tags
 from dia_tpu.samples import spectrogram_image
 
 RATE = 44100 / 512  # frames per second of the 44.1 kHz DAC
@@ -127,6 +130,24 @@ def test_a_model_that_ends_at_once_gives_empty_audio(tiny_dia, codec):
         hook.remove()
     assert wave.shape == (0,) and wave.dtype == np.float32
     assert spectrogram_image(wave, 44100).shape[2] == 3  # the sample writer draws it without failing
+
+
+def test_the_runs_language_tags_are_read_as_trained(tiny_dia, tmp_path):
+    cfg = load(ROOT / "configs/demo.yaml", ["data.language_tags={de: 3}"])
+    cfg.save(tmp_path / "config.yaml")
+    tags = run_language_tags(str(tmp_path))
+    assert tags == {"de": 3} and run_language_tags(str(tmp_path / "elsewhere")) == {}
+    seen = {}
+
+    def capture(module, args, kwargs):
+        seen["ids"] = kwargs["input_ids"]
+
+    hook = tiny_dia.model.encoder.register_forward_pre_hook(capture, with_kwargs=True)
+    try:
+        synthesize_codes(tiny_dia, ["[de] Hallo."], GenerationSettings(greedy=True, language_tags=tags, **SHORT), RATE)
+    finally:
+        hook.remove()
+    assert seen["ids"][0].tolist() == [3, *b" Hallo."]
 
 
 def test_requests_that_do_not_fit_name_the_limit(tiny_dia):

@@ -97,29 +97,29 @@ def test_prepare_keeps_good_rows_and_reports_the_rest(tmp_path, cfg, codec):
         np.testing.assert_array_equal(codes, direct_codes(codec, source / "audio" / name))
 
     report = (out / "skipped.tsv").read_text().splitlines()
-    assert report[0] == "line\tfile\treason"
-    skipped = [line.split("\t") for line in report[1:]]
-    assert [(line, file) for line, file, _ in skipped] == [
-        ("3", "audio/missing.wav"),
-        ("5", "audio/corrupt.wav"),
-        ("6", "audio/spare.wav"),
-        ("7", "a"),
-        ("8", "audio/stereo_22k.wav"),
-    ]
-    reasons = [reason for _, _, reason in skipped]
-    assert reasons[0] == "missing file"
-    assert reasons[1].startswith("cannot decode audio: ")
-    assert reasons[2] == "empty transcript"
-    assert reasons[3] == "expected 2 or 3 fields, got 5"
-    assert reasons[4].startswith("duplicate entry")
+    assert report[0] == "index\tsource_id\treason"
+    skipped = {source_id: reason for _, source_id, reason in (line.split("\t") for line in report[1:])}
+    assert skipped == {
+        "audio/missing.wav": "missing file",
+        "audio/corrupt.wav": skipped["audio/corrupt.wav"],
+        "audio/spare.wav": "empty transcript",
+        "metadata.csv:7": "expected 2 to 3 fields, got 5",
+        "audio/stereo_22k.wav (metadata.csv:8)": "duplicate of audio/stereo_22k.wav",
+    }
+    assert skipped["audio/corrupt.wav"].startswith("cannot decode audio: ")
 
-    saved = json.loads((out / "prepare.json").read_text())
+    saved = json.loads((out / "manifest.json").read_text())
     assert saved == info == read_prepare_info(out)
     assert (saved["kept"], saved["skipped"], saved["num_codebooks"], saved["sample_rate"]) == (3, 5, 9, RATE)
     assert saved["frame_rate"] == RATE / 512
     assert saved["audio_seconds"] == pytest.approx(0.5 + 0.4 + 0.3, abs=1e-3)
+    assert saved["audio_hours"] == pytest.approx(1.2 / 3600, abs=1e-4)
     assert saved["frames"] == sum(ds["frames"])
-    assert saved["codec"]["codec"] is None and saved["source"] == str(source)
+    assert saved["codec"]["codec"] is None and saved["source"] == str(source) and saved["kind"] == "metadata"
+    assert saved["skipped_by_reason"] == {"missing file": 1, "cannot decode audio": 1, "empty transcript": 1,
+                                          "expected 2 to 3 fields, got 5": 1, "duplicate of audio/stereo_22k.wav": 1}
+    assert saved["encoded"] == 3 and saved["config"]["prepare"]["shard_size"] == cfg.prepare.shard_size
+    assert set(saved["seconds"]) == {"decode", "resample", "encode"}
 
 
 def test_resampled_and_downmixed_codes_match_direct_encoding(tmp_path, cfg, codec):
@@ -142,7 +142,7 @@ def test_equal_lengths_are_batched_without_changing_codes(tmp_path, cfg, codec, 
         return encode(codec, waves)
 
     monkeypatch.setattr(prepare_module, "encode", spy)
-    # With no room to wait for equal-length partners every clip is encoded as soon as it is read.
+    # With no room to wait for equal-length partners every clip is encoded as soon as it is decoded.
     monkeypatch.setattr(prepare_module, "PENDING_SECONDS", pending_seconds)
     audio = tmp_path / "src" / "audio"
     audio.mkdir(parents=True)
@@ -173,11 +173,11 @@ def test_rerun_replaces_and_failed_run_keeps_the_earlier_dataset(tmp_path, cfg):
     assert datasets.load_from_disk(str(out))["source_id"] == ["audio/tone_44k.ogg"]
 
     (source / "metadata.csv").write_text("audio/missing.wav|x\naudio/corrupt.wav|y\n")
-    with pytest.raises(ValueError, match=r"no usable rows.*missing file.*cannot decode audio"):
+    with pytest.raises(ValueError, match=r"no usable items.*missing file.*cannot decode audio"):
         prepare(cfg, source, out)
     assert datasets.load_from_disk(str(out))["source_id"] == ["audio/tone_44k.ogg"]
     assert read_prepare_info(out)["kept"] == 1
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "src"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "out.work", "src"]
 
 
 def test_refuses_to_replace_a_folder_that_is_not_a_prepared_dataset(tmp_path, cfg):
@@ -192,7 +192,7 @@ def test_missing_source_or_metadata(tmp_path, cfg):
     with pytest.raises(FileNotFoundError, match=re.escape(str(missing))):
         prepare(cfg, missing, tmp_path / "out")
     (tmp_path / "empty").mkdir()
-    with pytest.raises(FileNotFoundError, match=re.escape(str(tmp_path / "empty" / "metadata.csv"))):
+    with pytest.raises(FileNotFoundError, match=re.escape(str(tmp_path / "empty"))):
         prepare(cfg, tmp_path / "empty", tmp_path / "out")
     with pytest.raises(FileNotFoundError, match="run `dia-tpu prepare` first"):
         read_prepare_info(tmp_path / "empty")
@@ -204,4 +204,4 @@ def test_bundled_sample(tmp_path, cfg):
     assert info["audio_seconds"] == pytest.approx(74.9, abs=0.1)
     ds = datasets.load_from_disk(str(tmp_path / "sample"))
     assert ds.num_rows == 32 and set(ds["speaker"]) == {"S1", "S2"}
-    assert (tmp_path / "sample" / "skipped.tsv").read_text() == "line\tfile\treason\n"
+    assert (tmp_path / "sample" / "skipped.tsv").read_text() == "index\tsource_id\treason\n"
