@@ -27,8 +27,8 @@ from dia_tpu.data import BucketBatchSampler, bucket_lengths, load_splits, make_c
 from dia_tpu.evaluate import evaluate
 from dia_tpu.loss import batch_loss, codebook_weights, target_weight
 from dia_tpu.model import CONFIG_FILE, build_codec, build_model, codec_identity, export
-from dia_tpu.prepare import read_prepare_info
 from dia_tpu.samples import TrainingSamples
+from dia_tpu.shards import read_prepare_info
 
 logger = get_logger(__name__)
 

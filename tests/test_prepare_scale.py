@@ -17,10 +17,11 @@ from conftest import ROOT
 
 from dia_tpu import prepare as prepare_module
 from dia_tpu.audio import encode, to_codec_input
+from dia_tpu.clips import Segment
 from dia_tpu.config import Config
 from dia_tpu.model import build_codec
-from dia_tpu.prepare import PrepareError, prepare, read_prepare_info, split_at_pauses
-from dia_tpu.sources import Segment
+from dia_tpu.prepare import prepare, split_at_pauses
+from dia_tpu.shards import PrepareError, read_prepare_info
 
 RATE = 44100
 TINY_CODEC = ["model.codec=null", "model.codec_architecture={encoder_hidden_size: 8, decoder_hidden_size: 32, "

@@ -13,8 +13,10 @@ import soundfile as sf
 import torch
 from safetensors.numpy import save_file
 
+from dia_tpu.clips import AudioRef, Clip, Segment, normalize_text
+from dia_tpu.codes_files import load_codes_file
 from dia_tpu.config import PrepareConfig, load
-from dia_tpu.sources import AudioRef, Clip, Segment, detect_kind, load_codes_file, normalize_text, read_clips
+from dia_tpu.sources import detect_kind, read_clips
 
 RATE = 16000
 

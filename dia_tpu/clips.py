@@ -1,0 +1,123 @@
+"""What every source yields: a `Clip`, with where its audio is (`AudioRef`) and its timing (`Segment`s), and the
+helpers every source kind shares to fill one in: text normalisation, attaching a file, parsing segment timing,
+listing a folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import unicodedata
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from dia_tpu.codes_files import CODES_EXTENSIONS
+
+
+@dataclass
+class Segment:
+    start: float  # seconds
+    end: float
+    text: str
+
+
+@dataclass
+class AudioRef:
+    """Where a clip's waveform comes from: exactly one of a file path, encoded bytes, or a decoded array."""
+
+    path: Path | None = None
+    data: bytes | None = None  # an encoded file's bytes (HF Audio(decode=False) rows with bytes)
+    array: np.ndarray | None = None  # decoded samples, [n] or [n, channels]
+    rate: int | None = None  # with `array`
+
+    def __post_init__(self) -> None:
+        given = [name for name in ("path", "data", "array") if getattr(self, name) is not None]
+        if len(given) != 1:
+            raise ValueError(f"AudioRef needs exactly one of path, data, array; got {given or 'none'}")
+        if self.array is not None and self.rate is None:
+            raise ValueError("AudioRef: a decoded array needs its sample rate")
+
+    def content(self) -> bytes:
+        """Bytes that identify the audio, for a cache key."""
+        if self.path is not None:
+            return Path(self.path).read_bytes()
+        if self.data is not None:
+            return self.data
+        array = np.ascontiguousarray(self.array)
+        return f"{array.dtype}{array.shape}@{self.rate}:".encode() + array.tobytes()
+
+
+@dataclass
+class Clip:
+    index: int  # position in the source's order, 0..n-1, stable for unchanged input
+    source_id: str  # unique human-readable id: path relative to the input folder, or "split/row" for HF rows
+    text: str  # transcript, or comma-separated music tags
+    speaker: str = ""
+    language: str = ""
+    audio: AudioRef | None = None
+    codes_file: Path | None = None  # codes encoded elsewhere, imported without the codec
+    segments: list[Segment] | None = None  # word/segment timing when the source gives it
+    problem: str | None = None  # why this clip cannot be used; prepare skips it with this reason
+
+
+def normalize_text(text: str) -> str:
+    """NFC, runs of whitespace collapsed to one space, stripped; [S1]/[xx] tags are left as they are."""
+    return re.sub(r"\s+", " ", unicodedata.normalize("NFC", text)).strip()
+
+
+def attach_file(clip: Clip, root: Path, name: str, absolute_ok: bool) -> None:
+    """Point the clip at `root/name` (audio, or codes by suffix), with its same-stem .json timing if any;
+    or set the clip's problem. Paths are normalised without resolving symlinks, so a linked audio folder
+    inside the dataset still counts as inside it."""
+    path = Path(os.path.normpath(root / name))
+    if not path.is_relative_to(root) and not (absolute_ok and Path(name).is_absolute()):
+        clip.problem = "path escapes the dataset folder"
+        return
+    if not path.is_file():
+        clip.problem = "missing file"
+        return
+    if path.suffix.lower() in CODES_EXTENSIONS:
+        clip.codes_file = path
+    else:
+        clip.audio = AudioRef(path=path)
+    timing = path.with_suffix(".json")
+    if timing.is_file():
+        try:
+            clip.segments = parse_segments(json.loads(timing.read_bytes()))
+        except (UnicodeDecodeError, json.JSONDecodeError, ValueError) as err:
+            clip.problem = f"bad segment timing in {timing.name}: {err}"
+
+
+def parse_segments(value) -> list[Segment]:
+    """[{start, end, text}, ...] (or a dict of such lists, or Whisper's {"segments": [...]}) as Segments."""
+    if isinstance(value, dict) and "segments" in value:
+        value = value["segments"]
+    if isinstance(value, dict):  # a datasets Sequence of structs reads back as a dict of lists
+        keys = ("start", "end", "text")
+        if not all(isinstance(value.get(k), list) for k in keys) or len({len(value[k]) for k in keys}) != 1:
+            raise ValueError("expected equal-length start, end and text lists")
+        value = [dict(zip(keys, item, strict=True)) for item in zip(*(value[k] for k in keys), strict=True)]
+    if not isinstance(value, list):
+        raise ValueError(f"expected a list of {{start, end, text}}, got {type(value).__name__}")
+    segments = []
+    for i, item in enumerate(value):
+        if not isinstance(item, dict) or not all(k in item for k in ("start", "end", "text")):
+            raise ValueError(f"item {i} is not a {{start, end, text}} object")
+        start, end, text = item["start"], item["end"], item["text"]
+        numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (start, end))
+        if not numbers or not 0 <= start <= end or not isinstance(text, str):
+            raise ValueError(f"item {i}: need 0 <= start <= end (seconds) and a text, got {item}")
+        segments.append(Segment(float(start), float(end), text))
+    return segments
+
+
+def walk_files(root: Path) -> set[Path]:
+    """Every file under `root`, following linked folders, leaving out hidden ones (`.git`, macOS `._x.wav`)."""
+    found = set()
+    for folder, dirs, names in os.walk(root, followlinks=True):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        found.update(Path(folder) / name for name in names if not name.startswith("."))
+    return found

@@ -1,0 +1,168 @@
+"""The on-disk side of `prepare`: each work shard written as it finishes, the shards merged in order into one
+`datasets` folder with its `manifest.json` and `skipped.tsv` and swapped in whole, and both read back.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections import Counter
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+from datasets import Array2D, Dataset, Features, Value, concatenate_datasets, load_from_disk
+
+from dia_tpu.config import Config
+from dia_tpu.data import encode_text
+from dia_tpu.model import codec_config
+
+MANIFEST_FILE = "manifest.json"
+SKIPPED_FILE = "skipped.tsv"
+_COLUMNS = ("text", "codes", "frames", "duration", "source_id", "speaker", "language", "key")
+
+
+class PrepareError(ValueError):
+    """A bad input under `prepare.strict`, or a source with nothing usable; names the item and the reason."""
+
+
+def read_prepare_info(dataset_dir: str | Path) -> dict:
+    """The manifest.json of a prepared dataset: codec identity, rates, counts, the prepare config."""
+    path = Path(dataset_dir) / MANIFEST_FILE
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{dataset_dir} is not a prepared dataset (no {MANIFEST_FILE}): run `dia-tpu prepare` first"
+        )
+    return json.loads(path.read_text())
+
+
+def load_cache(output: Path, work: Path, fingerprint: str) -> list[tuple[Dataset, dict[str, int]]]:
+    """Rows already encoded with this codec and channel layout: the current dataset, then any work shards."""
+    folders = []
+    if (output / MANIFEST_FILE).is_file() and read_prepare_info(output).get("fingerprint") == fingerprint:
+        folders.append(output)
+    folders += sorted(path for path in work.glob("shard_*") if path.is_dir()) if work.is_dir() else []
+    cache = []
+    for folder in folders:
+        dataset = load_from_disk(str(folder))
+        if "key" in dataset.column_names and len(dataset):
+            cache.append((dataset, {key: i for i, key in enumerate(dataset["key"])}))
+    return cache
+
+
+def _features(channels: int) -> Features:
+    return Features({
+        "text": Value("string"),
+        "codes": Array2D(shape=(None, channels), dtype="int16"),
+        "frames": Value("int32"),
+        "duration": Value("float32"),
+        "source_id": Value("string"),
+        "speaker": Value("string"),
+        "language": Value("string"),
+        "key": Value("string"),
+    })  # fmt: skip
+
+
+def write_shard(work: Path, shard: int, rows: list[dict], channels: int, info: dict) -> None:
+    """The shard's rows, then its json (the mark of a finished shard), each written then renamed."""
+    folder, tmp = work / f"shard_{shard:05d}", work / f"shard_{shard:05d}.tmp"
+    for stale in (tmp, folder):
+        if stale.exists():
+            shutil.rmtree(stale)
+    if rows:  # `datasets` cannot load a saved empty table back: a shard with every item skipped has none
+        table = {name: [row[name] for row in rows] for name in _COLUMNS}
+        Dataset.from_dict(table, features=_features(channels)).save_to_disk(str(tmp))
+        tmp.rename(folder)
+    note = work / f"shard_{shard:05d}.json.tmp"
+    note.write_text(json.dumps(info) + "\n")
+    note.rename(work / f"shard_{shard:05d}.json")
+
+
+def merge_shards(cfg: Config, source: str, kind: str, output: Path, work: Path, shards: int, identity: dict,
+                 fingerprint: str, channels: int, processes: int) -> None:  # fmt: skip
+    """All shards, in order, into one dataset with its manifest and skip report, swapped in whole."""
+    parts, skipped, encoded, seconds = [], [], 0, Counter()
+    for shard in range(shards):
+        info = json.loads((work / f"shard_{shard:05d}.json").read_text())
+        if (work / f"shard_{shard:05d}").is_dir():
+            parts.append(load_from_disk(str(work / f"shard_{shard:05d}")))
+        skipped += [tuple(entry) for entry in info["skipped"]]
+    for rank in range(processes):
+        run = json.loads((work / f"run_{rank}.json").read_text())
+        encoded += run["encoded"]
+        seconds.update(run["seconds"])
+    dataset = concatenate_datasets(parts) if parts else None
+    if dataset is None or len(dataset) == 0:
+        reasons = "; ".join(f"{source_id}: {reason}" for _, source_id, reason in skipped[:5])
+        more = f" (and {len(skipped) - 5} more)" if len(skipped) > 5 else ""
+        raise PrepareError(f"{source}: no usable items, {len(skipped)} skipped: {reasons}{more}")
+    codec = codec_config(cfg.model)
+    rate, hop = codec.sampling_rate, codec.hop_length
+    durations = np.asarray(dataset["duration"], dtype=np.float64)
+    manifest = {
+        "codec": identity,
+        "fingerprint": fingerprint,
+        "sample_rate": rate,
+        "frame_rate": rate / hop,
+        "num_codebooks": channels,
+        "stereo": cfg.prepare.stereo,
+        "source": source,
+        "kind": kind,
+        "kept": len(dataset),
+        "skipped": len(skipped),
+        "skipped_by_reason": dict(Counter(_reason_kind(reason) for _, _, reason in skipped)),
+        "split_pieces": sum("#" in source_id for source_id in dataset["source_id"]),
+        "encoded": encoded,
+        "audio_seconds": round(float(durations.sum()), 3),
+        "audio_hours": round(float(durations.sum()) / 3600, 4),
+        "frames": int(np.sum(dataset["frames"])),
+        "long_text": _long_text(cfg, dataset["text"]),
+        "processes": processes,
+        "seconds": {name: round(value, 3) for name, value in seconds.items()},
+        "config": {"prepare": asdict(cfg.prepare), "model.codec": cfg.model.codec},
+    }
+    tmp, old = output.with_name(output.name + ".tmp"), output.with_name(output.name + ".old")
+    for stale in (tmp, old):
+        if stale.exists():
+            shutil.rmtree(stale)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    dataset.save_to_disk(str(tmp), max_shard_size="500MB")
+    (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
+    lines = ["index\tsource_id\treason"] + [f"{i}\t{_tsv(sid)}\t{_tsv(reason)}" for i, sid, reason in sorted(skipped)]
+    (tmp / SKIPPED_FILE).write_text("\n".join(lines) + "\n", encoding="utf-8")
+    if output.exists():
+        output.rename(old)
+    tmp.rename(output)
+    for leftover in (old, work):
+        if leftover.exists():
+            shutil.rmtree(leftover)
+    _say_summary(manifest, output)
+
+
+def _long_text(cfg: Config, texts: list[str]) -> dict:
+    """Transcripts longer than data.max_text_tokens bytes: counted and shown, never cut."""
+    limit = cfg.data.max_text_tokens
+    long = [t for t in texts if len(encode_text(t, cfg.data.language_tags)) > limit]
+    return {"limit": limit, "count": len(long), "examples": [t[:80] for t in long[:3]]}
+
+
+def _reason_kind(reason: str) -> str:
+    """The reason without its particulars ("cannot decode audio: ..." -> "cannot decode audio")."""
+    return reason.split(":")[0].split(" (")[0].strip()
+
+
+def _say_summary(manifest: dict, output: Path) -> None:
+    reasons = ", ".join(f"{n} {kind}" for kind, n in sorted(manifest["skipped_by_reason"].items()))
+    long = manifest["long_text"]
+    print(
+        f"prepared {manifest['kept']} items ({manifest['audio_hours']:.3f} h, {manifest['frames']} frames; "
+        f"{manifest['encoded']} encoded, the rest reused) from {manifest['source']}, skipped {manifest['skipped']}"
+        + (f" ({reasons})" if reasons else "")
+        + (f"\n  {long['count']} transcripts are longer than data.max_text_tokens={long['limit']} bytes, e.g. "
+           f"{long['examples'][0]!r}" if long["count"] else "")
+        + f"\n  dataset: {output}\n  report:  {output / MANIFEST_FILE}, {output / SKIPPED_FILE}"
+    )  # fmt: skip
+
+
+def _tsv(value: str) -> str:
+    return str(value).replace("\t", " ").replace("\r", " ").replace("\n", " ")
