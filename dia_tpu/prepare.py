@@ -89,7 +89,8 @@ def prepare(cfg: Config, source: str | Path, output: str | Path, strict: bool | 
     work = output.with_name(output.name + ".work")
     codec_cfg = codec_config(cfg.model)
     identity = codec_identity(cfg.model)
-    fingerprint = _hash(json.dumps([identity, p.stereo], sort_keys=True).encode())
+    # Everything besides the audio that decides the codes; part of every key.
+    fingerprint = _hash(json.dumps([identity, p.stereo, p.mixed_precision], sort_keys=True).encode())
     ctx = Context(cfg, state.process_index, codec_cfg.n_codebooks * (2 if p.stereo else 1), fingerprint,
                   load_cache(output, work, fingerprint), codec_cfg.sampling_rate, codec_cfg.hop_length)  # fmt: skip
     if state.is_main_process:

@@ -300,3 +300,15 @@ def test_long_transcripts_are_reported_not_cut(tmp_path, cfg, capsys):
     assert manifest["long_text"]["count"] == 1 and manifest["long_text"]["limit"] == 64
     assert rows(tmp_path / "out")[1]["text"] == long_text.strip()
     assert "1 transcripts are longer than data.max_text_tokens=64" in capsys.readouterr().out
+
+
+def test_codec_mixed_precision_is_an_option(tmp_path, cfg):
+    source = tmp_path / "src"
+    write_metadata(source, good_clips(source, 2))
+    prepare(cfg, source, tmp_path / "fp32")
+    cfg.prepare.mixed_precision = "bf16"
+    manifest = prepare(cfg, source, tmp_path / "bf16")
+    # bf16 codes are valid codes of the same length; they may differ from fp32 codes (documented).
+    assert manifest["config"]["prepare"]["mixed_precision"] == "bf16"
+    for full, half in zip(rows(tmp_path / "fp32"), rows(tmp_path / "bf16"), strict=True):
+        assert half["codes"].shape == full["codes"].shape and 0 <= half["codes"].min() <= half["codes"].max() < 1024
