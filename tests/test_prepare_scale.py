@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import datasets
@@ -312,3 +314,30 @@ def test_codec_mixed_precision_is_an_option(tmp_path, cfg):
     assert manifest["config"]["prepare"]["mixed_precision"] == "bf16"
     for full, half in zip(rows(tmp_path / "fp32"), rows(tmp_path / "bf16"), strict=True):
         assert half["codes"].shape == full["codes"].shape and 0 <= half["codes"].min() <= half["codes"].max() < 1024
+
+
+def test_a_killed_run_resumes_where_it_stopped(tmp_path, cfg):
+    source = tmp_path / "src"
+    (source / "audio").mkdir(parents=True)
+    lines = []
+    for i in range(40):
+        sf.write(source / "audio" / f"c{i:02d}.wav", noise(1.0, seed=i), RATE)
+        lines.append(f"audio/c{i:02d}.wav|[S1] Clip {i}.")
+    write_metadata(source, lines)
+    cmd = [sys.executable, "-m", "dia_tpu", "prepare", "--config", str(ROOT / "configs/demo.yaml"), "--input",
+           str(source), "--output", str(tmp_path / "out"), *TINY_CODEC, "prepare.shard_size=1"]  # fmt: skip
+    run = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not (tmp_path / "out.work" / "shard_00002.json").exists():
+        assert run.poll() is None and time.monotonic() < deadline, "prepare ended before it could be killed"
+        time.sleep(0.01)
+    run.send_signal(signal.SIGKILL)
+    run.wait(timeout=30)
+    done = len(list((tmp_path / "out.work").glob("shard_*.json")))
+    assert not (tmp_path / "out").exists() and 3 <= done < 40
+
+    subprocess.run(cmd, capture_output=True, timeout=300, check=True)
+    assert read_prepare_info(tmp_path / "out")["encoded"] == 40 - done  # finished shards were not redone
+    cfg.prepare.shard_size = 1
+    prepare(cfg, source, tmp_path / "straight")
+    assert_same_dataset(tmp_path / "out", tmp_path / "straight")
