@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from transformers import DiaConfig, DiaForConditionalGeneration
 
-from dia_tpu.config import load
+from dia_tpu.config import Config, load
 from dia_tpu.prepare import prepare
 
 DELAY = [0, 8, 9, 10, 11, 12, 13, 14, 15]
@@ -98,3 +98,9 @@ def scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
         for tag in acc.Tags()["scalars"]:
             found[tag] = [(e.step, e.value) for e in acc.Scalars(tag)]
     return found
+
+
+
+def prepare_config(*overrides: str) -> Config:
+    """The demo's config (its codec is a tiny random DAC at 44.1 kHz) with `overrides`, for prepare tests."""
+    return load(ROOT / "configs/demo.yaml", list(overrides))

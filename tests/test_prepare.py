@@ -10,6 +10,7 @@ import datasets
 import numpy as np
 import pytest
 import soundfile as sf
+from conftest import prepare_config
 
 from dia_tpu import prepare as prepare_module
 from dia_tpu.audio import encode, load_audio
@@ -24,11 +25,7 @@ RATE = 44100
 
 @pytest.fixture(scope="module")
 def cfg() -> Config:
-    cfg = Config()
-    cfg.model.codec = None
-    cfg.model.codec_architecture = {"encoder_hidden_size": 8, "decoder_hidden_size": 32, "sampling_rate": RATE}
-    cfg.prepare.batch_size = 4
-    return cfg
+    return prepare_config("prepare.batch_size=4")
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ import datasets
 import numpy as np
 import pytest
 import soundfile as sf
-from conftest import ROOT
+from conftest import ROOT, prepare_config
 
 from dia_tpu import prepare as prepare_module
 from dia_tpu.audio import encode, to_codec_input
@@ -26,25 +26,16 @@ from dia_tpu.prepare import prepare, split_at_pauses
 from dia_tpu.shards import PrepareError, read_prepare_info
 
 RATE = 44100
-TINY_CODEC = ["model.codec=null", "model.codec_architecture={encoder_hidden_size: 8, decoder_hidden_size: 32, "
-              "sampling_rate: 44100}"]  # fmt: skip
 
 
 @pytest.fixture
 def cfg() -> Config:
-    cfg = Config()
-    cfg.model.codec = None
-    cfg.model.codec_architecture = {"encoder_hidden_size": 8, "decoder_hidden_size": 32, "sampling_rate": RATE}
-    cfg.prepare.shard_size = 3
-    return cfg
+    return prepare_config("prepare.shard_size=3")
 
 
 @pytest.fixture(scope="module")
 def codec():
-    cfg = Config()
-    cfg.model.codec = None
-    cfg.model.codec_architecture = {"encoder_hidden_size": 8, "decoder_hidden_size": 32, "sampling_rate": RATE}
-    return build_codec(cfg.model)
+    return build_codec(prepare_config().model)
 
 
 def noise(seconds: float, rate: int = RATE, seed: int = 0, channels: int = 1) -> np.ndarray:
@@ -152,7 +143,7 @@ def test_strict_stops_at_the_first_bad_input_and_names_it(tmp_path, cfg):
     assert not (tmp_path / "out").exists()
     done = subprocess.run(
         [sys.executable, "-m", "dia_tpu", "prepare", "--config", str(ROOT / "configs/demo.yaml"), "--input",
-         str(source), "--output", str(tmp_path / "cli"), "--strict", *TINY_CODEC],
+         str(source), "--output", str(tmp_path / "cli"), "--strict"],
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert done.returncode != 0 and "audio/silent.wav: silent" in done.stderr
@@ -196,7 +187,7 @@ def test_two_processes_make_the_same_dataset_as_one(tmp_path, cfg):
         [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines",
          "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29543", "-m", "dia_tpu.cli",
          "prepare", "--config", str(ROOT / "configs/demo.yaml"), "--input", str(source), "--output",
-         str(tmp_path / "two"), *TINY_CODEC, "prepare.shard_size=3"],
+         str(tmp_path / "two"), "prepare.shard_size=3"],
         env=env, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
@@ -325,7 +316,7 @@ def test_a_killed_run_resumes_where_it_stopped(tmp_path, cfg):
         lines.append(f"audio/c{i:02d}.wav|[S1] Clip {i}.")
     write_metadata(source, lines)
     cmd = [sys.executable, "-m", "dia_tpu", "prepare", "--config", str(ROOT / "configs/demo.yaml"), "--input",
-           str(source), "--output", str(tmp_path / "out"), *TINY_CODEC, "prepare.shard_size=1"]  # fmt: skip
+           str(source), "--output", str(tmp_path / "out"), "prepare.shard_size=1"]  # fmt: skip
     run = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
     while not (tmp_path / "out.work" / "shard_00002.json").exists():
