@@ -50,8 +50,6 @@ class Piece:
     source_id: str
     text: str
     key: str
-    start: float = 0.0  # seconds into the clip's audio
-    end: float | None = None
 
 
 @dataclass
@@ -205,7 +203,7 @@ def _decode(ctx: Context, piece: Piece) -> list[tuple[Piece, list[np.ndarray]]]:
     parts = []
     for k, (start, end, text) in enumerate(spans):
         a, b = round(start * rate), round(end * rate)
-        part = Piece(piece.clip, f"{piece.source_id}#{k}", text, f"{piece.key}@{start:.3f}-{end:.3f}", start, end)
+        part = Piece(piece.clip, f"{piece.source_id}#{k}", text, f"{piece.key}@{start:.3f}-{end:.3f}")
         parts.append((part, [c[a:b] for c in channels]))
     return parts
 
