@@ -16,23 +16,21 @@ import soxr
 import torch
 from transformers import DacModel
 
+from dia_tpu.clips import AudioRef
+
 
 class AudioError(ValueError):
     """An audio file that cannot be used; the message names the file."""
 
 
 def load_audio(path: str | Path, sample_rate: int) -> np.ndarray:
-    """Read any file libsndfile can (wav, flac, mp3, ogg, opus), downmix to mono, resample to `sample_rate`."""
+    """One audio file (anything libsndfile reads: wav, flac, mp3, ogg, opus) as mono float32 at `sample_rate`,
+    with the checks `prepare` applies; an AudioError names the file."""
     try:
-        data, rate = sf.read(str(path), dtype="float32", always_2d=True)
-    except (sf.LibsndfileError, RuntimeError) as err:
-        raise AudioError(f"{path}: cannot decode audio ({err})") from err
-    if data.shape[0] == 0:
-        raise AudioError(f"{path}: the file holds no samples")
-    mono = data.mean(axis=1)
-    if rate != sample_rate:
-        mono = soxr.resample(mono, rate, sample_rate, quality="HQ")
-    return np.ascontiguousarray(mono, dtype=np.float32)
+        data, rate = read_audio(AudioRef(path=Path(path)), min_sample_rate=1)
+    except AudioError as err:
+        raise AudioError(f"{path}: {err}") from err
+    return to_codec_input(data, rate, sample_rate, stereo=False)[0]
 
 
 # Peak amplitude below which a clip counts as silence (-80 dBFS): nothing the codec could learn from.
@@ -50,7 +48,10 @@ def read_audio(ref, min_sample_rate: int) -> tuple[np.ndarray, int]:
         data = np.asarray(ref.array, dtype=np.float32)
         data, rate = (data[:, None] if data.ndim == 1 else data), int(ref.rate)
     else:
-        raw = ref.data if ref.data is not None else Path(ref.path).read_bytes()
+        try:
+            raw = ref.data if ref.data is not None else Path(ref.path).read_bytes()
+        except OSError as err:
+            raise AudioError(f"cannot read the file: {err.strerror}") from err
         if problem := _wav_truncation(raw):
             raise AudioError(problem)
         try:

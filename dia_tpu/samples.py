@@ -41,6 +41,7 @@ class TrainingSamples:
         self.enabled = s.every > 0 and not (on_xla and s.on_xla == "skip")
         # A CPU copy where the live weights cannot generate in place: XLA would compile every step of
         # the decode loop, and FSDP holds only a shard of them on each process.
+        self.on_xla = on_xla
         self.copy_weights = on_xla or accelerator.distributed_type == DistributedType.FSDP
         self._cpu_model: DiaForConditionalGeneration | None = None
         self.codec = None
@@ -70,7 +71,7 @@ class TrainingSamples:
         state = None
         if self.copy_weights:
             # Under FSDP gathering the full weights is a collective: every process takes part.
-            state = accelerator.get_state_dict(model) if not _on_xla(accelerator) else None
+            state = None if self.on_xla else accelerator.get_state_dict(model)
         out = None
         if accelerator.is_main_process:
             live = accelerator.unwrap_model(model)
@@ -150,7 +151,3 @@ def _save_png(path: Path, image: np.ndarray) -> None:
     import matplotlib.image
 
     matplotlib.image.imsave(path, image)
-
-
-def _on_xla(accelerator: Accelerator) -> bool:
-    return accelerator.distributed_type == DistributedType.XLA
