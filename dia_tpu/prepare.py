@@ -15,7 +15,6 @@ shard, so after fixing some inputs only those are encoded. Training reads only `
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import time
 from collections import Counter
@@ -33,8 +32,18 @@ from dia_tpu.audio import AudioError, encode, read_audio, to_codec_input
 from dia_tpu.clips import Clip
 from dia_tpu.codes_files import load_codes_file
 from dia_tpu.config import Config
-from dia_tpu.model import build_codec, codec_config, codec_identity, codec_on_accelerator
-from dia_tpu.shards import MANIFEST_FILE, PrepareError, load_cache, merge_shards, read_prepare_info, write_shard
+from dia_tpu.model import build_codec, codec_on_accelerator
+from dia_tpu.shards import (
+    MANIFEST_FILE,
+    CodesLayout,
+    PrepareError,
+    codes_layout,
+    hash_bytes,
+    load_cache,
+    merge_shards,
+    read_prepare_info,
+    write_shard,
+)
 from dia_tpu.sources import detect_kind, read_clips
 
 # Audio held back waiting for equal-length partners before it is encoded in smaller batches: only equal
@@ -56,11 +65,8 @@ class Piece:
 class Context:
     cfg: Config
     rank: int
-    channels: int  # codebooks per row: the codec's, twice for stereo
-    fingerprint: str  # what besides the audio decides the codes
+    layout: CodesLayout
     cache: list[tuple[Dataset, dict[str, int]]]  # earlier rows by key: the old dataset, old work shards
-    sample_rate: int
-    hop: int
     codec: object = None  # built on first use, so importing codes files never loads it
     seconds: Counter = field(default_factory=Counter)  # decode / resample / encode time on this process
     encoded: int = 0  # items this process encoded in this run
@@ -85,12 +91,8 @@ def prepare(cfg: Config, source: str | Path, output: str | Path, strict: bool | 
     # Like Accelerator, honour ACCELERATE_USE_CPU: a CPU multi-process launch then joins its gloo group.
     state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
     work = output.with_name(output.name + ".work")
-    codec_cfg = codec_config(cfg.model)
-    identity = codec_identity(cfg.model)
-    # Everything besides the audio that decides the codes; part of every key.
-    fingerprint = _hash(json.dumps([identity, p.stereo, p.mixed_precision], sort_keys=True).encode())
-    ctx = Context(cfg, state.process_index, codec_cfg.n_codebooks * (2 if p.stereo else 1), fingerprint,
-                  load_cache(output, work, fingerprint), codec_cfg.sampling_rate, codec_cfg.hop_length)  # fmt: skip
+    layout = codes_layout(cfg)
+    ctx = Context(cfg, state.process_index, layout, load_cache(output, work, layout.fingerprint))
     if state.is_main_process:
         work.mkdir(parents=True, exist_ok=True)
     state.wait_for_everyone()
@@ -112,7 +114,7 @@ def prepare(cfg: Config, source: str | Path, output: str | Path, strict: bool | 
     (work / f"run_{state.process_index}.json").write_text(json.dumps(run) + "\n")
     state.wait_for_everyone()
     if state.is_main_process:
-        merge_shards(cfg, source, kind, output, work, shards, identity, fingerprint, ctx.channels, state.num_processes)
+        merge_shards(cfg, layout, source, kind, output, work, shards, state.num_processes)
     state.wait_for_everyone()
     return read_prepare_info(output)
 
@@ -126,7 +128,7 @@ def _run_shard(ctx: Context, work: Path, shard: int, clips: list[Clip], processe
         if clip.problem is not None:
             _skip(skipped, clip.index, clip.source_id, clip.problem, strict)
             continue
-        pieces.append(Piece(clip, clip.source_id, clip.text, _clip_key(clip, ctx.fingerprint)))
+        pieces.append(Piece(clip, clip.source_id, clip.text, _clip_key(clip, ctx.layout.fingerprint)))
     keys = [piece.key for piece in pieces] + [f"skip:{index}:{reason}" for index, _, reason in skipped]
     done = work / f"shard_{shard:05d}.json"
     if done.is_file() and json.loads(done.read_text())["keys"] == keys:
@@ -134,7 +136,7 @@ def _run_shard(ctx: Context, work: Path, shard: int, clips: list[Clip], processe
     rows, encoded = _encode_pieces(ctx, pieces, skipped, strict)
     ctx.encoded += encoded
     skipped.sort()
-    write_shard(work, shard, rows, ctx.channels, {"keys": keys, "skipped": skipped})
+    write_shard(work, shard, rows, ctx.layout.channels, {"keys": keys, "skipped": skipped})
 
 
 def _encode_pieces(ctx: Context, pieces: list[Piece], skipped: list, strict: bool) -> tuple[list[dict], int]:
@@ -146,21 +148,21 @@ def _encode_pieces(ctx: Context, pieces: list[Piece], skipped: list, strict: boo
     for piece in pieces:
         try:
             if piece.clip.codes_file is not None:
-                codes = load_codes_file(piece.clip.codes_file, ctx.channels, p.codes_layout)
-                rows.append(_row(piece, codes, len(codes) * ctx.hop / ctx.sample_rate))
+                codes = load_codes_file(piece.clip.codes_file, ctx.layout.channels, p.codes_layout)
+                rows.append(_row(piece, codes, len(codes) * ctx.layout.hop / ctx.layout.sample_rate))
                 continue
             if (cached := _cached(ctx, piece.key)) is not None:
                 rows.append(_row(piece, *cached))
                 continue
             for part, channels in _decode(ctx, piece):
-                seconds = len(channels[0]) / ctx.sample_rate
+                seconds = len(channels[0]) / ctx.layout.sample_rate
                 if (cached := _cached(ctx, part.key)) is not None:
                     rows.append(_row(part, *cached))
                     continue
                 waves[len(rows)] = channels
                 rows.append(_row(part, None, seconds))
                 encoded += 1
-                if sum(len(c[0]) for c in waves.values()) > PENDING_SECONDS * ctx.sample_rate:
+                if sum(len(c[0]) for c in waves.values()) > PENDING_SECONDS * ctx.layout.sample_rate:
                     _fill(ctx, rows, _encode_all(ctx, waves))
                     waves = {}
         except (AudioError, ValueError) as err:
@@ -182,7 +184,7 @@ def _fill(ctx: Context, rows: list[dict], codes: dict[int, np.ndarray]) -> None:
 def _decode(ctx: Context, piece: Piece) -> list[tuple[Piece, list[np.ndarray]]]:
     """The piece's audio at the codec's rate, as (piece, [mono] or [left, right]); a clip longer than
     `prepare.max_seconds` comes back as the pieces its timing splits it into."""
-    p, rate = ctx.cfg.prepare, ctx.sample_rate
+    p, rate = ctx.cfg.prepare, ctx.layout.sample_rate
     tick = time.perf_counter()
     data, source_rate = read_audio(piece.clip.audio, p.min_sample_rate)
     ctx.seconds["decode"] += time.perf_counter() - tick
@@ -190,8 +192,8 @@ def _decode(ctx: Context, piece: Piece) -> list[tuple[Piece, list[np.ndarray]]]:
     channels = to_codec_input(data, source_rate, rate, p.stereo)
     ctx.seconds["resample"] += time.perf_counter() - tick
     seconds = len(channels[0]) / rate
-    if len(channels[0]) < ctx.hop:
-        raise AudioError(f"too short: {len(channels[0])} samples at {rate} Hz, need {ctx.hop}")
+    if len(channels[0]) < ctx.layout.hop:
+        raise AudioError(f"too short: {len(channels[0])} samples at {rate} Hz, need {ctx.layout.hop}")
     if seconds <= p.max_seconds:
         return [(piece, channels)]
     spans = split_at_pauses(piece.clip.segments, seconds, p.max_seconds)
@@ -280,11 +282,8 @@ def _skip(skipped: list, index: int, source_id: str, reason: str, strict: bool) 
 
 def _clip_key(clip: Clip, fingerprint: str) -> str:
     content = clip.codes_file.read_bytes() if clip.codes_file is not None else clip.audio.content()
-    return _hash(content + fingerprint.encode())
+    return hash_bytes(content + fingerprint.encode())
 
-
-def _hash(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()[:32]
 
 
 def _cached(ctx: Context, key: str) -> tuple[np.ndarray, float] | None:

@@ -4,10 +4,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from collections import Counter
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,31 @@ from datasets import Array2D, Dataset, Features, Value, concatenate_datasets, lo
 
 from dia_tpu.config import Config
 from dia_tpu.data import encode_text
-from dia_tpu.model import codec_config
+from dia_tpu.model import codec_config, codec_identity
+
+
+@dataclass(frozen=True)
+class CodesLayout:
+    """What turns audio into a dataset's codes, decided once per run: codec, rates, channels, precision."""
+
+    identity: dict  # the codec, as `codec_identity` names it
+    fingerprint: str  # a hash of everything besides the audio that decides the codes; part of every key
+    sample_rate: int
+    hop: int
+    channels: int  # codebooks per row: the codec's, twice for stereo
+    stereo: bool
+
+
+def codes_layout(cfg: Config) -> CodesLayout:
+    codec, p = codec_config(cfg.model), cfg.prepare
+    identity = codec_identity(cfg.model)
+    fingerprint = hash_bytes(json.dumps([identity, p.stereo, p.mixed_precision], sort_keys=True).encode())
+    channels = codec.n_codebooks * (2 if p.stereo else 1)
+    return CodesLayout(identity, fingerprint, codec.sampling_rate, codec.hop_length, channels, p.stereo)
+
+
+def hash_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()[:32]
 
 MANIFEST_FILE = "manifest.json"
 SKIPPED_FILE = "skipped.tsv"
@@ -78,8 +103,8 @@ def write_shard(work: Path, shard: int, rows: list[dict], channels: int, info: d
     note.rename(work / f"shard_{shard:05d}.json")
 
 
-def merge_shards(cfg: Config, source: str, kind: str, output: Path, work: Path, shards: int, identity: dict,
-                 fingerprint: str, channels: int, processes: int) -> None:  # fmt: skip
+def merge_shards(cfg: Config, layout: CodesLayout, source: str, kind: str, output: Path, work: Path, shards: int,
+                 processes: int) -> None:  # fmt: skip
     """All shards, in order, into one dataset with its manifest and skip report, swapped in whole."""
     parts, skipped, encoded, seconds = [], [], 0, Counter()
     for shard in range(shards):
@@ -96,16 +121,15 @@ def merge_shards(cfg: Config, source: str, kind: str, output: Path, work: Path, 
         reasons = "; ".join(f"{source_id}: {reason}" for _, source_id, reason in skipped[:5])
         more = f" (and {len(skipped) - 5} more)" if len(skipped) > 5 else ""
         raise PrepareError(f"{source}: no usable items, {len(skipped)} skipped: {reasons}{more}")
-    codec = codec_config(cfg.model)
-    rate, hop = codec.sampling_rate, codec.hop_length
+    rate, hop = layout.sample_rate, layout.hop
     durations = np.asarray(dataset["duration"], dtype=np.float64)
     manifest = {
-        "codec": identity,
-        "fingerprint": fingerprint,
+        "codec": layout.identity,
+        "fingerprint": layout.fingerprint,
         "sample_rate": rate,
         "frame_rate": rate / hop,
-        "num_codebooks": channels,
-        "stereo": cfg.prepare.stereo,
+        "num_codebooks": layout.channels,
+        "stereo": layout.stereo,
         "source": source,
         "kind": kind,
         "kept": len(dataset),
