@@ -23,10 +23,41 @@ class ConfigError(ValueError):
 
 
 @dataclass
+class LoraSettings:
+    # LoRA rank; 0 trains the full model. With a rank, only the adapters (and `modules_to_save`) train.
+    rank: int = 0
+    # Scale numerator: the adapter's output is multiplied by alpha / rank.
+    alpha: float = 16.0
+    # Dropout on the adapter's input.
+    dropout: float = 0.0
+    # What gets adapters: "attention" (q, k, v, o of self- and cross-attention), "mlp" (gate_up, down),
+    # "head" (the output projection to codebook logits), or module names ending in any given word.
+    targets: list = field(default_factory=lambda: ["attention"])
+    # Which halves the attention and mlp targets cover: "encoder", "decoder".
+    parts: list = field(default_factory=lambda: ["encoder", "decoder"])
+    # Modules trained in full and saved beside the adapters, by name (e.g. "logits_dense", "embeddings").
+    modules_to_save: list = field(default_factory=list)
+
+
+@dataclass
+class FreezeSettings:
+    # The text encoder (embedding, layers, norm).
+    text_encoder: bool = False
+    # The decoder's audio code embeddings.
+    audio_embeddings: bool = False
+    # The first N decoder layers.
+    decoder_layers: int = 0
+
+
+@dataclass
 class ModelConfig:
-    # Hub id or local directory of a DiaForConditionalGeneration (an export, or the hub's
-    # "nari-labs/Dia-1.6B-0626"). None builds a randomly initialised model from `architecture`.
+    # What to fine-tune: a hub id or local directory of a DiaForConditionalGeneration (an export, or the
+    # hub's "nari-labs/Dia-1.6B-0626"), or a native Nari Labs checkpoint (a `.pth`/`.safetensors` file, a
+    # folder with one beside its config.json, or a hub id with `pretrained_format: native`).
+    # None builds a randomly initialised model from `architecture`.
     pretrained: str | None = None
+    # "auto" (a native checkpoint when the file or config says so), "hf" or "native".
+    pretrained_format: str = "auto"
     # DiaConfig keyword arguments for a randomly initialised model (encoder_config, decoder_config,
     # delay_pattern). Ignored when `pretrained` is set.
     architecture: dict = field(default_factory=dict)
@@ -42,6 +73,20 @@ class ModelConfig:
     attn_implementation: str = "auto"
     # Recompute activations in the backward pass (non-reentrant) to save memory.
     gradient_checkpointing: bool = False
+    # torch.compile the model after its weights are loaded (ignored on XLA, which compiles its own graphs).
+    compile: bool = False
+    # Stereo: 18 codebooks, left 9 + right 9. A 9-codebook pretrained model is widened by copying its
+    # code embeddings and output head for the right channel (a warm start).
+    stereo: bool = False
+    # Delay per codebook; [] keeps the model's (for stereo: the mono pattern for both channels).
+    delay_pattern: list = field(default_factory=list)
+    # Attention logit scale. Pretrained Dia was trained with 1.0 and keeps it; a model from scratch uses
+    # this (null: 1 / sqrt(head_dim)).
+    attention_scale: float | None = None
+    # LoRA adapters through peft.
+    lora: LoraSettings = field(default_factory=LoraSettings)
+    # Parts kept fixed during training.
+    freeze: FreezeSettings = field(default_factory=FreezeSettings)
 
 
 @dataclass
@@ -136,6 +181,8 @@ class TrainConfig:
     gradient_accumulation_steps: int = 1
     # "adamw" (torch) or "adamw_8bit" (bitsandbytes: 8-bit moments, CUDA or CPU, not XLA).
     optimizer: str = "adamw"
+    # torch's fused AdamW kernel (one kernel per step for all parameters) on CUDA and CPU; not on XLA.
+    fused_optimizer: bool = True
     learning_rate: float = 1e-4
     weight_decay: float = 0.01
     adam_beta1: float = 0.9
@@ -350,6 +397,7 @@ def validate(cfg: Config) -> list[str]:
     p: list[str] = []
     m, d, t, e = cfg.model, cfg.data, cfg.train, cfg.eval
     _choice(p, "model.attn_implementation", m.attn_implementation, ("auto", "sdpa", "eager", "static"))
+    _choice(p, "model.pretrained_format", m.pretrained_format, ("auto", "hf", "native"))
     _choice(p, "data.long_text", d.long_text, ("error", "skip"))
     _choice(p, "train.lr_scheduler", t.lr_scheduler, ("cosine", "linear", "constant"))
     _choice(p, "train.optimizer", t.optimizer, ("adamw", "adamw_8bit"))
@@ -392,9 +440,43 @@ def validate(cfg: Config) -> list[str]:
         p.append(f"train.codebook_weights: must be non-negative numbers, got {t.codebook_weights}")
     if e.early_stopping_patience < 0:
         p.append(f"eval.early_stopping_patience: must be >= 0, got {e.early_stopping_patience}")
+    p += _validate_model_extras(m)
     p += _validate_samples(cfg.samples)
     p += _validate_data_extras(d)
     p += _validate_prepare(cfg.prepare)
+    return p
+
+
+LORA_TARGETS = ("attention", "mlp", "head")
+
+
+def _validate_model_extras(m: ModelConfig) -> list[str]:
+    p: list[str] = []
+    lora, freeze = m.lora, m.freeze
+    if lora.rank < 0:
+        p.append(f"model.lora.rank: must be >= 0, got {lora.rank}")
+    if lora.rank and lora.alpha <= 0:
+        p.append(f"model.lora.alpha: must be > 0, got {lora.alpha}")
+    if not 0.0 <= lora.dropout < 1.0:
+        p.append(f"model.lora.dropout: must be in [0, 1), got {lora.dropout}")
+    if lora.rank and not lora.targets:
+        p.append("model.lora.targets: empty; name at least one of attention, mlp, head or a module name")
+    if any(not isinstance(x, str) or not x for x in lora.targets + lora.modules_to_save):
+        p.append("model.lora.targets and modules_to_save: must be non-empty names")
+    bad_parts = [x for x in lora.parts if x not in ("encoder", "decoder")]
+    if bad_parts or not lora.parts:
+        p.append(f"model.lora.parts: must be a non-empty list of 'encoder', 'decoder', got {lora.parts}")
+    if freeze.decoder_layers < 0:
+        p.append(f"model.freeze.decoder_layers: must be >= 0, got {freeze.decoder_layers}")
+    if m.attention_scale is not None:
+        if m.pretrained is not None:
+            p.append("model.attention_scale: only for models from scratch; pretrained Dia keeps its scale of 1.0")
+        elif m.attention_scale <= 0:
+            p.append(f"model.attention_scale: must be > 0, got {m.attention_scale}")
+    if any(not isinstance(x, int) or isinstance(x, bool) or x < 0 for x in m.delay_pattern):
+        p.append(f"model.delay_pattern: must be non-negative integers, got {m.delay_pattern}")
+    elif m.stereo and m.delay_pattern and len(m.delay_pattern) != 18:
+        p.append(f"model.delay_pattern: a stereo model needs 18 delays (left 9 + right 9), got {len(m.delay_pattern)}")
     return p
 
 
