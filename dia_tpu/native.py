@@ -1,21 +1,33 @@
-"""Native Nari Labs Dia checkpoints (`dia-v0_1.pth`) <-> transformers' `DiaForConditionalGeneration`.
+"""Native Nari Labs Dia checkpoints <-> transformers' `DiaForConditionalGeneration`.
 
 Native kernels are DenseGeneral: q/k/v `[in, heads, head_dim]`, o `[heads, head_dim, out]`, `mlp.wi_fused`
 `[in, 2, hidden]` (gate then up), `mlp.wo` `[hidden, out]`, the head `decoder.logits_dense` `[d, C, vocab]`, and
 one `decoder.embeddings.i` table per channel. transformers holds each kernel as an `nn.Linear` weight: flatten
 to `[in_total, out_total]`, transpose. The mapping is strict both ways and bit-exact: every key is consumed,
 every expected key produced with its expected shape, dtypes kept as given.
+
+A native checkpoint is a `config.json` beside one weights file. The config comes in two schemas: "v0.1"
+(`dia-v0_1.pth`'s, sections `model` and `data`) and "0626" (Dia-1.6B-0626's, flat, transformers 4.53's names).
+The weights file (`.pth` or `.safetensors`) may hold either layout, whatever the config: the layout is read
+from the keys, never assumed from the schema.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+import huggingface_hub
+import safetensors
+import safetensors.torch
 import torch
+import transformers
 from torch import Tensor
-from transformers import DiaConfig
+from transformers import DiaConfig, DiaForConditionalGeneration
 
 logger = logging.getLogger(__name__)
 
@@ -113,8 +125,8 @@ def concat_channels(tables: list[Tensor]) -> Tensor:
 
 
 def split_channels(table: Tensor, channels: int) -> list[Tensor]:
-    """One `[C * vocab, d]` table -> C contiguous `[vocab, d]` tables."""
-    return [t.contiguous() for t in table.chunk(channels, dim=0)]
+    """One `[C * vocab, d]` table -> C `[vocab, d]` tables, each with its own storage (so each saves alone)."""
+    return [t.clone() for t in table.chunk(channels, dim=0)]
 
 
 def _check(state: dict[str, Tensor], expected: dict[str, tuple[int, ...]], what: str) -> None:
@@ -168,11 +180,15 @@ def hf_to_native(hf: dict[str, Tensor], config: DiaConfig) -> dict[str, Tensor]:
 COMPILE_PREFIX, DDP_PREFIX = "_orig_mod.", "module."
 
 
+def _clean_key(key: str) -> str:
+    return key.replace(COMPILE_PREFIX, "").removeprefix(DDP_PREFIX)
+
+
 def clean_native_keys(state: dict[str, Tensor]) -> dict[str, Tensor]:
     """Strip `_orig_mod.` (anywhere) and a leading `module.` from every key, logging how many changed."""
     cleaned = {}
     for key, tensor in state.items():
-        new = key.replace(COMPILE_PREFIX, "").removeprefix(DDP_PREFIX)
+        new = _clean_key(key)
         if new in cleaned:
             raise NativeFormatError(f"{key!r} and another key both clean to {new!r}")
         cleaned[new] = tensor
@@ -196,9 +212,12 @@ def load_native(path: str | Path) -> dict[str, Tensor]:
     return state
 
 
+V01, V0626 = "v0.1", "0626"
+SCHEMAS = (V01, V0626)
+
 # The native v0.1 `config.json` (nari-labs/Dia-1.6B): keys read per section, and the rest it may carry that
 # do not shape the weights (dropout, storage dtype, the training recipe), which are accepted and dropped.
-_NATIVE_KEYS = {
+_V01_KEYS = {
     "encoder": set("n_layer n_embd n_hidden n_head head_dim".split()),
     "decoder": set(
         "n_layer n_embd n_hidden gqa_query_heads kv_heads gqa_head_dim cross_query_heads cross_head_dim".split()
@@ -213,13 +232,65 @@ _NATIVE_KEYS = {
     ),
 }
 
+# The 0626 `config.json` (nari-labs/Dia-1.6B-0626): a dump of the native pydantic config, whose names are
+# transformers 4.53's. Every key is required; architectures, torch_dtype and transformers_version describe the
+# file rather than the model and are read and dropped.
+_0626_SUB = set(
+    "head_dim hidden_act hidden_size initializer_range intermediate_size max_position_embeddings model_type norm_eps "
+    "num_attention_heads num_hidden_layers num_key_value_heads rope_scaling rope_theta vocab_size".split()
+)
+_0626_KEYS = {
+    "encoder_config": _0626_SUB,
+    "decoder_config": _0626_SUB
+    | set("cross_head_dim cross_hidden_size cross_num_attention_heads cross_num_key_value_heads num_channels".split()),
+    "": set(
+        "architectures bos_token_id decoder_config delay_pattern encoder_config eos_token_id initializer_range "
+        "is_encoder_decoder model_type norm_eps pad_token_id torch_dtype transformers_version".split()
+    ),
+}
+# Sub-config keys transformers spells differently (rope) or sets itself (model_type); the rest pass through.
+_0626_NOT_HF = {"model_type", "rope_scaling", "rope_theta"}
+# Values the native code hard-codes whatever the file says: any other would describe a model it does not run.
+_0626_FIXED = {
+    ("", "model_type"): "dia",
+    ("", "is_encoder_decoder"): True,
+    ("encoder_config", "model_type"): "dia_encoder",
+    ("decoder_config", "model_type"): "dia_decoder",
+    ("encoder_config", "hidden_act"): "silu",
+    ("decoder_config", "hidden_act"): "silu",
+    ("encoder_config", "rope_scaling"): None,
+    ("decoder_config", "rope_scaling"): None,
+}
+
 
 def native_config_to_hf(native: dict) -> DiaConfig:
-    """A native v0.1 `config.json` dict -> `DiaConfig`; unknown keys or an unrepresentable rope are errors."""
+    """A native `config.json` dict of either schema -> `DiaConfig`; an unrecognised schema, unknown or missing
+    keys and values native Dia does not implement (rope scaling, another activation) are errors naming them."""
+    return _v01_to_hf(native) if _schema(native) == V01 else _0626_to_hf(native)
+
+
+def _schema(native: object) -> str:
+    """The schema of a native config ("v0.1" or "0626"), told apart by its top-level keys."""
+    if _is_v01(native):
+        return V01
+    if isinstance(native, dict) and {"encoder_config", "decoder_config"} <= native.keys():
+        return V0626
+    found = sorted(native) if isinstance(native, dict) else type(native).__name__
+    raise NativeFormatError(
+        "not a native Dia config: expected 'model' and 'data' (v0.1) or 'encoder_config' and 'decoder_config' "
+        f"(0626), found {found}"
+    )
+
+
+def _is_v01(native: object) -> bool:
+    return isinstance(native, dict) and {"model", "data"} <= native.keys()
+
+
+def _v01_to_hf(native: dict) -> DiaConfig:
     model, data = native["model"], native["data"]
     enc, dec = model["encoder"], model["decoder"]
     unknown = [f"{name}.{k}" for name, section in (("model.encoder", enc), ("model.decoder", dec), ("model", model),
-               ("data", data)) for k in sorted(set(section) - _NATIVE_KEYS[name.split(".")[-1]])]  # fmt: skip
+               ("data", data)) for k in sorted(set(section) - _V01_KEYS[name.split(".")[-1]])]  # fmt: skip
     if unknown:
         raise NativeFormatError(f"native config has keys this converter does not know: {unknown}")
     if model.get("rope_min_timescale", 1) != 1:  # transformers derives rope from one base, native from min and max
@@ -245,23 +316,87 @@ def native_config_to_hf(native: dict) -> DiaConfig:
                      delay_pattern=list(data["delay_pattern"]))  # fmt: skip
 
 
-def hf_config_to_native(config: DiaConfig) -> dict:
-    """`DiaConfig` -> a native v0.1 `config.json` dict; configs native Dia cannot express are errors."""
+def _0626_problems(native: dict) -> list[str]:
+    """Every unknown, missing or unsupported key of a 0626 config, by its dotted name."""
+    sections = {"": native, "encoder_config": native["encoder_config"], "decoder_config": native["decoder_config"]}
+
+    def dotted(section: str, key: str) -> str:
+        return f"{section}.{key}" if section else key
+
+    problems = []
+    for name, section in sections.items():
+        problems += [f"unknown {dotted(name, k)}" for k in sorted(set(section) - _0626_KEYS[name])]
+        problems += [f"missing {dotted(name, k)}" for k in sorted(_0626_KEYS[name] - set(section))]
+    for (name, key), value in _0626_FIXED.items():
+        if key in sections[name] and sections[name][key] != value:
+            problems.append(f"{dotted(name, key)}={sections[name][key]!r} (native Dia implements only {value!r})")
+    channels, delays = native["decoder_config"].get("num_channels"), native.get("delay_pattern", [])
+    if channels is not None and len(delays) != channels:
+        problems.append(f"delay_pattern has {len(delays)} entries for decoder_config.num_channels={channels}")
+    return problems
+
+
+def _0626_to_hf(native: dict) -> DiaConfig:
+    problems = _0626_problems(native)
+    if problems:
+        raise NativeFormatError(f"native 0626 config: {problems}")
+
+    def sub(section: dict) -> dict:
+        rope = {"rope_type": "default", "rope_theta": float(section["rope_theta"])}
+        return {k: v for k, v in section.items() if k not in _0626_NOT_HF} | {"rope_parameters": rope}
+
+    tokens = {k: native[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id")}  # transformers: on the decoder
+    encoder, decoder = sub(native["encoder_config"]), sub(native["decoder_config"]) | tokens
+    return DiaConfig(
+        encoder_config=encoder,
+        decoder_config=decoder,
+        norm_eps=native["norm_eps"],
+        initializer_range=native["initializer_range"],
+        delay_pattern=list(native["delay_pattern"]),
+    )
+
+
+def hf_config_to_native(config: DiaConfig, schema: str = V01) -> dict:
+    """`DiaConfig` -> a native `config.json` dict in `schema` ("v0.1" or "0626"); a config that schema's native
+    code cannot run is an error listing every reason."""
+    if schema not in SCHEMAS:
+        raise NativeFormatError(f"unknown native config schema {schema!r}; expected one of {SCHEMAS}")
+    problems = _inexpressible(config, schema)
+    if problems:
+        raise NativeFormatError(f"native Dia ({schema} config) cannot express this config: {problems}")
+    return _hf_to_v01(config) if schema == V01 else _hf_to_0626(config)
+
+
+def _inexpressible(config: DiaConfig, schema: str) -> list[str]:
+    """What in `config` the native code of `schema` has no setting for. Both hard-code SiLU, plain rope and
+    cross-attention over the encoder's width; v0.1 also has one eps and one rope for both stacks, and grouped
+    key/value heads only in the decoder's self-attention."""
     enc, dec = config.encoder_config, config.decoder_config
-    problems = [
-        msg
-        for bad, msg in (
+    checks = [
+        (dec.cross_hidden_size != enc.hidden_size, "cross_hidden_size != encoder hidden_size"),
+        ({enc.hidden_act, dec.hidden_act} != {"silu"}, "hidden_act is not silu"),
+        (not (_plain_rope(enc) and _plain_rope(dec)), "rope is not the default rope_type with rope_theta alone"),
+    ]
+    if schema == V01:
+        checks += [
             (enc.num_key_value_heads not in (None, enc.num_attention_heads), "encoder key/value heads != heads"),
             (dec.cross_num_key_value_heads != dec.cross_num_attention_heads, "cross key/value heads != heads"),
-            (dec.cross_hidden_size != enc.hidden_size, "cross_hidden_size != encoder hidden_size"),
             (enc.norm_eps != dec.norm_eps, "encoder and decoder norm_eps differ"),
             (enc.rope_parameters != dec.rope_parameters, "encoder and decoder rope differ"),
-            (dec.rope_parameters.get("rope_type", "default") != "default", "rope_type is not default"),
-        )
-        if bad
-    ]
-    if problems:
-        raise NativeFormatError(f"native Dia cannot express this config: {problems}")
+        ]
+    return [msg for bad, msg in checks if bad]
+
+
+_PLAIN_ROPE_KEYS = {"rope_type", "rope_theta"}
+
+
+def _plain_rope(sub_config) -> bool:
+    rope = sub_config.rope_parameters or {}
+    return "rope_theta" in rope and rope.get("rope_type", "default") == "default" and set(rope) <= _PLAIN_ROPE_KEYS
+
+
+def _hf_to_v01(config: DiaConfig) -> dict:
+    enc, dec = config.encoder_config, config.decoder_config
     encoder = {"n_layer": enc.num_hidden_layers, "n_embd": enc.hidden_size, "n_hidden": enc.intermediate_size,
                "n_head": enc.num_attention_heads, "head_dim": enc.head_dim}  # fmt: skip
     decoder = {"n_layer": dec.num_hidden_layers, "n_embd": dec.hidden_size, "n_hidden": dec.intermediate_size,
@@ -275,3 +410,206 @@ def hf_config_to_native(config: DiaConfig) -> dict:
             "channels": dec.num_channels, "audio_eos_value": dec.eos_token_id, "audio_pad_value": dec.pad_token_id,
             "audio_bos_value": dec.bos_token_id, "delay_pattern": list(config.delay_pattern)}  # fmt: skip
     return {"version": "0.1", "model": model, "data": data}
+
+
+def _hf_to_0626(config: DiaConfig) -> dict:
+    enc, dec = config.encoder_config, config.decoder_config
+
+    def sub(sub_config, keys: set[str]) -> dict:
+        out = {k: getattr(sub_config, k) for k in keys - _0626_NOT_HF}
+        out["num_key_value_heads"] = sub_config.num_key_value_heads or sub_config.num_attention_heads
+        out |= {"model_type": sub_config.model_type, "rope_scaling": None,
+                "rope_theta": sub_config.rope_parameters["rope_theta"]}  # fmt: skip
+        return dict(sorted(out.items()))
+
+    return {
+        "architectures": ["DiaForConditionalGeneration"],
+        "bos_token_id": dec.bos_token_id,
+        "decoder_config": sub(dec, _0626_KEYS["decoder_config"]),
+        "delay_pattern": list(config.delay_pattern),
+        "encoder_config": sub(enc, _0626_KEYS["encoder_config"]),
+        "eos_token_id": dec.eos_token_id,
+        "initializer_range": config.initializer_range,
+        "is_encoder_decoder": True,
+        "model_type": "dia",
+        "norm_eps": config.norm_eps,
+        "pad_token_id": dec.pad_token_id,
+        "torch_dtype": _dtype_name(config.dtype),
+        "transformers_version": transformers.__version__,
+    }
+
+
+def _dtype_name(dtype: torch.dtype | str | None) -> str:
+    return "float32" if dtype is None else str(dtype).removeprefix("torch.")
+
+
+# Where a checkpoint's files are: `config.json` beside one weights file.
+CONFIG_NAME, SAFETENSORS_NAME = "config.json", "model.safetensors"
+WEIGHTS_SUFFIXES = (".pth", ".safetensors")
+SAVE_NAMES = {V01: "dia-v0_1.pth", V0626: "model.pth"}
+_HUB_ID = re.compile(r"[\w.-]+/[\w.-]+")
+NATIVE, TRANSFORMERS = "native", "transformers"
+
+
+def read_native(source: str | Path, weights_name: str | None = None) -> tuple[DiaConfig, dict[str, Tensor]]:
+    """(config, transformers-layout state dict) from a native checkpoint: a weights file with `config.json`
+    beside it, a folder holding both, or a hub id (org/name, downloaded). Weights in the native layout are
+    converted; weights already in transformers' layout are checked as strictly and returned as they are."""
+    config_path, weights_path = _locate(source, weights_name)
+    config = _read_config(config_path)
+    return config, _as_transformers(_read_weights(weights_path), config, weights_path)
+
+
+def _locate(source: str | Path, weights_name: str | None) -> tuple[Path, Path]:
+    """(config.json, weights file) of `source`; a hub id's are downloaded first."""
+    path = Path(source)
+    if path.is_file():
+        if weights_name is not None:
+            raise NativeFormatError(f"{path} is a file: weights_name picks a file in a folder or hub repository")
+        weights = path
+    elif path.is_dir():
+        weights = _folder_weights(path, weights_name)
+    elif _HUB_ID.fullmatch(str(source)):
+        return _download(str(source), weights_name)
+    else:
+        raise NativeFormatError(f"{source}: no such file or folder, and not a hub id (org/name)")
+    if weights.suffix not in WEIGHTS_SUFFIXES:
+        raise NativeFormatError(f"{weights}: not a weights file (expected one of {WEIGHTS_SUFFIXES})")
+    config = weights.parent / CONFIG_NAME
+    if not config.is_file():
+        raise NativeFormatError(f"{weights.parent}: no {CONFIG_NAME} beside {weights.name}")
+    return config, weights
+
+
+def _folder_weights(folder: Path, weights_name: str | None) -> Path:
+    """The folder's one `*.pth` or `model.safetensors`, or `weights_name` when given."""
+    if weights_name is not None:
+        if not (folder / weights_name).is_file():
+            raise NativeFormatError(f"{folder}: no weights file {weights_name!r}")
+        return folder / weights_name
+    found = sorted(p.name for p in folder.iterdir() if p.is_file() and _is_weights_name(p.name))
+    if len(found) == 1:
+        return folder / found[0]
+    problem = f"several weights files {found}; pass weights_name to pick one" if found else "no weights file"
+    raise NativeFormatError(f"{folder}: {problem} (expected one *.pth or {SAFETENSORS_NAME})")
+
+
+def _is_weights_name(name: str) -> bool:
+    return name.endswith(".pth") or name == SAFETENSORS_NAME
+
+
+def _download(repo_id: str, weights_name: str | None) -> tuple[Path, Path]:
+    """Fetch a hub repository's config.json and weights file (a single `.pth`, else `model.safetensors`)."""
+    if weights_name is None:
+        weights_name = _hub_weights(repo_id, huggingface_hub.HfApi().list_repo_files(repo_id))
+    logger.info("Downloading %s and %s from %s", CONFIG_NAME, weights_name, repo_id)
+    config = huggingface_hub.hf_hub_download(repo_id=repo_id, filename=CONFIG_NAME)
+    weights = huggingface_hub.hf_hub_download(repo_id=repo_id, filename=weights_name)
+    return Path(config), Path(weights)
+
+
+def _hub_weights(repo_id: str, files: list[str]) -> str:
+    pth = sorted(f for f in files if f.endswith(".pth"))
+    if len(pth) == 1:
+        return pth[0]
+    if SAFETENSORS_NAME in files:
+        return SAFETENSORS_NAME
+    problem = f"several .pth files {pth}; pass weights_name to pick one" if pth else "no weights file"
+    raise NativeFormatError(f"{repo_id}: {problem} (expected one *.pth or {SAFETENSORS_NAME})")
+
+
+def _read_json(path: Path) -> object:
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise NativeFormatError(f"{path}: not JSON ({err})") from err
+
+
+def _read_config(path: Path) -> DiaConfig:
+    native = _read_json(path)
+    try:
+        return native_config_to_hf(native)
+    except NativeFormatError as err:
+        raise NativeFormatError(f"{path}: {err}") from err
+
+
+def _read_weights(path: Path) -> dict[str, Tensor]:
+    """A `.safetensors` or `.pth` state dict on CPU, with training wrappers stripped from its keys."""
+    state = safetensors.torch.load_file(path) if path.suffix == ".safetensors" else load_native(path)
+    return clean_native_keys(state)
+
+
+def _key_layout(keys: Iterable[str]) -> str | None:
+    """The layout ("native" or "transformers") of a state dict's cleaned keys, from where they live: native
+    Dia's top modules are `encoder` and `decoder`, transformers' `model` and `logits_dense`; None for neither
+    or a mix."""
+    keys = list(keys)
+    native = any(k.startswith(("encoder.", "decoder.")) for k in keys)
+    hf = any(k.startswith("model.") or k == "logits_dense.weight" for k in keys)
+    if native != hf:
+        return NATIVE if native else TRANSFORMERS
+    return None
+
+
+def _as_transformers(state: dict[str, Tensor], config: DiaConfig, origin: Path) -> dict[str, Tensor]:
+    """`state` in transformers' layout, checked strictly against the config whichever layout it came in."""
+    kind = _key_layout(state)
+    if kind is None:
+        raise NativeFormatError(f"{origin}: keys are neither native nor transformers Dia ones: {sorted(state)[:5]}")
+    logger.info("%s: weights in the %s layout", origin, kind)
+    try:
+        if kind == NATIVE:
+            return native_to_hf(state, config)
+        _check(state, {r.hf: r.hf_shape for r in layout(config)}, "transformers-layout state dict")
+        return state
+    except NativeFormatError as err:
+        raise NativeFormatError(f"{origin}: {err}") from err
+
+
+def is_native_source(path: str | Path) -> bool:
+    """Whether `path` is a native checkpoint rather than a transformers export: a `.pth` file or a folder
+    holding one (transformers never writes `.pth`), a v0.1 `config.json`, or safetensors weights whose keys are
+    native. A path that does not exist (a hub id) is False: hub ids are read as native only when asked."""
+    path = Path(path)
+    if not path.exists():
+        return False
+    folder = path if path.is_dir() else path.parent
+    if path.suffix == ".pth" or (path.is_dir() and any(folder.glob("*.pth"))):
+        return True
+    config = folder / CONFIG_NAME
+    if config.is_file() and _is_v01(_read_json(config)):
+        return True
+    weights = path if path.is_file() else folder / SAFETENSORS_NAME
+    return weights.suffix == ".safetensors" and weights.is_file() and _key_layout(_safetensors_keys(weights)) == NATIVE
+
+
+def _safetensors_keys(path: Path) -> list[str]:
+    """The cleaned tensor names of a safetensors file, read from its header alone."""
+    with safetensors.safe_open(path, framework="pt") as f:
+        return [_clean_key(k) for k in f.keys()]
+
+
+def load_native_model(source: str | Path, weights_name: str | None = None) -> DiaForConditionalGeneration:
+    """A float32 `DiaForConditionalGeneration` in eval mode from a native checkpoint (any source `read_native`
+    takes), built from its config and loaded strictly; half-precision weights are upcast exactly."""
+    config, state = read_native(source, weights_name)
+    model = DiaForConditionalGeneration(config).to(torch.float32)
+    model.load_state_dict(state, strict=True)
+    return model.eval()
+
+
+def save_native(model: DiaForConditionalGeneration, out_dir: str | Path, schema: str = V01) -> Path:
+    """Write `model` as a native checkpoint in `schema`: `dia-v0_1.pth` (v0.1) or `model.pth` (0626) of
+    contiguous CPU tensors in the model's dtype, and `config.json`. Returns the weights file's path."""
+    native_config = hf_config_to_native(model.config, schema)  # refuses before anything is written
+    if schema == V0626:  # the stored dtype is the tensors', which the model's config does not follow
+        native_config["torch_dtype"] = _dtype_name(model.dtype)
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    native = {k: v.contiguous() for k, v in hf_to_native(state, model.config).items()}
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    weights = out / SAVE_NAMES[schema]
+    torch.save(native, weights)
+    (out / CONFIG_NAME).write_text(json.dumps(native_config, indent=2) + "\n")
+    logger.info("Saved a native %s checkpoint (%d tensors) to %s", schema, len(native), weights)
+    return weights

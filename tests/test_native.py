@@ -1,12 +1,18 @@
-"""The native Nari Labs <-> transformers state-dict mapping: bit-exact both ways, strict, loadable."""
+"""Native Nari Labs checkpoints: the state-dict mapping (bit-exact both ways, strict), both config schemas, and
+reading, detecting, loading and saving whole checkpoints (files, folders, hub ids)."""
 
 from __future__ import annotations
 
+import json
 import logging
+import re
 
+import huggingface_hub
 import pytest
 import torch
 import torch.nn.functional as F
+import transformers
+from safetensors.torch import save_file
 from transformers import DiaConfig, DiaForConditionalGeneration
 
 from dia_tpu.native import (
@@ -14,9 +20,13 @@ from dia_tpu.native import (
     clean_native_keys,
     hf_config_to_native,
     hf_to_native,
+    is_native_source,
     load_native,
+    load_native_model,
     native_config_to_hf,
     native_to_hf,
+    read_native,
+    save_native,
 )
 
 DELAY_9 = [0, 8, 9, 10, 11, 12, 13, 14, 15]
@@ -186,3 +196,208 @@ def test_native_config_round_trips():
     native["model"]["decoder"]["low_rank_dim"] = 8
     with pytest.raises(NativeFormatError, match="model.decoder.low_rank_dim"):
         native_config_to_hf(native)
+
+
+def grouped_config(delay: list[int]) -> DiaConfig:
+    """`tiny_config` with grouped key/value heads in the encoder and cross-attention: the 0626 schema has them."""
+    config = tiny_config(delay)
+    config.encoder_config.num_key_value_heads = 1
+    config.decoder_config.cross_num_key_value_heads = 1
+    return config
+
+
+def fixed_logits(model: DiaForConditionalGeneration) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(0)
+    channels = model.config.decoder_config.num_channels
+    text = torch.randint(0, ENC["vocab"], (2, 7), generator=gen)
+    audio = torch.randint(0, 1024, (2, 5, channels), generator=gen)
+    with torch.no_grad():
+        return model(input_ids=text, decoder_input_ids=audio).logits
+
+
+def write_checkpoint(folder, config_dict: dict, weights: dict[str, torch.Tensor], name: str = "dia-v0_1.pth"):
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text(json.dumps(config_dict))
+    path = folder / name
+    if name.endswith(".safetensors"):
+        save_file(weights, path)
+    else:
+        torch.save(weights, path)
+    return path
+
+
+@pytest.mark.parametrize("schema", ["v0.1", "0626"])
+@pytest.mark.parametrize("delay", [DELAY_9, DELAY_9 * 2], ids=["9ch", "18ch"])
+def test_save_native_then_load_is_bit_identical(tmp_path, schema, delay):
+    torch.manual_seed(0)
+    config = tiny_config(delay) if schema == "v0.1" else grouped_config(delay)
+    model = DiaForConditionalGeneration(config).eval()
+    weights = save_native(model, tmp_path / "out", schema)
+
+    assert sorted(p.name for p in weights.parent.iterdir()) == sorted(["config.json", weights.name])
+    assert weights.name == {"v0.1": "dia-v0_1.pth", "0626": "model.pth"}[schema]
+    assert_identical(load_native(weights), hf_to_native(model.state_dict(), config))
+    loaded = load_native_model(weights if schema == "0626" else weights.parent)  # a file and a folder both work
+    assert loaded.config.to_dict() == config.to_dict()
+    assert_identical(loaded.state_dict(), model.state_dict())
+    assert torch.equal(fixed_logits(loaded), fixed_logits(model))
+
+
+def test_save_native_keeps_the_model_dtype_and_loading_upcasts_exactly(tmp_path):
+    torch.manual_seed(0)
+    model = DiaForConditionalGeneration(tiny_config(DELAY_9)).to(torch.bfloat16)
+    weights = save_native(model, tmp_path, "0626")
+    assert {t.dtype for t in load_native(weights).values()} == {torch.bfloat16}
+    assert json.loads((tmp_path / "config.json").read_text())["torch_dtype"] == "bfloat16"
+    loaded = load_native_model(tmp_path)
+    assert {t.dtype for t in loaded.state_dict().values()} == {torch.float32}
+    assert_identical(loaded.state_dict(), {k: v.float() for k, v in model.state_dict().items()})
+
+
+def test_save_native_refuses_what_the_schema_cannot_express(tmp_path):
+    model = DiaForConditionalGeneration(grouped_config(DELAY_9))
+    with pytest.raises(NativeFormatError, match="encoder key/value heads != heads.*cross key/value heads != heads"):
+        save_native(model, tmp_path, "v0.1")
+    assert not any(tmp_path.iterdir())
+
+
+def native_0626_1p6b() -> dict:
+    """Dia-1.6B-0626's `config.json`, written out from the schema's description."""
+    shared = dict(hidden_act="silu", initializer_range=0.02, norm_eps=1e-5, rope_scaling=None, rope_theta=10000.0)
+    encoder = shared | dict(
+        head_dim=128, hidden_size=1024, intermediate_size=4096, max_position_embeddings=1024,
+        model_type="dia_encoder", num_attention_heads=16, num_hidden_layers=12, num_key_value_heads=16, vocab_size=256,
+    )  # fmt: skip
+    decoder = shared | dict(
+        cross_head_dim=128, cross_hidden_size=1024, cross_num_attention_heads=16, cross_num_key_value_heads=16,
+        head_dim=128, hidden_size=2048, intermediate_size=8192, max_position_embeddings=3072,
+        model_type="dia_decoder", num_attention_heads=16, num_channels=9, num_hidden_layers=18, num_key_value_heads=4,
+        vocab_size=1028,
+    )  # fmt: skip
+    return dict(
+        architectures=["DiaForConditionalGeneration"], bos_token_id=1026, decoder_config=decoder,
+        delay_pattern=DELAY_9, encoder_config=encoder, eos_token_id=1024, initializer_range=0.02,
+        is_encoder_decoder=True, model_type="dia", norm_eps=1e-5, pad_token_id=1025, torch_dtype="float32",
+        transformers_version="4.53.0.dev0",
+    )  # fmt: skip
+
+
+def test_0626_config_round_trips():
+    native = native_0626_1p6b()
+    config = native_config_to_hf(native)
+    assert config.to_diff_dict() == DiaConfig().to_diff_dict()  # the 1.6B is transformers' default here too
+    assert hf_config_to_native(config, "0626") == native | {"transformers_version": transformers.__version__}
+    for tiny in (tiny_config(DELAY_9 * 2), grouped_config(DELAY_9)):
+        assert native_config_to_hf(hf_config_to_native(tiny, "0626")).to_dict() == tiny.to_dict()
+
+    native["encoder_config"]["rope_scaling"] = {"type": "linear", "factor": 2.0}
+    native["decoder_config"]["low_rank_dim"] = 8
+    del native["decoder_config"]["num_channels"]
+    with pytest.raises(NativeFormatError) as err:
+        native_config_to_hf(native)
+    for name in ("unknown decoder_config.low_rank_dim", "missing decoder_config.num_channels",
+                 "encoder_config.rope_scaling={"):  # fmt: skip
+        assert name in str(err.value)
+    with pytest.raises(NativeFormatError, match="delay_pattern has 18 entries for decoder_config.num_channels=9"):
+        native_config_to_hf(native_0626_1p6b() | {"delay_pattern": DELAY_9 * 2})
+
+
+def test_configs_of_neither_schema_are_refused_naming_what_was_found():
+    with pytest.raises(NativeFormatError, match=r"found \['hidden', 'layers'\]"):
+        native_config_to_hf({"layers": 2, "hidden": 8})
+    with pytest.raises(NativeFormatError, match="unknown encoder_config.rope_parameters"):  # a transformers 5 export
+        native_config_to_hf(DiaConfig().to_dict())
+    with pytest.raises(NativeFormatError, match="unknown native config schema"):
+        hf_config_to_native(DiaConfig(), "0.2")
+
+
+def test_transformers_layout_weights_beside_a_native_config_load_as_they_are(tmp_path):
+    torch.manual_seed(0)
+    config = grouped_config(DELAY_9)
+    model = DiaForConditionalGeneration(config).eval()
+    write_checkpoint(tmp_path, hf_config_to_native(config, "0626"), model.state_dict(), "model.safetensors")
+    read_config, state = read_native(tmp_path)
+    assert read_config.to_dict() == config.to_dict()
+    assert_identical(state, model.state_dict())
+    assert torch.equal(fixed_logits(load_native_model(tmp_path)), fixed_logits(model))
+
+
+def test_is_native_source(tmp_path):
+    torch.manual_seed(0)
+    config = tiny_config(DELAY_9)
+    model = DiaForConditionalGeneration(config)
+    pth = save_native(model, tmp_path / "pth")
+    assert is_native_source(pth) and is_native_source(pth.parent)
+    # A v0.1 config says native whatever the weights' layout; a 0626 one says nothing, the keys decide.
+    v01 = write_checkpoint(tmp_path / "v01", hf_config_to_native(config), model.state_dict(), "model.safetensors")
+    assert is_native_source(v01.parent) and is_native_source(v01)
+    keys = write_checkpoint(tmp_path / "keys", hf_config_to_native(config, "0626"), tiny_native(9), "model.safetensors")
+    assert is_native_source(keys.parent) and is_native_source(keys)
+    assert_identical(read_native(keys.parent)[1], native_to_hf(tiny_native(9), config))
+    model.save_pretrained(tmp_path / "hf")
+    assert not is_native_source(tmp_path / "hf") and not is_native_source(tmp_path / "hf" / "model.safetensors")
+    assert not is_native_source(tmp_path / "missing") and not is_native_source("nari-labs/Dia-1.6B")
+
+
+def test_source_errors_name_the_file_and_the_problem(tmp_path):
+    native, config_dict = tiny_native(9), hf_config_to_native(tiny_config(DELAY_9))
+
+    def fails(source, pattern: str, **kwargs) -> None:
+        with pytest.raises(NativeFormatError, match=pattern):
+            read_native(source, **kwargs)
+
+    two = write_checkpoint(tmp_path / "two", config_dict, native, "a.pth").parent
+    torch.save(native, two / "b.pth")
+    fails(two, re.escape(f"{two}: several weights files ['a.pth', 'b.pth']; pass weights_name"))
+    assert_identical(read_native(two, weights_name="b.pth")[1], native_to_hf(native, tiny_config(DELAY_9)))
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    torch.save(native, bare / "dia-v0_1.pth")
+    fails(bare, re.escape(f"{bare}: no config.json beside dia-v0_1.pth"))
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "config.json").write_text(json.dumps(config_dict))
+    fails(tmp_path / "empty", "empty: no weights file")
+    extra = write_checkpoint(tmp_path / "extra", config_dict, native | {"decoder.extra.weight": torch.zeros(3)})
+    fails(extra.parent, re.escape(f"{extra}: native state dict") + r".*unmapped: \['decoder.extra.weight'\]")
+    fails(write_checkpoint(tmp_path / "list", config_dict, [torch.zeros(1)]), "list/dia-v0_1.pth: not a state dict")
+    fails(tmp_path / "nowhere" / "dia.pth", "no such file or folder")
+
+
+@pytest.mark.parametrize(
+    "files, chosen",
+    [
+        (["README.md", "config.json", "dia-v0_1.pth"], "dia-v0_1.pth"),
+        (["config.json", "model.safetensors"], "model.safetensors"),
+        (["a.pth", "b.pth", "config.json", "model.safetensors"], "model.safetensors"),
+    ],
+)
+def test_hub_id_downloads_the_config_and_the_chosen_weights(tmp_path, monkeypatch, files, chosen):
+    native = tiny_native(9)
+    write_checkpoint(tmp_path, hf_config_to_native(tiny_config(DELAY_9)), native, chosen)
+    downloads = []
+
+    class Api:
+        def list_repo_files(self, repo_id: str) -> list[str]:
+            assert repo_id == "org/tiny-dia"
+            return files
+
+    def download(repo_id: str, filename: str) -> str:
+        downloads.append(filename)
+        return str(tmp_path / filename)
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", Api)
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", download)
+    config, state = read_native("org/tiny-dia")
+    assert downloads == ["config.json", chosen]
+    assert_identical(state, native_to_hf(native, config))
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", None)  # a named file needs no listing
+    read_native("org/tiny-dia", weights_name=chosen)
+    assert downloads[2:] == ["config.json", chosen]
+
+
+def test_hub_repository_with_an_ambiguous_choice_is_refused(monkeypatch):
+    files = ["a.pth", "b.pth", "config.json"]
+    monkeypatch.setattr(huggingface_hub.HfApi, "list_repo_files", lambda self, repo_id: files)
+    with pytest.raises(NativeFormatError, match=r"org/tiny-dia: several .pth files \['a.pth', 'b.pth'\]"):
+        read_native("org/tiny-dia")
