@@ -26,11 +26,16 @@ class AudioError(ValueError):
 def load_audio(path: str | Path, sample_rate: int) -> np.ndarray:
     """One audio file (anything libsndfile reads: wav, flac, mp3, ogg, opus) as mono float32 at `sample_rate`,
     with the checks `prepare` applies; an AudioError names the file."""
+    return load_channels(path, sample_rate, stereo=False)[0]
+
+
+def load_channels(path: str | Path, sample_rate: int, stereo: bool) -> list[np.ndarray]:
+    """Like `load_audio`, as [mono] or, for `stereo`, [left, right] (mono input duplicated)."""
     try:
         data, rate = read_audio(AudioRef(path=Path(path)), min_sample_rate=1)
     except AudioError as err:
         raise AudioError(f"{path}: {err}") from err
-    return to_codec_input(data, rate, sample_rate, stereo=False)[0]
+    return to_codec_input(data, rate, sample_rate, stereo=stereo)
 
 
 # Peak amplitude below which a clip counts as silence (-80 dBFS): nothing the codec could learn from.
@@ -120,10 +125,16 @@ def encode(codec: DacModel, waves: list[np.ndarray]) -> list[np.ndarray]:
 
 @torch.no_grad()
 def decode(codec: DacModel, codes: torch.Tensor) -> np.ndarray:
-    """Undelayed codes [T, C] (values 0..1023) to a mono float32 waveform at the codec's rate.
+    """Undelayed codes [T, C] (values 0..1023) to a float32 waveform at the codec's rate: [samples] from the
+    codec's codebook count, [samples, 2] from twice as many (stereo: left codebooks, then right).
 
     No frames (a model that ends the audio at once) decode to no samples.
     """
+    books = codec.config.n_codebooks
+    if codes.shape[-1] == 2 * books:
+        return np.stack([decode(codec, codes[:, :books]), decode(codec, codes[:, books:])], axis=-1)
+    if codes.shape[-1] != books:
+        raise ValueError(f"{codes.shape[-1]} codebooks: the codec decodes {books} (mono) or {2 * books} (stereo)")
     if len(codes) == 0:
         return np.zeros(0, dtype=np.float32)
     device = next(codec.parameters()).device

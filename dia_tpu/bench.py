@@ -20,11 +20,13 @@ import multiprocessing
 import resource
 import time
 from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
 
 import torch
 from accelerate import Accelerator
 from accelerate.utils import DistributedType, send_to_device, set_seed
 
+from dia_tpu.adapters import count_parameters
 from dia_tpu.config import Config
 from dia_tpu.data import make_collator
 from dia_tpu.loss import codebook_weights
@@ -35,11 +37,13 @@ PRECISIONS = ("no", "bf16")
 _TEXT_SLACK = 10
 
 
-def bench(cfg: Config, steps: int, warmup: int, precisions: list[str]) -> list[dict]:
+def bench(cfg: Config | dict[str, Config], steps: int, warmup: int, precisions: list[str]) -> list[dict]:
     """Time `warmup` untimed then `steps` timed training steps per precision, each in its own process.
 
-    Measures one process on one device; returns one result dict per precision (see `run_one`).
+    `cfg` is one config, or named variants of one (e.g. {"base": ..., "checkpointing": ...}), each measured
+    at every precision. Measures one process on one device; returns one result dict per run (see `run_one`).
     """
+    variants = cfg if isinstance(cfg, dict) else {"": cfg}
     if steps <= 0 or warmup < 0:
         raise ValueError(f"bench needs steps > 0 and warmup >= 0, got steps={steps}, warmup={warmup}")
     for precision in precisions:
@@ -47,9 +51,16 @@ def bench(cfg: Config, steps: int, warmup: int, precisions: list[str]) -> list[d
             raise ValueError(f"precision {precision!r} is not one of 'no', 'bf16', 'fp16'")
     context = multiprocessing.get_context("spawn")
     results = []
-    for precision in precisions:
-        with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
-            results.append(pool.submit(run_one, cfg, steps, warmup, precision).result())
+    for name, variant in variants.items():
+        for precision in precisions:
+            with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
+                try:
+                    result = pool.submit(run_one, variant, steps, warmup, precision).result()
+                except Exception as err:  # one variant running out of memory must not lose the others
+                    if not name:
+                        raise
+                    result = {"precision": precision, "error": f"{type(err).__name__}: {err}"[:300]}
+            results.append({"variant": name, **result})
     return results
 
 
@@ -59,10 +70,11 @@ def run_one(cfg: Config, steps: int, warmup: int, precision: str) -> dict:
     accelerator = Accelerator(mixed_precision=precision)
     set_seed(t.seed)
     on_xla = accelerator.distributed_type == DistributedType.XLA
+    baseline_rss = _current_rss_mib()
     model = build_trainable(cfg, on_xla)
     model_config = model.config
-    params = sum(p.numel() for p in model.parameters())
-    model, optimizer = accelerator.prepare(model, make_optimizer(t, model))
+    params, trainable = count_parameters(model)
+    model, optimizer = accelerator.prepare(model, make_optimizer(t, model, on_xla))
     batch = send_to_device(synthetic_batch(cfg, model_config), accelerator.device)
     weights = codebook_weights(t.codebook_weights, len(model_config.delay_pattern)).to(accelerator.device)
     model.train()
@@ -105,6 +117,7 @@ def run_one(cfg: Config, steps: int, warmup: int, precision: str) -> dict:
         "device": str(accelerator.device),
         "torch_threads": torch.get_num_threads(),
         "params": params,
+        "trainable": trainable,
         "batch_size": t.batch_size,
         "max_audio_frames": cfg.data.max_audio_frames,
         "max_text_tokens": cfg.data.max_text_tokens,
@@ -118,8 +131,18 @@ def run_one(cfg: Config, steps: int, warmup: int, precision: str) -> dict:
         "final_loss": final_loss,
         # ru_maxrss is in KiB on Linux: the whole process's peak, imports and model included.
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        # What training added to the process: the peak above the resident size just before the model was built.
+        "peak_rss_above_baseline_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - baseline_rss,
         "peak_device_mib": torch.cuda.max_memory_allocated(accelerator.device) / 2**20 if on_cuda else None,
     }
+
+
+def _current_rss_mib() -> float:
+    """This process's resident memory now (Linux), in MiB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
 
 
 def synthetic_batch(cfg: Config, model_config) -> dict:
@@ -151,16 +174,22 @@ def _finish(accelerator: Accelerator, loss: torch.Tensor) -> float:
 
 def format_table(results: list[dict]) -> str:
     """The results as an aligned text table, one row per precision."""
-    header = ("precision", "device", "threads", "params", "step ms", "steps/s", "frames/s", "peak MiB")
+    header = ("variant", "precision", "device", "threads", "params", "trainable", "step ms", "steps/s", "frames/s",
+              "peak MiB")  # fmt: skip
     rows = [header]
     for r in results:
+        if "error" in r:
+            rows.append((r.get("variant") or "-", r["precision"], "failed: " + r["error"][:60], *[""] * 7))
+            continue
         peak = r["peak_device_mib"] if r["peak_device_mib"] is not None else r["peak_rss_mib"]
         rows.append(
             (
+                r.get("variant") or "-",
                 r["precision"],
                 r["device"],
                 str(r["torch_threads"]),
                 f"{r['params'] / 1e6:.2f} M",
+                f"{r['trainable'] / 1e6:.2f} M",
                 f"{r['step_ms']:.1f}",
                 f"{r['steps_per_s']:.3f}",
                 f"{r['frames_per_s']:.0f}",
@@ -169,8 +198,9 @@ def format_table(results: list[dict]) -> str:
         )
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     lines = ["  ".join(cell.rjust(w) for cell, w in zip(row, widths, strict=True)) for row in rows]
-    if results:
-        r = results[0]
+    done = [r for r in results if "error" not in r]
+    if done:
+        r = done[0]
         lines.append(
             f"batch {r['batch_size']} x {r['max_audio_frames']} audio frames, {r['max_text_tokens']} text tokens; "
             f"{r['warmup']} warm-up + {r['steps']} timed steps; peak MiB is "

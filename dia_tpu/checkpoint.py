@@ -15,14 +15,17 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import torch
 from accelerate import Accelerator
 from accelerate.utils import DistributedType
 
 from dia_tpu.config import Config, load
-from dia_tpu.model import CONFIG_FILE, export, load_for_inference
+from dia_tpu.model import CONFIG_FILE, export, load_for_inference, load_trained
 
 CHECKPOINTS = "checkpoints"
 BEST = "best"
+# Where an export of a LoRA run keeps the adapter alone (peft's adapter_config.json + weights).
+ADAPTER_DIR = "adapter"
 _STEP_DIR = re.compile(r"^step_(\d+)$")
 
 
@@ -102,10 +105,39 @@ def save_checkpoint(accelerator: Accelerator, model, cfg: Config, step: int, fol
     return path
 
 
-def load_checkpoint(accelerator: Accelerator, path: Path) -> None:
-    """Restore model, optimizer, scheduler, RNG and the registered TrainState from a checkpoint folder."""
+def load_checkpoint(accelerator: Accelerator, path: Path, trainable_only: bool = False) -> None:
+    """Restore model, optimizer, scheduler, RNG and the registered TrainState from a checkpoint folder.
+
+    `trainable_only`: the checkpoint holds only the trained weights (a LoRA run); they must be exactly the
+    prepared model's trainable parameters, and the rest keeps the weights the model was built with.
+    """
+    if trainable_only:
+        model = accelerator._models[0]
+        expected = {name for name, p in model.named_parameters() if p.requires_grad}
+        _check_saved_names(path, _saved_names(path), expected)
     with _xla_state_workaround(accelerator):
-        accelerator.load_state(str(path))
+        accelerator.load_state(str(path), **({"strict": False} if trainable_only else {}))
+
+
+def _saved_names(path: Path) -> set[str]:
+    """The tensor names in a checkpoint's model file (safetensors, or torch's .bin on XLA)."""
+    safe = path / "model.safetensors"
+    if safe.is_file():
+        from safetensors import safe_open
+
+        with safe_open(safe, framework="pt") as f:
+            return set(f.keys())
+    return set(torch.load(path / "pytorch_model.bin", map_location="cpu", weights_only=True))
+
+
+def _check_saved_names(path: Path, saved: set[str], expected: set[str]) -> None:
+    missing, extra = sorted(expected - saved), sorted(saved - expected)
+    if missing or extra:
+        raise ValueError(
+            f"{path}: its saved weights do not match this run's trainable parameters (is model.lora or "
+            f"model.freeze configured differently?): missing {missing[:5]}{' ...' if len(missing) > 5 else ''}, "
+            f"unexpected {extra[:5]}{' ...' if len(extra) > 5 else ''}"
+        )
 
 
 def _on_xla(accelerator: Accelerator) -> bool:
@@ -132,12 +164,35 @@ def _xla_state_workaround(accelerator: Accelerator) -> Iterator[None]:
         accelerator._dataloaders = loaders
 
 
-def export_checkpoint(checkpoint: str | Path, out_dir: str | Path) -> Path:
-    """Turn a training checkpoint folder into a `from_pretrained`-loadable export (model, processor, config)."""
+def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, form: str = "merge",
+                      native_schema: str = "v0.1") -> Path:  # fmt: skip
+    """Write a training checkpoint folder out as `form`:
+    - "merge": a `from_pretrained`-loadable export (model with any LoRA adapters folded in, processor, config);
+    - "adapter": the LoRA adapter alone (peft's format, loadable with `PeftModel.from_pretrained`);
+    - "native": a native Nari Labs checkpoint (`.pth` + `config.json`) for their inference code.
+    Returns the folder written.
+    """
     checkpoint, out_dir = Path(checkpoint), Path(out_dir)
     saved = checkpoint / CONFIG_FILE
     if not saved.is_file():
         raise FileNotFoundError(f"{checkpoint} holds no {CONFIG_FILE}: not a dia_tpu checkpoint folder")
+    cfg = load(saved)
+    if form == "adapter":
+        if not cfg.model.lora.rank:
+            raise ValueError(f"{checkpoint} is a full fine-tune (model.lora.rank is 0): it has no adapter to export")
+        save_adapter(load_trained(checkpoint), out_dir)
+        return out_dir
     model, codec = load_for_inference(str(checkpoint))
-    export(model, codec, load(saved), out_dir)
+    if form == "native":
+        from dia_tpu.native import save_native
+
+        save_native(model, out_dir, schema=native_schema)
+    else:
+        export(model, codec, cfg, out_dir)
     return out_dir
+
+
+def save_adapter(model, folder: Path) -> None:
+    """Write a PeftModel's adapter (host copies: safetensors cannot read XLA tensors)."""
+    state = {name: tensor.detach().to("cpu") for name, tensor in model.state_dict().items()}
+    model.save_pretrained(folder, state_dict=state, safe_serialization=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 
@@ -28,13 +29,25 @@ def main(argv: list[str] | None = None) -> None:
     finetune_acc_tpu.build_parser(p)
     p.set_defaults(func=finetune_acc_tpu.run)
 
-    p = sub.add_parser("export", help="turn a training checkpoint into a from_pretrained-loadable folder")
-    p.add_argument("--checkpoint", required=True, help="output.dir/checkpoints/step_N")
+    p = sub.add_parser("export", help="turn a training checkpoint into a model folder, a LoRA adapter or a "
+                                      "native Nari Labs checkpoint")
+    p.add_argument("--checkpoint", required=True, help="output.dir/checkpoints/step_N (or best)")
     p.add_argument("--out", required=True, help="folder to write")
-    p.set_defaults(func=_export)
+    form = p.add_mutually_exclusive_group()
+    form.add_argument("--merge", dest="form", action="store_const", const="merge",
+                      help="a from_pretrained-loadable model, LoRA adapters folded in (the default)")
+    form.add_argument("--adapter", dest="form", action="store_const", const="adapter",
+                      help="the LoRA adapter alone (peft format) of a LoRA run")
+    form.add_argument("--native", dest="form", action="store_const", const="native",
+                      help="native Nari Labs format: .pth + config.json, for their inference code and app")
+    p.add_argument("--native-schema", choices=("v0.1", "0626"), default="v0.1",
+                   help="config.json schema of --native (v0.1: dia-v0_1.pth; 0626: the newer config layout)")
+    p.set_defaults(func=_export, form="merge")
 
     p = sub.add_parser("generate", help="synthesize speech from text")
-    p.add_argument("--model", required=True, help="export folder, checkpoint folder or hub id")
+    p.add_argument("--model", required=True, help="export folder, checkpoint folder, native .pth (or folder), "
+                                                  "or hub id")
+    p.add_argument("--adapter", help="a LoRA adapter folder (peft format) to apply to --model")
     text = p.add_mutually_exclusive_group(required=True)
     text.add_argument("--text", help='one script, e.g. "[S1] Hello. [S2] Hi!"')
     text.add_argument("--text-file", help="one script per line; writes OUT/line_0001.wav, ...")
@@ -57,12 +70,23 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", help="HTML file to write (default: RUN_DIR/report.html)")
     p.set_defaults(func=_report)
 
+    p = sub.add_parser("plan", help="parameters and estimated memory per device of a config's training, and "
+                                    "which GPUs and TPU chips it fits")
+    p.add_argument("--config", required=True, help="YAML config to plan (model, data lengths, train options)")
+    p.add_argument("--processes", type=int, default=1, help="devices training together (for the FSDP line)")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
+    p.set_defaults(func=_plan)
+
     p = sub.add_parser("bench", help="measure training throughput (audio frames/s) per mixed precision")
     p.add_argument("--config", required=True, help="YAML config, e.g. configs/bench.yaml")
     p.add_argument("--steps", type=int, default=10, help="timed optimizer steps per precision")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps before timing")
     p.add_argument("--precision", action="append", choices=("no", "bf16", "fp16"),
                    help="repeatable (default: --precision no --precision bf16)")
+    p.add_argument("--variant", action="append", metavar="NAME[:KEY=VALUE,...]",
+                   help="repeatable: a named variant of the config to measure too, e.g. "
+                        "'ckpt:model.gradient_checkpointing=true' or 'lora:model.lora.rank=16,model.lora.alpha=32'; "
+                        "a bare NAME is the config as given")
     p.add_argument("--json", help="also write the results to this JSON file")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
     p.set_defaults(func=_bench)
@@ -86,7 +110,7 @@ def _prepare(args: argparse.Namespace) -> None:
 def _export(args: argparse.Namespace) -> None:
     from dia_tpu.checkpoint import export_checkpoint
 
-    print(f"exported to {export_checkpoint(args.checkpoint, args.out)}")
+    print(f"exported to {export_checkpoint(args.checkpoint, args.out, args.form, args.native_schema)}")
 
 
 def _generate(args: argparse.Namespace) -> None:
@@ -120,9 +144,12 @@ def _generate(args: argparse.Namespace) -> None:
         greedy=args.greedy,
     )
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model, codec = load_for_inference(args.model, device)
+    model, codec = load_for_inference(args.model, device, adapter=args.adapter)
     settings.language_tags = run_language_tags(args.model)
-    prompt = None if args.audio_prompt is None else load_voice_prompt(codec, args.audio_prompt, args.prompt_transcript)
+    stereo = len(model.config.delay_pattern) == 2 * codec.config.n_codebooks
+    prompt = None
+    if args.audio_prompt is not None:
+        prompt = load_voice_prompt(codec, args.audio_prompt, args.prompt_transcript, stereo)
     rate = codec.config.sampling_rate
     for start in range(0, len(texts), args.batch_size):
         batch = dataclasses.replace(settings, seed=settings.seed + start)
@@ -140,6 +167,13 @@ def _report(args: argparse.Namespace) -> None:
     print(f"wrote {write_report(args.run_dir, args.out)}")
 
 
+def _plan(args: argparse.Namespace) -> None:
+    from dia_tpu.config import load
+    from dia_tpu.plan import estimate, format_plan
+
+    print(format_plan(estimate(load(args.config, args.overrides), processes=args.processes)))
+
+
 def _bench(args: argparse.Namespace) -> None:
     import json
 
@@ -147,6 +181,13 @@ def _bench(args: argparse.Namespace) -> None:
     from dia_tpu.config import load
 
     cfg = load(args.config, args.overrides)
+    if args.variant:
+        variants = {}
+        for spec in args.variant:
+            name, _, extra = spec.partition(":")
+            # Split at commas that start the next KEY=, so values like [attention, mlp] stay whole.
+            variants[name] = load(args.config, [*args.overrides, *[x for x in re.split(r",(?=[\w.]+=)", extra) if x]])
+        cfg = variants
     results = bench(cfg, args.steps, args.warmup, args.precision or list(PRECISIONS))
     print(format_table(results))
     if args.json:

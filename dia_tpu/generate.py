@@ -18,7 +18,7 @@ import torch
 from transformers import DacModel, DiaForConditionalGeneration, LogitsProcessor
 from transformers.utils import logging as hf_logging
 
-from dia_tpu.audio import apply_delay, decode, encode, load_audio, revert_delay
+from dia_tpu.audio import apply_delay, decode, encode, load_channels, revert_delay
 from dia_tpu.data import TEXT_PAD, encode_text
 
 
@@ -54,12 +54,13 @@ class VoicePrompt:
     source: str = "audio prompt"  # named in errors
 
 
-def load_voice_prompt(codec: DacModel, path: str | Path, transcript: str) -> VoicePrompt:
-    """Decode `path` (any rate or channel count: downmixed and resampled to the codec's) and encode it."""
+def load_voice_prompt(codec: DacModel, path: str | Path, transcript: str, stereo: bool = False) -> VoicePrompt:
+    """Decode `path` (any rate or channel count: resampled to the codec's, downmixed, or for a `stereo` model
+    split into left and right) and encode it."""
     if not transcript.strip():
         raise ValueError(f"audio prompt {path}: its transcript is empty; give what is said in it, with [S1]/[S2] tags")
-    wave = load_audio(path, codec.config.sampling_rate)
-    codes = torch.from_numpy(encode(codec, [wave])[0]).long()
+    waves = load_channels(path, codec.config.sampling_rate, stereo)
+    codes = torch.from_numpy(np.concatenate(encode(codec, waves), axis=1)).long()
     return VoicePrompt(codes=codes, transcript=transcript.strip(), source=str(path))
 
 
@@ -70,7 +71,8 @@ def synthesize(
     settings: GenerationSettings,
     prompt: VoicePrompt | None = None,
 ) -> list[np.ndarray]:
-    """One mono waveform at the codec's rate per text (the audio prompt itself is not included)."""
+    """One waveform at the codec's rate per text, [samples] or for stereo models [samples, 2] (the audio
+    prompt itself is not included)."""
     rate = codec.config.sampling_rate / codec.config.hop_length
     return [decode(codec, codes) for codes in synthesize_codes(model, texts, settings, rate, prompt)]
 

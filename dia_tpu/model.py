@@ -26,7 +26,7 @@ from transformers.masking_utils import AttentionMaskInterface, eager_mask
 from transformers.modeling_utils import AttentionInterface
 from transformers.models.dia.modeling_dia import eager_attention_forward as dia_eager_attention
 
-from dia_tpu.config import Config, ModelConfig, load
+from dia_tpu.config import Config, ConfigError, ModelConfig, load
 
 # The file a run directory, checkpoint or export keeps its resolved config in.
 CONFIG_FILE = "config.yaml"
@@ -58,17 +58,56 @@ def attention_for(cfg: ModelConfig, on_xla: bool) -> str:
 
 
 def build_model(cfg: ModelConfig, on_xla: bool = False) -> DiaForConditionalGeneration:
-    """The model to fine-tune: pretrained weights, or a seeded random initialisation of `architecture`."""
-    attention = attention_for(cfg, on_xla)
-    if cfg.pretrained is not None:
-        model = DiaForConditionalGeneration.from_pretrained(cfg.pretrained, dtype=torch.float32)
+    """The model to fine-tune, in fp32: pretrained weights (transformers or native Nari Labs format), or a
+    seeded initialisation of `architecture`; widened to stereo or given a delay pattern when asked.
+
+    Weights are loaded before anything else touches the model (compiling comes later, in training).
+    """
+    if cfg.pretrained is None:
+        from dia_tpu.shapes import init_from_scratch
+
+        model = init_from_scratch(DiaConfig(**cfg.architecture), cfg.init_seed, cfg.attention_scale)
+        model.generation_config = default_generation_config(model.config)
+    elif is_native(cfg):
+        from dia_tpu.native import load_native_model
+
+        model = load_native_model(cfg.pretrained)
+        model.generation_config = default_generation_config(model.config)
     else:
-        config = DiaConfig(**cfg.architecture)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(cfg.init_seed)
-            model = DiaForConditionalGeneration(config)
-        model.generation_config = default_generation_config(config)
-    model.set_attn_implementation(attention)
+        from dia_tpu.shapes import restore_attention_scale
+
+        model = DiaForConditionalGeneration.from_pretrained(cfg.pretrained, dtype=torch.float32)
+        restore_attention_scale(model)
+    model = _reshape(model, cfg)
+    model.set_attn_implementation(attention_for(cfg, on_xla))
+    return model
+
+
+def is_native(cfg: ModelConfig) -> bool:
+    """Whether `pretrained` is a native Nari Labs checkpoint (by `pretrained_format`, or detected)."""
+    if cfg.pretrained is None or cfg.pretrained_format == "hf":
+        return False
+    if cfg.pretrained_format == "native":
+        return True
+    from dia_tpu.native import is_native_source
+
+    return is_native_source(cfg.pretrained)
+
+
+def _reshape(model: DiaForConditionalGeneration, cfg: ModelConfig) -> DiaForConditionalGeneration:
+    """Widen a 9-codebook model to stereo (warm start), or set the configured delay pattern."""
+    channels = len(model.config.delay_pattern)
+    if cfg.stereo and channels == 9:
+        from dia_tpu.shapes import widen_to_stereo
+
+        return widen_to_stereo(model, cfg.delay_pattern or None)
+    if cfg.stereo and channels != 18:
+        raise ConfigError(f"model.stereo: the model has {channels} codebooks; stereo needs 9 (to widen) or 18")
+    if cfg.delay_pattern:
+        if len(cfg.delay_pattern) != channels:
+            raise ConfigError(f"model.delay_pattern has {len(cfg.delay_pattern)} delays; the model has {channels} "
+                              "codebooks")  # fmt: skip
+        model.config.delay_pattern = list(cfg.delay_pattern)
     return model
 
 
@@ -162,21 +201,83 @@ def export(model: DiaForConditionalGeneration, codec: DacModel, cfg: Config, out
     cfg.save(out_dir / CONFIG_FILE)
 
 
-def load_for_inference(source: str, device: str | torch.device = "cpu") -> tuple[DiaForConditionalGeneration, DacModel]:
-    """Load (model, codec) from an export, a training checkpoint directory, or a hub id.
+def load_for_inference(
+    source: str, device: str | torch.device = "cpu", adapter: str | None = None
+) -> tuple[DiaForConditionalGeneration, DacModel]:
+    """Load (model, codec) from an export, a training checkpoint directory (a LoRA run's too), a native
+    Nari Labs checkpoint, or a hub id; `adapter` folds a LoRA adapter folder (peft format) into the model.
 
     An export or checkpoint names its codec in its saved config; an export may carry the codec itself.
     """
     path = Path(source)
     if not path.exists() and (source.startswith((".", "/", "~")) or len(path.parts) != 2):
         raise FileNotFoundError(f"model not found: {source} (neither a directory nor a hub id like org/name)")
-    if path.is_dir() and not (path / "config.json").is_file():
-        raise FileNotFoundError(f"{path} holds no config.json: not an export or a checkpoint directory")
-    model = DiaForConditionalGeneration.from_pretrained(source, dtype=torch.float32).to(device).eval()
+    if path.exists() and is_native(ModelConfig(pretrained=source)):
+        from dia_tpu.native import load_native_model
+
+        model = load_native_model(source)
+    elif is_adapter_checkpoint(path):
+        from dia_tpu.adapters import merged
+
+        model = merged(load_trained(path))
+    else:
+        if path.is_dir() and not (path / "config.json").is_file():
+            raise FileNotFoundError(f"{path} holds no config.json: not an export or a checkpoint directory")
+        from dia_tpu.shapes import restore_attention_scale
+
+        model = DiaForConditionalGeneration.from_pretrained(source, dtype=torch.float32)
+        restore_attention_scale(model)
+    if adapter is not None:
+        model = _with_adapter(model, adapter)
+    model = model.to(device).eval()
     if model.generation_config.guidance_scale is None:
         model.generation_config = default_generation_config(model.config)
     codec = _codec_for(path).to(device)
     return model, codec
+
+
+def _with_adapter(model: DiaForConditionalGeneration, adapter: str) -> DiaForConditionalGeneration:
+    """`model` with a peft LoRA adapter folder merged into its weights."""
+    if not (Path(adapter) / "adapter_config.json").is_file():
+        raise FileNotFoundError(f"{adapter} holds no adapter_config.json: not a LoRA adapter folder")
+    import peft
+
+    return peft.PeftModel.from_pretrained(model, adapter).merge_and_unload()
+
+
+def is_adapter_checkpoint(path: Path) -> bool:
+    """Whether `path` is a LoRA run's training checkpoint, which holds the trained weights only."""
+    weights = path / "model.safetensors"
+    if not (path / CONFIG_FILE).is_file() or not load(path / CONFIG_FILE).model.lora.rank or not weights.is_file():
+        return False
+    from safetensors import safe_open
+
+    with safe_open(weights, framework="pt") as f:
+        return any("lora_" in key for key in f.keys())
+
+
+def load_trained(checkpoint: Path):
+    """A LoRA run's checkpoint as the PeftModel it trained: the base rebuilt from the run's config, then the
+    saved adapter (and modules_to_save) weights, which must be exactly its trainable parameters."""
+    from safetensors.torch import load_file
+
+    from dia_tpu.adapters import setup_training
+
+    cfg = load(checkpoint / CONFIG_FILE)
+    model = setup_training(build_model(cfg.model), cfg.model)
+    weights = checkpoint / "model.safetensors"
+    if weights.is_file():
+        state = load_file(weights)
+    else:
+        state = torch.load(checkpoint / "pytorch_model.bin", map_location="cpu", weights_only=True)
+    state = {key.removeprefix("module."): value for key, value in state.items()}
+    expected = {name for name, p in model.named_parameters() if p.requires_grad}
+    if set(state) != expected:
+        missing, extra = sorted(expected - set(state)), sorted(set(state) - expected)
+        raise ValueError(f"{checkpoint}: saved weights do not match the run's adapters: missing {missing[:5]}, "
+                         f"unexpected {extra[:5]}")  # fmt: skip
+    model.load_state_dict(state, strict=False)
+    return model.eval()
 
 
 def run_language_tags(source: str) -> dict:

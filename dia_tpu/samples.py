@@ -20,6 +20,7 @@ from accelerate import Accelerator
 from accelerate.utils import DistributedType
 from transformers import DiaForConditionalGeneration
 
+from dia_tpu.adapters import dia_of, is_peft, merged_state_dict
 from dia_tpu.config import Config
 from dia_tpu.generate import GenerationSettings, VoicePrompt, check_request, load_voice_prompt, synthesize
 from dia_tpu.model import build_codec
@@ -55,7 +56,8 @@ class TrainingSamples:
         for prompt in s.prompts:
             voice = None
             if prompt.audio is not None:
-                voice = load_voice_prompt(self.codec, prompt.audio, prompt.transcript)
+                stereo = len(model_config.delay_pattern) == 2 * self.codec.config.n_codebooks
+                voice = load_voice_prompt(self.codec, prompt.audio, prompt.transcript, stereo)
                 self.voice[prompt.name] = voice
             try:
                 check_request(model_config, [prompt.text], self._settings(prompt), rate, voice)
@@ -75,7 +77,9 @@ class TrainingSamples:
         out = None
         if accelerator.is_main_process:
             live = accelerator.unwrap_model(model)
-            generator = self._cpu_copy(live, state) if self.copy_weights else live
+            if self.copy_weights and is_peft(live):
+                state = merged_state_dict(live)
+            generator = self._cpu_copy(dia_of(live), state) if self.copy_weights else dia_of(live)
             out = self._generate_all(generator, step)
         accelerator.wait_for_everyone()
         return out
@@ -133,8 +137,12 @@ class TrainingSamples:
 
 
 def spectrogram_image(wave: np.ndarray, rate: int, n_fft: int = 1024, hop: int = 256) -> np.ndarray:
-    """Log-magnitude spectrogram as an RGB uint8 image [freq (high at the top), time, 3], 80 dB range."""
+    """Log-magnitude spectrogram as an RGB uint8 image [freq (high at the top), time, 3], 80 dB range; a
+    stereo wave [samples, 2] is shown as its mid (left + right) / 2."""
     import matplotlib
+
+    if wave.ndim == 2:
+        wave = wave.mean(axis=1)
 
     if len(wave) < n_fft:
         wave = np.pad(wave, (0, n_fft - len(wave)))

@@ -21,7 +21,16 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
-from dia_tpu.checkpoint import BEST, TrainState, load_checkpoint, resolve_resume, save_checkpoint
+from dia_tpu.adapters import count_parameters, is_peft, merged, setup_training, trainable_state_dict
+from dia_tpu.checkpoint import (
+    ADAPTER_DIR,
+    BEST,
+    TrainState,
+    load_checkpoint,
+    resolve_resume,
+    save_adapter,
+    save_checkpoint,
+)
 from dia_tpu.config import Config, ConfigError
 from dia_tpu.data import BucketBatchSampler, bucket_lengths, load_splits, make_collator
 from dia_tpu.evaluate import evaluate
@@ -59,18 +68,23 @@ def train(cfg: Config) -> Path:
         raise ConfigError("train.optimizer=adamw_8bit: bitsandbytes has no XLA (TPU) kernels; use adamw")
     if t.optimizer == "adamw_8bit" and importlib.util.find_spec("bitsandbytes") is None:
         raise ConfigError("train.optimizer=adamw_8bit needs bitsandbytes: pip install 'dia-tpu[bnb]'")
+    if on_xla and cfg.model.compile:
+        _say(accelerator, "model.compile: off on XLA (torch_xla compiles the traced graphs itself)")
     set_seed(t.seed)
 
     with accelerator.main_process_first():
         splits = load_splits(cfg)
     model = build_trainable(cfg, on_xla)
     _check_data_matches_model(cfg, data_info, model.config)
+    total, trainable = count_parameters(model)
+    _say(accelerator, f"model: {total / 1e6:.2f} M parameters, {trainable / 1e6:.2f} M trainable "
+                      f"({100 * trainable / total:.2f} %)")  # fmt: skip
     samples = TrainingSamples(accelerator, cfg, model.config, on_xla)
     if on_xla and cfg.samples.every and not samples.enabled:
         _say(accelerator, "samples: off on XLA (samples.on_xla=skip)")
     channels = len(model.config.delay_pattern)
     train_loader, eval_loader, epoch_seeded = _make_loaders(cfg, splits, model.config, accelerator.num_processes)
-    optimizer = make_optimizer(t, model)
+    optimizer = make_optimizer(t, model, on_xla)
     # Before `prepare` the loader counts the batches of all processes together.
     steps_per_epoch = max(1, len(train_loader) // accelerator.num_processes // t.gradient_accumulation_steps)
     total_steps = t.max_steps or t.epochs * steps_per_epoch
@@ -87,8 +101,12 @@ def train(cfg: Config) -> Path:
 
     state = TrainState()
     accelerator.register_for_checkpointing(state)
+    adapter_only = is_peft(accelerator.unwrap_model(model))
+    if adapter_only:
+        # A LoRA run's checkpoints hold the trained weights only; the base is rebuilt from the config.
+        accelerator.register_save_state_pre_hook(_keep_trainable)
     if resume_from is not None:
-        load_checkpoint(accelerator, resume_from)
+        load_checkpoint(accelerator, resume_from, trainable_only=adapter_only)
         logger.info(f"resumed from {resume_from} at step {state.step}", main_process_only=True)
     elif t.resume == "auto":
         logger.info(f"no checkpoint under {run_dir}: starting from step 0", main_process_only=True)
@@ -158,7 +176,10 @@ def train(cfg: Config) -> Path:
 
     final = run_dir / "final"
     if accelerator.is_main_process:
-        export(accelerator.unwrap_model(model), build_codec(cfg.model), cfg, final)
+        trained = accelerator.unwrap_model(model)
+        if adapter_only:
+            save_adapter(trained, final / ADAPTER_DIR)
+        export(merged(trained), build_codec(cfg.model), cfg, final)
     accelerator.wait_for_everyone()
     accelerator.end_training()
     _say(
@@ -170,11 +191,19 @@ def train(cfg: Config) -> Path:
 
 
 def build_trainable(cfg: Config, on_xla: bool) -> torch.nn.Module:
-    """The model set up for training: no generation cache, optional non-reentrant checkpointing."""
+    """The model set up for training: weights loaded, no generation cache, optional non-reentrant
+    checkpointing, frozen parts and LoRA adapters, then (off XLA) compiled in place.
+
+    `Module.compile` compiles the forward without wrapping the module, so state-dict names stay the
+    model's own (no `_orig_mod.` prefixes in checkpoints). XLA traces and compiles graphs itself.
+    """
     model = build_model(cfg.model, on_xla)
     model.config.use_cache = False
     if cfg.model.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model = setup_training(model, cfg.model)
+    if cfg.model.compile and not on_xla:
+        model.compile()
     return model
 
 
@@ -265,12 +294,13 @@ def _micro_batches(accelerator: Accelerator, loader, epoch_seeded: list, state: 
         state.batches_in_epoch = 0
 
 
-def make_optimizer(t, model: torch.nn.Module) -> torch.optim.Optimizer:
-    """AdamW from torch, or bitsandbytes' 8-bit AdamW (imported only when asked for; checked at the start)."""
+def make_optimizer(t, model: torch.nn.Module, on_xla: bool = False) -> torch.optim.Optimizer:
+    """AdamW from torch (its fused kernel unless on XLA or turned off), or bitsandbytes' 8-bit AdamW
+    (imported only when asked for; checked at the start). Only trainable parameters are given to it."""
     groups = _param_groups(model, t.weight_decay)
     kwargs = {"lr": t.learning_rate, "betas": (t.adam_beta1, t.adam_beta2), "eps": t.adam_epsilon}
     if t.optimizer == "adamw":
-        return torch.optim.AdamW(groups, **kwargs)
+        return torch.optim.AdamW(groups, **kwargs, fused=t.fused_optimizer and not on_xla)
     import bitsandbytes
 
     return bitsandbytes.optim.AdamW8bit(groups, **kwargs)
@@ -283,6 +313,12 @@ def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
         if param.requires_grad:
             (decay if param.ndim >= 2 else no_decay).append(param)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def _keep_trainable(models: list, weights: list, output_dir: str) -> None:
+    """Accelerate save hook: keep only the trained weights (adapters, modules_to_save) of each model."""
+    for i, model in enumerate(models):
+        weights[i] = trainable_state_dict(model, weights[i])
 
 
 def _check_data_matches_model(cfg: Config, info: dict, model_config) -> None:
