@@ -209,6 +209,14 @@ def load_for_inference(
 
     An export or checkpoint names its codec in its saved config; an export may carry the codec itself.
     """
+    model = load_model(source, adapter).to(device).eval()
+    if model.generation_config.guidance_scale is None:
+        model.generation_config = default_generation_config(model.config)
+    return model, _codec_for(Path(source)).to(device)
+
+
+def load_model(source: str, adapter: str | None = None) -> DiaForConditionalGeneration:
+    """The model alone, in fp32, from any source `load_for_inference` takes."""
     path = Path(source)
     if not path.exists() and (source.startswith((".", "/", "~")) or len(path.parts) != 2):
         raise FileNotFoundError(f"model not found: {source} (neither a directory nor a hub id like org/name)")
@@ -227,13 +235,7 @@ def load_for_inference(
 
         model = DiaForConditionalGeneration.from_pretrained(source, dtype=torch.float32)
         restore_attention_scale(model)
-    if adapter is not None:
-        model = _with_adapter(model, adapter)
-    model = model.to(device).eval()
-    if model.generation_config.guidance_scale is None:
-        model.generation_config = default_generation_config(model.config)
-    codec = _codec_for(path).to(device)
-    return model, codec
+    return model if adapter is None else _with_adapter(model, adapter)
 
 
 def _with_adapter(model: DiaForConditionalGeneration, adapter: str) -> DiaForConditionalGeneration:
