@@ -20,7 +20,7 @@ from accelerate import Accelerator
 from accelerate.utils import DistributedType
 
 from dia_tpu.config import Config, load
-from dia_tpu.model import CONFIG_FILE, export, load_for_inference, load_trained
+from dia_tpu.model import CONFIG_FILE, export, load_for_inference, load_model, load_trained
 
 CHECKPOINTS = "checkpoints"
 BEST = "best"
@@ -182,13 +182,12 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, form: str = "
             raise ValueError(f"{checkpoint} is a full fine-tune (model.lora.rank is 0): it has no adapter to export")
         save_adapter(load_trained(checkpoint), out_dir)
         return out_dir
-    model, codec = load_for_inference(str(checkpoint))
     if form == "native":
         from dia_tpu.native import save_native
 
-        save_native(model, out_dir, schema=native_schema)
+        save_native(load_model(str(checkpoint)), out_dir, schema=native_schema)
     else:
-        export(model, codec, cfg, out_dir)
+        export(*load_for_inference(str(checkpoint)), cfg, out_dir)
     return out_dir
 
 

@@ -32,8 +32,10 @@ def _saved_names(folder) -> set[str]:
 
 def test_lora_trains_only_adapters_and_merges_exactly(codes_dir, tmp_path):
     run = tmp_path / "lora"
-    cfg = tiny(codes_dir, run, *LORA, "train.max_steps=20", "train.save_every=10", "eval.eval_every=10")
+    cfg = tiny(codes_dir, run, *LORA, "train.max_steps=20", "train.save_every=10", "eval.eval_every=10",
+               "samples.every=20", "samples.max_seconds=0.3")
     final = train(cfg)
+    assert sorted(p.name for p in (run / "samples" / "step_000020").glob("*.wav")) == ["clone.wav", "plan.wav"]
 
     losses = [v for _, v in scalars(run)["train/loss"]]
     assert losses[-1] < losses[0]
