@@ -24,6 +24,7 @@ from dia_tpu.adapters import dia_of, is_peft, merged_state_dict
 from dia_tpu.config import Config
 from dia_tpu.generate import GenerationSettings, VoicePrompt, check_request, load_voice_prompt, synthesize
 from dia_tpu.model import build_codec
+from dia_tpu.shapes import restore_attention_scale
 
 SAMPLES_DIR = "samples"
 INDEX_FILE = "index.json"
@@ -115,6 +116,7 @@ class TrainingSamples:
         """The live weights in a CPU model built once per run (fp32, like the master weights)."""
         if self._cpu_model is None:
             self._cpu_model = DiaForConditionalGeneration(live.config).eval()
+            restore_attention_scale(self._cpu_model)  # a model built from a config starts at scale 1
         weights = state if state is not None else live.state_dict()
         self._cpu_model.load_state_dict({k: v.detach().to("cpu", torch.float32) for k, v in weights.items()})
         return self._cpu_model
