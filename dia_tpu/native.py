@@ -368,14 +368,17 @@ def hf_config_to_native(config: DiaConfig, schema: str = V01) -> dict:
 
 
 def _inexpressible(config: DiaConfig, schema: str) -> list[str]:
-    """What in `config` the native code of `schema` has no setting for. Both hard-code SiLU, plain rope and
-    cross-attention over the encoder's width; v0.1 also has one eps and one rope for both stacks, and grouped
-    key/value heads only in the decoder's self-attention."""
+    """What in `config` the native code of `schema` has no setting for. Both hard-code SiLU, plain rope,
+    unscaled attention logits and cross-attention over the encoder's width; v0.1 also has one eps and one rope
+    for both stacks, and grouped key/value heads only in the decoder's self-attention."""
     enc, dec = config.encoder_config, config.decoder_config
     checks = [
         (dec.cross_hidden_size != enc.hidden_size, "cross_hidden_size != encoder hidden_size"),
         ({enc.hidden_act, dec.hidden_act} != {"silu"}, "hidden_act is not silu"),
         (not (_plain_rope(enc) and _plain_rope(dec)), "rope is not the default rope_type with rope_theta alone"),
+        # Native attention never scales its logits (Dia's 1.0); a scratch run's own scale would be lost.
+        (getattr(config, "attention_scale", 1.0) != 1.0, f"attention_scale={getattr(config, 'attention_scale', 1.0)} "
+                                                          "(native Dia attention uses 1.0)"),
     ]
     if schema == V01:
         checks += [

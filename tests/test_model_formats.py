@@ -31,15 +31,17 @@ def _logits(model, cfg) -> torch.Tensor:
                             decoder_input_ids=batch["decoder_input_ids"]).logits  # fmt: skip
 
 
-@pytest.fixture(scope="module")
-def mono_run(codes_dir, tmp_path_factory):
-    """A tiny 9-codebook run with a scratch attention scale: its checkpoint, export and config."""
-    run = tmp_path_factory.mktemp("mono")
-    cfg = tiny(codes_dir, run, "train.max_steps=2", "data.eval_size=0", "train.report_to=none",
-               "model.attention_scale=0.3")
+def _run(codes_dir, run, *extra: str):
+    cfg = tiny(codes_dir, run, "train.max_steps=2", "data.eval_size=0", "train.report_to=none", *extra)
     final = train(cfg)
     reset_accelerate()
     return run / "checkpoints" / "step_2", final, cfg
+
+
+@pytest.fixture(scope="module")
+def mono_run(codes_dir, tmp_path_factory):
+    """A tiny 9-codebook run with Dia's attention scale (1.0): its checkpoint, export and config."""
+    return _run(codes_dir, tmp_path_factory.mktemp("mono"), "model.attention_scale=1.0")
 
 
 @pytest.mark.parametrize("schema", ["v0.1", "0626"])
@@ -62,8 +64,8 @@ def test_native_export_loads_back_and_trains(mono_run, codes_dir, tmp_path, sche
         torch.testing.assert_close(value, expected[key], rtol=0, atol=0, msg=key)
 
 
-def test_attention_scale_of_a_scratch_run_survives_export(mono_run):
-    _, final, cfg = mono_run
+def test_attention_scale_of_a_scratch_run_survives_export(codes_dir, tmp_path):
+    checkpoint, final, cfg = _run(codes_dir, tmp_path / "scaled", "model.attention_scale=0.3")
     model, _ = load_for_inference(str(final))
     scales = {m.scaling for m in model.modules() if hasattr(m, "scaling") and hasattr(m, "q_proj")}
     assert scales == {0.3}
@@ -71,6 +73,11 @@ def test_attention_scale_of_a_scratch_run_survives_export(mono_run):
     with torch.no_grad():
         fresh.load_state_dict(model.state_dict())
     torch.testing.assert_close(_logits(model, cfg), _logits(fresh, cfg))
+    # Native Dia has no attention scale: exporting this model natively would change it, so it is refused.
+    done = subprocess.run([sys.executable, "-m", "dia_tpu", "export", "--checkpoint", str(checkpoint), "--out",
+                           str(tmp_path / "native"), "--native"], capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0 and "attention_scale=0.3" in done.stderr
+    assert not (tmp_path / "native").exists()
 
 
 def test_stereo_warm_start_trains_and_generates_stereo(mono_run, tmp_path):
