@@ -76,11 +76,33 @@ def build_model(cfg: ModelConfig, on_xla: bool = False) -> DiaForConditionalGene
     else:
         from dia_tpu.shapes import restore_attention_scale
 
+        _check_hf_source(cfg.pretrained)
         model = DiaForConditionalGeneration.from_pretrained(cfg.pretrained, dtype=torch.float32)
         restore_attention_scale(model)
     model = _reshape(model, cfg)
     model.set_attn_implementation(attention_for(cfg, on_xla))
     return model
+
+
+def architecture_config(cfg: ModelConfig) -> DiaConfig:
+    """The configuration of the model `build_model` returns, without loading weights (for planning)."""
+    if cfg.pretrained is None:
+        config = DiaConfig(**cfg.architecture)
+    elif is_native(cfg):
+        from dia_tpu.native import read_native_config
+
+        config = read_native_config(cfg.pretrained)
+    else:
+        _check_hf_source(cfg.pretrained)
+        config = DiaConfig.from_pretrained(cfg.pretrained)
+    channels = len(config.delay_pattern)
+    if cfg.stereo and channels == 9:
+        from dia_tpu.shapes import stereo_config
+
+        return stereo_config(config, cfg.delay_pattern or None)
+    if cfg.delay_pattern:
+        config.delay_pattern = list(cfg.delay_pattern)
+    return config
 
 
 def is_native(cfg: ModelConfig) -> bool:
@@ -218,8 +240,6 @@ def load_for_inference(
 def load_model(source: str, adapter: str | None = None) -> DiaForConditionalGeneration:
     """The model alone, in fp32, from any source `load_for_inference` takes."""
     path = Path(source)
-    if not path.exists() and (source.startswith((".", "/", "~")) or len(path.parts) != 2):
-        raise FileNotFoundError(f"model not found: {source} (neither a directory nor a hub id like org/name)")
     if path.exists() and is_native(ModelConfig(pretrained=source)):
         from dia_tpu.native import load_native_model
 
@@ -229,13 +249,22 @@ def load_model(source: str, adapter: str | None = None) -> DiaForConditionalGene
 
         model = merged(load_trained(path))
     else:
-        if path.is_dir() and not (path / "config.json").is_file():
-            raise FileNotFoundError(f"{path} holds no config.json: not an export or a checkpoint directory")
+        _check_hf_source(source)
         from dia_tpu.shapes import restore_attention_scale
 
         model = DiaForConditionalGeneration.from_pretrained(source, dtype=torch.float32)
         restore_attention_scale(model)
     return model if adapter is None else _with_adapter(model, adapter)
+
+
+def _check_hf_source(source: str) -> None:
+    """A transformers model source must be a folder with config.json or a hub id: transformers reads an empty
+    folder as the default configuration without a word."""
+    path = Path(source)
+    if not path.exists() and (source.startswith((".", "/", "~")) or len(path.parts) != 2):
+        raise FileNotFoundError(f"model not found: {source} (neither a directory nor a hub id like org/name)")
+    if path.is_dir() and not (path / "config.json").is_file():
+        raise FileNotFoundError(f"{path} holds no config.json: not an export, a checkpoint or a native checkpoint")
 
 
 def _with_adapter(model: DiaForConditionalGeneration, adapter: str) -> DiaForConditionalGeneration:

@@ -233,6 +233,17 @@ def read_native(source: str | Path, weights_name: str | None = None) -> tuple[Di
     return config, _as_transformers(_read_weights(weights_path), config, weights_path)
 
 
+def read_native_config(source: str | Path) -> DiaConfig:
+    """The `DiaConfig` of a native checkpoint without reading its weights (a hub id's config.json alone)."""
+    path = Path(source)
+    if not path.exists() and _HUB_ID.fullmatch(str(source)):
+        return _read_config(Path(huggingface_hub.hf_hub_download(repo_id=str(source), filename=CONFIG_NAME)))
+    config = (path if path.is_dir() else path.parent) / CONFIG_NAME
+    if not config.is_file():
+        raise NativeFormatError(f"{config.parent}: no {CONFIG_NAME}")
+    return _read_config(config)
+
+
 def _locate(source: str | Path, weights_name: str | None) -> tuple[Path, Path]:
     """(config.json, weights file) of `source`; a hub id's are downloaded first."""
     path = Path(source)

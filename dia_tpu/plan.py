@@ -50,13 +50,13 @@ from accelerate.utils import convert_outputs_to_fp32
 from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
-from transformers import DiaConfig, DiaForConditionalGeneration
+from transformers import DiaForConditionalGeneration
 
 from dia_tpu.adapters import setup_training
 from dia_tpu.bench import synthetic_batch
-from dia_tpu.config import Config, ConfigError, ModelConfig
+from dia_tpu.config import Config
 from dia_tpu.loss import batch_loss, codebook_weights, target_weight
-from dia_tpu.model import attention_for
+from dia_tpu.model import architecture_config, attention_for
 
 GIB = 2**30
 # Fraction of each device's memory kept free for the framework, the allocator and what the trace misses.
@@ -142,21 +142,6 @@ class MemoryPlan:
         return self.gradients + self.update_temporaries
 
 
-def architecture(cfg: ModelConfig) -> DiaConfig:
-    """The configuration of the model training builds (no weights)."""
-    # A pretrained model's or a widened model's shape needs the config reading of dia_tpu.model.
-    for key, value in (("model.pretrained", cfg.pretrained), ("model.stereo", cfg.stereo or None)):
-        if value is not None:
-            raise ConfigError(
-                f"plan: {key}={value!r} is not planned yet; plan the same shape with "
-                "model.pretrained=null and model.architecture (Dia-1.6B: DiaConfig's defaults)"
-            )
-    config = DiaConfig(**cfg.architecture)
-    if cfg.delay_pattern:
-        config.delay_pattern = list(cfg.delay_pattern)
-    return config
-
-
 def fake_trainable(cfg: Config, mode: FakeTensorMode) -> torch.nn.Module:
     """The model as `train.build_trainable` sets it up, its parameters and buffers fake tensors of `mode`.
 
@@ -164,7 +149,7 @@ def fake_trainable(cfg: Config, mode: FakeTensorMode) -> torch.nn.Module:
     each adapter to its base layer's device fails), then every tensor is replaced by a fake one.
     """
     with torch.device("meta"):
-        model = DiaForConditionalGeneration(architecture(cfg.model))
+        model = DiaForConditionalGeneration(architecture_config(cfg.model))
     model.set_attn_implementation(attention_for(cfg.model, on_xla=False))
     model.config.use_cache = False
     if cfg.model.gradient_checkpointing:

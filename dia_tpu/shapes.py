@@ -47,7 +47,7 @@ def widen_to_stereo(
     channels = model.config.decoder_config.num_channels
     if channels != MONO_CHANNELS:
         raise ValueError(f"widen_to_stereo needs a {MONO_CHANNELS}-codebook model; this one has {channels}")
-    config = _stereo_config(model.config, _stereo_delays(model.config.delay_pattern, delay_pattern))
+    config = stereo_config(model.config, delay_pattern)
     with no_init_weights():  # every weight is replaced just below
         wide = DiaForConditionalGeneration(config)
     # assign=True keeps the source dtype for the parameters while buffers (RoPE frequencies) stay fp32,
@@ -69,11 +69,12 @@ def _stereo_delays(mono: list[int], given: list[int] | None) -> list[int]:
     return pattern
 
 
-def _stereo_config(config: DiaConfig, delays: list[int]) -> DiaConfig:
-    """`config` with 18 decoder channels and `delays`; every other field, `attention_scale` included, kept."""
+def stereo_config(config: DiaConfig, delay_pattern: list[int] | None = None) -> DiaConfig:
+    """A 9-codebook `config` widened: 18 decoder channels and `delay_pattern` (default: the mono pattern on
+    both sides); every other field, `attention_scale` included, kept."""
     fields = config.to_dict()
     fields["decoder_config"]["num_channels"] = STEREO_CHANNELS
-    fields["delay_pattern"] = delays
+    fields["delay_pattern"] = _stereo_delays(config.delay_pattern, delay_pattern)
     return DiaConfig.from_dict(fields)
 
 

@@ -175,7 +175,7 @@ def measure(cfg, steps: int, warm_up: bool) -> dict:
 
     from dia_tpu.bench import synthetic_batch
     from dia_tpu.loss import codebook_weights
-    from dia_tpu.plan import architecture
+    from dia_tpu.model import architecture_config
 
     t = cfg.train
     accelerator = Accelerator(
@@ -183,7 +183,7 @@ def measure(cfg, steps: int, warm_up: bool) -> dict:
     )
     on_cuda = accelerator.device.type == "cuda"
     set_seed(t.seed)
-    config = architecture(cfg.model)
+    config = architecture_config(cfg.model)
     batch = send_to_device(synthetic_batch(cfg, config), accelerator.device)
     weights = codebook_weights(t.codebook_weights, len(config.delay_pattern)).to(accelerator.device)
     if warm_up:

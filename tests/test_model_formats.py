@@ -14,6 +14,7 @@ from conftest import ROOT, reset_accelerate, tiny, weights
 from dia_tpu.bench import synthetic_batch
 from dia_tpu.config import load
 from dia_tpu.model import build_model, load_for_inference, load_model
+from dia_tpu.plan import estimate
 from dia_tpu.prepare import prepare
 from dia_tpu.train import train
 
@@ -60,6 +61,8 @@ def test_native_export_loads_back_and_trains(mono_run, codes_dir, tmp_path, sche
     # Training starts from it (model.pretrained detects the format): step 0 is the exported model exactly.
     again = tiny(codes_dir, tmp_path / "again", f"model.pretrained={out}")
     assert build_model(again.model).state_dict().keys() == expected.keys()
+    # `plan` reads the same shape from the native config alone.
+    assert estimate(again).params == sum(p.numel() for p in native.parameters())
     for key, value in build_model(again.model).state_dict().items():
         torch.testing.assert_close(value, expected[key], rtol=0, atol=0, msg=key)
 
@@ -94,6 +97,7 @@ def test_stereo_warm_start_trains_and_generates_stereo(mono_run, tmp_path):
     assert trained["logits_dense.weight"].shape[0] == 18 * 1028
     model, _ = load_for_inference(str(out))
     assert model.config.delay_pattern == cfg.model.architecture["delay_pattern"] * 2
+    assert estimate(stereo).params == sum(p.numel() for p in model.parameters())
 
     wav = tmp_path / "stereo.wav"
     _cli("generate", "--model", str(out), "--text", "[S1] Hello.", "--out", str(wav), "--max-seconds", "0.3",
