@@ -15,12 +15,11 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import torch
 from accelerate import Accelerator
 from accelerate.utils import DistributedType
 
 from dia_tpu.config import Config, load
-from dia_tpu.model import CONFIG_FILE, export, load_for_inference, load_model, load_trained
+from dia_tpu.model import CONFIG_FILE, export, load_for_inference, load_model, load_trained, saved_weight_names
 
 CHECKPOINTS = "checkpoints"
 BEST = "best"
@@ -114,20 +113,9 @@ def load_checkpoint(accelerator: Accelerator, path: Path, trainable_only: bool =
     if trainable_only:
         model = accelerator._models[0]
         expected = {name for name, p in model.named_parameters() if p.requires_grad}
-        _check_saved_names(path, _saved_names(path), expected)
+        _check_saved_names(path, saved_weight_names(path), expected)
     with _xla_state_workaround(accelerator):
         accelerator.load_state(str(path), **({"strict": False} if trainable_only else {}))
-
-
-def _saved_names(path: Path) -> set[str]:
-    """The tensor names in a checkpoint's model file (safetensors, or torch's .bin on XLA)."""
-    safe = path / "model.safetensors"
-    if safe.is_file():
-        from safetensors import safe_open
-
-        with safe_open(safe, framework="pt") as f:
-            return set(f.keys())
-    return set(torch.load(path / "pytorch_model.bin", map_location="cpu", weights_only=True))
 
 
 def _check_saved_names(path: Path, saved: set[str], expected: set[str]) -> None:

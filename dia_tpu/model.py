@@ -278,13 +278,24 @@ def _with_adapter(model: DiaForConditionalGeneration, adapter: str) -> DiaForCon
 
 def is_adapter_checkpoint(path: Path) -> bool:
     """Whether `path` is a LoRA run's training checkpoint, which holds the trained weights only."""
-    weights = path / "model.safetensors"
-    if not (path / CONFIG_FILE).is_file() or not load(path / CONFIG_FILE).model.lora.rank or not weights.is_file():
+    if not (path / CONFIG_FILE).is_file() or not load(path / CONFIG_FILE).model.lora.rank:
         return False
-    from safetensors import safe_open
+    return any("lora_" in key for key in saved_weight_names(path))
 
-    with safe_open(weights, framework="pt") as f:
-        return any("lora_" in key for key in f.keys())
+
+def saved_weight_names(folder: Path) -> set[str]:
+    """The tensor names in a checkpoint's model file: safetensors, or torch's `.bin` (written on XLA); none
+    when the folder has neither."""
+    safe = folder / "model.safetensors"
+    if safe.is_file():
+        from safetensors import safe_open
+
+        with safe_open(safe, framework="pt") as f:
+            return set(f.keys())
+    torch_file = folder / "pytorch_model.bin"
+    if torch_file.is_file():
+        return set(torch.load(torch_file, map_location="cpu", weights_only=True))
+    return set()
 
 
 def load_trained(checkpoint: Path):

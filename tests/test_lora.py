@@ -5,14 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import reset_accelerate, scalars, tiny, weights
-from safetensors import safe_open
 from safetensors.torch import load_file
 
 from dia_tpu.adapters import lora_target_modules, merged_state_dict, setup_training
 from dia_tpu.bench import synthetic_batch
 from dia_tpu.checkpoint import export_checkpoint
 from dia_tpu.config import ConfigError, LoraSettings, ModelConfig
-from dia_tpu.model import build_model, load_for_inference, load_trained
+from dia_tpu.model import build_model, load_for_inference, load_trained, saved_weight_names
 from dia_tpu.train import train
 
 LORA = ["model.lora.rank=4", "model.lora.alpha=8", "model.lora.targets=[attention, mlp]", "train.learning_rate=5e-3"]
@@ -26,8 +25,9 @@ def _logits(model, batch) -> torch.Tensor:
 
 
 def _saved_names(folder) -> set[str]:
-    with safe_open(folder / "model.safetensors", framework="pt") as f:
-        return set(f.keys())
+    names = saved_weight_names(folder)  # safetensors, or torch's .bin on XLA
+    assert names, f"{folder} holds no weights"
+    return names
 
 
 def test_lora_trains_only_adapters_and_merges_exactly(codes_dir, tmp_path):
