@@ -130,6 +130,24 @@ def test_two_processes_train_evaluate_and_save(codes_dir, tmp_path):
     assert metrics["eval/tokens"] > 0
 
 
+def test_two_processes_equal_one_with_accumulation(codes_dir, tmp_path):
+    """Two DDP processes of batch B take the same optimizer steps as one process accumulating 2 x B: process
+    p gets batches p, p + 2, ... of the same seeded order, and the loss is normalised over the whole step."""
+    common = [*TINY, f"data.dataset={codes_dir}", "train.max_steps=4", "data.eval_size=0", "train.report_to=none"]
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "USE_TORCH_XLA": "0", "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29542",
+           str(ROOT / "dia_tpu/finetune_acc_tpu.py"), "--config", str(ROOT / "configs/demo.yaml"), *common,
+           f"output.dir={tmp_path / 'ddp'}"]  # fmt: skip
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    train(load(ROOT / "configs/demo.yaml", [*common, "train.gradient_accumulation_steps=2",
+                                            f"output.dir={tmp_path / 'one'}"]))  # fmt: skip
+    two, one = weights(tmp_path / "ddp"), weights(tmp_path / "one")
+    for key in one:
+        torch.testing.assert_close(two[key], one[key], rtol=1e-4, atol=1e-5, msg=key)
+
+
 def test_samples_are_written_logged_and_do_not_change_training(codes_dir, tmp_path):
     common = ["train.max_steps=4", "train.save_every=100", "data.eval_size=0"]
     train(tiny(codes_dir, tmp_path / "plain", *common))
