@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import torch
 from accelerate import Accelerator
 from accelerate.utils import DistributedType
 
@@ -104,18 +105,17 @@ def save_checkpoint(accelerator: Accelerator, model, cfg: Config, step: int, fol
     return path
 
 
-def load_checkpoint(accelerator: Accelerator, path: Path, trainable_only: bool = False) -> None:
+def load_checkpoint(accelerator: Accelerator, path: Path, trained_only: torch.nn.Module | None = None) -> None:
     """Restore model, optimizer, scheduler, RNG and the registered TrainState from a checkpoint folder.
 
-    `trainable_only`: the checkpoint holds only the trained weights (a LoRA run); they must be exactly the
-    prepared model's trainable parameters, and the rest keeps the weights the model was built with.
+    `trained_only`: the prepared model, when its checkpoints hold only the trained weights (a LoRA run); the
+    saved names must be exactly its trainable parameters, and the rest keeps the weights it was built with.
     """
-    if trainable_only:
-        model = accelerator._models[0]
-        expected = {name for name, p in model.named_parameters() if p.requires_grad}
+    if trained_only is not None:
+        expected = {name for name, p in trained_only.named_parameters() if p.requires_grad}
         _check_saved_names(path, saved_weight_names(path), expected)
     with _xla_state_workaround(accelerator):
-        accelerator.load_state(str(path), **({"strict": False} if trainable_only else {}))
+        accelerator.load_state(str(path), **({"strict": False} if trained_only is not None else {}))
 
 
 def _check_saved_names(path: Path, saved: set[str], expected: set[str]) -> None:

@@ -106,7 +106,7 @@ def train(cfg: Config) -> Path:
         # A LoRA run's checkpoints hold the trained weights only; the base is rebuilt from the config.
         accelerator.register_save_state_pre_hook(_keep_trainable)
     if resume_from is not None:
-        load_checkpoint(accelerator, resume_from, trainable_only=adapter_only)
+        load_checkpoint(accelerator, resume_from, trained_only=model if adapter_only else None)
         logger.info(f"resumed from {resume_from} at step {state.step}", main_process_only=True)
     elif t.resume == "auto":
         logger.info(f"no checkpoint under {run_dir}: starting from step 0", main_process_only=True)
