@@ -95,8 +95,7 @@ def architecture_config(cfg: ModelConfig) -> DiaConfig:
     else:
         _check_hf_source(cfg.pretrained)
         config = DiaConfig.from_pretrained(cfg.pretrained)
-    channels = len(config.delay_pattern)
-    if cfg.stereo and channels == 9:
+    if _widens(cfg, len(config.delay_pattern)):
         from dia_tpu.shapes import stereo_config
 
         return stereo_config(config, cfg.delay_pattern or None)
@@ -118,19 +117,26 @@ def is_native(cfg: ModelConfig) -> bool:
 
 def _reshape(model: DiaForConditionalGeneration, cfg: ModelConfig) -> DiaForConditionalGeneration:
     """Widen a 9-codebook model to stereo (warm start), or set the configured delay pattern."""
-    channels = len(model.config.delay_pattern)
-    if cfg.stereo and channels == 9:
+    if _widens(cfg, len(model.config.delay_pattern)):
         from dia_tpu.shapes import widen_to_stereo
 
         return widen_to_stereo(model, cfg.delay_pattern or None)
-    if cfg.stereo and channels != 18:
-        raise ConfigError(f"model.stereo: the model has {channels} codebooks; stereo needs 9 (to widen) or 18")
     if cfg.delay_pattern:
-        if len(cfg.delay_pattern) != channels:
-            raise ConfigError(f"model.delay_pattern has {len(cfg.delay_pattern)} delays; the model has {channels} "
-                              "codebooks")  # fmt: skip
         model.config.delay_pattern = list(cfg.delay_pattern)
     return model
+
+
+def _widens(cfg: ModelConfig, channels: int) -> bool:
+    """Whether a model of `channels` codebooks is widened to stereo; a shape the config cannot give it (stereo
+    from neither 9 nor 18 codebooks, a delay pattern of another length) is a ConfigError."""
+    if cfg.stereo and channels == 9:
+        return True
+    if cfg.stereo and channels != 18:
+        raise ConfigError(f"model.stereo: the model has {channels} codebooks; stereo needs 9 (to widen) or 18")
+    if cfg.delay_pattern and len(cfg.delay_pattern) != channels:
+        raise ConfigError(f"model.delay_pattern has {len(cfg.delay_pattern)} delays; the model has {channels} "
+                          "codebooks")  # fmt: skip
+    return False
 
 
 def build_codec(cfg: ModelConfig) -> DacModel:
