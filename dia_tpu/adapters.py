@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import re
+from pathlib import Path
 
 import torch
 from transformers import DiaForConditionalGeneration
@@ -107,9 +108,26 @@ def dia_of(model: torch.nn.Module) -> DiaForConditionalGeneration:
     return model.get_base_model() if is_peft(model) else model
 
 
+def trainable_names(model: torch.nn.Module) -> set[str]:
+    """The names (as `model` gives them) of the parameters that train."""
+    return {name for name, p in model.named_parameters() if p.requires_grad}
+
+
+def check_trained_names(where: Path, saved: set[str], model: torch.nn.Module) -> None:
+    """A checkpoint holding only trained weights must hold exactly `model`'s trainable parameters."""
+    expected = trainable_names(model)
+    missing, extra = sorted(expected - saved), sorted(saved - expected)
+    if missing or extra:
+        raise ValueError(
+            f"{where}: its saved weights do not match this run's trainable parameters (is model.lora or "
+            f"model.freeze configured differently?): missing {missing[:5]}{' ...' if len(missing) > 5 else ''}, "
+            f"unexpected {extra[:5]}{' ...' if len(extra) > 5 else ''}"
+        )
+
+
 def trainable_state_dict(model: torch.nn.Module, state: dict) -> dict:
     """The entries of `state` (a state dict of `model`, names as `model` gives them) that are trained."""
-    names = {name for name, p in model.named_parameters() if p.requires_grad}
+    names = trainable_names(model)
     return {k: v for k, v in state.items() if k in names}
 
 

@@ -19,6 +19,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import DistributedType
 
+from dia_tpu.adapters import check_trained_names
 from dia_tpu.config import Config, load
 from dia_tpu.model import CONFIG_FILE, export, load_for_inference, load_model, load_trained, saved_weight_names
 
@@ -112,20 +113,9 @@ def load_checkpoint(accelerator: Accelerator, path: Path, trained_only: torch.nn
     saved names must be exactly its trainable parameters, and the rest keeps the weights it was built with.
     """
     if trained_only is not None:
-        expected = {name for name, p in trained_only.named_parameters() if p.requires_grad}
-        _check_saved_names(path, saved_weight_names(path), expected)
+        check_trained_names(path, saved_weight_names(path), trained_only)
     with _xla_state_workaround(accelerator):
         accelerator.load_state(str(path), **({"strict": False} if trained_only is not None else {}))
-
-
-def _check_saved_names(path: Path, saved: set[str], expected: set[str]) -> None:
-    missing, extra = sorted(expected - saved), sorted(saved - expected)
-    if missing or extra:
-        raise ValueError(
-            f"{path}: its saved weights do not match this run's trainable parameters (is model.lora or "
-            f"model.freeze configured differently?): missing {missing[:5]}{' ...' if len(missing) > 5 else ''}, "
-            f"unexpected {extra[:5]}{' ...' if len(extra) > 5 else ''}"
-        )
 
 
 def _on_xla(accelerator: Accelerator) -> bool:

@@ -290,40 +290,46 @@ def is_adapter_checkpoint(path: Path) -> bool:
 
 
 def saved_weight_names(folder: Path) -> set[str]:
-    """The tensor names in a checkpoint's model file: safetensors, or torch's `.bin` (written on XLA); none
-    when the folder has neither."""
-    safe = folder / "model.safetensors"
-    if safe.is_file():
-        from safetensors import safe_open
+    """The tensor names in a checkpoint's model file; none when the folder has none."""
+    weights = _checkpoint_weights_file(folder)
+    if weights is None:
+        return set()
+    if weights.suffix == ".bin":
+        return set(_read_checkpoint_weights(folder))
+    from safetensors import safe_open
 
-        with safe_open(safe, framework="pt") as f:
-            return set(f.keys())
-    torch_file = folder / "pytorch_model.bin"
-    if torch_file.is_file():
-        return set(torch.load(torch_file, map_location="cpu", weights_only=True))
-    return set()
+    with safe_open(weights, framework="pt") as f:
+        return set(f.keys())
+
+
+def _checkpoint_weights_file(folder: Path) -> Path | None:
+    """What `accelerator.save_state` wrote the model to: safetensors, or torch's `.bin` (on XLA)."""
+    for name in ("model.safetensors", "pytorch_model.bin"):
+        if (folder / name).is_file():
+            return folder / name
+    return None
+
+
+def _read_checkpoint_weights(folder: Path) -> dict[str, torch.Tensor]:
+    weights = _checkpoint_weights_file(folder)
+    if weights is None:
+        raise FileNotFoundError(f"{folder} holds no model.safetensors or pytorch_model.bin")
+    if weights.suffix == ".bin":
+        return torch.load(weights, map_location="cpu", weights_only=True)
+    from safetensors.torch import load_file
+
+    return load_file(weights)
 
 
 def load_trained(checkpoint: Path):
     """A LoRA run's checkpoint as the PeftModel it trained: the base rebuilt from the run's config, then the
     saved adapter (and modules_to_save) weights, which must be exactly its trainable parameters."""
-    from safetensors.torch import load_file
-
-    from dia_tpu.adapters import setup_training
+    from dia_tpu.adapters import check_trained_names, setup_training
 
     cfg = load(checkpoint / CONFIG_FILE)
     model = setup_training(build_model(cfg.model), cfg.model)
-    weights = checkpoint / "model.safetensors"
-    if weights.is_file():
-        state = load_file(weights)
-    else:
-        state = torch.load(checkpoint / "pytorch_model.bin", map_location="cpu", weights_only=True)
-    state = {key.removeprefix("module."): value for key, value in state.items()}
-    expected = {name for name, p in model.named_parameters() if p.requires_grad}
-    if set(state) != expected:
-        missing, extra = sorted(expected - set(state)), sorted(set(state) - expected)
-        raise ValueError(f"{checkpoint}: saved weights do not match the run's adapters: missing {missing[:5]}, "
-                         f"unexpected {extra[:5]}")  # fmt: skip
+    state = {key.removeprefix("module."): value for key, value in _read_checkpoint_weights(checkpoint).items()}
+    check_trained_names(checkpoint, set(state), model)
     model.load_state_dict(state, strict=False)
     return model.eval()
 
