@@ -52,11 +52,11 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 from transformers import DiaForConditionalGeneration
 
-from dia_tpu.adapters import setup_training
 from dia_tpu.bench import synthetic_batch
 from dia_tpu.config import Config
 from dia_tpu.loss import batch_loss, codebook_weights, target_weight
 from dia_tpu.model import architecture_config, attention_for
+from dia_tpu.train import set_up_for_training
 
 GIB = 2**30
 # Fraction of each device's memory kept free for the framework, the allocator and what the trace misses.
@@ -151,10 +151,7 @@ def fake_trainable(cfg: Config, mode: FakeTensorMode) -> torch.nn.Module:
     with torch.device("meta"):
         model = DiaForConditionalGeneration(architecture_config(cfg.model))
     model.set_attn_implementation(attention_for(cfg.model, on_xla=False))
-    model.config.use_cache = False
-    if cfg.model.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    model = setup_training(model, cfg.model)
+    model = set_up_for_training(model, cfg)
     made: dict[int, torch.Tensor] = {}  # a parameter shared by two modules stays shared
     with mode:
         for module in model.modules():

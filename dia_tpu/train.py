@@ -197,14 +197,19 @@ def build_trainable(cfg: Config, on_xla: bool) -> torch.nn.Module:
     `Module.compile` compiles the forward without wrapping the module, so state-dict names stay the
     model's own (no `_orig_mod.` prefixes in checkpoints). XLA traces and compiles graphs itself.
     """
-    model = build_model(cfg.model, on_xla)
-    model.config.use_cache = False
-    if cfg.model.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    model = setup_training(model, cfg.model)
+    model = set_up_for_training(build_model(cfg.model, on_xla), cfg)
     if cfg.model.compile and not on_xla:
         model.compile()
     return model
+
+
+def set_up_for_training(model: torch.nn.Module, cfg: Config) -> torch.nn.Module:
+    """No generation cache, optional non-reentrant checkpointing, frozen parts and LoRA adapters (`dia-tpu
+    plan` sets up its meta-device model with this too)."""
+    model.config.use_cache = False
+    if cfg.model.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return setup_training(model, cfg.model)
 
 
 def train_step(
