@@ -146,10 +146,10 @@ def _generate(args: argparse.Namespace) -> None:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     model, codec = load_for_inference(args.model, device, adapter=args.adapter)
     settings.language_tags = run_language_tags(args.model)
-    stereo = len(model.config.delay_pattern) == 2 * codec.config.n_codebooks
     prompt = None
     if args.audio_prompt is not None:
-        prompt = load_voice_prompt(codec, args.audio_prompt, args.prompt_transcript, stereo)
+        books = len(model.config.delay_pattern)
+        prompt = load_voice_prompt(codec, args.audio_prompt, args.prompt_transcript, books)
     rate = codec.config.sampling_rate
     for start in range(0, len(texts), args.batch_size):
         batch = dataclasses.replace(settings, seed=settings.seed + start)

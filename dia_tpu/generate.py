@@ -54,11 +54,12 @@ class VoicePrompt:
     source: str = "audio prompt"  # named in errors
 
 
-def load_voice_prompt(codec: DacModel, path: str | Path, transcript: str, stereo: bool = False) -> VoicePrompt:
-    """Decode `path` (any rate or channel count: resampled to the codec's, downmixed, or for a `stereo` model
-    split into left and right) and encode it."""
+def load_voice_prompt(codec: DacModel, path: str | Path, transcript: str, model_codebooks: int = 0) -> VoicePrompt:
+    """Decode `path` (any rate or channel count: resampled to the codec's, downmixed, or for a stereo model,
+    whose `model_codebooks` are twice the codec's, split into left and right) and encode it."""
     if not transcript.strip():
         raise ValueError(f"audio prompt {path}: its transcript is empty; give what is said in it, with [S1]/[S2] tags")
+    stereo = model_codebooks == 2 * codec.config.n_codebooks
     waves = load_channels(path, codec.config.sampling_rate, stereo)
     codes = torch.from_numpy(np.concatenate(encode(codec, waves), axis=1)).long()
     return VoicePrompt(codes=codes, transcript=transcript.strip(), source=str(path))

@@ -57,8 +57,8 @@ class TrainingSamples:
         for prompt in s.prompts:
             voice = None
             if prompt.audio is not None:
-                stereo = len(model_config.delay_pattern) == 2 * self.codec.config.n_codebooks
-                voice = load_voice_prompt(self.codec, prompt.audio, prompt.transcript, stereo)
+                books = len(model_config.delay_pattern)
+                voice = load_voice_prompt(self.codec, prompt.audio, prompt.transcript, books)
                 self.voice[prompt.name] = voice
             try:
                 check_request(model_config, [prompt.text], self._settings(prompt), rate, voice)
