@@ -111,6 +111,8 @@ def run_one(cfg: Config, steps: int, warmup: int, precision: str) -> dict:
             "xla_compiles": now["compiles"] - origin["compiles"],
             "xla_compile_seconds": now["compile_seconds"] - origin["compile_seconds"],
         }
+    # ru_maxrss is in KiB on Linux: the whole process's peak, imports and model included.
+    peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {
         **compiled,
         "precision": precision,
@@ -129,10 +131,9 @@ def run_one(cfg: Config, steps: int, warmup: int, precision: str) -> dict:
         "frames": frames,
         "frames_per_s": frames / seconds,
         "final_loss": final_loss,
-        # ru_maxrss is in KiB on Linux: the whole process's peak, imports and model included.
-        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_rss_mib": peak_rss,
         # What training added to the process: the peak above the resident size just before the model was built.
-        "peak_rss_above_baseline_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - baseline_rss,
+        "peak_rss_above_baseline_mib": peak_rss - baseline_rss,
         "peak_device_mib": torch.cuda.max_memory_allocated(accelerator.device) / 2**20 if on_cuda else None,
     }
 
