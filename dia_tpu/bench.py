@@ -24,17 +24,17 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DistributedType, send_to_device, set_seed
+from accelerate.utils import send_to_device, set_seed
 
-from dia_tpu.adapters import count_parameters
-from dia_tpu.config import Config
-from dia_tpu.data import make_collator
-from dia_tpu.loss import codebook_weights
-from dia_tpu.train import build_trainable, make_optimizer, train_step
+from dia_tpu.config import PRECISIONS, Config
+from dia_tpu.data.batching import synthetic_batch
+from dia_tpu.model.adapters import count_parameters
+from dia_tpu.training.loss import codebook_weights
+from dia_tpu.training.runtime import Runtime
+from dia_tpu.training.step import build_trainable, make_optimizer, train_step
 
-PRECISIONS = ("no", "bf16")
-# Text tokens left unused at the end of the padded text, so the text mask is exercised as in real batches.
-_TEXT_SLACK = 10
+# Measured when no --precision is given.
+DEFAULT_PRECISIONS = ("no", "bf16")
 
 
 def bench(cfg: Config | dict[str, Config], steps: int, warmup: int, precisions: list[str]) -> list[dict]:
@@ -47,8 +47,8 @@ def bench(cfg: Config | dict[str, Config], steps: int, warmup: int, precisions: 
     if steps <= 0 or warmup < 0:
         raise ValueError(f"bench needs steps > 0 and warmup >= 0, got steps={steps}, warmup={warmup}")
     for precision in precisions:
-        if precision not in ("no", "bf16", "fp16"):
-            raise ValueError(f"precision {precision!r} is not one of 'no', 'bf16', 'fp16'")
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision {precision!r} is not one of {', '.join(map(repr, PRECISIONS))}")
     context = multiprocessing.get_context("spawn")
     results = []
     for name, variant in variants.items():
@@ -69,12 +69,13 @@ def run_one(cfg: Config, steps: int, warmup: int, precision: str) -> dict:
     t = cfg.train
     accelerator = Accelerator(mixed_precision=precision)
     set_seed(t.seed)
-    on_xla = accelerator.distributed_type == DistributedType.XLA
+    runtime = Runtime.of(accelerator, cfg)
+    on_xla = runtime.on_xla
     baseline_rss = _current_rss_mib()
-    model = build_trainable(cfg, on_xla)
+    model = build_trainable(cfg, runtime)
     model_config = model.config
     params, trainable = count_parameters(model)
-    model, optimizer = accelerator.prepare(model, make_optimizer(t, model, on_xla))
+    model, optimizer = accelerator.prepare(model, make_optimizer(t, model, runtime))
     batch = send_to_device(synthetic_batch(cfg, model_config), accelerator.device)
     weights = codebook_weights(t.codebook_weights, len(model_config.delay_pattern)).to(accelerator.device)
     model.train()
@@ -89,7 +90,7 @@ def run_one(cfg: Config, steps: int, warmup: int, precision: str) -> dict:
         return totals[0] / totals[1]
 
     if on_xla:
-        from dia_tpu import xla
+        from dia_tpu.training import xla
 
         origin = xla.counters()
     for _ in range(warmup):
@@ -146,25 +147,6 @@ def _current_rss_mib() -> float:
     return 0.0
 
 
-def synthetic_batch(cfg: Config, model_config) -> dict:
-    """One collated batch of `train.batch_size` full-length clips with random codes and text (seeded)."""
-    d, dec = cfg.data, model_config.decoder_config
-    generator = torch.Generator().manual_seed(d.seed)
-    channels = len(model_config.delay_pattern)
-    code_limit = min(dec.bos_token_id, dec.eos_token_id, dec.pad_token_id)  # codec codes lie below the specials
-    text_len = max(1, d.max_text_tokens - _TEXT_SLACK)
-    # Byte ids from 3 on: 0 is text padding, 1 and 2 are the speaker tags.
-    text_vocab = model_config.encoder_config.vocab_size
-    items = [
-        {
-            "text_ids": torch.randint(3, text_vocab, (text_len,), generator=generator),
-            "codes": torch.randint(0, code_limit, (d.max_audio_frames, channels), generator=generator),
-            "cropped": False,
-            "unconditional": False,
-        }
-        for _ in range(cfg.train.batch_size)
-    ]
-    return make_collator(d, model_config)(items)
 
 
 def _finish(accelerator: Accelerator, loss: torch.Tensor) -> float:

@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 
 from dia_tpu import finetune_acc_tpu
+from dia_tpu.config import PRECISIONS, SAMPLING
+from dia_tpu.errors import USER_ERRORS
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -54,10 +56,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", required=True, help="wav file (with --text) or folder (with --text-file)")
     p.add_argument("--audio-prompt", help="voice cloning: audio to continue (any rate; resampled)")
     p.add_argument("--prompt-transcript", help="what is said in --audio-prompt, with [S1]/[S2] tags")
-    p.add_argument("--guidance-scale", type=float, default=3.0)
-    p.add_argument("--temperature", type=float, default=1.8)
-    p.add_argument("--top-p", type=float, default=0.90)
-    p.add_argument("--top-k", type=int, default=45)
+    p.add_argument("--guidance-scale", type=float, default=SAMPLING.guidance_scale)
+    p.add_argument("--temperature", type=float, default=SAMPLING.temperature)
+    p.add_argument("--top-p", type=float, default=SAMPLING.top_p)
+    p.add_argument("--top-k", type=int, default=SAMPLING.top_k)
     p.add_argument("--seed", type=int, default=0, help="line i of --text-file uses seed + i")
     p.add_argument("--max-seconds", type=float, default=None, help="length limit (default: all the model holds)")
     p.add_argument("--greedy", action="store_true", help="argmax decoding instead of sampling")
@@ -81,7 +83,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--config", required=True, help="YAML config, e.g. configs/bench.yaml")
     p.add_argument("--steps", type=int, default=10, help="timed optimizer steps per precision")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps before timing")
-    p.add_argument("--precision", action="append", choices=("no", "bf16", "fp16"),
+    p.add_argument("--precision", action="append", choices=PRECISIONS,
                    help="repeatable (default: --precision no --precision bf16)")
     p.add_argument("--variant", action="append", metavar="NAME[:KEY=VALUE,...]",
                    help="repeatable: a named variant of the config to measure too, e.g. "
@@ -94,13 +96,13 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     try:
         args.func(args)
-    except (FileNotFoundError, FileExistsError, ValueError) as err:
+    except USER_ERRORS as err:
         sys.exit(f"dia-tpu {args.command}: error: {err}")
 
 
 def _prepare(args: argparse.Namespace) -> None:
     from dia_tpu.config import load
-    from dia_tpu.prepare import prepare
+    from dia_tpu.data.prepare import prepare
 
     overrides = [*args.overrides, *([f"prepare.kind={args.kind}"] if args.kind else [])]
     cfg = load(args.config, overrides)
@@ -108,31 +110,18 @@ def _prepare(args: argparse.Namespace) -> None:
 
 
 def _export(args: argparse.Namespace) -> None:
-    from dia_tpu.checkpoint import export_checkpoint
+    from dia_tpu.export import export_checkpoint
 
     print(f"exported to {export_checkpoint(args.checkpoint, args.out, args.form, args.native_schema)}")
 
 
 def _generate(args: argparse.Namespace) -> None:
-    import dataclasses
+    from dia_tpu.generate import GenerationSettings, read_scripts, write_speech
 
-    import soundfile as sf
-    import torch
-
-    from dia_tpu.generate import GenerationSettings, load_voice_prompt, synthesize
-    from dia_tpu.model import load_for_inference, run_language_tags
-
-    if (args.audio_prompt is None) != (args.prompt_transcript is None):
-        raise ValueError("--audio-prompt and --prompt-transcript go together: the model reads the transcript first")
     if args.text is not None:
         texts, outputs = [args.text], [Path(args.out)]
     else:
-        source = Path(args.text_file)
-        if not source.is_file():
-            raise FileNotFoundError(f"--text-file not found: {source}")
-        texts = [line.strip() for line in source.read_text(encoding="utf-8").splitlines() if line.strip()]
-        if not texts:
-            raise ValueError(f"--text-file {source} holds no scripts")
+        texts = read_scripts(args.text_file)
         outputs = [Path(args.out) / f"line_{i + 1:04d}.wav" for i in range(len(texts))]
     settings = GenerationSettings(
         guidance_scale=args.guidance_scale,
@@ -143,22 +132,8 @@ def _generate(args: argparse.Namespace) -> None:
         max_seconds=args.max_seconds,
         greedy=args.greedy,
     )
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model, codec = load_for_inference(args.model, device, adapter=args.adapter)
-    settings.language_tags = run_language_tags(args.model)
-    prompt = None
-    if args.audio_prompt is not None:
-        books = len(model.config.delay_pattern)
-        prompt = load_voice_prompt(codec, args.audio_prompt, args.prompt_transcript, books)
-    rate = codec.config.sampling_rate
-    for start in range(0, len(texts), args.batch_size):
-        batch = dataclasses.replace(settings, seed=settings.seed + start)
-        waves = synthesize(model, codec, texts[start : start + args.batch_size], batch, prompt)
-        for wave, path in zip(waves, outputs[start : start + args.batch_size], strict=True):
-            path.parent.mkdir(parents=True, exist_ok=True)
-            sf.write(path, wave, rate)
-            note = "" if len(wave) else ": empty, the model ended the audio at once (EOS first)"
-            print(f"wrote {path} ({len(wave) / rate:.2f} s at {rate} Hz){note}")
+    write_speech(args.model, texts, outputs, settings, adapter=args.adapter, audio_prompt=args.audio_prompt,
+                 prompt_transcript=args.prompt_transcript, batch_size=args.batch_size, device=args.device)
 
 
 def _report(args: argparse.Namespace) -> None:
@@ -177,7 +152,7 @@ def _plan(args: argparse.Namespace) -> None:
 def _bench(args: argparse.Namespace) -> None:
     import json
 
-    from dia_tpu.bench import PRECISIONS, bench, format_table
+    from dia_tpu.bench import DEFAULT_PRECISIONS, bench, format_table
     from dia_tpu.config import load
 
     cfg = load(args.config, args.overrides)
@@ -188,7 +163,7 @@ def _bench(args: argparse.Namespace) -> None:
             # Split at commas that start the next KEY=, so values like [attention, mlp] stay whole.
             variants[name] = load(args.config, [*args.overrides, *[x for x in re.split(r",(?=[\w.]+=)", extra) if x]])
         cfg = variants
-    results = bench(cfg, args.steps, args.warmup, args.precision or list(PRECISIONS))
+    results = bench(cfg, args.steps, args.warmup, args.precision or list(DEFAULT_PRECISIONS))
     print(format_table(results))
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2) + "\n")

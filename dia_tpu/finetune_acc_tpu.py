@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 
 from dia_tpu.config import load
-from dia_tpu.train import train
+from dia_tpu.errors import USER_ERRORS
 
 
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
@@ -25,12 +26,17 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    run(args)
+    try:
+        run(args)
+    except USER_ERRORS as err:
+        sys.exit(f"finetune_acc_tpu: error: {err}")
 
 
 def run(args: argparse.Namespace) -> None:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.WARNING)
     logging.getLogger("dia_tpu").setLevel(logging.INFO)
+    from dia_tpu.training.recipe import train
+
     overrides = list(args.overrides) + ([f"train.resume={args.resume}"] if args.resume else [])
     train(load(args.config, overrides))
 

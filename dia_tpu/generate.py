@@ -7,38 +7,26 @@ process does with random numbers (training included).
 
 from __future__ import annotations
 
-import contextlib
-import logging
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from transformers import DacModel, DiaForConditionalGeneration, LogitsProcessor
-from transformers.utils import logging as hf_logging
+from transformers import DacModel, DiaForConditionalGeneration
 
-from dia_tpu.audio import apply_delay, decode, encode, load_channels, revert_delay
-from dia_tpu.data import TEXT_PAD, encode_text
-
-
-class _TopKIsUsed(logging.Filter):
-    """generate() runs with do_sample=False (sampling is a processor here), so transformers flags `top_k` as
-    unused; Dia's guidance step does read it, and the warning would only mislead."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "flags are not valid and may be ignored: ['top_k']" not in record.getMessage()
-
-
-hf_logging.get_logger("transformers.generation.configuration_utils").addFilter(_TopKIsUsed())
+from dia_tpu.config import SAMPLING
+from dia_tpu.data.audio import decode, encode, load_channels
+from dia_tpu.data.tokens import TEXT_PAD, apply_delay, encode_text, revert_delay
+from dia_tpu.sampling import SeededSampler, appended_to_processors
 
 
 @dataclass
 class GenerationSettings:
-    guidance_scale: float = 3.0  # classifier-free guidance; 1.0 turns it off
-    temperature: float = 1.8  # divides the logits before sampling
-    top_p: float = 0.90  # nucleus sampling; 1.0 keeps every token
-    top_k: int = 45  # sample among this many tokens; also the candidate set of the guidance step
+    # Dia's published defaults; what each one does: `dia_tpu.config.Sampling`.
+    guidance_scale: float = SAMPLING.guidance_scale
+    temperature: float = SAMPLING.temperature
+    top_p: float = SAMPLING.top_p
+    top_k: int = SAMPLING.top_k
     seed: int = 0  # item i of a call uses seed + i
     max_seconds: float | None = None  # a script that never emits EOS stops here; None: all the decoder holds
     greedy: bool = False  # argmax decoding instead of sampling
@@ -105,11 +93,11 @@ def synthesize_codes(
     prefix = apply_delay(known, delay, dec.bos_token_id, dec.pad_token_id).repeat(len(texts), 1, 1)
     prefix = prefix.to(ids.device)
     seeds = [settings.seed + i for i in range(len(texts))]
-    sampler = None if settings.greedy else _SeededSampler(seeds, len(delay), settings)
+    sampler = None if settings.greedy else SeededSampler(seeds, len(delay), settings)
     was_training = model.training
     model.eval()
     try:
-        with _appended_to_processors(model, sampler):
+        with appended_to_processors(model, sampler):
             out = model.generate(
                 input_ids=ids,
                 attention_mask=mask,
@@ -144,64 +132,6 @@ def undelay_and_trim(sequences: torch.Tensor, delay: list[int], eos: int, skip: 
         end = int(special[0]) if len(special) else len(item)
         clips.append(item[:end])
     return clips
-
-
-class _SeededSampler(LogitsProcessor):
-    """Temperature, top-k and top-p, then one draw per channel from the item's own generator.
-
-    It runs after Dia's processors, which decide EOS from each row's argmax and force the delayed
-    channels' EOS/PAD; those rows arrive with one finite score, so the draw keeps them. Every other
-    score is set to -inf, so generate's argmax returns the draw.
-    """
-
-    def __init__(self, seeds: list[int], channels: int, settings: GenerationSettings):
-        self.seeds, self.channels, self.settings = seeds, channels, settings
-        self.generators: list[torch.Generator] | None = None
-
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.Tensor) -> torch.Tensor:
-        s = self.settings
-        if self.generators is None:
-            self.generators = [torch.Generator(scores.device).manual_seed(seed) for seed in self.seeds]
-        logits = scores.float() / s.temperature
-        if 0 < s.top_k < logits.shape[-1]:
-            kth = torch.topk(logits, s.top_k, dim=-1).values[:, -1:]
-            logits = logits.masked_fill(logits < kth, -float("inf"))
-        if s.top_p < 1.0:
-            ordered, order = torch.sort(logits, dim=-1, descending=True)
-            cumulative = ordered.softmax(-1).cumsum(-1)
-            # Drop a token once the tokens ranked above it already hold top_p; the best one always stays.
-            drop = cumulative - ordered.softmax(-1) >= s.top_p
-            logits = logits.masked_fill(torch.zeros_like(drop).scatter(-1, order, drop), -float("inf"))
-        probs = logits.softmax(-1).view(len(self.seeds), self.channels, -1)
-        picks = torch.stack(
-            [torch.multinomial(p, 1, generator=g) for p, g in zip(probs, self.generators, strict=True)]
-        ).view(-1, 1)
-        return torch.full_like(scores, -float("inf")).scatter(-1, picks, 0.0)
-
-
-@contextlib.contextmanager
-def _appended_to_processors(model: DiaForConditionalGeneration, processor: LogitsProcessor | None) -> Iterator[None]:
-    """Run `processor` last in Dia's logits processors for the calls made inside the block.
-
-    Dia's generate builds its processor list itself and drops a `logits_processor` argument, so the
-    sampler is appended to the list its own builder returns, on this instance only and only while
-    the block runs.
-    """
-    if processor is None:
-        yield
-        return
-    build = model._get_logits_processor
-
-    def with_processor(*args, **kwargs):
-        processors = build(*args, **kwargs)
-        processors.append(processor)
-        return processors
-
-    model._get_logits_processor = with_processor
-    try:
-        yield
-    finally:
-        del model._get_logits_processor
 
 
 def script_for(text: str, prompt: VoicePrompt | None) -> str:
@@ -265,3 +195,53 @@ def _text_batch(
         mask[row, : len(tokens)] = 1
     device = next(model.parameters()).device
     return ids.to(device), mask.to(device)
+
+
+def read_scripts(path: str | Path) -> list[str]:
+    """The scripts of a text file, one per non-empty line."""
+    source = Path(path)
+    if not source.is_file():
+        raise FileNotFoundError(f"--text-file not found: {source}")
+    texts = [line.strip() for line in source.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if not texts:
+        raise ValueError(f"--text-file {source} holds no scripts")
+    return texts
+
+
+def write_speech(
+    model_source: str,
+    texts: list[str],
+    outputs: list[Path],
+    settings: GenerationSettings,
+    *,
+    adapter: str | None = None,
+    audio_prompt: str | None = None,
+    prompt_transcript: str | None = None,
+    batch_size: int = 4,
+    device: str | None = None,
+) -> None:
+    """`dia-tpu generate`: load the model once, synthesize `texts` `batch_size` at a time (text i with seed
+    settings.seed + i) and write each to its wav in `outputs`, printing what was written."""
+    import dataclasses
+
+    import soundfile as sf
+
+    from dia_tpu.model.load import language_tags_of, load_for_inference
+
+    if (audio_prompt is None) != (prompt_transcript is None):
+        raise ValueError("--audio-prompt and --prompt-transcript go together: the model reads the transcript first")
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model, codec = load_for_inference(model_source, device, adapter=adapter)
+    settings = dataclasses.replace(settings, language_tags=language_tags_of(model_source))
+    prompt = None
+    if audio_prompt is not None:
+        prompt = load_voice_prompt(codec, audio_prompt, prompt_transcript, len(model.config.delay_pattern))
+    rate = codec.config.sampling_rate
+    for start in range(0, len(texts), batch_size):
+        batch = dataclasses.replace(settings, seed=settings.seed + start)
+        waves = synthesize(model, codec, texts[start : start + batch_size], batch, prompt)
+        for wave, path in zip(waves, outputs[start : start + batch_size], strict=True):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            sf.write(path, wave, rate)
+            note = "" if len(wave) else ": empty, the model ended the audio at once (EOS first)"
+            print(f"wrote {path} ({len(wave) / rate:.2f} s at {rate} Hz){note}")

@@ -17,8 +17,7 @@ from pathlib import Path
 
 import soundfile as sf
 
-from dia_tpu.checkpoint import BEST, list_checkpoints
-from dia_tpu.samples import INDEX_FILE, SAMPLES_DIR
+from dia_tpu.artifacts import SAMPLES_INDEX, RunFolder
 
 CSS = (
     "body{font-family:sans-serif;max-width:60em;margin:2em auto;padding:0 1em}.missing{color:#a40}"
@@ -34,8 +33,9 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise FileNotFoundError(f"run directory not found: {run_dir}")
-    if not any((run_dir / name).exists() for name in ("config.yaml", "logs", SAMPLES_DIR)):
-        raise FileNotFoundError(f"{run_dir} holds none of config.yaml, logs/, {SAMPLES_DIR}/: not a run's output.dir")
+    run = RunFolder(run_dir)
+    if not any(path.exists() for path in (run.config, run.logs, run.samples)):
+        raise FileNotFoundError(f"{run_dir} holds none of config.yaml, logs/, samples/: not a run's output.dir")
     out = Path(out) if out is not None else run_dir / "report.html"
     page = render(run_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -52,7 +52,8 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
 
 def render(run_dir: Path) -> str:
     """The whole page as a string."""
-    scalars = read_scalars(run_dir / "logs")
+    run = RunFolder(run_dir)
+    scalars = read_scalars(run.logs)
     body = [
         f"<h1>Training run {escape(run_dir.name)}</h1>",
         _summary(run_dir, scalars),
@@ -61,9 +62,9 @@ def render(run_dir: Path) -> str:
         "<h2>Evaluation per codebook</h2>",
         _eval_table(scalars),
         "<h2>Samples</h2>",
-        _samples(run_dir / SAMPLES_DIR),
+        _samples(run.samples),
     ]
-    config = run_dir / "config.yaml"
+    config = run.config
     if config.is_file():
         body.append(f"<h2>Config</h2>\n<pre>{escape(config.read_text(encoding='utf-8'))}</pre>")
     return (
@@ -96,7 +97,7 @@ def _summary(run_dir: Path, scalars: dict[str, dict[int, float]]) -> str:
     if train_loss:
         last = max(train_loss)
         items.append(f"{last} optimizer steps logged; final train loss {train_loss[last]:.4f}")
-    elif (run_dir / "logs").is_dir():
+    elif RunFolder(run_dir).logs.is_dir():
         items.append('<span class="missing">no train/loss under logs/</span>')
     else:
         items.append('<span class="missing">no logs/ (train.report_to was none or wandb): no curves</span>')
@@ -106,11 +107,11 @@ def _summary(run_dir: Path, scalars: dict[str, dict[int, float]]) -> str:
         items.append(f"best eval loss {eval_loss[best]:.4f} at step {best} ({len(eval_loss)} evaluations)")
     else:
         items.append('<span class="missing">no evaluation logged</span>')
-    kept = ", ".join(path.name for path in list_checkpoints(run_dir)) or "none"
+    run = RunFolder(run_dir)
+    kept = ", ".join(path.name for path in run.list_checkpoints()) or "none"
     items.append(f"checkpoints kept: {escape(kept)}")
-    for name, what in ((BEST, "best-eval checkpoint"), ("final", "final export")):
-        there = (run_dir / name).is_dir()
-        items.append(f"{what} {name}/: {'present' if there else 'absent'}")
+    for folder, what in ((run.best, "best-eval checkpoint"), (run.final, "final export")):
+        items.append(f"{what} {folder.name}/: {'present' if folder.is_dir() else 'absent'}")
     return "<ul>\n" + "\n".join(f"<li>{item}</li>" for item in items) + "\n</ul>"
 
 
@@ -170,7 +171,7 @@ def _samples(samples: Path) -> str:
     parts = []
     for folder in steps:
         parts.append(f"<h3>Step {_step_of(folder)}</h3>")
-        index = folder / INDEX_FILE
+        index = folder / SAMPLES_INDEX
         if not index.is_file():
             # Written last, after every wav: its absence means generation was cut short.
             parts.append(f'<p class="missing">{escape(str(index))} is missing: samples incomplete.</p>')
@@ -195,7 +196,7 @@ def _sample(folder: Path, entry: dict) -> str:
     wav, png = folder / f"{name}.wav", folder / f"{name}.png"
     for path in (wav, png):
         if not path.is_file():
-            raise FileNotFoundError(f"{path}: listed in {folder / INDEX_FILE} but missing")
+            raise FileNotFoundError(f"{path}: listed in {folder / SAMPLES_INDEX} but missing")
     caption = f"<b>{escape(name)}</b> ({entry['seconds']:.2f} s, seed {entry['seed']}): {escape(entry['text'])}"
     if entry.get("audio_prompt"):
         caption += f"<br>continuing {escape(entry['audio_prompt'])}: {escape(entry.get('transcript') or '')}"

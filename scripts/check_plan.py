@@ -2,11 +2,11 @@
 
     .venv/bin/python scripts/check_plan.py [--steps 4] [--cases demo,bench-bf16] [--no-warm-up] [--markdown]
 
-Each case (a config, overrides, a process count) runs `--steps` real optimizer steps (`train.build_trainable`,
-`make_optimizer`, Accelerate's `prepare`, `train.train_step` on synthetic batches of the config's shape) in
-fresh processes: one spawned process, or for several processes `torchrun` with Accelerate on CPU (DDP over
-gloo). The peak memory those steps add is compared with `plan.estimate` for the same config. Exits 1 when an
-estimate is off by more than --tolerance (25 %) of its measured peak.
+Each case (a config, overrides, a process count) runs `--steps` real optimizer steps (`build_trainable`,
+`make_optimizer`, Accelerate's `prepare`, `train_step`, all of `dia_tpu.training.step`) on synthetic batches of the
+config's shape in fresh processes: one spawned process, or for several processes `torchrun` with Accelerate
+on CPU (DDP over gloo). The peak memory those steps add is compared with `plan.estimate` for the same config.
+Exits 1 when an estimate is off by more than --tolerance (25 %) of its measured peak.
 
 How the peak is measured:
 - CUDA: `torch.cuda.max_memory_allocated` minus what was allocated before the model was built.
@@ -173,9 +173,9 @@ def measure(cfg, steps: int, warm_up: bool) -> dict:
     from accelerate import Accelerator
     from accelerate.utils import send_to_device, set_seed
 
-    from dia_tpu.bench import synthetic_batch
-    from dia_tpu.loss import codebook_weights
-    from dia_tpu.model import architecture_config
+    from dia_tpu.data.batching import synthetic_batch
+    from dia_tpu.model.build import architecture_config
+    from dia_tpu.training.loss import codebook_weights
 
     t = cfg.train
     accelerator = Accelerator(
@@ -204,10 +204,12 @@ def measure(cfg, steps: int, warm_up: bool) -> dict:
 
 def _steps(accelerator, cfg, steps: int, batch: dict, weights) -> None:
     """Build, prepare and train `steps` optimizer steps of `gradient_accumulation_steps` micro-batches."""
-    from dia_tpu.train import build_trainable, make_optimizer, train_step
+    from dia_tpu.training.runtime import Runtime
+    from dia_tpu.training.step import build_trainable, make_optimizer, train_step
 
-    model = build_trainable(cfg, on_xla=False)
-    model, optimizer = accelerator.prepare(model, make_optimizer(cfg.train, model))
+    runtime = Runtime.of(accelerator, cfg)
+    model = build_trainable(cfg, runtime)
+    model, optimizer = accelerator.prepare(model, make_optimizer(cfg.train, model, runtime))
     model.train()
     for _ in range(steps):
         micro_batches = [batch] * cfg.train.gradient_accumulation_steps

@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 
 from dia_tpu.config import load
-from dia_tpu.data import padding_report
+from dia_tpu.data.batching import padding_report
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -13,7 +13,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from transformers import DiaConfig, DiaForConditionalGeneration
 
 from dia_tpu.config import Config, load
-from dia_tpu.prepare import prepare
+from dia_tpu.data.prepare import prepare
 
 DELAY = [0, 8, 9, 10, 11, 12, 13, 14, 15]
 

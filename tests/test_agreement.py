@@ -18,10 +18,10 @@ from conftest import ROOT, TINY
 from datasets import load_from_disk
 
 from dia_tpu.config import load
+from dia_tpu.data.prepare import prepare
 from dia_tpu.generate import GenerationSettings, VoicePrompt, synthesize_codes
-from dia_tpu.model import load_for_inference
-from dia_tpu.prepare import prepare
-from dia_tpu.train import train
+from dia_tpu.model.load import load_for_inference
+from dia_tpu.training.recipe import train
 
 SCRIPTS = [
     "[S1] Good morning.",

@@ -20,18 +20,12 @@ from test_data import BOS, DELAY, IGNORE_INDEX, PAD, make_table, random_codes
 from torch.utils.data import DataLoader
 from transformers import DiaConfig
 
-from dia_tpu.checkpoint import TrainState
 from dia_tpu.config import DataConfig
-from dia_tpu.data import (
-    BucketBatchSampler,
-    CodesDataset,
-    bucket_lengths,
-    bucket_of,
-    load_splits,
-    make_collator,
-    padding_report,
-)
-from dia_tpu.train import _make_loaders, _micro_batches, train
+from dia_tpu.data.batching import BucketBatchSampler, bucket_lengths, bucket_of, make_collator, padding_report
+from dia_tpu.data.dataset import CodesDataset, load_splits
+from dia_tpu.training.checkpoint import TrainState
+from dia_tpu.training.loaders import make_loaders, micro_batches
+from dia_tpu.training.recipe import train
 
 MAX_FRAMES = 48
 LENGTHS = [8, 16, 32, MAX_FRAMES]  # data.buckets=[8, 16, 32] with max_audio_frames=48
@@ -157,7 +151,7 @@ def test_processes_split_each_epoch_share_each_step_bucket_and_resume_mid_epoch(
         loader = DataLoader(range(len(frames)), batch_sampler=sampler, collate_fn=list)
         shard = prepare_data_loader(loader, num_processes=2, process_index=rank, use_seedable_sampler=True)
         assert len(shard) == len(sampler) // 2
-        return list(islice(_micro_batches(accelerator, shard, [sampler], state), 2 * len(shard)))
+        return list(islice(micro_batches(accelerator, shard, [sampler], state), 2 * len(shard)))
 
     ranks = [stream(rank, TrainState()) for rank in (0, 1)]
     per_epoch = len(sampler) // 2
@@ -201,14 +195,14 @@ def test_training_loader_counts_bucket_batches(short_codes, tmp_path):
     splits = load_splits(cfg)
     model_config = DiaConfig(**cfg.model.architecture)
     for processes in (1, 2):
-        loader, eval_loader, seeded = _make_loaders(cfg, splits, model_config, processes)
+        loader, eval_loader, seeded = make_loaders(cfg, splits, model_config, processes)
         [sampler] = [part for part in seeded if isinstance(part, BucketBatchSampler)]
         assert seeded[0] is splits.train
         assert len(loader) == len(sampler) and len(loader) % processes == 0
         # Evaluation keeps one shape, max_audio_frames.
         assert {b["labels"].shape[1] for b in eval_loader} == {MAX_FRAMES + DELAY_ROWS}
     with pytest.raises(ValueError, match=r"no full batch of 20 within one of the lengths \[16, 32, 48\]"):
-        _make_loaders(tiny(short_codes, tmp_path, BUCKETS, "train.batch_size=20"), splits, model_config, 1)
+        make_loaders(tiny(short_codes, tmp_path, BUCKETS, "train.batch_size=20"), splits, model_config, 1)
 
 
 def test_padding_report_script(short_codes):

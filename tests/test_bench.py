@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from transformers import DiaConfig
 
-from dia_tpu.bench import bench, synthetic_batch
+from dia_tpu.bench import bench
 from dia_tpu.config import load
-from dia_tpu.data import IGNORE_INDEX
+from dia_tpu.data.batching import IGNORE_INDEX, synthetic_batch
 
 DEMO = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
 

@@ -16,20 +16,11 @@ import pytest
 import torch
 from transformers import DacConfig, DacModel, DiaConfig, DiaFeatureExtractor, DiaProcessor, DiaTokenizer
 
-from dia_tpu.audio import apply_delay, encode, revert_delay
 from dia_tpu.config import DataConfig, load
-from dia_tpu.data import (
-    IGNORE_INDEX,
-    CodesDataset,
-    Collator,
-    _filter_long_text,
-    augment_tags,
-    encode_text,
-    item_random,
-    make_collator,
-    split_tags,
-    unconditional_text,
-)
+from dia_tpu.data.audio import encode
+from dia_tpu.data.batching import IGNORE_INDEX, Collator, make_collator
+from dia_tpu.data.dataset import CodesDataset, _filter_long_text, item_random
+from dia_tpu.data.tokens import apply_delay, augment_tags, encode_text, revert_delay, split_tags, unconditional_text
 
 ROOT = Path(__file__).resolve().parents[1]
 DELAY = [0, 8, 9, 10, 11, 12, 13, 14, 15]
@@ -335,7 +326,7 @@ _DECISIONS_SCRIPT = """
 import json, sys
 from datasets import load_from_disk
 from dia_tpu.config import DataConfig, load
-from dia_tpu.data import CodesDataset
+from dia_tpu.data.dataset import CodesDataset
 ds = CodesDataset(load_from_disk(sys.argv[1]), DataConfig(seed=7), 0.5, train=True)
 out = []
 for epoch in (0, 1):

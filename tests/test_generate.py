@@ -14,18 +14,18 @@ from conftest import ROOT
 from transformers import DacConfig, DacModel
 
 from dia_tpu.config import load
-from dia_tpu.data import encode_text
+from dia_tpu.data.tokens import encode_text
 from dia_tpu.generate import (
     GenerationSettings,
     VoicePrompt,
-    _SeededSampler,
     check_request,
     load_voice_prompt,
     synthesize,
     synthesize_codes,
 )
-from dia_tpu.model import run_language_tags
-from dia_tpu.samples import spectrogram_image
+from dia_tpu.model.load import language_tags_of
+from dia_tpu.sampling import SeededSampler
+from dia_tpu.training.samples import spectrogram_image
 
 RATE = 44100 / 512  # frames per second of the 44.1 kHz DAC
 SHORT = dict(max_seconds=0.3, guidance_scale=3.0)
@@ -82,7 +82,7 @@ def test_sampler_keeps_to_top_k_and_top_p():
     scores = probs.log().repeat(channels, 1)  # one item, two channels
 
     def draws(**settings) -> set[int]:
-        sampler = _SeededSampler([0], channels, GenerationSettings(temperature=1.0, **settings))
+        sampler = SeededSampler([0], channels, GenerationSettings(temperature=1.0, **settings))
         picked = set()
         for _ in range(200):
             out = sampler(None, scores.clone())
@@ -134,9 +134,10 @@ def test_a_model_that_ends_at_once_gives_empty_audio(tiny_dia, codec):
 
 def test_the_runs_language_tags_are_read_as_trained(tiny_dia, tmp_path):
     cfg = load(ROOT / "configs/demo.yaml", ["data.language_tags={de: 3}"])
+    tiny_dia.save_pretrained(tmp_path)
     cfg.save(tmp_path / "config.yaml")
-    tags = run_language_tags(str(tmp_path))
-    assert tags == {"de": 3} and run_language_tags(str(tmp_path / "elsewhere")) == {}
+    tags = language_tags_of(str(tmp_path))
+    assert tags == {"de": 3} and language_tags_of("nari-labs/Dia-1.6B-0626") == {}
     seen = {}
 
     def capture(module, args, kwargs):

@@ -7,12 +7,14 @@ import torch
 from conftest import reset_accelerate, scalars, tiny, weights
 from safetensors.torch import load_file
 
-from dia_tpu.adapters import lora_target_modules, merged_state_dict, setup_training
-from dia_tpu.bench import synthetic_batch
-from dia_tpu.checkpoint import export_checkpoint
+from dia_tpu.artifacts import weight_names, weights_file
 from dia_tpu.config import ConfigError, LoraSettings, ModelConfig
-from dia_tpu.model import build_model, load_for_inference, load_trained, saved_weight_names
-from dia_tpu.train import train
+from dia_tpu.data.batching import synthetic_batch
+from dia_tpu.export import export_checkpoint
+from dia_tpu.model.adapters import lora_target_modules, merged_state_dict, setup_training
+from dia_tpu.model.build import build_model
+from dia_tpu.model.load import load_for_inference, load_trained
+from dia_tpu.training.recipe import train
 
 LORA = ["model.lora.rank=4", "model.lora.alpha=8", "model.lora.targets=[attention, mlp]", "train.learning_rate=5e-3"]
 
@@ -25,7 +27,7 @@ def _logits(model, batch) -> torch.Tensor:
 
 
 def _saved_names(folder) -> set[str]:
-    names = saved_weight_names(folder)  # safetensors, or torch's .bin on XLA
+    names = weight_names(weights_file(folder))  # safetensors, or torch's .bin on XLA
     assert names, f"{folder} holds no weights"
     return names
 

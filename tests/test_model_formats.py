@@ -11,12 +11,13 @@ import soundfile as sf
 import torch
 from conftest import ROOT, reset_accelerate, tiny, weights
 
-from dia_tpu.bench import synthetic_batch
 from dia_tpu.config import load
-from dia_tpu.model import build_model, load_for_inference, load_model
+from dia_tpu.data.batching import synthetic_batch
+from dia_tpu.data.prepare import prepare
+from dia_tpu.model.build import build_model
+from dia_tpu.model.load import load_for_inference, load_model
 from dia_tpu.plan import estimate
-from dia_tpu.prepare import prepare
-from dia_tpu.train import train
+from dia_tpu.training.recipe import train
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:

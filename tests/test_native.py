@@ -15,19 +15,9 @@ import transformers
 from safetensors.torch import save_file
 from transformers import DiaConfig, DiaForConditionalGeneration
 
-from dia_tpu.native import (
-    NativeFormatError,
-    clean_native_keys,
-    hf_config_to_native,
-    hf_to_native,
-    is_native_source,
-    load_native,
-    load_native_model,
-    native_config_to_hf,
-    native_to_hf,
-    read_native,
-    save_native,
-)
+from dia_tpu.model.native import clean_native_keys, hf_to_native, native_to_hf
+from dia_tpu.model.native_config import NativeFormatError, hf_config_to_native, native_config_to_hf
+from dia_tpu.model.native_files import is_native_source, load_native, load_native_model, read_native, save_native
 
 DELAY_9 = [0, 8, 9, 10, 11, 12, 13, 14, 15]
 # Every width distinct, so a swapped dimension cannot go unnoticed.
@@ -118,7 +108,7 @@ def test_hf_round_trips_through_native_bit_exact():
 def test_compiled_fp16_checkpoint_imports_with_dtype_kept(caplog):
     native = tiny_native(9, torch.float16)
     wrapped = {f"module._orig_mod.{k}" if i % 2 else f"_orig_mod.{k}": t for i, (k, t) in enumerate(native.items())}
-    with caplog.at_level(logging.INFO, logger="dia_tpu.native"):
+    with caplog.at_level(logging.INFO, logger="dia_tpu.model.native"):
         cleaned = clean_native_keys(wrapped)
     assert "_orig_mod." in caplog.text
     hf = native_to_hf(cleaned, tiny_config(DELAY_9))

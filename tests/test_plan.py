@@ -12,10 +12,11 @@ import pytest
 import torch
 from conftest import ROOT, TINY
 
-from dia_tpu.bench import synthetic_batch
 from dia_tpu.config import Config, load
+from dia_tpu.data.batching import synthetic_batch
 from dia_tpu.plan import DEVICES, GIB, estimate, format_plan, optimizer_state_bytes
-from dia_tpu.train import build_trainable
+from dia_tpu.training.runtime import Runtime
+from dia_tpu.training.step import build_trainable
 
 DELAY = [0, 8, 9, 10, 11, 12, 13, 14, 15]
 
@@ -42,7 +43,7 @@ def _counts(model: torch.nn.Module) -> tuple[int, int]:
 def test_counts_match_the_model_training_builds(extra):
     cfg = _cfg(*extra)
     plan = estimate(cfg)
-    params, trainable = _counts(build_trainable(cfg, on_xla=False))
+    params, trainable = _counts(build_trainable(cfg, Runtime.assumed(cfg, "cpu")))
     assert (plan.params, plan.trainable) == (params, trainable)
     assert plan.weights == 4 * params
     assert plan.gradients == 4 * trainable
@@ -54,7 +55,7 @@ def test_decoder_length_is_the_collators():
     cfg = _cfg()
     plan = estimate(cfg)
     assert plan.decoder_steps == cfg.data.max_audio_frames + 1 + max(DELAY)
-    model = build_trainable(cfg, on_xla=False)
+    model = build_trainable(cfg, Runtime.assumed(cfg, "cpu"))
     assert plan.decoder_steps == synthetic_batch(cfg, model.config)["decoder_input_ids"].shape[1]
 
 

@@ -12,12 +12,12 @@ import pytest
 import soundfile as sf
 from conftest import prepare_config
 
-from dia_tpu import prepare as prepare_module
-from dia_tpu.audio import encode, load_audio
 from dia_tpu.config import Config
-from dia_tpu.model import build_codec
-from dia_tpu.prepare import prepare
-from dia_tpu.shards import read_prepare_info
+from dia_tpu.data.audio import encode, load_audio
+from dia_tpu.data.prepare import prepare
+from dia_tpu.data import prepare as prepare_module
+from dia_tpu.data.shards import read_prepare_info
+from dia_tpu.model.codec import build_codec
 
 SAMPLE = Path(__file__).resolve().parents[1] / "data" / "sample"
 RATE = 44100

@@ -22,7 +22,7 @@ import soundfile as sf
 from conftest import tiny
 
 from dia_tpu.report import write_report
-from dia_tpu.train import train
+from dia_tpu.training.recipe import train
 
 HELLO = "[S1] Hello <there> & you."
 PROMPTS = f'samples.prompts=[{{name: hello, text: "{HELLO}"}}, {{name: plan, text: "[S1] Ready?", seed: 3}}]'

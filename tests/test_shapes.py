@@ -9,11 +9,10 @@ import torch
 from conftest import DELAY, ROOT, tiny_dia_config
 from transformers import DiaForConditionalGeneration
 
-from dia_tpu.audio import apply_delay
-from dia_tpu.bench import synthetic_batch
 from dia_tpu.config import load
-from dia_tpu.loss import batch_loss, codebook_weights, target_weight
-from dia_tpu.shapes import (
+from dia_tpu.data.batching import synthetic_batch
+from dia_tpu.data.tokens import apply_delay
+from dia_tpu.model.shapes import (
     CODE_EMBEDDING,
     HEAD,
     init_from_scratch,
@@ -21,6 +20,7 @@ from dia_tpu.shapes import (
     set_attention_scale,
     widen_to_stereo,
 )
+from dia_tpu.training.loss import batch_loss, codebook_weights, target_weight
 
 VOCAB = 1028
 

@@ -13,10 +13,10 @@ import soundfile as sf
 import torch
 from safetensors.numpy import save_file
 
-from dia_tpu.clips import AudioRef, Clip, Segment, normalize_text
-from dia_tpu.codes_files import load_codes_file
 from dia_tpu.config import PrepareConfig, load
-from dia_tpu.sources import detect_kind, read_clips
+from dia_tpu.data.clips import AudioRef, Clip, Segment, normalize_text
+from dia_tpu.data.codes_files import load_codes_file
+from dia_tpu.data.sources import detect_kind, read_clips
 
 RATE = 16000
 

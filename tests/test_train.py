@@ -18,11 +18,12 @@ from safetensors.torch import load_file
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from transformers import AutoProcessor, DiaForConditionalGeneration
 
-from dia_tpu.checkpoint import list_checkpoints
+from dia_tpu.artifacts import RunFolder
 from dia_tpu.config import ConfigError, load
 from dia_tpu.generate import GenerationSettings, synthesize
-from dia_tpu.model import build_model, load_for_inference
-from dia_tpu.train import train
+from dia_tpu.model.build import build_model
+from dia_tpu.model.load import load_for_inference
+from dia_tpu.training.recipe import train
 
 
 def test_resume_continues_exactly(codes_dir, tmp_path):
@@ -114,9 +115,10 @@ def test_two_processes_train_evaluate_and_save(codes_dir, tmp_path):
     from accelerate import Accelerator
     from torch.utils.data import DataLoader
 
-    from dia_tpu.data import load_splits, make_collator
-    from dia_tpu.evaluate import evaluate
-    from dia_tpu.loss import codebook_weights
+    from dia_tpu.data.batching import make_collator
+    from dia_tpu.data.dataset import load_splits
+    from dia_tpu.training.evaluate import evaluate
+    from dia_tpu.training.loss import codebook_weights
 
     cfg = load(ckpt / "config.yaml")
     model = DiaForConditionalGeneration.from_pretrained(ckpt)
@@ -185,7 +187,7 @@ def test_best_checkpoint_and_early_stopping(codes_dir, tmp_path, capsys):
     train(tiny(codes_dir, run_dir, "train.max_steps=40", "train.save_every=2", "train.keep_last=5",
                "eval.eval_every=2", "eval.early_stopping_patience=2", "eval.early_stopping_min_delta=100"))
     assert "early stop at step 6: no eval-loss improvement in 2 evaluations (best" in capsys.readouterr().out
-    assert [p.name for p in list_checkpoints(run_dir)] == ["step_2", "step_4", "step_6"]
+    assert [p.name for p in RunFolder(run_dir).list_checkpoints()] == ["step_2", "step_4", "step_6"]
     assert max(step for step, _ in scalars(run_dir)["train/loss"]) == 6
     # best/ is the whole state of the first evaluation's step, and stays beside the rotating checkpoints.
     best, step_2 = saved_model(run_dir / "best"), saved_model(run_dir / "checkpoints" / "step_2")

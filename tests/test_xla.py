@@ -24,11 +24,11 @@ from accelerate.utils import DistributedType  # noqa: E402
 from conftest import ROOT, TINY, reset_accelerate, scalars, tiny, weights  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
 
-from dia_tpu.audio import encode, load_audio  # noqa: E402
 from dia_tpu.config import ConfigError, load  # noqa: E402
-from dia_tpu.model import build_codec, codec_on_accelerator  # noqa: E402
-from dia_tpu.prepare import prepare  # noqa: E402
-from dia_tpu.train import train  # noqa: E402
+from dia_tpu.data.audio import encode, load_audio  # noqa: E402
+from dia_tpu.data.prepare import prepare  # noqa: E402
+from dia_tpu.model.codec import build_codec, codec_on_accelerator  # noqa: E402
+from dia_tpu.training.recipe import train  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +98,7 @@ def test_codes_on_xla_equal_cpu_codes():
     cfg = load(ROOT / "configs/demo.yaml")
     waves = [load_audio(ROOT / "data/sample/audio" / f"utt_00{i}.flac", 44100) for i in range(3)]
     cpu_codec = build_codec(cfg.model)
-    xla_codec = codec_on_accelerator(build_codec(cfg.model))
+    xla_codec = codec_on_accelerator(build_codec(cfg.model), torch_xla.device())
     assert next(xla_codec.parameters()).device.type == "xla"
     for wave in waves:
         np.testing.assert_array_equal(encode(xla_codec, [wave])[0], encode(cpu_codec, [wave])[0])

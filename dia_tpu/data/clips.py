@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dia_tpu.codes_files import CODES_EXTENSIONS
+from dia_tpu.data.codes_files import CODES_EXTENSIONS
 
 
 @dataclass

@@ -21,10 +21,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from dia_tpu.clips import Clip, attach_file, normalize_text, walk_files
-from dia_tpu.codes_files import CODES_EXTENSIONS
 from dia_tpu.config import PrepareConfig
-from dia_tpu.hf_source import DATA_FORMATS, SAVED_MARKERS, read_hf
+from dia_tpu.data.clips import Clip, attach_file, normalize_text, walk_files
+from dia_tpu.data.codes_files import CODES_EXTENSIONS
+from dia_tpu.data.hf_source import DATA_FORMATS, SAVED_MARKERS, read_hf
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".mp3", ".ogg", ".opus")
 KINDS = ("metadata", "sidecar", "hf")

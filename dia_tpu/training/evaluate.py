@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from accelerate import Accelerator
 
-from dia_tpu.loss import batch_loss
+from dia_tpu.training.loss import batch_loss
 
 
 @torch.no_grad()

@@ -12,8 +12,8 @@ from pathlib import Path
 import datasets
 import numpy as np
 
-from dia_tpu.clips import AudioRef, Clip, attach_file, parse_segments, walk_files
 from dia_tpu.config import PrepareConfig
+from dia_tpu.data.clips import AudioRef, Clip, attach_file, parse_segments, walk_files
 
 DATA_FORMATS = {".parquet": "parquet", ".jsonl": "json", ".json": "json", ".csv": "csv"}
 SAVED_MARKERS = ("dataset_info.json", "state.json", "dataset_dict.json")

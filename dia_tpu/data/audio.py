@@ -1,8 +1,4 @@
-"""Waveforms and codes: decode, downmix and resample audio files; encode/decode with the codec; the delay pattern.
-
-Codes are stored undelayed as [T, C]; `apply_delay` is the only place the delay is applied and
-`revert_delay` the only place it is undone.
-"""
+"""Waveforms: decode, downmix and resample audio files, and turn them into codec codes and back."""
 
 from __future__ import annotations
 
@@ -16,7 +12,7 @@ import soxr
 import torch
 from transformers import DacModel
 
-from dia_tpu.clips import AudioRef
+from dia_tpu.data.clips import AudioRef
 
 
 class AudioError(ValueError):
@@ -140,24 +136,3 @@ def decode(codec: DacModel, codes: torch.Tensor) -> np.ndarray:
     device = next(codec.parameters()).device
     audio = codec.decode(audio_codes=codes.T[None].long().to(device)).audio_values
     return audio.reshape(-1).float().cpu().numpy()
-
-
-def apply_delay(codes: torch.Tensor, delay: list[int], bos: int, pad: int) -> torch.Tensor:
-    """Shift channel c right by delay[c]: out[t, c] = codes[t - delay[c], c], BOS before, PAD after.
-
-    codes: [..., T, C]; returns [..., T + max(delay), C].
-    """
-    steps, channels = codes.shape[-2:]
-    total = steps + max(delay)
-    src = torch.arange(total, device=codes.device)[:, None] - torch.tensor(delay, device=codes.device)[None, :]
-    gathered = codes.gather(-2, src.clamp(0, steps - 1).expand(*codes.shape[:-2], total, channels))
-    out = torch.where(src < 0, bos, gathered)
-    return torch.where(src >= steps, pad, out)
-
-
-def revert_delay(delayed: torch.Tensor, delay: list[int]) -> torch.Tensor:
-    """Inverse of `apply_delay`: out[t, c] = delayed[t + delay[c], c]; returns [..., T - max(delay), C]."""
-    total, channels = delayed.shape[-2:]
-    steps = total - max(delay)
-    src = torch.arange(steps, device=delayed.device)[:, None] + torch.tensor(delay, device=delayed.device)[None, :]
-    return delayed.gather(-2, src.expand(*delayed.shape[:-2], steps, channels))

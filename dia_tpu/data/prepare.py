@@ -28,12 +28,11 @@ from accelerate.utils import parse_flag_from_env
 from datasets import Dataset
 from tqdm import tqdm
 
-from dia_tpu.audio import AudioError, encode, read_audio, to_codec_input
-from dia_tpu.clips import Clip
-from dia_tpu.codes_files import load_codes_file
 from dia_tpu.config import Config
-from dia_tpu.model import build_codec, codec_on_accelerator
-from dia_tpu.shards import (
+from dia_tpu.data.audio import AudioError, encode, read_audio, to_codec_input
+from dia_tpu.data.clips import Clip
+from dia_tpu.data.codes_files import load_codes_file
+from dia_tpu.data.shards import (
     MANIFEST_FILE,
     CodesLayout,
     PrepareError,
@@ -44,7 +43,8 @@ from dia_tpu.shards import (
     read_prepare_info,
     write_shard,
 )
-from dia_tpu.sources import detect_kind, read_clips
+from dia_tpu.data.sources import detect_kind, read_clips
+from dia_tpu.model.codec import build_codec, codec_on_accelerator
 
 # Audio held back waiting for equal-length partners before it is encoded in smaller batches: only equal
 # lengths can share a batch, and waiting for all of them would hold the whole corpus in memory.

@@ -15,8 +15,8 @@ import numpy as np
 from datasets import Array2D, Dataset, Features, Value, concatenate_datasets, load_from_disk
 
 from dia_tpu.config import Config
-from dia_tpu.data import encode_text
-from dia_tpu.model import codec_config, codec_identity
+from dia_tpu.data.tokens import encode_text
+from dia_tpu.model.codec import codec_config, codec_identity
 
 
 @dataclass(frozen=True)

@@ -17,41 +17,35 @@ import numpy as np
 import soundfile as sf
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DistributedType
 from transformers import DiaForConditionalGeneration
 
-from dia_tpu.adapters import dia_of, is_peft, merged_state_dict
+from dia_tpu.artifacts import SAMPLES_INDEX, RunFolder
 from dia_tpu.config import Config
 from dia_tpu.generate import GenerationSettings, VoicePrompt, check_request, load_voice_prompt, synthesize
-from dia_tpu.model import build_codec
-from dia_tpu.shapes import restore_attention_scale
-
-SAMPLES_DIR = "samples"
-INDEX_FILE = "index.json"
-
-
-def step_dir(run_dir: str | Path, step: int) -> Path:
-    return Path(run_dir) / SAMPLES_DIR / f"step_{step:06d}"
+from dia_tpu.model.adapters import dia_of, is_peft, merged_state_dict
+from dia_tpu.model.codec import build_codec
+from dia_tpu.model.shapes import restore_attention_scale
+from dia_tpu.training.runtime import Runtime
 
 
 class TrainingSamples:
     """The sample prompts of a run, checked against the model before the first step."""
 
-    def __init__(self, accelerator: Accelerator, cfg: Config, model_config, on_xla: bool):
+    def __init__(self, accelerator: Accelerator, runtime: Runtime, cfg: Config, model_config):
         s = cfg.samples
         self.accelerator, self.cfg = accelerator, cfg
-        self.enabled = s.every > 0 and not (on_xla and s.on_xla == "skip")
+        self.enabled = s.every > 0 and not (runtime.on_xla and s.on_xla == "skip")
         # A CPU copy where the live weights cannot generate in place: XLA would compile every step of
         # the decode loop, and FSDP holds only a shard of them on each process.
-        self.on_xla = on_xla
-        self.copy_weights = on_xla or accelerator.distributed_type == DistributedType.FSDP
+        self.on_xla = runtime.on_xla
+        self.copy_weights = runtime.on_xla or runtime.fsdp
         self._cpu_model: DiaForConditionalGeneration | None = None
         self.codec = None
         self.voice: dict[str, VoicePrompt] = {}
         if not self.enabled or not accelerator.is_main_process:
             return
         self.codec = build_codec(cfg.model)
-        if torch.cuda.is_available() and not self.copy_weights:
+        if not self.copy_weights:
             self.codec = self.codec.to(accelerator.device)
         rate = self.codec.config.sampling_rate / self.codec.config.hop_length
         for prompt in s.prompts:
@@ -86,7 +80,7 @@ class TrainingSamples:
         return out
 
     def _generate_all(self, model: DiaForConditionalGeneration, step: int) -> Path:
-        folder = step_dir(self.cfg.output.dir, step)
+        folder = RunFolder(self.cfg.output.dir).samples_at(step)
         folder.mkdir(parents=True, exist_ok=True)
         rate = self.codec.config.sampling_rate
         index = []
@@ -102,7 +96,7 @@ class TrainingSamples:
                  "transcript": prompt.transcript, "seed": prompt.seed, "seconds": round(len(wave) / rate, 3),
                  "step": step}
             )  # fmt: skip
-        (folder / INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n")
+        (folder / SAMPLES_INDEX).write_text(json.dumps(index, indent=2) + "\n")
         return folder
 
     def _settings(self, prompt) -> GenerationSettings:

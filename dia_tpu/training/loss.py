@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from dia_tpu.data import IGNORE_INDEX
+from dia_tpu.data.batching import IGNORE_INDEX
 
 
 def codebook_weights(weights: list[float], channels: int) -> torch.Tensor:

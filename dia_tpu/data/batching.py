@@ -13,67 +13,16 @@ With `data.buckets` a batch is padded to the smallest bucket that holds its long
 from __future__ import annotations
 
 import random
-import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
-import numpy as np
 import torch
-from datasets import Dataset, load_from_disk
 
-from dia_tpu.audio import apply_delay
 from dia_tpu.config import Config, DataConfig
+from dia_tpu.data.dataset import load_splits
+from dia_tpu.data.tokens import TEXT_PAD, apply_delay, unconditional_text
 
 IGNORE_INDEX = -100
-TEXT_PAD = 0
-_SPEAKER_TAGS = {"[S1]": 1, "[S2]": 2}
-# Anything shaped like a tag; the ones not in the mapping stay their plain bytes, so splitting on them
-# changes nothing for text without tags of its own.
-_TAG_SPLIT = re.compile(r"(\[[A-Za-z][A-Za-z0-9_-]*\])")
-
-
-def encode_text(text: str, language_tags: dict[str, int] | None = None) -> list[int]:
-    """Dia's byte tokenizer: UTF-8 bytes, with the speaker tags [S1] and [S2] as the single ids 1 and 2.
-
-    `language_tags` ({"de": 3}) adds tags of the training config: "[de]" becomes the single id 3.
-    Tags are matched exactly (case included); unknown ones stay bytes.
-    """
-    specials = {**_SPEAKER_TAGS, **{f"[{name}]": value for name, value in (language_tags or {}).items()}}
-    ids: list[int] = []
-    for part in _TAG_SPLIT.split(text):
-        ids.extend([specials[part]] if part in specials else part.encode("utf-8"))
-    return ids
-
-
-def unconditional_text(text_ids: torch.Tensor) -> torch.Tensor:
-    """What generation feeds the guidance branch: all-zero ids (the attention mask stays the conditional one)."""
-    return torch.zeros_like(text_ids)
-
-
-def item_random(seed: int, epoch: int, index: int, purpose: str) -> random.Random:
-    """A generator that depends only on (seed, epoch, item, purpose): every process and worker agrees."""
-    return random.Random(f"{seed}:{epoch}:{index}:{purpose}")
-
-
-def tags_augmented(cfg: DataConfig) -> bool:
-    """Whether training prompts are read as comma-separated music tags and augmented."""
-    return cfg.tag_shuffle or cfg.tag_dropout > 0 or cfg.tag_limit > 0
-
-
-def split_tags(text: str) -> list[str]:
-    """The comma-separated tags of a music prompt, stripped, empty ones left out."""
-    return [tag.strip() for tag in text.split(",") if tag.strip()]
-
-
-def augment_tags(text: str, rng: random.Random, cfg: DataConfig) -> str:
-    """Shuffle, drop (each with probability tag_dropout, one always stays) and limit the tags of `text`."""
-    tags = split_tags(text)
-    if not tags:
-        return text
-    if cfg.tag_shuffle:
-        rng.shuffle(tags)
-    kept = [tag for tag in tags if rng.random() >= cfg.tag_dropout] or [rng.choice(tags)]
-    return ", ".join(kept[: cfg.tag_limit or None])
 
 
 def bucket_lengths(buckets: Sequence[int], max_audio_frames: int) -> list[int]:
@@ -89,45 +38,6 @@ def bucket_of(frames: int, lengths: Sequence[int]) -> int:
         if frames <= length:
             return length
     raise ValueError(f"{frames} audio frames exceed the longest padded length {lengths[-1]} (data.max_audio_frames)")
-
-
-class CodesDataset(torch.utils.data.Dataset):
-    """Items of a prepared dataset, with the per-item random decisions (crop window, CFG text dropout, tags)."""
-
-    def __init__(self, table: Dataset, cfg: DataConfig, unconditional_frac: float, *, train: bool):
-        self.table = table.with_format("numpy", columns=["text", "codes", "frames"])
-        self.cfg = cfg
-        self.unconditional_frac = unconditional_frac if train else 0.0
-        self.train = train
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return len(self.table)
-
-    def frames(self) -> list[int]:
-        """Each item's audio length after cropping to max_audio_frames, without reading the codes."""
-        return [min(int(n), self.cfg.max_audio_frames) for n in self.table["frames"]]
-
-    def __getitem__(self, index: int) -> dict:
-        row = self.table[index]
-        codes = torch.from_numpy(np.asarray(row["codes"], dtype=np.int64))
-        limit, start = self.cfg.max_audio_frames, 0
-        cropped = codes.shape[0] > limit
-        if cropped and self.cfg.random_crop and self.train:
-            start = item_random(self.cfg.seed, self.epoch, index, "crop").randrange(codes.shape[0] - limit + 1)
-        dropped = item_random(self.cfg.seed, self.epoch, index, "cfg").random() < self.unconditional_frac
-        text = str(row["text"])
-        if self.train and tags_augmented(self.cfg):
-            text = augment_tags(text, item_random(self.cfg.seed, self.epoch, index, "tags"), self.cfg)
-        return {
-            "text_ids": torch.tensor(encode_text(text, self.cfg.language_tags), dtype=torch.long),
-            "codes": codes[start : start + limit],
-            "cropped": cropped,
-            "unconditional": dropped,
-        }
 
 
 @dataclass
@@ -267,62 +177,26 @@ def padding_report(cfg: Config) -> dict:
     return report
 
 
-@dataclass
-class Splits:
-    train: CodesDataset
-    eval: CodesDataset | None
-    cropped: int  # training items longer than max_audio_frames
-    skipped_long_text: int  # items dropped because their text exceeds max_text_tokens
+# Text tokens left unused at the end of the padded text, so the text mask is exercised as in real batches.
+_TEXT_SLACK = 10
 
 
-def load_splits(cfg: Config) -> Splits:
-    """Load the prepared dataset(s), hold out the eval split, apply the long-text policy."""
-    d = cfg.data
-    table, skipped = _filter_long_text(load_from_disk(d.dataset), d, d.dataset)
-    if d.eval_dataset is not None:
-        train_table = table
-        eval_table, eval_skipped = _filter_long_text(load_from_disk(d.eval_dataset), d, d.eval_dataset)
-        skipped += eval_skipped
-    elif d.eval_size > 0:
-        if d.eval_size >= len(table):
-            raise ValueError(
-                f"data.eval_size={d.eval_size} leaves no training items in {d.dataset} ({len(table)} items)"
-            )
-        order = np.random.default_rng(d.seed).permutation(len(table))
-        eval_table = table.select(sorted(order[: d.eval_size]))
-        train_table = table.select(sorted(order[d.eval_size :]))
-    else:
-        train_table, eval_table = table, None
-    cropped = int(sum(f > d.max_audio_frames for f in train_table["frames"]))
-    return Splits(
-        train=CodesDataset(train_table, d, cfg.train.unconditional_frac, train=True),
-        eval=None if eval_table is None else CodesDataset(eval_table, d, 0.0, train=False),
-        cropped=cropped,
-        skipped_long_text=skipped,
-    )
-
-
-def _text_tokens(text: str, cfg: DataConfig) -> int:
-    """The most byte tokens `text` can take in training or evaluation. Tag augmentation rejoins tags with
-    ", ", which can lengthen a prompt written "a,b"; its longest outcome keeps the tag_limit longest tags."""
-    tokens = len(encode_text(text, cfg.language_tags))
-    if tags_augmented(cfg):
-        tags = sorted(split_tags(text), key=lambda tag: len(encode_text(tag, cfg.language_tags)), reverse=True)
-        tokens = max(tokens, len(encode_text(", ".join(tags[: cfg.tag_limit or None]), cfg.language_tags)))
-    return tokens
-
-
-def _filter_long_text(table: Dataset, cfg: DataConfig, where: str) -> tuple[Dataset, int]:
-    """Apply data.long_text to transcripts longer than max_text_tokens; returns the table and the skip count."""
-    lengths = [_text_tokens(t, cfg) for t in table["text"]]
-    too_long = [i for i, n in enumerate(lengths) if n > cfg.max_text_tokens]
-    if not too_long:
-        return table, 0
-    if cfg.long_text == "error":
-        shown = ", ".join(f"#{i} ({lengths[i]} tokens)" for i in too_long[:5])
-        raise ValueError(
-            f"{where}: {len(too_long)} transcript(s) exceed data.max_text_tokens={cfg.max_text_tokens}: {shown}. "
-            "Raise data.max_text_tokens or set data.long_text=skip."
-        )
-    keep = sorted(set(range(len(table))) - set(too_long))
-    return table.select(keep), len(too_long)
+def synthetic_batch(cfg: Config, model_config) -> dict:
+    """One collated batch of `train.batch_size` full-length clips with random codes and text (seeded)."""
+    d, dec = cfg.data, model_config.decoder_config
+    generator = torch.Generator().manual_seed(d.seed)
+    channels = len(model_config.delay_pattern)
+    code_limit = min(dec.bos_token_id, dec.eos_token_id, dec.pad_token_id)  # codec codes lie below the specials
+    text_len = max(1, d.max_text_tokens - _TEXT_SLACK)
+    # Byte ids from 3 on: 0 is text padding, 1 and 2 are the speaker tags.
+    text_vocab = model_config.encoder_config.vocab_size
+    items = [
+        {
+            "text_ids": torch.randint(3, text_vocab, (text_len,), generator=generator),
+            "codes": torch.randint(0, code_limit, (d.max_audio_frames, channels), generator=generator),
+            "cropped": False,
+            "unconditional": False,
+        }
+        for _ in range(cfg.train.batch_size)
+    ]
+    return make_collator(d, model_config)(items)

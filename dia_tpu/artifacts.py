@@ -1,0 +1,184 @@
+"""What dia_tpu leaves on disk and how it is read back: the run folder's layout, and `open_artifact`, the one
+reader of any saved model (an export, a training checkpoint or `best/`, a LoRA run's checkpoint, a native
+Nari Labs checkpoint, a hub id).
+
+    output.dir/
+      config.yaml               the run's resolved config (absolute paths)
+      checkpoints/step_N/       the whole training state (`dia_tpu.training.checkpoint`), the newest kept
+      best/                     the same, at the lowest eval loss
+      final/                    the export: a `from_pretrained` folder (`dia_tpu.export`), `adapter/` for LoRA
+      samples/step_NNNNNN/      wavs, spectrograms and index.json of the samples generated during training
+      logs/                     tracker files (TensorBoard)
+
+A saved config is read with `read_saved`: types only, so a folder opens from any directory and on another
+machine, whatever the paths in it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+from dia_tpu.config import Config, ModelConfig, read_saved
+from dia_tpu.hub import is_hub_id
+
+# The file a run folder, checkpoint or export keeps its resolved config in.
+CONFIG_FILE = "config.yaml"
+# Where an export keeps a codec that is not a hub id (for example the demo's random one).
+CODEC_DIR = "codec"
+# Where an export of a LoRA run keeps the adapter alone (peft's adapter_config.json + weights).
+ADAPTER_DIR = "adapter"
+# What each sample step's folder lists: text, prompt, seed and length of every sample.
+SAMPLES_INDEX = "index.json"
+# The files a model's weights may be in: a transformers folder or Accelerate checkpoint (safetensors, or
+# torch's .bin where Accelerate saves that way, on XLA), in that order of preference.
+WEIGHTS_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
+_STEP_DIR = re.compile(r"^step_(\d+)$")
+
+
+@dataclass(frozen=True)
+class RunFolder:
+    """The folders of one run (`output.dir`)."""
+
+    root: Path
+
+    def __init__(self, root: str | Path):
+        object.__setattr__(self, "root", Path(root))
+
+    @property
+    def config(self) -> Path:
+        return self.root / CONFIG_FILE
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / "checkpoints"
+
+    @property
+    def best(self) -> Path:
+        return self.root / "best"
+
+    @property
+    def final(self) -> Path:
+        return self.root / "final"
+
+    @property
+    def logs(self) -> Path:
+        return self.root / "logs"
+
+    @property
+    def samples(self) -> Path:
+        return self.root / "samples"
+
+    def checkpoint(self, step: int) -> Path:
+        return self.checkpoints / f"step_{step}"
+
+    def samples_at(self, step: int) -> Path:
+        return self.samples / f"step_{step:06d}"
+
+    def list_checkpoints(self) -> list[Path]:
+        """Checkpoint folders, oldest first."""
+        if not self.checkpoints.is_dir():
+            return []
+        found = [(int(m[1]), p) for p in self.checkpoints.iterdir() if (m := _STEP_DIR.match(p.name)) and p.is_dir()]
+        return [p for _, p in sorted(found)]
+
+
+Kind = Literal["export", "checkpoint", "lora_checkpoint", "native", "hub"]
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """A saved model as `open_artifact` found it."""
+
+    source: str  # as given: a path or a hub id
+    kind: Kind
+    # export: a `from_pretrained` folder; checkpoint: a training state (also `from_pretrained`-loadable);
+    # lora_checkpoint: a LoRA run's training state, holding the trained weights only; native: a Nari Labs
+    # checkpoint; hub: a repository id, read by transformers.
+    config: Config | None  # the run's saved config.yaml, when the folder has one
+    weights: Path | None  # the model's weights file, when it is local
+    codec: ModelConfig  # what `build_codec` needs to build this model's codec
+
+    @property
+    def path(self) -> Path:
+        return Path(self.source)
+
+
+def open_artifact(source: str | Path) -> Artifact:
+    """Find out what `source` is, read its saved config once, and locate its weights and its codec.
+
+    A local folder without a model in it is a FileNotFoundError naming what is missing.
+    """
+    from dia_tpu.model.native_files import is_native_source, native_weights_file
+
+    name, path = str(source), Path(source)
+    if not path.exists():
+        if is_hub_id(name) and not name.startswith((".", "/", "~")):
+            return Artifact(name, "hub", None, None, ModelConfig())
+        raise FileNotFoundError(f"model not found: {name} (neither a file or folder nor a hub id like org/name)")
+    if is_native_source(path):
+        return Artifact(name, "native", None, native_weights_file(path), ModelConfig())
+    if not path.is_dir():
+        raise FileNotFoundError(f"{path}: not a model folder or a native checkpoint (.pth, .safetensors)")
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"{path} holds no config.json: not an export, a checkpoint or a native checkpoint")
+    config = read_saved(path / CONFIG_FILE) if (path / CONFIG_FILE).is_file() else None
+    weights = weights_file(path)
+    if weights is None:
+        raise FileNotFoundError(f"{path} holds no model weights (one of {', '.join(WEIGHTS_FILES)})")
+    if config is not None and config.model.lora.rank and any("lora_" in key for key in weight_names(weights)):
+        kind: Kind = "lora_checkpoint"
+    else:
+        kind = "checkpoint" if is_checkpoint(path) else "export"
+    return Artifact(name, kind, config, weights, _codec_of(path, config))
+
+
+def is_checkpoint(folder: Path) -> bool:
+    """Whether `folder` holds a training state that training can resume from (Accelerate's optimizer file)."""
+    return any(folder.glob("optimizer*.bin"))
+
+
+def weights_file(folder: Path) -> Path | None:
+    for name in WEIGHTS_FILES:
+        if (folder / name).is_file():
+            return folder / name
+    return None
+
+
+def weight_names(weights: Path) -> set[str]:
+    """The tensor names in a weights file, read from its header where the format has one."""
+    if weights.suffix == ".bin":
+        return set(read_weights(weights))
+    if weights.name.endswith(".index.json"):
+        return set(json.loads(weights.read_text())["weight_map"])
+    from safetensors import safe_open
+
+    with safe_open(weights, framework="pt") as f:
+        return set(f.keys())
+
+
+def read_weights(weights: Path) -> dict[str, torch.Tensor]:
+    """A checkpoint's weights on the CPU (torch's format read with weights_only: it cannot run code)."""
+    if weights.suffix == ".bin":
+        return torch.load(weights, map_location="cpu", weights_only=True)
+    from safetensors.torch import load_file
+
+    return load_file(weights)
+
+
+def _codec_of(folder: Path, config: Config | None) -> ModelConfig:
+    """The codec saved inside an export, else the one its run's config names, else its processor's."""
+    if (folder / CODEC_DIR / "config.json").is_file():
+        return ModelConfig(codec=str((folder / CODEC_DIR).resolve()))
+    if config is not None:
+        return config.model
+    processor = folder / "processor_config.json"
+    if processor.is_file():
+        codec = json.loads(processor.read_text())["audio_tokenizer"]["audio_tokenizer_name_or_path"]
+        return ModelConfig(codec=codec)
+    return ModelConfig()

@@ -1,0 +1,42 @@
+"""The one typed configuration: its schema, the readers `load` (a config to run with) and `read_saved` (a
+config dia_tpu wrote), and the checks."""
+
+from dia_tpu.config.checks import check_run_files, validate
+from dia_tpu.config.load import load, read_saved
+from dia_tpu.config.schema import (
+    PRECISIONS,
+    SAMPLING,
+    Config,
+    ConfigError,
+    DataConfig,
+    EvalConfig,
+    FreezeSettings,
+    LoraSettings,
+    ModelConfig,
+    OutputConfig,
+    PrepareConfig,
+    SamplePrompt,
+    SamplesConfig,
+    TrainConfig,
+)
+
+__all__ = [
+    "PRECISIONS",
+    "SAMPLING",
+    "Config",
+    "ConfigError",
+    "DataConfig",
+    "EvalConfig",
+    "FreezeSettings",
+    "LoraSettings",
+    "ModelConfig",
+    "OutputConfig",
+    "PrepareConfig",
+    "SamplePrompt",
+    "SamplesConfig",
+    "TrainConfig",
+    "check_run_files",
+    "load",
+    "read_saved",
+    "validate",
+]

@@ -1,0 +1,302 @@
+"""The configuration's schema: nested dataclasses, every field declared once with its type and a comment.
+
+Choices are `Literal[...]` and lists are typed; `dia_tpu.config.load` checks values against these types.
+Fields marked with `path_field` hold paths, resolved as `load` describes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be used; the message lists every problem found."""
+
+
+Precision = Literal["no", "bf16", "fp16"]
+# Accelerate's mixed-precision modes, for training, prepare's codec and `dia-tpu bench`.
+PRECISIONS: tuple[str, ...] = typing.get_args(Precision)
+
+# A field's metadata key saying how its value is a path: "path" (always a file or folder) or "source" (a
+# local file or folder, or else a Hugging Face Hub id).
+PATH_KIND = "path"
+
+
+def path_field(default: str | None, kind: Literal["path", "source"] = "path") -> typing.Any:
+    return field(default=default, metadata={PATH_KIND: kind})
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """Dia-1.6B's published sampling settings: the defaults of `dia-tpu generate`, of training samples and
+    of the generation config written with every export."""
+
+    guidance_scale: float = 3.0  # classifier-free guidance; 1.0 turns it off
+    temperature: float = 1.8  # divides the logits before sampling
+    top_p: float = 0.90  # nucleus sampling; 1.0 keeps every token
+    top_k: int = 45  # sample among this many tokens; also the candidate set of Dia's guidance step
+
+
+SAMPLING = Sampling()
+
+
+@dataclass
+class LoraSettings:
+    # LoRA rank; 0 trains the full model. With a rank, only the adapters (and `modules_to_save`) train.
+    rank: int = 0
+    # Scale numerator: the adapter's output is multiplied by alpha / rank.
+    alpha: float = 16.0
+    # Dropout on the adapter's input.
+    dropout: float = 0.0
+    # What gets adapters: "attention" (q, k, v, o of self- and cross-attention), "mlp" (gate_up, down),
+    # "head" (the output projection to codebook logits), or module names ending in any given word.
+    targets: list[str] = field(default_factory=lambda: ["attention"])
+    # Which halves the attention and mlp targets cover: "encoder", "decoder".
+    parts: list[Literal["encoder", "decoder"]] = field(default_factory=lambda: ["encoder", "decoder"])
+    # Modules trained in full and saved beside the adapters, by name (e.g. "logits_dense", "embeddings").
+    modules_to_save: list[str] = field(default_factory=list)
+
+
+@dataclass
+class FreezeSettings:
+    # The text encoder (embedding, layers, norm).
+    text_encoder: bool = False
+    # The decoder's audio code embeddings.
+    audio_embeddings: bool = False
+    # The first N decoder layers.
+    decoder_layers: int = 0
+
+
+@dataclass
+class ModelConfig:
+    # What to fine-tune: a hub id or local directory of a DiaForConditionalGeneration (an export, or the
+    # hub's "nari-labs/Dia-1.6B-0626"), or a native Nari Labs checkpoint (a `.pth`/`.safetensors` file, a
+    # folder with one beside its config.json, or a hub id with `pretrained_format: native`).
+    # None builds a randomly initialised model from `architecture`.
+    pretrained: str | None = path_field(None, "source")
+    # "auto" (a native checkpoint when the file or config says so), "hf" or "native".
+    pretrained_format: Literal["auto", "hf", "native"] = "auto"
+    # DiaConfig keyword arguments for a randomly initialised model (encoder_config, decoder_config,
+    # delay_pattern). Ignored when `pretrained` is set.
+    architecture: dict = field(default_factory=dict)
+    # Hub id or local directory of a transformers DacModel. None builds a random codec from
+    # `codec_architecture` (tests and the demo only: its codes carry no meaning).
+    codec: str | None = path_field("descript/dac_44khz", "source")
+    # DacConfig keyword arguments for a randomly initialised codec.
+    codec_architecture: dict = field(default_factory=dict)
+    # Seed for random initialisation of the model and codec, so every process builds the same weights.
+    init_seed: int = 0
+    # "auto" (SDPA, or on XLA "static"), "sdpa", "eager", or "static": eager attention whose masks are
+    # built without reading their values, so no step waits on the device (what XLA needs).
+    attn_implementation: Literal["auto", "sdpa", "eager", "static"] = "auto"
+    # Recompute activations in the backward pass (non-reentrant) to save memory.
+    gradient_checkpointing: bool = False
+    # torch.compile the model after its weights are loaded (ignored on XLA, which compiles its own graphs).
+    compile: bool = False
+    # Stereo: 18 codebooks, left 9 + right 9. A 9-codebook pretrained model is widened by copying its
+    # code embeddings and output head for the right channel (a warm start).
+    stereo: bool = False
+    # Delay per codebook; [] keeps the model's (for stereo: the mono pattern for both channels).
+    delay_pattern: list[int] = field(default_factory=list)
+    # Attention logit scale. Pretrained Dia was trained with 1.0 and keeps it; a model from scratch uses
+    # this (null: 1 / sqrt(head_dim)).
+    attention_scale: float | None = None
+    # LoRA adapters through peft.
+    lora: LoraSettings = field(default_factory=LoraSettings)
+    # Parts kept fixed during training.
+    freeze: FreezeSettings = field(default_factory=FreezeSettings)
+
+
+@dataclass
+class DataConfig:
+    # Prepared codes dataset (the output of `dia-tpu prepare`) to train on.
+    dataset: str = path_field("runs/demo/codes")
+    # Raw source folder `dia-tpu prepare` reads when no --input is given: metadata.csv + audio.
+    source: str = path_field("data/sample", "source")
+    # Optional separate prepared dataset for evaluation; None holds out `eval_size` items of `dataset`.
+    eval_dataset: str | None = path_field(None)
+    # Items held out from `dataset` for evaluation when `eval_dataset` is None (0 disables evaluation).
+    eval_size: int = 4
+    # Seed of the held-out split and of every per-item random decision (crop window, text dropout).
+    seed: int = 1234
+    # Text is padded to exactly this many byte tokens; every batch has the same shape.
+    max_text_tokens: int = 128
+    # Audio is padded to exactly this many codec frames (plus BOS, EOS and the delay); longer clips are cropped.
+    max_audio_frames: int = 256
+    # Crop long clips at a random (seeded) window instead of keeping their start.
+    random_crop: bool = False
+    # What a transcript longer than `max_text_tokens` does: "error" stops before training, "skip" drops
+    # the item and counts it. Text is never cut silently.
+    long_text: Literal["error", "skip"] = "error"
+    # DataLoader worker processes.
+    num_workers: int = 0
+    # Length buckets in codec frames, e.g. [64, 128, 256]: each batch is padded to the smallest bucket
+    # that holds its longest clip instead of to max_audio_frames (a few fixed shapes: XLA compiles one
+    # graph per bucket). Empty: every batch is max_audio_frames long.
+    buckets: list[int] = field(default_factory=list)
+    # Music tag prompts ("rock, guitar, 120 bpm"): per item and epoch (seeded), shuffle the comma-separated
+    # tags, drop each with this probability (at least one stays), keep at most `tag_limit` (0: all).
+    tag_shuffle: bool = False
+    tag_dropout: float = 0.0
+    tag_limit: int = 0
+    # Language tags in transcripts, e.g. {de: 3} turns "[de]" into byte 3. Values must be unused bytes:
+    # not 0 (padding), 1 or 2 (the speaker tags), nor a printable character or whitespace.
+    language_tags: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class PrepareConfig:
+    # What --input is: "auto" (detected), "metadata" (folder + metadata.csv: LJSpeech or file|text[|speaker]),
+    # "sidecar" (audio files, each with a same-stem .txt transcript), "hf" (a Hugging Face dataset: hub id,
+    # save_to_disk folder, or parquet/jsonl/csv files). Files ending .npy/.pt/.safetensors in a metadata.csv
+    # or sidecar folder are codes encoded elsewhere and are imported without the codec.
+    kind: Literal["auto", "metadata", "sidecar", "hf"] = "auto"
+    # metadata.csv field delimiter, and the field names in order ([] : the header line if it names a
+    # `text` field, else LJSpeech's id|text|normalized_text when there is a wavs/ folder, else file|text|speaker).
+    delimiter: str = "|"
+    columns: list[str] = field(default_factory=list)
+    # Which column (or metadata field) holds what. `audio_column` names the file field of a metadata.csv
+    # ("file", or "id" for LJSpeech) or the audio column of a Hugging Face dataset.
+    text_column: str = "text"
+    audio_column: str = "audio"
+    speaker_column: str = "speaker"
+    language_column: str = "language"
+    # Word or segment timing ([{start, end, text}], seconds): a column, or a same-stem .json sidecar.
+    segments_column: str = "segments"
+    # Hugging Face datasets: split, config name, and streaming (rows are read as they download).
+    split: str = "train"
+    hf_config: str | None = None
+    streaming: bool = False
+    # Codes files: "CT" ([codebooks, frames]), "TC", or "auto" (the axis whose size is the codebook count).
+    codes_layout: Literal["auto", "CT", "TC"] = "auto"
+    # Longer clips are split at silences between timed segments when the source gives timing, else skipped.
+    max_seconds: float = 30.0
+    # Audio below this sample rate is skipped (it cannot carry what the codec encodes).
+    min_sample_rate: int = 8000
+    # Stereo models: left and right encoded separately into 2 x codebooks (mono input is duplicated).
+    stereo: bool = False
+    # Unicode NFC and collapsed whitespace in transcripts.
+    normalize_text: bool = True
+    # Items per work shard: the unit of resuming and of splitting work between processes.
+    shard_size: int = 256
+    # Codec batch size (only clips of equal length share a batch: padding would change codes).
+    batch_size: int = 8
+    # Codec precision on GPU: "no" (fp32, codes identical everywhere), "bf16" or "fp16" (faster, codes may differ).
+    mixed_precision: Precision = "no"
+    # Stop at the first bad input, naming it, instead of skipping it with a reason.
+    strict: bool = False
+
+
+@dataclass
+class TrainConfig:
+    # Optimizer steps to run; 0 means run `epochs` full passes instead.
+    max_steps: int = 1000
+    # Passes over the training set when `max_steps` is 0.
+    epochs: int = 1
+    # Micro-batch size per process.
+    batch_size: int = 2
+    # Micro-batches per optimizer step; the loss is normalised by the token count of the whole step.
+    gradient_accumulation_steps: int = 1
+    # "adamw" (torch) or "adamw_8bit" (bitsandbytes: 8-bit moments, CUDA or CPU, not XLA).
+    optimizer: Literal["adamw", "adamw_8bit"] = "adamw"
+    # torch's fused AdamW kernel (one kernel per step for all parameters) on CUDA and CPU; not on XLA.
+    fused_optimizer: bool = True
+    learning_rate: float = 1e-4
+    weight_decay: float = 0.01
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.95
+    adam_epsilon: float = 1e-8
+    # "cosine", "linear" or "constant" (all after `warmup_steps` of linear warm-up).
+    lr_scheduler: Literal["cosine", "linear", "constant"] = "cosine"
+    warmup_steps: int = 50
+    # Gradient clipping by global norm; 0 disables it.
+    max_grad_norm: float = 1.0
+    # "no", "bf16" or "fp16": Accelerate's mixed precision (weights stay fp32).
+    mixed_precision: Precision = "no"
+    # Global seed (model dropout, data order).
+    seed: int = 42
+    # Fraction of items whose text is replaced by what generation's unconditional branch sees (CFG).
+    unconditional_frac: float = 0.15
+    # Loss weight per codebook; empty means 4.0 on the first codebook and 1.0 on the others.
+    codebook_weights: list[float] = field(default_factory=list)
+    # Intervals in optimizer steps.
+    log_every: int = 10
+    save_every: int = 100
+    # Rotating checkpoints kept under output.dir/checkpoints (older ones are deleted).
+    keep_last: int = 2
+    # Trackers: "tensorboard", "wandb", "all" or "none".
+    report_to: Literal["tensorboard", "wandb", "all", "none"] = "tensorboard"
+    # Resume: None starts fresh, "auto" takes the latest checkpoint in output.dir if any, or a checkpoint folder.
+    resume: str | None = path_field(None)
+
+
+@dataclass
+class EvalConfig:
+    # Evaluate every N optimizer steps (0 only at the end).
+    eval_every: int = 100
+    # Micro-batch size per process for evaluation.
+    batch_size: int = 2
+    # Keep the whole training state of the lowest eval loss so far in output.dir/best (never rotated).
+    keep_best: bool = True
+    # Stop after this many evaluations in a row without an eval-loss improvement (0: never stop early).
+    early_stopping_patience: int = 0
+    # An evaluation improves on the best only when its loss is lower by more than this.
+    early_stopping_min_delta: float = 0.0
+
+
+@dataclass
+class SamplePrompt:
+    # File stem of the sample's wav under output.dir/samples/step_N/ and its tag in the trackers.
+    name: str = ""
+    # What to say, with [S1]/[S2] speaker tags.
+    text: str = ""
+    # Voice cloning: audio to continue (any rate; resampled), and what is said in it.
+    audio: str | None = path_field(None)
+    transcript: str | None = None
+    # Seed of this prompt's own sampling generator: a prompt sounds the same every time for the same weights.
+    seed: int = 0
+
+
+@dataclass
+class SamplesConfig:
+    # Generate the prompts every N optimizer steps and at the end (0: never).
+    every: int = 0
+    prompts: list[SamplePrompt] = field(default_factory=list)
+    guidance_scale: float = SAMPLING.guidance_scale
+    temperature: float = SAMPLING.temperature
+    top_p: float = SAMPLING.top_p
+    top_k: int = SAMPLING.top_k
+    # Length limit of each sample, in seconds.
+    max_seconds: float = 5.0
+    # On XLA devices: "cpu" generates on the main process from a CPU copy of the weights (step-by-step
+    # generation on XLA would compile a graph per length); "skip" leaves samples out there.
+    on_xla: Literal["cpu", "skip"] = "cpu"
+
+
+@dataclass
+class OutputConfig:
+    # Run directory: checkpoints/, final/, logs/ and config.yaml go here.
+    dir: str = path_field("runs/demo")
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    samples: SamplesConfig = field(default_factory=SamplesConfig)
+    prepare: PrepareConfig = field(default_factory=PrepareConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))

@@ -1,0 +1,120 @@
+"""A prepared codes dataset as training and evaluation items: the held-out split, the long-text policy, and
+the per-item random decisions (crop window, text dropout for guidance, music-tag augmentation), each seeded
+by (seed, epoch, item) so every process and worker agrees."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from datasets import Dataset, load_from_disk
+
+from dia_tpu.config import Config, DataConfig
+from dia_tpu.data.tokens import augment_tags, encode_text, split_tags, tags_augmented
+
+
+def item_random(seed: int, epoch: int, index: int, purpose: str) -> random.Random:
+    """A generator that depends only on (seed, epoch, item, purpose): every process and worker agrees."""
+    return random.Random(f"{seed}:{epoch}:{index}:{purpose}")
+
+
+class CodesDataset(torch.utils.data.Dataset):
+    """Items of a prepared dataset, with the per-item random decisions (crop window, CFG text dropout, tags)."""
+
+    def __init__(self, table: Dataset, cfg: DataConfig, unconditional_frac: float, *, train: bool):
+        self.table = table.with_format("numpy", columns=["text", "codes", "frames"])
+        self.cfg = cfg
+        self.unconditional_frac = unconditional_frac if train else 0.0
+        self.train = train
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+    def frames(self) -> list[int]:
+        """Each item's audio length after cropping to max_audio_frames, without reading the codes."""
+        return [min(int(n), self.cfg.max_audio_frames) for n in self.table["frames"]]
+
+    def __getitem__(self, index: int) -> dict:
+        row = self.table[index]
+        codes = torch.from_numpy(np.asarray(row["codes"], dtype=np.int64))
+        limit, start = self.cfg.max_audio_frames, 0
+        cropped = codes.shape[0] > limit
+        if cropped and self.cfg.random_crop and self.train:
+            start = item_random(self.cfg.seed, self.epoch, index, "crop").randrange(codes.shape[0] - limit + 1)
+        dropped = item_random(self.cfg.seed, self.epoch, index, "cfg").random() < self.unconditional_frac
+        text = str(row["text"])
+        if self.train and tags_augmented(self.cfg):
+            text = augment_tags(text, item_random(self.cfg.seed, self.epoch, index, "tags"), self.cfg)
+        return {
+            "text_ids": torch.tensor(encode_text(text, self.cfg.language_tags), dtype=torch.long),
+            "codes": codes[start : start + limit],
+            "cropped": cropped,
+            "unconditional": dropped,
+        }
+
+
+@dataclass
+class Splits:
+    train: CodesDataset
+    eval: CodesDataset | None
+    cropped: int  # training items longer than max_audio_frames
+    skipped_long_text: int  # items dropped because their text exceeds max_text_tokens
+
+
+def load_splits(cfg: Config) -> Splits:
+    """Load the prepared dataset(s), hold out the eval split, apply the long-text policy."""
+    d = cfg.data
+    table, skipped = _filter_long_text(load_from_disk(d.dataset), d, d.dataset)
+    if d.eval_dataset is not None:
+        train_table = table
+        eval_table, eval_skipped = _filter_long_text(load_from_disk(d.eval_dataset), d, d.eval_dataset)
+        skipped += eval_skipped
+    elif d.eval_size > 0:
+        if d.eval_size >= len(table):
+            raise ValueError(
+                f"data.eval_size={d.eval_size} leaves no training items in {d.dataset} ({len(table)} items)"
+            )
+        order = np.random.default_rng(d.seed).permutation(len(table))
+        eval_table = table.select(sorted(order[: d.eval_size]))
+        train_table = table.select(sorted(order[d.eval_size :]))
+    else:
+        train_table, eval_table = table, None
+    cropped = int(sum(f > d.max_audio_frames for f in train_table["frames"]))
+    return Splits(
+        train=CodesDataset(train_table, d, cfg.train.unconditional_frac, train=True),
+        eval=None if eval_table is None else CodesDataset(eval_table, d, 0.0, train=False),
+        cropped=cropped,
+        skipped_long_text=skipped,
+    )
+
+
+def _text_tokens(text: str, cfg: DataConfig) -> int:
+    """The most byte tokens `text` can take in training or evaluation. Tag augmentation rejoins tags with
+    ", ", which can lengthen a prompt written "a,b"; its longest outcome keeps the tag_limit longest tags."""
+    tokens = len(encode_text(text, cfg.language_tags))
+    if tags_augmented(cfg):
+        tags = sorted(split_tags(text), key=lambda tag: len(encode_text(tag, cfg.language_tags)), reverse=True)
+        tokens = max(tokens, len(encode_text(", ".join(tags[: cfg.tag_limit or None]), cfg.language_tags)))
+    return tokens
+
+
+def _filter_long_text(table: Dataset, cfg: DataConfig, where: str) -> tuple[Dataset, int]:
+    """Apply data.long_text to transcripts longer than max_text_tokens; returns the table and the skip count."""
+    lengths = [_text_tokens(t, cfg) for t in table["text"]]
+    too_long = [i for i, n in enumerate(lengths) if n > cfg.max_text_tokens]
+    if not too_long:
+        return table, 0
+    if cfg.long_text == "error":
+        shown = ", ".join(f"#{i} ({lengths[i]} tokens)" for i in too_long[:5])
+        raise ValueError(
+            f"{where}: {len(too_long)} transcript(s) exceed data.max_text_tokens={cfg.max_text_tokens}: {shown}. "
+            "Raise data.max_text_tokens or set data.long_text=skip."
+        )
+    keep = sorted(set(range(len(table))) - set(too_long))
+    return table.select(keep), len(too_long)

@@ -1,0 +1,52 @@
+"""Loading from the Hugging Face Hub: a failure to reach it, or a name it does not hold, becomes one line
+that says what was asked for and how to use a local copy instead."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+# What a hub repository id looks like: org/name.
+HUB_ID = re.compile(r"[\w.-]+/[\w.-]+")
+
+
+class HubError(ConnectionError):
+    """A model, codec or dataset that was to come from the Hub and could not; the message is one line."""
+
+
+def is_hub_id(name: str) -> bool:
+    """Whether `name` can only mean a hub repository: shaped org/name and not an existing local path."""
+    return bool(HUB_ID.fullmatch(name)) and not Path(name).exists()
+
+
+@contextmanager
+def from_hub(what: str, name: str, local: str = "a local folder") -> Iterator[None]:
+    """Run a load of `name` (a hub id, or a local path) for `what` (e.g. "model.pretrained"); a hub failure
+    inside is raised as a HubError naming both, with how to point `what` at `local` instead.
+
+    transformers, huggingface_hub and datasets all report a hub they cannot reach, and a repository that is
+    not there, as OSError subclasses; errors about a local path are left as they are.
+    """
+    try:
+        yield
+    except HubError:
+        raise
+    except OSError as err:
+        if not is_hub_id(name):
+            raise
+        raise HubError(_explain(what, name, local, err)) from err
+
+
+def _explain(what: str, name: str, local: str, err: OSError) -> str:
+    text = str(err)
+    unreachable = ("connect", "offline", "reach", "connection", "cannot find the requested files in the local cache")
+    fix = (f"download it where there is a network (`hf download {name} --local-dir DIR`) and set {what} to {local} "
+           "(DIR)")  # fmt: skip
+    if any(word in text.lower() for word in unreachable):
+        return f"{what}: {name!r} is not in the local Hugging Face cache and the Hub cannot be reached; {fix}"
+    if "not a valid model identifier" in text or "404" in text or "does not exist" in text.lower():
+        return f"{what}: {name!r} is neither a local path nor a repository on the Hugging Face Hub (or it is private)"
+    first = text.strip().splitlines()[0] if text.strip() else type(err).__name__
+    return f"{what}: could not load {name!r} from the Hugging Face Hub ({first}); {fix}"

@@ -1,0 +1,251 @@
+"""`dia-tpu plan`: parameters and memory per device of a config's training step, and what it fits on.
+
+Weights, gradients and optimizer state follow from the parameters: every weight is fp32 (Accelerate's mixed
+precision autocasts and keeps fp32 master weights), every trainable one has an fp32 gradient, and the
+optimizer keeps what its implementation keeps (AdamW two fp32 moments; bitsandbytes' 8-bit AdamW one byte
+per moment plus a per-256-block fp32 scale for tensors of 4096 elements or more, two fp32 moments below).
+
+Activations come from `dia_tpu.plan.trace`.
+
+The step's peak is then: weights + optimizer state + the larger of
+  - the forward+backward high-water mark (activations, gradients produced so far, temporaries), and
+  - the optimizer update: all gradients plus its temporaries, which depend on the implementation torch or
+    bitsandbytes picks on the device (fused: none; foreach: a second-moment-sized set; per tensor: two
+    copies of the largest tensor; bitsandbytes on CPU: five fp32 copies of the largest tensor).
+With gradient accumulation, later micro-batches run forward and backward with every gradient already held.
+With several processes, plain data parallel keeps all of it on every device, and DDP adds flat gradient
+buckets as large as the gradients (not on XLA, whose all-reduce is part of the compiled step); FSDP divides
+weights, gradients and optimizer state by the number of processes, not activations.
+
+A device fits when the total is at most (1 - HEADROOM) of its memory: the rest is kept for what the
+trace does not see (the CUDA context and library workspaces, the XLA runtime and its compiled programs,
+allocator fragmentation, FSDP's gathered layer). The trace is of eager PyTorch on CPU; CUDA's attention
+kernels and XLA's compiled graphs keep similar but not identical intermediates, which the headroom also
+covers. Evaluation and sample generation run without gradients and need less than a training step;
+DataLoader workers are processes of their own, on the host.
+
+scripts/check_plan.py compares the estimate with measured peaks (benchmarks/plan_cpu.md).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+from dia_tpu.config import Config
+from dia_tpu.plan.trace import Trace, trace_step
+from dia_tpu.training.runtime import Runtime
+from dia_tpu.training.step import make_optimizer
+
+GIB = 2**30
+
+
+# Fraction of each device's memory kept free for the framework, the allocator and what the trace misses.
+HEADROOM = 0.15
+
+
+# (name, memory in GiB, the device kind whose optimizer implementation applies). GPU sizes are nominal;
+# TPU figures are HBM per chip.
+DEVICES = (
+    ("GPU 16 GB", 16, "cuda"),
+    ("GPU 24 GB", 24, "cuda"),
+    ("GPU 40 GB", 40, "cuda"),
+    ("GPU 80 GB", 80, "cuda"),
+    ("TPU v5e", 16, "xla"),
+    ("TPU v4", 32, "xla"),
+    ("TPU v5p", 95, "xla"),
+)
+
+
+# bitsandbytes' 8-bit optimizers: tensors below this many elements keep 32-bit moments; above, moments are
+# quantized in blocks of this size with one fp32 absmax per block (bitsandbytes/optim/optimizer.py).
+_BNB_MIN_8BIT = 4096
+
+
+_BNB_BLOCK = 256
+
+
+_BNB_QMAPS = 2 * 256 * 4  # the signed and unsigned 256-entry fp32 quantization maps, shared by all tensors
+
+
+@dataclass
+class Fit:
+    """Whether the step fits one kind of device; None where the configured optimizer cannot run there."""
+
+    device: str
+    memory: int  # bytes
+    usable: int  # bytes after HEADROOM
+    data_parallel: int  # bytes per device with everything replicated
+    fsdp: int  # bytes per device with weights, gradients and optimizer state sharded
+    fits_data_parallel: bool | None
+    fits_fsdp: bool | None
+
+
+@dataclass
+class MemoryPlan:
+    """Bytes per device of one training step of a config (see the module docstring for how)."""
+
+    params: int
+    trainable: int
+    processes: int
+    device: str  # "cuda", "xla" or "cpu": whose optimizer implementation `total` assumes
+    batch_size: int
+    text_tokens: int
+    decoder_steps: int  # decoder positions: audio frames + BOS + EOS + the delay, as the collator pads
+    accumulation: int  # micro-batches per optimizer step
+    mixed_precision: str
+    gradient_checkpointing: bool
+    optimizer: str  # the optimizer and its update implementation, e.g. "adamw (fused)"
+    weights: int  # all parameters, fp32
+    gradients: int  # trainable parameters, fp32
+    optimizer_state: int
+    activations: int  # live after forward + loss
+    autocast_copies: int  # most bytes of autocast's weight copies alive at once (cached through the forward)
+    backward_peak: int  # forward+backward high-water mark: activations, gradients so far, temporaries
+    update_temporaries: int  # what the optimizer update allocates beside the gradients
+    ddp_buckets: int  # DDP's gradient buckets, with several processes off XLA
+    total: int  # per device, data parallel
+    fsdp_total: int  # per device, weights, gradients and optimizer state sharded over `processes`
+    fits: list[Fit] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def update_peak(self) -> int:
+        """The optimizer update's high-water mark above weights and optimizer state."""
+        return self.gradients + self.update_temporaries
+
+
+def optimizer_kind(cfg: Config, device: str) -> str:
+    """Which update implementation training gets on `device`: build the optimizer `make_optimizer` builds
+    (for one small real parameter) and read what it chose."""
+    t = cfg.train
+    if t.optimizer == "adamw_8bit":
+        return "bitsandbytes" if device != "xla" else "unsupported"
+    optimizer = make_optimizer(t, torch.nn.Linear(1, 1), Runtime.assumed(cfg, device))
+    if optimizer.defaults.get("fused"):
+        return "fused"
+    if optimizer.defaults.get("foreach") or (optimizer.defaults.get("foreach") is None and device == "cuda"):
+        return "foreach"
+    return "per-tensor"
+
+
+def optimizer_state_bytes(optimizer: str, sizes: list[int]) -> int:
+    """Bytes of optimizer state for trainable tensors of `sizes` elements."""
+    if optimizer == "adamw":
+        return 8 * sum(sizes)
+    quantized = [n for n in sizes if n >= _BNB_MIN_8BIT]
+    small = sum(n for n in sizes if n < _BNB_MIN_8BIT)
+    blocks = sum(math.ceil(n / _BNB_BLOCK) for n in quantized)
+    return 8 * small + 2 * sum(quantized) + 2 * 4 * blocks + (_BNB_QMAPS if quantized else 0)
+
+
+def update_temporaries(kind: str, device: str, sizes: list[int]) -> int:
+    """Bytes the optimizer update allocates beside the state, for fp32 trainable tensors of `sizes`."""
+    largest = 4 * max(sizes, default=0)
+    if kind in ("fused", "unsupported"):
+        return 0
+    if kind == "foreach":
+        return 4 * sum(sizes)  # sqrt of every second moment at once, then divided and offset in place
+    if kind == "per-tensor":
+        return 2 * largest  # the sqrt of one second moment and its bias-corrected quotient
+    # bitsandbytes: one fused kernel per tensor on CUDA; on CPU each tensor's moments are dequantized to
+    # fp32, the gradient scaled into a copy, and the denominator built from a sqrt: five fp32 copies.
+    return 0 if device == "cuda" else 5 * largest
+
+
+def estimate(cfg: Config, processes: int = 1, device: str = "cuda") -> MemoryPlan:
+    """The memory plan of `cfg`'s training step on `processes` devices. `device` ("cuda", "xla" or "cpu")
+    picks the optimizer implementation that `total` assumes; the fits table uses each device's own."""
+    if processes < 1:
+        raise ValueError(f"processes must be >= 1, got {processes}")
+    if device not in ("cuda", "xla", "cpu"):
+        raise ValueError(f"device must be 'cuda', 'xla' or 'cpu', got {device!r}")
+    trace, model = trace_step(cfg)
+    params = list(model.parameters())
+    sizes = [p.numel() for p in params if p.requires_grad]
+    t = cfg.train
+    parts = _Parts(
+        weights=sum(p.untyped_storage().nbytes() for p in params),
+        gradients=4 * sum(sizes),
+        state=optimizer_state_bytes(t.optimizer, sizes),
+        trace=trace,
+        accumulation=t.gradient_accumulation_steps,
+        processes=processes,
+    )
+    kind = optimizer_kind(cfg, device)
+    temporaries = update_temporaries(kind, device, sizes)
+    fits = []
+    for name, gib, on in DEVICES:
+        memory, on_kind = gib * GIB, optimizer_kind(cfg, on)
+        usable = int(memory * (1 - HEADROOM))
+        dp, fsdp = parts.totals(on, update_temporaries(on_kind, on, sizes))
+        runs = on_kind != "unsupported"
+        fits.append(Fit(name, memory, usable, dp, fsdp, dp <= usable if runs else None,
+                        fsdp <= usable if runs else None))  # fmt: skip
+    total, fsdp_total = parts.totals(device, temporaries)
+    notes = []
+    if kind == "unsupported":
+        notes.append(f"train.optimizer={t.optimizer} has no kernels for {device}")
+    if cfg.model.compile:
+        notes.append("model.compile: the trace is of the eager model; compiled graphs may keep fewer tensors")
+    return MemoryPlan(
+        params=sum(p.numel() for p in params),
+        trainable=sum(sizes),
+        processes=processes,
+        device=device,
+        batch_size=t.batch_size,
+        text_tokens=cfg.data.max_text_tokens,
+        decoder_steps=trace.decoder_steps,
+        accumulation=t.gradient_accumulation_steps,
+        mixed_precision=t.mixed_precision,
+        gradient_checkpointing=cfg.model.gradient_checkpointing,
+        optimizer=f"{t.optimizer} ({kind})",
+        weights=parts.weights,
+        gradients=parts.gradients,
+        optimizer_state=parts.state,
+        activations=trace.activations,
+        autocast_copies=trace.autocast_copies,
+        backward_peak=parts.backward_peak(),
+        update_temporaries=temporaries,
+        ddp_buckets=parts.ddp_buckets(device),
+        total=total,
+        fsdp_total=fsdp_total,
+        fits=fits,
+        notes=notes,
+    )
+
+
+@dataclass
+class _Parts:
+    """The pieces every total is made of, and how they combine."""
+
+    weights: int
+    gradients: int
+    state: int
+    trace: Trace
+    accumulation: int
+    processes: int
+
+    def backward_peak(self, shards: int = 1) -> int:
+        """The forward+backward high-water mark with gradients sharded over `shards` devices."""
+        if self.accumulation > 1:
+            # Later micro-batches run with every gradient held. A new gradient is added into the held one and
+            # freed; until then the trace counts it among the other bytes, so peak(0) holds that transient.
+            return int(self.trace.peak(0) + self.gradients / shards)
+        return self.trace.peak(1 / shards)
+
+    def ddp_buckets(self, device: str) -> int:
+        # DDP all-reduces through flat buckets as large as all gradients together; on XLA the all-reduce
+        # is part of the compiled step.
+        return self.gradients if self.processes > 1 and device != "xla" else 0
+
+    def totals(self, device: str, temporaries: int) -> tuple[int, int]:
+        """(data parallel, FSDP) bytes per device: weights + optimizer state + the larger step peak."""
+        n = self.processes
+        dp = self.weights + self.state + self.ddp_buckets(device)
+        dp += max(self.backward_peak(), self.gradients + temporaries)
+        fsdp = (self.weights + self.state) / n
+        fsdp += max(self.backward_peak(n), (self.gradients + temporaries) / n)
+        return dp, math.ceil(fsdp)

@@ -1,0 +1,78 @@
+"""The memory plan as the text table `dia-tpu plan` prints."""
+
+from __future__ import annotations
+
+from dia_tpu.plan.estimate import GIB, HEADROOM, MemoryPlan
+
+
+def format_plan(plan: MemoryPlan) -> str:
+    """The plan as a text table, sizes in GiB."""
+
+    def gib(n: float) -> str:
+        return f"{n / GIB:.2f}"
+
+    share = 100 * plan.trainable / plan.params
+    precision = {"no": "fp32", "bf16": "bf16 autocast", "fp16": "fp16 autocast"}[plan.mixed_precision]
+    rows = [
+        ("weights (fp32, all parameters)", plan.weights),
+        ("gradients (fp32, trainable parameters)", plan.gradients),
+        (f"optimizer state ({plan.optimizer.split()[0]})", plan.optimizer_state),
+        ("activations: live after forward + loss", plan.activations),
+        *(
+            [("autocast weight copies: cached until the forward returns", plan.autocast_copies)]
+            if plan.autocast_copies
+            else []
+        ),
+        ("forward+backward peak: activations, copies, gradients so far, temporaries", plan.backward_peak),
+        ("optimizer update peak: gradients + update temporaries", plan.update_peak),
+    ]
+    if plan.ddp_buckets:
+        rows.append(("DDP gradient buckets", plan.ddp_buckets))
+    rows.append(("total: weights + optimizer state + the larger peak" + (" + buckets" if plan.ddp_buckets else ""),
+                 plan.total))  # fmt: skip
+    width = max(len(label) for label, _ in rows)
+    lines = [
+        f"Dia: {plan.params / 1e6:.2f} M parameters, {plan.trainable / 1e6:.2f} M trainable ({share:.2f} %)",
+        f"step: {plan.accumulation} x batch {plan.batch_size} of {plan.text_tokens} text tokens and "
+        f"{plan.decoder_steps} decoder positions; {precision}, "
+        f"{'gradient checkpointing' if plan.gradient_checkpointing else 'no gradient checkpointing'}, "
+        f"{plan.optimizer} as on {plan.device}",
+        "",
+        f"{'per device':<{width + 2}}  {'GiB':>7}",
+        *(f"  {label:<{width}}  {gib(value):>7}" for label, value in rows),
+        "",
+    ]
+    n = plan.processes
+    if n > 1:
+        lines += [
+            f"{n} processes, plain data parallel (DDP): every device holds all of the above, as one process does.",
+            f"{n} processes, FSDP (weights, gradients and optimizer state sharded): {gib(plan.fsdp_total)} GiB per "
+            "device, plus the gathered weights of the layer in flight.",
+        ]
+    else:
+        lines.append("Several processes in plain data parallel hold all of this on every device; FSDP divides "
+                     "weights, gradients and optimizer state among them (--processes N).")  # fmt: skip
+    lines += ["", f"fits with {HEADROOM:.0%} of each device's memory kept for the framework, allocator and kernel "
+              "workspaces (totals per device use that device's optimizer implementation):"]  # fmt: skip
+    header = ["device", "GiB", "usable", "data parallel" if n > 1 else "needs", "fits"]
+    if n > 1:
+        header += [f"FSDP x{n}", "fits"]
+    table = [header]
+    for fit in plan.fits:
+        row = [fit.device, gib(fit.memory), gib(fit.usable)]
+        if fit.fits_data_parallel is None:
+            row += ["-", "n/a"] * (2 if n > 1 else 1)
+        else:
+            row += [gib(fit.data_parallel), "yes" if fit.fits_data_parallel else "no"]
+            if n > 1:
+                row += [gib(fit.fsdp), "yes" if fit.fits_fsdp else "no"]
+        table.append(row)
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    for row in table:
+        pairs = enumerate(zip(row, widths, strict=True))
+        cells = [cell.ljust(w) if i in (0, 4, 6) else cell.rjust(w) for i, (cell, w) in pairs]
+        lines.append("  " + "  ".join(cells).rstrip())
+    if any(fit.fits_data_parallel is None for fit in plan.fits):
+        lines.append(f"n/a: {plan.optimizer.split()[0]} has no kernels for that device")
+    lines += [f"note: {note}" for note in plan.notes]
+    return "\n".join(lines)

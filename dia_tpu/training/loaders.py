@@ -1,0 +1,66 @@
+"""The training and evaluation loaders: fixed shapes (or a few length buckets), seeded epoch order, and the
+endless micro-batch stream that resumes mid-epoch."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from accelerate import Accelerator
+from torch.utils.data import DataLoader
+
+from dia_tpu.config import Config
+from dia_tpu.data.batching import BucketBatchSampler, bucket_lengths, make_collator
+from dia_tpu.training.checkpoint import TrainState
+
+
+def make_loaders(cfg: Config, splits, model_config, num_processes: int) -> tuple[DataLoader, DataLoader | None, list]:
+    """Fixed-shape loaders: training drops its last partial batch (per length bucket with data.buckets),
+    evaluation pads to max_audio_frames and fills its last batch with ignored rows. Also returns what
+    `micro_batches` sets the epoch of: the training dataset, and the bucket batch sampler if any."""
+    d, batch_size = cfg.data, cfg.train.batch_size
+    collate = make_collator(d, model_config, bucketed=True)
+    if d.buckets:
+        lengths = bucket_lengths(d.buckets, d.max_audio_frames)
+        sampler = BucketBatchSampler(splits.train.frames(), lengths, batch_size, d.seed, num_processes)
+        train_loader = DataLoader(splits.train, batch_sampler=sampler, collate_fn=collate, num_workers=d.num_workers)
+        epoch_seeded = [splits.train, sampler]
+        within = f" within one of the lengths {lengths} (data.buckets)"
+    else:
+        train_loader = DataLoader(
+            splits.train, batch_size=batch_size, shuffle=True, drop_last=True, collate_fn=collate,
+            num_workers=d.num_workers,
+        )  # fmt: skip
+        epoch_seeded = [splits.train]
+        within = ""
+    if len(train_loader) < num_processes:
+        raise ValueError(
+            f"{d.dataset}: {len(splits.train)} training items make no full batch of {batch_size}{within} "
+            f"on each of {num_processes} processes"
+        )
+    if splits.eval is None:
+        return train_loader, None, epoch_seeded
+    eval_loader = DataLoader(
+        splits.eval,
+        batch_size=cfg.eval.batch_size,
+        collate_fn=make_collator(d, model_config, fill_to=cfg.eval.batch_size),
+        num_workers=d.num_workers,
+    )
+    return train_loader, eval_loader, epoch_seeded
+
+
+def micro_batches(accelerator: Accelerator, loader, epoch_seeded: list, state: TrainState) -> Iterator[dict]:
+    """Endless micro-batches in seeded epoch order, starting where `state` says (after a resume, mid-epoch).
+
+    The dataset and the bucket sampler get the epoch here rather than through `loader.set_epoch`: on several
+    processes Accelerate wraps a custom batch sampler in a BatchSamplerShard, which that call does not reach.
+    """
+    while True:
+        loader.set_epoch(state.epoch)
+        for part in epoch_seeded:
+            part.set_epoch(state.epoch)
+        skip = state.batches_in_epoch
+        for batch in accelerator.skip_first_batches(loader, skip) if skip else loader:
+            state.batches_in_epoch += 1
+            yield batch
+        state.epoch += 1
+        state.batches_in_epoch = 0

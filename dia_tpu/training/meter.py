@@ -1,0 +1,89 @@
+"""What training reports: the window of steps since the last log (its sums, start time and the last gradient
+norm) turned into tracker metrics, and the lines printed on the main process."""
+
+from __future__ import annotations
+
+import time
+
+import torch
+from accelerate import Accelerator
+
+from dia_tpu.config import Config
+from dia_tpu.training.checkpoint import TrainState
+
+
+class TrainMeter:
+    """The training window since the last log, kept on the device so steps never wait on it: the weighted CE
+    sum, the target weight and the audio frames of its steps, when it started, and the last gradient norm."""
+
+    def __init__(self, device: torch.device):
+        self.sums = torch.zeros(3, device=device)
+        self.grad_norm = torch.zeros((), device=device)
+        self.start = time.perf_counter()
+
+    def add(self, totals: torch.Tensor, grad_norm: torch.Tensor | None) -> None:
+        """One step's [weighted CE sum, target weight, audio frames] and its gradient norm (None: not clipped)."""
+        self.sums += totals
+        if grad_norm is not None:
+            self.grad_norm = grad_norm
+
+    def take(self, accelerator: Accelerator) -> dict[str, float]:
+        """The window's metrics over all processes (a collective: call it on every process); starts a new one."""
+        loss_sum, weight_sum, frames = accelerator.reduce(self.sums, "sum").tolist()
+        metrics = {
+            "train/loss": loss_sum / max(weight_sum, 1.0),
+            "train/grad_norm": float(self.grad_norm),
+            "train/frames_per_s": frames / (time.perf_counter() - self.start),
+        }
+        self.sums.zero_()
+        self.start = time.perf_counter()
+        return metrics
+
+
+def log_train(accelerator: Accelerator, meter: TrainMeter, scheduler, state: TrainState, xla, bar) -> None:
+    """Log the training window: loss, learning rate, gradient norm, throughput (and XLA's counters there)."""
+    metrics = {
+        **meter.take(accelerator),
+        "train/lr": scheduler.get_last_lr()[0],
+        "train/epoch": state.epoch,
+        **(xla.metrics() if xla is not None else {}),
+    }
+    accelerator.log(metrics, step=state.step)
+    bar.set_postfix(loss=f"{metrics['train/loss']:.3f}", lr=f"{metrics['train/lr']:.2e}",
+                    fps=f"{metrics['train/frames_per_s']:.0f}")
+
+
+def eval_line(state: TrainState, metrics: dict, channels: int) -> str:
+    losses = " ".join(f"{metrics[f'eval/loss_cb{c}']:.2f}" for c in range(channels))
+    accuracy = " ".join(f"{metrics[f'eval/acc_cb{c}']:.2f}" for c in range(channels))
+    return (
+        f"step {state.step}: eval loss {metrics['eval/loss']:.4f} (best {state.best_loss:.4f} at step "
+        f"{state.best_step})\n  loss per codebook: {losses}\n  accuracy per codebook: {accuracy}"
+    )
+
+
+def say(accelerator: Accelerator, message: str) -> None:
+    """Print on the main process. Not `accelerator.print`: on XLA, Accelerate 1.15 reports local process
+    index -1 unless LOCAL_RANK is set (the TPU launcher does not set it), so that prints nothing."""
+    if accelerator.is_main_process:
+        print(message, flush=True)
+
+
+def report_data(accelerator: Accelerator, splits, total_steps: int) -> None:
+    eval_items = 0 if splits.eval is None else len(splits.eval)
+    say(
+        accelerator,
+        f"data: {len(splits.train)} training items, {eval_items} eval items; "
+        f"{splits.cropped} cropped to data.max_audio_frames, {splits.skipped_long_text} skipped for long text; "
+        f"{total_steps} optimizer steps on {accelerator.num_processes} process(es)",
+    )
+
+
+def flat_hparams(cfg: Config) -> dict:
+    """The config as flat scalars, which is what trackers' hyper-parameter tables accept."""
+    flat = {}
+    for section, values in cfg.to_dict().items():
+        for key, value in values.items():
+            ok = isinstance(value, (int, float, str, bool))
+            flat[f"{section}.{key}"] = value if ok else str(value)
+    return flat

@@ -1,0 +1,100 @@
+"""The training step and what it needs, shared by the recipe (`train`), `dia-tpu bench` and `dia-tpu plan`:
+the model set up for training, the optimizer, and one optimizer step over its micro-batches."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import torch
+from accelerate import Accelerator
+
+from dia_tpu.config import Config, ConfigError, TrainConfig
+from dia_tpu.model.adapters import setup_training
+from dia_tpu.model.build import build_model
+from dia_tpu.training.loss import batch_loss, target_weight
+from dia_tpu.training.runtime import Runtime
+
+
+def build_trainable(cfg: Config, runtime: Runtime) -> torch.nn.Module:
+    """The model set up for training: weights loaded, no generation cache, optional non-reentrant
+    checkpointing, frozen parts and LoRA adapters, then (off XLA) compiled in place.
+
+    `Module.compile` compiles the forward without wrapping the module, so state-dict names stay the
+    model's own (no `_orig_mod.` prefixes in checkpoints). XLA traces and compiles graphs itself.
+    """
+    model = set_up_for_training(build_model(cfg.model, runtime.attention), cfg)
+    if runtime.compile:
+        model.compile()
+    return model
+
+
+def set_up_for_training(model: torch.nn.Module, cfg: Config) -> torch.nn.Module:
+    """No generation cache, optional non-reentrant checkpointing, frozen parts and LoRA adapters (`dia-tpu
+    plan` sets up its meta-device model with this too)."""
+    model.config.use_cache = False
+    if cfg.model.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return setup_training(model, cfg.model)
+
+
+def check_optimizer(t: TrainConfig, runtime: Runtime) -> None:
+    """Refuse, before any work, an optimizer this process cannot run."""
+    if t.optimizer == "adamw_8bit" and runtime.on_xla:
+        raise ConfigError("train.optimizer=adamw_8bit: bitsandbytes has no XLA (TPU) kernels; use adamw")
+    if t.optimizer == "adamw_8bit" and importlib.util.find_spec("bitsandbytes") is None:
+        raise ConfigError("train.optimizer=adamw_8bit needs bitsandbytes: pip install 'dia-tpu[bnb]'")
+
+
+def make_optimizer(t: TrainConfig, model: torch.nn.Module, runtime: Runtime) -> torch.optim.Optimizer:
+    """AdamW from torch (its fused kernel where the runtime has it), or bitsandbytes' 8-bit AdamW (imported
+    only when asked for; see `check_optimizer`). Only trainable parameters are given to it."""
+    groups = _param_groups(model, t.weight_decay)
+    kwargs = {"lr": t.learning_rate, "betas": (t.adam_beta1, t.adam_beta2), "eps": t.adam_epsilon}
+    if t.optimizer == "adamw":
+        return torch.optim.AdamW(groups, **kwargs, fused=runtime.fused_optimizer)
+    import bitsandbytes
+
+    return bitsandbytes.optim.AdamW8bit(groups, **kwargs)
+
+
+def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """No weight decay on norms and biases (vectors); decay on matrices and embeddings."""
+    decay, no_decay = [], []
+    for param in model.parameters():
+        if param.requires_grad:
+            (decay if param.ndim >= 2 else no_decay).append(param)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def train_step(
+    accelerator: Accelerator, model, optimizer, scheduler, batches: list[dict], weights: torch.Tensor,
+    max_grad_norm: float,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """One optimizer step over its micro-batches, shared by training and the benchmark.
+
+    The loss is normalised by the target weight of the whole step on all processes, so k micro-batches of
+    B equal one batch of kB. Returns this process's [weighted CE sum, target weight, audio frames] for the
+    step, and the gradient norm before clipping (None when clipping is off).
+    """
+    denominator = sum(target_weight(b["labels"], weights) for b in batches)
+    if accelerator.num_processes > 1:
+        # On XLA the reduction cuts the graph (a second, small execution per step): only when it matters.
+        denominator = accelerator.reduce(denominator, "sum")
+    # backward() divides by the accumulation steps and DDP averages over processes; undo both so the
+    # step's gradient is that of (all weighted CE of the step) / (all target weight).
+    scale = accelerator.gradient_accumulation_steps * accelerator.num_processes
+    totals, grad_norm = [], None
+    for batch in batches:
+        with accelerator.accumulate(model):
+            parts = batch_loss(model, batch, weights)
+            accelerator.backward(parts.weighted_sum / denominator * scale)
+            if accelerator.sync_gradients and max_grad_norm > 0:
+                grad_norm = accelerator.clip_grad_norm_(model.parameters(), max_grad_norm)
+            optimizer.step()
+            if scheduler is not None:
+                scheduler.step()
+            optimizer.zero_grad()
+        totals.append(
+            torch.stack([parts.weighted_sum.detach(), (parts.count * weights).sum(), parts.count[:, 0].sum()])
+        )
+    return torch.stack(totals).sum(0), grad_norm
