@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from dia_tpu import finetune_acc_tpu
-from dia_tpu.config import PRECISIONS, SAMPLING
+from dia_tpu.config import PRECISIONS, SAMPLING, SOURCE_KINDS
 from dia_tpu.errors import USER_ERRORS
 
 
@@ -22,7 +22,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--input", help="a folder with metadata.csv, a folder of audio + .txt, a Hugging Face dataset "
                                    "(hub id, save_to_disk folder, parquet/jsonl/csv) (default: data.source)")
     p.add_argument("--output", help="dataset folder to write (default: data.dataset)")
-    p.add_argument("--kind", choices=("auto", "metadata", "sidecar", "hf"), help="source kind (default: prepare.kind)")
+    p.add_argument("--kind", choices=SOURCE_KINDS, help="source kind (default: prepare.kind)")
     p.add_argument("--strict", action="store_true", help="stop at the first bad input instead of skipping it")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
     p.set_defaults(func=_prepare)
@@ -116,7 +116,8 @@ def _export(args: argparse.Namespace) -> None:
 
 
 def _generate(args: argparse.Namespace) -> None:
-    from dia_tpu.generate import GenerationSettings, read_scripts, write_speech
+    from dia_tpu.generation.speak import read_scripts, write_speech
+    from dia_tpu.generation.synthesize import GenerationSettings
 
     if args.text is not None:
         texts, outputs = [args.text], [Path(args.out)]

@@ -42,11 +42,12 @@ def from_hub(what: str, name: str, local: str = "a local folder") -> Iterator[No
 def _explain(what: str, name: str, local: str, err: OSError) -> str:
     text = str(err)
     unreachable = ("connect", "offline", "reach", "connection", "cannot find the requested files in the local cache")
+    missing = ("not a valid model identifier", "404", "does not exist", "doesn't exist")
     fix = (f"download it where there is a network (`hf download {name} --local-dir DIR`) and set {what} to {local} "
            "(DIR)")  # fmt: skip
     if any(word in text.lower() for word in unreachable):
         return f"{what}: {name!r} is not in the local Hugging Face cache and the Hub cannot be reached; {fix}"
-    if "not a valid model identifier" in text or "404" in text or "does not exist" in text.lower():
+    if any(words in text.lower() for words in missing):
         return f"{what}: {name!r} is neither a local path nor a repository on the Hugging Face Hub (or it is private)"
     first = text.strip().splitlines()[0] if text.strip() else type(err).__name__
     return f"{what}: could not load {name!r} from the Hugging Face Hub ({first}); {fix}"

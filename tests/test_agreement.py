@@ -19,7 +19,7 @@ from datasets import load_from_disk
 
 from dia_tpu.config import load
 from dia_tpu.data.prepare import prepare
-from dia_tpu.generate import GenerationSettings, VoicePrompt, synthesize_codes
+from dia_tpu.generation.synthesize import GenerationSettings, VoicePrompt, synthesize_codes
 from dia_tpu.model.load import load_for_inference
 from dia_tpu.training.recipe import train
 

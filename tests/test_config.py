@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from dia_tpu.config import Config, ConfigError, DataConfig, TrainConfig, load
+from dia_tpu.config import Config, ConfigError, DataConfig, TrainConfig, check_run_files, load, read_saved
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 DEMO = CONFIGS / "demo.yaml"
@@ -142,3 +142,53 @@ def test_save_then_load_round_trips(tmp_path):
     cfg = load(DEMO, ["train.learning_rate=3e-5", "train.adam_epsilon=1e-12", "data.eval_dataset=/e", "output.dir=/x"])
     cfg.save(tmp_path / "config.yaml")
     assert load(tmp_path / "config.yaml") == cfg
+
+
+def test_paths_in_the_file_are_relative_to_it_and_overrides_to_the_cwd(tmp_path, monkeypatch):
+    project = tmp_path / "project"
+    (project / "voices").mkdir(parents=True)
+    (project / "base").mkdir()
+    (project / "run.yaml").write_text(
+        "model: {pretrained: base, codec: descript/dac_44khz}\n"
+        "data: {source: voices, dataset: codes}\n"
+        "output: {dir: ../runs/x}\n"
+        "samples: {prompts: [{name: a, text: hi, audio: voices/a.wav, transcript: hi}]}\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    cfg = load(project / "run.yaml", ["data.eval_dataset=held_out", "train.resume=auto"])
+    assert cfg.model.pretrained == str(project / "base")  # exists beside the file: a local folder
+    assert cfg.model.codec == "descript/dac_44khz"  # resolves to nothing there: a hub id, kept as written
+    assert cfg.data.source == str(project / "voices")
+    assert cfg.data.dataset == str(project / "codes")  # a plain path need not exist yet
+    assert cfg.output.dir == str(tmp_path / "runs" / "x")
+    assert cfg.samples.prompts[0].audio == str(project / "voices" / "a.wav")
+    assert cfg.data.eval_dataset == str(tmp_path / "held_out")  # overrides: the current directory
+    assert cfg.train.resume == "auto"
+
+
+def test_a_saved_config_is_read_as_saved_without_checking_files(tmp_path):
+    cfg = load(DEMO)
+    assert Path(cfg.samples.prompts[1].audio).is_absolute() and Path(cfg.data.source).is_dir()
+    saved = tmp_path / "config.yaml"
+    cfg.save(saved)
+    text = saved.read_text().replace(cfg.samples.prompts[1].audio, "gone/utt_000.flac")
+    saved.write_text(text)
+    again = read_saved(saved)
+    assert again.samples.prompts[1].audio == "gone/utt_000.flac"
+    assert check_run_files(again) == ["samples.prompts[1].audio: file not found: gone/utt_000.flac"]
+    assert check_run_files(cfg) == []
+
+
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        ("train.optimizer=sgd", "train.optimizer: 'sgd' is not one of 'adamw', 'adamw_8bit'"),
+        ("data.buckets=[64, x]", "data.buckets[1]: 'x' is not int"),
+        ("model.lora.parts=[encoder, middle]", "model.lora.parts[1]: 'middle' is not one of 'encoder', 'decoder'"),
+        ("train.codebook_weights=4", "train.codebook_weights: 4 is not a list of float"),
+    ],
+)
+def test_choices_and_list_items_are_checked_against_the_declared_types(override, expected):
+    with pytest.raises(ConfigError) as err:
+        load(DEMO, [override])
+    assert expected in str(err.value)

@@ -15,7 +15,8 @@ from transformers import DacConfig, DacModel
 
 from dia_tpu.config import load
 from dia_tpu.data.tokens import encode_text
-from dia_tpu.generate import (
+from dia_tpu.generation.sampling import SeededSampler
+from dia_tpu.generation.synthesize import (
     GenerationSettings,
     VoicePrompt,
     check_request,
@@ -24,7 +25,6 @@ from dia_tpu.generate import (
     synthesize_codes,
 )
 from dia_tpu.model.load import language_tags_of
-from dia_tpu.sampling import SeededSampler
 from dia_tpu.training.samples import spectrogram_image
 
 RATE = 44100 / 512  # frames per second of the 44.1 kHz DAC

@@ -13,9 +13,9 @@ import soundfile as sf
 from conftest import prepare_config
 
 from dia_tpu.config import Config
+from dia_tpu.data import prepare as prepare_module
 from dia_tpu.data.audio import encode, load_audio
 from dia_tpu.data.prepare import prepare
-from dia_tpu.data import prepare as prepare_module
 from dia_tpu.data.shards import read_prepare_info
 from dia_tpu.model.codec import build_codec
 

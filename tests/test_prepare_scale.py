@@ -18,10 +18,10 @@ import soundfile as sf
 from conftest import ROOT, prepare_config
 
 from dia_tpu.config import Config
+from dia_tpu.data import prepare as prepare_module
 from dia_tpu.data.audio import encode, to_codec_input
 from dia_tpu.data.clips import Segment
 from dia_tpu.data.prepare import prepare, split_at_pauses
-from dia_tpu.data import prepare as prepare_module
 from dia_tpu.data.shards import PrepareError, read_prepare_info
 from dia_tpu.model.codec import build_codec
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -20,7 +22,7 @@ from transformers import AutoProcessor, DiaForConditionalGeneration
 
 from dia_tpu.artifacts import RunFolder
 from dia_tpu.config import ConfigError, load
-from dia_tpu.generate import GenerationSettings, synthesize
+from dia_tpu.generation.synthesize import GenerationSettings, synthesize
 from dia_tpu.model.build import build_model
 from dia_tpu.model.load import load_for_inference
 from dia_tpu.training.recipe import train
@@ -209,20 +211,36 @@ def saved_model(checkpoint: Path) -> dict[str, torch.Tensor]:
 def test_generate_cli_writes_wav(codes_dir, tmp_path):
     run_dir = tmp_path / "gen"
     final = train(tiny(codes_dir, run_dir, "train.max_steps=2", "train.report_to=none", "data.eval_size=0"))
-    out, from_checkpoint = tmp_path / "hello.wav", tmp_path / "from_checkpoint.wav"
-    for model, wav in ((final, out), (run_dir / "checkpoints" / "step_2", from_checkpoint)):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+
+    def generate(model: Path, wav: Path) -> None:
+        # Run from a folder that is neither the repository nor the run's: nothing may depend on the cwd.
         done = subprocess.run(
             [sys.executable, "-m", "dia_tpu", "generate", "--model", str(model), "--text", "[S1] Hello. [S2] Hi!",
              "--out", str(wav), "--max-seconds", "0.5", "--seed", "3"],
-            capture_output=True, text=True, timeout=300,
-        )
+            capture_output=True, text=True, timeout=300, cwd=elsewhere,
+        )  # fmt: skip
         assert done.returncode == 0, done.stderr[-3000:]
+
+    out, from_checkpoint, moved_wav = tmp_path / "hello.wav", tmp_path / "from_checkpoint.wav", tmp_path / "moved.wav"
+    generate(final, out)
+    generate(run_dir / "checkpoints" / "step_2", from_checkpoint)
     wave, rate = sf.read(out)
     assert rate == 44100
     assert 0 < len(wave) <= 0.5 * 44100 + 512
     assert wave.ndim == 1
     # A checkpoint folder loads for generation too (its codec comes from its config.yaml).
     assert np.array_equal(sf.read(from_checkpoint)[0], wave)
+
+    # The export moved to another place (as if copied to another machine), its saved config naming a sample
+    # prompt by a relative path that resolves nowhere: it still generates the same audio.
+    moved = shutil.move(final, tmp_path / "copied" / "model")
+    saved = Path(moved) / "config.yaml"
+    saved.write_text(re.sub(r"audio: /\S+", "audio: prompts/utt_000.flac", saved.read_text()))
+    assert "audio: prompts/utt_000.flac" in saved.read_text()
+    generate(Path(moved), moved_wav)
+    assert np.array_equal(sf.read(moved_wav)[0], wave)
 
     # `export` turns a checkpoint into the same loadable folder.
     exported = tmp_path / "exported"
@@ -233,7 +251,7 @@ def test_generate_cli_writes_wav(codes_dir, tmp_path):
     )
     assert done.returncode == 0, done.stderr[-3000:]
     a = load_file(exported / "model.safetensors")
-    b = load_file(final / "model.safetensors")
+    b = load_file(Path(moved) / "model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in b)
 
 
@@ -242,7 +260,11 @@ def test_bad_input_fails_before_any_work(codes_dir, tmp_path):
         train(tiny(tmp_path / "missing_codes", tmp_path / "a"))
     with pytest.raises(FileNotFoundError, match="no_such_ckpt"):
         train(tiny(codes_dir, tmp_path / "b", f"train.resume={tmp_path / 'no_such_ckpt'}"))
-    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+    # A voice prompt's audio is needed when a run starts, not when its saved config is read back.
+    prompt = "samples.prompts=[{name: v, text: hi, audio: no_such.wav, transcript: hi}]"
+    with pytest.raises(ConfigError, match="samples.prompts.0..audio: file not found: .*no_such.wav"):
+        train(tiny(codes_dir, tmp_path / "e", prompt))
+    assert not any((tmp_path / name).exists() for name in "abe")
     if importlib.util.find_spec("bitsandbytes") is None:
         with pytest.raises(ConfigError, match=r"train.optimizer=adamw_8bit"):
             train(tiny(codes_dir, tmp_path / "d", "train.optimizer=adamw_8bit"))

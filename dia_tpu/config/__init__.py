@@ -6,6 +6,7 @@ from dia_tpu.config.load import load, read_saved
 from dia_tpu.config.schema import (
     PRECISIONS,
     SAMPLING,
+    SOURCE_KINDS,
     Config,
     ConfigError,
     DataConfig,
@@ -23,6 +24,7 @@ from dia_tpu.config.schema import (
 __all__ = [
     "PRECISIONS",
     "SAMPLING",
+    "SOURCE_KINDS",
     "Config",
     "ConfigError",
     "DataConfig",

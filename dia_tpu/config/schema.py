@@ -20,6 +20,10 @@ class ConfigError(ValueError):
 
 
 Precision = Literal["no", "bf16", "fp16"]
+# What `dia-tpu prepare` reads: detected, or a folder with metadata.csv, audio with sidecar transcripts, a
+# Hugging Face dataset.
+SourceKind = Literal["auto", "metadata", "sidecar", "hf"]
+SOURCE_KINDS: tuple[str, ...] = typing.get_args(SourceKind)
 # Accelerate's mixed-precision modes, for training, prepare's codec and `dia-tpu bench`.
 PRECISIONS: tuple[str, ...] = typing.get_args(Precision)
 
@@ -156,7 +160,7 @@ class PrepareConfig:
     # "sidecar" (audio files, each with a same-stem .txt transcript), "hf" (a Hugging Face dataset: hub id,
     # save_to_disk folder, or parquet/jsonl/csv files). Files ending .npy/.pt/.safetensors in a metadata.csv
     # or sidecar folder are codes encoded elsewhere and are imported without the codec.
-    kind: Literal["auto", "metadata", "sidecar", "hf"] = "auto"
+    kind: SourceKind = "auto"
     # metadata.csv field delimiter, and the field names in order ([] : the header line if it names a
     # `text` field, else LJSpeech's id|text|normalized_text when there is a wavs/ folder, else file|text|speaker).
     delimiter: str = "|"

@@ -14,6 +14,7 @@ import numpy as np
 
 from dia_tpu.config import PrepareConfig
 from dia_tpu.data.clips import AudioRef, Clip, attach_file, parse_segments, walk_files
+from dia_tpu.hub import from_hub
 
 DATA_FORMATS = {".parquet": "parquet", ".jsonl": "json", ".json": "json", ".csv": "csv"}
 SAVED_MARKERS = ("dataset_info.json", "state.json", "dataset_dict.json")
@@ -59,11 +60,8 @@ def _load_hf(input: str, cfg: PrepareConfig):
         loaded = datasets.load_dataset(fmt, **where, streaming=cfg.streaming)
         root = path.parent if path.is_file() else path
         return (*_pick_split(loaded, cfg.split, input, data_files=True), Path(os.path.abspath(root)))
-    try:
+    with from_hub("--input", input, "a save_to_disk folder or data files"):
         loaded = datasets.load_dataset(input, cfg.hf_config, split=cfg.split, streaming=cfg.streaming)
-    except (ConnectionError, datasets.exceptions.DatasetNotFoundError) as err:
-        # A mistyped local path looks like a hub id; say both things that were tried.
-        raise FileNotFoundError(f"{input}: not a local file or folder, and not loadable from the hub: {err}") from err
     return loaded, cfg.split, None
 
 

@@ -8,9 +8,12 @@ import hashlib
 import json
 import shutil
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import datasets
 import numpy as np
 from datasets import Array2D, Dataset, Features, Value, concatenate_datasets, load_from_disk
 
@@ -45,6 +48,19 @@ def hash_bytes(data: bytes) -> str:
 MANIFEST_FILE = "manifest.json"
 SKIPPED_FILE = "skipped.tsv"
 _COLUMNS = ("text", "codes", "frames", "duration", "source_id", "speaker", "language", "key")
+
+
+@contextmanager
+def _quietly() -> Iterator[None]:
+    """Without `datasets`' own progress bars: prepare draws one bar for the whole run, and a bar per shard
+    written or merged would bury it."""
+    shown = datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if shown:
+            datasets.enable_progress_bars()
 
 
 class PrepareError(ValueError):
@@ -96,7 +112,8 @@ def write_shard(work: Path, shard: int, rows: list[dict], channels: int, info: d
             shutil.rmtree(stale)
     if rows:  # `datasets` cannot load a saved empty table back: a shard with every item skipped has none
         table = {name: [row[name] for row in rows] for name in _COLUMNS}
-        Dataset.from_dict(table, features=_features(channels)).save_to_disk(str(tmp))
+        with _quietly():
+            Dataset.from_dict(table, features=_features(channels)).save_to_disk(str(tmp))
         tmp.rename(folder)
     note = work / f"shard_{shard:05d}.json.tmp"
     note.write_text(json.dumps(info) + "\n")
@@ -150,7 +167,8 @@ def merge_shards(cfg: Config, layout: CodesLayout, source: str, kind: str, outpu
         if stale.exists():
             shutil.rmtree(stale)
     output.parent.mkdir(parents=True, exist_ok=True)
-    dataset.save_to_disk(str(tmp), max_shard_size="500MB")
+    with _quietly():
+        dataset.save_to_disk(str(tmp), max_shard_size="500MB")
     (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
     lines = ["index\tsource_id\treason"] + [f"{i}\t{_tsv(sid)}\t{_tsv(reason)}" for i, sid, reason in sorted(skipped)]
     (tmp / SKIPPED_FILE).write_text("\n".join(lines) + "\n", encoding="utf-8")

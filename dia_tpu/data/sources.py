@@ -21,13 +21,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from dia_tpu.config import PrepareConfig
+from dia_tpu.config import SOURCE_KINDS, PrepareConfig
 from dia_tpu.data.clips import Clip, attach_file, normalize_text, walk_files
 from dia_tpu.data.codes_files import CODES_EXTENSIONS
 from dia_tpu.data.hf_source import DATA_FORMATS, SAVED_MARKERS, read_hf
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".mp3", ".ogg", ".opus")
-KINDS = ("metadata", "sidecar", "hf")
+KINDS = tuple(kind for kind in SOURCE_KINDS if kind != "auto")
 METADATA_FILE = "metadata.csv"
 HUB_ID = re.compile(r"[\w.-]+/[\w.-]+")
 

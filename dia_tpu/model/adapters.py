@@ -8,6 +8,7 @@ checkpoints hold only those (see `trainable_state_dict`). peft is imported only 
 from __future__ import annotations
 
 import importlib.util
+import logging
 import re
 from pathlib import Path
 
@@ -79,10 +80,27 @@ def lora_target_modules(model: DiaForConditionalGeneration, lora: LoraSettings) 
     return chosen
 
 
+class _NoFourBitKernelNote(logging.Filter):
+    """peft imports bitsandbytes when it is installed, and bitsandbytes warns on CPUs with bf16 support that
+    its optional 4-bit kernel package is missing. dia_tpu uses no 4-bit layers, so the warning only misleads."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "gemm_4bit_forward" not in record.getMessage()
+
+
+def import_bitsandbytes_quietly() -> None:
+    """Install the filter above before bitsandbytes is first imported (by peft or by the 8-bit optimizer)."""
+    logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(_NO_FOUR_BIT_NOTE)
+
+
+_NO_FOUR_BIT_NOTE = _NoFourBitKernelNote()
+
+
 def add_lora(model: DiaForConditionalGeneration, lora: LoraSettings) -> torch.nn.Module:
     """Wrap `model` in a peft LoRA model; only the adapters and `modules_to_save` stay trainable."""
     if importlib.util.find_spec("peft") is None:
         raise ConfigError("model.lora needs peft: pip install 'dia-tpu[peft]'")
+    import_bitsandbytes_quietly()
     import peft
 
     known = {name.split(".")[-1] for name, _ in model.named_modules()} | {name for name, _ in model.named_modules()}

@@ -51,6 +51,9 @@ def _with_adapter(model: DiaForConditionalGeneration, adapter: str) -> DiaForCon
     """`model` with a peft LoRA adapter folder merged into its weights."""
     if not (Path(adapter) / "adapter_config.json").is_file():
         raise FileNotFoundError(f"{adapter} holds no adapter_config.json: not a LoRA adapter folder")
+    from dia_tpu.model.adapters import import_bitsandbytes_quietly
+
+    import_bitsandbytes_quietly()
     import peft
 
     return peft.PeftModel.from_pretrained(model, adapter).merge_and_unload()

@@ -21,7 +21,7 @@ from transformers import DiaForConditionalGeneration
 
 from dia_tpu.artifacts import SAMPLES_INDEX, RunFolder
 from dia_tpu.config import Config
-from dia_tpu.generate import GenerationSettings, VoicePrompt, check_request, load_voice_prompt, synthesize
+from dia_tpu.generation.synthesize import GenerationSettings, VoicePrompt, check_request, load_voice_prompt, synthesize
 from dia_tpu.model.adapters import dia_of, is_peft, merged_state_dict
 from dia_tpu.model.codec import build_codec
 from dia_tpu.model.shapes import restore_attention_scale

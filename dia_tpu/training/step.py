@@ -9,7 +9,7 @@ import torch
 from accelerate import Accelerator
 
 from dia_tpu.config import Config, ConfigError, TrainConfig
-from dia_tpu.model.adapters import setup_training
+from dia_tpu.model.adapters import import_bitsandbytes_quietly, setup_training
 from dia_tpu.model.build import build_model
 from dia_tpu.training.loss import batch_loss, target_weight
 from dia_tpu.training.runtime import Runtime
@@ -52,6 +52,7 @@ def make_optimizer(t: TrainConfig, model: torch.nn.Module, runtime: Runtime) -> 
     kwargs = {"lr": t.learning_rate, "betas": (t.adam_beta1, t.adam_beta2), "eps": t.adam_epsilon}
     if t.optimizer == "adamw":
         return torch.optim.AdamW(groups, **kwargs, fused=runtime.fused_optimizer)
+    import_bitsandbytes_quietly()
     import bitsandbytes
 
     return bitsandbytes.optim.AdamW8bit(groups, **kwargs)

@@ -17,7 +17,7 @@ from transformers import DacModel, DiaForConditionalGeneration
 from dia_tpu.config import SAMPLING
 from dia_tpu.data.audio import decode, encode, load_channels
 from dia_tpu.data.tokens import TEXT_PAD, apply_delay, encode_text, revert_delay
-from dia_tpu.sampling import SeededSampler, appended_to_processors
+from dia_tpu.generation.sampling import SeededSampler, appended_to_processors
 
 
 @dataclass
@@ -195,53 +195,3 @@ def _text_batch(
         mask[row, : len(tokens)] = 1
     device = next(model.parameters()).device
     return ids.to(device), mask.to(device)
-
-
-def read_scripts(path: str | Path) -> list[str]:
-    """The scripts of a text file, one per non-empty line."""
-    source = Path(path)
-    if not source.is_file():
-        raise FileNotFoundError(f"--text-file not found: {source}")
-    texts = [line.strip() for line in source.read_text(encoding="utf-8").splitlines() if line.strip()]
-    if not texts:
-        raise ValueError(f"--text-file {source} holds no scripts")
-    return texts
-
-
-def write_speech(
-    model_source: str,
-    texts: list[str],
-    outputs: list[Path],
-    settings: GenerationSettings,
-    *,
-    adapter: str | None = None,
-    audio_prompt: str | None = None,
-    prompt_transcript: str | None = None,
-    batch_size: int = 4,
-    device: str | None = None,
-) -> None:
-    """`dia-tpu generate`: load the model once, synthesize `texts` `batch_size` at a time (text i with seed
-    settings.seed + i) and write each to its wav in `outputs`, printing what was written."""
-    import dataclasses
-
-    import soundfile as sf
-
-    from dia_tpu.model.load import language_tags_of, load_for_inference
-
-    if (audio_prompt is None) != (prompt_transcript is None):
-        raise ValueError("--audio-prompt and --prompt-transcript go together: the model reads the transcript first")
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model, codec = load_for_inference(model_source, device, adapter=adapter)
-    settings = dataclasses.replace(settings, language_tags=language_tags_of(model_source))
-    prompt = None
-    if audio_prompt is not None:
-        prompt = load_voice_prompt(codec, audio_prompt, prompt_transcript, len(model.config.delay_pattern))
-    rate = codec.config.sampling_rate
-    for start in range(0, len(texts), batch_size):
-        batch = dataclasses.replace(settings, seed=settings.seed + start)
-        waves = synthesize(model, codec, texts[start : start + batch_size], batch, prompt)
-        for wave, path in zip(waves, outputs[start : start + batch_size], strict=True):
-            path.parent.mkdir(parents=True, exist_ok=True)
-            sf.write(path, wave, rate)
-            note = "" if len(wave) else ": empty, the model ended the audio at once (EOS first)"
-            print(f"wrote {path} ({len(wave) / rate:.2f} s at {rate} Hz){note}")

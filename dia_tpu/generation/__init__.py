@@ -1,0 +1,1 @@
+"""Speech from text: transformers' Dia generation with seeded sampling, voice prompts, and wav files."""
