@@ -9,7 +9,7 @@ from pathlib import Path
 
 from dia_tpu import finetune_acc_tpu
 from dia_tpu.config import PRECISIONS, SAMPLING, SOURCE_KINDS
-from dia_tpu.errors import USER_ERRORS
+from dia_tpu.console import USER_ERRORS, quiet_libraries
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -94,6 +94,7 @@ def main(argv: list[str] | None = None) -> None:
     p.set_defaults(func=_bench)
 
     args = parser.parse_args(argv)
+    quiet_libraries()
     try:
         args.func(args)
     except USER_ERRORS as err:

@@ -13,7 +13,7 @@ import logging
 import sys
 
 from dia_tpu.config import load
-from dia_tpu.errors import USER_ERRORS
+from dia_tpu.console import USER_ERRORS, quiet_libraries
 
 
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
@@ -26,6 +26,7 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
+    quiet_libraries()
     try:
         run(args)
     except USER_ERRORS as err:

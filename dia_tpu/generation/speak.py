@@ -8,6 +8,7 @@ from pathlib import Path
 import soundfile as sf
 import torch
 
+from dia_tpu.artifacts import open_artifact
 from dia_tpu.generation.synthesize import GenerationSettings, load_voice_prompt, synthesize
 from dia_tpu.model.load import language_tags_of, load_for_inference
 
@@ -40,8 +41,9 @@ def write_speech(
     if (audio_prompt is None) != (prompt_transcript is None):
         raise ValueError("--audio-prompt and --prompt-transcript go together: the model reads the transcript first")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model, codec = load_for_inference(model_source, device, adapter=adapter)
-    settings = dataclasses.replace(settings, language_tags=language_tags_of(model_source))
+    artifact = open_artifact(model_source)
+    model, codec = load_for_inference(artifact, device, adapter=adapter)
+    settings = dataclasses.replace(settings, language_tags=language_tags_of(artifact))
     prompt = None
     if audio_prompt is not None:
         prompt = load_voice_prompt(codec, audio_prompt, prompt_transcript, len(model.config.delay_pattern))
