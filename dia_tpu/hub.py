@@ -22,7 +22,7 @@ def is_hub_id(name: str) -> bool:
 
 
 @contextmanager
-def from_hub(what: str, name: str, local: str = "a local folder") -> Iterator[None]:
+def from_hub(what: str, name: str, local: str = "a local folder", repo_type: str = "model") -> Iterator[None]:
     """Run a load of `name` (a hub id, or a local path) for `what` (e.g. "model.pretrained"); a hub failure
     inside is raised as a HubError naming both, with how to point `what` at `local` instead.
 
@@ -36,15 +36,16 @@ def from_hub(what: str, name: str, local: str = "a local folder") -> Iterator[No
     except OSError as err:
         if not is_hub_id(name):
             raise
-        raise HubError(_explain(what, name, local, err)) from err
+        raise HubError(_explain(what, name, local, repo_type, err)) from err
 
 
-def _explain(what: str, name: str, local: str, err: OSError) -> str:
+def _explain(what: str, name: str, local: str, repo_type: str, err: OSError) -> str:
     text = str(err)
     unreachable = ("connect", "offline", "reach", "connection", "cannot find the requested files in the local cache")
     missing = ("not a valid model identifier", "404", "does not exist", "doesn't exist")
-    fix = (f"download it where there is a network (`hf download {name} --local-dir DIR`) and set {what} to {local} "
-           "(DIR)")  # fmt: skip
+    kind = "" if repo_type == "model" else f" --repo-type {repo_type}"
+    download = f"`hf download {name}{kind} --local-dir DIR`"
+    fix = f"download it where there is a network ({download}) and set {what} to {local} (DIR)"
     if any(word in text.lower() for word in unreachable):
         return f"{what}: {name!r} is not in the local Hugging Face cache and the Hub cannot be reached; {fix}"
     if any(words in text.lower() for words in missing):

@@ -4,7 +4,7 @@
     python scripts/padding_report.py --config configs/demo.yaml data.dataset=/tmp/demo_codes \
         "data.buckets=[64, 128, 192, 256]"
 
-Reads only the prepared dataset's frame counts (see `dia_tpu.data.padding_report`); nothing is trained.
+Reads only the prepared dataset's frame counts (see `dia_tpu.data.batching.padding_report`); nothing is trained.
 """
 
 from __future__ import annotations

@@ -44,5 +44,5 @@ def test_an_unreachable_hub_id_is_one_line_in_every_command(tmp_path, codes_dir)
         _, hub_id, setting = cases[name]
         assert lines[0].startswith(f"dia-tpu {name.split()[0]}: error: {setting}"), f"{name}: {lines[0]}"
         assert f"{hub_id!r} is not in the local Hugging Face cache and the Hub cannot be reached" in lines[0], lines[0]
-        assert f"hf download {hub_id}" in lines[0], f"{name}: {lines[0]}"
+        assert f"hf download {hub_id}" in lines[0] and "--local-dir DIR" in lines[0], f"{name}: {lines[0]}"
         assert "Traceback" not in out + err

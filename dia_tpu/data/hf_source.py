@@ -60,7 +60,7 @@ def _load_hf(input: str, cfg: PrepareConfig):
         loaded = datasets.load_dataset(fmt, **where, streaming=cfg.streaming)
         root = path.parent if path.is_file() else path
         return (*_pick_split(loaded, cfg.split, input, data_files=True), Path(os.path.abspath(root)))
-    with from_hub("--input", input, "a save_to_disk folder or data files"):
+    with from_hub("--input", input, "the downloaded folder", repo_type="dataset"):
         loaded = datasets.load_dataset(input, cfg.hf_config, split=cfg.split, streaming=cfg.streaming)
     return loaded, cfg.split, None
 

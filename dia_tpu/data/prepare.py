@@ -1,11 +1,11 @@
 """Any source of audio + transcripts -> a sharded dataset of undelayed int16 codec codes, resumably, in parallel.
 
-Clips come from `dia_tpu.sources` in a fixed order and are cut into work shards of `prepare.shard_size`
+Clips come from `dia_tpu.data.sources` in a fixed order and are cut into work shards of `prepare.shard_size`
 items. Shard s is encoded by process s mod N (`accelerate launch -m dia_tpu prepare ...` runs N), and
 written to `OUTPUT.work/` with the keys of its clips; a killed run leaves finished shards behind and the
 next run skips every shard whose clips are unchanged. The main process then merges the shards, in order,
 into `OUTPUT` (a `datasets` folder) with `manifest.json` and `skipped.tsv`, and swaps it in whole; what is
-written to disk, and how, is `dia_tpu.shards`.
+written to disk, and how, is `dia_tpu.data.shards`.
 
 Every item carries a key: a hash of its audio bytes and of what turns audio into codes (codec, stereo, the
 piece of a split clip). A re-run reuses the codes of every key already in the old dataset or a work
@@ -15,6 +15,7 @@ shard, so after fixing some inputs only those are encoded. Training reads only `
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import time
 from collections import Counter
@@ -88,6 +89,10 @@ def prepare(cfg: Config, source: str | Path, output: str | Path, strict: bool | 
     # path could name the source folder itself).
     if output.exists() and not (output / MANIFEST_FILE).is_file() and (not output.is_dir() or any(output.iterdir())):
         raise FileExistsError(f"{output} exists and is not a prepared dataset; choose another output folder")
+    # Opening the source reports what is wrong with it (a missing file, a hub id out of reach) before
+    # anything is written or drawn.
+    clips = read_clips(source, p)
+    first = next(clips, None)
     # Like Accelerator, honour ACCELERATE_USE_CPU: a CPU multi-process launch then joins its gloo group.
     state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
     work = output.with_name(output.name + ".work")
@@ -100,7 +105,7 @@ def prepare(cfg: Config, source: str | Path, output: str | Path, strict: bool | 
     ctx.bar = tqdm(desc=f"prepare [{state.process_index}]" if state.num_processes > 1 else "prepare",
                    position=state.process_index, bar_format="{desc}: {n:.4f} h of audio encoded [{elapsed}] {postfix}")
     shards, pending = 0, []
-    for clip in read_clips(source, p):
+    for clip in itertools.chain([first] if first is not None else [], clips):
         if pending and clip.index // p.shard_size != shards:
             _run_shard(ctx, work, shards, pending, state.num_processes, strict)
             shards, pending = shards + 1, []

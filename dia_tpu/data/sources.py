@@ -1,13 +1,13 @@
-"""Every kind of source users bring, read as one stream of `Clip`s (`dia_tpu.clips`) in a fixed order.
+"""Every kind of source users bring, read as one stream of `Clip`s (`dia_tpu.data.clips`) in a fixed order.
 
 Kinds (`prepare.kind`, or detected):
 - metadata: a folder with `metadata.csv` (UTF-8, no quoting): LJSpeech's `id|text|normalized_text` with a
   `wavs/` folder, `file|text[|speaker]`, a header line naming the fields, or `prepare.columns`.
 - sidecar: a folder tree of audio (or codes) files, each with a same-stem `.txt` transcript.
 - hf: a Hugging Face dataset: a `save_to_disk` folder, `.parquet`/`.jsonl`/`.json`/`.csv` files, or a
-  hub id (`org/name`); read by `dia_tpu.hf_source`.
+  hub id (`org/name`); read by `dia_tpu.data.hf_source`.
 
-A file ending `.npy`/`.pt`/`.safetensors` holds codes encoded elsewhere; `dia_tpu.codes_files` imports it.
+A file ending `.npy`/`.pt`/`.safetensors` holds codes encoded elsewhere; `dia_tpu.data.codes_files` imports it.
 Segment timing comes from a same-stem `.json` beside a file, or a segments column. Anything wrong with one
 item (missing file, empty transcript, duplicate, ...) becomes a Clip with `problem` set, for `prepare` to
 report; only a source that cannot be read at all raises.

@@ -7,7 +7,7 @@ to `[in_total, out_total]`, transpose. The mapping is strict both ways and bit-e
 every expected key produced with its expected shape, dtypes kept as given.
 
 A native checkpoint is a `config.json` beside one weights file. The config comes in two schemas, "v0.1" and
-"0626" (`dia_tpu.native_config`). The weights file (`.pth` or `.safetensors`) may hold either layout, whatever
+"0626" (`dia_tpu.model.native_config`). The weights file (`.pth` or `.safetensors`) may hold either layout, whatever
 the config: the layout is read from the keys, never assumed from the schema.
 """
 

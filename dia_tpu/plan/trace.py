@@ -52,7 +52,7 @@ class Trace:
 
 
 def fake_trainable(cfg: Config, mode: FakeTensorMode) -> torch.nn.Module:
-    """The model as `train.build_trainable` sets it up, its parameters and buffers fake tensors of `mode`.
+    """The model as `training.step.build_trainable` sets it up, its parameters and buffers fake tensors of `mode`.
 
     It is built on the meta device, where peft can add its adapters (under FakeTensorMode, peft's move of
     each adapter to its base layer's device fails), then every tensor is replaced by a fake one.
