@@ -9,6 +9,7 @@ Nari Labs checkpoint, a hub id).
       final/                    the export: a `from_pretrained` folder (`dia_tpu.export`), `adapter/` for LoRA
       samples/step_NNNNNN/      wavs, spectrograms and index.json of the samples generated during training
       logs/                     tracker files (TensorBoard)
+      .lock                     held by the run in progress (pid, host)
 
 A saved config is read with `read_saved`: types only, so a folder opens from any directory and on another
 machine, whatever the paths in it.
@@ -35,6 +36,10 @@ CODEC_DIR = "codec"
 ADAPTER_DIR = "adapter"
 # What each sample step's folder lists: text, prompt, seed and length of every sample.
 SAMPLES_INDEX = "index.json"
+# A checkpoint's own training state (step, data position, best eval): JSON, so loading it runs no code.
+STATE_FILE = "train_state.json"
+# Written last into a finished checkpoint, with every file's size: a folder without it is never loaded.
+COMPLETE_FILE = "checkpoint.json"
 # The files a model's weights may be in: a transformers folder or Accelerate checkpoint (safetensors, or
 # torch's .bin where Accelerate saves that way, on XLA), in that order of preference.
 WEIGHTS_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
@@ -74,6 +79,15 @@ class RunFolder:
     def samples(self) -> Path:
         return self.root / "samples"
 
+    @property
+    def lock(self) -> Path:
+        return self.root / ".lock"
+
+    @property
+    def set_aside(self) -> Path:
+        """Where incomplete checkpoints are moved, never deleted."""
+        return self.checkpoints / "incomplete"
+
     def checkpoint(self, step: int) -> Path:
         return self.checkpoints / f"step_{step}"
 
@@ -86,6 +100,25 @@ class RunFolder:
             return []
         found = [(int(m[1]), p) for p in self.checkpoints.iterdir() if (m := _STEP_DIR.match(p.name)) and p.is_dir()]
         return [p for _, p in sorted(found)]
+
+    def complete_checkpoints(self) -> list[Path]:
+        """The checkpoints that were finished (`is_complete`), oldest first."""
+        return [p for p in self.list_checkpoints() if is_complete(p)]
+
+
+def is_complete(folder: Path) -> bool:
+    """Whether `folder` is a finished checkpoint: its completion mark is there and every file it lists has the
+    size it had when the checkpoint was finished."""
+    try:
+        mark = json.loads((folder / COMPLETE_FILE).read_text())
+        return all((folder / name).stat().st_size == size for name, size in mark["files"].items())
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return False
+
+
+def checkpoint_bytes(folder: Path) -> int:
+    """The size of a finished checkpoint, from its completion mark."""
+    return sum(json.loads((folder / COMPLETE_FILE).read_text())["files"].values())
 
 
 Kind = Literal["export", "checkpoint", "lora_checkpoint", "native", "hub"]

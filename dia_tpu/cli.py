@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import argparse
 import re
-import sys
 from pathlib import Path
 
 from dia_tpu import finetune_acc_tpu
 from dia_tpu.config import PRECISIONS, SAMPLING, SOURCE_KINDS
-from dia_tpu.console import USER_ERRORS, quiet_libraries
+from dia_tpu.console import quiet_libraries, run_command
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -95,10 +94,7 @@ def main(argv: list[str] | None = None) -> None:
 
     args = parser.parse_args(argv)
     quiet_libraries()
-    try:
-        args.func(args)
-    except USER_ERRORS as err:
-        sys.exit(f"dia-tpu {args.command}: error: {err}")
+    run_command(f"dia-tpu {args.command}", lambda: args.func(args))
 
 
 def _prepare(args: argparse.Namespace) -> None:

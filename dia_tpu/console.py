@@ -1,13 +1,49 @@
 """What a command shows its user: its own lines and progress bars, and bad input as one line
-(`dia-tpu CMD: error: ...`) instead of a traceback. Anything else is a bug and keeps its traceback."""
+(`dia-tpu CMD: error: ...`) instead of a traceback (set DIA_TPU_DEBUG=1 for the traceback). Anything else is
+a bug and keeps its traceback. A run stopped by a signal exits with 128 + its number (see
+`dia_tpu.training.stop`)."""
 
 from __future__ import annotations
+
+import os
+import signal
+import sys
+from collections.abc import Callable
+from pathlib import Path
 
 from dia_tpu.hub import HubError
 
 # Bad input, named by file, key or value.
 USER_ERRORS: tuple[type[BaseException], ...] = (FileNotFoundError, FileExistsError, NotADirectoryError, ValueError,
                                                 HubError)  # fmt: skip
+
+
+class TrainingStopped(Exception):
+    """Training stopped on a signal after saving `checkpoint`; the command exits with `exit_code`."""
+
+    def __init__(self, signum: int, step: int, checkpoint: Path | None):
+        self.signum, self.step, self.checkpoint = signum, step, checkpoint
+        self.exit_code = 128 + signum
+        saved = f"the checkpoint is {checkpoint}" if checkpoint is not None else "no checkpoint was written"
+        super().__init__(f"stopped by {signal.Signals(signum).name} at step {step}; {saved}. Resume by running the "
+                         "same command with --resume auto")  # fmt: skip
+
+
+def run_command(name: str, command: Callable[[], object]) -> None:
+    """Run `command` as the command `name`: bad input is one line and exit 1, a stop on a signal its message
+    and 128 + the signal, a second Ctrl-C 130."""
+    try:
+        command()
+    except TrainingStopped as stop:
+        print(f"{name}: {stop}", file=sys.stderr)
+        sys.exit(stop.exit_code)
+    except KeyboardInterrupt:
+        print(f"\n{name}: interrupted", file=sys.stderr)
+        sys.exit(128 + signal.SIGINT)
+    except USER_ERRORS as err:
+        if os.environ.get("DIA_TPU_DEBUG"):
+            raise
+        sys.exit(f"{name}: error: {err}")
 
 
 def quiet_libraries() -> None:

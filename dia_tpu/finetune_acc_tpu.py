@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 
 from dia_tpu.config import load
-from dia_tpu.console import USER_ERRORS, quiet_libraries
+from dia_tpu.console import quiet_libraries, run_command
 
 
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
@@ -27,10 +26,7 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     quiet_libraries()
-    try:
-        run(args)
-    except USER_ERRORS as err:
-        sys.exit(f"finetune_acc_tpu: error: {err}")
+    run_command("finetune_acc_tpu", lambda: run(args))
 
 
 def run(args: argparse.Namespace) -> None:

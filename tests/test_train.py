@@ -20,7 +20,7 @@ from safetensors.torch import load_file
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from transformers import AutoProcessor, DiaForConditionalGeneration
 
-from dia_tpu.artifacts import RunFolder
+from dia_tpu.artifacts import RunFolder, is_complete
 from dia_tpu.config import ConfigError, load
 from dia_tpu.generation.synthesize import GenerationSettings, synthesize
 from dia_tpu.model.build import build_model
@@ -37,9 +37,11 @@ def test_resume_continues_exactly(codes_dir, tmp_path):
     # Checkpoints hold the whole state and the configs that make them loadable.
     ckpt = straight / "checkpoints" / "step_20"
     assert sorted(p.name for p in (straight / "checkpoints").iterdir()) == ["step_10", "step_20", "step_30"]
-    for name in ["optimizer.bin", "scheduler.bin", "random_states_0.pkl", "custom_checkpoint_0.pkl", "config.json",
-                 "config.yaml"]:
+    for name in ["optimizer.bin", "scheduler.bin", "random_states_0.pkl", "train_state.json", "checkpoint.json",
+                 "config.json", "config.yaml"]:
         assert (ckpt / name).is_file(), name
+    assert not list(ckpt.glob("custom_checkpoint_*")) and is_complete(ckpt)  # no pickle of dia_tpu's own
+    assert json.loads((ckpt / "train_state.json").read_text())["step"] == 20
     # safetensors on CPU and GPU; torch.save on XLA, where safetensors cannot load onto device tensors.
     assert (ckpt / "model.safetensors").is_file() or (ckpt / "pytorch_model.bin").is_file()
     assert load(ckpt / "config.yaml") == cfg
@@ -196,7 +198,7 @@ def test_best_checkpoint_and_early_stopping(codes_dir, tmp_path, capsys):
     assert best.keys() == step_2.keys()
     for key, value in best.items():
         assert torch.equal(value, step_2[key]), key
-    state = torch.load(run_dir / "best" / "custom_checkpoint_0.pkl", weights_only=False)
+    state = json.loads((run_dir / "best" / "train_state.json").read_text())
     assert state["step"] == 2 and state["best_step"] == 2 and state["evals_since_best"] == 0
     assert (run_dir / "final" / "model.safetensors").is_file()
 

@@ -1,24 +1,45 @@
-"""Training checkpoints (the whole state, through Accelerate) and their rotation.
+"""Training checkpoints (the whole state, through Accelerate), written so that no crash leaves one half-done,
+and loaded without running code.
 
-A checkpoint `output.dir/checkpoints/step_N/` holds what `accelerator.save_state` writes (model,
-optimizer, scheduler, RNG states, the registered TrainState) plus the Dia `config.json` and the run's
-`config.yaml`, so the folder also loads with `DiaForConditionalGeneration.from_pretrained`. Where the run
-folder's parts are is `dia_tpu.artifacts.RunFolder`.
+A checkpoint `output.dir/checkpoints/step_N/` holds what `accelerator.save_state` writes (model, optimizer,
+scheduler, one RNG file per process), `train_state.json` (`TrainState`), the Dia `config.json` and the run's
+`config.yaml`, so the folder also loads with `DiaForConditionalGeneration.from_pretrained`.
+
+It is built in `step_N.tmp`, every file flushed to disk, then `checkpoint.json` (the completion mark, with
+each file's size) is written and the folder renamed into place. A folder without a valid mark is never loaded:
+`--resume auto` takes the newest complete checkpoint and moves incomplete ones to `checkpoints/incomplete/`.
+Loading unpickles nothing that can run code: the training state is JSON, Accelerate reads its optimizer,
+scheduler and RNG files with `torch.load(weights_only=True)`, and a pickle dia_tpu never writes
+(`custom_checkpoint_*.pkl`) is refused. Where the run folder's parts are is `dia_tpu.artifacts.RunFolder`.
 """
 
 from __future__ import annotations
 
+import json
 import math
+import os
+import pickle
 import shutil
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import torch
 from accelerate import Accelerator
+from accelerate.utils import load as accelerate_load
 
-from dia_tpu.artifacts import CONFIG_FILE, RunFolder, weight_names, weights_file
+from dia_tpu.artifacts import (
+    COMPLETE_FILE,
+    CONFIG_FILE,
+    STATE_FILE,
+    RunFolder,
+    checkpoint_bytes,
+    is_complete,
+    weight_names,
+    weights_file,
+)
 from dia_tpu.config import Config
 from dia_tpu.model.adapters import check_trained_names, trainable_state_dict
 from dia_tpu.training.runtime import Runtime
@@ -43,67 +64,200 @@ class TrainState:
         self.evals_since_best += 1
         return False
 
-    def state_dict(self) -> dict:
-        return asdict(self)
+    def save(self, path: Path) -> None:
+        path.write_text(json.dumps(asdict(self), indent=2) + "\n")
 
-    def load_state_dict(self, state: dict) -> None:
-        for key, value in state.items():
-            setattr(self, key, value)
+    @classmethod
+    def read(cls, path: Path) -> TrainState:
+        try:
+            saved = json.loads(path.read_text())
+            return cls(**{f.name: type(getattr(cls(), f.name))(saved[f.name]) for f in fields(cls)})
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise ValueError(f"{path}: not a dia_tpu training state ({err})") from err
 
 
-def resolve_resume(resume: str | None, run_dir: str | Path) -> Path | None:
-    """None, "auto" (latest checkpoint of the run, or none) or an explicit folder, checked before any work."""
+@dataclass
+class Resume:
+    """Where a run starts: the checkpoint to load (None: from scratch) and the incomplete ones passed over."""
+
+    checkpoint: Path | None
+    incomplete: list[Path]
+
+
+def resolve_resume(resume: str | None, run_dir: str | Path) -> Resume:
+    """None, "auto" (the newest complete checkpoint of the run, or none) or an explicit folder, checked before
+    any work; nothing is moved here (`set_aside` does that, on the main process)."""
+    run = RunFolder(run_dir)
     if resume is None:
-        return None
+        return Resume(None, [])
     if resume == "auto":
-        found = RunFolder(run_dir).list_checkpoints()
-        return found[-1] if found else None
+        found = run.list_checkpoints()
+        complete = [p for p in found if is_complete(p)]
+        newest = complete[-1] if complete else None
+        return Resume(newest, [p for p in found if p not in complete])
     path = Path(resume)
     if not path.is_dir():
         raise FileNotFoundError(f"train.resume: checkpoint folder not found: {path}")
     if weights_file(path) is None:
         raise FileNotFoundError(f"train.resume: {path} holds no saved model state: not a checkpoint folder")
-    return path
+    if not is_complete(path):
+        raise ValueError(f"train.resume: {path} is not a complete checkpoint (no valid {COMPLETE_FILE}): it was "
+                         "cut off while being written, or by an older dia_tpu; use another one")  # fmt: skip
+    return Resume(path, [])
 
 
-def save_checkpoint(accelerator: Accelerator, runtime: Runtime, model, cfg: Config, step: int,
+def set_aside(run: RunFolder, folders: list[Path]) -> list[Path]:
+    """Move incomplete checkpoints to checkpoints/incomplete/ (kept for inspection, never loaded)."""
+    moved = []
+    for folder in folders:
+        target = run.set_aside / f"{folder.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        folder.rename(target)
+        moved.append(target)
+    return moved
+
+
+def save_checkpoint(accelerator: Accelerator, runtime: Runtime, model, cfg: Config, state: TrainState,
                     folder: Path | None = None) -> Path:  # fmt: skip
-    """Save the full training state on every process; side files and rotation on the main process.
+    """Save the full training state on every process; side files, the completion mark, the rename into place
+    and rotation on the main process.
 
-    The default folder is checkpoints/step_N, rotated to `train.keep_last`. Any other `folder` (the best
-    checkpoint) is replaced whole: written beside it first, then swapped in, so a crash never leaves it
-    half-written.
+    The default folder is checkpoints/step_N, rotated to `train.keep_last` complete checkpoints; any other
+    `folder` (the best checkpoint) is replaced whole. Either is built beside its name first, so a crash at any
+    moment leaves the previous checkpoint intact and at worst a `.tmp` folder that nothing loads.
     """
     run = RunFolder(cfg.output.dir)
-    path = folder or run.checkpoint(step)
-    target = path.with_name(path.name + ".tmp") if folder is not None else path
-    with _xla_state_workaround(accelerator, runtime):
-        accelerator.save_state(str(target), safe_serialization=runtime.safe_weights)
+    path = folder or run.checkpoint(state.step)
+    building = path.with_name(path.name + ".tmp")
+    if accelerator.is_main_process and building.exists():
+        shutil.rmtree(building)  # a save that was cut off before
+    _check_space(accelerator, run, path, expected_bytes(run, accelerator.unwrap_model(model)))
+    try:
+        with _xla_state_workaround(accelerator, runtime):
+            accelerator.save_state(str(building), safe_serialization=runtime.safe_weights)
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            accelerator.unwrap_model(model).config.save_pretrained(building)
+            cfg.save(building / CONFIG_FILE)
+            state.save(building / STATE_FILE)
+            _mark_complete(building, state.step)
+    except (OSError, RuntimeError) as err:
+        # A full disk surfaces as OSError from Python's writes and as RuntimeError from torch.save.
+        raise ValueError(f"could not write checkpoint {path} ({_first_line(err)}); {_last_complete(run)}") from err
     if accelerator.is_main_process:
-        accelerator.unwrap_model(model).config.save_pretrained(target)
-        cfg.save(target / CONFIG_FILE)
-        if folder is None:
-            for old in run.list_checkpoints()[: -cfg.train.keep_last]:
+        if path.exists():
+            old = path.with_name(path.name + ".old")
+            if old.exists():
                 shutil.rmtree(old)
+            path.rename(old)
+            building.rename(path)
+            shutil.rmtree(old)
         else:
-            if path.exists():
-                shutil.rmtree(path)
-            target.rename(path)
+            building.rename(path)
+        _sync_dir(path.parent)
+        if folder is None:
+            for stale in run.complete_checkpoints()[: -cfg.train.keep_last]:
+                shutil.rmtree(stale)
     accelerator.wait_for_everyone()
     return path
 
 
-def load_checkpoint(accelerator: Accelerator, runtime: Runtime, path: Path,
+# Free space wanted beyond a checkpoint's expected size: its size can grow a little (a new best, optimizer
+# state that appears after the first step).
+_SPACE_MARGIN = 1.1
+
+
+def _check_space(accelerator: Accelerator, run: RunFolder, path: Path, needed: int) -> None:
+    """Stop before writing a checkpoint that the disk cannot hold; every process takes the same decision."""
+    where = next(p for p in (path.parent, *path.parents) if p.exists())
+    free = shutil.disk_usage(where).free
+    enough = free >= needed * _SPACE_MARGIN
+    if accelerator.num_processes > 1:
+        flag = torch.tensor(1.0 if enough else 0.0, device=accelerator.device)
+        enough = bool(accelerator.reduce(flag, "min").item())
+    if not enough:
+        raise ValueError(f"not enough disk space for checkpoint {path}: it needs about {needed / 2**30:.2f} GiB and "
+                         f"{free / 2**30:.2f} GiB are free on {where} (or on another process's disk); free space or "
+                         f"lower train.keep_last, then resume with --resume auto; {_last_complete(run)}")  # fmt: skip
+
+
+def _last_complete(run: RunFolder) -> str:
+    complete = run.complete_checkpoints()
+    return f"the last complete checkpoint is {complete[-1]}" if complete else "no complete checkpoint yet"
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def _mark_complete(folder: Path, step: int) -> None:
+    """Flush every file of `folder` to disk, then write the mark that lists them with their sizes."""
+    files = {}
+    for file in sorted(p for p in folder.rglob("*") if p.is_file()):
+        with open(file, "rb") as handle:
+            os.fsync(handle.fileno())
+        files[str(file.relative_to(folder))] = file.stat().st_size
+    mark = folder / COMPLETE_FILE
+    with open(mark, "w") as handle:
+        handle.write(json.dumps({"step": step, "files": files}, indent=2) + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+    _sync_dir(folder)
+
+
+def _sync_dir(folder: Path) -> None:
+    """Make a rename or a new file in `folder` durable (the directory entry itself)."""
+    handle = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(handle)
+    finally:
+        os.close(handle)
+
+
+def load_checkpoint(accelerator: Accelerator, runtime: Runtime, path: Path, state: TrainState,
                     trained_only: torch.nn.Module | None = None) -> None:  # fmt: skip
-    """Restore model, optimizer, scheduler, RNG and the registered TrainState from a checkpoint folder.
+    """Restore model, optimizer, scheduler, RNG and `state` from a complete checkpoint folder.
 
     `trained_only`: the prepared model, when its checkpoints hold only the trained weights (a LoRA run); the
     saved names must be exactly its trainable parameters, and the rest keeps the weights it was built with.
     """
+    _check_loads_no_code(path, accelerator.process_index)
     if trained_only is not None:
         check_trained_names(path, weight_names(weights_file(path)), trained_only)
-    with _xla_state_workaround(accelerator, runtime):
-        accelerator.load_state(str(path), **({"strict": False} if trained_only is not None else {}))
+    try:
+        with _xla_state_workaround(accelerator, runtime):
+            accelerator.load_state(str(path), **({"strict": False} if trained_only is not None else {}))
+    except (RuntimeError, EOFError, pickle.UnpicklingError, KeyError) as err:
+        raise ValueError(f"{path}: the training state cannot be restored ({_first_line(err)})") from err
+    saved = TrainState.read(path / STATE_FILE)
+    for f in fields(saved):
+        setattr(state, f.name, getattr(saved, f.name))
+
+
+def _check_loads_no_code(path: Path, process_index: int) -> None:
+    """Refuse what Accelerate would unpickle without `weights_only` (custom checkpoints), and read this
+    process's RNG file the way Accelerate does (`weights_only=True`) first: Accelerate would skip an RNG file it
+    cannot read without a word, and the run would resume with other random numbers."""
+    pickles = sorted(p.name for p in path.glob("custom_checkpoint_*.pkl"))
+    if pickles:
+        raise ValueError(f"{path} holds {', '.join(pickles)}: dia_tpu never writes these, and loading a pickle "
+                         "can run code, so it is not loaded; delete the file(s) to resume from this checkpoint")
+    rng = path / f"random_states_{process_index}.pkl"
+    try:
+        accelerate_load(rng)
+    except (OSError, EOFError, RuntimeError, pickle.UnpicklingError) as err:
+        raise ValueError(f"{rng}: not a random-state file to resume from ({_first_line(err)})") from err
+
+
+def expected_bytes(run: RunFolder, model: torch.nn.Module) -> int:
+    """What the next checkpoint will take on disk: the newest complete one's size, or before the first one,
+    the trainable weights with AdamW's two moments plus the rest of the weights (fp32)."""
+    complete = run.complete_checkpoints()
+    if complete:
+        return checkpoint_bytes(complete[-1])
+    params = list(model.parameters())
+    return sum(4 * p.numel() * (3 if p.requires_grad else 1) for p in params)
 
 
 @contextmanager

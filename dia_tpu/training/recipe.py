@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 from pathlib import Path
 
@@ -17,15 +18,24 @@ from dia_tpu.data.shards import read_prepare_info
 from dia_tpu.export import export, save_adapter
 from dia_tpu.model.adapters import count_parameters, is_peft, merged
 from dia_tpu.model.codec import build_codec, codec_identity
-from dia_tpu.training.checkpoint import TrainState, keep_trainable, load_checkpoint, resolve_resume, save_checkpoint
+from dia_tpu.training.checkpoint import (
+    TrainState,
+    keep_trainable,
+    load_checkpoint,
+    resolve_resume,
+    save_checkpoint,
+    set_aside,
+)
 from dia_tpu.training.evaluate import evaluate
 from dia_tpu.training.loaders import make_loaders, micro_batches
+from dia_tpu.training.lock import RunLock
 from dia_tpu.training.loss import codebook_weights
 from dia_tpu.training.meter import TrainMeter, eval_line, flat_hparams, log_train, report_data, say
 from dia_tpu.training.runtime import Runtime
 from dia_tpu.training.samples import TrainingSamples
 from dia_tpu.training.schedule import make_scheduler
 from dia_tpu.training.step import build_trainable, check_optimizer, make_optimizer, train_step
+from dia_tpu.training.stop import StopRequest, TrainingStopped
 
 logger = get_logger(__name__)
 
@@ -35,7 +45,7 @@ _TRACKERS = {"tensorboard": "tensorboard", "wandb": "wandb", "all": ["tensorboar
 def train(cfg: Config) -> Path:
     """Fine-tune, checkpoint, evaluate and export; returns the export directory (output.dir/final)."""
     t, run = cfg.train, RunFolder(cfg.output.dir)
-    resume_from = resolve_resume(t.resume, run.root)
+    resume = resolve_resume(t.resume, run.root)
     data_info = read_prepare_info(cfg.data.dataset)
     if missing := check_run_files(cfg):
         raise ConfigError("files the config names are missing:\n  - " + "\n  - ".join(missing))
@@ -53,110 +63,126 @@ def train(cfg: Config) -> Path:
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
     )
     runtime = Runtime.of(accelerator, cfg)
-    check_optimizer(t, runtime)
-    if runtime.on_xla and cfg.model.compile:
-        say(accelerator, "model.compile: off on XLA (torch_xla compiles the traced graphs itself)")
-    set_seed(t.seed)
+    with contextlib.ExitStack() as held:
+        if accelerator.is_main_process:
+            held.enter_context(RunLock(run.lock))  # also proves output.dir writable before anything loads
+        stop_request = held.enter_context(StopRequest())
+        check_optimizer(t, runtime)
+        if runtime.on_xla and cfg.model.compile:
+            say(accelerator, "model.compile: off on XLA (torch_xla compiles the traced graphs itself)")
+        set_seed(t.seed)
 
-    with accelerator.main_process_first():
-        splits = load_splits(cfg)
-    model = build_trainable(cfg, runtime)
-    _check_data_matches_model(cfg, data_info, model.config)
-    total, trainable = count_parameters(model)
-    say(accelerator, f"model: {total / 1e6:.2f} M parameters, {trainable / 1e6:.2f} M trainable "
-                     f"({100 * trainable / total:.2f} %)")  # fmt: skip
-    samples = TrainingSamples(accelerator, runtime, cfg, model.config)
-    if runtime.on_xla and cfg.samples.every and not samples.enabled:
-        say(accelerator, "samples: off on XLA (samples.on_xla=skip)")
-    channels = len(model.config.delay_pattern)
-    train_loader, eval_loader, epoch_seeded = make_loaders(cfg, splits, model.config, accelerator.num_processes)
-    optimizer = make_optimizer(t, model, runtime)
-    # Before `prepare` the loader counts the batches of all processes together.
-    steps_per_epoch = max(1, len(train_loader) // accelerator.num_processes // t.gradient_accumulation_steps)
-    total_steps = t.max_steps or t.epochs * steps_per_epoch
-    # A prepared scheduler advances once per process at each optimizer step.
-    n = accelerator.num_processes
-    scheduler = make_scheduler(t.lr_scheduler, optimizer, t.warmup_steps * n, total_steps * n)
-    model, optimizer, train_loader, scheduler = accelerator.prepare(model, optimizer, train_loader, scheduler)
-    if eval_loader is not None:
-        eval_loader = accelerator.prepare(eval_loader)
+        with accelerator.main_process_first():
+            splits = load_splits(cfg)
+        model = build_trainable(cfg, runtime)
+        _check_data_matches_model(cfg, data_info, model.config)
+        total, trainable = count_parameters(model)
+        say(accelerator, f"model: {total / 1e6:.2f} M parameters, {trainable / 1e6:.2f} M trainable "
+                         f"({100 * trainable / total:.2f} %)")  # fmt: skip
+        samples = TrainingSamples(accelerator, runtime, cfg, model.config)
+        if runtime.on_xla and cfg.samples.every and not samples.enabled:
+            say(accelerator, "samples: off on XLA (samples.on_xla=skip)")
+        channels = len(model.config.delay_pattern)
+        train_loader, eval_loader, epoch_seeded = make_loaders(cfg, splits, model.config, accelerator.num_processes)
+        optimizer = make_optimizer(t, model, runtime)
+        # Before `prepare` the loader counts the batches of all processes together.
+        steps_per_epoch = max(1, len(train_loader) // accelerator.num_processes // t.gradient_accumulation_steps)
+        total_steps = t.max_steps or t.epochs * steps_per_epoch
+        # A prepared scheduler advances once per process at each optimizer step.
+        n = accelerator.num_processes
+        scheduler = make_scheduler(t.lr_scheduler, optimizer, t.warmup_steps * n, total_steps * n)
+        model, optimizer, train_loader, scheduler = accelerator.prepare(model, optimizer, train_loader, scheduler)
+        if eval_loader is not None:
+            eval_loader = accelerator.prepare(eval_loader)
 
-    state = TrainState()
-    accelerator.register_for_checkpointing(state)
-    adapter_only = is_peft(accelerator.unwrap_model(model))
-    if adapter_only:
-        # A LoRA run's checkpoints hold the trained weights only; the base is rebuilt from the config.
-        accelerator.register_save_state_pre_hook(keep_trainable)
-    if resume_from is not None:
-        load_checkpoint(accelerator, runtime, resume_from, trained_only=model if adapter_only else None)
-        logger.info(f"resumed from {resume_from} at step {state.step}", main_process_only=True)
-    elif t.resume == "auto":
-        logger.info(f"no checkpoint under {run.root}: starting from step 0", main_process_only=True)
-    if accelerator.is_main_process:
-        run.root.mkdir(parents=True, exist_ok=True)
-        cfg.save(run.config)
-    accelerator.init_trackers(run.root.name, config=flat_hparams(cfg))
-    report_data(accelerator, splits, total_steps)
-
-    weights = codebook_weights(t.codebook_weights, channels).to(accelerator.device)
-    stream = micro_batches(accelerator, train_loader, epoch_seeded, state)
-    bar = tqdm(total=total_steps, initial=state.step, desc="train", disable=not accelerator.is_main_process)
-    meter = TrainMeter(accelerator.device)
-    xla = None
-    if runtime.on_xla:
-        from dia_tpu.training.xla import XlaWatch
-
-        xla = XlaWatch()
-    model.train()
-    while state.step < total_steps:
-        if xla is not None:
-            xla.step_begins()
-        batches = [next(stream) for _ in range(t.gradient_accumulation_steps)]
-        meter.add(*train_step(accelerator, model, optimizer, scheduler, batches, weights, t.max_grad_norm))
-        if xla is not None:
-            xla.step_ends()
-        state.step += 1
-        bar.update(1)
-        last = state.step == total_steps
-        logged = state.step % t.log_every == 0 or last
-        if logged:
-            log_train(accelerator, meter, scheduler, state, xla, bar)
-        stop = False
-        if eval_loader is not None and ((cfg.eval.eval_every and state.step % cfg.eval.eval_every == 0) or last):
-            metrics = evaluate(accelerator, model, eval_loader, weights)
-            accelerator.log(metrics, step=state.step)
-            # The metrics are gathered, so every process takes the same decisions here.
-            improved = state.record_eval(metrics["eval/loss"], cfg.eval.early_stopping_min_delta)
-            say(accelerator, eval_line(state, metrics, channels))
-            if improved and cfg.eval.keep_best:
-                save_checkpoint(accelerator, runtime, model, cfg, state.step, folder=run.best)
-            patience = cfg.eval.early_stopping_patience
-            stop = bool(patience) and state.evals_since_best >= patience and not last
-            if stop:
-                say(accelerator, f"early stop at step {state.step}: no eval-loss improvement in {patience} "
-                                 f"evaluations (best {state.best_loss:.4f} at step {state.best_step})")
-                if not logged:
-                    log_train(accelerator, meter, scheduler, state, xla, bar)
-        if state.step % t.save_every == 0 or last or stop:
-            path = save_checkpoint(accelerator, runtime, model, cfg, state.step)
-            logger.info(f"saved checkpoint {path}", main_process_only=True)
-        if samples.due(state.step, last or stop):
-            folder = samples.write(model, state.step)
-            if folder is not None:
-                logger.info(f"wrote samples {folder}", main_process_only=True)
-        if stop:
-            break
-    bar.close()
-
-    if accelerator.is_main_process:
-        trained = accelerator.unwrap_model(model)
+        state = TrainState()
+        adapter_only = is_peft(accelerator.unwrap_model(model))
         if adapter_only:
-            save_adapter(trained, run.final / ADAPTER_DIR)
-        export(merged(trained), build_codec(cfg.model), cfg, run.final)
-    accelerator.wait_for_everyone()
-    accelerator.end_training()
-    say(accelerator, f"done: {state.step} steps\n  checkpoints: {run.checkpoints}\n  export:      {run.final}\n"
-                     f"  logs:        {run.logs}")  # fmt: skip
+            # A LoRA run's checkpoints hold the trained weights only; the base is rebuilt from the config.
+            accelerator.register_save_state_pre_hook(keep_trainable)
+        if resume.incomplete and accelerator.is_main_process:
+            for moved in set_aside(run, resume.incomplete):
+                say(accelerator, f"resume: skipped the incomplete checkpoint {moved.name.rsplit('-', 2)[0]}, moved to "
+                                 f"{moved}")  # fmt: skip
+        if resume.checkpoint is not None:
+            trained_only = model if adapter_only else None
+            load_checkpoint(accelerator, runtime, resume.checkpoint, state, trained_only=trained_only)
+            logger.info(f"resumed from {resume.checkpoint} at step {state.step}", main_process_only=True)
+        elif t.resume == "auto":
+            logger.info(f"no checkpoint under {run.root}: starting from step 0", main_process_only=True)
+        if accelerator.is_main_process:
+            run.root.mkdir(parents=True, exist_ok=True)
+            cfg.save(run.config)
+        accelerator.init_trackers(run.root.name, config=flat_hparams(cfg))
+        report_data(accelerator, splits, total_steps)
+
+        weights = codebook_weights(t.codebook_weights, channels).to(accelerator.device)
+        stream = micro_batches(accelerator, train_loader, epoch_seeded, state)
+        bar = tqdm(total=total_steps, initial=state.step, desc="train", disable=not accelerator.is_main_process)
+        meter = TrainMeter(accelerator.device)
+        xla = None
+        if runtime.on_xla:
+            from dia_tpu.training.xla import XlaWatch
+
+            xla = XlaWatch()
+        model.train()
+        saved_step = state.step if resume.checkpoint is not None else -1
+        stopped = 0
+        while state.step < total_steps:
+            if xla is not None:
+                xla.step_begins()
+            batches = [next(stream) for _ in range(t.gradient_accumulation_steps)]
+            meter.add(*train_step(accelerator, model, optimizer, scheduler, batches, weights, t.max_grad_norm))
+            if xla is not None:
+                xla.step_ends()
+            state.step += 1
+            bar.update(1)
+            last = state.step == total_steps
+            logged = state.step % t.log_every == 0 or last
+            if logged:
+                log_train(accelerator, meter, scheduler, state, xla, bar)
+            early = False
+            if eval_loader is not None and ((cfg.eval.eval_every and state.step % cfg.eval.eval_every == 0) or last):
+                metrics = evaluate(accelerator, model, eval_loader, weights)
+                accelerator.log(metrics, step=state.step)
+                # The metrics are gathered, so every process takes the same decisions here.
+                improved = state.record_eval(metrics["eval/loss"], cfg.eval.early_stopping_min_delta)
+                say(accelerator, eval_line(state, metrics, channels))
+                if improved and cfg.eval.keep_best:
+                    save_checkpoint(accelerator, runtime, model, cfg, state, folder=run.best)
+                patience = cfg.eval.early_stopping_patience
+                early = bool(patience) and state.evals_since_best >= patience and not last
+                if early:
+                    say(accelerator, f"early stop at step {state.step}: no eval-loss improvement in {patience} "
+                                     f"evaluations (best {state.best_loss:.4f} at step {state.best_step})")
+                    if not logged:
+                        log_train(accelerator, meter, scheduler, state, xla, bar)
+            # On XLA the agreement reads a device value, so it waits for the logging steps (train.log_every).
+            stopped = 0 if last else stop_request.agreed(accelerator, check=logged or not runtime.on_xla)
+            if state.step % t.save_every == 0 or last or early or stopped:
+                path = save_checkpoint(accelerator, runtime, model, cfg, state)
+                saved_step = state.step
+                logger.info(f"saved checkpoint {path}", main_process_only=True)
+            if samples.due(state.step, last or early) and not stopped:
+                folder = samples.write(model, state.step)
+                if folder is not None:
+                    logger.info(f"wrote samples {folder}", main_process_only=True)
+            if early or stopped:
+                break
+        bar.close()
+        if stopped:
+            accelerator.end_training()
+            raise TrainingStopped(stopped, state.step, run.checkpoint(saved_step) if saved_step >= 0 else None)
+
+        if accelerator.is_main_process:
+            trained = accelerator.unwrap_model(model)
+            if adapter_only:
+                save_adapter(trained, run.final / ADAPTER_DIR)
+            export(merged(trained), build_codec(cfg.model), cfg, run.final)
+        accelerator.wait_for_everyone()
+        accelerator.end_training()
+        say(accelerator, f"done: {state.step} steps\n  checkpoints: {run.checkpoints}\n  export:      {run.final}\n"
+                         f"  logs:        {run.logs}")  # fmt: skip
     return run.final
 
 

@@ -1,0 +1,219 @@
+"""Training that survives what spot machines and shared disks do to it: a signal stops at a step boundary
+with a complete checkpoint, a checkpoint cut off while being written is never loaded, a planted pickle is
+never run, one run holds a folder, and a full or unwritable disk is one clear error."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections import namedtuple
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import ROOT, TINY, reset_accelerate, tiny, weights
+
+from dia_tpu.artifacts import RunFolder, is_complete
+from dia_tpu.training.lock import RunInUse
+from dia_tpu.training.recipe import train
+
+QUICK = ["train.save_every=1000", "eval.eval_every=1000", "train.report_to=none"]
+
+
+def assert_same_weights(a: Path, b: Path) -> None:
+    first, second = weights(a), weights(b)
+    assert first.keys() == second.keys()
+    for key in first:
+        assert torch.equal(first[key], second[key]), key
+
+
+# Two CPU processes on two cores: one thread each.
+TWO_PROCESSES = {**os.environ, "ACCELERATE_USE_CPU": "1", "USE_TORCH_XLA": "0", "OMP_NUM_THREADS": "1"}
+
+
+def launch(argv: list[str], run_dir: Path, env: dict | None = None) -> subprocess.Popen:
+    """`argv` as a process, returned once the run has written its config (its loop is about to start)."""
+    process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.monotonic() + 240
+    while not (run_dir / "config.yaml").is_file():
+        assert process.poll() is None, process.communicate()[1][-3000:]
+        assert time.monotonic() < deadline, "the run never started its loop"
+        time.sleep(0.05)
+    return process
+
+
+def stopped_at(stderr: str) -> int:
+    found = re.search(r"stopped by SIGTERM at step (\d+); the checkpoint is (\S+)\.", stderr)
+    assert found, stderr[-3000:]
+    assert Path(found[2]).name == f"step_{found[1]}" and is_complete(Path(found[2]))
+    return int(found[1])
+
+
+def test_sigterm_stops_with_a_complete_checkpoint_and_resumes_exactly(codes_dir, tmp_path):
+    common = [*TINY, f"data.dataset={codes_dir}", "train.max_steps=80", *QUICK]
+    straight = train(tiny(codes_dir, tmp_path / "straight", "train.max_steps=80", *QUICK)).parent
+    reset_accelerate()
+    run_dir = tmp_path / "stopped"
+    process = launch([sys.executable, "-m", "dia_tpu", "train", "--config", str(ROOT / "configs/demo.yaml"), *common,
+                      f"output.dir={run_dir}"], run_dir)  # fmt: skip
+    time.sleep(0.5)
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=240)
+    assert process.returncode == 128 + signal.SIGTERM, err[-3000:]
+    step = stopped_at(err)
+    assert 0 < step < 80 and not (run_dir / "final").exists() and not (run_dir / ".lock").exists()
+    train(tiny(codes_dir, run_dir, "train.max_steps=80", *QUICK, "train.resume=auto"))
+    assert_same_weights(straight, run_dir)
+
+
+def test_sigterm_to_one_of_two_processes_stops_both_at_the_same_step(codes_dir, tmp_path):
+    """Only process 1 gets the signal; both agree at the next step boundary, so neither waits for the other."""
+    common = [*TINY, f"data.dataset={codes_dir}", "train.max_steps=60", "data.eval_size=0", *QUICK]
+
+    def two_processes(run_dir: Path, port: int, *extra: str) -> list[str]:
+        return [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port",
+                str(port), str(ROOT / "dia_tpu/finetune_acc_tpu.py"), "--config", str(ROOT / "configs/demo.yaml"),
+                *common, f"output.dir={run_dir}", *extra]  # fmt: skip
+
+    run_dir = tmp_path / "ddp"
+    launcher = launch(two_processes(run_dir, 29547), run_dir, TWO_PROCESSES)
+    time.sleep(0.5)
+    workers = [int(pid) for pid in subprocess.run(["pgrep", "-P", str(launcher.pid)], capture_output=True,
+                                                  text=True).stdout.split()]  # fmt: skip
+    assert len(workers) == 2, workers
+    os.kill(workers[0], signal.SIGTERM)  # one of the two, whichever rank it is
+    _, err = launcher.communicate(timeout=240)
+    assert launcher.returncode != 0
+    step = stopped_at(err)
+    ckpt = run_dir / "checkpoints" / f"step_{step}"
+    assert (ckpt / "random_states_0.pkl").is_file() and (ckpt / "random_states_1.pkl").is_file()
+    done = subprocess.run(two_processes(run_dir, 29548, "train.resume=auto"), capture_output=True, text=True,
+                          timeout=300, env=TWO_PROCESSES)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    # Two processes of batch B step like one accumulating 2 x B (tests/test_train.py): the stopped and resumed
+    # pair ends where one uninterrupted process does.
+    one = tmp_path / "one"
+    train(tiny(codes_dir, one, "train.max_steps=60", "data.eval_size=0", *QUICK, "train.gradient_accumulation_steps=2"))
+    two, single = weights(run_dir), weights(one)
+    for key in single:
+        torch.testing.assert_close(two[key], single[key], rtol=1e-4, atol=1e-5, msg=key)
+
+
+def test_an_incomplete_checkpoint_is_set_aside_and_never_loaded(codes_dir, tmp_path, capsys):
+    every_two = ["train.max_steps=6", "train.save_every=2", "train.keep_last=3", "eval.eval_every=1000",
+                 "train.report_to=none"]  # fmt: skip
+    straight = train(tiny(codes_dir, tmp_path / "straight", *every_two)).parent
+    reset_accelerate()
+    # The same run as if the machine died while writing step 6: its mark never got written, final/ neither.
+    run_dir = tmp_path / "cut"
+    shutil.copytree(straight, run_dir)
+    shutil.rmtree(run_dir / "final")
+    (run_dir / "checkpoints" / "step_6" / "checkpoint.json").unlink()
+    (run_dir / "checkpoints" / "step_8.tmp").mkdir()  # a save cut off even earlier
+    assert [p.name for p in RunFolder(run_dir).complete_checkpoints()] == ["step_2", "step_4"]
+    capsys.readouterr()
+    train(tiny(codes_dir, run_dir, *every_two, "train.resume=auto"))
+    assert "skipped the incomplete checkpoint step_6" in capsys.readouterr().out
+    assert [p.name.split("-")[0] for p in (run_dir / "checkpoints" / "incomplete").iterdir()] == ["step_6"]
+    assert is_complete(run_dir / "checkpoints" / "step_6")  # written again, whole
+    assert_same_weights(straight, run_dir)
+    # Named explicitly, a folder without its mark is refused.
+    (run_dir / "checkpoints" / "step_4" / "checkpoint.json").unlink()
+    reset_accelerate()
+    with pytest.raises(ValueError, match="step_4 is not a complete checkpoint"):
+        train(tiny(codes_dir, tmp_path / "other", *every_two, f"train.resume={run_dir / 'checkpoints' / 'step_4'}"))
+
+
+class _RunsCode:
+    """Unpickling this runs a shell command (touching a marker file): what a crafted checkpoint would do."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+@pytest.mark.parametrize("planted", ["custom_checkpoint_0.pkl", "random_states_0.pkl"])
+def test_a_planted_pickle_is_never_run(codes_dir, tmp_path, planted):
+    run_dir = tmp_path / "run"
+    train(tiny(codes_dir, run_dir, "train.max_steps=2", "train.save_every=2", "eval.eval_every=1000",
+               "train.report_to=none"))  # fmt: skip
+    reset_accelerate()
+    ckpt = run_dir / "checkpoints" / "step_2"
+    marker = tmp_path / "code_ran"
+    (ckpt / planted).write_bytes(pickle.dumps(_RunsCode(marker)))
+    # A crafted checkpoint comes with a completion mark that matches it.
+    mark = json.loads((ckpt / "checkpoint.json").read_text())
+    if planted in mark["files"]:
+        mark["files"][planted] = (ckpt / planted).stat().st_size
+        (ckpt / "checkpoint.json").write_text(json.dumps(mark))
+    with pytest.raises(ValueError, match=re.escape(planted)):
+        train(tiny(codes_dir, tmp_path / "resumed", "train.max_steps=4", f"train.resume={ckpt}"))
+    assert not marker.exists()
+
+
+def test_one_run_per_folder(codes_dir, tmp_path):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (run_dir / ".lock").write_text(json.dumps({"pid": holder.pid, "host": socket.gethostname(),
+                                                   "started": "2026-01-01 00:00:00"}))  # fmt: skip
+        with pytest.raises(RunInUse, match=f"in use by another run \\(pid {holder.pid} on "):
+            train(tiny(codes_dir, run_dir, "train.max_steps=2"))
+        assert not (run_dir / "config.yaml").exists()  # refused before loading anything
+    finally:
+        holder.kill()
+        holder.wait()
+    # The holder is gone: its lock is stale, taken over, and released at the end.
+    reset_accelerate()
+    train(tiny(codes_dir, run_dir, "train.max_steps=2", *QUICK))
+    assert (run_dir / "final").is_dir() and not (run_dir / ".lock").exists()
+
+
+def test_an_unwritable_output_dir_fails_before_any_work(codes_dir, tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    with pytest.raises(ValueError, match="output.dir .*a_file/run cannot be created"):
+        train(tiny(codes_dir, blocker / "run", "train.max_steps=2"))
+
+
+def test_a_full_disk_stops_before_a_partial_checkpoint(codes_dir, tmp_path, monkeypatch):
+    run_dir = tmp_path / "run"
+    common = ["train.max_steps=4", "train.save_every=2", "eval.eval_every=1000", "eval.keep_best=false",
+              "train.report_to=none"]
+    Usage = namedtuple("Usage", "total used free")
+    real = shutil.disk_usage
+    # The disk holds the first checkpoint, then fills up.
+    monkeypatch.setattr("dia_tpu.training.checkpoint.shutil.disk_usage",
+                        lambda path: real(path) if not (run_dir / "checkpoints").exists() else Usage(1, 1, 10_000))
+    with pytest.raises(ValueError, match=r"not enough disk space for checkpoint .*step_4: .*last complete checkpoint "
+                                         r"is .*step_2"):  # fmt: skip
+        train(tiny(codes_dir, run_dir, *common))
+    assert [p.name for p in (run_dir / "checkpoints").iterdir()] == ["step_2"]
+    monkeypatch.undo()
+
+    # A write that fails half-way (as torch.save does on a full disk) leaves only a .tmp folder behind.
+    reset_accelerate()
+
+    def disk_full(*args, **kwargs):
+        raise RuntimeError("PytorchStreamWriter failed writing file data/0: file write failed")
+
+    monkeypatch.setattr("accelerate.checkpointing.save", disk_full)
+    with pytest.raises(ValueError, match=r"could not write checkpoint .*step_4 \(PytorchStreamWriter failed"):
+        train(tiny(codes_dir, run_dir, *common, "train.resume=auto"))
+    monkeypatch.undo()
+    assert [p.name for p in RunFolder(run_dir).complete_checkpoints()] == ["step_2"]
+    reset_accelerate()
+    train(tiny(codes_dir, run_dir, *common, "train.resume=auto"))
+    assert is_complete(run_dir / "checkpoints" / "step_4")
