@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +17,7 @@ from transformers import DacConfig, DacModel
 from dia_tpu.config import load
 from dia_tpu.data.tokens import encode_text
 from dia_tpu.generation.sampling import SeededSampler
+from dia_tpu.generation.speak import check_flags, read_scripts
 from dia_tpu.generation.synthesize import (
     GenerationSettings,
     VoicePrompt,
@@ -222,3 +224,33 @@ def test_generate_cli_text_file_voice_prompt_and_batching(tiny_dia, codec, tmp_p
     too_long = _cli("--model", str(model_dir), "--text", "[S1] " + "x" * 2000, "--out", str(tmp_path / "y.wav"))
     assert too_long.returncode != 0 and "exceeds the model's text length" in too_long.stderr
     assert not Path(tmp_path / "y.wav").exists()
+
+
+def test_generate_flags_out_of_range_are_one_line_naming_each_flag(tmp_path):
+    bad = _cli("--model", str(tmp_path / "never_loaded"), "--text", "[S1] Hi.", "--out", str(tmp_path / "x.wav"),
+               "--max-seconds", "inf", "--temperature", "0", "--batch-size", "0")  # fmt: skip
+    lines = bad.stderr.strip().splitlines()
+    assert bad.returncode == 1 and len(lines) == 1, bad.stderr[-2000:]
+    for flag in ("--max-seconds must be a number of seconds > 0", "--temperature must be a number > 0",
+                 "--batch-size must be >= 1"):  # fmt: skip
+        assert flag in lines[0]
+
+
+@pytest.mark.parametrize(
+    "settings, expected",
+    [
+        (dict(max_seconds=-5.0), "--max-seconds must be"),
+        (dict(guidance_scale=0.5), "--guidance-scale must be a number >= 1"),
+        (dict(top_p=1.5), "--top-p must be in (0, 1]"),
+        (dict(top_k=0), "--top-k must be >= 1"),
+        (dict(temperature=float("nan")), "--temperature must be"),
+    ],
+)
+def test_generate_settings_are_checked_before_loading(settings, expected):
+    with pytest.raises(ValueError, match=re.escape(expected)):
+        check_flags(GenerationSettings(**settings), batch_size=1)
+
+
+def test_a_folder_given_as_text_file_is_named(tmp_path):
+    with pytest.raises(ValueError, match="--text-file .* is a folder"):
+        read_scripts(tmp_path)

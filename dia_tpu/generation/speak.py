@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from pathlib import Path
 
 import soundfile as sf
@@ -16,12 +17,34 @@ from dia_tpu.model.load import language_tags_of, load_for_inference
 def read_scripts(path: str | Path) -> list[str]:
     """The scripts of a text file, one per non-empty line."""
     source = Path(path)
+    if source.is_dir():
+        raise ValueError(f"--text-file {source} is a folder; give a text file with one script per line")
     if not source.is_file():
         raise FileNotFoundError(f"--text-file not found: {source}")
     texts = [line.strip() for line in source.read_text(encoding="utf-8").splitlines() if line.strip()]
     if not texts:
         raise ValueError(f"--text-file {source} holds no scripts")
     return texts
+
+
+def check_flags(settings: GenerationSettings, batch_size: int) -> None:
+    """Refuse, naming the flag and what it allows, settings generation cannot use."""
+    s, problems = settings, []
+    if not (math.isfinite(s.guidance_scale) and s.guidance_scale >= 1):
+        problems.append(f"--guidance-scale must be a number >= 1 (1 turns guidance off), got {s.guidance_scale}")
+    if not (math.isfinite(s.temperature) and s.temperature > 0):
+        problems.append(f"--temperature must be a number > 0 (--greedy decodes by argmax), got {s.temperature}")
+    if not 0 < s.top_p <= 1:
+        problems.append(f"--top-p must be in (0, 1], got {s.top_p}")
+    if s.top_k < 1:
+        problems.append(f"--top-k must be >= 1, got {s.top_k}")
+    if s.max_seconds is not None and not (math.isfinite(s.max_seconds) and s.max_seconds > 0):
+        problems.append(f"--max-seconds must be a number of seconds > 0 (leave it out for all the model holds), got "
+                        f"{s.max_seconds}")  # fmt: skip
+    if batch_size < 1:
+        problems.append(f"--batch-size must be >= 1, got {batch_size}")
+    if problems:
+        raise ValueError("; ".join(problems))
 
 
 def write_speech(
@@ -38,6 +61,7 @@ def write_speech(
 ) -> None:
     """`dia-tpu generate`: load the model once, synthesize `texts` `batch_size` at a time (text i with seed
     settings.seed + i) and write each to its wav in `outputs`, printing what was written."""
+    check_flags(settings, batch_size)
     if (audio_prompt is None) != (prompt_transcript is None):
         raise ValueError("--audio-prompt and --prompt-transcript go together: the model reads the transcript first")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")

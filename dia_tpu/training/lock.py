@@ -19,6 +19,7 @@ class RunLock:
     def __init__(self, path: Path):
         self.path = path
         self.held = False
+        self.made_folder = False  # the run folder did not exist: a run that leaves nothing in it removes it
 
     def __enter__(self) -> RunLock:
         self.acquire()
@@ -30,6 +31,7 @@ class RunLock:
     def acquire(self) -> None:
         folder = self.path.parent
         try:
+            self.made_folder = not folder.exists()
             folder.mkdir(parents=True, exist_ok=True)
         except OSError as err:
             raise ValueError(f"output.dir {folder} cannot be created ({err.strerror or err})") from err
@@ -56,6 +58,8 @@ class RunLock:
     def release(self) -> None:
         if self.held and (_read(self.path) or {}).get("pid") == os.getpid():
             self.path.unlink(missing_ok=True)
+            if self.made_folder and not any(self.path.parent.iterdir()):
+                self.path.parent.rmdir()
         self.held = False
 
 

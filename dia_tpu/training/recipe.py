@@ -63,11 +63,11 @@ def train(cfg: Config) -> Path:
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
     )
     runtime = Runtime.of(accelerator, cfg)
+    check_optimizer(t, runtime)
     with contextlib.ExitStack() as held:
         if accelerator.is_main_process:
             held.enter_context(RunLock(run.lock))  # also proves output.dir writable before anything loads
         stop_request = held.enter_context(StopRequest())
-        check_optimizer(t, runtime)
         if runtime.on_xla and cfg.model.compile:
             say(accelerator, "model.compile: off on XLA (torch_xla compiles the traced graphs itself)")
         set_seed(t.seed)
