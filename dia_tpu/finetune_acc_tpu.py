@@ -19,6 +19,8 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     parser = parser or argparse.ArgumentParser(prog="finetune_acc_tpu", description="Fine-tune Dia with Accelerate.")
     parser.add_argument("--config", required=True, help="YAML config (see configs/)")
     parser.add_argument("--resume", help="'auto' (latest checkpoint in output.dir) or a checkpoint folder")
+    parser.add_argument("--fork", action="store_true", help="with --resume PATH older than the run's newest "
+                        "checkpoint: branch from it, moving the newer checkpoints aside (train.fork=true)")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides, e.g. train.max_steps=50")
     return parser
 
@@ -35,6 +37,7 @@ def run(args: argparse.Namespace) -> None:
     from dia_tpu.training.recipe import train
 
     overrides = list(args.overrides) + ([f"train.resume={args.resume}"] if args.resume else [])
+    overrides += ["train.fork=true"] if args.fork else []
     train(load(args.config, overrides))
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from conftest import reset_accelerate, scalars, tiny, weights
@@ -93,7 +95,16 @@ def test_lora_resume_continues_exactly(codes_dir, tmp_path):
     for key in a:
         torch.testing.assert_close(b[key], a[key], rtol=0, atol=0, msg=key)
 
-    # Resuming a LoRA checkpoint with another LoRA shape names the mismatch.
+    # Resuming a LoRA checkpoint with another LoRA shape names the mismatch, before anything is built...
+    reset_accelerate()
+    with pytest.raises(ValueError, match=r"other model settings.*\n  - model.lora.targets: \['attention', 'mlp'\]"):
+        train(tiny(codes_dir, tmp_path / "other", *common, "model.lora.targets=[attention]",
+                   f"train.resume={ckpt}"))
+    # ... and a checkpoint whose saved config does not say so (edited, or from elsewhere) by its weights.
+    saved, mark = ckpt / "config.yaml", json.loads((ckpt / "checkpoint.json").read_text())
+    saved.write_text(saved.read_text().replace("    - mlp\n", ""))
+    mark["files"]["config.yaml"] = saved.stat().st_size  # the mark edited to match
+    (ckpt / "checkpoint.json").write_text(json.dumps(mark))
     reset_accelerate()
     with pytest.raises(ValueError, match="trainable parameters"):
         train(tiny(codes_dir, tmp_path / "other", *common, "model.lora.targets=[attention]",

@@ -238,6 +238,11 @@ class TrainConfig:
     report_to: Literal["tensorboard", "wandb", "all", "none"] = "tensorboard"
     # Resume: None starts fresh, "auto" takes the latest checkpoint in output.dir if any, or a checkpoint folder.
     resume: str | None = path_field(None)
+    # Resume from a checkpoint of this run older than its newest one, moving the newer ones aside (a branch).
+    fork: bool = False
+    # Resuming with other train.* or data.* values than the checkpoint's: "error" lists them, "allow" goes on
+    # with the new ones (and records them in output.dir/resume_changes.jsonl).
+    resume_changes: Literal["error", "allow"] = "error"
 
 
 @dataclass

@@ -20,7 +20,6 @@ import math
 import os
 import pickle
 import shutil
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields
@@ -36,7 +35,6 @@ from dia_tpu.artifacts import (
     STATE_FILE,
     RunFolder,
     checkpoint_bytes,
-    is_complete,
     weight_names,
     weights_file,
 )
@@ -74,47 +72,6 @@ class TrainState:
             return cls(**{f.name: type(getattr(cls(), f.name))(saved[f.name]) for f in fields(cls)})
         except (OSError, ValueError, KeyError, TypeError) as err:
             raise ValueError(f"{path}: not a dia_tpu training state ({err})") from err
-
-
-@dataclass
-class Resume:
-    """Where a run starts: the checkpoint to load (None: from scratch) and the incomplete ones passed over."""
-
-    checkpoint: Path | None
-    incomplete: list[Path]
-
-
-def resolve_resume(resume: str | None, run_dir: str | Path) -> Resume:
-    """None, "auto" (the newest complete checkpoint of the run, or none) or an explicit folder, checked before
-    any work; nothing is moved here (`set_aside` does that, on the main process)."""
-    run = RunFolder(run_dir)
-    if resume is None:
-        return Resume(None, [])
-    if resume == "auto":
-        found = run.list_checkpoints()
-        complete = [p for p in found if is_complete(p)]
-        newest = complete[-1] if complete else None
-        return Resume(newest, [p for p in found if p not in complete])
-    path = Path(resume)
-    if not path.is_dir():
-        raise FileNotFoundError(f"train.resume: checkpoint folder not found: {path}")
-    if weights_file(path) is None:
-        raise FileNotFoundError(f"train.resume: {path} holds no saved model state: not a checkpoint folder")
-    if not is_complete(path):
-        raise ValueError(f"train.resume: {path} is not a complete checkpoint (no valid {COMPLETE_FILE}): it was "
-                         "cut off while being written, or by an older dia_tpu; use another one")  # fmt: skip
-    return Resume(path, [])
-
-
-def set_aside(run: RunFolder, folders: list[Path]) -> list[Path]:
-    """Move incomplete checkpoints to checkpoints/incomplete/ (kept for inspection, never loaded)."""
-    moved = []
-    for folder in folders:
-        target = run.set_aside / f"{folder.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-        target.parent.mkdir(parents=True, exist_ok=True)
-        folder.rename(target)
-        moved.append(target)
-    return moved
 
 
 def save_checkpoint(accelerator: Accelerator, runtime: Runtime, model, cfg: Config, state: TrainState,

@@ -18,19 +18,13 @@ from dia_tpu.data.shards import read_prepare_info
 from dia_tpu.export import export, save_adapter
 from dia_tpu.model.adapters import count_parameters, is_peft, merged
 from dia_tpu.model.codec import build_codec, codec_identity
-from dia_tpu.training.checkpoint import (
-    TrainState,
-    keep_trainable,
-    load_checkpoint,
-    resolve_resume,
-    save_checkpoint,
-    set_aside,
-)
+from dia_tpu.training.checkpoint import TrainState, keep_trainable, load_checkpoint, save_checkpoint
 from dia_tpu.training.evaluate import evaluate
 from dia_tpu.training.loaders import make_loaders, micro_batches
 from dia_tpu.training.lock import RunLock
 from dia_tpu.training.loss import codebook_weights
 from dia_tpu.training.meter import TrainMeter, eval_line, flat_hparams, log_train, report_data, say
+from dia_tpu.training.resume import apply_changes, config_changes, record_changes, resolve_resume, set_aside
 from dia_tpu.training.runtime import Runtime
 from dia_tpu.training.samples import TrainingSamples
 from dia_tpu.training.schedule import make_scheduler
@@ -45,7 +39,8 @@ _TRACKERS = {"tensorboard": "tensorboard", "wandb": "wandb", "all": ["tensorboar
 def train(cfg: Config) -> Path:
     """Fine-tune, checkpoint, evaluate and export; returns the export directory (output.dir/final)."""
     t, run = cfg.train, RunFolder(cfg.output.dir)
-    resume = resolve_resume(t.resume, run.root)
+    resume = resolve_resume(t.resume, run.root, t.fork)
+    changes = config_changes(cfg, resume.checkpoint) if resume.checkpoint is not None else {}
     data_info = read_prepare_info(cfg.data.dataset)
     if missing := check_run_files(cfg):
         raise ConfigError("files the config names are missing:\n  - " + "\n  - ".join(missing))
@@ -100,13 +95,19 @@ def train(cfg: Config) -> Path:
         if adapter_only:
             # A LoRA run's checkpoints hold the trained weights only; the base is rebuilt from the config.
             accelerator.register_save_state_pre_hook(keep_trainable)
-        if resume.incomplete and accelerator.is_main_process:
-            for moved in set_aside(run, resume.incomplete):
-                say(accelerator, f"resume: skipped the incomplete checkpoint {moved.name.rsplit('-', 2)[0]}, moved to "
-                                 f"{moved}")  # fmt: skip
+        if accelerator.is_main_process:
+            for line in set_aside(run, resume):
+                say(accelerator, line)
+        accelerator.wait_for_everyone()
         if resume.checkpoint is not None:
             trained_only = model if adapter_only else None
             load_checkpoint(accelerator, runtime, resume.checkpoint, state, trained_only=trained_only)
+            if changes:
+                apply_changes(changes, cfg, optimizer, scheduler, state)
+                if accelerator.is_main_process:
+                    record_changes(run, state.step, changes)
+                say(accelerator, "resume: going on with " + ", ".join(f"{k}={b!r} (was {a!r})"
+                                                                     for k, (a, b) in changes.items()))
             logger.info(f"resumed from {resume.checkpoint} at step {state.step}", main_process_only=True)
         elif t.resume == "auto":
             logger.info(f"no checkpoint under {run.root}: starting from step 0", main_process_only=True)
