@@ -18,7 +18,9 @@ machine, whatever the paths in it.
 from __future__ import annotations
 
 import json
+import os
 import re
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -104,6 +106,30 @@ class RunFolder:
     def complete_checkpoints(self) -> list[Path]:
         """The checkpoints that were finished (`is_complete`), oldest first."""
         return [p for p in self.list_checkpoints() if is_complete(p)]
+
+
+def put_in_place(building: Path, path: Path) -> None:
+    """Replace `path` with the finished folder `building` by renames, so that at every moment one of the two
+    is whole; then make the renames durable."""
+    if path.exists():
+        old = path.with_name(path.name + ".old")
+        if old.exists():
+            shutil.rmtree(old)
+        path.rename(old)
+        building.rename(path)
+        shutil.rmtree(old)
+    else:
+        building.rename(path)
+    sync_dir(path.parent)
+
+
+def sync_dir(folder: Path) -> None:
+    """Make a rename or a new file in `folder` durable (the directory entry itself)."""
+    handle = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(handle)
+    finally:
+        os.close(handle)
 
 
 def is_complete(folder: Path) -> bool:

@@ -3,31 +3,43 @@ adapters folded in), a LoRA adapter alone (peft's format), or a native Nari Labs
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
-from transformers import DacModel, DiaForConditionalGeneration
+import torch
+from transformers import DacModel
 
-from dia_tpu.artifacts import CODEC_DIR, CONFIG_FILE, open_artifact
+from dia_tpu.artifacts import ADAPTER_DIR, CODEC_DIR, CONFIG_FILE, open_artifact, put_in_place
 from dia_tpu.config import Config
+from dia_tpu.model.adapters import is_peft, merged
 from dia_tpu.model.codec import make_processor
 from dia_tpu.model.load import load_for_inference, load_model, load_trained
 
 
-def export(model: DiaForConditionalGeneration, codec: DacModel, cfg: Config, out_dir: Path) -> None:
-    """Write a `from_pretrained`-loadable model directory with processor, generation config and run config.
+def export(model: torch.nn.Module, codec: DacModel, cfg: Config, out_dir: Path) -> None:
+    """Write a `from_pretrained`-loadable model directory with processor, generation config and run config; for
+    a LoRA model (a PeftModel) also its adapter alone in `adapter/`, then the model with the adapters folded in.
 
-    A codec that is not a hub id is saved inside the export and the processor points at it by absolute
-    path, so `AutoProcessor.from_pretrained(out_dir)` finds it.
+    It is written beside `out_dir` and renamed into place, so a crash leaves the earlier export whole. A codec
+    that is not a hub id is saved inside the export and the processor points at it by absolute path, so
+    `AutoProcessor.from_pretrained(out_dir)` finds it.
     """
-    out_dir.mkdir(parents=True, exist_ok=True)
+    building = out_dir.with_name(out_dir.name + ".tmp")
+    if building.exists():
+        shutil.rmtree(building)
+    building.mkdir(parents=True)
+    if is_peft(model):
+        save_adapter(model, building / ADAPTER_DIR)
+        model = merged(model)
     # safetensors reads storage pointers, which XLA tensors do not have: write host copies.
     weights = {name: tensor.detach().to("cpu") for name, tensor in model.state_dict().items()}
-    model.save_pretrained(out_dir, state_dict=weights, safe_serialization=True)
+    model.save_pretrained(building, state_dict=weights, safe_serialization=True)
     if cfg.model.codec is None or Path(cfg.model.codec).exists():
-        codec.save_pretrained(out_dir / CODEC_DIR)
+        codec.save_pretrained(building / CODEC_DIR)
         codec.name_or_path = str((out_dir / CODEC_DIR).resolve())
-    make_processor(codec).save_pretrained(out_dir)
-    cfg.save(out_dir / CONFIG_FILE)
+    make_processor(codec).save_pretrained(building)
+    cfg.save(building / CONFIG_FILE)
+    put_in_place(building, out_dir)
 
 
 def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, form: str = "merge",

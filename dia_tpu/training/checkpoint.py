@@ -35,6 +35,8 @@ from dia_tpu.artifacts import (
     STATE_FILE,
     RunFolder,
     checkpoint_bytes,
+    put_in_place,
+    sync_dir,
     weight_names,
     weights_file,
 )
@@ -102,16 +104,7 @@ def save_checkpoint(accelerator: Accelerator, runtime: Runtime, model, cfg: Conf
         # A full disk surfaces as OSError from Python's writes and as RuntimeError from torch.save.
         raise ValueError(f"could not write checkpoint {path} ({_first_line(err)}); {_last_complete(run)}") from err
     if accelerator.is_main_process:
-        if path.exists():
-            old = path.with_name(path.name + ".old")
-            if old.exists():
-                shutil.rmtree(old)
-            path.rename(old)
-            building.rename(path)
-            shutil.rmtree(old)
-        else:
-            building.rename(path)
-        _sync_dir(path.parent)
+        put_in_place(building, path)
         if folder is None:
             for stale in run.complete_checkpoints()[: -cfg.train.keep_last]:
                 shutil.rmtree(stale)
@@ -160,16 +153,7 @@ def _mark_complete(folder: Path, step: int) -> None:
         handle.write(json.dumps({"step": step, "files": files}, indent=2) + "\n")
         handle.flush()
         os.fsync(handle.fileno())
-    _sync_dir(folder)
-
-
-def _sync_dir(folder: Path) -> None:
-    """Make a rename or a new file in `folder` durable (the directory entry itself)."""
-    handle = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(handle)
-    finally:
-        os.close(handle)
+    sync_dir(folder)
 
 
 def load_checkpoint(accelerator: Accelerator, runtime: Runtime, path: Path, state: TrainState,

@@ -11,12 +11,12 @@ from accelerate.logging import get_logger
 from accelerate.utils import DataLoaderConfiguration, GradientAccumulationPlugin, ProjectConfiguration, set_seed
 from tqdm.auto import tqdm
 
-from dia_tpu.artifacts import ADAPTER_DIR, RunFolder
+from dia_tpu.artifacts import RunFolder
 from dia_tpu.config import Config, ConfigError, check_run_files
 from dia_tpu.data.dataset import load_splits
 from dia_tpu.data.shards import read_prepare_info
-from dia_tpu.export import export, save_adapter
-from dia_tpu.model.adapters import count_parameters, is_peft, merged
+from dia_tpu.export import export
+from dia_tpu.model.adapters import count_parameters, is_peft
 from dia_tpu.model.codec import build_codec, codec_identity
 from dia_tpu.training.checkpoint import TrainState, keep_trainable, load_checkpoint, save_checkpoint
 from dia_tpu.training.evaluate import evaluate
@@ -176,10 +176,7 @@ def train(cfg: Config) -> Path:
             raise TrainingStopped(stopped, state.step, run.checkpoint(saved_step) if saved_step >= 0 else None)
 
         if accelerator.is_main_process:
-            trained = accelerator.unwrap_model(model)
-            if adapter_only:
-                save_adapter(trained, run.final / ADAPTER_DIR)
-            export(merged(trained), build_codec(cfg.model), cfg, run.final)
+            export(accelerator.unwrap_model(model), build_codec(cfg.model), cfg, run.final)
         accelerator.wait_for_everyone()
         accelerator.end_training()
         say(accelerator, f"done: {state.step} steps\n  checkpoints: {run.checkpoints}\n  export:      {run.final}\n"

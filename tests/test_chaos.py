@@ -1,0 +1,23 @@
+"""The quick version of scripts/chaos_resume.py: SIGKILL during a run and inside a save, resume with
+`--resume auto` each time, and end with the uninterrupted run's weights."""
+
+from __future__ import annotations
+
+import importlib.util
+import random
+import time
+
+from conftest import ROOT
+
+
+def test_killed_runs_resume_to_the_same_weights(codes_dir, tmp_path):
+    spec = importlib.util.spec_from_file_location("chaos_resume", ROOT / "scripts/chaos_resume.py")
+    chaos = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(chaos)
+    reference, steps = tmp_path / "reference", 16
+    started = time.monotonic()
+    chaos.finish(chaos.command(codes_dir, reference, steps, resume=False))
+    budget = time.monotonic() - started
+    passed, story = chaos.trial(codes_dir, reference, tmp_path / "trial", steps, 2, random.Random(0), budget)
+    assert passed, story
+    assert "inside the save of step_" in story or "finished before the kill" in story, story
