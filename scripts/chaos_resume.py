@@ -45,9 +45,16 @@ def command(codes: Path, run_dir: Path, steps: int, resume: bool) -> list[str]:
             *(["--resume", "auto"] if resume else [])]  # fmt: skip
 
 
-def where(run_dir: Path) -> str:
+def saves_since(run_dir: Path, since: float) -> list[Path]:
+    """Checkpoints being built that this run started (a killed run's leftover `.tmp` folders are older)."""
+    if not (run_dir / "checkpoints").is_dir():
+        return []
+    return sorted(p for p in (run_dir / "checkpoints").glob("step_*.tmp") if p.stat().st_mtime >= since)
+
+
+def where(run_dir: Path, since: float) -> str:
     """Where a kill landed, read from what it left behind."""
-    building = sorted((run_dir / "checkpoints").glob("step_*.tmp")) if (run_dir / "checkpoints").is_dir() else []
+    building = saves_since(run_dir, since)
     if not building:
         return "between saves"
     written = [name for name in STAGES if (building[-1] / name).exists()]
@@ -62,14 +69,13 @@ def kill_one_run(argv: list[str], run_dir: Path, rng: random.Random, in_save: bo
 
 
 def _kill(process: subprocess.Popen, run_dir: Path, rng: random.Random, in_save: bool, budget: float) -> str | None:
-    started = time.monotonic()
-    strike = started + rng.uniform(2.0, budget)
+    since = time.time()
+    strike = time.monotonic() + rng.uniform(2.0, budget)
     while process.poll() is None:
-        saving = (run_dir / "checkpoints").is_dir() and any((run_dir / "checkpoints").glob("step_*.tmp"))
-        if (in_save and saving) or (not in_save and time.monotonic() >= strike):
+        if (in_save and saves_since(run_dir, since)) or (not in_save and time.monotonic() >= strike):
             if in_save:
                 time.sleep(rng.uniform(0.0, 0.05))  # land at different moments of the save
-            landed = where(run_dir)
+            landed = where(run_dir, since)
             process.send_signal(signal.SIGKILL)
             process.wait()
             return landed
