@@ -177,7 +177,7 @@ def open_artifact(source: str | Path) -> Artifact:
 
     name, path = str(source), Path(source)
     if not path.exists():
-        if is_hub_id(name) and not name.startswith((".", "/", "~")):
+        if is_hub_id(name):
             return Artifact(name, "hub", None, None, ModelConfig())
         raise FileNotFoundError(f"model not found: {name} (neither a file or folder nor a hub id like org/name)")
     if is_native_source(path):

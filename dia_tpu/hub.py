@@ -16,9 +16,11 @@ class HubError(ConnectionError):
     """A model, codec or dataset that was to come from the Hub and could not; the message is one line."""
 
 
-def is_hub_id(name: str) -> bool:
-    """Whether `name` can only mean a hub repository: shaped org/name and not an existing local path."""
-    return bool(HUB_ID.fullmatch(name)) and not Path(name).exists()
+def is_hub_id(name: str, base: Path | None = None) -> bool:
+    """Whether `name` means a hub repository: shaped org/name, not written as a path (starting with `.`, `/`
+    or `~`), and not an existing path (relative to `base`, default the current directory)."""
+    looks_local = name.startswith((".", "/", "~"))
+    return bool(HUB_ID.fullmatch(name)) and not looks_local and not ((base or Path()) / name).exists()
 
 
 @contextmanager

@@ -25,6 +25,7 @@ import yaml
 
 from dia_tpu.config.checks import validate
 from dia_tpu.config.schema import PATH_KIND, Config, ConfigError
+from dia_tpu.hub import is_hub_id
 
 
 def load(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
@@ -119,13 +120,10 @@ def _resolve_paths(raw: Any, cls: type, base: Path) -> None:
 def _resolved(value: str, base: Path, kind: str) -> str:
     if value == "auto" and kind == "path":  # train.resume's "latest checkpoint"
         return value
+    if kind == "source" and is_hub_id(value, base):
+        return value
     path = Path(value).expanduser()
-    if path.is_absolute():
-        return str(path)
-    looks_local = value.startswith((".", "~"))
-    if kind == "source" and not looks_local and not (base / path).exists():
-        return value  # a hub id
-    return str((base / path).resolve())
+    return str(path if path.is_absolute() else (base / path).resolve())
 
 
 def _build(cls: type, raw: Any, prefix: str, problems: list[str]) -> Any:

@@ -16,7 +16,6 @@ report; only a source that cannot be read at all raises.
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,11 +24,11 @@ from dia_tpu.config import SOURCE_KINDS, PrepareConfig
 from dia_tpu.data.clips import Clip, attach_file, normalize_text, walk_files
 from dia_tpu.data.codes_files import CODES_EXTENSIONS
 from dia_tpu.data.hf_source import DATA_FORMATS, SAVED_MARKERS, read_hf
+from dia_tpu.hub import is_hub_id
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".mp3", ".ogg", ".opus")
 KINDS = tuple(kind for kind in SOURCE_KINDS if kind != "auto")
 METADATA_FILE = "metadata.csv"
-HUB_ID = re.compile(r"[\w.-]+/[\w.-]+")
 
 
 def detect_kind(input: str, cfg: PrepareConfig) -> str:
@@ -68,7 +67,7 @@ def detect_kind(input: str, cfg: PrepareConfig) -> str:
             f"dataset_dict.json or {'/'.join(DATA_FORMATS)} files), and no audio or codes files with "
             "same-stem .txt transcripts"
         )
-    if HUB_ID.fullmatch(input):
+    if is_hub_id(input):
         return "hf"
     raise FileNotFoundError(f"{input}: no such file or folder, and not a Hugging Face hub id (org/name)")
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -19,6 +18,7 @@ import torch
 from torch import Tensor
 from transformers import DiaConfig, DiaForConditionalGeneration
 
+from dia_tpu.hub import is_hub_id
 from dia_tpu.model.native import check_state_dict, clean_key, clean_native_keys, hf_to_native, layout, native_to_hf
 from dia_tpu.model.native_config import (
     V01,
@@ -55,7 +55,6 @@ WEIGHTS_SUFFIXES = (".pth", ".safetensors")
 SAVE_NAMES = {V01: "dia-v0_1.pth", V0626: "model.pth"}
 
 
-_HUB_ID = re.compile(r"[\w.-]+/[\w.-]+")
 
 
 NATIVE, TRANSFORMERS = "native", "transformers"
@@ -73,7 +72,7 @@ def read_native(source: str | Path, weights_name: str | None = None) -> tuple[Di
 def read_native_config(source: str | Path) -> DiaConfig:
     """The `DiaConfig` of a native checkpoint without reading its weights (a hub id's config.json alone)."""
     path = Path(source)
-    if not path.exists() and _HUB_ID.fullmatch(str(source)):
+    if is_hub_id(str(source)):
         return _read_config(Path(huggingface_hub.hf_hub_download(repo_id=str(source), filename=CONFIG_NAME)))
     config = (path if path.is_dir() else path.parent) / CONFIG_NAME
     if not config.is_file():
@@ -95,7 +94,7 @@ def _locate(source: str | Path, weights_name: str | None) -> tuple[Path, Path]:
         weights = path
     elif path.is_dir():
         weights = _folder_weights(path, weights_name)
-    elif _HUB_ID.fullmatch(str(source)):
+    elif is_hub_id(str(source)):
         return _download(str(source), weights_name)
     else:
         raise NativeFormatError(f"{source}: no such file or folder, and not a hub id (org/name)")
