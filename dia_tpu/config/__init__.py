@@ -1,7 +1,7 @@
 """The one typed configuration: its schema, the readers `load` (a config to run with) and `read_saved` (a
 config dia_tpu wrote), and the checks."""
 
-from dia_tpu.config.checks import check_run_files, validate
+from dia_tpu.config.checks import check_run_files, sampling_problems, validate
 from dia_tpu.config.load import load, read_saved
 from dia_tpu.config.schema import (
     PRECISIONS,
@@ -40,5 +40,6 @@ __all__ = [
     "check_run_files",
     "load",
     "read_saved",
+    "sampling_problems",
     "validate",
 ]

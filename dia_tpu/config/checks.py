@@ -4,6 +4,7 @@ not just the first. Whether the files a config names exist is checked by the com
 
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
 
@@ -137,11 +138,7 @@ def _validate_samples(s: SamplesConfig) -> list[str]:
         p.append(f"samples.every: must be >= 0, got {s.every}")
     if s.every > 0 and not s.prompts:
         p.append("samples.prompts: samples.every is set but there are no prompts to generate")
-    if s.temperature <= 0 or s.max_seconds <= 0 or s.top_k < 1 or not 0 < s.top_p <= 1 or s.guidance_scale < 1:
-        p.append(
-            "samples: need temperature > 0, max_seconds > 0, top_k >= 1, 0 < top_p <= 1 and guidance_scale >= 1; "
-            f"got {s.temperature}, {s.max_seconds}, {s.top_k}, {s.top_p}, {s.guidance_scale}"
-        )
+    p += sampling_problems(s, lambda field: f"samples.{field}")
     names = [prompt.name for prompt in s.prompts]
     for i, prompt in enumerate(s.prompts):
         key = f"samples.prompts[{i}]"
@@ -153,6 +150,24 @@ def _validate_samples(s: SamplesConfig) -> list[str]:
             p.append(f"{key}.text: empty (a prompt needs text, or audio to continue)")
         if (prompt.audio is None) != (prompt.transcript is None):
             p.append(f"{key}: audio and transcript go together (the transcript is what is said in the audio)")
+    return p
+
+
+def sampling_problems(s, name) -> list[str]:
+    """Sampling settings generation cannot use, for samples.* and `dia-tpu generate`'s flags alike. `s` has
+    guidance_scale, temperature, top_p, top_k and max_seconds (None: no limit); `name(field)` is how the
+    message names a field."""
+    p: list[str] = []
+    if not (math.isfinite(s.guidance_scale) and s.guidance_scale >= 1):
+        p.append(f"{name('guidance_scale')} must be a number >= 1 (1 turns guidance off), got {s.guidance_scale}")
+    if not (math.isfinite(s.temperature) and s.temperature > 0):
+        p.append(f"{name('temperature')} must be a number > 0, got {s.temperature}")
+    if not 0 < s.top_p <= 1:
+        p.append(f"{name('top_p')} must be in (0, 1], got {s.top_p}")
+    if s.top_k < 1:
+        p.append(f"{name('top_k')} must be >= 1, got {s.top_k}")
+    if s.max_seconds is not None and not (math.isfinite(s.max_seconds) and s.max_seconds > 0):
+        p.append(f"{name('max_seconds')} must be a number of seconds > 0, got {s.max_seconds}")
     return p
 
 

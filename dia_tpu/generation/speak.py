@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 from pathlib import Path
 
 import soundfile as sf
 import torch
 
 from dia_tpu.artifacts import open_artifact
+from dia_tpu.config import sampling_problems
 from dia_tpu.generation.synthesize import GenerationSettings, load_voice_prompt, synthesize
 from dia_tpu.model.load import language_tags_of, load_for_inference
 
@@ -28,19 +28,8 @@ def read_scripts(path: str | Path) -> list[str]:
 
 
 def check_flags(settings: GenerationSettings, batch_size: int) -> None:
-    """Refuse, naming the flag and what it allows, settings generation cannot use."""
-    s, problems = settings, []
-    if not (math.isfinite(s.guidance_scale) and s.guidance_scale >= 1):
-        problems.append(f"--guidance-scale must be a number >= 1 (1 turns guidance off), got {s.guidance_scale}")
-    if not (math.isfinite(s.temperature) and s.temperature > 0):
-        problems.append(f"--temperature must be a number > 0 (--greedy decodes by argmax), got {s.temperature}")
-    if not 0 < s.top_p <= 1:
-        problems.append(f"--top-p must be in (0, 1], got {s.top_p}")
-    if s.top_k < 1:
-        problems.append(f"--top-k must be >= 1, got {s.top_k}")
-    if s.max_seconds is not None and not (math.isfinite(s.max_seconds) and s.max_seconds > 0):
-        problems.append(f"--max-seconds must be a number of seconds > 0 (leave it out for all the model holds), got "
-                        f"{s.max_seconds}")  # fmt: skip
+    """Refuse, naming each flag and what it allows, settings generation cannot use."""
+    problems = sampling_problems(settings, lambda field: "--" + field.replace("_", "-"))
     if batch_size < 1:
         problems.append(f"--batch-size must be >= 1, got {batch_size}")
     if problems:
