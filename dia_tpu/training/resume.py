@@ -21,6 +21,7 @@ from pathlib import Path
 from dia_tpu.artifacts import COMPLETE_FILE, CONFIG_FILE, RunFolder, is_complete, weights_file
 from dia_tpu.config import Config, ConfigError, read_saved
 from dia_tpu.training.checkpoint import TrainState
+from dia_tpu.training.step import group_settings
 
 # Settings that decide what the saved weights are: a checkpoint cannot be resumed with others.
 FIXED = ("model.pretrained", "model.pretrained_format", "model.architecture", "model.codec", "model.codec_architecture",
@@ -123,15 +124,13 @@ def apply_changes(changes: dict[str, tuple], cfg: Config, optimizer, scheduler, 
     """Make allowed changes take effect on the restored state: the optimizer's settings and base learning rate
     (the schedule itself is rebuilt from the config, so warm-up, length and kind follow it already), and the data
     position when the batch size changed (the same items consumed, counted in batches of the new size)."""
-    t = cfg.train
     inner = getattr(scheduler, "scheduler", scheduler)  # Accelerate's wrapper holds the LambdaLR
-    # The decay group comes first (`training.step.make_optimizer`).
-    for i, group in enumerate(optimizer.param_groups):
-        group.update(initial_lr=t.learning_rate, betas=(t.adam_beta1, t.adam_beta2), eps=t.adam_epsilon,
-                     weight_decay=t.weight_decay if i == 0 else 0.0)  # fmt: skip
-    inner.base_lrs = [t.learning_rate] * len(optimizer.param_groups)
-    for group, factor in zip(optimizer.param_groups, inner.lr_lambdas, strict=True):
-        group["lr"] = t.learning_rate * factor(inner.last_epoch)
+    settings = group_settings(cfg.train)
+    for group, wanted in zip(optimizer.param_groups, settings, strict=True):
+        group.update(wanted, initial_lr=wanted["lr"])
+    inner.base_lrs = [wanted["lr"] for wanted in settings]
+    for group, base, factor in zip(optimizer.param_groups, inner.base_lrs, inner.lr_lambdas, strict=True):
+        group["lr"] = base * factor(inner.last_epoch)
     inner._last_lr = [group["lr"] for group in optimizer.param_groups]
     if "train.batch_size" in changes:
         before, now = changes["train.batch_size"]

@@ -47,24 +47,30 @@ def check_optimizer(t: TrainConfig, runtime: Runtime) -> None:
 
 def make_optimizer(t: TrainConfig, model: torch.nn.Module, runtime: Runtime) -> torch.optim.Optimizer:
     """AdamW from torch (its fused kernel where the runtime has it), or bitsandbytes' 8-bit AdamW (imported
-    only when asked for; see `check_optimizer`). Only trainable parameters are given to it."""
-    groups = _param_groups(model, t.weight_decay)
-    kwargs = {"lr": t.learning_rate, "betas": (t.adam_beta1, t.adam_beta2), "eps": t.adam_epsilon}
+    only when asked for; see `check_optimizer`). Only trainable parameters are given to it, in the groups of
+    `group_settings`."""
+    groups = [{"params": params, **settings} for params, settings in zip(_split(model), group_settings(t), strict=True)]
     if t.optimizer == "adamw":
-        return torch.optim.AdamW(groups, **kwargs, fused=runtime.fused_optimizer)
+        return torch.optim.AdamW(groups, fused=runtime.fused_optimizer)
     import_bitsandbytes_quietly()
     import bitsandbytes
 
-    return bitsandbytes.optim.AdamW8bit(groups, **kwargs)
+    return bitsandbytes.optim.AdamW8bit(groups)
 
 
-def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    """No weight decay on norms and biases (vectors); decay on matrices and embeddings."""
+def group_settings(t: TrainConfig) -> list[dict]:
+    """What the config sets on each parameter group: matrices and embeddings decay, norms and biases do not."""
+    common = {"lr": t.learning_rate, "betas": (t.adam_beta1, t.adam_beta2), "eps": t.adam_epsilon}
+    return [{**common, "weight_decay": t.weight_decay}, {**common, "weight_decay": 0.0}]
+
+
+def _split(model: torch.nn.Module) -> tuple[list, list]:
+    """The trainable parameters in the order of `group_settings`: matrices and embeddings, then vectors."""
     decay, no_decay = [], []
     for param in model.parameters():
         if param.requires_grad:
             (decay if param.ndim >= 2 else no_decay).append(param)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return decay, no_decay
 
 
 def train_step(
