@@ -132,19 +132,34 @@ def sync_dir(folder: Path) -> None:
         os.close(handle)
 
 
-def is_complete(folder: Path) -> bool:
-    """Whether `folder` is a finished checkpoint: its completion mark is there and every file it lists has the
-    size it had when the checkpoint was finished."""
+def mark_complete(folder: Path, step: int) -> None:
+    """Flush every file of a finished checkpoint to disk, then write its completion mark: the step and every
+    file with its size."""
+    files = {}
+    for file in sorted(p for p in folder.rglob("*") if p.is_file()):
+        with open(file, "rb") as handle:
+            os.fsync(handle.fileno())
+        files[str(file.relative_to(folder))] = file.stat().st_size
+    with open(folder / COMPLETE_FILE, "w") as handle:
+        handle.write(json.dumps({"step": step, "files": files}, indent=2) + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+    sync_dir(folder)
+
+
+def completion_mark(folder: Path) -> dict | None:
+    """The mark of a finished checkpoint ({"step", "files": {name: size}}), or None when `folder` is not one:
+    no mark, or a file it lists is missing or has another size."""
     try:
         mark = json.loads((folder / COMPLETE_FILE).read_text())
-        return all((folder / name).stat().st_size == size for name, size in mark["files"].items())
+        whole = all((folder / name).stat().st_size == size for name, size in mark["files"].items())
+        return mark if whole and isinstance(mark["step"], int) else None
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        return False
+        return None
 
 
-def checkpoint_bytes(folder: Path) -> int:
-    """The size of a finished checkpoint, from its completion mark."""
-    return sum(json.loads((folder / COMPLETE_FILE).read_text())["files"].values())
+def is_complete(folder: Path) -> bool:
+    return completion_mark(folder) is not None
 
 
 Kind = Literal["export", "checkpoint", "lora_checkpoint", "native", "hub"]

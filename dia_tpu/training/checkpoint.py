@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import pickle
 import shutil
 from collections.abc import Iterator
@@ -30,13 +29,12 @@ from accelerate import Accelerator
 from accelerate.utils import load as accelerate_load
 
 from dia_tpu.artifacts import (
-    COMPLETE_FILE,
     CONFIG_FILE,
     STATE_FILE,
     RunFolder,
-    checkpoint_bytes,
+    completion_mark,
+    mark_complete,
     put_in_place,
-    sync_dir,
     weight_names,
     weights_file,
 )
@@ -90,7 +88,7 @@ def save_checkpoint(accelerator: Accelerator, runtime: Runtime, model, cfg: Conf
     building = path.with_name(path.name + ".tmp")
     if accelerator.is_main_process and building.exists():
         shutil.rmtree(building)  # a save that was cut off before
-    _check_space(accelerator, run, path, expected_bytes(run, accelerator.unwrap_model(model)))
+    _check_space(accelerator, run, path, _expected_bytes(run, accelerator.unwrap_model(model)))
     try:
         with _xla_state_workaround(accelerator, runtime):
             accelerator.save_state(str(building), safe_serialization=runtime.safe_weights)
@@ -99,7 +97,7 @@ def save_checkpoint(accelerator: Accelerator, runtime: Runtime, model, cfg: Conf
             accelerator.unwrap_model(model).config.save_pretrained(building)
             cfg.save(building / CONFIG_FILE)
             state.save(building / STATE_FILE)
-            _mark_complete(building, state.step)
+            mark_complete(building, state.step)
     except (OSError, RuntimeError) as err:
         # A full disk surfaces as OSError from Python's writes and as RuntimeError from torch.save.
         raise ValueError(f"could not write checkpoint {path} ({_first_line(err)}); {_last_complete(run)}") from err
@@ -141,21 +139,6 @@ def _first_line(err: BaseException) -> str:
     return text.splitlines()[0] if text else type(err).__name__
 
 
-def _mark_complete(folder: Path, step: int) -> None:
-    """Flush every file of `folder` to disk, then write the mark that lists them with their sizes."""
-    files = {}
-    for file in sorted(p for p in folder.rglob("*") if p.is_file()):
-        with open(file, "rb") as handle:
-            os.fsync(handle.fileno())
-        files[str(file.relative_to(folder))] = file.stat().st_size
-    mark = folder / COMPLETE_FILE
-    with open(mark, "w") as handle:
-        handle.write(json.dumps({"step": step, "files": files}, indent=2) + "\n")
-        handle.flush()
-        os.fsync(handle.fileno())
-    sync_dir(folder)
-
-
 def load_checkpoint(accelerator: Accelerator, runtime: Runtime, path: Path, state: TrainState,
                     trained_only: torch.nn.Module | None = None) -> None:  # fmt: skip
     """Restore model, optimizer, scheduler, RNG and `state` from a complete checkpoint folder.
@@ -191,12 +174,12 @@ def _check_loads_no_code(path: Path, process_index: int) -> None:
         raise ValueError(f"{rng}: not a random-state file to resume from ({_first_line(err)})") from err
 
 
-def expected_bytes(run: RunFolder, model: torch.nn.Module) -> int:
+def _expected_bytes(run: RunFolder, model: torch.nn.Module) -> int:
     """What the next checkpoint will take on disk: the newest complete one's size, or before the first one,
     the trainable weights with AdamW's two moments plus the rest of the weights (fp32)."""
     complete = run.complete_checkpoints()
     if complete:
-        return checkpoint_bytes(complete[-1])
+        return sum(completion_mark(complete[-1])["files"].values())
     params = list(model.parameters())
     return sum(4 * p.numel() * (3 if p.requires_grad else 1) for p in params)
 

@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dia_tpu.artifacts import COMPLETE_FILE, CONFIG_FILE, RunFolder, is_complete, weights_file
+from dia_tpu.artifacts import COMPLETE_FILE, CONFIG_FILE, RunFolder, completion_mark, is_complete, weights_file
 from dia_tpu.config import Config, ConfigError, read_saved
 from dia_tpu.training.checkpoint import TrainState
 from dia_tpu.training.step import group_settings
@@ -76,13 +76,14 @@ def _newer_than(run: RunFolder, path: Path) -> list[Path]:
         return []
     step = _saved_step(path)
     newer = [p for p in run.complete_checkpoints() if _saved_step(p) > step]
-    if is_complete(run.best) and _saved_step(run.best) > step:
+    best = completion_mark(run.best)
+    if best is not None and best["step"] > step:
         newer.insert(0, run.best)
     return newer
 
 
 def _saved_step(folder: Path) -> int:
-    return int(json.loads((folder / COMPLETE_FILE).read_text())["step"])
+    return completion_mark(folder)["step"]
 
 
 def set_aside(run: RunFolder, resume: Resume) -> list[str]:
