@@ -112,8 +112,7 @@ def train(cfg: Config) -> Path:
         elif t.resume == "auto":
             logger.info(f"no checkpoint under {run.root}: starting from step 0", main_process_only=True)
         if accelerator.is_main_process:
-            run.root.mkdir(parents=True, exist_ok=True)
-            cfg.save(run.config)
+            cfg.save(run.config)  # the lock made the folder
         accelerator.init_trackers(run.root.name, config=flat_hparams(cfg))
         report_data(accelerator, splits, total_steps)
 
@@ -127,7 +126,6 @@ def train(cfg: Config) -> Path:
 
             xla = XlaWatch()
         model.train()
-        saved_step = state.step if resume.checkpoint is not None else -1
         stopped = 0
         while state.step < total_steps:
             if xla is not None:
@@ -158,11 +156,11 @@ def train(cfg: Config) -> Path:
                                      f"evaluations (best {state.best_loss:.4f} at step {state.best_step})")
                     if not logged:
                         log_train(accelerator, meter, scheduler, state, xla, bar)
-            # On XLA the agreement reads a device value, so it waits for the logging steps (train.log_every).
-            stopped = 0 if last else stop_request.agreed(accelerator, check=logged or not runtime.on_xla)
+            # With several processes agreeing is a collective and a host sync: it rides on the logging steps,
+            # which sync anyway, so no train step waits for it.
+            stopped = 0 if last else stop_request.agreed(accelerator, check=logged)
             if state.step % t.save_every == 0 or last or early or stopped:
                 path = save_checkpoint(accelerator, runtime, model, cfg, state)
-                saved_step = state.step
                 logger.info(f"saved checkpoint {path}", main_process_only=True)
             if samples.due(state.step, last or early) and not stopped:
                 folder = samples.write(model, state.step)
@@ -173,7 +171,7 @@ def train(cfg: Config) -> Path:
         bar.close()
         if stopped:
             accelerator.end_training()
-            raise TrainingStopped(stopped, state.step, run.checkpoint(saved_step) if saved_step >= 0 else None)
+            raise TrainingStopped(stopped, state.step, run.checkpoint(state.step))  # saved just above
 
         if accelerator.is_main_process:
             export(accelerator.unwrap_model(model), build_codec(cfg.model), cfg, run.final)

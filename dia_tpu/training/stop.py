@@ -1,9 +1,13 @@
 """Stopping on request: SIGTERM (a preempted VM, a scheduler), SIGINT (Ctrl-C) or SIGUSR1 (some schedulers'
-warning) ends training at the next optimizer-step boundary with a complete checkpoint.
+warning) ends training at the next optimizer-step boundary with a complete checkpoint; with several
+processes, at the next logging step (`train.log_every`).
 
 The first signal only sets a flag. Every process learns whether any of them got one at the same step, so one
-that was signalled later never leaves the others waiting in a collective. A second SIGINT or SIGTERM stops at
-once, with the signal's default action; checkpoints are built aside and renamed, so that corrupts nothing.
+that was signalled later never leaves the others waiting in a collective. That agreement is an all-reduce
+read on the host, so it is taken at the logging steps, which sync anyway, and no train step waits for it.
+
+A second SIGINT or SIGTERM stops at once, with the signal's default action; checkpoints are built aside and
+renamed, so that corrupts nothing.
 The command then exits with 128 + the signal number (143 for SIGTERM, 130 for Ctrl-C), as a process killed
 by that signal would: schedulers and retry loops treat the run as interrupted, not finished.
 """
