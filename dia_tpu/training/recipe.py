@@ -13,6 +13,7 @@ from tqdm.auto import tqdm
 
 from dia_tpu.artifacts import RunFolder
 from dia_tpu.config import Config, ConfigError, check_run_files
+from dia_tpu.console import TrainingStopped
 from dia_tpu.data.dataset import load_splits
 from dia_tpu.data.shards import read_prepare_info
 from dia_tpu.export import export
@@ -29,7 +30,7 @@ from dia_tpu.training.runtime import Runtime
 from dia_tpu.training.samples import TrainingSamples
 from dia_tpu.training.schedule import make_scheduler
 from dia_tpu.training.step import build_trainable, check_optimizer, make_optimizer, train_step
-from dia_tpu.training.stop import StopRequest, TrainingStopped
+from dia_tpu.training.stop import StopRequest
 
 logger = get_logger(__name__)
 

@@ -21,10 +21,6 @@ import threading
 import torch
 from accelerate import Accelerator
 
-from dia_tpu.console import TrainingStopped
-
-__all__ = ["STOP_SIGNALS", "StopRequest", "TrainingStopped"]
-
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
 
 
