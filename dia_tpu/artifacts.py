@@ -10,6 +10,7 @@ Nari Labs checkpoint, a hub id).
       samples/step_NNNNNN/      wavs, spectrograms and index.json of the samples generated during training
       logs/                     tracker files (TensorBoard)
       .lock                     held by the run in progress (pid, host)
+      .mirror/                  saved folders waiting to be uploaded to `output.mirror` (`dia_tpu.training.mirror`)
 
 A saved config is read with `read_saved`: types only, so a folder opens from any directory and on another
 machine, whatever the paths in it.
@@ -45,7 +46,8 @@ COMPLETE_FILE = "checkpoint.json"
 # The files a model's weights may be in: a transformers folder or Accelerate checkpoint (safetensors, or
 # torch's .bin where Accelerate saves that way, on XLA), in that order of preference.
 WEIGHTS_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
-_STEP_DIR = re.compile(r"^step_(\d+)$")
+# A rotating checkpoint's folder name.
+STEP_DIR = re.compile(r"^step_(\d+)$")
 
 
 @dataclass(frozen=True)
@@ -86,6 +88,11 @@ class RunFolder:
         return self.root / ".lock"
 
     @property
+    def staging(self) -> Path:
+        """Where saved folders wait for their upload to the mirror (hard links: they take no space)."""
+        return self.root / ".mirror"
+
+    @property
     def set_aside(self) -> Path:
         """Where incomplete checkpoints are moved, never deleted."""
         return self.checkpoints / "incomplete"
@@ -100,7 +107,7 @@ class RunFolder:
         """Checkpoint folders, oldest first."""
         if not self.checkpoints.is_dir():
             return []
-        found = [(int(m[1]), p) for p in self.checkpoints.iterdir() if (m := _STEP_DIR.match(p.name)) and p.is_dir()]
+        found = [(int(m[1]), p) for p in self.checkpoints.iterdir() if (m := STEP_DIR.match(p.name)) and p.is_dir()]
         return [p for _, p in sorted(found)]
 
     def complete_checkpoints(self) -> list[Path]:
@@ -135,24 +142,43 @@ def sync_dir(folder: Path) -> None:
 def mark_complete(folder: Path, step: int) -> None:
     """Flush every file of a finished checkpoint to disk, then write its completion mark: the step and every
     file with its size."""
-    files = {}
-    for file in sorted(p for p in folder.rglob("*") if p.is_file()):
-        with open(file, "rb") as handle:
+    files = file_sizes(folder)
+    for name in files:
+        with open(folder / name, "rb") as handle:
             os.fsync(handle.fileno())
-        files[str(file.relative_to(folder))] = file.stat().st_size
     with open(folder / COMPLETE_FILE, "w") as handle:
-        handle.write(json.dumps({"step": step, "files": files}, indent=2) + "\n")
+        handle.write(mark_text(step, files))
         handle.flush()
         os.fsync(handle.fileno())
     sync_dir(folder)
+
+
+def file_sizes(folder: Path) -> dict[str, int]:
+    """Every file under `folder` except its completion mark, by path relative to it (with /), with its size."""
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p != folder / COMPLETE_FILE)
+    return {file.relative_to(folder).as_posix(): file.stat().st_size for file in files}
+
+
+def mark_text(step: int, files: dict[str, int]) -> str:
+    return json.dumps({"step": step, "files": files}, indent=2) + "\n"
 
 
 def completion_mark(folder: Path) -> dict | None:
     """The mark of a finished checkpoint ({"step", "files": {name: size}}), or None when `folder` is not one:
     no mark, or a file it lists is missing or has another size."""
     try:
-        mark = json.loads((folder / COMPLETE_FILE).read_text())
-        whole = all((folder / name).stat().st_size == size for name, size in mark["files"].items())
+        text = (folder / COMPLETE_FILE).read_text()
+    except OSError:
+        return None
+    return valid_mark(text, lambda name: (folder / name).stat().st_size)
+
+
+def valid_mark(text: str | bytes, size_of) -> dict | None:
+    """A completion mark read from `text`, when every file it lists has its size (`size_of(name)`, which may
+    raise OSError for a missing file); None otherwise. Local folders and mirrors check their marks with it."""
+    try:
+        mark = json.loads(text)
+        whole = all(size_of(name) == size for name, size in mark["files"].items())
         return mark if whole and isinstance(mark["step"], int) else None
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None

@@ -46,6 +46,12 @@ def run_command(name: str, command: Callable[[], object]) -> None:
         sys.exit(f"{name}: error: {err}")
 
 
+def first_line(err: BaseException) -> str:
+    """An exception's message in one line (its type when it has none), for errors that name what failed."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
 def quiet_libraries() -> None:
     """Turn off transformers' per-file bars ("Loading weights", "Writing model shards"): a command prints what
     it loaded and wrote itself, and training and prepare draw one bar each. The Hub's download bars stay (a

@@ -1,5 +1,6 @@
-"""The quick version of scripts/chaos_resume.py: SIGKILL during a run and inside a save, resume with
-`--resume auto` each time, and end with the uninterrupted run's weights."""
+"""The quick version of scripts/chaos_resume.py: SIGKILL at a random moment and inside a save, and a run killed
+half-way through a mirror upload whose machine then vanishes; each resumes with `--resume auto` and ends with
+the uninterrupted run's weights."""
 
 from __future__ import annotations
 
@@ -21,3 +22,7 @@ def test_killed_runs_resume_to_the_same_weights(codes_dir, tmp_path):
     passed, story = chaos.trial(codes_dir, reference, tmp_path / "trial", steps, 2, random.Random(0), budget)
     assert passed, story
     assert "inside the save of step_" in story or "finished before the kill" in story, story
+    passed, story = chaos.stage_trial(codes_dir, reference, tmp_path / "vanished", steps, "mirror upload", 6)
+    assert passed, story
+    assert (tmp_path / "vanished.log").read_text().count("chaos: SIGKILL at mirror upload") == 1
+    assert "mirror: fetched checkpoints/step_" in (tmp_path / "vanished.log").read_text()

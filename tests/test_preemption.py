@@ -61,15 +61,18 @@ def test_sigterm_stops_with_a_complete_checkpoint_and_resumes_exactly(codes_dir,
     common = [*TINY, f"data.dataset={codes_dir}", "train.max_steps=80", *QUICK]
     straight = train(tiny(codes_dir, tmp_path / "straight", "train.max_steps=80", *QUICK)).parent
     reset_accelerate()
-    run_dir = tmp_path / "stopped"
+    run_dir, bucket = tmp_path / "stopped", tmp_path / "bucket"
     process = launch([sys.executable, "-m", "dia_tpu", "train", "--config", str(ROOT / "configs/demo.yaml"), *common,
-                      f"output.dir={run_dir}"], run_dir)  # fmt: skip
+                      f"output.dir={run_dir}", f"output.mirror={bucket}"], run_dir)  # fmt: skip
     time.sleep(0.5)
     process.send_signal(signal.SIGTERM)
-    _, err = process.communicate(timeout=240)
+    out, err = process.communicate(timeout=240)
     assert process.returncode == 128 + signal.SIGTERM, err[-3000:]
     step = stopped_at(err)
     assert 0 < step < 80 and not (run_dir / "final").exists() and not (run_dir / ".lock").exists()
+    # The stop checkpoint went to the mirror before the process exited.
+    assert f"mirror: checkpoints/step_{step} (step {step}) is on {bucket}" in out, out[-3000:]
+    assert is_complete(bucket / "checkpoints" / f"step_{step}")
     train(tiny(codes_dir, run_dir, "train.max_steps=80", *QUICK, "train.resume=auto"))
     assert_same_weights(straight, run_dir)
 

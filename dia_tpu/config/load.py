@@ -122,6 +122,8 @@ def _resolved(value: str, base: Path, kind: str) -> str:
         return value
     if kind == "source" and is_hub_id(value, base):
         return value
+    if kind == "url" and "://" in value:
+        return value
     path = Path(value).expanduser()
     return str(path if path.is_absolute() else (base / path).resolve())
 

@@ -27,12 +27,12 @@ SOURCE_KINDS: tuple[str, ...] = typing.get_args(SourceKind)
 # Accelerate's mixed-precision modes, for training, prepare's codec and `dia-tpu bench`.
 PRECISIONS: tuple[str, ...] = typing.get_args(Precision)
 
-# A field's metadata key saying how its value is a path: "path" (always a file or folder) or "source" (a
-# local file or folder, or else a Hugging Face Hub id).
+# A field's metadata key saying how its value is a path: "path" (always a file or folder), "source" (a
+# local file or folder, or else a Hugging Face Hub id) or "url" (a local folder, or else an fsspec URL).
 PATH_KIND = "path"
 
 
-def path_field(default: str | None, kind: Literal["path", "source"] = "path") -> typing.Any:
+def path_field(default: str | None, kind: Literal["path", "source", "url"] = "path") -> typing.Any:
     return field(default=default, metadata={PATH_KIND: kind})
 
 
@@ -292,6 +292,10 @@ class SamplesConfig:
 class OutputConfig:
     # Run directory: checkpoints/, final/, logs/ and config.yaml go here.
     dir: str = path_field("runs/demo")
+    # A copy of every complete checkpoint, best/ and final/ on another filesystem, uploaded in the background:
+    # a local folder or an fsspec URL (gs://, s3://, hf://buckets/...). `--resume auto` fetches the newest
+    # checkpoint from it when output.dir has none as new (a fresh machine). See `dia_tpu.training.mirror`.
+    mirror: str | None = path_field(None, "url")
 
 
 @dataclass

@@ -39,6 +39,7 @@ from dia_tpu.artifacts import (
     weights_file,
 )
 from dia_tpu.config import Config
+from dia_tpu.console import first_line
 from dia_tpu.model.adapters import check_trained_names, trainable_state_dict
 from dia_tpu.training.runtime import Runtime
 
@@ -100,7 +101,7 @@ def save_checkpoint(accelerator: Accelerator, runtime: Runtime, model, cfg: Conf
             mark_complete(building, state.step)
     except (OSError, RuntimeError) as err:
         # A full disk surfaces as OSError from Python's writes and as RuntimeError from torch.save.
-        raise ValueError(f"could not write checkpoint {path} ({_first_line(err)}); {_last_complete(run)}") from err
+        raise ValueError(f"could not write checkpoint {path} ({first_line(err)}); {_last_complete(run)}") from err
     if accelerator.is_main_process:
         put_in_place(building, path)
         if folder is None:
@@ -134,11 +135,6 @@ def _last_complete(run: RunFolder) -> str:
     return f"the last complete checkpoint is {complete[-1]}" if complete else "no complete checkpoint yet"
 
 
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
-
-
 def load_checkpoint(accelerator: Accelerator, runtime: Runtime, path: Path, state: TrainState,
                     trained_only: torch.nn.Module | None = None) -> None:  # fmt: skip
     """Restore model, optimizer, scheduler, RNG and `state` from a complete checkpoint folder.
@@ -153,7 +149,7 @@ def load_checkpoint(accelerator: Accelerator, runtime: Runtime, path: Path, stat
         with _xla_state_workaround(accelerator, runtime):
             accelerator.load_state(str(path), **({"strict": False} if trained_only is not None else {}))
     except (RuntimeError, EOFError, pickle.UnpicklingError, KeyError) as err:
-        raise ValueError(f"{path}: the training state cannot be restored ({_first_line(err)})") from err
+        raise ValueError(f"{path}: the training state cannot be restored ({first_line(err)})") from err
     saved = TrainState.read(path / STATE_FILE)
     for f in fields(saved):
         setattr(state, f.name, getattr(saved, f.name))
@@ -171,7 +167,7 @@ def _check_loads_no_code(path: Path, process_index: int) -> None:
     try:
         accelerate_load(rng)
     except (OSError, EOFError, RuntimeError, pickle.UnpicklingError) as err:
-        raise ValueError(f"{rng}: not a random-state file to resume from ({_first_line(err)})") from err
+        raise ValueError(f"{rng}: not a random-state file to resume from ({first_line(err)})") from err
 
 
 def _expected_bytes(run: RunFolder, model: torch.nn.Module) -> int:

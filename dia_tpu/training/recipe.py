@@ -25,6 +25,7 @@ from dia_tpu.training.loaders import make_loaders, micro_batches
 from dia_tpu.training.lock import RunLock
 from dia_tpu.training.loss import codebook_weights
 from dia_tpu.training.meter import TrainMeter, eval_line, flat_hparams, log_train, report_data, say
+from dia_tpu.training.mirror import Mirror
 from dia_tpu.training.resume import apply_changes, config_changes, record_changes, resolve_resume, set_aside
 from dia_tpu.training.runtime import Runtime
 from dia_tpu.training.samples import TrainingSamples
@@ -61,8 +62,22 @@ def train(cfg: Config) -> Path:
     runtime = Runtime.of(accelerator, cfg)
     check_optimizer(t, runtime)
     with contextlib.ExitStack() as held:
+        mirror = None
         if accelerator.is_main_process:
             held.enter_context(RunLock(run.lock))  # also proves output.dir writable before anything loads
+            if cfg.output.mirror:
+                # Proves the mirror writable; leaving the run waits for its uploads.
+                mirror = held.enter_context(Mirror(cfg.output.mirror, run, t.keep_last))
+                mirror.check_fork(resume.checkpoint, t.fork)
+            for line in set_aside(run, resume):
+                say(accelerator, line)
+            if mirror is not None:
+                mirror.start(t.resume, resume.checkpoint)
+        accelerator.wait_for_everyone()
+        if cfg.output.mirror and t.resume == "auto":
+            # The mirror may have brought a newer checkpoint: every process resumes from it.
+            resume = resolve_resume(t.resume, run.root)
+            changes = config_changes(cfg, resume.checkpoint) if resume.checkpoint is not None else {}
         stop_request = held.enter_context(StopRequest())
         if runtime.on_xla and cfg.model.compile:
             say(accelerator, "model.compile: off on XLA (torch_xla compiles the traced graphs itself)")
@@ -96,10 +111,6 @@ def train(cfg: Config) -> Path:
         if adapter_only:
             # A LoRA run's checkpoints hold the trained weights only; the base is rebuilt from the config.
             accelerator.register_save_state_pre_hook(keep_trainable)
-        if accelerator.is_main_process:
-            for line in set_aside(run, resume):
-                say(accelerator, line)
-        accelerator.wait_for_everyone()
         if resume.checkpoint is not None:
             trained_only = model if adapter_only else None
             load_checkpoint(accelerator, runtime, resume.checkpoint, state, trained_only=trained_only)
@@ -150,6 +161,8 @@ def train(cfg: Config) -> Path:
                 say(accelerator, eval_line(state, metrics, channels))
                 if improved and cfg.eval.keep_best:
                     save_checkpoint(accelerator, runtime, model, cfg, state, folder=run.best)
+                    if mirror is not None:
+                        mirror.send(run.best, state.step)
                 patience = cfg.eval.early_stopping_patience
                 early = bool(patience) and state.evals_since_best >= patience and not last
                 if early:
@@ -163,6 +176,8 @@ def train(cfg: Config) -> Path:
             if state.step % t.save_every == 0 or last or early or stopped:
                 path = save_checkpoint(accelerator, runtime, model, cfg, state)
                 logger.info(f"saved checkpoint {path}", main_process_only=True)
+                if mirror is not None:
+                    mirror.send(path, state.step)
             if samples.due(state.step, last or early) and not stopped:
                 folder = samples.write(model, state.step)
                 if folder is not None:
@@ -176,6 +191,8 @@ def train(cfg: Config) -> Path:
 
         if accelerator.is_main_process:
             export(accelerator.unwrap_model(model), build_codec(cfg.model), cfg, run.final)
+            if mirror is not None:
+                mirror.send(run.final, state.step)
         accelerator.wait_for_everyone()
         accelerator.end_training()
         say(accelerator, f"done: {state.step} steps\n  checkpoints: {run.checkpoints}\n  export:      {run.final}\n"
