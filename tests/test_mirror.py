@@ -137,6 +137,14 @@ def test_a_fresh_machine_resumes_from_the_mirror(codes_dir, tmp_path, capsys):
         assert weights(run_dir)[key].equal(tensor), key
     assert is_complete(bucket / "checkpoints/step_4") and is_complete(bucket / "final")
 
+    # A run folder older than its mirror (a disk restored from a snapshot): the mirror's newer checkpoint wins.
+    shutil.rmtree(run_dir / "checkpoints/step_4")
+    shutil.rmtree(run_dir / "final")
+    reset_accelerate()
+    train(tiny(codes_dir, run_dir, *common, "train.resume=auto"))
+    assert "mirror: fetched checkpoints/step_4 from" in capsys.readouterr().out
+    assert all(weights(run_dir)[key].equal(tensor) for key, tensor in straight.items())
+
 
 @pytest.mark.parametrize(("mirror", "message"), [
     ("{blocker}/mirror", r"output.mirror .*a_file/mirror cannot be written"),

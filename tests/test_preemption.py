@@ -207,7 +207,7 @@ def test_a_full_disk_stops_before_a_partial_checkpoint(codes_dir, tmp_path, monk
     assert [p.name for p in (run_dir / "checkpoints").iterdir()] == ["step_2"]
     monkeypatch.undo()
 
-    # A write that fails half-way (as torch.save does on a full disk) leaves only a .tmp folder behind.
+    # A write that fails half-way (as torch.save does on a full disk) is one error, and the partial save is removed.
     reset_accelerate()
 
     def disk_full(*args, **kwargs):
@@ -221,3 +221,51 @@ def test_a_full_disk_stops_before_a_partial_checkpoint(codes_dir, tmp_path, monk
     reset_accelerate()
     train(tiny(codes_dir, run_dir, *common, "train.resume=auto"))
     assert is_complete(run_dir / "checkpoints" / "step_4")
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 26 MiB tmpfs: room for one tiny checkpoint (16 MiB) and the run's side files, not for a second."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=26m", "tmpfs", str(disk)], capture_output=True,
+                             text=True)  # fmt: skip
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({mounted.stderr.strip()}); the simulated full disk above still runs")
+    try:
+        yield disk
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=True)
+
+
+def test_a_real_full_disk_is_one_clear_error_and_loses_nothing(codes_dir, small_disk, monkeypatch):
+    run_dir = small_disk / "run"
+    common = ["train.max_steps=4", "train.save_every=2", "train.keep_last=1", "eval.eval_every=1000",
+              "eval.keep_best=false", "train.report_to=none"]  # fmt: skip
+    # The free-space check stops before the second checkpoint: it would not fit beside the first.
+    with pytest.raises(ValueError, match=r"not enough disk space for checkpoint .*step_4: it needs about 0.02 GiB "
+                                         r"and 0.0\d GiB are free.*last complete checkpoint is .*step_2"):  # fmt: skip
+        train(tiny(codes_dir, run_dir, *common))
+    # Without the check, the write itself hits the full disk (ENOSPC) half-way: the same kind of error, and
+    # the first checkpoint is untouched.
+    reset_accelerate()
+    monkeypatch.setattr("dia_tpu.training.checkpoint._check_space", lambda *args: None)
+    full = r"could not write checkpoint .*step_4 \(the disk is full: \d+\.\d MiB free on .*disk/run/checkpoints; "
+    with pytest.raises(ValueError, match=full + r".*\); the last complete checkpoint is .*step_2"):
+        train(tiny(codes_dir, run_dir, *common, "train.resume=auto"))  # torch.save fails in the optimizer
+    # A disk fuller still: safetensors fails in the model's weights.
+    filler = small_disk / "filler"
+    filler.write_bytes(b"\0" * (shutil.disk_usage(small_disk).free - 2**20))
+    reset_accelerate()
+    with pytest.raises(ValueError, match=full + r"Error while serializing"):
+        train(tiny(codes_dir, run_dir, *common, "train.resume=auto"))
+    monkeypatch.undo()
+    assert [p.name for p in (run_dir / "checkpoints").iterdir()] == ["step_2"]  # the partial save removed
+    assert is_complete(run_dir / "checkpoints" / "step_2")
+    filler.unlink()
+    # Space freed (the disk grown), the same command goes on from step_2.
+    subprocess.run(["mount", "-o", "remount,size=64m", str(small_disk)], check=True)
+    reset_accelerate()
+    train(tiny(codes_dir, run_dir, *common, "train.resume=auto"))
+    assert [p.name for p in RunFolder(run_dir).complete_checkpoints()] == ["step_4"]
+    assert (run_dir / "final" / "model.safetensors").is_file()

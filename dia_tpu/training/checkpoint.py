@@ -15,6 +15,7 @@ scheduler and RNG files with `torch.load(weights_only=True)`, and a pickle dia_t
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import pickle
@@ -27,6 +28,7 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 from accelerate.utils import load as accelerate_load
+from safetensors import SafetensorError
 
 from dia_tpu.artifacts import (
     CONFIG_FILE,
@@ -99,9 +101,13 @@ def save_checkpoint(accelerator: Accelerator, runtime: Runtime, model, cfg: Conf
             cfg.save(building / CONFIG_FILE)
             state.save(building / STATE_FILE)
             mark_complete(building, state.step)
-    except (OSError, RuntimeError) as err:
-        # A full disk surfaces as OSError from Python's writes and as RuntimeError from torch.save.
-        raise ValueError(f"could not write checkpoint {path} ({first_line(err)}); {_last_complete(run)}") from err
+    except (OSError, RuntimeError, SafetensorError) as err:
+        # A full disk surfaces as OSError from Python's writes, as RuntimeError from torch.save ("unexpected pos")
+        # and as SafetensorError from safetensors.
+        if accelerator.is_main_process:
+            shutil.rmtree(building, ignore_errors=True)  # give the space back
+        raise ValueError(f"could not write checkpoint {path} ({_write_failure(err, path)}); "
+                         f"{_last_complete(run)}") from err  # fmt: skip
     if accelerator.is_main_process:
         put_in_place(building, path)
         if folder is None:
@@ -116,6 +122,10 @@ def save_checkpoint(accelerator: Accelerator, runtime: Runtime, model, cfg: Conf
 _SPACE_MARGIN = 1.1
 
 
+# Free space below which a failed write is put down to a full disk.
+_FULL = 16 * 2**20
+
+
 def _check_space(accelerator: Accelerator, run: RunFolder, path: Path, needed: int) -> None:
     """Stop before writing a checkpoint that the disk cannot hold; every process takes the same decision."""
     where = next(p for p in (path.parent, *path.parents) if p.exists())
@@ -128,6 +138,15 @@ def _check_space(accelerator: Accelerator, run: RunFolder, path: Path, needed: i
         raise ValueError(f"not enough disk space for checkpoint {path}: it needs about {needed / 2**30:.2f} GiB and "
                          f"{free / 2**30:.2f} GiB are free on {where} (or on another process's disk); free space or "
                          f"lower train.keep_last, then resume with --resume auto; {_last_complete(run)}")  # fmt: skip
+
+
+def _write_failure(err: BaseException, path: Path) -> str:
+    """Why a write failed, saying so plainly when the disk is full (torch's own message does not)."""
+    where = next(p for p in (path.parent, *path.parents) if p.exists())
+    free = shutil.disk_usage(where).free
+    if getattr(err, "errno", None) == errno.ENOSPC or free < _FULL:
+        return f"the disk is full: {free / 2**20:.1f} MiB free on {where}; {first_line(err)}"
+    return first_line(err)
 
 
 def _last_complete(run: RunFolder) -> str:

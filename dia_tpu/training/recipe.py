@@ -68,7 +68,8 @@ def train(cfg: Config) -> Path:
             if cfg.output.mirror:
                 # Proves the mirror writable; leaving the run waits for its uploads.
                 mirror = held.enter_context(Mirror(cfg.output.mirror, run, t.keep_last))
-                mirror.check_fork(resume.checkpoint, t.fork)
+                if t.resume != "auto":
+                    mirror.check_fork(resume.checkpoint, t.fork)
             for line in set_aside(run, resume):
                 say(accelerator, line)
             if mirror is not None:
