@@ -29,7 +29,8 @@ import shutil
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -108,6 +109,7 @@ class Mirror:
 
     def checkpoints(self) -> list[tuple[int, str, bool]]:
         """(step, name, complete) of every step_N folder on the mirror, oldest first."""
+        self.fs.invalidate_cache(self._path(CHECKPOINTS))  # listings may be cached; uploads change them
         try:
             entries = self.fs.ls(self._path(CHECKPOINTS), detail=False)
         except FileNotFoundError:
@@ -137,7 +139,8 @@ class Mirror:
 
     def check_fork(self, checkpoint: Path | None, fork: bool) -> None:
         """Refuse to resume from a checkpoint of this run when the mirror holds newer ones, unless `fork`."""
-        newer = self._newer_than(checkpoint)
+        with self._talking("list its checkpoints"):
+            newer = self._newer_than(checkpoint)
         if newer and not fork:
             raise MirrorError(f"train.resume: the mirror {self.url} holds checkpoints newer than {checkpoint} "
                               f"({', '.join(newer)}): going on from it would write over them. Use --resume auto to "
@@ -149,18 +152,21 @@ class Mirror:
         set-aside): fetch a newer checkpoint for `--resume auto`; move aside the mirror's checkpoints newer than
         a fork point; queue what the run folder has complete and the mirror lacks (a killed run's last uploads)."""
         if resume_setting == "auto":
-            self.fetch_newest()
-        newer = [] if resume_setting == "auto" else self._newer_than(checkpoint)
-        aside = f"{CHECKPOINTS}/forked-{time.strftime('%Y%m%d-%H%M%S')}"
-        for name in newer:
-            target = f"{aside}/{name.rsplit('/', 1)[-1]}"
-            self.fs.mv(self._path(name), self._path(target), recursive=True)
-            self.report(f"mirror: moved {name}, newer than the fork point, to {target} on {self.url}")
-        for folder in [*self.run.complete_checkpoints()[-self.keep_last :], self.run.best]:
-            mark = completion_mark(folder)
-            on_mirror = self.mark(self._name(folder)) if mark is not None else None
-            if mark is not None and (on_mirror is None or on_mirror["step"] != mark["step"]):
-                self.send(folder, mark["step"])
+            with self._talking("fetch its newest checkpoint"):
+                self.fetch_newest()
+        with self._talking("move the checkpoints newer than the fork point aside"):
+            newer = [] if resume_setting == "auto" else self._newer_than(checkpoint)
+            aside = f"{CHECKPOINTS}/forked-{time.strftime('%Y%m%d-%H%M%S')}"
+            for name in newer:
+                target = f"{aside}/{name.rsplit('/', 1)[-1]}"
+                self.fs.mv(self._path(name), self._path(target), recursive=True)
+                self.report(f"mirror: moved {name}, newer than the fork point, to {target} on {self.url}")
+        with self._talking("list its checkpoints"):
+            for folder in [*self.run.complete_checkpoints()[-self.keep_last :], self.run.best]:
+                mark = completion_mark(folder)
+                on_mirror = self.mark(self._name(folder)) if mark is not None else None
+                if mark is not None and (on_mirror is None or on_mirror["step"] != mark["step"]):
+                    self.send(folder, mark["step"])
 
     def fetch_newest(self) -> Path | None:
         """Download the mirror's newest complete checkpoint when the run folder has none as new; returns it."""
@@ -281,6 +287,16 @@ class Mirror:
         for step, name, _ in found:
             if name not in keep and step < newest:
                 self.fs.rm(self._path(name), recursive=True)
+
+    @contextmanager
+    def _talking(self, what: str) -> Iterator[None]:
+        """A backend's failure before training as one error naming the mirror and what was being done."""
+        try:
+            yield
+        except MirrorError:
+            raise
+        except Exception as err:  # each backend raises its own types (gcsfs's HttpError is not an OSError)
+            raise MirrorError(f"output.mirror {self.url}: could not {what} ({first_line(err)})") from err
 
     def _path(self, name: str) -> str:
         return f"{self.root}/{name}"
