@@ -232,7 +232,7 @@ def trial(codes: Path, reference: Path, run_dir: Path, steps: int, kills: int, r
         if spot is None:
             landed.append("finished before the kill")
             break
-        if rng.random() < 0.5:
+        if rng.random() < 0.5 and run_dir.exists():  # a kill at start-up may come before the folder
             shutil.rmtree(run_dir)
             spot += ", the run folder deleted"
         landed.append(spot)
