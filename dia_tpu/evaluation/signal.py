@@ -27,6 +27,7 @@ SILENT_DBFS = -50.0
 # scale; a last voiced frame within CUT_OFF_DB of the peak at the very end (it stops mid-sound).
 TOO_SHORT, TOO_LONG = 0.5, 2.0
 SPEEDS_UP = 1.7
+RATE_MIN_THIRD_S = 1.0
 LONG_PAUSE_S, TRAILING_S = 1.5, 1.0
 LOOP_S = 1.0
 STUCK_FRACTION = 0.3
@@ -104,13 +105,16 @@ def problems(m: SignalMeasures) -> list[str]:
         found.append("non_finite")
     if m.seconds == 0:
         return found + ["empty"] + ([] if m.ended else ["no_eos"])
-    if m.peak_dbfs < SILENT_DBFS:
+    silent = m.peak_dbfs < SILENT_DBFS
+    if silent:
         found.append("silent")
     if not m.ended:
         found.append("no_eos")
     if m.reference_seconds:
         ratio = m.seconds / m.reference_seconds
         found += ["too_short"] if ratio < TOO_SHORT else ["too_long"] if ratio > TOO_LONG else []
+    if silent:
+        return found  # nothing is said: pauses, pace and loops have no meaning
     if m.rate_first > 0 and m.rate_last >= SPEEDS_UP * m.rate_first:
         found.append("speeds_up")
     if m.longest_pause_s > LONG_PAUSE_S:
@@ -156,8 +160,9 @@ def _longest_run(mask: np.ndarray) -> int:
 
 def _burst_rates(levels: np.ndarray) -> tuple[float, float]:
     """Energy bursts per second in the first and the last third of the voiced span: a rise to within 10 dB
-    of the peak after a fall to 20 dB below it."""
-    if len(levels) < 6:
+    of the peak after a fall to 20 dB below it. Thirds shorter than `RATE_MIN_THIRD_S` are too few bursts to
+    compare: (0, 0), not measured."""
+    if len(levels) * FRAME_SECONDS < 3 * RATE_MIN_THIRD_S:
         return 0.0, 0.0
     high, low = levels.max() - 10, levels.max() - 20
     third = len(levels) // 3

@@ -1,0 +1,125 @@
+"""Speech recognisers that judge intelligibility: what a listener would have understood of each utterance.
+
+- `whisper` (recommended): transformers' Whisper. `openai/whisper-large-v3-turbo` by default, or any Whisper
+  checkpoint by hub id or folder (`whisper:openai/whisper-small`, `whisper:/models/my-whisper`). Batched, on
+  the device given. Transcripts and references go through Whisper's own normaliser (its English one for
+  English), as Whisper's published WERs do.
+- `pocketsphinx` (offline): CMU PocketSphinx with the English model its wheel ships, so nothing is
+  downloaded. It is much weaker than Whisper: on the bundled espeak-ng sample its WER is 0.83, and noise
+  gives an empty transcript. Use it to compare checkpoints where nothing
+  can be downloaded (tests, air-gapped machines), never for absolute figures; its name says so in every
+  result. (Decoding against a loop over the prompts' own words was tried: no better, and nine times slower.)
+
+A recogniser is built by `load_recogniser` and imported only then; each has a `name` with its package
+version and model, written next to every figure so that results are compared like with like.
+"""
+
+from __future__ import annotations
+
+from importlib.metadata import version
+from typing import Protocol
+
+import numpy as np
+import soxr
+
+from dia_tpu.evaluation.text import basic_normalise
+
+DEFAULT_WHISPER = "openai/whisper-large-v3-turbo"
+RATE = 16000  # what both recognisers listen at
+
+
+class Recogniser(Protocol):
+    name: str
+
+    def transcribe(self, waves: list[np.ndarray], rate: int) -> list[str]:
+        """One transcript per mono waveform at `rate`."""
+
+    def normalise(self, text: str) -> str:
+        """`text` as this recogniser's transcripts are compared."""
+
+
+def load_recogniser(spec: str, device: str = "cpu", batch_size: int = 8, language: str | None = "en") -> Recogniser:
+    """`pocketsphinx`, `whisper` or `whisper:<hub id or folder>`."""
+    kind, _, model = spec.partition(":")
+    if kind == "pocketsphinx" and not model:
+        return PocketSphinx()
+    if kind == "whisper":
+        return Whisper(model or DEFAULT_WHISPER, device, batch_size, language)
+    raise ValueError(f"recogniser {spec!r}: use pocketsphinx, whisper or whisper:<hub id or folder>")
+
+
+def to_16k(wave: np.ndarray, rate: int) -> np.ndarray:
+    wave = np.asarray(wave, dtype=np.float32)
+    wave = wave.mean(-1) if wave.ndim == 2 else wave
+    return soxr.resample(wave, rate, RATE) if rate != RATE and len(wave) else wave
+
+
+class PocketSphinx:
+    """CMU PocketSphinx, English, offline."""
+
+    def __init__(self):
+        try:
+            from pocketsphinx import Decoder
+        except ImportError as err:
+            raise ImportError("the pocketsphinx recogniser needs pocketsphinx: pip install 'dia-tpu[eval]'") from err
+        self.decoder = Decoder(samprate=RATE, loglevel="FATAL")
+        self.name = f"pocketsphinx {version('pocketsphinx')} (its wheel's en-us model; weak: compare, do not quote)"
+
+    def transcribe(self, waves: list[np.ndarray], rate: int) -> list[str]:
+        texts = []
+        for wave in waves:
+            pcm = (np.clip(to_16k(wave, rate), -1.0, 1.0) * 32767).astype(np.int16)
+            if len(pcm) < RATE // 10:
+                texts.append("")
+                continue
+            self.decoder.start_utt()
+            self.decoder.process_raw(pcm.tobytes(), full_utt=True)
+            self.decoder.end_utt()
+            hyp = self.decoder.hyp()
+            texts.append(hyp.hypstr if hyp is not None else "")
+        return texts
+
+    def normalise(self, text: str) -> str:
+        return basic_normalise(text)
+
+
+class Whisper:
+    """transformers' Whisper, batched, on `device`."""
+
+    def __init__(self, model: str, device: str = "cpu", batch_size: int = 8, language: str | None = "en"):
+        import torch
+        from transformers import WhisperForConditionalGeneration, WhisperProcessor
+
+        from dia_tpu.hub import from_hub
+
+        with from_hub("the whisper recogniser", model):
+            self.processor = WhisperProcessor.from_pretrained(model)
+            dtype = torch.float16 if str(device).startswith("cuda") else torch.float32
+            self.model = WhisperForConditionalGeneration.from_pretrained(model, dtype=dtype).to(device).eval()
+        self.device, self.dtype, self.batch_size, self.language = device, dtype, batch_size, language
+        self.name = f"whisper {model} (transformers {version('transformers')})"
+
+    def transcribe(self, waves: list[np.ndarray], rate: int) -> list[str]:
+        import torch
+
+        audio = [to_16k(wave, rate) for wave in waves]
+        # A checkpoint without language tokens (English-only, or a test's tiny one) takes no language.
+        multilingual = getattr(self.model.generation_config, "lang_to_id", None)
+        options = {"language": self.language, "task": "transcribe"} if multilingual else {}
+        texts: list[str] = []
+        for start in range(0, len(audio), self.batch_size):
+            batch = [a if len(a) else np.zeros(RATE // 10, np.float32) for a in audio[start : start + self.batch_size]]
+            features = self.processor.feature_extractor(batch, sampling_rate=RATE, return_tensors="pt",
+                                                        return_attention_mask=True)  # fmt: skip
+            with torch.no_grad():
+                ids = self.model.generate(features.input_features.to(self.device, self.dtype),
+                                          attention_mask=features.attention_mask.to(self.device),
+                                          **options)  # fmt: skip
+            texts += [t.strip() for t in self.processor.batch_decode(ids, skip_special_tokens=True)]
+        return [text if len(a) else "" for text, a in zip(texts, audio, strict=True)]
+
+    def normalise(self, text: str) -> str:
+        tokenizer = self.processor.tokenizer
+        if self.language in (None, "en", "english") and getattr(tokenizer, "english_spelling_normalizer", None):
+            return " ".join(tokenizer.normalize(text).split())
+        return " ".join(tokenizer.basic_normalize(text).split())

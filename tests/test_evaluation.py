@@ -1,0 +1,201 @@
+"""Judging audio without listening: error rates, the signal checks on real (espeak-ng) speech from the bundled
+sample and on broken versions of it, the offline recogniser and speaker encoder on that speech, and the Whisper
+and x-vector paths on tiny random checkpoints (batching and decoding, not accuracy)."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from conftest import ROOT
+
+from dia_tpu.evaluation.asr import load_recogniser
+from dia_tpu.evaluation.signal import frame_levels, measure, problems
+from dia_tpu.evaluation.speaker import load_speaker_encoder, similarity
+from dia_tpu.evaluation.text import Errors, basic_normalise, char_errors, spoken_text, word_errors
+
+SAMPLE = ROOT / "data/sample"
+
+
+def sample_clips(n: int | None = None) -> list[dict]:
+    """The bundled clips: wave (float32, 22.05 kHz), rate, text, speaker."""
+    rows = list(csv.DictReader(open(SAMPLE / "metadata.csv"), delimiter="|"))[:n]
+    clips = []
+    for row in rows:
+        wave, rate = sf.read(SAMPLE / row["file"], dtype="float32")
+        clips.append({"wave": wave, "rate": rate, "text": row["text"], "speaker": row["speaker"]})
+    return clips
+
+
+@pytest.mark.parametrize(("script", "spoken"), [
+    ("[S1] Hello there, are you ready? [S2] (laughs) Yes!", "Hello there, are you ready? Yes!"),
+    ("[de] Guten Tag (clears throat) zusammen", "Guten Tag zusammen"),
+])  # fmt: skip
+def test_tags_and_cues_are_not_speech(script, spoken):
+    assert spoken_text(script) == spoken
+
+
+def test_error_rates():
+    assert basic_normalise("Yes, I've the MAP — right here.") == "yes i've the map right here"
+    assert word_errors("the cat sat on the mat", "the cat sat on mat") == Errors(1, 6)
+    assert word_errors("a b c", "x a b c y").errors == 2
+    assert char_errors("abc", "abd") == Errors(1, 3)
+    total = word_errors("a b", "a") + word_errors("c d e f", "c d e f")
+    assert total.rate == pytest.approx(1 / 6)
+    assert Errors(0, 0).rate == 0 and Errors(2, 0).rate == 1
+
+
+def test_clean_speech_has_no_problems_and_each_damage_its_own():
+    clip = sample_clips(3)[2]  # "[S1] Great. Where should we camp this weekend?"
+    wave, rate = clip["wave"], clip["rate"]
+    ref = len(wave) / rate
+    assert problems(measure(wave, rate, reference_seconds=ref)) == []
+    # The second half replaced by silence.
+    half = wave.copy()
+    half[len(wave) // 2 :] = 0
+    assert problems(measure(half, rate, reference_seconds=ref)) == ["trailing_silence"]
+    # A 0.6 s stretch played four times over.
+    start, stop = int(0.8 * rate), int(1.4 * rate)
+    looped = np.concatenate([wave[:stop], *[wave[start:stop]] * 3, wave[stop:]])
+    m = measure(looped, rate, reference_seconds=ref)
+    assert problems(m) == ["loop"] and m.loop_s == pytest.approx(1.8, abs=0.1)
+    # Cut in the middle of a word: at the loudest frame after the first second.
+    levels = frame_levels(wave, rate)
+    frame = 50 + int(np.argmax(levels[50:]))
+    assert "cut_off" in problems(measure(wave[: int((frame + 0.5) * 0.02 * rate)], rate))
+    # Three sentences of one speaker, the last half at twice the speed.
+    said = np.concatenate([c["wave"] for c in sample_clips(7)[2::2]])
+    assert problems(measure(said, rate)) == []
+    fast = np.concatenate([said[: len(said) // 2], said[len(said) // 2 :: 2]])
+    assert problems(measure(fast, rate)) == ["speeds_up"]
+    # Three times as long as the reference, never ended, clipped, not finite.
+    assert problems(measure(np.tile(wave, 3), rate, ended=False, reference_seconds=ref)) == ["no_eos", "too_long"]
+    assert "clipping" in problems(measure(np.clip(wave * 20, -1, 1), rate))
+    broken = wave.copy()
+    broken[100] = np.nan
+    assert problems(measure(broken, rate))[0] == "non_finite"
+    assert problems(measure(wave * 1e-4, rate)) == ["silent"]
+
+
+def test_an_utterance_that_ends_at_once_is_measured_not_a_crash():
+    m = measure(np.zeros(0, np.float32), 44100, ended=True, reference_seconds=2.0, codes=np.zeros((0, 9), int))
+    assert m.seconds == 0 and problems(m) == ["empty"]
+    assert problems(measure(np.zeros(0, np.float32), 44100, ended=False)) == ["empty", "no_eos"]
+
+
+def test_code_checks_find_stuck_frames_and_collapsed_codebooks():
+    rng = np.random.default_rng(0)
+    wave = sample_clips(1)[0]["wave"]
+    varied = rng.integers(0, 1024, (200, 9))
+    assert problems(measure(wave, 22050, codes=varied)) == []
+    stuck = np.repeat(varied[:20], 10, axis=0)  # every frame held for ten
+    assert "stuck_frames" in problems(measure(wave, 22050, codes=stuck))
+    collapsed = varied.copy()
+    collapsed[:, 0] = rng.integers(0, 3, 200)  # codebook 0 uses three tokens
+    assert problems(measure(wave, 22050, codes=collapsed)) == ["low_entropy"]
+
+
+def test_the_offline_recogniser_hears_speech_and_not_noise():
+    clips = sample_clips(8)
+    asr = load_recogniser("pocketsphinx")
+    assert "pocketsphinx 5" in asr.name and "weak" in asr.name
+    heard = asr.transcribe([c["wave"] for c in clips], clips[0]["rate"])
+    total = sum((word_errors(asr.normalise(spoken_text(c["text"])), asr.normalise(h)) for c, h in
+                 zip(clips, heard, strict=True)), Errors(0, 0))  # fmt: skip
+    # Measured 0.82 on these eight clips (0.83 on all 32): weak, but far from hearing nothing.
+    assert total.rate < 0.92, (total, heard)
+    reversed_speech = asr.transcribe([c["wave"][::-1].copy() for c in clips[:4]], clips[0]["rate"])
+    noise = np.random.default_rng(0).normal(0, 0.1, 44100).astype(np.float32)
+    assert asr.transcribe([noise, np.zeros(0, np.float32)], 22050) == ["", ""]
+    backwards = sum((word_errors(asr.normalise(spoken_text(c["text"])), asr.normalise(h)) for c, h in
+                     zip(clips[:4], reversed_speech, strict=True)), Errors(0, 0))  # fmt: skip
+    assert backwards.rate > total.rate
+
+
+def test_the_offline_speaker_encoder_tells_the_two_voices_apart():
+    clips = sample_clips(12)
+    encoder = load_speaker_encoder("resemblyzer")
+    embeddings = encoder.embed([c["wave"] for c in clips], clips[0]["rate"])
+    assert embeddings.shape == (12, 256)
+    assert similarity(embeddings[0], encoder.embed([clips[0]["wave"]], clips[0]["rate"]))[0] > 0.999
+    speakers = np.array([c["speaker"] for c in clips])
+    sims = embeddings @ embeddings.T
+    off_diagonal = ~np.eye(len(clips), dtype=bool)
+    same = sims[(speakers[:, None] == speakers[None]) & off_diagonal].mean()
+    other = sims[speakers[:, None] != speakers[None]].mean()
+    # Measured on all 32 clips: 0.82 and 0.85 within S1 and S2, 0.67 between them.
+    assert same > other + 0.1, (same, other)
+
+
+@pytest.fixture(scope="module")
+def tiny_whisper(tmp_path_factory):
+    """A randomly initialised two-layer Whisper with a byte-level tokenizer, saved as a hub checkpoint is."""
+    from transformers import (
+        WhisperConfig,
+        WhisperFeatureExtractor,
+        WhisperForConditionalGeneration,
+        WhisperProcessor,
+        WhisperTokenizer,
+    )
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    out = tmp_path_factory.mktemp("whisper")
+    vocab = {char: i for i, char in enumerate(bytes_to_unicode().values())}
+    specials = ["<|endoftext|>", "<|startoftranscript|>", "<|notimestamps|>"]
+    (out / "vocab.json").write_text(json.dumps(vocab))
+    (out / "merges.txt").write_text("#version: 0.2\n")
+    tokenizer = WhisperTokenizer(str(out / "vocab.json"), str(out / "merges.txt"), unk_token=specials[0],
+                                 bos_token=specials[0], eos_token=specials[0], pad_token=specials[0])  # fmt: skip
+    tokenizer.add_special_tokens({"additional_special_tokens": specials[1:]})
+    processor = WhisperProcessor(feature_extractor=WhisperFeatureExtractor(feature_size=80), tokenizer=tokenizer)
+    processor.save_pretrained(out)
+    ids = {name: tokenizer.convert_tokens_to_ids(name) for name in specials}
+    config = WhisperConfig(vocab_size=len(tokenizer), num_mel_bins=80, encoder_layers=1, decoder_layers=1, d_model=16,
+                           encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32,
+                           max_target_positions=24, decoder_start_token_id=ids["<|startoftranscript|>"],
+                           eos_token_id=ids["<|endoftext|>"], pad_token_id=ids["<|endoftext|>"],
+                           bos_token_id=ids["<|endoftext|>"])  # fmt: skip
+    torch.manual_seed(0)
+    model = WhisperForConditionalGeneration(config)
+    model.generation_config.no_timestamps_token_id = ids["<|notimestamps|>"]
+    model.save_pretrained(out)
+    return out
+
+
+def test_whisper_transcribes_in_batches_from_a_folder(tiny_whisper):
+    asr = load_recogniser(f"whisper:{tiny_whisper}", batch_size=2)
+    assert asr.name.startswith(f"whisper {tiny_whisper} (transformers ")
+    clips = sample_clips(3)
+    waves = [clips[0]["wave"], np.zeros(0, np.float32), clips[1]["wave"], clips[2]["wave"]]
+    texts = asr.transcribe(waves, 22050)
+    assert len(texts) == 4 and texts[1] == "" and all(isinstance(t, str) for t in texts)
+    # Batching changes nothing: each clip alone decodes to the same text.
+    assert [asr.transcribe([w], 22050)[0] for w in waves] == texts
+    assert asr.normalise("Hello, World!") == "hello world"
+
+
+def test_xvector_embeddings_from_a_folder(tmp_path):
+    from transformers import Wav2Vec2FeatureExtractor, WavLMConfig, WavLMForXVector
+
+    config = WavLMConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
+                         conv_dim=(8, 8), conv_stride=(5, 4), conv_kernel=(10, 8), num_conv_pos_embeddings=8,
+                         num_conv_pos_embedding_groups=2, tdnn_dim=(8, 8), tdnn_kernel=(3, 1), tdnn_dilation=(1, 1),
+                         xvector_output_dim=12)  # fmt: skip
+    torch.manual_seed(0)
+    WavLMForXVector(config).save_pretrained(tmp_path)
+    Wav2Vec2FeatureExtractor(return_attention_mask=True).save_pretrained(tmp_path)
+    encoder = load_speaker_encoder(f"xvector:{tmp_path}")
+    clips = sample_clips(2)
+    out = encoder.embed([clips[0]["wave"], clips[1]["wave"], np.zeros(0, np.float32)], 22050)
+    assert out.shape == (3, 12) and np.allclose(np.linalg.norm(out[:2], axis=1), 1) and not out[2].any()
+    assert similarity(out[:1], encoder.embed([clips[0]["wave"]], 22050))[0] == pytest.approx(1, abs=1e-4)
+
+
+@pytest.mark.parametrize("spec", ["whisperx", "pocketsphinx:big", "resemblyzer:x"])
+def test_unknown_backends_are_named(spec):
+    with pytest.raises(ValueError, match="use "):
+        (load_speaker_encoder if spec.startswith("resemblyzer") else load_recogniser)(spec)
