@@ -55,16 +55,24 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", required=True, help="wav file (with --text) or folder (with --text-file)")
     p.add_argument("--audio-prompt", help="voice cloning: audio to continue (any rate; resampled)")
     p.add_argument("--prompt-transcript", help="what is said in --audio-prompt, with [S1]/[S2] tags")
-    p.add_argument("--guidance-scale", type=float, default=SAMPLING.guidance_scale)
-    p.add_argument("--temperature", type=float, default=SAMPLING.temperature)
-    p.add_argument("--top-p", type=float, default=SAMPLING.top_p)
-    p.add_argument("--top-k", type=int, default=SAMPLING.top_k)
-    p.add_argument("--seed", type=int, default=0, help="line i of --text-file uses seed + i")
-    p.add_argument("--max-seconds", type=float, default=None, help="length limit (default: all the model holds)")
-    p.add_argument("--greedy", action="store_true", help="argmax decoding instead of sampling")
-    p.add_argument("--batch-size", type=int, default=4)
-    p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    _generation_flags(p, "line i of --text-file uses seed + i")
     p.set_defaults(func=_generate)
+
+    p = sub.add_parser("evaluate", help="generate the same prompts with one or more models and judge the audio: "
+                                        "length and ending, degeneration, WER, speaker similarity")
+    p.add_argument("--model", action="append", required=True,
+                   help="repeatable: export or checkpoint folder, native checkpoint or hub id; a column each")
+    p.add_argument("--prompts", required=True, help="one script per line, or .jsonl with text and optionally "
+                                                    "id, reference (audio), audio + transcript (a voice prompt)")
+    p.add_argument("--out", required=True, help="folder for rows.jsonl, summary.json, summary.md and the wavs")
+    p.add_argument("--asr", default="pocketsphinx",
+                   help="pocketsphinx (offline, weak), whisper (openai/whisper-large-v3-turbo), whisper:ID_OR_DIR, "
+                        "or none")
+    p.add_argument("--speaker", default="resemblyzer",
+                   help="resemblyzer (offline), xvector (microsoft/wavlm-base-plus-sv), xvector:ID_OR_DIR, or none")
+    p.add_argument("--language", default="en", help="the prompts' language, for Whisper (default: en)")
+    _generation_flags(p, "prompt i uses seed + i")
+    p.set_defaults(func=_evaluate, max_seconds=20.0)
 
     p = sub.add_parser("report", help="write one self-contained HTML page about a training run")
     p.add_argument("run_dir", help="output.dir of a run")
@@ -112,26 +120,54 @@ def _export(args: argparse.Namespace) -> None:
     print(f"exported to {export_checkpoint(args.checkpoint, args.out, args.form, args.native_schema)}")
 
 
+def _generation_flags(p: argparse.ArgumentParser, seeds: str) -> None:
+    """Sampling flags shared by generate and evaluate, so both sample alike."""
+    p.add_argument("--guidance-scale", type=float, default=SAMPLING.guidance_scale)
+    p.add_argument("--temperature", type=float, default=SAMPLING.temperature)
+    p.add_argument("--top-p", type=float, default=SAMPLING.top_p)
+    p.add_argument("--top-k", type=int, default=SAMPLING.top_k)
+    p.add_argument("--seed", type=int, default=0, help=seeds)
+    p.add_argument("--max-seconds", type=float, default=None, help="length limit (generate's default: all the "
+                                                                   "model holds; evaluate's: 20)")
+    p.add_argument("--greedy", action="store_true", help="argmax decoding instead of sampling")
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+
+
+def _settings(args: argparse.Namespace):
+    from dia_tpu.generation.synthesize import GenerationSettings
+
+    return GenerationSettings(guidance_scale=args.guidance_scale, temperature=args.temperature, top_p=args.top_p,
+                              top_k=args.top_k, seed=args.seed, max_seconds=args.max_seconds, greedy=args.greedy)
+
+
 def _generate(args: argparse.Namespace) -> None:
     from dia_tpu.generation.speak import read_scripts, write_speech
-    from dia_tpu.generation.synthesize import GenerationSettings
 
     if args.text is not None:
         texts, outputs = [args.text], [Path(args.out)]
     else:
         texts = read_scripts(args.text_file)
         outputs = [Path(args.out) / f"line_{i + 1:04d}.wav" for i in range(len(texts))]
-    settings = GenerationSettings(
-        guidance_scale=args.guidance_scale,
-        temperature=args.temperature,
-        top_p=args.top_p,
-        top_k=args.top_k,
-        seed=args.seed,
-        max_seconds=args.max_seconds,
-        greedy=args.greedy,
-    )
-    write_speech(args.model, texts, outputs, settings, adapter=args.adapter, audio_prompt=args.audio_prompt,
+    write_speech(args.model, texts, outputs, _settings(args), adapter=args.adapter, audio_prompt=args.audio_prompt,
                  prompt_transcript=args.prompt_transcript, batch_size=args.batch_size, device=args.device)
+
+
+def _evaluate(args: argparse.Namespace) -> None:
+    import torch
+
+    from dia_tpu.evaluation.asr import load_recogniser
+    from dia_tpu.evaluation.judge import Judges
+    from dia_tpu.evaluation.run import evaluate_models, read_prompts
+    from dia_tpu.evaluation.speaker import load_speaker_encoder
+
+    requests = read_prompts(args.prompts)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    judges = Judges(
+        recogniser=None if args.asr == "none" else load_recogniser(args.asr, device, language=args.language),
+        speaker=None if args.speaker == "none" else load_speaker_encoder(args.speaker, device),
+    )
+    evaluate_models(args.model, requests, args.out, _settings(args), judges, args.batch_size, device)
 
 
 def _report(args: argparse.Namespace) -> None:

@@ -199,3 +199,74 @@ def test_xvector_embeddings_from_a_folder(tmp_path):
 def test_unknown_backends_are_named(spec):
     with pytest.raises(ValueError, match="use "):
         (load_speaker_encoder if spec.startswith("resemblyzer") else load_recogniser)(spec)
+
+
+def test_evaluate_compares_checkpoints_side_by_side_as_generate_samples(codes_dir, tmp_path):
+    from conftest import tiny
+
+    from dia_tpu.evaluation.judge import Judges
+    from dia_tpu.evaluation.run import evaluate_models, read_prompts
+    from dia_tpu.generation.speak import write_speech
+    from dia_tpu.generation.synthesize import GenerationSettings
+    from dia_tpu.training.recipe import train
+
+    run = tmp_path / "run"
+    train(tiny(codes_dir, run, "train.max_steps=2", "train.save_every=1", "eval.eval_every=1000",
+               "train.report_to=none"))  # fmt: skip
+    lines = tmp_path / "prompts.txt"
+    lines.write_text("[S1] Hello there, are you ready?\n\n[S2] Yes, I have the map.\n")
+    settings = GenerationSettings(seed=3, max_seconds=1.0)
+    judges = Judges(load_recogniser("pocketsphinx"), load_speaker_encoder("resemblyzer"))
+    models = [str(run / "checkpoints/step_1"), str(run / "final")]
+    summaries = evaluate_models(models, read_prompts(lines), tmp_path / "out", settings, judges, batch_size=2)
+    assert list(summaries) == ["step_1", "final"] and all(s["utterances"] == 2 for s in summaries.values())
+    table = (tmp_path / "out/summary.md").read_text()
+    assert table.startswith("| | step_1 | final |") and "| WER |" in table and "pocketsphinx 5" in table
+    rows = [json.loads(line) for line in (tmp_path / "out/rows.jsonl").read_text().splitlines()]
+    assert [(r["model"], r["id"]) for r in rows] == [(m, i) for m in ("step_1", "final")
+                                                     for i in ("line_0001", "line_0002")]  # fmt: skip
+    assert all({"wer", "cer", "transcript", "problems", "seconds", "ended"} <= set(r) for r in rows)
+    # The same text, seed and settings through `dia-tpu generate --text-file`, one at a time: the same audio.
+    write_speech(str(run / "final"), ["[S1] Hello there, are you ready?", "[S2] Yes, I have the map."],
+                 [tmp_path / "g1.wav", tmp_path / "g2.wav"], settings, batch_size=1)  # fmt: skip
+    for i in (1, 2):
+        generated, _ = sf.read(tmp_path / f"g{i}.wav")
+        evaluated, _ = sf.read(tmp_path / f"out/final/line_000{i}.wav")
+        assert np.array_equal(generated, evaluated)
+
+    # A JSON-lines prompt with a voice prompt and a reference recording: both similarities and the length ratio.
+    clone = tmp_path / "clone.jsonl"
+    clone.write_text(json.dumps({"id": "camp", "text": "[S1] Great. Where should we camp?",
+                                 "audio": str(SAMPLE / "audio/utt_000.flac"),
+                                 "transcript": "[S1] Hello there, are you ready to plan the trip?",
+                                 "reference": str(SAMPLE / "audio/utt_002.flac")}) + "\n")  # fmt: skip
+    summary = evaluate_models([str(run / "final")], read_prompts(clone), tmp_path / "out2", settings, judges)["final"]
+    assert {"similarity_prompt", "similarity_reference", "length_ratio"} <= set(summary)
+    assert (tmp_path / "out2/final/camp.wav").is_file()
+
+
+def test_a_model_that_ends_at_once_is_judged_not_crashed(tiny_dia):
+    from transformers import DacConfig, DacModel
+
+    from dia_tpu.evaluation.judge import Judges, Prompt, judge, summarise
+    from dia_tpu.evaluation.run import generate
+    from dia_tpu.generation.synthesize import GenerationSettings
+
+    def eos_first(module, args, output):  # channel 0's EOS logit far above everything else
+        output = output.clone()
+        output[..., 1024] = 1e4
+        return output
+
+    torch.manual_seed(0)
+    codec = DacModel(DacConfig(encoder_hidden_size=8, decoder_hidden_size=32, sampling_rate=44100)).eval()
+    prompts = [Prompt("a", "[S1] Bye."), Prompt("b", "[S2] See you.")]
+    hook = tiny_dia.logits_dense.register_forward_hook(eos_first)
+    try:
+        waves, codes, ended = generate(tiny_dia, codec, [(p, None) for p in prompts],
+                                       GenerationSettings(greedy=True, max_seconds=0.5), batch_size=2)  # fmt: skip
+    finally:
+        hook.remove()
+    assert [len(w) for w in waves] == [0, 0] and ended == [True, True]
+    rows = judge(prompts, waves, codes, ended, 44100, Judges(load_recogniser("pocketsphinx")))
+    assert [r["problems"] for r in rows] == [["empty"], ["empty"]] and [r["wer"] for r in rows] == [1.0, 1.0]
+    assert summarise(rows)["problems"] == {"empty": 2}

@@ -61,7 +61,7 @@ class PocketSphinx:
         try:
             from pocketsphinx import Decoder
         except ImportError as err:
-            raise ImportError("the pocketsphinx recogniser needs pocketsphinx: pip install 'dia-tpu[eval]'") from err
+            raise ValueError("the pocketsphinx recogniser needs pocketsphinx: pip install 'dia-tpu[eval]'") from err
         self.decoder = Decoder(samprate=RATE, loglevel="FATAL")
         self.name = f"pocketsphinx {version('pocketsphinx')} (its wheel's en-us model; weak: compare, do not quote)"
 

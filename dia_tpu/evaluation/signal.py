@@ -11,7 +11,7 @@ a words-per-minute figure. `problems` turns the measures into named flags with t
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import numpy as np
 
@@ -53,7 +53,6 @@ class SignalMeasures:
     cut_off: bool
     stuck_fraction: float | None = None  # from the codes, when given
     code_entropy: float | None = None  # codebook 0, as a fraction of its maximum
-    extra: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return asdict(self)

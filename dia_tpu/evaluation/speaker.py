@@ -49,7 +49,7 @@ class Resemblyzer:
         try:
             from resemblyzer import VoiceEncoder
         except ImportError as err:
-            raise ImportError("the resemblyzer speaker encoder needs resemblyzer: pip install 'dia-tpu[eval]'") from err
+            raise ValueError("the resemblyzer speaker encoder needs resemblyzer: pip install 'dia-tpu[eval]'") from err
         self.encoder = VoiceEncoder(str(device), verbose=False)
         self.name = f"resemblyzer {version('resemblyzer')} (GE2E encoder in the wheel)"
 

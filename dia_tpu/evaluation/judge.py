@@ -1,0 +1,105 @@
+"""One row of figures per generated utterance, and a summary per model.
+
+A row holds the signal measures and their named problems (`dia_tpu.evaluation.signal`), the recogniser's
+transcript with its word and character errors against what the script says aloud, and the speaker similarity
+to the voice prompt and to the reference clip. Error rates are pooled (errors over reference words across all
+utterances), as ASR evaluations report them; similarities are averaged over the utterances that have them.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+
+import numpy as np
+
+from dia_tpu.evaluation.asr import Recogniser
+from dia_tpu.evaluation.signal import expected_seconds, measure, problems
+from dia_tpu.evaluation.speaker import SpeakerEncoder, similarity
+from dia_tpu.evaluation.text import char_errors, spoken_text, word_errors
+
+# Characters per second of spoken words when a prompt has no reference clip: English read speech runs at
+# about 14 (a run's own data gives its speakers' pace instead).
+DEFAULT_CHARS_PER_SECOND = 14.0
+
+
+@dataclass
+class Prompt:
+    """What to say, and what to compare the result with."""
+
+    id: str
+    text: str  # the script, with speaker (and language, non-verbal) tags
+    reference: np.ndarray | None = None  # a recording of this text (mono), for its length and its voice
+    voice: np.ndarray | None = None  # the voice prompt's audio (mono), when cloning
+    chars_per_second: float = DEFAULT_CHARS_PER_SECOND  # the speaker's pace, for an expected length
+
+
+@dataclass
+class Judges:
+    """The models that judge: either may be absent (that column is then left out)."""
+
+    recogniser: Recogniser | None = None
+    speaker: SpeakerEncoder | None = None
+
+    def names(self) -> dict[str, str]:
+        found = {"recogniser": self.recogniser, "speaker": self.speaker}
+        return {role: judge.name for role, judge in found.items() if judge is not None}
+
+
+def judge(prompts: list[Prompt], waves: list[np.ndarray], codes: list[np.ndarray | None], ended: list[bool],
+          rate: int, judges: Judges, reference_rate: int | None = None) -> list[dict]:  # fmt: skip
+    """Rows for generated `waves` (at `rate`) of `prompts`; references and voices are at `reference_rate`
+    (default `rate`)."""
+    reference_rate = reference_rate or rate
+    rows = []
+    for prompt, wave, frames, end in zip(prompts, waves, codes, ended, strict=True):
+        if prompt.reference is not None:
+            seconds = len(prompt.reference) / reference_rate
+        else:
+            seconds = expected_seconds(prompt.text, prompt.chars_per_second)
+        m = measure(wave, rate, ended=end, reference_seconds=seconds, codes=frames)
+        rows.append({"id": prompt.id, "text": prompt.text, **m.to_dict(), "problems": problems(m)})
+    if judges.recogniser is not None:
+        asr = judges.recogniser
+        for row, heard in zip(rows, asr.transcribe(waves, rate), strict=True):
+            said, got = asr.normalise(spoken_text(row["text"])), asr.normalise(heard)
+            words, chars = word_errors(said, got), char_errors(said, got)
+            row.update(transcript=heard, word_errors=words.errors, words=words.length, wer=words.rate,
+                       char_errors=chars.errors, chars=chars.length, cer=chars.rate)  # fmt: skip
+    if judges.speaker is not None:
+        _similarities(rows, prompts, waves, rate, reference_rate, judges.speaker)
+    return rows
+
+
+def _similarities(rows: list[dict], prompts: list[Prompt], waves: list[np.ndarray], rate: int, reference_rate: int,
+                  encoder: SpeakerEncoder) -> None:  # fmt: skip
+    out = encoder.embed(waves, rate)
+    for key, attribute in (("similarity_prompt", "voice"), ("similarity_reference", "reference")):
+        have = [i for i, p in enumerate(prompts) if getattr(p, attribute) is not None]
+        if not have:
+            continue
+        theirs = encoder.embed([getattr(prompts[i], attribute) for i in have], reference_rate)
+        for i, value in zip(have, similarity(out[have], theirs), strict=True):
+            # An empty or silent output has no voice: its similarity is 0, not a number from noise.
+            rows[i][key] = float(value) if len(waves[i]) and out[i].any() else 0.0
+
+
+def summarise(rows: list[dict]) -> dict:
+    """Pooled error rates, mean similarities, how many ended, how many had each problem."""
+    n = len(rows)
+    summary: dict = {"utterances": n}
+    if n == 0:
+        return summary
+    if "words" in rows[0]:
+        summary["wer"] = sum(r["word_errors"] for r in rows) / max(1, sum(r["words"] for r in rows))
+        summary["cer"] = sum(r["char_errors"] for r in rows) / max(1, sum(r["chars"] for r in rows))
+    for key in ("similarity_prompt", "similarity_reference"):
+        values = [r[key] for r in rows if key in r]
+        if values:
+            summary[key] = float(np.mean(values))
+    summary["ended"] = sum(r["ended"] for r in rows) / n
+    ratios = [r["seconds"] / r["reference_seconds"] for r in rows if r["reference_seconds"]]
+    summary["length_ratio"] = float(np.median(ratios)) if ratios else None
+    summary["with_problems"] = sum(bool(r["problems"]) for r in rows) / n
+    summary["problems"] = dict(sorted(Counter(p for r in rows for p in r["problems"]).items()))
+    return summary
