@@ -62,8 +62,13 @@ def main(argv: list[str] | None = None) -> None:
                                         "length and ending, degeneration, WER, speaker similarity")
     p.add_argument("--model", action="append", required=True,
                    help="repeatable: export or checkpoint folder, native checkpoint or hub id; a column each")
-    p.add_argument("--prompts", required=True, help="one script per line, or .jsonl with text and optionally "
-                                                    "id, reference (audio), audio + transcript (a voice prompt)")
+    given = p.add_mutually_exclusive_group(required=True)
+    given.add_argument("--prompts", help="one script per line, or .jsonl with text and optionally id, reference "
+                                         "(audio), audio + transcript (a voice prompt)")
+    given.add_argument("--dataset", help="a prepared dataset: its held-out items (as the first model's run held "
+                                         "them out), their audio as references and as voice prompts")
+    p.add_argument("--limit", type=int, help="evaluate the first N prompts only")
+    p.add_argument("--no-clone", action="store_true", help="with --dataset: no voice prompts")
     p.add_argument("--out", required=True, help="folder for rows.jsonl, summary.json, summary.md and the wavs")
     p.add_argument("--asr", default="pocketsphinx",
                    help="pocketsphinx (offline, weak), whisper (openai/whisper-large-v3-turbo), whisper:ID_OR_DIR, "
@@ -158,10 +163,15 @@ def _evaluate(args: argparse.Namespace) -> None:
 
     from dia_tpu.evaluation.asr import load_recogniser
     from dia_tpu.evaluation.judge import Judges
-    from dia_tpu.evaluation.run import evaluate_models, read_prompts
+    from dia_tpu.evaluation.run import dataset_prompts, evaluate_models, read_prompts
     from dia_tpu.evaluation.speaker import load_speaker_encoder
 
-    requests = read_prompts(args.prompts)
+    if args.limit is not None and args.limit < 1:
+        raise ValueError(f"--limit must be >= 1, got {args.limit}")
+    if args.prompts is not None:
+        requests = read_prompts(args.prompts)[: args.limit]
+    else:
+        requests = dataset_prompts(args.dataset, args.model[0], args.limit, clone=not args.no_clone)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     judges = Judges(
         recogniser=None if args.asr == "none" else load_recogniser(args.asr, device, language=args.language),

@@ -201,18 +201,27 @@ def test_unknown_backends_are_named(spec):
         (load_speaker_encoder if spec.startswith("resemblyzer") else load_recogniser)(spec)
 
 
-def test_evaluate_compares_checkpoints_side_by_side_as_generate_samples(codes_dir, tmp_path):
-    from conftest import tiny
+@pytest.fixture(scope="module")
+def tiny_run(codes_dir, tmp_path_factory):
+    """A two-step run of the tiny model on the bundled sample: step_1, step_2 and final/."""
+    from conftest import reset_accelerate, tiny
 
+    from dia_tpu.training.recipe import train
+
+    run = tmp_path_factory.mktemp("evaluated") / "run"
+    train(tiny(codes_dir, run, "train.max_steps=2", "train.save_every=1", "eval.eval_every=1000",
+               "train.report_to=none"))  # fmt: skip
+    reset_accelerate()
+    return run
+
+
+def test_evaluate_compares_checkpoints_side_by_side_as_generate_samples(tiny_run, tmp_path):
     from dia_tpu.evaluation.judge import Judges
     from dia_tpu.evaluation.run import evaluate_models, read_prompts
     from dia_tpu.generation.speak import write_speech
     from dia_tpu.generation.synthesize import GenerationSettings
-    from dia_tpu.training.recipe import train
 
-    run = tmp_path / "run"
-    train(tiny(codes_dir, run, "train.max_steps=2", "train.save_every=1", "eval.eval_every=1000",
-               "train.report_to=none"))  # fmt: skip
+    run = tiny_run
     lines = tmp_path / "prompts.txt"
     lines.write_text("[S1] Hello there, are you ready?\n\n[S2] Yes, I have the map.\n")
     settings = GenerationSettings(seed=3, max_seconds=1.0)
@@ -270,3 +279,26 @@ def test_a_model_that_ends_at_once_is_judged_not_crashed(tiny_dia):
     rows = judge(prompts, waves, codes, ended, 44100, Judges(load_recogniser("pocketsphinx")))
     assert [r["problems"] for r in rows] == [["empty"], ["empty"]] and [r["wer"] for r in rows] == [1.0, 1.0]
     assert summarise(rows)["problems"] == {"empty": 2}
+
+
+def test_evaluate_on_the_held_out_split_of_a_dataset(tiny_run, codes_dir, tmp_path):
+    from dia_tpu.cli import main
+    from dia_tpu.config import read_saved
+    from dia_tpu.data.dataset import split_tables
+
+    out = tmp_path / "out"
+    main(["evaluate", "--model", str(tiny_run / "final"), "--dataset", str(codes_dir), "--out", str(out),
+          "--max-seconds", "1", "--asr", "none"])  # fmt: skip
+    rows = [json.loads(line) for line in (out / "rows.jsonl").read_text().splitlines()]
+    # The items the run held out (the demo's data.eval_size of them), each with its own clip as the reference.
+    held_out = split_tables(read_saved(tiny_run / "config.yaml"))[1]
+    assert [r["text"] for r in rows] == list(held_out["text"])
+    durations = held_out["duration"]
+    assert all(r["reference_seconds"] == pytest.approx(d, abs=0.05) for r, d in zip(rows, durations, strict=True))
+    assert all("similarity_reference" in r for r in rows) and "wer" not in rows[0]
+    speakers = list(held_out["speaker"])
+    cloned = [r for r, s in zip(rows, speakers, strict=True) if speakers.count(s) > 1]
+    assert cloned and all("similarity_prompt" in r for r in cloned)
+    with pytest.raises(SystemExit, match="--limit must be >= 1"):
+        main(["evaluate", "--model", str(tiny_run / "final"), "--dataset", str(codes_dir), "--out", str(out),
+              "--limit", "0"])  # fmt: skip

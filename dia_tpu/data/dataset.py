@@ -70,21 +70,7 @@ class Splits:
 def load_splits(cfg: Config) -> Splits:
     """Load the prepared dataset(s), hold out the eval split, apply the long-text policy."""
     d = cfg.data
-    table, skipped = _filter_long_text(load_from_disk(d.dataset), d, d.dataset)
-    if d.eval_dataset is not None:
-        train_table = table
-        eval_table, eval_skipped = _filter_long_text(load_from_disk(d.eval_dataset), d, d.eval_dataset)
-        skipped += eval_skipped
-    elif d.eval_size > 0:
-        if d.eval_size >= len(table):
-            raise ValueError(
-                f"data.eval_size={d.eval_size} leaves no training items in {d.dataset} ({len(table)} items)"
-            )
-        order = np.random.default_rng(d.seed).permutation(len(table))
-        eval_table = table.select(sorted(order[: d.eval_size]))
-        train_table = table.select(sorted(order[d.eval_size :]))
-    else:
-        train_table, eval_table = table, None
+    train_table, eval_table, skipped = split_tables(cfg)
     cropped = int(sum(f > d.max_audio_frames for f in train_table["frames"]))
     return Splits(
         train=CodesDataset(train_table, d, cfg.train.unconditional_frac, train=True),
@@ -92,6 +78,22 @@ def load_splits(cfg: Config) -> Splits:
         cropped=cropped,
         skipped_long_text=skipped,
     )
+
+
+def split_tables(cfg: Config) -> tuple[Dataset, Dataset | None, int]:
+    """The training and held-out tables as training makes them (the long-text policy applied, then
+    data.eval_size items drawn with data.seed, or data.eval_dataset), and how many items were skipped."""
+    d = cfg.data
+    table, skipped = _filter_long_text(load_from_disk(d.dataset), d, d.dataset)
+    if d.eval_dataset is not None:
+        eval_table, eval_skipped = _filter_long_text(load_from_disk(d.eval_dataset), d, d.eval_dataset)
+        return table, eval_table, skipped + eval_skipped
+    if d.eval_size == 0:
+        return table, None, skipped
+    if d.eval_size >= len(table):
+        raise ValueError(f"data.eval_size={d.eval_size} leaves no training items in {d.dataset} ({len(table)} items)")
+    order = np.random.default_rng(d.seed).permutation(len(table))
+    return table.select(sorted(order[d.eval_size :])), table.select(sorted(order[: d.eval_size])), skipped
 
 
 def _text_tokens(text: str, cfg: DataConfig) -> int:

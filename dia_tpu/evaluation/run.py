@@ -5,8 +5,13 @@ models, judged side by side.
 
 Prompts are a text file (one script per line) or JSON lines with `text` and optionally `id`, `reference`
 (a recording of the text: its length and voice are compared), `audio` and `transcript` (a voice prompt to
-clone). It writes `OUT/rows.jsonl` (a row per model and utterance), `OUT/summary.json`, `OUT/summary.md` (a
-column per model, also printed) and every utterance as `OUT/<model>/<id>.wav`.
+clone). Or `--dataset DIR`, a prepared dataset encoded with the models' codec: its held-out items as the
+first model's run held them out (`data.eval_size`, `data.seed`; all items for a model without a run config),
+each item's own audio as the reference and, for cloning, the first seconds of another held-out item of the
+same speaker as the voice prompt.
+
+It writes `OUT/rows.jsonl` (a row per model and utterance), `OUT/summary.json`, `OUT/summary.md` (a column
+per model, also printed) and every utterance as `OUT/<model>/<id>.wav`.
 """
 
 from __future__ import annotations
@@ -40,9 +45,60 @@ class Request:
     """A prompt as read from the prompts file: its audio files are loaded per model (at its codec's rate)."""
 
     prompt: Prompt
-    reference: str | None = None
+    reference: str | None = None  # audio files
     audio: str | None = None
-    transcript: str | None = None
+    transcript: str | None = None  # of the voice prompt
+    reference_codes: np.ndarray | None = None  # codes from a prepared dataset, decoded with each model's codec
+    voice_codes: np.ndarray | None = None
+
+
+# The most of a held-out clip used as another item's voice prompt.
+VOICE_SECONDS = 5.0
+
+
+def dataset_prompts(dataset: str | Path, model: str, limit: int | None = None, clone: bool = True) -> list[Request]:
+    """The held-out items of a prepared dataset as prompts (see the module's docstring)."""
+    from datasets import load_from_disk
+
+    from dia_tpu.data.dataset import split_tables
+    from dia_tpu.data.shards import read_prepare_info
+
+    info = read_prepare_info(dataset)  # a clear error when it is not a prepared dataset
+    config = open_artifact(model).config
+    if config is not None:
+        config = dataclasses.replace(config, data=dataclasses.replace(config.data, dataset=str(dataset),
+                                                                        eval_dataset=None))  # fmt: skip
+        table = split_tables(config)[1] if config.data.eval_size else load_from_disk(str(dataset))
+    else:
+        table = load_from_disk(str(dataset))
+    pace = chars_per_second(load_from_disk(str(dataset)))
+    items = table.with_format("numpy", columns=["codes"])
+    rows = list(table.select_columns(["text", "speaker", "source_id", "duration"]))[:limit]
+    voice_frames = round(VOICE_SECONDS * info["frame_rate"])
+    requests = []
+    for i, row in enumerate(rows):
+        prompt = Prompt(re.sub(r"[^\w.-]+", "_", row["source_id"]), row["text"],
+                        chars_per_second=pace.get(row["speaker"], pace[None]))  # fmt: skip
+        others = [j for j in range(len(rows)) if j != i and rows[j]["speaker"] == row["speaker"]] if clone else []
+        voice = others[0] if others else None
+        requests.append(Request(prompt, reference_codes=np.asarray(items[i]["codes"]),
+                                voice_codes=None if voice is None else np.asarray(items[voice]["codes"])[:voice_frames],
+                                transcript=None if voice is None else rows[voice]["text"]))  # fmt: skip
+    if not requests:
+        raise ValueError(f"--dataset {dataset}: no held-out items to evaluate")
+    return requests
+
+
+def chars_per_second(table) -> dict:
+    """Each speaker's pace in characters of spoken words per second, and everyone's under None."""
+    from dia_tpu.evaluation.text import spoken_text
+
+    chars, seconds = {}, {}
+    for text, speaker, duration in zip(table["text"], table["speaker"], table["duration"], strict=True):
+        for key in (speaker, None):
+            chars[key] = chars.get(key, 0) + len(spoken_text(text))
+            seconds[key] = seconds.get(key, 0.0) + float(duration)
+    return {key: chars[key] / seconds[key] for key in chars if seconds[key] > 0}
 
 
 def read_prompts(path: str | Path) -> list[Request]:
@@ -109,11 +165,24 @@ def _loaded(request: Request, codec, books: int) -> tuple[Prompt, VoicePrompt | 
     prompt = dataclasses.replace(request.prompt)
     if request.reference is not None:
         prompt.reference = load_audio(request.reference, rate)
+    if request.reference_codes is not None:
+        _check_codebooks(request.reference_codes, books, prompt.id)
+        prompt.reference = decode(codec, torch.from_numpy(request.reference_codes.astype(np.int64)))
     voice = None
     if request.audio is not None:
         voice = load_voice_prompt(codec, request.audio, request.transcript, books)
         prompt.voice = load_audio(request.audio, rate)
+    if request.voice_codes is not None:
+        codes = torch.from_numpy(request.voice_codes.astype(np.int64))
+        voice = VoicePrompt(codes=codes, transcript=request.transcript, source=f"the voice prompt of {prompt.id}")
+        prompt.voice = decode(codec, codes)
     return prompt, voice
+
+
+def _check_codebooks(codes: np.ndarray, books: int, item: str) -> None:
+    if codes.shape[1] != books:
+        raise ValueError(f"--dataset item {item} has {codes.shape[1]} codebooks but the model has {books}: "
+                         "evaluate with a dataset prepared with the model's codec")  # fmt: skip
 
 
 def generate(model, codec, prompts: list[tuple[Prompt, VoicePrompt | None]], settings: GenerationSettings,
