@@ -8,6 +8,7 @@ Nari Labs checkpoint, a hub id).
       best/                     the same, at the lowest eval loss
       final/                    the export: a `from_pretrained` folder (`dia_tpu.export`), `adapter/` for LoRA
       samples/step_NNNNNN/      wavs, spectrograms and index.json of the samples generated during training
+      evaluations/step_NNNNNN/  eval.audio's judged utterances: rows.jsonl and wavs (the main process's share)
       logs/                     tracker files (TensorBoard)
       .lock                     held by the run in progress (pid, host)
       .mirror/                  saved folders waiting to be uploaded to `output.mirror` (`dia_tpu.training.mirror`)
@@ -99,6 +100,13 @@ class RunFolder:
 
     def checkpoint(self, step: int) -> Path:
         return self.checkpoints / f"step_{step}"
+
+    @property
+    def evaluations(self) -> Path:
+        return self.root / "evaluations"
+
+    def evaluations_at(self, step: int) -> Path:
+        return self.evaluations / f"step_{step:06d}"
 
     def samples_at(self, step: int) -> Path:
         return self.samples / f"step_{step:06d}"

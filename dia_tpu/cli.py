@@ -163,7 +163,8 @@ def _evaluate(args: argparse.Namespace) -> None:
 
     from dia_tpu.evaluation.asr import load_recogniser
     from dia_tpu.evaluation.judge import Judges
-    from dia_tpu.evaluation.run import dataset_prompts, evaluate_models, read_prompts
+    from dia_tpu.evaluation.prompts import dataset_prompts, read_prompts
+    from dia_tpu.evaluation.run import evaluate_models
     from dia_tpu.evaluation.speaker import load_speaker_encoder
 
     if args.limit is not None and args.limit < 1:

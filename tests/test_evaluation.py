@@ -217,7 +217,8 @@ def tiny_run(codes_dir, tmp_path_factory):
 
 def test_evaluate_compares_checkpoints_side_by_side_as_generate_samples(tiny_run, tmp_path):
     from dia_tpu.evaluation.judge import Judges
-    from dia_tpu.evaluation.run import evaluate_models, read_prompts
+    from dia_tpu.evaluation.prompts import read_prompts
+    from dia_tpu.evaluation.run import evaluate_models
     from dia_tpu.generation.speak import write_speech
     from dia_tpu.generation.synthesize import GenerationSettings
 
@@ -258,7 +259,7 @@ def test_a_model_that_ends_at_once_is_judged_not_crashed(tiny_dia):
     from transformers import DacConfig, DacModel
 
     from dia_tpu.evaluation.judge import Judges, Prompt, judge, summarise
-    from dia_tpu.evaluation.run import generate
+    from dia_tpu.evaluation.prompts import generate
     from dia_tpu.generation.synthesize import GenerationSettings
 
     def eos_first(module, args, output):  # channel 0's EOS logit far above everything else

@@ -53,6 +53,7 @@ def validate(cfg: Config) -> list[str]:
     if e.early_stopping_patience < 0:
         p.append(f"eval.early_stopping_patience: must be >= 0, got {e.early_stopping_patience}")
     p += _validate_model_extras(m)
+    p += _validate_audio_eval(cfg)
     p += _validate_samples(cfg.samples)
     p += _validate_data_extras(d)
     p += _validate_prepare(cfg.prepare)
@@ -129,6 +130,62 @@ def _validate_prepare(r: PrepareConfig) -> list[str]:
         p.append(f"prepare.max_seconds: must be > 0, got {r.max_seconds}")
     if r.min_sample_rate <= 0:
         p.append(f"prepare.min_sample_rate: must be > 0, got {r.min_sample_rate}")
+    return p
+
+
+# What eval.select_by may weigh, and where each figure is in an evaluation's metrics (lower is better; a
+# similarity counts negated).
+SELECTABLE = {"loss": "eval/loss", "wer": "audio/wer", "cer": "audio/cer",
+              "speaker_similarity": "audio/speaker_similarity"}  # fmt: skip
+
+
+def selection_terms(spec: str) -> dict[str, float]:
+    """eval.select_by as {figure: weight}: "wer" is {"wer": 1.0}; "wer=1,loss=0.1" weighs several."""
+    terms = {}
+    for part in (x.strip() for x in spec.split(",")):
+        name, _, weight = part.partition("=")
+        if name not in SELECTABLE:
+            raise ValueError(f"eval.select_by: {name!r} is not one of {', '.join(SELECTABLE)}")
+        try:
+            terms[name] = float(weight) if weight else 1.0
+        except ValueError:
+            raise ValueError(f"eval.select_by: the weight of {name} must be a number, got {weight!r}") from None
+        if not math.isfinite(terms[name]) or terms[name] <= 0:
+            raise ValueError(f"eval.select_by: the weight of {name} must be > 0, got {weight!r}")
+    return terms
+
+
+def _validate_audio_eval(cfg: Config) -> list[str]:
+    p: list[str] = []
+    e, a = cfg.eval, cfg.eval.audio
+    if a.every < 0:
+        p.append(f"eval.audio.every: must be >= 0, got {a.every}")
+    elif a.every and (not e.eval_every or a.every % e.eval_every):
+        p.append(f"eval.audio.every: must be a multiple of eval.eval_every={e.eval_every} (audio is judged after "
+                 f"the loss evaluation of a step), got {a.every}")  # fmt: skip
+    if a.limit < 1:
+        p.append(f"eval.audio.limit: must be >= 1, got {a.limit}")
+    if not (math.isfinite(a.max_seconds) and a.max_seconds > 0):
+        p.append(f"eval.audio.max_seconds: must be > 0, got {a.max_seconds}")
+    for key, value, kinds in (("asr", a.asr, ("pocketsphinx", "whisper", "none")),
+                              ("speaker", a.speaker, ("resemblyzer", "xvector", "none"))):  # fmt: skip
+        if value.partition(":")[0] not in kinds:
+            p.append(f"eval.audio.{key}: {value!r} is not one of {', '.join(kinds)} (whisper and xvector take "
+                     ":<hub id or folder>)")  # fmt: skip
+    if a.every and a.prompts is None and not cfg.data.eval_size and cfg.data.eval_dataset is None:
+        p.append("eval.audio.prompts: null means the eval split, but there is none (data.eval_size is 0 and "
+                 "data.eval_dataset is null); give a prompts file or hold out items")  # fmt: skip
+    try:
+        terms = selection_terms(e.select_by)
+    except ValueError as err:
+        return p + [str(err)]
+    if set(terms) - {"loss"} and a.every != e.eval_every:
+        p.append(f"eval.select_by: {e.select_by!r} needs audio figures at every evaluation: set eval.audio.every "
+                 f"to eval.eval_every ({e.eval_every}), got {a.every}")  # fmt: skip
+    if "wer" in terms or "cer" in terms:
+        p += ["eval.select_by: wer and cer need eval.audio.asr"] if a.asr == "none" else []
+    if "speaker_similarity" in terms and a.speaker == "none":
+        p.append("eval.select_by: speaker_similarity needs eval.audio.speaker")
     return p
 
 

@@ -246,17 +246,46 @@ class TrainConfig:
 
 
 @dataclass
+class AudioEvalConfig:
+    # Generate and judge audio every N optimizer steps, after that step's loss evaluation (0: never); a
+    # multiple of eval.eval_every. The prompts are split across processes and the figures gathered.
+    every: int = 0
+    # A prompts file as `dia-tpu evaluate --prompts` reads it; null: the eval split's items, each with its own
+    # clip as the reference and (with `clone`) another clip of its speaker as the voice prompt.
+    prompts: str | None = path_field(None)
+    # At most this many prompts (the first ones).
+    limit: int = 8
+    clone: bool = True
+    # Speech recogniser: pocketsphinx (offline, weak), whisper (openai/whisper-large-v3-turbo),
+    # whisper:<hub id or folder>, or none.
+    asr: str = "pocketsphinx"
+    # Speaker encoder: resemblyzer (offline), xvector (microsoft/wavlm-base-plus-sv), xvector:<hub id or folder>,
+    # or none.
+    speaker: str = "resemblyzer"
+    # The prompts' language, for Whisper.
+    language: str = "en"
+    # Length limit of each utterance; sampling follows samples.* (guidance, temperature, top_p, top_k).
+    max_seconds: float = 10.0
+    seed: int = 0
+
+
+@dataclass
 class EvalConfig:
     # Evaluate every N optimizer steps (0 only at the end).
     eval_every: int = 100
     # Micro-batch size per process for evaluation.
     batch_size: int = 2
-    # Keep the whole training state of the lowest eval loss so far in output.dir/best (never rotated).
+    # Keep the whole training state of the best evaluation so far in output.dir/best (never rotated).
     keep_best: bool = True
-    # Stop after this many evaluations in a row without an eval-loss improvement (0: never stop early).
+    # Stop after this many evaluations in a row without an improvement (0: never stop early).
     early_stopping_patience: int = 0
-    # An evaluation improves on the best only when its loss is lower by more than this.
+    # An evaluation improves on the best only when its score is lower by more than this.
     early_stopping_min_delta: float = 0.0
+    # What best/ and early stopping follow (lower is better): loss, wer, cer, speaker_similarity (negated), or a
+    # weighted sum such as "wer=1,speaker_similarity=0.5,loss=0.1". Other than loss needs eval.audio.every
+    # equal to eval_every.
+    select_by: str = "loss"
+    audio: AudioEvalConfig = field(default_factory=AudioEvalConfig)
 
 
 @dataclass

@@ -3,12 +3,9 @@ models, judged side by side.
 
     dia-tpu evaluate --model runs/x/best --model runs/x/final --prompts prompts.txt --out results/
 
-Prompts are a text file (one script per line) or JSON lines with `text` and optionally `id`, `reference`
-(a recording of the text: its length and voice are compared), `audio` and `transcript` (a voice prompt to
-clone). Or `--dataset DIR`, a prepared dataset encoded with the models' codec: its held-out items as the
-first model's run held them out (`data.eval_size`, `data.seed`; all items for a model without a run config),
-each item's own audio as the reference and, for cloning, the first seconds of another held-out item of the
-same speaker as the voice prompt.
+The prompts (`dia_tpu.evaluation.prompts`) are a prompts file, or with `--dataset DIR` a prepared dataset
+encoded with the models' codec: its held-out items as the first model's run held them out (`data.eval_size`,
+`data.seed`; all items for a model without a run config).
 
 It writes `OUT/rows.jsonl` (a row per model and utterance), `OUT/summary.json`, `OUT/summary.md` (a column
 per model, also printed) and every utterance as `OUT/<model>/<id>.wav`.
@@ -21,111 +18,15 @@ import json
 import re
 from pathlib import Path
 
-import numpy as np
 import soundfile as sf
 import torch
 
 from dia_tpu.artifacts import open_artifact
-from dia_tpu.data.audio import decode, load_audio
-from dia_tpu.evaluation.judge import Judges, Prompt, judge, summarise
+from dia_tpu.evaluation.judge import Judges, judge, summarise
+from dia_tpu.evaluation.prompts import Request, generate, load_request
 from dia_tpu.generation.speak import check_flags
-from dia_tpu.generation.synthesize import (
-    GenerationSettings,
-    VoicePrompt,
-    check_request,
-    load_voice_prompt,
-    script_for,
-    synthesize_codes,
-)
+from dia_tpu.generation.synthesize import GenerationSettings
 from dia_tpu.model.load import language_tags_of, load_for_inference
-
-
-@dataclasses.dataclass
-class Request:
-    """A prompt as read from the prompts file: its audio files are loaded per model (at its codec's rate)."""
-
-    prompt: Prompt
-    reference: str | None = None  # audio files
-    audio: str | None = None
-    transcript: str | None = None  # of the voice prompt
-    reference_codes: np.ndarray | None = None  # codes from a prepared dataset, decoded with each model's codec
-    voice_codes: np.ndarray | None = None
-
-
-# The most of a held-out clip used as another item's voice prompt.
-VOICE_SECONDS = 5.0
-
-
-def dataset_prompts(dataset: str | Path, model: str, limit: int | None = None, clone: bool = True) -> list[Request]:
-    """The held-out items of a prepared dataset as prompts (see the module's docstring)."""
-    from datasets import load_from_disk
-
-    from dia_tpu.data.dataset import split_tables
-    from dia_tpu.data.shards import read_prepare_info
-
-    info = read_prepare_info(dataset)  # a clear error when it is not a prepared dataset
-    config = open_artifact(model).config
-    if config is not None:
-        config = dataclasses.replace(config, data=dataclasses.replace(config.data, dataset=str(dataset),
-                                                                        eval_dataset=None))  # fmt: skip
-        table = split_tables(config)[1] if config.data.eval_size else load_from_disk(str(dataset))
-    else:
-        table = load_from_disk(str(dataset))
-    pace = chars_per_second(load_from_disk(str(dataset)))
-    items = table.with_format("numpy", columns=["codes"])
-    rows = list(table.select_columns(["text", "speaker", "source_id", "duration"]))[:limit]
-    voice_frames = round(VOICE_SECONDS * info["frame_rate"])
-    requests = []
-    for i, row in enumerate(rows):
-        prompt = Prompt(re.sub(r"[^\w.-]+", "_", row["source_id"]), row["text"],
-                        chars_per_second=pace.get(row["speaker"], pace[None]))  # fmt: skip
-        others = [j for j in range(len(rows)) if j != i and rows[j]["speaker"] == row["speaker"]] if clone else []
-        voice = others[0] if others else None
-        requests.append(Request(prompt, reference_codes=np.asarray(items[i]["codes"]),
-                                voice_codes=None if voice is None else np.asarray(items[voice]["codes"])[:voice_frames],
-                                transcript=None if voice is None else rows[voice]["text"]))  # fmt: skip
-    if not requests:
-        raise ValueError(f"--dataset {dataset}: no held-out items to evaluate")
-    return requests
-
-
-def chars_per_second(table) -> dict:
-    """Each speaker's pace in characters of spoken words per second, and everyone's under None."""
-    from dia_tpu.evaluation.text import spoken_text
-
-    chars, seconds = {}, {}
-    for text, speaker, duration in zip(table["text"], table["speaker"], table["duration"], strict=True):
-        for key in (speaker, None):
-            chars[key] = chars.get(key, 0) + len(spoken_text(text))
-            seconds[key] = seconds.get(key, 0.0) + float(duration)
-    return {key: chars[key] / seconds[key] for key in chars if seconds[key] > 0}
-
-
-def read_prompts(path: str | Path) -> list[Request]:
-    source = Path(path)
-    if not source.is_file():
-        raise FileNotFoundError(f"--prompts not found: {source}")
-    lines = [line.strip() for line in source.read_text(encoding="utf-8").splitlines() if line.strip()]
-    if not lines:
-        raise ValueError(f"--prompts {source} holds no prompts")
-    if source.suffix != ".jsonl":
-        return [Request(Prompt(f"line_{i:04d}", text)) for i, text in enumerate(lines, 1)]
-    requests = []
-    for i, line in enumerate(lines, 1):
-        try:
-            item = json.loads(line)
-            text = item["text"]
-        except (ValueError, KeyError, TypeError) as err:
-            raise ValueError(f"{source} line {i}: not a JSON object with a 'text' ({err})") from err
-        if ("audio" in item) != ("transcript" in item):
-            raise ValueError(f"{source} line {i}: 'audio' (a voice prompt) and 'transcript' go together")
-        files = {key: str((source.parent / item[key]).resolve()) for key in ("reference", "audio") if key in item}
-        for key, file in files.items():
-            if not Path(file).is_file():
-                raise FileNotFoundError(f"{source} line {i}: {key} not found: {file}")
-        prompt = Prompt(str(item.get("id", f"line_{i:04d}")), text)
-        requests.append(Request(prompt, files.get("reference"), files.get("audio"), item.get("transcript")))
-    return requests
 
 
 def evaluate_models(models: list[str], requests: list[Request], out: str | Path, settings: GenerationSettings,
@@ -139,7 +40,7 @@ def evaluate_models(models: list[str], requests: list[Request], out: str | Path,
         artifact = open_artifact(source)
         model, codec = load_for_inference(artifact, device)
         rate = codec.config.sampling_rate
-        prompts = [_loaded(r, codec, len(model.config.delay_pattern)) for r in requests]
+        prompts = [load_request(r, codec, len(model.config.delay_pattern)) for r in requests]
         model_settings = dataclasses.replace(settings, language_tags=language_tags_of(artifact))
         waves, codes, ended = generate(model, codec, prompts, model_settings, batch_size)
         found = judge([p for p, _ in prompts], waves, codes, ended, rate, judges)
@@ -157,56 +58,6 @@ def evaluate_models(models: list[str], requests: list[Request], out: str | Path,
     print(table)
     print(f"wrote {out / 'rows.jsonl'}, {out / 'summary.json'}, {out / 'summary.md'}")
     return summaries
-
-
-def _loaded(request: Request, codec, books: int) -> tuple[Prompt, VoicePrompt | None]:
-    """The prompt with its audio at the codec's rate, and its voice prompt encoded."""
-    rate = codec.config.sampling_rate
-    prompt = dataclasses.replace(request.prompt)
-    if request.reference is not None:
-        prompt.reference = load_audio(request.reference, rate)
-    if request.reference_codes is not None:
-        _check_codebooks(request.reference_codes, books, prompt.id)
-        prompt.reference = decode(codec, torch.from_numpy(request.reference_codes.astype(np.int64)))
-    voice = None
-    if request.audio is not None:
-        voice = load_voice_prompt(codec, request.audio, request.transcript, books)
-        prompt.voice = load_audio(request.audio, rate)
-    if request.voice_codes is not None:
-        codes = torch.from_numpy(request.voice_codes.astype(np.int64))
-        voice = VoicePrompt(codes=codes, transcript=request.transcript, source=f"the voice prompt of {prompt.id}")
-        prompt.voice = decode(codec, codes)
-    return prompt, voice
-
-
-def _check_codebooks(codes: np.ndarray, books: int, item: str) -> None:
-    if codes.shape[1] != books:
-        raise ValueError(f"--dataset item {item} has {codes.shape[1]} codebooks but the model has {books}: "
-                         "evaluate with a dataset prepared with the model's codec")  # fmt: skip
-
-
-def generate(model, codec, prompts: list[tuple[Prompt, VoicePrompt | None]], settings: GenerationSettings,
-             batch_size: int) -> tuple[list[np.ndarray], list[np.ndarray], list[bool]]:  # fmt: skip
-    """Waves, codes and whether each ended with EOS (before the frame limit). Consecutive prompts with the
-    same voice prompt (or none) run together, `batch_size` at a time; prompt i uses seed settings.seed + i,
-    so its audio does not depend on the batch it ran in."""
-    frame_rate = codec.config.sampling_rate / codec.config.hop_length
-    waves, codes, ended = [], [], []
-    start = 0
-    while start < len(prompts):
-        voice = prompts[start][1]
-        stop = start + 1
-        while stop < len(prompts) and stop - start < batch_size and prompts[stop][1] is voice:
-            stop += 1
-        texts = [prompt.text for prompt, _ in prompts[start:stop]]
-        limit = check_request(model.config, [script_for(t, voice) for t in texts], settings, frame_rate, voice)
-        batch = dataclasses.replace(settings, seed=settings.seed + start)
-        for frames in synthesize_codes(model, texts, batch, frame_rate, voice):
-            codes.append(frames.numpy())
-            ended.append(len(frames) < limit)
-            waves.append(decode(codec, frames))
-        start = stop
-    return waves, codes, ended
 
 
 def labels(models: list[str]) -> list[str]:

@@ -35,11 +35,8 @@ class TrainingSamples:
         s = cfg.samples
         self.accelerator, self.cfg = accelerator, cfg
         self.enabled = s.every > 0 and not (runtime.on_xla and s.on_xla == "skip")
-        # A CPU copy where the live weights cannot generate in place: XLA would compile every step of
-        # the decode loop, and FSDP holds only a shard of them on each process.
-        self.on_xla = runtime.on_xla
-        self.copy_weights = runtime.on_xla or runtime.fsdp
-        self._cpu_model: DiaForConditionalGeneration | None = None
+        self.generator = LiveGenerator(accelerator, runtime)
+        self.copy_weights = self.generator.copy_weights
         self.codec = None
         self.voice: dict[str, VoicePrompt] = {}
         if not self.enabled or not accelerator.is_main_process:
@@ -64,19 +61,9 @@ class TrainingSamples:
 
     def write(self, model, step: int) -> Path | None:
         """Generate every prompt on the main process; returns its folder there (None elsewhere)."""
-        accelerator = self.accelerator
-        state = None
-        if self.copy_weights:
-            # Under FSDP gathering the full weights is a collective: every process takes part.
-            state = None if self.on_xla else accelerator.get_state_dict(model)
-        out = None
-        if accelerator.is_main_process:
-            live = accelerator.unwrap_model(model)
-            if self.copy_weights and is_peft(live):
-                state = merged_state_dict(live)
-            generator = self._cpu_copy(dia_of(live), state) if self.copy_weights else dia_of(live)
-            out = self._generate_all(generator, step)
-        accelerator.wait_for_everyone()
+        generator = self.generator.get(model)
+        out = self._generate_all(generator, step) if self.accelerator.is_main_process else None
+        self.accelerator.wait_for_everyone()
         return out
 
     def _generate_all(self, model: DiaForConditionalGeneration, step: int) -> Path:
@@ -106,15 +93,6 @@ class TrainingSamples:
             seed=prompt.seed, max_seconds=s.max_seconds, language_tags=self.cfg.data.language_tags,
         )  # fmt: skip
 
-    def _cpu_copy(self, live: DiaForConditionalGeneration, state: dict | None) -> DiaForConditionalGeneration:
-        """The live weights in a CPU model built once per run (fp32, like the master weights)."""
-        if self._cpu_model is None:
-            self._cpu_model = DiaForConditionalGeneration(live.config).eval()
-            restore_attention_scale(self._cpu_model)  # a model built from a config starts at scale 1
-        weights = state if state is not None else live.state_dict()
-        self._cpu_model.load_state_dict({k: v.detach().to("cpu", torch.float32) for k, v in weights.items()})
-        return self._cpu_model
-
     def _log(self, name: str, text: str, wave: np.ndarray, rate: int, image: np.ndarray, step: int) -> None:
         for tracker in self.accelerator.trackers:
             if tracker.name == "tensorboard":
@@ -130,6 +108,41 @@ class TrainingSamples:
                 if len(wave):
                     values[f"samples/{name}"] = wandb.Audio(wave, sample_rate=rate, caption=text)
                 tracker.log(values, step=step)
+
+
+class LiveGenerator:
+    """The model to generate with during training. The live one (unwrapped) on every process, or where its
+    weights cannot generate in place, a CPU copy on the main process only (None elsewhere): XLA would compile
+    every step of the decode loop, and FSDP holds only a shard of the weights on each process."""
+
+    def __init__(self, accelerator: Accelerator, runtime: Runtime):
+        self.accelerator, self.on_xla = accelerator, runtime.on_xla
+        self.copy_weights = runtime.on_xla or runtime.fsdp
+        self._cpu_model: DiaForConditionalGeneration | None = None
+
+    def get(self, model) -> DiaForConditionalGeneration | None:
+        """Every process calls this at the same step (under FSDP gathering the weights is a collective)."""
+        accelerator = self.accelerator
+        state = None
+        if self.copy_weights:
+            state = None if self.on_xla else accelerator.get_state_dict(model)
+        live = accelerator.unwrap_model(model)
+        if not self.copy_weights:
+            return dia_of(live)
+        if not accelerator.is_main_process:
+            return None
+        if is_peft(live):
+            state = merged_state_dict(live)
+        return self._cpu_copy(dia_of(live), state)
+
+    def _cpu_copy(self, live: DiaForConditionalGeneration, state: dict | None) -> DiaForConditionalGeneration:
+        """The live weights in a CPU model built once per run (fp32, like the master weights)."""
+        if self._cpu_model is None:
+            self._cpu_model = DiaForConditionalGeneration(live.config).eval()
+            restore_attention_scale(self._cpu_model)  # a model built from a config starts at scale 1
+        weights = state if state is not None else live.state_dict()
+        self._cpu_model.load_state_dict({k: v.detach().to("cpu", torch.float32) for k, v in weights.items()})
+        return self._cpu_model
 
 
 def spectrogram_image(wave: np.ndarray, rate: int, n_fft: int = 1024, hop: int = 256) -> np.ndarray:

@@ -1,0 +1,153 @@
+"""eval.audio: generated speech judged during training, after the loss evaluation of its steps, and the score
+that best/ and early stopping follow (`eval.select_by`).
+
+The prompts (the eval split's items, or a prompts file) are dealt out across processes: each generates its
+share with the live model (generation runs no collective) and judges it. On XLA and under FSDP the main
+process generates them all from the CPU copy the samples use, and the others judge nothing. Each process
+sums its figures (word and character errors, similarities, counts); one all-reduce gives every process the
+same totals, so every process takes the same best-checkpoint and early-stopping decisions. The rows of the
+main process's share go to `output.dir/evaluations/step_N/rows.jsonl` with its wavs, for the report.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+
+import numpy as np
+import soundfile as sf
+import torch
+from accelerate import Accelerator
+
+from dia_tpu.artifacts import RunFolder
+from dia_tpu.config import Config
+from dia_tpu.config.checks import SELECTABLE, selection_terms
+from dia_tpu.evaluation.judge import Judges, judge
+from dia_tpu.evaluation.prompts import chars_per_second, generate, held_out_requests, load_request, read_prompts
+from dia_tpu.generation.synthesize import GenerationSettings
+from dia_tpu.model.codec import build_codec
+from dia_tpu.training.runtime import Runtime
+from dia_tpu.training.samples import LiveGenerator
+
+# The sums each process contributes, in this order, reduced once.
+_SUMS = ("utterances", "word_errors", "words", "char_errors", "chars", "similarity_prompt", "prompted",
+         "similarity_reference", "referenced", "ended", "with_problems")  # fmt: skip
+
+
+class AudioEvaluation:
+    def __init__(self, accelerator: Accelerator, runtime: Runtime, cfg: Config, eval_table, model_config):
+        a = cfg.eval.audio
+        self.accelerator, self.cfg = accelerator, cfg
+        self.enabled = a.every > 0
+        if not self.enabled:
+            return
+        self.generator = LiveGenerator(accelerator, runtime)
+        self.codec = build_codec(cfg.model)
+        if not self.generator.copy_weights:
+            self.codec = self.codec.to(accelerator.device)
+        if a.prompts is not None:
+            requests = read_prompts(a.prompts)[: a.limit]
+        else:
+            frame_rate = self.codec.config.sampling_rate / self.codec.config.hop_length
+            requests = held_out_requests(eval_table, chars_per_second(eval_table), frame_rate, a.limit, a.clone)
+        n, rank = accelerator.num_processes, accelerator.process_index
+        if self.generator.copy_weights:
+            self.mine = list(range(len(requests))) if accelerator.is_main_process else []
+        else:
+            self.mine = list(range(rank, len(requests), n))
+        books = len(model_config.delay_pattern)
+        self.prompts = [load_request(requests[i], self.codec, books) for i in self.mine]
+        self.settings = GenerationSettings(
+            guidance_scale=cfg.samples.guidance_scale, temperature=cfg.samples.temperature, top_p=cfg.samples.top_p,
+            top_k=cfg.samples.top_k, seed=a.seed, max_seconds=a.max_seconds, language_tags=cfg.data.language_tags,
+        )  # fmt: skip
+        self.judges: Judges | None = None
+        self.total = len(requests)
+
+    def due(self, step: int, last: bool) -> bool:
+        return self.enabled and (step % self.cfg.eval.audio.every == 0 or last)
+
+    def run(self, model, step: int) -> dict[str, float]:
+        """Judge this process's share and gather everyone's: the same figures on every process."""
+        generator = self.generator.get(model)
+        rows = self._judge(generator, step) if self.prompts and generator is not None else []
+        sums = local_sums(rows)
+        local = torch.tensor([sums[k] for k in _SUMS], dtype=torch.float32, device=self.accelerator.device)
+        totals = self.accelerator.reduce(local, "sum")
+        return figures(dict(zip(_SUMS, totals.cpu().tolist(), strict=True)))
+
+    def _judge(self, generator, step: int) -> list[dict]:
+        if self.judges is None:
+            from dia_tpu.evaluation.asr import load_recogniser
+            from dia_tpu.evaluation.speaker import load_speaker_encoder
+
+            a = self.cfg.eval.audio
+            self.judges = Judges(None if a.asr == "none" else load_recogniser(a.asr, language=a.language),
+                                 None if a.speaker == "none" else load_speaker_encoder(a.speaker))  # fmt: skip
+        # Prompt i of the whole list keeps seed + i whichever process generates it.
+        waves, codes, ended = [], [], []
+        for index, prompt in zip(self.mine, self.prompts, strict=True):
+            settings = dataclasses.replace(self.settings, seed=self.settings.seed + index)
+            w, c, e = generate(generator, self.codec, [prompt], settings, batch_size=1)
+            waves += w
+            codes += c
+            ended += e
+        rate = self.codec.config.sampling_rate
+        rows = judge([p for p, _ in self.prompts], waves, codes, ended, rate, self.judges)
+        if self.accelerator.is_main_process:
+            self._write(rows, waves, step, rate)
+        return rows
+
+    def _write(self, rows: list[dict], waves: list[np.ndarray], step: int, rate: int) -> None:
+        folder = RunFolder(self.cfg.output.dir).evaluations_at(step)
+        folder.mkdir(parents=True, exist_ok=True)
+        for row, wave in zip(rows, waves, strict=True):
+            sf.write(folder / f"{row['id']}.wav", wave, rate)
+        with open(folder / "rows.jsonl", "w") as f:
+            f.writelines(json.dumps({"step": step, **row}) + "\n" for row in rows)
+
+
+def local_sums(rows: list[dict]) -> dict[str, float]:
+    """This process's share as sums (see `_SUMS`)."""
+    sums = dict.fromkeys(_SUMS, 0.0)
+    for row in rows:
+        sums["utterances"] += 1
+        for key in ("word_errors", "words", "char_errors", "chars"):
+            sums[key] += row.get(key, 0)
+        for key, count in (("similarity_prompt", "prompted"), ("similarity_reference", "referenced")):
+            if key in row:
+                sums[key] += row[key]
+                sums[count] += 1
+        sums["ended"] += bool(row["ended"])
+        sums["with_problems"] += bool(row["problems"])
+    return sums
+
+
+def figures(sums: dict[str, float]) -> dict[str, float]:
+    """Gathered sums as the logged figures: audio/wer, audio/cer, the similarities, audio/speaker_similarity
+    (to the reference where there is one, else to the voice prompt), the shares ended and with problems."""
+    n = max(sums["utterances"], 1.0)
+    out = {"audio/utterances": sums["utterances"], "audio/ended": sums["ended"] / n,
+           "audio/with_problems": sums["with_problems"] / n}  # fmt: skip
+    if sums["words"]:
+        out["audio/wer"] = sums["word_errors"] / sums["words"]
+        out["audio/cer"] = sums["char_errors"] / max(sums["chars"], 1.0)
+    for key, count in (("similarity_prompt", "prompted"), ("similarity_reference", "referenced")):
+        if sums[count]:
+            out[f"audio/{key}"] = sums[key] / sums[count]
+    speaker = out.get("audio/similarity_reference", out.get("audio/similarity_prompt"))
+    if speaker is not None:
+        out["audio/speaker_similarity"] = speaker
+    return out
+
+
+def selection_score(select_by: str, metrics: dict[str, float]) -> float:
+    """What best/ and early stopping follow, lower is better: the weighted sum of eval.select_by's figures
+    (a similarity counts negated). A figure that is missing (no words to recognise, no voice) is infinite, so
+    such an evaluation never counts as the best."""
+    score = 0.0
+    for name, weight in selection_terms(select_by).items():
+        value = metrics.get(SELECTABLE[name], math.inf)
+        score += weight * (-value if name == "speaker_similarity" and math.isfinite(value) else value)
+    return score
