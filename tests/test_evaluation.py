@@ -303,3 +303,49 @@ def test_evaluate_on_the_held_out_split_of_a_dataset(tiny_run, codes_dir, tmp_pa
     with pytest.raises(SystemExit, match="--limit must be >= 1"):
         main(["evaluate", "--model", str(tiny_run / "final"), "--dataset", str(codes_dir), "--out", str(out),
               "--limit", "0"])  # fmt: skip
+
+
+def test_audio_is_judged_during_training(codes_dir, tmp_path, capsys):
+    from conftest import scalars, tiny
+
+    from dia_tpu.training.recipe import train
+
+    run = tmp_path / "run"
+    train(tiny(codes_dir, run, "train.max_steps=2", "eval.eval_every=2", "eval.audio.every=2", "eval.audio.limit=3",
+               "eval.audio.max_seconds=1", "eval.select_by=wer=1,speaker_similarity=0.5"))  # fmt: skip
+    out = capsys.readouterr().out
+    assert "(best eval.select_by" not in out and "best wer=1,speaker_similarity=0.5" in out
+    assert "  audio: WER " in out, out
+    logged = scalars(run)
+    assert {"audio/wer", "audio/cer", "audio/ended", "audio/with_problems", "audio/speaker_similarity"} <= set(logged)
+    rows = [json.loads(line) for line in (run / "evaluations/step_000002/rows.jsonl").read_text().splitlines()]
+    assert len(rows) == 3 and all((run / "evaluations/step_000002" / f"{r['id']}.wav").is_file() for r in rows)
+    state = json.loads((run / "best/train_state.json").read_text())
+    wer, similarity = logged["audio/wer"][-1][1], logged["audio/speaker_similarity"][-1][1]
+    assert state["best_score"] == pytest.approx(wer - 0.5 * similarity, abs=1e-5)
+
+
+def test_processes_agree_on_best_by_wer_from_gathered_figures(codes_dir, tmp_path):
+    """Two gloo processes with made-up per-process figures (tests/helpers/stub_audio_figures.py): the gathered
+    WER picks best/ at step 2, where the loss would pick step 4, and both processes stop early at step 4."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import TINY, scalars
+
+    run = tmp_path / "ddp"
+    argv = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29561",
+            str(ROOT / "tests/helpers/stub_audio_figures.py"), "--config", str(ROOT / "configs/demo.yaml"), *TINY,
+            f"data.dataset={codes_dir}", f"output.dir={run}", "train.max_steps=8", "eval.eval_every=2",
+            "eval.audio.every=2", "eval.select_by=wer", "eval.early_stopping_patience=1", "train.save_every=100",
+            "eval.audio.speaker=none"]  # fmt: skip
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "USE_TORCH_XLA": "0", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "early stop at step 4: no eval.select_by (wer) improvement in 1 evaluations" in done.stdout, done.stdout
+    state = json.loads((run / "best/train_state.json").read_text())
+    assert state["step"] == 2 and state["best_score"] == pytest.approx(0.30)
+    losses = dict(scalars(run)["eval/loss"])
+    assert min(losses, key=losses.get) == 4  # what select_by=loss would have kept

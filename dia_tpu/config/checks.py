@@ -172,9 +172,9 @@ def _validate_audio_eval(cfg: Config) -> list[str]:
         if value.partition(":")[0] not in kinds:
             p.append(f"eval.audio.{key}: {value!r} is not one of {', '.join(kinds)} (whisper and xvector take "
                      ":<hub id or folder>)")  # fmt: skip
-    if a.every and a.prompts is None and not cfg.data.eval_size and cfg.data.eval_dataset is None:
-        p.append("eval.audio.prompts: null means the eval split, but there is none (data.eval_size is 0 and "
-                 "data.eval_dataset is null); give a prompts file or hold out items")  # fmt: skip
+    if a.every and not cfg.data.eval_size and cfg.data.eval_dataset is None:
+        p.append("eval.audio.every: audio is judged at evaluations, and there are none (data.eval_size is 0 and "
+                 "data.eval_dataset is null): hold out items")  # fmt: skip
     try:
         terms = selection_terms(e.select_by)
     except ValueError as err:

@@ -23,6 +23,7 @@ from accelerate import Accelerator
 from dia_tpu.artifacts import RunFolder
 from dia_tpu.config import Config
 from dia_tpu.config.checks import SELECTABLE, selection_terms
+from dia_tpu.data.dataset import Splits
 from dia_tpu.evaluation.judge import Judges, judge
 from dia_tpu.evaluation.prompts import chars_per_second, generate, held_out_requests, load_request, read_prompts
 from dia_tpu.generation.synthesize import GenerationSettings
@@ -36,7 +37,7 @@ _SUMS = ("utterances", "word_errors", "words", "char_errors", "chars", "similari
 
 
 class AudioEvaluation:
-    def __init__(self, accelerator: Accelerator, runtime: Runtime, cfg: Config, eval_table, model_config):
+    def __init__(self, accelerator: Accelerator, runtime: Runtime, cfg: Config, splits: Splits, model_config):
         a = cfg.eval.audio
         self.accelerator, self.cfg = accelerator, cfg
         self.enabled = a.every > 0
@@ -50,7 +51,9 @@ class AudioEvaluation:
             requests = read_prompts(a.prompts)[: a.limit]
         else:
             frame_rate = self.codec.config.sampling_rate / self.codec.config.hop_length
-            requests = held_out_requests(eval_table, chars_per_second(eval_table), frame_rate, a.limit, a.clone)
+            # Expected lengths at the pace of the training data's speakers.
+            pace = chars_per_second(splits.train.table.with_format(None))
+            requests = held_out_requests(splits.eval.table, pace, frame_rate, a.limit, a.clone)
         n, rank = accelerator.num_processes, accelerator.process_index
         if self.generator.copy_weights:
             self.mine = list(range(len(requests))) if accelerator.is_main_process else []

@@ -53,14 +53,14 @@ class TrainState:
     step: int = 0
     epoch: int = 0
     batches_in_epoch: int = 0  # micro-batches of `epoch` already consumed on this process
-    best_loss: float = math.inf  # lowest eval loss so far, and the step it was reached at
+    best_score: float = math.inf  # lowest eval.select_by score so far (the eval loss by default), and its step
     best_step: int = 0
     evals_since_best: int = 0  # evaluations in a row without an improvement (early stopping counts these)
 
-    def record_eval(self, loss: float, min_delta: float) -> bool:
-        """Track the best eval loss; True when `loss` improves on it by more than `min_delta`."""
-        if loss < self.best_loss - min_delta:
-            self.best_loss, self.best_step, self.evals_since_best = loss, self.step, 0
+    def record_eval(self, score: float, min_delta: float) -> bool:
+        """Track the best score; True when `score` improves on it by more than `min_delta`."""
+        if score < self.best_score - min_delta:
+            self.best_score, self.best_step, self.evals_since_best = score, self.step, 0
             return True
         self.evals_since_best += 1
         return False
@@ -72,6 +72,8 @@ class TrainState:
     def read(cls, path: Path) -> TrainState:
         try:
             saved = json.loads(path.read_text())
+            if "best_loss" in saved:  # written before eval.select_by, when the score was the eval loss
+                saved.setdefault("best_score", saved.pop("best_loss"))
             return cls(**{f.name: type(getattr(cls(), f.name))(saved[f.name]) for f in fields(cls)})
         except (OSError, ValueError, KeyError, TypeError) as err:
             raise ValueError(f"{path}: not a dia_tpu training state ({err})") from err

@@ -53,13 +53,18 @@ def log_train(accelerator: Accelerator, meter: TrainMeter, scheduler, state: Tra
                     fps=f"{metrics['train/frames_per_s']:.0f}")
 
 
-def eval_line(state: TrainState, metrics: dict, channels: int) -> str:
+def eval_line(state: TrainState, metrics: dict, channels: int, select_by: str = "loss") -> str:
     losses = " ".join(f"{metrics[f'eval/loss_cb{c}']:.2f}" for c in range(channels))
     accuracy = " ".join(f"{metrics[f'eval/acc_cb{c}']:.2f}" for c in range(channels))
-    return (
-        f"step {state.step}: eval loss {metrics['eval/loss']:.4f} (best {state.best_loss:.4f} at step "
-        f"{state.best_step})\n  loss per codebook: {losses}\n  accuracy per codebook: {accuracy}"
-    )
+    best = "best" if select_by == "loss" else f"best {select_by}"
+    line = (f"step {state.step}: eval loss {metrics['eval/loss']:.4f} ({best} {state.best_score:.4f} at step "
+            f"{state.best_step})\n  loss per codebook: {losses}\n  accuracy per codebook: {accuracy}")  # fmt: skip
+    audio = [f"{name} {metrics[f'audio/{k}']:{fmt}}" for k, name, fmt in _AUDIO_FIGURES if f"audio/{k}" in metrics]
+    return line + ("\n  audio: " + ", ".join(audio) if audio else "")
+
+
+_AUDIO_FIGURES = (("wer", "WER", ".3f"), ("cer", "CER", ".3f"), ("speaker_similarity", "speaker similarity", ".3f"),
+                  ("ended", "ended", ".0%"), ("with_problems", "with problems", ".0%"))  # fmt: skip
 
 
 def say(accelerator: Accelerator, message: str) -> None:

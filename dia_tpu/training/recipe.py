@@ -19,6 +19,7 @@ from dia_tpu.data.shards import read_prepare_info
 from dia_tpu.export import export
 from dia_tpu.model.adapters import count_parameters, is_peft
 from dia_tpu.model.codec import build_codec, codec_identity
+from dia_tpu.training.audio_eval import AudioEvaluation, selection_score
 from dia_tpu.training.checkpoint import TrainState, keep_trainable, load_checkpoint, save_checkpoint
 from dia_tpu.training.evaluate import evaluate
 from dia_tpu.training.loaders import make_loaders, micro_batches
@@ -92,6 +93,7 @@ def train(cfg: Config) -> Path:
         say(accelerator, f"model: {total / 1e6:.2f} M parameters, {trainable / 1e6:.2f} M trainable "
                          f"({100 * trainable / total:.2f} %)")  # fmt: skip
         samples = TrainingSamples(accelerator, runtime, cfg, model.config)
+        audio = AudioEvaluation(accelerator, runtime, cfg, splits, model.config)
         if runtime.on_xla and cfg.samples.every and not samples.enabled:
             say(accelerator, "samples: off on XLA (samples.on_xla=skip)")
         channels = len(model.config.delay_pattern)
@@ -156,10 +158,13 @@ def train(cfg: Config) -> Path:
             early = False
             if eval_loader is not None and ((cfg.eval.eval_every and state.step % cfg.eval.eval_every == 0) or last):
                 metrics = evaluate(accelerator, model, eval_loader, weights)
+                if audio.due(state.step, last):
+                    metrics |= audio.run(model, state.step)
                 accelerator.log(metrics, step=state.step)
                 # The metrics are gathered, so every process takes the same decisions here.
-                improved = state.record_eval(metrics["eval/loss"], cfg.eval.early_stopping_min_delta)
-                say(accelerator, eval_line(state, metrics, channels))
+                score = selection_score(cfg.eval.select_by, metrics)
+                improved = state.record_eval(score, cfg.eval.early_stopping_min_delta)
+                say(accelerator, eval_line(state, metrics, channels, cfg.eval.select_by))
                 if improved and cfg.eval.keep_best:
                     save_checkpoint(accelerator, runtime, model, cfg, state, folder=run.best)
                     if mirror is not None:
@@ -167,8 +172,9 @@ def train(cfg: Config) -> Path:
                 patience = cfg.eval.early_stopping_patience
                 early = bool(patience) and state.evals_since_best >= patience and not last
                 if early:
-                    say(accelerator, f"early stop at step {state.step}: no eval-loss improvement in {patience} "
-                                     f"evaluations (best {state.best_loss:.4f} at step {state.best_step})")
+                    say(accelerator, f"early stop at step {state.step}: no {_score_name(cfg)} improvement in "
+                                     f"{patience} evaluations (best {state.best_score:.4f} at step "
+                                     f"{state.best_step})")  # fmt: skip
                     if not logged:
                         log_train(accelerator, meter, scheduler, state, xla, bar)
             # With several processes agreeing is a collective and a host sync: it rides on the logging steps,
@@ -199,6 +205,10 @@ def train(cfg: Config) -> Path:
         say(accelerator, f"done: {state.step} steps\n  checkpoints: {run.checkpoints}\n  export:      {run.final}\n"
                          f"  logs:        {run.logs}")  # fmt: skip
     return run.final
+
+
+def _score_name(cfg: Config) -> str:
+    return "eval-loss" if cfg.eval.select_by == "loss" else f"eval.select_by ({cfg.eval.select_by})"
 
 
 def _check_data_matches_model(cfg: Config, info: dict, model_config) -> None:
