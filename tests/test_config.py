@@ -192,3 +192,22 @@ def test_choices_and_list_items_are_checked_against_the_declared_types(override,
     with pytest.raises(ConfigError) as err:
         load(DEMO, [override])
     assert expected in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "overrides, expected",
+    [
+        (["eval.eval_every=4", "eval.audio.every=6"], "eval.audio.every: must be a multiple of eval.eval_every=4"),
+        (["eval.audio.every=100", "eval.audio.asr=whisperx"], "eval.audio.asr: 'whisperx' is not one of"),
+        (["eval.select_by=bleu"], "eval.select_by: 'bleu' is not one of loss, wer, cer, speaker_similarity"),
+        (["eval.select_by=wer=-1"], "eval.select_by: the weight of wer must be > 0"),
+        (["eval.select_by=wer"], "eval.select_by: 'wer' needs audio figures at every evaluation"),
+        (["eval.audio.every=100", "eval.select_by=speaker_similarity", "eval.audio.speaker=none"],
+         "eval.select_by: speaker_similarity needs eval.audio.speaker"),
+        (["eval.audio.every=100", "data.eval_size=0"], "eval.audio.every: audio is judged at evaluations"),
+    ],
+)
+def test_audio_evaluation_settings_are_checked(overrides, expected):
+    with pytest.raises(ConfigError) as err:
+        load(DEMO, overrides)
+    assert expected in str(err.value)
