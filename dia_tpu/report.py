@@ -1,8 +1,9 @@
 """`dia-tpu report RUN_DIR`: one self-contained HTML page about a training run.
 
 It reads what `train` leaves in output.dir: config.yaml, the TensorBoard scalars under logs/, the samples
-under samples/step_N/ and the best/ and final/ folders. Every image and sound is embedded as a data URI,
-so the page can be mailed or archived on its own and opens without a network or scripts.
+under samples/step_N/, the judged audio under evaluations/step_N/ and the best/ and final/ folders. Every
+image and sound is embedded as a data URI, so the page can be mailed or archived on its own and opens without
+a network or scripts.
 """
 
 from __future__ import annotations
@@ -63,6 +64,9 @@ def render(run_dir: Path) -> str:
         _eval_table(scalars),
         "<h2>Samples</h2>",
         _samples(run.samples),
+        "<h2>Judged audio</h2>",
+        _audio_table(scalars),
+        _worst(run.evaluations),
     ]
     config = run.config
     if config.is_file():
@@ -124,6 +128,13 @@ def _curves(scalars: dict[str, dict[int, float]]) -> str:
     parts = [_img(_plot(loss, "loss"), "loss curves")]
     if "train/lr" in scalars:
         parts.append(_img(_plot({"learning rate": scalars["train/lr"]}, "learning rate"), "learning-rate curve"))
+    rates = {name: scalars[tag] for tag, name in (("audio/wer", "WER"), ("audio/cer", "CER")) if tag in scalars}
+    if rates:
+        parts.append(_img(_plot(rates, "error rate"), "WER and CER curves"))
+    names = (("audio/similarity_prompt", "to the voice prompt"), ("audio/similarity_reference", "to the reference"))
+    similar = {name: scalars[tag] for tag, name in names if tag in scalars}
+    if similar:
+        parts.append(_img(_plot(similar, "speaker similarity"), "speaker similarity curves"))
     return "\n".join(parts)
 
 
@@ -158,6 +169,52 @@ def _eval_table(scalars: dict[str, dict[int, float]]) -> str:
         cells = "".join(f"<td>{_number(scalars.get(tag, {}).get(step))}</td>" for tag in columns)
         lines.append(f"<tr><td>{step}</td>{cells}</tr>")
     return "\n".join([*lines, "</table></div>"])
+
+
+_AUDIO_COLUMNS = {"audio/utterances": "utterances", "audio/wer": "WER", "audio/cer": "CER",
+                  "audio/similarity_prompt": "similarity to prompt",
+                  "audio/similarity_reference": "similarity to reference",
+                  "audio/ended": "ended", "audio/with_problems": "with a problem"}  # fmt: skip
+# How many of the latest judged step's utterances are shown, the worst first.
+WORST = 5
+
+
+def _audio_table(scalars: dict[str, dict[int, float]]) -> str:
+    steps = sorted(scalars.get("audio/utterances", {}))
+    if not steps:
+        return '<p class="missing">No audio was judged (eval.audio.every=0, or no logs/).</p>'
+    columns = {tag: name for tag, name in _AUDIO_COLUMNS.items() if tag in scalars}
+    lines = ['<div class="table"><table>', "<tr><th>step</th>" + "".join(f"<th>{h}</th>" for h in columns.values())]
+    for step in steps:
+        cells = "".join(f"<td>{_number(scalars[tag].get(step))}</td>" for tag in columns)
+        lines.append(f"<tr><td>{step}</td>{cells}</tr>")
+    return "\n".join([*lines, "</table></div>"])
+
+
+def _worst(evaluations: Path) -> str:
+    """The latest judged step's worst utterances (highest WER, then most problems), with players."""
+    steps = sorted(evaluations.glob("step_*"), key=_step_of) if evaluations.is_dir() else []
+    if not steps or not (steps[-1] / "rows.jsonl").is_file():
+        return ""
+    folder = steps[-1]
+    try:
+        rows = [json.loads(line) for line in (folder / "rows.jsonl").read_text(encoding="utf-8").splitlines()]
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{folder / 'rows.jsonl'}: not valid JSON: {err}") from err
+    rows.sort(key=lambda r: (-r.get("wer", 0.0), -len(r["problems"]), r.get("similarity_reference", 1.0)))
+    parts = [f"<h3>The worst of step {_step_of(folder)} ({min(WORST, len(rows))} of {len(rows)})</h3>"]
+    for row in rows[:WORST]:
+        wav = folder / f"{row['id']}.wav"
+        figures = [f"{row['seconds']:.2f} s"] + [f"{key} {row[key]:.3f}" for key in
+                   ("wer", "similarity_prompt", "similarity_reference") if key in row]  # fmt: skip
+        caption = (f"<b>{escape(row['id'])}</b> ({', '.join(figures)}; problems: "
+                   f"{escape(', '.join(row['problems']) or 'none')}): {escape(row['text'])}")  # fmt: skip
+        if "transcript" in row:
+            caption += f"<br>heard: {escape(row['transcript'] or '(nothing)')}"
+        audio = (f'<audio controls preload="metadata" src="data:audio/wav;base64,{_wav_base64(wav)}"></audio>'
+                 if wav.is_file() and row["seconds"] > 0 else '<p class="missing">no audio</p>')  # fmt: skip
+        parts.append(f"<figure>\n<figcaption>{caption}</figcaption>\n{audio}\n</figure>")
+    return "\n".join(parts)
 
 
 def _number(value: float | None) -> str:

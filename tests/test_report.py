@@ -33,10 +33,11 @@ CALL_IDS = itertools.count(1)  # DevTools command ids, unique per connection
 
 @pytest.fixture(scope="module")
 def run(codes_dir, tmp_path_factory) -> Path:
-    """A 10-step run evaluated and sampled at steps 5 and 10, with its report written beside it."""
+    """A 10-step run evaluated, sampled and its audio judged at steps 5 and 10, with its report beside it."""
     run_dir = tmp_path_factory.mktemp("report") / "tiny"
     train(tiny(codes_dir, run_dir, "train.max_steps=10", "eval.eval_every=5", "train.save_every=5",
-               "samples.every=5", "samples.max_seconds=0.5", PROMPTS))  # fmt: skip
+               "samples.every=5", "samples.max_seconds=0.5", PROMPTS, "eval.audio.every=5", "eval.audio.limit=2",
+               "eval.audio.max_seconds=0.5"))  # fmt: skip
     assert write_report(run_dir) == run_dir / "report.html"
     return run_dir
 
@@ -95,21 +96,27 @@ def test_report_holds_curves_eval_table_and_samples(run, tmp_path):
             assert key not in attrs or attrs[key].startswith("data:"), (name, attrs[key][:80])
 
     images = [img["alt"] for img in page.find("img")]
-    assert images[:2] == ["loss curves", "learning-rate curve"]
-    assert images[2:] == [f"spectrogram of {s['name']}" for s in samples_of(run)]
+    assert images[:4] == ["loss curves", "learning-rate curve", "WER and CER curves", "speaker similarity curves"]
+    assert images[4:] == [f"spectrogram of {s['name']}" for s in samples_of(run)]
 
-    header, *rows = page.rows
+    header, *rows = page.rows[: 1 + len(STEPS)]
     assert header[:2] == ["step", "loss (weighted)"]
     assert header[2:] == [f"cb{c} {kind}" for c in range(CODEBOOKS) for kind in ("loss", "acc")]
     assert [int(row[0]) for row in rows] == STEPS
     assert all(len(row) == len(header) and all(row) for row in rows)
+    # The judged audio: a row per judged step, then the latest step's worst utterances.
+    header, *rows = page.rows[1 + len(STEPS) :]
+    assert header[:4] == ["step", "utterances", "WER", "CER"] and "similarity to reference" in header
+    assert [int(row[0]) for row in rows] == STEPS and all(row[1] == "2.000" for row in rows)
+    assert "The worst of step 10 (2 of 2)" in text and "heard: " in text
 
     # One player per sample per step, each a wav at the codec's rate, as long as the sample.
     samples = samples_of(run)
     assert [(s["step"], s["name"]) for s in samples] == [(step, n) for step in STEPS for n in ("hello", "plan")]
     audios = page.find("audio")
-    assert len(audios) == len(samples)
-    for audio, sample in zip(audios, samples, strict=True):
+    judged = [json.loads(line) for line in (run / "evaluations/step_000010/rows.jsonl").read_text().splitlines()]
+    assert len(audios) == len(samples) + sum(row["seconds"] > 0 for row in judged)
+    for audio, sample in zip(audios, samples, strict=False):
         head, _, payload = audio["src"].partition(",")
         assert head == "data:audio/wav;base64"
         wave, rate = sf.read(io.BytesIO(base64.b64decode(payload)))
@@ -173,11 +180,11 @@ def test_report_loads_in_headless_chromium(run, tmp_path):
 
     assert "exceptionDetails" not in result, result
     found = result["result"]["value"]
-    assert len(found["images"]) == 2 + len(samples_of(run))
+    assert len(found["images"]) == 4 + len(samples_of(run))
     assert all(image["ok"] for image in found["images"]), found["images"]
     expected = [s["seconds"] for s in samples_of(run)]
-    assert [a["error"] for a in found["audios"]] == [None] * len(expected)
-    assert [a["duration"] for a in found["audios"]] == pytest.approx(expected, abs=0.05)
+    assert all(a["error"] is None for a in found["audios"]) and len(found["audios"]) >= len(expected)
+    assert [a["duration"] for a in found["audios"][: len(expected)]] == pytest.approx(expected, abs=0.05)
     failures = [e for e in events if e["method"] in ("Runtime.exceptionThrown", "Network.loadingFailed")]
     failures += [e for e in events if e["method"] == "Log.entryAdded" and e["params"]["entry"]["level"] == "error"]
     assert failures == []
