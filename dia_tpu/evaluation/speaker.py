@@ -11,6 +11,7 @@ Every encoder's `name` carries its package version and model, written next to ea
 
 from __future__ import annotations
 
+import warnings
 from importlib.metadata import version
 from typing import Protocol
 
@@ -47,7 +48,9 @@ def similarity(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 class Resemblyzer:
     def __init__(self, device: str = "cpu"):
         try:
-            from resemblyzer import VoiceEncoder
+            with warnings.catch_warnings():  # webrtcvad, which it imports, warns that pkg_resources is deprecated
+                warnings.filterwarnings("ignore", message="pkg_resources is deprecated")
+                from resemblyzer import VoiceEncoder
         except ImportError as err:
             raise ValueError("the resemblyzer speaker encoder needs resemblyzer: pip install 'dia-tpu[eval]'") from err
         self.encoder = VoiceEncoder(str(device), verbose=False)

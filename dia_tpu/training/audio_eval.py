@@ -26,7 +26,7 @@ from dia_tpu.config.checks import SELECTABLE, selection_terms
 from dia_tpu.data.dataset import Splits
 from dia_tpu.evaluation.judge import Judges, judge
 from dia_tpu.evaluation.prompts import chars_per_second, generate, held_out_requests, load_request, read_prompts
-from dia_tpu.generation.synthesize import GenerationSettings
+from dia_tpu.generation.synthesize import GenerationSettings, check_request, script_for
 from dia_tpu.model.codec import build_codec
 from dia_tpu.training.runtime import Runtime
 from dia_tpu.training.samples import LiveGenerator
@@ -65,8 +65,18 @@ class AudioEvaluation:
             guidance_scale=cfg.samples.guidance_scale, temperature=cfg.samples.temperature, top_p=cfg.samples.top_p,
             top_k=cfg.samples.top_k, seed=a.seed, max_seconds=a.max_seconds, language_tags=cfg.data.language_tags,
         )  # fmt: skip
+        # Each prompt's limit: eval.audio.max_seconds, or less where a voice prompt leaves the decoder less room.
+        # A prompt that cannot fit at all is an error now, not after the first evaluation's steps.
+        frame_rate = self.codec.config.sampling_rate / self.codec.config.hop_length
+        self.seconds = []
+        for index, (prompt, voice) in zip(self.mine, self.prompts, strict=True):
+            unlimited = dataclasses.replace(self.settings, max_seconds=None)
+            try:
+                room = check_request(model_config, [script_for(prompt.text, voice)], unlimited, frame_rate, voice)
+            except ValueError as err:
+                raise ValueError(f"eval.audio prompt {index + 1} ({prompt.id}): {err}") from err
+            self.seconds.append(min(a.max_seconds, room / frame_rate))
         self.judges: Judges | None = None
-        self.total = len(requests)
 
     def due(self, step: int, last: bool) -> bool:
         return self.enabled and (step % self.cfg.eval.audio.every == 0 or last)
@@ -90,8 +100,8 @@ class AudioEvaluation:
                                  None if a.speaker == "none" else load_speaker_encoder(a.speaker))  # fmt: skip
         # Prompt i of the whole list keeps seed + i whichever process generates it.
         waves, codes, ended = [], [], []
-        for index, prompt in zip(self.mine, self.prompts, strict=True):
-            settings = dataclasses.replace(self.settings, seed=self.settings.seed + index)
+        for index, prompt, seconds in zip(self.mine, self.prompts, self.seconds, strict=True):
+            settings = dataclasses.replace(self.settings, seed=self.settings.seed + index, max_seconds=seconds)
             w, c, e = generate(generator, self.codec, [prompt], settings, batch_size=1)
             waves += w
             codes += c
