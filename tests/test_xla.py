@@ -132,3 +132,13 @@ def test_samples_can_be_switched_off_on_xla(codes_dir, tmp_path, capsys):
                "samples.every=1", "samples.on_xla=skip", 'samples.prompts=[{name: hi, text: "[S1] Hi."}]'))
     assert "samples: off on XLA (samples.on_xla=skip)" in capsys.readouterr().out
     assert not (run_dir / "samples").exists()
+
+
+def test_audio_is_judged_on_xla_from_a_cpu_copy(codes_dir, tmp_path):
+    run_dir = tmp_path / "judged"
+    train(tiny(codes_dir, run_dir, "train.max_steps=2", "eval.eval_every=2", "eval.audio.every=2",
+               "eval.audio.limit=2", "eval.audio.max_seconds=0.5", "eval.audio.speaker=none"))  # fmt: skip
+    logged = scalars(run_dir)
+    assert logged["audio/utterances"] == [(2, 2.0)] and "audio/wer" in logged
+    rows = (run_dir / "evaluations" / "step_000002" / "rows.jsonl").read_text().splitlines()
+    assert len(rows) == 2  # the main process judged them all
