@@ -75,6 +75,8 @@ def main(argv: list[str] | None = None) -> None:
                         "or none")
     p.add_argument("--speaker", default="resemblyzer",
                    help="resemblyzer (offline), xvector (microsoft/wavlm-base-plus-sv), xvector:ID_OR_DIR, or none")
+    p.add_argument("--quality", default="none", help="none, or mos:ID_OR_DIR: a MOS predictor (an audio model with "
+                                                     "one regression output)")
     p.add_argument("--language", default="en", help="the prompts' language, for Whisper (default: en)")
     _generation_flags(p, "prompt i uses seed + i")
     p.set_defaults(func=_evaluate, max_seconds=20.0)
@@ -164,6 +166,7 @@ def _evaluate(args: argparse.Namespace) -> None:
     from dia_tpu.evaluation.asr import load_recogniser
     from dia_tpu.evaluation.judge import Judges
     from dia_tpu.evaluation.prompts import dataset_prompts, read_prompts
+    from dia_tpu.evaluation.quality import load_quality_judge
     from dia_tpu.evaluation.run import evaluate_models
     from dia_tpu.evaluation.speaker import load_speaker_encoder
 
@@ -177,6 +180,7 @@ def _evaluate(args: argparse.Namespace) -> None:
     judges = Judges(
         recogniser=None if args.asr == "none" else load_recogniser(args.asr, device, language=args.language),
         speaker=None if args.speaker == "none" else load_speaker_encoder(args.speaker, device),
+        quality=None if args.quality == "none" else load_quality_judge(args.quality, device),
     )
     evaluate_models(args.model, requests, args.out, _settings(args), judges, args.batch_size, device)
 

@@ -173,7 +173,7 @@ def _eval_table(scalars: dict[str, dict[int, float]]) -> str:
 
 _AUDIO_COLUMNS = {"audio/utterances": "utterances", "audio/wer": "WER", "audio/cer": "CER",
                   "audio/similarity_prompt": "similarity to prompt",
-                  "audio/similarity_reference": "similarity to reference",
+                  "audio/similarity_reference": "similarity to reference", "audio/mos": "predicted MOS",
                   "audio/ended": "ended", "audio/with_problems": "with a problem"}  # fmt: skip
 # How many of the latest judged step's utterances are shown, the worst first.
 WORST = 5

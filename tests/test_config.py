@@ -211,3 +211,10 @@ def test_audio_evaluation_settings_are_checked(overrides, expected):
     with pytest.raises(ConfigError) as err:
         load(DEMO, overrides)
     assert expected in str(err.value)
+
+
+def test_a_quality_judge_is_named_as_mos_with_a_model():
+    with pytest.raises(ConfigError) as err:
+        load(DEMO, ["eval.audio.every=100", "eval.audio.quality=utmos", "eval.select_by=mos"])
+    assert "eval.audio.quality: 'utmos' is not none or mos:<hub id or folder>" in str(err.value)
+    assert "eval.select_by: mos needs eval.audio" not in str(err.value)

@@ -349,3 +349,37 @@ def test_processes_agree_on_best_by_wer_from_gathered_figures(codes_dir, tmp_pat
     assert state["step"] == 2 and state["best_score"] == pytest.approx(0.30)
     losses = dict(scalars(run)["eval/loss"])
     assert min(losses, key=losses.get) == 4  # what select_by=loss would have kept
+
+
+def tiny_mos(folder, num_labels: int = 1):
+    """A randomly initialised wav2vec 2.0 with a regression head, saved as a hub checkpoint is."""
+    from transformers import Wav2Vec2Config, Wav2Vec2FeatureExtractor, Wav2Vec2ForSequenceClassification
+
+    config = Wav2Vec2Config(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
+                            conv_dim=(8, 8), conv_stride=(5, 4), conv_kernel=(10, 8), num_conv_pos_embeddings=8,
+                            num_conv_pos_embedding_groups=2, num_labels=num_labels, classifier_proj_size=8)  # fmt: skip
+    torch.manual_seed(0)
+    Wav2Vec2ForSequenceClassification(config).save_pretrained(folder)
+    Wav2Vec2FeatureExtractor().save_pretrained(folder)
+    return folder
+
+
+def test_a_mos_predictor_from_a_folder(tmp_path):
+    from dia_tpu.evaluation.judge import Judges, Prompt, judge, summarise
+    from dia_tpu.evaluation.quality import load_quality_judge
+
+    mos = load_quality_judge(f"mos:{tiny_mos(tmp_path / 'mos')}")
+    assert mos.name.startswith(f"mos {tmp_path / 'mos'} (transformers ")
+    clips = sample_clips(2)
+    waves = [clips[0]["wave"], np.zeros(0, np.float32), clips[1]["wave"]]
+    scores = mos.score(waves, 22050)
+    assert scores[1] is None and all(isinstance(s, float) for s in scores[::2])
+    assert mos.score(waves[:1], 22050) == [pytest.approx(scores[0])]
+    rows = judge([Prompt(str(i), c["text"]) for i, c in enumerate(clips)], waves[::2], [None, None], [True, True],
+                 22050, Judges(quality=mos))  # fmt: skip
+    assert [r["mos"] for r in rows] == pytest.approx(scores[::2])
+    assert summarise(rows)["mos"] == pytest.approx(np.mean(scores[::2]))
+    with pytest.raises(ValueError, match="it has 2 outputs; a MOS predictor has one"):
+        load_quality_judge(f"mos:{tiny_mos(tmp_path / 'two', num_labels=2)}")
+    with pytest.raises(ValueError, match="use mos:<hub id or folder>"):
+        load_quality_judge("utmos")

@@ -136,7 +136,9 @@ def _validate_prepare(r: PrepareConfig) -> list[str]:
 # What eval.select_by may weigh, and where each figure is in an evaluation's metrics (lower is better; a
 # similarity counts negated).
 SELECTABLE = {"loss": "eval/loss", "wer": "audio/wer", "cer": "audio/cer",
-              "speaker_similarity": "audio/speaker_similarity"}  # fmt: skip
+              "speaker_similarity": "audio/speaker_similarity", "mos": "audio/mos"}  # fmt: skip
+# Figures where higher is better: eval.select_by counts them negated.
+HIGHER_IS_BETTER = ("speaker_similarity", "mos")
 
 
 def selection_terms(spec: str) -> dict[str, float]:
@@ -163,6 +165,8 @@ def _validate_audio_eval(cfg: Config) -> list[str]:
     elif a.every and (not e.eval_every or a.every % e.eval_every):
         p.append(f"eval.audio.every: must be a multiple of eval.eval_every={e.eval_every} (audio is judged after "
                  f"the loss evaluation of a step), got {a.every}")  # fmt: skip
+    if a.quality != "none" and (a.quality.partition(":")[0] != "mos" or not a.quality.partition(":")[2]):
+        p.append(f"eval.audio.quality: {a.quality!r} is not none or mos:<hub id or folder>")
     if a.limit < 1:
         p.append(f"eval.audio.limit: must be >= 1, got {a.limit}")
     if not (math.isfinite(a.max_seconds) and a.max_seconds > 0):
@@ -186,6 +190,8 @@ def _validate_audio_eval(cfg: Config) -> list[str]:
         p += ["eval.select_by: wer and cer need eval.audio.asr"] if a.asr == "none" else []
     if "speaker_similarity" in terms and a.speaker == "none":
         p.append("eval.select_by: speaker_similarity needs eval.audio.speaker")
+    if "mos" in terms and a.quality == "none":
+        p.append("eval.select_by: mos needs eval.audio.quality")
     return p
 
 

@@ -262,6 +262,8 @@ class AudioEvalConfig:
     # Speaker encoder: resemblyzer (offline), xvector (microsoft/wavlm-base-plus-sv), xvector:<hub id or folder>,
     # or none.
     speaker: str = "resemblyzer"
+    # Quality judge: none, or mos:<hub id or folder> (a MOS predictor: an audio model with one regression output).
+    quality: str = "none"
     # The prompts' language, for Whisper.
     language: str = "en"
     # Length limit of each utterance; sampling follows samples.* (guidance, temperature, top_p, top_k).

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from dia_tpu.evaluation.asr import Recogniser
+from dia_tpu.evaluation.quality import QualityJudge
 from dia_tpu.evaluation.signal import expected_seconds, measure, problems
 from dia_tpu.evaluation.speaker import SpeakerEncoder, similarity
 from dia_tpu.evaluation.text import char_errors, spoken_text, word_errors
@@ -40,9 +41,10 @@ class Judges:
 
     recogniser: Recogniser | None = None
     speaker: SpeakerEncoder | None = None
+    quality: QualityJudge | None = None
 
     def names(self) -> dict[str, str]:
-        found = {"recogniser": self.recogniser, "speaker": self.speaker}
+        found = {"recogniser": self.recogniser, "speaker": self.speaker, "quality": self.quality}
         return {role: judge.name for role, judge in found.items() if judge is not None}
 
 
@@ -68,6 +70,10 @@ def judge(prompts: list[Prompt], waves: list[np.ndarray], codes: list[np.ndarray
                        char_errors=chars.errors, chars=chars.length, cer=chars.rate)  # fmt: skip
     if judges.speaker is not None:
         _similarities(rows, prompts, waves, rate, reference_rate, judges.speaker)
+    if judges.quality is not None:
+        for row, mos in zip(rows, judges.quality.score(waves, rate), strict=True):
+            if mos is not None:
+                row["mos"] = mos
     return rows
 
 
@@ -93,7 +99,7 @@ def summarise(rows: list[dict]) -> dict:
     if "words" in rows[0]:
         summary["wer"] = sum(r["word_errors"] for r in rows) / max(1, sum(r["words"] for r in rows))
         summary["cer"] = sum(r["char_errors"] for r in rows) / max(1, sum(r["chars"] for r in rows))
-    for key in ("similarity_prompt", "similarity_reference"):
+    for key in ("similarity_prompt", "similarity_reference", "mos"):
         values = [r[key] for r in rows if key in r]
         if values:
             summary[key] = float(np.mean(values))

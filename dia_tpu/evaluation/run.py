@@ -72,7 +72,8 @@ def labels(models: list[str]) -> list[str]:
 
 _ROWS = (("utterances", "utterances", "{:d}"), ("wer", "WER", "{:.3f}"), ("cer", "CER", "{:.3f}"),
          ("similarity_prompt", "similarity to the voice prompt", "{:.3f}"),
-         ("similarity_reference", "similarity to the reference", "{:.3f}"), ("ended", "ended with EOS", "{:.0%}"),
+         ("similarity_reference", "similarity to the reference", "{:.3f}"), ("mos", "predicted MOS", "{:.2f}"),
+         ("ended", "ended with EOS", "{:.0%}"),
          ("length_ratio", "length / reference (median)", "{:.2f}"),
          ("with_problems", "with a problem", "{:.0%}"))  # fmt: skip
 

@@ -22,7 +22,7 @@ from accelerate import Accelerator
 
 from dia_tpu.artifacts import RunFolder
 from dia_tpu.config import Config
-from dia_tpu.config.checks import SELECTABLE, selection_terms
+from dia_tpu.config.checks import HIGHER_IS_BETTER, SELECTABLE, selection_terms
 from dia_tpu.data.dataset import Splits
 from dia_tpu.evaluation.judge import Judges, judge
 from dia_tpu.evaluation.prompts import chars_per_second, generate, held_out_requests, load_request, read_prompts
@@ -33,7 +33,7 @@ from dia_tpu.training.samples import LiveGenerator
 
 # The sums each process contributes, in this order, reduced once.
 _SUMS = ("utterances", "word_errors", "words", "char_errors", "chars", "similarity_prompt", "prompted",
-         "similarity_reference", "referenced", "ended", "with_problems")  # fmt: skip
+         "similarity_reference", "referenced", "mos", "scored", "ended", "with_problems")  # fmt: skip
 
 
 class AudioEvaluation:
@@ -93,11 +93,13 @@ class AudioEvaluation:
     def _judge(self, generator, step: int) -> list[dict]:
         if self.judges is None:
             from dia_tpu.evaluation.asr import load_recogniser
+            from dia_tpu.evaluation.quality import load_quality_judge
             from dia_tpu.evaluation.speaker import load_speaker_encoder
 
             a = self.cfg.eval.audio
             self.judges = Judges(None if a.asr == "none" else load_recogniser(a.asr, language=a.language),
-                                 None if a.speaker == "none" else load_speaker_encoder(a.speaker))  # fmt: skip
+                                 None if a.speaker == "none" else load_speaker_encoder(a.speaker),
+                                 None if a.quality == "none" else load_quality_judge(a.quality))  # fmt: skip
         # Prompt i of the whole list keeps seed + i whichever process generates it.
         waves, codes, ended = [], [], []
         for index, prompt, seconds in zip(self.mine, self.prompts, self.seconds, strict=True):
@@ -128,7 +130,8 @@ def local_sums(rows: list[dict]) -> dict[str, float]:
         sums["utterances"] += 1
         for key in ("word_errors", "words", "char_errors", "chars"):
             sums[key] += row.get(key, 0)
-        for key, count in (("similarity_prompt", "prompted"), ("similarity_reference", "referenced")):
+        for key, count in (("similarity_prompt", "prompted"), ("similarity_reference", "referenced"),
+                           ("mos", "scored")):  # fmt: skip
             if key in row:
                 sums[key] += row[key]
                 sums[count] += 1
@@ -146,7 +149,7 @@ def figures(sums: dict[str, float]) -> dict[str, float]:
     if sums["words"]:
         out["audio/wer"] = sums["word_errors"] / sums["words"]
         out["audio/cer"] = sums["char_errors"] / max(sums["chars"], 1.0)
-    for key, count in (("similarity_prompt", "prompted"), ("similarity_reference", "referenced")):
+    for key, count in (("similarity_prompt", "prompted"), ("similarity_reference", "referenced"), ("mos", "scored")):
         if sums[count]:
             out[f"audio/{key}"] = sums[key] / sums[count]
     speaker = out.get("audio/similarity_reference", out.get("audio/similarity_prompt"))
@@ -162,5 +165,5 @@ def selection_score(select_by: str, metrics: dict[str, float]) -> float:
     score = 0.0
     for name, weight in selection_terms(select_by).items():
         value = metrics.get(SELECTABLE[name], math.inf)
-        score += weight * (-value if name == "speaker_similarity" and math.isfinite(value) else value)
+        score += weight * (-value if name in HIGHER_IS_BETTER and math.isfinite(value) else value)
     return score
