@@ -64,7 +64,8 @@ def eval_line(state: TrainState, metrics: dict, channels: int, select_by: str = 
 
 
 _AUDIO_FIGURES = (("wer", "WER", ".3f"), ("cer", "CER", ".3f"), ("speaker_similarity", "speaker similarity", ".3f"),
-                  ("mos", "MOS", ".2f"), ("ended", "ended", ".0%"), ("with_problems", "with problems", ".0%"))  # fmt: skip
+                  ("mos", "MOS", ".2f"), ("ended", "ended", ".0%"),
+                  ("with_problems", "with problems", ".0%"))  # fmt: skip
 
 
 def say(accelerator: Accelerator, message: str) -> None:
