@@ -236,6 +236,14 @@ def test_evaluate_compares_checkpoints_side_by_side_as_generate_samples(tiny_run
     assert [(r["model"], r["id"]) for r in rows] == [(m, i) for m in ("step_1", "final")
                                                      for i in ("line_0001", "line_0002")]  # fmt: skip
     assert all({"wer", "cer", "transcript", "problems", "seconds", "ended"} <= set(r) for r in rows)
+    # Without a reference, a prompt's expected length is its text at its speaker's pace in the run's data.
+    from datasets import load_from_disk
+
+    from dia_tpu.config import read_saved
+    from dia_tpu.evaluation.prompts import chars_per_second
+
+    pace = chars_per_second(load_from_disk(read_saved(run / "config.yaml").data.dataset))
+    assert rows[1]["reference_seconds"] == pytest.approx(len("Yes, I have the map.") / pace["S2"])
     # The same text, seed and settings through `dia-tpu generate --text-file`, one at a time: the same audio.
     write_speech(str(run / "final"), ["[S1] Hello there, are you ready?", "[S2] Yes, I have the map."],
                  [tmp_path / "g1.wav", tmp_path / "g2.wav"], settings, batch_size=1)  # fmt: skip

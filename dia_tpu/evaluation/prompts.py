@@ -86,6 +86,31 @@ def held_out_requests(table, pace: dict, frame_rate: float, limit: int | None, c
     return requests
 
 
+def with_pace(requests: list[Request], pace: dict) -> list[Request]:
+    """Prompts without a reference recording, expected to last as long as their text takes at the pace of the
+    speaker their first tag names (`[S1]` is the data's speaker "S1" when there is one), else of all speakers."""
+    out = []
+    for request in requests:
+        prompt = request.prompt
+        if request.reference is None and request.reference_codes is None and pace:
+            tag = re.match(r"\s*\[([^\]]+)\]", prompt.text)
+            speed = pace.get(tag[1] if tag else None, pace[None])
+            request = dataclasses.replace(request, prompt=dataclasses.replace(prompt, chars_per_second=speed))
+        out.append(request)
+    return out
+
+
+def run_pace(artifact) -> dict:
+    """The pace of a run's training data (`chars_per_second`), when the model is a run's and its dataset is
+    here; else {} (prompts keep the default pace)."""
+    from datasets import load_from_disk
+
+    config = artifact.config
+    if config is None or not (Path(config.data.dataset) / "dataset_info.json").is_file():
+        return {}
+    return chars_per_second(load_from_disk(config.data.dataset))
+
+
 def chars_per_second(table) -> dict:
     """Each speaker's pace in characters of spoken words per second, and everyone's under None."""
     from dia_tpu.evaluation.text import spoken_text

@@ -23,7 +23,7 @@ import torch
 
 from dia_tpu.artifacts import open_artifact
 from dia_tpu.evaluation.judge import Judges, judge, summarise
-from dia_tpu.evaluation.prompts import Request, generate, load_request
+from dia_tpu.evaluation.prompts import Request, generate, load_request, run_pace, with_pace
 from dia_tpu.generation.speak import check_flags
 from dia_tpu.generation.synthesize import GenerationSettings
 from dia_tpu.model.load import language_tags_of, load_for_inference
@@ -40,7 +40,8 @@ def evaluate_models(models: list[str], requests: list[Request], out: str | Path,
         artifact = open_artifact(source)
         model, codec = load_for_inference(artifact, device)
         rate = codec.config.sampling_rate
-        prompts = [load_request(r, codec, len(model.config.delay_pattern)) for r in requests]
+        paced = with_pace(requests, run_pace(artifact))
+        prompts = [load_request(r, codec, len(model.config.delay_pattern)) for r in paced]
         model_settings = dataclasses.replace(settings, language_tags=language_tags_of(artifact))
         waves, codes, ended = generate(model, codec, prompts, model_settings, batch_size)
         found = judge([p for p, _ in prompts], waves, codes, ended, rate, judges)

@@ -25,7 +25,14 @@ from dia_tpu.config import Config
 from dia_tpu.config.checks import HIGHER_IS_BETTER, SELECTABLE, selection_terms
 from dia_tpu.data.dataset import Splits
 from dia_tpu.evaluation.judge import Judges, judge
-from dia_tpu.evaluation.prompts import chars_per_second, generate, held_out_requests, load_request, read_prompts
+from dia_tpu.evaluation.prompts import (
+    chars_per_second,
+    generate,
+    held_out_requests,
+    load_request,
+    read_prompts,
+    with_pace,
+)
 from dia_tpu.generation.synthesize import GenerationSettings, check_request, script_for
 from dia_tpu.model.codec import build_codec
 from dia_tpu.training.runtime import Runtime
@@ -47,12 +54,12 @@ class AudioEvaluation:
         self.codec = build_codec(cfg.model)
         if not self.generator.copy_weights:
             self.codec = self.codec.to(accelerator.device)
+        # Expected lengths at the pace of the training data's speakers.
+        pace = chars_per_second(splits.train.table.with_format(None))
         if a.prompts is not None:
-            requests = read_prompts(a.prompts)[: a.limit]
+            requests = with_pace(read_prompts(a.prompts)[: a.limit], pace)
         else:
             frame_rate = self.codec.config.sampling_rate / self.codec.config.hop_length
-            # Expected lengths at the pace of the training data's speakers.
-            pace = chars_per_second(splits.train.table.with_format(None))
             requests = held_out_requests(splits.eval.table, pace, frame_rate, a.limit, a.clone)
         n, rank = accelerator.num_processes, accelerator.process_index
         if self.generator.copy_weights:
