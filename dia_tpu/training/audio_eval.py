@@ -104,9 +104,11 @@ class AudioEvaluation:
             from dia_tpu.evaluation.speaker import load_speaker_encoder
 
             a = self.cfg.eval.audio
-            self.judges = Judges(None if a.asr == "none" else load_recogniser(a.asr, language=a.language),
-                                 None if a.speaker == "none" else load_speaker_encoder(a.speaker),
-                                 None if a.quality == "none" else load_quality_judge(a.quality))  # fmt: skip
+            # On the accelerator where generation runs there; on the host beside the CPU copy (XLA, FSDP).
+            device = "cpu" if self.generator.copy_weights else self.accelerator.device
+            self.judges = Judges(None if a.asr == "none" else load_recogniser(a.asr, device, language=a.language),
+                                 None if a.speaker == "none" else load_speaker_encoder(a.speaker, device),
+                                 None if a.quality == "none" else load_quality_judge(a.quality, device))  # fmt: skip
         # Prompt i of the whole list keeps seed + i whichever process generates it.
         waves, codes, ended = [], [], []
         for index, prompt, seconds in zip(self.mine, self.prompts, self.seconds, strict=True):
