@@ -180,7 +180,8 @@ def generate(model, codec, prompts: list[tuple[Prompt, VoicePrompt | None]], set
              batch_size: int) -> tuple[list[np.ndarray], list[np.ndarray], list[bool]]:  # fmt: skip
     """Waves, codes and whether each ended with EOS (before the frame limit). Consecutive prompts with the
     same voice prompt (or none) run together, `batch_size` at a time; prompt i uses seed settings.seed + i,
-    so its audio does not depend on the batch it ran in."""
+    so its audio does not depend on the batch it ran in. The frame limit is settings.max_seconds, or less
+    where a voice prompt leaves the decoder less room (a held-out clip's prompt is not the user's choice)."""
     frame_rate = codec.config.sampling_rate / codec.config.hop_length
     waves, codes, ended = [], [], []
     start = 0
@@ -190,8 +191,11 @@ def generate(model, codec, prompts: list[tuple[Prompt, VoicePrompt | None]], set
         while stop < len(prompts) and stop - start < batch_size and prompts[stop][1] is voice:
             stop += 1
         texts = [prompt.text for prompt, _ in prompts[start:stop]]
-        limit = check_request(model.config, [script_for(t, voice) for t in texts], settings, frame_rate, voice)
-        batch = dataclasses.replace(settings, seed=settings.seed + start)
+        scripts = [script_for(t, voice) for t in texts]
+        limit = check_request(model.config, scripts, dataclasses.replace(settings, max_seconds=None), frame_rate, voice)
+        if settings.max_seconds is not None:
+            limit = min(limit, max(1, round(settings.max_seconds * frame_rate)))
+        batch = dataclasses.replace(settings, seed=settings.seed + start, max_seconds=limit / frame_rate)
         for frames in synthesize_codes(model, texts, batch, frame_rate, voice):
             codes.append(frames.numpy())
             ended.append(len(frames) < limit)

@@ -54,12 +54,12 @@ class AudioEvaluation:
         self.codec = build_codec(cfg.model)
         if not self.generator.copy_weights:
             self.codec = self.codec.to(accelerator.device)
+        frame_rate = self.codec.config.sampling_rate / self.codec.config.hop_length
         # Expected lengths at the pace of the training data's speakers.
         pace = chars_per_second(splits.train.table.with_format(None))
         if a.prompts is not None:
             requests = with_pace(read_prompts(a.prompts)[: a.limit], pace)
         else:
-            frame_rate = self.codec.config.sampling_rate / self.codec.config.hop_length
             requests = held_out_requests(splits.eval.table, pace, frame_rate, a.limit, a.clone)
         n, rank = accelerator.num_processes, accelerator.process_index
         if self.generator.copy_weights:
@@ -72,17 +72,14 @@ class AudioEvaluation:
             guidance_scale=cfg.samples.guidance_scale, temperature=cfg.samples.temperature, top_p=cfg.samples.top_p,
             top_k=cfg.samples.top_k, seed=a.seed, max_seconds=a.max_seconds, language_tags=cfg.data.language_tags,
         )  # fmt: skip
-        # Each prompt's limit: eval.audio.max_seconds, or less where a voice prompt leaves the decoder less room.
-        # A prompt that cannot fit at all is an error now, not after the first evaluation's steps.
-        frame_rate = self.codec.config.sampling_rate / self.codec.config.hop_length
-        self.seconds = []
+        # A prompt that does not fit the model at all is an error now, not after the first evaluation's steps;
+        # `generate` shortens the limit of one whose voice prompt leaves less room than max_seconds.
+        unlimited = dataclasses.replace(self.settings, max_seconds=None)
         for index, (prompt, voice) in zip(self.mine, self.prompts, strict=True):
-            unlimited = dataclasses.replace(self.settings, max_seconds=None)
             try:
-                room = check_request(model_config, [script_for(prompt.text, voice)], unlimited, frame_rate, voice)
+                check_request(model_config, [script_for(prompt.text, voice)], unlimited, frame_rate, voice)
             except ValueError as err:
                 raise ValueError(f"eval.audio prompt {index + 1} ({prompt.id}): {err}") from err
-            self.seconds.append(min(a.max_seconds, room / frame_rate))
         self.judges: Judges | None = None
 
     def due(self, step: int, last: bool) -> bool:
@@ -111,8 +108,8 @@ class AudioEvaluation:
                                  None if a.quality == "none" else load_quality_judge(a.quality, device))  # fmt: skip
         # Prompt i of the whole list keeps seed + i whichever process generates it.
         waves, codes, ended = [], [], []
-        for index, prompt, seconds in zip(self.mine, self.prompts, self.seconds, strict=True):
-            settings = dataclasses.replace(self.settings, seed=self.settings.seed + index, max_seconds=seconds)
+        for index, prompt in zip(self.mine, self.prompts, strict=True):
+            settings = dataclasses.replace(self.settings, seed=self.settings.seed + index)
             w, c, e = generate(generator, self.codec, [prompt], settings, batch_size=1)
             waves += w
             codes += c
