@@ -163,12 +163,9 @@ def _generate(args: argparse.Namespace) -> None:
 def _evaluate(args: argparse.Namespace) -> None:
     import torch
 
-    from dia_tpu.evaluation.asr import load_recogniser
     from dia_tpu.evaluation.judge import Judges
     from dia_tpu.evaluation.prompts import dataset_prompts, read_prompts
-    from dia_tpu.evaluation.quality import load_quality_judge
     from dia_tpu.evaluation.run import evaluate_models
-    from dia_tpu.evaluation.speaker import load_speaker_encoder
 
     if args.limit is not None and args.limit < 1:
         raise ValueError(f"--limit must be >= 1, got {args.limit}")
@@ -177,11 +174,7 @@ def _evaluate(args: argparse.Namespace) -> None:
     else:
         requests = dataset_prompts(args.dataset, args.model[0], args.limit, clone=not args.no_clone)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    judges = Judges(
-        recogniser=None if args.asr == "none" else load_recogniser(args.asr, device, language=args.language),
-        speaker=None if args.speaker == "none" else load_speaker_encoder(args.speaker, device),
-        quality=None if args.quality == "none" else load_quality_judge(args.quality, device),
-    )
+    judges = Judges.load(args.asr, args.speaker, args.quality, device, args.language)
     evaluate_models(args.model, requests, args.out, _settings(args), judges, args.batch_size, device)
 
 

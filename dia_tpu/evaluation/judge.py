@@ -13,10 +13,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from dia_tpu.evaluation.asr import Recogniser
-from dia_tpu.evaluation.quality import QualityJudge
+from dia_tpu.evaluation.asr import Recogniser, load_recogniser
+from dia_tpu.evaluation.quality import QualityJudge, load_quality_judge
 from dia_tpu.evaluation.signal import expected_seconds, measure, problems
-from dia_tpu.evaluation.speaker import SpeakerEncoder, similarity
+from dia_tpu.evaluation.speaker import SpeakerEncoder, load_speaker_encoder, similarity
 from dia_tpu.evaluation.text import char_errors, spoken_text, word_errors
 
 # Characters per second of spoken words when a prompt has no reference clip: English read speech runs at
@@ -42,6 +42,14 @@ class Judges:
     recogniser: Recogniser | None = None
     speaker: SpeakerEncoder | None = None
     quality: QualityJudge | None = None
+
+    @classmethod
+    def load(cls, asr: str, speaker: str, quality: str, device="cpu", language: str | None = "en") -> Judges:
+        """The judges named as `dia-tpu evaluate`'s flags and eval.audio name them ("none": absent); each
+        backend's package is imported only when it is named."""
+        return cls(None if asr == "none" else load_recogniser(asr, device, language=language),
+                   None if speaker == "none" else load_speaker_encoder(speaker, device),
+                   None if quality == "none" else load_quality_judge(quality, device))  # fmt: skip
 
     def names(self) -> dict[str, str]:
         found = {"recogniser": self.recogniser, "speaker": self.speaker, "quality": self.quality}

@@ -96,16 +96,10 @@ class AudioEvaluation:
 
     def _judge(self, generator, step: int) -> list[dict]:
         if self.judges is None:
-            from dia_tpu.evaluation.asr import load_recogniser
-            from dia_tpu.evaluation.quality import load_quality_judge
-            from dia_tpu.evaluation.speaker import load_speaker_encoder
-
             a = self.cfg.eval.audio
             # On the accelerator where generation runs there; on the host beside the CPU copy (XLA, FSDP).
             device = "cpu" if self.generator.copy_weights else self.accelerator.device
-            self.judges = Judges(None if a.asr == "none" else load_recogniser(a.asr, device, language=a.language),
-                                 None if a.speaker == "none" else load_speaker_encoder(a.speaker, device),
-                                 None if a.quality == "none" else load_quality_judge(a.quality, device))  # fmt: skip
+            self.judges = Judges.load(a.asr, a.speaker, a.quality, device, a.language)
         # Prompt i of the whole list keeps seed + i whichever process generates it.
         waves, codes, ended = [], [], []
         for index, prompt in zip(self.mine, self.prompts, strict=True):
