@@ -57,14 +57,12 @@ class Judges:
 
 
 def judge(prompts: list[Prompt], waves: list[np.ndarray], codes: list[np.ndarray | None], ended: list[bool],
-          rate: int, judges: Judges, reference_rate: int | None = None) -> list[dict]:  # fmt: skip
-    """Rows for generated `waves` (at `rate`) of `prompts`; references and voices are at `reference_rate`
-    (default `rate`)."""
-    reference_rate = reference_rate or rate
+          rate: int, judges: Judges) -> list[dict]:  # fmt: skip
+    """Rows for generated `waves` of `prompts`, all audio (theirs, references, voices) at `rate`."""
     rows = []
     for prompt, wave, frames, end in zip(prompts, waves, codes, ended, strict=True):
         if prompt.reference is not None:
-            seconds = len(prompt.reference) / reference_rate
+            seconds = len(prompt.reference) / rate
         else:
             seconds = expected_seconds(prompt.text, prompt.chars_per_second)
         m = measure(wave, rate, ended=end, reference_seconds=seconds, codes=frames)
@@ -77,7 +75,7 @@ def judge(prompts: list[Prompt], waves: list[np.ndarray], codes: list[np.ndarray
             row.update(transcript=heard, word_errors=words.errors, words=words.length, wer=words.rate,
                        char_errors=chars.errors, chars=chars.length, cer=chars.rate)  # fmt: skip
     if judges.speaker is not None:
-        _similarities(rows, prompts, waves, rate, reference_rate, judges.speaker)
+        _similarities(rows, prompts, waves, rate, judges.speaker)
     if judges.quality is not None:
         for row, mos in zip(rows, judges.quality.score(waves, rate), strict=True):
             if mos is not None:
@@ -85,14 +83,14 @@ def judge(prompts: list[Prompt], waves: list[np.ndarray], codes: list[np.ndarray
     return rows
 
 
-def _similarities(rows: list[dict], prompts: list[Prompt], waves: list[np.ndarray], rate: int, reference_rate: int,
+def _similarities(rows: list[dict], prompts: list[Prompt], waves: list[np.ndarray], rate: int,
                   encoder: SpeakerEncoder) -> None:  # fmt: skip
     out = encoder.embed(waves, rate)
     for key, attribute in (("similarity_prompt", "voice"), ("similarity_reference", "reference")):
         have = [i for i, p in enumerate(prompts) if getattr(p, attribute) is not None]
         if not have:
             continue
-        theirs = encoder.embed([getattr(prompts[i], attribute) for i in have], reference_rate)
+        theirs = encoder.embed([getattr(prompts[i], attribute) for i in have], rate)
         for i, value in zip(have, similarity(out[have], theirs), strict=True):
             # An empty or silent output has no voice: its similarity is 0, not a number from noise.
             rows[i][key] = float(value) if len(waves[i]) and out[i].any() else 0.0

@@ -42,6 +42,11 @@ class Request:
     voice_codes: np.ndarray | None = None
 
 
+def file_stem(name: str) -> str:
+    """`name` as a file or folder name: runs of anything but letters, digits, `.` and `-` become `_`."""
+    return re.sub(r"[^\w.-]+", "_", name)
+
+
 # The most of a held-out clip used as another item's voice prompt.
 VOICE_SECONDS = 5.0
 
@@ -75,7 +80,7 @@ def held_out_requests(table, pace: dict, frame_rate: float, limit: int | None, c
     voice_frames = round(VOICE_SECONDS * frame_rate)
     requests = []
     for i, row in enumerate(rows):
-        prompt = Prompt(re.sub(r"[^\w.-]+", "_", row["source_id"]), row["text"],
+        prompt = Prompt(file_stem(row["source_id"]), row["text"],
                         chars_per_second=pace.get(row["speaker"], pace[None]))  # fmt: skip
         others = [j for j in range(i + 1, len(rows)) if rows[j]["speaker"] == row["speaker"]]
         others += [j for j in range(i) if rows[j]["speaker"] == row["speaker"]]

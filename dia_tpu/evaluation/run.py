@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import re
 from pathlib import Path
 
 import soundfile as sf
@@ -23,7 +22,7 @@ import torch
 
 from dia_tpu.artifacts import open_artifact
 from dia_tpu.evaluation.judge import Judges, judge, summarise
-from dia_tpu.evaluation.prompts import Request, generate, load_request, run_pace, with_pace
+from dia_tpu.evaluation.prompts import Request, file_stem, generate, load_request, run_pace, with_pace
 from dia_tpu.generation.speak import check_flags
 from dia_tpu.generation.synthesize import GenerationSettings
 from dia_tpu.model.load import language_tags_of, load_for_inference
@@ -45,8 +44,8 @@ def evaluate_models(models: list[str], requests: list[Request], out: str | Path,
         model_settings = dataclasses.replace(settings, language_tags=language_tags_of(artifact))
         waves, codes, ended = generate(model, codec, prompts, model_settings, batch_size)
         found = judge([p for p, _ in prompts], waves, codes, ended, rate, judges)
+        (out / label).mkdir(exist_ok=True)
         for row, wave in zip(found, waves, strict=True):
-            (out / label).mkdir(exist_ok=True)
             sf.write(out / label / f"{row['id']}.wav", wave, rate)
             rows.append({"model": label, "source": source, **row})
         summaries[label] = summarise(found)
@@ -63,10 +62,10 @@ def evaluate_models(models: list[str], requests: list[Request], out: str | Path,
 
 def labels(models: list[str]) -> list[str]:
     """Short unique folder names for the models: the last part of each path or hub id, numbered on a clash."""
-    names = [re.sub(r"[^\w.-]+", "_", Path(m.rstrip("/")).name) or "model" for m in models]
+    names = [file_stem(Path(m.rstrip("/")).name) or "model" for m in models]
     if len(set(names)) == len(names):
         return names
-    parents = [re.sub(r"[^\w.-]+", "_", Path(m.rstrip("/")).parent.name) for m in models]
+    parents = [file_stem(Path(m.rstrip("/")).parent.name) for m in models]
     joined = [f"{p}-{n}" if p else n for p, n in zip(parents, names, strict=True)]
     return joined if len(set(joined)) == len(joined) else [f"{i + 1}-{n}" for i, n in enumerate(names)]
 

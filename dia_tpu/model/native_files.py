@@ -55,8 +55,6 @@ WEIGHTS_SUFFIXES = (".pth", ".safetensors")
 SAVE_NAMES = {V01: "dia-v0_1.pth", V0626: "model.pth"}
 
 
-
-
 NATIVE, TRANSFORMERS = "native", "transformers"
 
 

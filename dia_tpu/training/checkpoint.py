@@ -130,7 +130,7 @@ _FULL = 16 * 2**20
 
 def _check_space(accelerator: Accelerator, run: RunFolder, path: Path, needed: int) -> None:
     """Stop before writing a checkpoint that the disk cannot hold; every process takes the same decision."""
-    where = next(p for p in (path.parent, *path.parents) if p.exists())
+    where = _existing_parent(path)
     free = shutil.disk_usage(where).free
     enough = free >= needed * _SPACE_MARGIN
     if accelerator.num_processes > 1:
@@ -144,11 +144,16 @@ def _check_space(accelerator: Accelerator, run: RunFolder, path: Path, needed: i
 
 def _write_failure(err: BaseException, path: Path) -> str:
     """Why a write failed, saying so plainly when the disk is full (torch's own message does not)."""
-    where = next(p for p in (path.parent, *path.parents) if p.exists())
+    where = _existing_parent(path)
     free = shutil.disk_usage(where).free
     if getattr(err, "errno", None) == errno.ENOSPC or free < _FULL:
         return f"the disk is full: {free / 2**20:.1f} MiB free on {where}; {first_line(err)}"
     return first_line(err)
+
+
+def _existing_parent(path: Path) -> Path:
+    """The nearest folder above `path` that exists: the disk its free space is read from."""
+    return next(p for p in (path.parent, *path.parents) if p.exists())
 
 
 def _last_complete(run: RunFolder) -> str:

@@ -187,7 +187,8 @@ class Mirror:
         if completion_mark(building) is None:
             raise MirrorError(f"output.mirror {self.url}: {name} changed while it was downloaded; run again")
         put_in_place(building, path)
-        self.report(f"mirror: fetched {name} from {self.url} ({_size(mark)} in {time.monotonic() - started:.1f} s)")
+        took = time.monotonic() - started
+        self.report(f"mirror: fetched {name} from {self.url} ({_size(mark['files'])} in {took:.1f} s)")
         return path
 
     def _newer_than(self, checkpoint: Path | None) -> list[str]:
@@ -256,7 +257,7 @@ class Mirror:
                 sizes = self._upload(job)
                 if job.name.startswith(f"{CHECKPOINTS}/"):
                     self._rotate()
-                self.report(f"mirror: {job.name} (step {job.step}) is on {self.url} ({_size({'files': sizes})} in "
+                self.report(f"mirror: {job.name} (step {job.step}) is on {self.url} ({_size(sizes)} in "
                             f"{time.monotonic() - started:.1f} s)")  # fmt: skip
             except Exception as err:  # any backend's failure; the local copy is whole and training goes on
                 self.failed.append(job.name)
@@ -305,5 +306,5 @@ class Mirror:
         return folder.relative_to(self.run.root).as_posix()
 
 
-def _size(mark: dict) -> str:
-    return f"{sum(mark['files'].values()) / 2**20:.1f} MB"
+def _size(files: dict[str, int]) -> str:
+    return f"{sum(files.values()) / 2**20:.1f} MB"

@@ -36,13 +36,12 @@ class TrainingSamples:
         self.accelerator, self.cfg = accelerator, cfg
         self.enabled = s.every > 0 and not (runtime.on_xla and s.on_xla == "skip")
         self.generator = LiveGenerator(accelerator, runtime)
-        self.copy_weights = self.generator.copy_weights
         self.codec = None
         self.voice: dict[str, VoicePrompt] = {}
         if not self.enabled or not accelerator.is_main_process:
             return
         self.codec = build_codec(cfg.model)
-        if not self.copy_weights:
+        if not self.generator.copy_weights:
             self.codec = self.codec.to(accelerator.device)
         rate = self.codec.config.sampling_rate / self.codec.config.hop_length
         for prompt in s.prompts:
