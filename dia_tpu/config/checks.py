@@ -186,8 +186,8 @@ def _validate_audio_eval(cfg: Config) -> list[str]:
     if set(terms) - {"loss"} and a.every != e.eval_every:
         p.append(f"eval.select_by: {e.select_by!r} needs audio figures at every evaluation: set eval.audio.every "
                  f"to eval.eval_every ({e.eval_every}), got {a.every}")  # fmt: skip
-    if "wer" in terms or "cer" in terms:
-        p += ["eval.select_by: wer and cer need eval.audio.asr"] if a.asr == "none" else []
+    if ("wer" in terms or "cer" in terms) and a.asr == "none":
+        p.append("eval.select_by: wer and cer need eval.audio.asr")
     if "speaker_similarity" in terms and a.speaker == "none":
         p.append("eval.select_by: speaker_similarity needs eval.audio.speaker")
     if "mos" in terms and a.quality == "none":

@@ -96,22 +96,53 @@ def _similarities(rows: list[dict], prompts: list[Prompt], waves: list[np.ndarra
             rows[i][key] = float(value) if len(waves[i]) and out[i].any() else 0.0
 
 
+# What an evaluation's figures are made of, summed over utterances: with several processes each sums its share
+# and the shares are added, so the pooled figures come out the same as from one process.
+SUMS = ("utterances", "word_errors", "words", "char_errors", "chars", "similarity_prompt", "prompted",
+        "similarity_reference", "referenced", "mos", "scored", "ended", "with_problems")  # fmt: skip
+# Each averaged figure and the count it is averaged over.
+_MEANS = (("similarity_prompt", "prompted"), ("similarity_reference", "referenced"), ("mos", "scored"))
+
+
+def sums_of(rows: list[dict]) -> dict[str, float]:
+    """`SUMS` of some rows."""
+    sums = dict.fromkeys(SUMS, 0.0)
+    for row in rows:
+        sums["utterances"] += 1
+        for key in ("word_errors", "words", "char_errors", "chars"):
+            sums[key] += row.get(key, 0)
+        for key, count in _MEANS:
+            if key in row:
+                sums[key] += row[key]
+                sums[count] += 1
+        sums["ended"] += bool(row["ended"])
+        sums["with_problems"] += bool(row["problems"])
+    return sums
+
+
+def figures_of(sums: dict[str, float]) -> dict[str, float]:
+    """Summed rows as figures: pooled wer and cer (errors over all reference words and characters), mean
+    similarities and MOS, speaker_similarity (to the reference where there is one, else to the voice prompt),
+    and the shares ended and with a problem."""
+    n = max(sums["utterances"], 1.0)
+    out = {"utterances": sums["utterances"], "ended": sums["ended"] / n, "with_problems": sums["with_problems"] / n}
+    if sums["words"]:
+        out["wer"] = sums["word_errors"] / sums["words"]
+        out["cer"] = sums["char_errors"] / max(sums["chars"], 1.0)
+    for key, count in _MEANS:
+        if sums[count]:
+            out[key] = sums[key] / sums[count]
+    speaker = out.get("similarity_reference", out.get("similarity_prompt"))
+    if speaker is not None:
+        out["speaker_similarity"] = speaker
+    return out
+
+
 def summarise(rows: list[dict]) -> dict:
-    """Pooled error rates, mean similarities, how many ended, how many had each problem."""
-    n = len(rows)
-    summary: dict = {"utterances": n}
-    if n == 0:
-        return summary
-    if "words" in rows[0]:
-        summary["wer"] = sum(r["word_errors"] for r in rows) / max(1, sum(r["words"] for r in rows))
-        summary["cer"] = sum(r["char_errors"] for r in rows) / max(1, sum(r["chars"] for r in rows))
-    for key in ("similarity_prompt", "similarity_reference", "mos"):
-        values = [r[key] for r in rows if key in r]
-        if values:
-            summary[key] = float(np.mean(values))
-    summary["ended"] = sum(r["ended"] for r in rows) / n
+    """A model's figures (`figures_of`), the median length against the reference, and how many utterances had
+    each problem."""
+    summary = {**figures_of(sums_of(rows)), "utterances": len(rows)}
     ratios = [r["seconds"] / r["reference_seconds"] for r in rows if r["reference_seconds"]]
     summary["length_ratio"] = float(np.median(ratios)) if ratios else None
-    summary["with_problems"] = sum(bool(r["problems"]) for r in rows) / n
     summary["problems"] = dict(sorted(Counter(p for r in rows for p in r["problems"]).items()))
     return summary

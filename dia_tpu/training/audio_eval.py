@@ -4,9 +4,10 @@ that best/ and early stopping follow (`eval.select_by`).
 The prompts (the eval split's items, or a prompts file) are dealt out across processes: each generates its
 share with the live model (generation runs no collective) and judges it. On XLA and under FSDP the main
 process generates them all from the CPU copy the samples use, and the others judge nothing. Each process
-sums its figures (word and character errors, similarities, counts); one all-reduce gives every process the
-same totals, so every process takes the same best-checkpoint and early-stopping decisions. The rows of the
-main process's share go to `output.dir/evaluations/step_N/rows.jsonl` with its wavs, for the report.
+sums its figures (`dia_tpu.evaluation.judge.SUMS`: word and character errors, similarities, counts); one
+all-reduce gives every process the same totals, so every process takes the same best-checkpoint and
+early-stopping decisions. The rows of the main process's share go to `output.dir/evaluations/step_N/rows.jsonl`
+with its wavs, for the report.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from dia_tpu.artifacts import RunFolder
 from dia_tpu.config import Config
 from dia_tpu.config.checks import HIGHER_IS_BETTER, SELECTABLE, selection_terms
 from dia_tpu.data.dataset import Splits
-from dia_tpu.evaluation.judge import Judges, judge
+from dia_tpu.evaluation.judge import SUMS, Judges, figures_of, judge, sums_of
 from dia_tpu.evaluation.prompts import (
     chars_per_second,
     generate,
@@ -37,10 +38,6 @@ from dia_tpu.generation.synthesize import GenerationSettings, check_request, scr
 from dia_tpu.model.codec import build_codec
 from dia_tpu.training.runtime import Runtime
 from dia_tpu.training.samples import LiveGenerator
-
-# The sums each process contributes, in this order, reduced once.
-_SUMS = ("utterances", "word_errors", "words", "char_errors", "chars", "similarity_prompt", "prompted",
-         "similarity_reference", "referenced", "mos", "scored", "ended", "with_problems")  # fmt: skip
 
 
 class AudioEvaluation:
@@ -89,10 +86,10 @@ class AudioEvaluation:
         """Judge this process's share and gather everyone's: the same figures on every process."""
         generator = self.generator.get(model)
         rows = self._judge(generator, step) if self.prompts and generator is not None else []
-        sums = local_sums(rows)
-        local = torch.tensor([sums[k] for k in _SUMS], dtype=torch.float32, device=self.accelerator.device)
+        sums = sums_of(rows)
+        local = torch.tensor([sums[k] for k in SUMS], dtype=torch.float32, device=self.accelerator.device)
         totals = self.accelerator.reduce(local, "sum")
-        return figures(dict(zip(_SUMS, totals.cpu().tolist(), strict=True)))
+        return {f"audio/{k}": v for k, v in figures_of(dict(zip(SUMS, totals.cpu().tolist(), strict=True))).items()}
 
     def _judge(self, generator, step: int) -> list[dict]:
         if self.judges is None:
@@ -121,41 +118,6 @@ class AudioEvaluation:
             sf.write(folder / f"{row['id']}.wav", wave, rate)
         with open(folder / "rows.jsonl", "w") as f:
             f.writelines(json.dumps({"step": step, **row}) + "\n" for row in rows)
-
-
-def local_sums(rows: list[dict]) -> dict[str, float]:
-    """This process's share as sums (see `_SUMS`)."""
-    sums = dict.fromkeys(_SUMS, 0.0)
-    for row in rows:
-        sums["utterances"] += 1
-        for key in ("word_errors", "words", "char_errors", "chars"):
-            sums[key] += row.get(key, 0)
-        for key, count in (("similarity_prompt", "prompted"), ("similarity_reference", "referenced"),
-                           ("mos", "scored")):  # fmt: skip
-            if key in row:
-                sums[key] += row[key]
-                sums[count] += 1
-        sums["ended"] += bool(row["ended"])
-        sums["with_problems"] += bool(row["problems"])
-    return sums
-
-
-def figures(sums: dict[str, float]) -> dict[str, float]:
-    """Gathered sums as the logged figures: audio/wer, audio/cer, the similarities, audio/speaker_similarity
-    (to the reference where there is one, else to the voice prompt), the shares ended and with problems."""
-    n = max(sums["utterances"], 1.0)
-    out = {"audio/utterances": sums["utterances"], "audio/ended": sums["ended"] / n,
-           "audio/with_problems": sums["with_problems"] / n}  # fmt: skip
-    if sums["words"]:
-        out["audio/wer"] = sums["word_errors"] / sums["words"]
-        out["audio/cer"] = sums["char_errors"] / max(sums["chars"], 1.0)
-    for key, count in (("similarity_prompt", "prompted"), ("similarity_reference", "referenced"), ("mos", "scored")):
-        if sums[count]:
-            out[f"audio/{key}"] = sums[key] / sums[count]
-    speaker = out.get("audio/similarity_reference", out.get("audio/similarity_prompt"))
-    if speaker is not None:
-        out["audio/speaker_similarity"] = speaker
-    return out
 
 
 def selection_score(select_by: str, metrics: dict[str, float]) -> float:
