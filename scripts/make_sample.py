@@ -85,9 +85,9 @@ def speaker_for(index: int) -> str:
     return "S1" if index % 2 == 0 else "S2"
 
 
-def synthesize(text: str, voice_args: list[str], wav_path: Path) -> np.ndarray:
+def synthesize(text: str, voice_args: list[str], wav_path: Path, speed: int = SPEED_WPM) -> np.ndarray:
     """Run espeak-ng for one utterance and return float32 mono samples."""
-    cmd = ["espeak-ng", *voice_args, "-s", str(SPEED_WPM), "-w", str(wav_path), text]
+    cmd = ["espeak-ng", *voice_args, "-s", str(speed), "-w", str(wav_path), text]
     subprocess.run(cmd, check=True, stdin=subprocess.DEVNULL)
     audio, sr = sf.read(wav_path, dtype="float32", always_2d=True)
     assert sr == SAMPLE_RATE, f"espeak-ng produced {sr} Hz, expected {SAMPLE_RATE} Hz"

@@ -7,20 +7,18 @@ bundled sample's sentences are kept out of both. Audio comes out at 44.1 kHz, fl
 
 from __future__ import annotations
 
-import io
 import random
 import shutil
-import subprocess
+import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import soundfile as sf
 import soxr
+from make_sample import SAMPLE_RATE, UTTERANCES, synthesize
 
 RATE = 44100
-ESPEAK_RATE = 22050
 
 TRAIN_ACCENTS = ["en-us", "en-gb", "en-gb-scotland", "en-gb-x-rp", "en-029", "en-gb-x-gbcwmd"]
 TRAIN_VARIANTS = ["m1", "m2", "m3", "m4", "m6", "m7", "f1", "f3", "f4", "Andy", "annie", "edward"]
@@ -54,6 +52,7 @@ STATEMENTS = ["{S} {v} the {a} {n} {p}.", "{S} {d} {v} a {a} {n}.", "{S} said th
               "{S} {v} it {d}, and then the {n} was {a}.", "There are {k} {a} {n}s {p}.",
               "{S} will not forget the {a} {n}.", "Tell me about the {n} {p}.",
               "If the {n} is {a}, {s} will buy it.", "{S} {v} the {n} and the {n2} {p}."]
+TEMPLATES = QUESTIONS + STATEMENTS + STATEMENTS
 NUMBERS = ["two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "twelve",
            "twenty", "forty", "a hundred", "several", "many", "a few"]
 
@@ -66,19 +65,18 @@ class Voice:
     speed: int
 
     def args(self) -> list[str]:
-        return ["-v", f"{self.accent}+{self.variant}", "-p", str(self.pitch), "-s", str(self.speed)]
+        return ["-v", f"{self.accent}+{self.variant}", "-p", str(self.pitch)]
 
     def name(self) -> str:
         return f"{self.accent}+{self.variant} -p {self.pitch} -s {self.speed}"
 
 
 def sentence(rng: random.Random) -> str:
-    template = rng.choice(QUESTIONS + STATEMENTS + STATEMENTS)
+    template = rng.choice(TEMPLATES)
     subject = rng.choice(SUBJECTS)
-    text = template.format(s=subject, S=subject[0].upper() + subject[1:], v=rng.choice(VERBS),
+    return template.format(s=subject, S=subject[0].upper() + subject[1:], v=rng.choice(VERBS),
                            a=rng.choice(ADJECTIVES), n=rng.choice(NOUNS), n2=rng.choice(NOUNS),
                            p=rng.choice(PLACES), d=rng.choice(ADVERBS), k=rng.choice(NUMBERS))
-    return text
 
 
 def distinct_sentences(rng: random.Random, count: int, exclude: set[str]) -> list[str]:
@@ -97,16 +95,16 @@ def random_voice(rng: random.Random, accents: list[str], variants: list[str]) ->
     return Voice(rng.choice(accents), rng.choice(variants), rng.randint(25, 75), rng.randint(135, 185))
 
 
-def speak(text: str, voice: Voice) -> np.ndarray:
-    """espeak-ng's 22.05 kHz output, resampled to 44.1 kHz float32."""
+def require_espeak() -> None:
     if shutil.which("espeak-ng") is None:
         raise SystemExit("espeak-ng not found: install it (Debian: apt-get install espeak-ng)")
-    raw = subprocess.run(["espeak-ng", *voice.args(), "--stdout", text], check=True,
-                         capture_output=True).stdout
-    wave, rate = sf.read(io.BytesIO(raw), dtype="float32")
-    if rate != ESPEAK_RATE:
-        raise SystemExit(f"espeak-ng wrote {rate} Hz, expected {ESPEAK_RATE}")
-    return soxr.resample(wave, rate, RATE).astype(np.float32)
+
+
+def speak(text: str, voice: Voice) -> np.ndarray:
+    """The bundled sample's synthesis (22.05 kHz) in `voice`, resampled to 44.1 kHz float32."""
+    with tempfile.TemporaryDirectory() as tmp:
+        wave = synthesize(text, voice.args(), Path(tmp) / "utt.wav", speed=voice.speed)
+    return soxr.resample(wave, SAMPLE_RATE, RATE).astype(np.float32)
 
 
 def training_audio(seed: int, passages: int, sentences_per_passage: int, exclude: set[str],
@@ -114,20 +112,22 @@ def training_audio(seed: int, passages: int, sentences_per_passage: int, exclude
     """Long passages, each a run of sentences in one random training voice, joined into one signal.
 
     Returns the signal and one recipe row per passage (voice and sentences) for the record."""
+    require_espeak()
     rng = random.Random(seed)
     texts = distinct_sentences(rng, passages * sentences_per_passage, exclude)
-    jobs = [(" ".join(texts[i * sentences_per_passage:(i + 1) * sentences_per_passage]),
-             random_voice(rng, TRAIN_ACCENTS, TRAIN_VARIANTS)) for i in range(passages)]
+    groups = [texts[i * sentences_per_passage:(i + 1) * sentences_per_passage] for i in range(passages)]
+    voices = [random_voice(rng, TRAIN_ACCENTS, TRAIN_VARIANTS) for _ in groups]
     with ThreadPoolExecutor(workers) as pool:
-        waves = list(pool.map(lambda job: speak(*job), jobs))
-    recipe = [{"voice": v.name(), "text": t, "seconds": round(len(w) / RATE, 2)}
-              for (t, v), w in zip(jobs, waves, strict=True)]
+        waves = list(pool.map(lambda g, v: speak(" ".join(g), v), groups, voices))
+    recipe = [{"voice": v.name(), "sentences": g, "seconds": round(len(w) / RATE, 2)}
+              for g, v, w in zip(groups, voices, waves, strict=True)]
     return np.concatenate(waves), recipe
 
 
 def held_out_utterances(seed: int, count: int, exclude: set[str]) -> list[tuple[str, Voice, np.ndarray]]:
     """Single sentences in held-out voices; `exclude` holds the training sentences."""
-    rng = random.Random(seed + 1_000_003)
+    require_espeak()
+    rng = random.Random(f"held-out-{seed}")
     texts = distinct_sentences(rng, count, exclude)
     out = []
     for text in texts:
@@ -136,6 +136,6 @@ def held_out_utterances(seed: int, count: int, exclude: set[str]) -> list[tuple[
     return out
 
 
-def bundled_sentences(sample: Path) -> set[str]:
-    lines = (sample / "metadata.csv").read_text(encoding="utf-8").splitlines()[1:]
-    return {line.split("|")[1].split("] ", 1)[1] for line in lines if line}
+def bundled_sentences() -> set[str]:
+    """The bundled sample's sentences, kept out of the corpus."""
+    return set(UTTERANCES)
