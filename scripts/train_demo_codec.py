@@ -1,0 +1,165 @@
+"""Train the demo codec: a small transformers `DacModel` of the real codec's interface (44.1 kHz, hop 512,
+9 codebooks of 1024) on espeak-ng speech made by speech_corpus.py, then export it for
+`DacModel.from_pretrained`.
+
+    python scripts/train_demo_codec.py --work runs/demo-codec --out codecs/demo-dac
+
+The run folder keeps a checkpoint (a re-run with the same folder resumes it exactly), `log.jsonl`
+(one row per logged step: losses, learning rate, elapsed time) and `recipe.json` (seed, corpus,
+model and optimiser settings). Losses: multi-scale log-mel L1 and log-STFT reconstruction, plus
+DAC's own commitment and codebook losses. The codec only ever hears clean synthetic speech; real
+fine-tunes use descript/dac_44khz.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from speech_corpus import RATE, bundled_sentences, training_audio
+from transformers import DacConfig, DacModel
+
+from dia_tpu.evaluation.spectra import mel_loss, stft_loss
+
+HOP = 512
+ARCHITECTURE = {"encoder_hidden_size": 16, "downsampling_ratios": [2, 4, 8, 8], "decoder_hidden_size": 256,
+                "n_codebooks": 9, "codebook_size": 1024, "codebook_dim": 8, "quantizer_dropout": 0.25,
+                "sampling_rate": RATE}
+MEL_WEIGHT, STFT_WEIGHT = 15.0, 1.0
+
+
+def parse() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--work", type=Path, default=Path("runs/demo-codec"), help="checkpoint, log and recipe")
+    p.add_argument("--out", type=Path, default=Path("codecs/demo-dac"), help="the exported codec folder")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--passages", type=int, default=300, help="corpus passages, each in one voice")
+    p.add_argument("--sentences", type=int, default=10, help="sentences per passage")
+    p.add_argument("--steps", type=int, default=3600)
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--crop-frames", type=int, default=36, help="training crop length in codec frames")
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--warmup", type=int, default=100)
+    p.add_argument("--save-every", type=int, default=200)
+    p.add_argument("--log-every", type=int, default=20)
+    p.add_argument("--max-minutes", type=float, default=None, help="stop (with a checkpoint) after this long")
+    return p.parse_args()
+
+
+def learning_rate(step: int, args: argparse.Namespace) -> float:
+    if step < args.warmup:
+        return args.lr * (step + 1) / args.warmup
+    progress = (step - args.warmup) / max(1, args.steps - args.warmup)
+    return args.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def batch(signal: np.ndarray, rng: np.random.Generator, args: argparse.Namespace) -> torch.Tensor:
+    """Random crops with random gain (-12..0 dB) and polarity: [batch, 1, crop]."""
+    length = args.crop_frames * HOP
+    starts = rng.integers(0, len(signal) - length, size=args.batch)
+    crops = np.stack([signal[s:s + length] for s in starts])
+    gains = 10 ** (rng.uniform(-12, 0, size=(args.batch, 1)) / 20) * rng.choice([-1.0, 1.0], size=(args.batch, 1))
+    return torch.from_numpy((crops * gains).astype(np.float32)).unsqueeze(1)
+
+
+def save_checkpoint(work: Path, model: DacModel, optimizer: torch.optim.Optimizer, step: int,
+                    rng: np.random.Generator) -> None:
+    """The model, optimiser and data-sampler state, written aside and renamed so it is whole or absent."""
+    partial = work / "checkpoint.partial"
+    partial.mkdir(parents=True, exist_ok=True)
+    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "torch_rng": torch.get_rng_state()}, partial / "state.pt")
+    (partial / "progress.json").write_text(json.dumps({"step": step, "sampler": rng.bit_generator.state}))
+    final = work / "checkpoint"
+    if final.exists():
+        for f in final.iterdir():
+            f.unlink()
+        final.rmdir()
+    partial.rename(final)
+
+
+def export(model: DacModel, out: Path, recipe: dict, summary: dict) -> None:
+    """fp16 safetensors and config.json for DacModel.from_pretrained, with a model card beside them."""
+    out.mkdir(parents=True, exist_ok=True)
+    copy = DacModel(model.config)
+    copy.load_state_dict(model.state_dict())
+    copy.half().save_pretrained(out)
+    (out / "training.json").write_text(json.dumps({"recipe": recipe, "summary": summary}, indent=1))
+
+
+def main() -> None:
+    args = parse()
+    args.work.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(args.seed)
+    began = time.perf_counter()
+    signal, passages = training_audio(args.seed, args.passages, args.sentences, exclude=bundled_sentences())
+    print(f"corpus: {len(passages)} passages, {len(signal) / RATE / 3600:.2f} h of audio "
+          f"in {time.perf_counter() - began:.0f} s", flush=True)
+    recipe = {"seed": args.seed, "corpus": {"passages": args.passages, "sentences_per_passage": args.sentences,
+                                            "hours": round(len(signal) / RATE / 3600, 3)},
+              "architecture": ARCHITECTURE,
+              "training": {k: getattr(args, k) for k in ("steps", "batch", "crop_frames", "lr", "warmup")},
+              "losses": {"mel_l1": MEL_WEIGHT, "log_stft_and_convergence": STFT_WEIGHT,
+                         "dac_commitment_and_codebook": 1.0}}
+    (args.work / "recipe.json").write_text(json.dumps({**recipe, "passages": passages}, indent=1))
+
+    model = DacModel(DacConfig(**ARCHITECTURE)).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.8, 0.99), weight_decay=0.0)
+    rng = np.random.default_rng(args.seed)
+    step, spent = 0, 0.0
+    if (args.work / "checkpoint").exists():
+        state = torch.load(args.work / "checkpoint" / "state.pt", weights_only=True)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["torch_rng"])
+        progress = json.loads((args.work / "checkpoint" / "progress.json").read_text())
+        step, rng.bit_generator.state = progress["step"], progress["sampler"]
+        print(f"resumed at step {step}", flush=True)
+
+    log = (args.work / "log.jsonl").open("a")
+    started = time.perf_counter()
+    sums = np.zeros(3)
+    while step < args.steps:
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(step, args)
+        x = batch(signal, rng, args)
+        out = model(x)
+        decoded = out.audio_values[..., :x.shape[-1]]
+        target = x[:, 0, :decoded.shape[-1]]
+        mel, stft, quant = mel_loss(decoded, target, RATE), stft_loss(decoded, target), out.loss.mean()
+        loss = MEL_WEIGHT * mel + STFT_WEIGHT * stft + quant
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
+        optimizer.step()
+        step += 1
+        sums += [mel.item(), stft.item(), quant.item()]
+        if step % args.log_every == 0:
+            row = {"step": step, "mel": sums[0] / args.log_every, "stft": sums[1] / args.log_every,
+                   "quantizer": sums[2] / args.log_every, "grad_norm": float(norm), "lr": learning_rate(step - 1, args),
+                   "minutes": round((time.perf_counter() - started) / 60, 2)}
+            log.write(json.dumps(row) + "\n")
+            log.flush()
+            print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()), flush=True)
+            sums[:] = 0
+        out_of_time = args.max_minutes is not None and time.perf_counter() - started > args.max_minutes * 60
+        if step % args.save_every == 0 or step == args.steps or out_of_time:
+            save_checkpoint(args.work, model, optimizer, step, rng)
+        if out_of_time:
+            print(f"stopped after {args.max_minutes} minutes at step {step}; re-run to continue", flush=True)
+            return
+    spent = time.perf_counter() - started
+    rows = [json.loads(line) for line in (args.work / "log.jsonl").read_text().splitlines()]
+    summary = {"steps": step, "minutes_this_session": round(spent / 60, 1), "final": rows[-1] if rows else None,
+               "parameters": sum(p.numel() for p in model.parameters())}
+    export(model.eval(), args.out, recipe, summary)
+    print(f"exported to {args.out}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
