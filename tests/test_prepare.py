@@ -98,7 +98,7 @@ def test_prepare_keeps_good_rows_and_reports_the_rest(tmp_path, cfg, codec):
     assert report[0] == "index\tsource_id\treason"
     skipped = {source_id: reason for _, source_id, reason in (line.split("\t") for line in report[1:])}
     assert skipped == {
-        "audio/missing.wav": "missing file",
+        "audio/missing.wav": f"missing file: looked for {source / 'audio/missing.wav'}",
         "audio/corrupt.wav": skipped["audio/corrupt.wav"],
         "audio/spare.wav": "empty transcript",
         "metadata.csv:7": "expected 2 to 3 fields, got 5",

@@ -15,7 +15,7 @@ import datasets
 import numpy as np
 import pytest
 import soundfile as sf
-from conftest import ROOT, prepare_config
+from conftest import RANDOM_CODEC, ROOT, prepare_config
 
 from dia_tpu.config import Config
 from dia_tpu.data import prepare as prepare_module
@@ -117,7 +117,7 @@ def test_every_bad_input_is_skipped_with_its_reason_and_a_fixed_rerun_encodes_on
     reasons = {source_id: reason for _, source_id, reason in report}
     for name, reason in BAD.items():
         assert reason in reasons[f"audio/{name}"], (name, reasons[f"audio/{name}"])
-    assert reasons["audio/missing.wav"] == "missing file"
+    assert reasons["audio/missing.wav"] == f"missing file: looked for {source / 'audio/missing.wav'}"
     assert "escapes" in reasons["../outside.wav"]
     assert any(r.startswith("duplicate of audio/good_0.wav") for r in reasons.values())
     assert "transcript is not UTF-8" in reasons.values()
@@ -143,7 +143,7 @@ def test_strict_stops_at_the_first_bad_input_and_names_it(tmp_path, cfg):
     assert not (tmp_path / "out").exists()
     done = subprocess.run(
         [sys.executable, "-m", "dia_tpu", "prepare", "--config", str(ROOT / "configs/demo.yaml"), "--input",
-         str(source), "--output", str(tmp_path / "cli"), "--strict"],
+         str(source), "--output", str(tmp_path / "cli"), "--strict", *RANDOM_CODEC],
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert done.returncode != 0 and "audio/silent.wav: silent" in done.stderr
@@ -187,7 +187,7 @@ def test_two_processes_make_the_same_dataset_as_one(tmp_path, cfg):
         [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines",
          "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29543", "-m", "dia_tpu.cli",
          "prepare", "--config", str(ROOT / "configs/demo.yaml"), "--input", str(source), "--output",
-         str(tmp_path / "two"), "prepare.shard_size=3"],
+         str(tmp_path / "two"), "prepare.shard_size=3", *RANDOM_CODEC],
         env=env, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
@@ -316,7 +316,7 @@ def test_a_killed_run_resumes_where_it_stopped(tmp_path, cfg):
         lines.append(f"audio/c{i:02d}.wav|[S1] Clip {i}.")
     write_metadata(source, lines)
     cmd = [sys.executable, "-m", "dia_tpu", "prepare", "--config", str(ROOT / "configs/demo.yaml"), "--input",
-           str(source), "--output", str(tmp_path / "out"), "prepare.shard_size=1"]  # fmt: skip
+           str(source), "--output", str(tmp_path / "out"), "prepare.shard_size=1", *RANDOM_CODEC]  # fmt: skip
     run = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
     while not (tmp_path / "out.work" / "shard_00002.json").exists():

@@ -140,6 +140,30 @@ def test_metadata_codes_files_and_segment_timing(tmp_path):
     assert second.segments == [Segment(0.0, 0.02, "hi")]
 
 
+def test_ljspeech_layout_with_file_names_finds_wavs_and_keeps_the_third_field_as_text(tmp_path):
+    """`clip01.wav|text|normalized text` with the audio under wavs/: the file is found there, the normalised
+    text is never a speaker, and a file in neither place names both paths tried."""
+    wav(tmp_path / "wavs/clip01.wav")
+    wav(tmp_path / "wavs/clip02.wav")
+    (tmp_path / "metadata.csv").write_text(
+        "clip01.wav|Dr. Smith paid $5.|Doctor Smith paid five dollars.\n"
+        "clip02.wav|It is 10 AM.|It is ten A M.\n"
+        "clip03.wav|Lost.|Lost.\n"
+    )
+    first, second, third = clips(tmp_path)
+    assert (first.audio.path, first.text, first.speaker) == (tmp_path / "wavs/clip01.wav", "Dr. Smith paid $5.", "")
+    assert second.audio.path == tmp_path / "wavs/clip02.wav" and second.speaker == ""
+    assert third.problem == f"missing file: looked for {tmp_path / 'clip03.wav'} and {tmp_path / 'wavs/clip03.wav'}"
+    # Without a wavs/ folder, a third field that reads as the text again is not a speaker either; a label is.
+    elsewhere = tmp_path / "flat"
+    wav(elsewhere / "a.wav")
+    wav(elsewhere / "b.wav")
+    (elsewhere / "metadata.csv").write_text("a.wav|Hello there.|hello there\nb.wav|Bye.|S2\n")
+    assert [c.speaker for c in clips(elsewhere)] == ["", ""]
+    (elsewhere / "metadata.csv").write_text("a.wav|Hello there.|S1\nb.wav|Bye.|S2\n")
+    assert [c.speaker for c in clips(elsewhere)] == ["S1", "S2"]
+
+
 def test_metadata_problems_are_clips_and_other_lines_still_read(tmp_path):
     root = tmp_path / "data"
     wav(root / "a.wav")
@@ -161,7 +185,7 @@ def test_metadata_problems_are_clips_and_other_lines_still_read(tmp_path):
     result = clips(root)
     assert [(c.source_id, c.problem) for c in result] == [
         ("a.wav", None),
-        ("gone.wav", "missing file"),
+        ("gone.wav", f"missing file: looked for {root / 'gone.wav'}"),
         ("../outside.wav", "path escapes the dataset folder"),
         ("b.wav", "empty transcript"),
         ("a.wav (metadata.csv:6)", "duplicate of a.wav"),
@@ -296,7 +320,7 @@ def test_hf_jsonl_with_path_column_and_ids(tmp_path):
                    split="test")  # fmt: skip
     assert [(c.source_id, c.text, c.language, c.problem) for c in result] == [
         ("utt-a", "hello", "en", None),
-        ("utt-b", "gone", "en", "missing file"),
+        ("utt-b", "gone", "en", f"missing file: looked for {tmp_path / 'clips/none.wav'}"),
         ("utt-a (train/2)", "again", "en", "duplicate of utt-a"),
     ]
     assert result[0].audio.path == tmp_path / "clips/a.wav"

@@ -68,16 +68,19 @@ def normalize_text(text: str) -> str:
     return re.sub(r"\s+", " ", unicodedata.normalize("NFC", text)).strip()
 
 
-def attach_file(clip: Clip, root: Path, name: str, absolute_ok: bool) -> None:
-    """Point the clip at `root/name` (audio, or codes by suffix), with its same-stem .json timing if any;
-    or set the clip's problem. Paths are normalised without resolving symlinks, so a linked audio folder
+def attach_file(clip: Clip, root: Path, name: str, absolute_ok: bool, elsewhere: tuple[str, ...] = ()) -> None:
+    """Point the clip at `root/name` (audio, or codes by suffix), or failing that at the first of the
+    `elsewhere` names that exists, with its same-stem .json timing if any; or set the clip's problem, which
+    names every path tried. Paths are normalised without resolving symlinks, so a linked audio folder
     inside the dataset still counts as inside it."""
     path = Path(os.path.normpath(root / name))
     if not path.is_relative_to(root) and not (absolute_ok and Path(name).is_absolute()):
         clip.problem = "path escapes the dataset folder"
         return
-    if not path.is_file():
-        clip.problem = "missing file"
+    tried = [path, *(Path(os.path.normpath(root / other)) for other in elsewhere)]
+    path = next((p for p in tried if p.is_file()), None)
+    if path is None:
+        clip.problem = f"missing file: looked for {' and '.join(str(p) for p in tried)}"
         return
     if path.suffix.lower() in CODES_EXTENSIONS:
         clip.codes_file = path

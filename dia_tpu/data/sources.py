@@ -107,6 +107,7 @@ class _Fields:
     speaker: int | None
     language: int | None
     by_id: bool  # the audio field is an LJSpeech-style id: the file is wavs/<id>.wav
+    wavs: bool  # a wavs/ folder beside metadata.csv, where a bare file name is also looked for
 
     @property
     def required(self) -> int:
@@ -148,6 +149,10 @@ def _metadata_fields(first: bytes, root: Path, cfg, csv: Path) -> tuple[_Fields,
         names, header = values, True
     elif (root / "wavs").is_dir() and not _is_media(Path(values[0])):
         names = ["id", "text", "normalized_text"]
+    elif (root / "wavs").is_dir() or (len(values) > 2 and _same_words(values[1], values[2])):
+        # LJSpeech's layout with file names (`clip01.wav|text|normalized text`): the third field is the
+        # text again, never a speaker.
+        names = ["file", "text", "normalized_text"]
     else:
         names = ["file", "text", "speaker"]
     audio = next((name for name in (cfg.audio_column, "file", "id") if name in names), None)
@@ -161,8 +166,16 @@ def _metadata_fields(first: bytes, root: Path, cfg, csv: Path) -> tuple[_Fields,
         )
     position = {name: i for i, name in enumerate(names)}
     layout = _Fields(names, position[cfg.text_column], position[audio], position.get(cfg.speaker_column),
-                     position.get(cfg.language_column), audio == "id")  # fmt: skip
+                     position.get(cfg.language_column), audio == "id", (root / "wavs").is_dir())  # fmt: skip
     return layout, header
+
+
+def _same_words(text: str, other: str) -> bool:
+    """Whether `other` reads as `text` rewritten (a normalised transcript) rather than a label: half of its
+    words, compared lower-case without punctuation, are words of `text`."""
+    words = {w.strip(".,;:!?\"'()").lower() for w in text.split()}
+    theirs = [w.strip(".,;:!?\"'()").lower() for w in other.split()]
+    return bool(theirs) and sum(w in words for w in theirs) * 2 >= len(theirs)
 
 
 def _metadata_clip(raw: bytes, number: int, fields: _Fields, root: Path, cfg: PrepareConfig) -> tuple[str, Clip]:
@@ -186,7 +199,9 @@ def _metadata_clip(raw: bytes, number: int, fields: _Fields, root: Path, cfg: Pr
                     f"wavs/{name}.wav")  # fmt: skip
     clip = Clip(0, Path(os.path.normpath(name)).as_posix(), get(fields.text), get(fields.speaker),
                 get(fields.language))  # fmt: skip
-    attach_file(clip, root, name, absolute_ok=False)
+    # A bare file name is looked for beside metadata.csv, then under wavs/ as in LJSpeech's layout.
+    elsewhere = (f"wavs/{name}",) if fields.wavs and not fields.by_id and len(Path(name).parts) == 1 else ()
+    attach_file(clip, root, name, absolute_ok=False, elsewhere=elsewhere)
     return where, clip
 
 
