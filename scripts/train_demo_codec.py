@@ -27,16 +27,9 @@ from transformers import DacConfig, DacModel
 from dia_tpu.evaluation.spectra import mel_loss, stft_loss
 
 HOP = 512
-ARCHITECTURE = {
-    "encoder_hidden_size": 16,
-    "downsampling_ratios": [2, 4, 8, 8],
-    "decoder_hidden_size": 256,
-    "n_codebooks": 9,
-    "codebook_size": 1024,
-    "codebook_dim": 8,
-    "quantizer_dropout": 0.25,
-    "sampling_rate": RATE,
-}
+ARCHITECTURE = {"encoder_hidden_size": 16, "downsampling_ratios": [2, 4, 8, 8], "decoder_hidden_size": 256,
+                "n_codebooks": 9, "codebook_size": 1024, "codebook_dim": 8, "quantizer_dropout": 0.25,
+                "sampling_rate": RATE}
 MEL_WEIGHT, STFT_WEIGHT = 15.0, 1.0
 
 
@@ -47,15 +40,16 @@ def parse() -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--passages", type=int, default=300, help="corpus passages, each in one voice")
     p.add_argument("--sentences", type=int, default=10, help="sentences per passage")
-    p.add_argument("--steps", type=int, default=3600)
+    p.add_argument("--steps", type=int, default=2000)
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--crop-frames", type=int, default=36, help="training crop length in codec frames")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--warmup", type=int, default=100)
     p.add_argument("--save-every", type=int, default=200)
-    p.add_argument("--revive-every", type=int, default=25, help="steps between revivals of unused codebook entries")
     p.add_argument("--log-every", type=int, default=20)
     p.add_argument("--max-minutes", type=float, default=None, help="stop (with a checkpoint) after this long")
+    p.add_argument("--init", type=Path, default=None,
+                   help="start from this codec's weights (a DacModel folder), with a fresh optimiser and schedule")
     return p.parse_args()
 
 
@@ -70,44 +64,18 @@ def batch(signal: np.ndarray, rng: np.random.Generator, args: argparse.Namespace
     """Random crops with random gain (-12..0 dB) and polarity: [batch, 1, crop]."""
     length = args.crop_frames * HOP
     starts = rng.integers(0, len(signal) - length, size=args.batch)
-    crops = np.stack([signal[s : s + length] for s in starts])
+    crops = np.stack([signal[s:s + length] for s in starts])
     gains = 10 ** (rng.uniform(-12, 0, size=(args.batch, 1)) / 20) * rng.choice([-1.0, 1.0], size=(args.batch, 1))
     return torch.from_numpy((crops * gains).astype(np.float32)).unsqueeze(1)
 
 
-@torch.no_grad()
-def revive_codebooks(model: DacModel, x: torch.Tensor, usage: torch.Tensor) -> int:
-    """Point every codebook entry left unused since the last call at a latent of this batch.
-
-    Without it the codebooks collapse to a handful of entries within a few hundred steps (an entry no
-    frame picks gets no gradient, so it never moves towards the latents), and the codes carry almost
-    nothing. `usage` [codebooks, entries] counts picks since the last call; returns the entries revived.
-    """
-    residual, revived = model.encoder(x), 0
-    for i, quantizer in enumerate(model.quantizer.quantizers):
-        projected = quantizer.in_proj(residual)  # [B, dim, T]
-        quantized, _ = quantizer.decode_latents(projected)
-        dead = usage[i] == 0
-        if dead.any():
-            latents = projected.transpose(1, 2).reshape(-1, projected.shape[1])
-            picks = latents[torch.randint(len(latents), (int(dead.sum()),))]
-            quantizer.codebook.weight[dead] = picks + 1e-3 * torch.randn_like(picks)
-            revived += int(dead.sum())
-        residual = residual - quantizer.out_proj(quantized)
-    usage.zero_()
-    return revived
-
-
-def save_checkpoint(
-    work: Path, model: DacModel, optimizer: torch.optim.Optimizer, step: int, rng: np.random.Generator
-) -> None:
+def save_checkpoint(work: Path, model: DacModel, optimizer: torch.optim.Optimizer, step: int,
+                    rng: np.random.Generator) -> None:
     """The model, optimiser and data-sampler state, written aside and renamed so it is whole or absent."""
     partial = work / "checkpoint.partial"
     partial.mkdir(parents=True, exist_ok=True)
-    torch.save(
-        {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "torch_rng": torch.get_rng_state()},
-        partial / "state.pt",
-    )
+    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "torch_rng": torch.get_rng_state()}, partial / "state.pt")
     (partial / "progress.json").write_text(json.dumps({"step": step, "sampler": rng.bit_generator.state}))
     final = work / "checkpoint"
     if final.exists():
@@ -132,30 +100,19 @@ def main() -> None:
     torch.manual_seed(args.seed)
     began = time.perf_counter()
     signal, passages = training_audio(args.seed, args.passages, args.sentences, exclude=bundled_sentences())
-    print(
-        f"corpus: {len(passages)} passages, {len(signal) / RATE / 3600:.2f} h of audio "
-        f"in {time.perf_counter() - began:.0f} s",
-        flush=True,
-    )
-    recipe = {
-        "seed": args.seed,
-        "corpus": {
-            "passages": args.passages,
-            "sentences_per_passage": args.sentences,
-            "hours": round(len(signal) / RATE / 3600, 3),
-        },
-        "architecture": ARCHITECTURE,
-        "training": {k: getattr(args, k) for k in ("steps", "batch", "crop_frames", "lr", "warmup")},
-        "losses": {"mel_l1": MEL_WEIGHT, "log_stft_and_convergence": STFT_WEIGHT, "dac_commitment_and_codebook": 1.0},
-    }
+    print(f"corpus: {len(passages)} passages, {len(signal) / RATE / 3600:.2f} h of audio "
+          f"in {time.perf_counter() - began:.0f} s", flush=True)
+    recipe = {"seed": args.seed, "corpus": {"passages": args.passages, "sentences_per_passage": args.sentences,
+                                            "hours": round(len(signal) / RATE / 3600, 3)},
+              "architecture": ARCHITECTURE, "init": str(args.init) if args.init else None,
+              "training": {k: getattr(args, k) for k in ("steps", "batch", "crop_frames", "lr", "warmup")},
+              "losses": {"mel_l1": MEL_WEIGHT, "log_stft_and_convergence": STFT_WEIGHT,
+                         "dac_commitment_and_codebook": 1.0}}
     (args.work / "recipe.json").write_text(json.dumps({**recipe, "passages": passages}, indent=1))
 
     model = DacModel(DacConfig(**ARCHITECTURE)).train()
-    # Codebooks start at unit scale, as in the original DAC. transformers initialises them at std 0.02: the
-    # encoder's projections then outgrow them within a few hundred steps, the commitment loss explodes
-    # and each codebook barely reduces the residual the next one sees.
-    for quantizer in model.quantizer.quantizers:
-        torch.nn.init.normal_(quantizer.codebook.weight)
+    if args.init is not None:
+        model.load_state_dict(DacModel.from_pretrained(args.init, dtype=torch.float32).state_dict())
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.8, 0.99), weight_decay=0.0)
     rng = np.random.default_rng(args.seed)
     step, spent = 0, 0.0
@@ -171,15 +128,13 @@ def main() -> None:
     log = (args.work / "log.jsonl").open("a")
     started = time.perf_counter()
     sums = np.zeros(3)
-    usage = torch.zeros(ARCHITECTURE["n_codebooks"], ARCHITECTURE["codebook_size"])
-    revived = 0
     while step < args.steps:
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step, args)
         x = batch(signal, rng, args)
         out = model(x)
-        decoded = out.audio_values[..., : x.shape[-1]]
-        target = x[:, 0, : decoded.shape[-1]]
+        decoded = out.audio_values[..., :x.shape[-1]]
+        target = x[:, 0, :decoded.shape[-1]]
         mel, stft, quant = mel_loss(decoded, target, RATE), stft_loss(decoded, target), out.loss.mean()
         loss = MEL_WEIGHT * mel + STFT_WEIGHT * stft + quant
         optimizer.zero_grad(set_to_none=True)
@@ -187,27 +142,15 @@ def main() -> None:
         norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
         optimizer.step()
         step += 1
-        for book, codes in enumerate(out.audio_codes.transpose(0, 1)):
-            usage[book] += torch.bincount(codes.reshape(-1), minlength=usage.shape[1])
-        if step % args.revive_every == 0:
-            revived += revive_codebooks(model, x, usage)
         sums += [mel.item(), stft.item(), quant.item()]
         if step % args.log_every == 0:
-            row = {
-                "step": step,
-                "mel": sums[0] / args.log_every,
-                "stft": sums[1] / args.log_every,
-                "quantizer": sums[2] / args.log_every,
-                "grad_norm": float(norm),
-                "revived": revived,
-                "lr": learning_rate(step - 1, args),
-                "minutes": round((time.perf_counter() - started) / 60, 2),
-            }
+            row = {"step": step, "mel": sums[0] / args.log_every, "stft": sums[1] / args.log_every,
+                   "quantizer": sums[2] / args.log_every, "grad_norm": float(norm), "lr": learning_rate(step - 1, args),
+                   "minutes": round((time.perf_counter() - started) / 60, 2)}
             log.write(json.dumps(row) + "\n")
             log.flush()
             print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()), flush=True)
             sums[:] = 0
-            revived = 0
         out_of_time = args.max_minutes is not None and time.perf_counter() - started > args.max_minutes * 60
         if step % args.save_every == 0 or step == args.steps or out_of_time:
             save_checkpoint(args.work, model, optimizer, step, rng)
@@ -216,12 +159,8 @@ def main() -> None:
             return
     spent = time.perf_counter() - started
     rows = [json.loads(line) for line in (args.work / "log.jsonl").read_text().splitlines()]
-    summary = {
-        "steps": step,
-        "minutes_this_session": round(spent / 60, 1),
-        "final": rows[-1] if rows else None,
-        "parameters": sum(p.numel() for p in model.parameters()),
-    }
+    summary = {"steps": step, "minutes_this_session": round(spent / 60, 1), "final": rows[-1] if rows else None,
+               "parameters": sum(p.numel() for p in model.parameters())}
     export(model.eval(), args.out, recipe, summary)
     print(f"exported to {args.out}", flush=True)
 

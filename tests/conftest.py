@@ -40,8 +40,17 @@ def tiny_dia() -> DiaForConditionalGeneration:
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# A 2-layer Dia far smaller than the demo's, cropped audio, every random per-item decision switched on.
+# A seeded random DAC (0.5 M parameters) in place of the demo's trained one: for the tests that need the
+# codec's shapes and rate, not its sound. Its codes carry no meaning.
+RANDOM_CODEC = [
+    "model.codec=null",
+    "model.codec_architecture={encoder_hidden_size: 8, decoder_hidden_size: 32, sampling_rate: 44100}",
+]
+
+# A 2-layer Dia far smaller than the demo's, the random codec, cropped audio, every random per-item
+# decision switched on.
 TINY = [
+    *RANDOM_CODEC,
     "model.architecture.encoder_config.hidden_size=64",
     "model.architecture.encoder_config.intermediate_size=128",
     "model.architecture.encoder_config.head_dim=16",
@@ -66,7 +75,7 @@ TINY = [
 @pytest.fixture(scope="session")
 def codes_dir(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("codes") / "sample"
-    prepare(load(ROOT / "configs/demo.yaml"), ROOT / "data/sample", out)
+    prepare(load(ROOT / "configs/demo.yaml", RANDOM_CODEC), ROOT / "data/sample", out)
     return out
 
 
@@ -102,5 +111,5 @@ def scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
 
 
 def prepare_config(*overrides: str) -> Config:
-    """The demo's config (its codec is a tiny random DAC at 44.1 kHz) with `overrides`, for prepare tests."""
-    return load(ROOT / "configs/demo.yaml", list(overrides))
+    """The demo's config with the random codec and `overrides`, for prepare tests."""
+    return load(ROOT / "configs/demo.yaml", [*RANDOM_CODEC, *overrides])

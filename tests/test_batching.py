@@ -15,7 +15,7 @@ import pytest
 import torch
 from accelerate import Accelerator
 from accelerate.data_loader import prepare_data_loader
-from conftest import ROOT, reset_accelerate, tiny, weights
+from conftest import RANDOM_CODEC, ROOT, reset_accelerate, tiny, weights
 from test_data import BOS, DELAY, IGNORE_INDEX, PAD, make_table, random_codes
 from torch.utils.data import DataLoader
 from transformers import DiaConfig
@@ -208,7 +208,7 @@ def test_training_loader_counts_bucket_batches(short_codes, tmp_path):
 def test_padding_report_script(short_codes):
     done = subprocess.run(
         [sys.executable, str(ROOT / "scripts/padding_report.py"), "--config", str(ROOT / "configs/demo.yaml"),
-         f"data.dataset={short_codes}", "data.max_audio_frames=48", "train.batch_size=2", BUCKETS],
+         f"data.dataset={short_codes}", "data.max_audio_frames=48", "train.batch_size=2", BUCKETS, *RANDOM_CODEC],
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]

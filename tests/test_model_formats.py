@@ -9,7 +9,7 @@ import sys
 import pytest
 import soundfile as sf
 import torch
-from conftest import ROOT, reset_accelerate, tiny, weights
+from conftest import RANDOM_CODEC, ROOT, reset_accelerate, tiny, weights
 
 from dia_tpu.config import load
 from dia_tpu.data.batching import synthetic_batch
@@ -87,7 +87,8 @@ def test_attention_scale_of_a_scratch_run_survives_export(codes_dir, tmp_path):
 def test_stereo_warm_start_trains_and_generates_stereo(mono_run, tmp_path):
     _, final, cfg = mono_run
     stereo_codes = tmp_path / "stereo_codes"
-    prepare(load(ROOT / "configs/demo.yaml", ["prepare.stereo=true"]), ROOT / "data/sample", stereo_codes)
+    stereo = load(ROOT / "configs/demo.yaml", [*RANDOM_CODEC, "prepare.stereo=true"])
+    prepare(stereo, ROOT / "data/sample", stereo_codes)
     reset_accelerate()
     run = tmp_path / "stereo"
     stereo = tiny(stereo_codes, run, f"model.pretrained={final}", "model.stereo=true", "train.max_steps=3",

@@ -21,7 +21,7 @@ if not os.environ.get("PJRT_DEVICE"):
 
 from accelerate.state import PartialState  # noqa: E402
 from accelerate.utils import DistributedType  # noqa: E402
-from conftest import ROOT, TINY, reset_accelerate, scalars, tiny, weights  # noqa: E402
+from conftest import RANDOM_CODEC, ROOT, TINY, reset_accelerate, scalars, tiny, weights  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
 
 from dia_tpu.config import ConfigError, load  # noqa: E402
@@ -34,7 +34,7 @@ from dia_tpu.training.recipe import train  # noqa: E402
 @pytest.fixture(scope="module")
 def codes_dir(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("xla_codes") / "sample"
-    prepare(load(ROOT / "configs/demo.yaml"), ROOT / "data/sample", out)
+    prepare(load(ROOT / "configs/demo.yaml", RANDOM_CODEC), ROOT / "data/sample", out)
     return out
 
 
@@ -95,7 +95,7 @@ def test_bf16_trains_on_xla(codes_dir, tmp_path):
 
 
 def test_codes_on_xla_equal_cpu_codes():
-    cfg = load(ROOT / "configs/demo.yaml")
+    cfg = load(ROOT / "configs/demo.yaml", RANDOM_CODEC)
     waves = [load_audio(ROOT / "data/sample/audio" / f"utt_00{i}.flac", 44100) for i in range(3)]
     cpu_codec = build_codec(cfg.model)
     xla_codec = codec_on_accelerator(build_codec(cfg.model), torch_xla.device())

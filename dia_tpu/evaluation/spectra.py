@@ -21,16 +21,29 @@ FLOOR = 1e-5
 
 @lru_cache(maxsize=32)
 def _filters(window: int, mels: int, rate: int) -> torch.Tensor:
-    bank = mel_filter_bank(num_frequency_bins=window // 2 + 1, num_mel_filters=mels, min_frequency=0.0,
-                           max_frequency=rate / 2, sampling_rate=rate, norm="slaney", mel_scale="slaney")
+    bank = mel_filter_bank(
+        num_frequency_bins=window // 2 + 1,
+        num_mel_filters=mels,
+        min_frequency=0.0,
+        max_frequency=rate / 2,
+        sampling_rate=rate,
+        norm="slaney",
+        mel_scale="slaney",
+    )
     return torch.from_numpy(bank.astype(np.float32))
 
 
 def magnitudes(wave: torch.Tensor, window: int) -> torch.Tensor:
     """|STFT| of `wave` [..., T] with a Hann window and hop window/4: [..., window/2+1, frames]."""
     flat = wave.reshape(-1, wave.shape[-1])
-    spec = torch.stft(flat, n_fft=window, hop_length=window // 4, window=torch.hann_window(window, device=wave.device),
-                      center=True, return_complex=True)
+    spec = torch.stft(
+        flat,
+        n_fft=window,
+        hop_length=window // 4,
+        window=torch.hann_window(window, device=wave.device),
+        center=True,
+        return_complex=True,
+    )
     return spec.abs().reshape(*wave.shape[:-1], *spec.shape[-2:])
 
 
@@ -50,8 +63,13 @@ def mel_distance(decoded: np.ndarray, original: np.ndarray, rate: int) -> float:
     """mel_loss of two mono waveforms, the shorter length of the two compared."""
     n = min(len(decoded), len(original))
     with torch.no_grad():
-        return float(mel_loss(torch.from_numpy(np.ascontiguousarray(decoded[:n], dtype=np.float32)),
-                              torch.from_numpy(np.ascontiguousarray(original[:n], dtype=np.float32)), rate))
+        return float(
+            mel_loss(
+                torch.from_numpy(np.ascontiguousarray(decoded[:n], dtype=np.float32)),
+                torch.from_numpy(np.ascontiguousarray(original[:n], dtype=np.float32)),
+                rate,
+            )
+        )
 
 
 def stft_loss(decoded: torch.Tensor, target: torch.Tensor, windows: tuple[int, ...] = (2048, 512)) -> torch.Tensor:
