@@ -7,8 +7,9 @@
 The run folder keeps a checkpoint (a re-run with the same folder resumes it exactly), `log.jsonl`
 (one row per logged step: losses, learning rate, elapsed time) and `recipe.json` (seed, corpus,
 model and optimiser settings). Losses: multi-scale log-mel L1 and log-STFT reconstruction, plus
-DAC's own commitment and codebook losses. The codec only ever hears clean synthetic speech; real
-fine-tunes use descript/dac_44khz.
+DAC's own commitment and codebook losses. With --autoencoder-steps the first steps train without
+quantization and the codebooks are then fitted to the latents by k-means. The codec only ever
+hears clean synthetic speech; real fine-tunes use descript/dac_44khz.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from speech_corpus import RATE, bundled_sentences, training_audio
 from transformers import DacConfig, DacModel
 
@@ -48,6 +50,8 @@ def parse() -> argparse.Namespace:
     p.add_argument("--save-every", type=int, default=200)
     p.add_argument("--log-every", type=int, default=20)
     p.add_argument("--max-minutes", type=float, default=None, help="stop (with a checkpoint) after this long")
+    p.add_argument("--autoencoder-steps", type=int, default=0,
+                   help="first train this many steps without quantization, then fit the codebooks by k-means")
     p.add_argument("--init", type=Path, default=None,
                    help="start from this codec's weights (a DacModel folder), with a fresh optimiser and schedule")
     return p.parse_args()
@@ -67,6 +71,40 @@ def batch(signal: np.ndarray, rng: np.random.Generator, args: argparse.Namespace
     crops = np.stack([signal[s:s + length] for s in starts])
     gains = 10 ** (rng.uniform(-12, 0, size=(args.batch, 1)) / 20) * rng.choice([-1.0, 1.0], size=(args.batch, 1))
     return torch.from_numpy((crops * gains).astype(np.float32)).unsqueeze(1)
+
+
+def autoencode(model: DacModel, x: torch.Tensor) -> torch.Tensor:
+    """The codec without quantization: each stage's projections in and out, as a continuous residual
+    stack. Warm-up for the encoder, projections and decoder, so that the codebooks later start from
+    latents that already differ from frame to frame (from random weights they barely do, and the
+    codebooks collapse to a few dozen entries). Returns decoded audio [B, T]."""
+    residual, total = model.encoder(x), 0
+    for quantizer in model.quantizer.quantizers:
+        out = quantizer.out_proj(quantizer.in_proj(residual))
+        total, residual = total + out, residual - out
+    return model.decoder(total).squeeze(1)
+
+
+@torch.no_grad()
+def init_codebooks(model: DacModel, x: torch.Tensor, rounds: int = 10) -> list[int]:
+    """Each stage's codebook from k-means of its projected latents over the crops `x`, assigned by cosine
+    as DacModel looks codes up; the entries are the assigned latents' means, so they keep the latents'
+    scale. Stages are fitted in order, each on what the ones before it leave. Returns the entries in use."""
+    residual, used = model.encoder(x), []
+    for quantizer in model.quantizer.quantizers:
+        projected = quantizer.in_proj(residual)
+        latents = projected.transpose(1, 2).reshape(-1, projected.shape[1])
+        entries = latents[torch.randperm(len(latents))[: quantizer.codebook.num_embeddings]].clone()
+        for _ in range(rounds):
+            nearest = (F.normalize(latents, dim=1) @ F.normalize(entries, dim=1).T).argmax(1)
+            sums = torch.zeros_like(entries).index_add_(0, nearest, latents)
+            counts = torch.bincount(nearest, minlength=len(entries))
+            entries = torch.where(counts[:, None] > 0, sums / counts.clamp(min=1)[:, None], entries)
+        quantizer.codebook.weight.copy_(entries)
+        quantized, indices = quantizer.decode_latents(projected)
+        used.append(int(indices.unique().numel()))
+        residual = residual - quantizer.out_proj(quantized)
+    return used
 
 
 def save_checkpoint(work: Path, model: DacModel, optimizer: torch.optim.Optimizer, step: int,
@@ -105,7 +143,8 @@ def main() -> None:
     recipe = {"seed": args.seed, "corpus": {"passages": args.passages, "sentences_per_passage": args.sentences,
                                             "hours": round(len(signal) / RATE / 3600, 3)},
               "architecture": ARCHITECTURE, "init": str(args.init) if args.init else None,
-              "training": {k: getattr(args, k) for k in ("steps", "batch", "crop_frames", "lr", "warmup")},
+              "training": {k: getattr(args, k) for k in ("steps", "autoencoder_steps", "batch", "crop_frames", "lr",
+                                                         "warmup")},
               "losses": {"mel_l1": MEL_WEIGHT, "log_stft_and_convergence": STFT_WEIGHT,
                          "dac_commitment_and_codebook": 1.0}}
     (args.work / "recipe.json").write_text(json.dumps({**recipe, "passages": passages}, indent=1))
@@ -131,11 +170,18 @@ def main() -> None:
     while step < args.steps:
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step, args)
+        if step == args.autoencoder_steps > 0:
+            crops = torch.cat([batch(signal, rng, args) for _ in range(32)])
+            print(f"codebooks fitted by k-means: entries in use {init_codebooks(model, crops)}", flush=True)
         x = batch(signal, rng, args)
-        out = model(x)
-        decoded = out.audio_values[..., :x.shape[-1]]
-        target = x[:, 0, :decoded.shape[-1]]
-        mel, stft, quant = mel_loss(decoded, target, RATE), stft_loss(decoded, target), out.loss.mean()
+        if step < args.autoencoder_steps:
+            decoded, quant = autoencode(model, x), torch.zeros(())
+        else:
+            out = model(x)
+            decoded, quant = out.audio_values, out.loss.mean()
+        decoded = decoded[..., : x.shape[-1]]
+        target = x[:, 0, : decoded.shape[-1]]
+        mel, stft = mel_loss(decoded, target, RATE), stft_loss(decoded, target)
         loss = MEL_WEIGHT * mel + STFT_WEIGHT * stft + quant
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
