@@ -152,6 +152,11 @@ def main() -> None:
     model = DacModel(DacConfig(**ARCHITECTURE)).train()
     if args.init is not None:
         model.load_state_dict(DacModel.from_pretrained(args.init, dtype=torch.float32).state_dict())
+    # The projections into each codebook's space have no offset: with one, the encoder can make every frame's
+    # projection the same vector (the cheapest commitment) and one entry wins every lookup.
+    for quantizer in model.quantizer.quantizers:
+        torch.nn.init.zeros_(quantizer.in_proj.bias)
+        quantizer.in_proj.bias.requires_grad_(False)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.8, 0.99), weight_decay=0.0)
     rng = np.random.default_rng(args.seed)
     step, spent = 0, 0.0
