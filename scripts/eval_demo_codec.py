@@ -4,26 +4,28 @@ the reconstructions, and the log-mel distance.
 
     python scripts/eval_demo_codec.py --codec codecs/demo-dac --recipe runs/demo-codec/recipe.json
 
-Writes `roundtrip.json` (summaries and every utterance's transcripts) and, for listening, the first
-few originals and reconstructions as wavs under --out.
+Writes `roundtrip.json` (summaries, and every utterance's judged rows for originals and reconstructions)
+and, for listening, the first few originals and reconstructions as wavs under --out.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import time
 from pathlib import Path
 
+import numpy as np
 import soundfile as sf
 import torch
 from speech_corpus import RATE, bundled_sentences, held_out_utterances
 from transformers import DacModel
 
+from dia_tpu.config import PrepareConfig
 from dia_tpu.data.audio import load_audio
+from dia_tpu.data.sources import read_clips
 from dia_tpu.evaluation.asr import load_recogniser
-from dia_tpu.evaluation.roundtrip import measure_round_trips, round_trip
+from dia_tpu.evaluation.roundtrip import measure_round_trips
 
 SAMPLE = Path(__file__).resolve().parent.parent / "data" / "sample"
 
@@ -56,10 +58,9 @@ def load_codec(args: argparse.Namespace) -> DacModel:
     return codec.eval()
 
 
-def bundled() -> list[tuple[str, object]]:
-    with (SAMPLE / "metadata.csv").open(newline="") as f:
-        rows = list(csv.DictReader(f, delimiter="|"))
-    return [(row["text"], load_audio(SAMPLE / row["file"], RATE)) for row in rows]
+def bundled() -> list[tuple[str, np.ndarray]]:
+    """The bundled sample's clips as prepare reads them."""
+    return [(clip.text, load_audio(clip.audio.path, RATE)) for clip in read_clips(str(SAMPLE), PrepareConfig())]
 
 
 def main() -> None:
@@ -77,11 +78,12 @@ def main() -> None:
     for name, items in sets.items():
         began = time.perf_counter()
         judged = measure_round_trips(codec, items, recogniser)
-        results[name] = {**judged.summary(), "seconds": round(time.perf_counter() - began, 1), "rows": judged.rows}
+        results[name] = {**judged.summary(), "seconds": round(time.perf_counter() - began, 1),
+                         "original": judged.original, "decoded": judged.decoded}  # fmt: skip
         print(name, json.dumps(judged.summary()), flush=True)
-        for i, (_, wave) in enumerate(items[: args.listen]):
+        for i, ((_, wave), back) in enumerate(zip(items[: args.listen], judged.waves, strict=False)):
             sf.write(args.out / f"{name}_{i}_original.wav", wave, RATE)
-            sf.write(args.out / f"{name}_{i}_decoded.wav", round_trip(codec, wave), RATE)
+            sf.write(args.out / f"{name}_{i}_decoded.wav", back, RATE)
     (args.out / "roundtrip.json").write_text(json.dumps(results, indent=1))
 
 

@@ -28,11 +28,11 @@ from transformers import DacConfig, DacModel
 
 from dia_tpu.evaluation.spectra import mel_loss, stft_loss
 
-HOP = 512
 ARCHITECTURE = {"encoder_hidden_size": 16, "downsampling_ratios": [2, 4, 8, 8], "decoder_hidden_size": 256,
                 "n_codebooks": 9, "codebook_size": 1024, "codebook_dim": 8, "quantizer_dropout": 0.25,
                 "sampling_rate": RATE}
 MEL_WEIGHT, STFT_WEIGHT = 15.0, 1.0
+HOP = math.prod(ARCHITECTURE["downsampling_ratios"])
 
 
 def parse() -> argparse.Namespace:
@@ -124,11 +124,10 @@ def save_checkpoint(work: Path, model: DacModel, optimizer: torch.optim.Optimize
 
 
 def export(model: DacModel, out: Path, recipe: dict, summary: dict) -> None:
-    """fp16 safetensors and config.json for DacModel.from_pretrained, with a model card beside them."""
+    """fp16 safetensors and config.json for DacModel.from_pretrained, with the recipe beside them. The model
+    is converted in place: it is the last thing done with it."""
     out.mkdir(parents=True, exist_ok=True)
-    copy = DacModel(model.config)
-    copy.load_state_dict(model.state_dict())
-    copy.half().save_pretrained(out)
+    model.half().save_pretrained(out)
     (out / "training.json").write_text(json.dumps({"recipe": recipe, "summary": summary}, indent=1))
 
 
@@ -159,7 +158,7 @@ def main() -> None:
         quantizer.in_proj.bias.requires_grad_(False)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.8, 0.99), weight_decay=0.0)
     rng = np.random.default_rng(args.seed)
-    step, spent = 0, 0.0
+    step = 0
     if (args.work / "checkpoint").exists():
         state = torch.load(args.work / "checkpoint" / "state.pt", weights_only=True)
         model.load_state_dict(state["model"])

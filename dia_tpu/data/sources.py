@@ -141,15 +141,15 @@ def _read_metadata(input: str, cfg: PrepareConfig) -> Iterator[tuple[str, Clip]]
 def _metadata_fields(first: bytes, root: Path, cfg, csv: Path) -> tuple[_Fields, bool]:
     """The field layout, and whether the first line is a header to skip."""
     values = [v.strip() for v in first.decode("utf-8", errors="replace").split(cfg.delimiter)]
-    header = False
+    header, wavs = False, (root / "wavs").is_dir()
     if cfg.columns:
         names = [str(name) for name in cfg.columns]
         header = values == names
     elif cfg.text_column in values or values[0] == "file":
         names, header = values, True
-    elif (root / "wavs").is_dir() and not _is_media(Path(values[0])):
+    elif wavs and not _is_media(Path(values[0])):
         names = ["id", "text", "normalized_text"]
-    elif (root / "wavs").is_dir() or (len(values) > 2 and _same_words(values[1], values[2])):
+    elif wavs or (len(values) > 2 and _same_words(values[1], values[2])):
         # LJSpeech's layout with file names (`clip01.wav|text|normalized text`): the third field is the
         # text again, never a speaker.
         names = ["file", "text", "normalized_text"]
@@ -166,7 +166,7 @@ def _metadata_fields(first: bytes, root: Path, cfg, csv: Path) -> tuple[_Fields,
         )
     position = {name: i for i, name in enumerate(names)}
     layout = _Fields(names, position[cfg.text_column], position[audio], position.get(cfg.speaker_column),
-                     position.get(cfg.language_column), audio == "id", (root / "wavs").is_dir())  # fmt: skip
+                     position.get(cfg.language_column), audio == "id", wavs)  # fmt: skip
     return layout, header
 
 

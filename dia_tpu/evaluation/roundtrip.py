@@ -1,63 +1,56 @@
-"""How much a codec keeps of speech: encode, decode, and compare the decoded audio with the original by
-ear-like measures (a recogniser's word and character errors on both, and the log-mel distance)."""
+"""How much a codec keeps of speech: encode, decode, and judge the decoded audio as the original is judged
+(`dia_tpu.evaluation.judge` rows: the recogniser's word and character errors, the signal measures), plus
+the log-mel distance between the two."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 from transformers import DacModel
 
 from dia_tpu.data.audio import decode, encode
 from dia_tpu.evaluation.asr import Recogniser
+from dia_tpu.evaluation.judge import Judges, Prompt, figures_of, judge, sums_of
 from dia_tpu.evaluation.spectra import mel_distance
-from dia_tpu.evaluation.text import Errors, char_errors, spoken_text, word_errors
 
 
 def round_trip(codec: DacModel, wave: np.ndarray) -> np.ndarray:
     """`wave` (mono, at the codec's rate) encoded to codes and decoded back."""
-    import torch
-
     (codes,) = encode(codec, [np.asarray(wave, dtype=np.float32)])
     return decode(codec, torch.from_numpy(codes.astype(np.int64)))[: len(wave)]
 
 
 @dataclass
 class RoundTrip:
-    """Figures over a set of utterances: errors are summed before dividing, the mel distance is a mean."""
+    """Judged rows of the originals and of their reconstructions (which also hold `mel_distance`), and the
+    reconstructions themselves."""
 
-    original_words: Errors
-    decoded_words: Errors
-    original_chars: Errors
-    decoded_chars: Errors
-    mel_distance: float
-    rows: list[dict]
+    original: list[dict]
+    decoded: list[dict]
+    waves: list[np.ndarray]
 
     def summary(self) -> dict:
-        return {
-            "utterances": len(self.rows),
-            "wer_original": round(self.original_words.rate, 4),
-            "wer_decoded": round(self.decoded_words.rate, 4),
-            "cer_original": round(self.original_chars.rate, 4),
-            "cer_decoded": round(self.decoded_chars.rate, 4),
-            "mel_distance": round(self.mel_distance, 4),
-        }
+        """Pooled error rates of both sides (errors over all reference words), and the mean mel distance."""
+        before, after = figures_of(sums_of(self.original)), figures_of(sums_of(self.decoded))
+        out = {"utterances": len(self.decoded)}
+        for key in ("wer", "cer"):
+            out[f"{key}_original"], out[f"{key}_decoded"] = round(before[key], 4), round(after[key], 4)
+        out["mel_distance"] = round(float(np.mean([row["mel_distance"] for row in self.decoded])), 4)
+        return out
 
 
 def measure_round_trips(codec: DacModel, items: list[tuple[str, np.ndarray]], recogniser: Recogniser) -> RoundTrip:
-    """Round-trip each (script, wave) through `codec` and judge originals and reconstructions alike."""
+    """Round-trip each (script, wave) through `codec`; judge originals and reconstructions alike, each against
+    its script, with the original as the reconstruction's reference clip."""
     rate = codec.config.sampling_rate
-    waves = [np.asarray(w, dtype=np.float32) for _, w in items]
-    decoded = [round_trip(codec, w) for w in waves]
-    heard_original = recogniser.transcribe(waves, rate)
-    heard_decoded = recogniser.transcribe(decoded, rate)
-    zero = Errors(0, 0)
-    words_o, words_d, chars_o, chars_d, distances, rows = zero, zero, zero, zero, [], []
-    for (script, _), wave, back, ho, hd in zip(items, waves, decoded, heard_original, heard_decoded, strict=True):
-        ref = recogniser.normalise(spoken_text(script))
-        ho, hd = recogniser.normalise(ho), recogniser.normalise(hd)
-        words_o, words_d = words_o + word_errors(ref, ho), words_d + word_errors(ref, hd)
-        chars_o, chars_d = chars_o + char_errors(ref, ho), chars_d + char_errors(ref, hd)
-        distances.append(mel_distance(back, wave, rate))
-        rows.append({"text": ref, "heard_original": ho, "heard_decoded": hd, "mel_distance": round(distances[-1], 4)})
-    return RoundTrip(words_o, words_d, chars_o, chars_d, float(np.mean(distances)), rows)
+    waves = [np.asarray(wave, dtype=np.float32) for _, wave in items]
+    prompts = [Prompt(f"{i:04d}", script, reference=waves[i]) for i, (script, _) in enumerate(items)]
+    decoded = [round_trip(codec, wave) for wave in waves]
+    judges, no_codes, ended = Judges(recogniser=recogniser), [None] * len(waves), [True] * len(waves)
+    original = judge(prompts, waves, no_codes, ended, rate, judges)
+    back = judge(prompts, decoded, no_codes, ended, rate, judges)
+    for row, wave, reconstruction in zip(back, waves, decoded, strict=True):
+        row["mel_distance"] = mel_distance(reconstruction, wave, rate)
+    return RoundTrip(original, back, decoded)
