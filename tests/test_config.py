@@ -20,7 +20,8 @@ def field_names(cls) -> list[str]:
 def test_demo_config_loads():
     cfg = load(DEMO)
     assert isinstance(cfg, Config)
-    assert cfg.model.pretrained is None and cfg.model.codec is None
+    assert cfg.model.pretrained is None
+    assert cfg.model.codec == str(CONFIGS.parent / "codecs" / "demo-dac")  # resolved against the config's folder
     assert cfg.model.architecture["delay_pattern"] == [0, 8, 9, 10, 11, 12, 13, 14, 15]
     assert cfg.data.max_text_tokens == 64 and cfg.train.batch_size == 4
     assert cfg.train.learning_rate == 2e-3 and isinstance(cfg.train.learning_rate, float)
