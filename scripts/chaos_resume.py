@@ -35,8 +35,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-# The tests' tiny model (tests/conftest.py), saving at every step.
+# The tests' seeded random codec and tiny model (tests/conftest.py), saving at every step. The random codec
+# keeps the files a save writes to the checkpoint's own (an export of a folder codec writes a second
+# model.safetensors, which a strike counting that file's writes would hit instead).
+RANDOM_CODEC = [
+    "model.codec=null",
+    "model.codec_architecture={encoder_hidden_size: 8, decoder_hidden_size: 32, sampling_rate: 44100}",
+]
 TINY = [
+    *RANDOM_CODEC,
     "model.architecture.encoder_config.hidden_size=64", "model.architecture.encoder_config.intermediate_size=128",
     "model.architecture.encoder_config.head_dim=16", "model.architecture.decoder_config.hidden_size=64",
     "model.architecture.decoder_config.intermediate_size=128", "model.architecture.decoder_config.head_dim=16",
@@ -264,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(args.work or tempfile.mkdtemp(prefix="chaos_"))
     codes = work / "codes"
     if not codes.is_dir():
-        prepare(load(ROOT / "configs/demo.yaml"), ROOT / "data/sample", codes)
+        prepare(load(ROOT / "configs/demo.yaml", RANDOM_CODEC), ROOT / "data/sample", codes)
     reference = work / "reference"
     started = time.monotonic()
     finish(command(codes, reference, args.steps, resume=False))
