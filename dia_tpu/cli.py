@@ -26,6 +26,16 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
     p.set_defaults(func=_prepare)
 
+    p = sub.add_parser("transcribe", help="long recordings -> segments with [S1]/[S2] transcripts and speakers, a "
+                                          "folder prepare reads (resumable; `accelerate launch -m dia_tpu "
+                                          "transcribe ...` shares recordings between processes)")
+    p.add_argument("--config", required=True, help="YAML config: transcribe.* and prepare.max_seconds are used")
+    p.add_argument("--input", action="append", required=True,
+                   help="repeatable: an audio file, or a folder searched for audio files")
+    p.add_argument("--output", required=True, help="folder to write: metadata.csv, audio/, dropped.tsv, report.json")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="e.g. transcribe.asr=pocketsphinx")
+    p.set_defaults(func=_transcribe)
+
     p = sub.add_parser("train", help="fine-tune in this process (use `accelerate launch` for more)")
     finetune_acc_tpu.build_parser(p)
     p.set_defaults(func=finetune_acc_tpu.run)
@@ -119,6 +129,18 @@ def _prepare(args: argparse.Namespace) -> None:
     overrides = [*args.overrides, *([f"prepare.kind={args.kind}"] if args.kind else [])]
     cfg = load(args.config, overrides)
     prepare(cfg, args.input or cfg.data.source, args.output or cfg.data.dataset, strict=args.strict or None)
+
+
+def _transcribe(args: argparse.Namespace) -> None:
+    from dia_tpu.config import load
+    from dia_tpu.transcribe.run import transcribe
+
+    report = transcribe(load(args.config, args.overrides), args.input, args.output)
+    if report:
+        dropped = ", ".join(f"{n} {reason}" for reason, n in report["dropped"].items()) or "nothing"
+        print(f"{report['segments']} segments, {report['kept_hours']:.3f} of {report['hours']:.3f} h kept, from "
+              f"{report['recordings']} recordings (real-time factor {report['real_time_factor']['total']:.3f}); "
+              f"dropped: {dropped}; see {Path(args.output) / 'report.json'}")
 
 
 def _export(args: argparse.Namespace) -> None:

@@ -107,6 +107,13 @@ def init_codebooks(model: DacModel, x: torch.Tensor, rounds: int = 10) -> list[i
     return used
 
 
+def init_training(init: Path | None) -> dict | None:
+    """The training record (recipe and summary) of the codec a run starts from, so the lineage stays whole."""
+    if init is None or not (init / "training.json").exists():
+        return None
+    return json.loads((init / "training.json").read_text())
+
+
 def save_checkpoint(work: Path, model: DacModel, optimizer: torch.optim.Optimizer, step: int,
                     rng: np.random.Generator) -> None:
     """The model, optimiser and data-sampler state, written aside and renamed so it is whole or absent."""
@@ -142,6 +149,7 @@ def main() -> None:
     recipe = {"seed": args.seed, "corpus": {"passages": args.passages, "sentences_per_passage": args.sentences,
                                             "hours": round(len(signal) / RATE / 3600, 3)},
               "architecture": ARCHITECTURE, "init": str(args.init) if args.init else None,
+              "init_training": init_training(args.init),
               "training": {k: getattr(args, k) for k in ("steps", "autoencoder_steps", "batch", "crop_frames", "lr",
                                                          "warmup")},
               "losses": {"mel_l1": MEL_WEIGHT, "log_stft_and_convergence": STFT_WEIGHT,
@@ -157,7 +165,9 @@ def main() -> None:
         torch.nn.init.zeros_(quantizer.in_proj.bias)
         quantizer.in_proj.bias.requires_grad_(False)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.8, 0.99), weight_decay=0.0)
-    rng = np.random.default_rng(args.seed)
+    # A continued run draws other crops than the run it starts from did.
+    previous_steps = recipe["init_training"]["summary"]["steps"] if recipe["init_training"] else 0
+    rng = np.random.default_rng([args.seed, previous_steps] if previous_steps else args.seed)
     step = 0
     if (args.work / "checkpoint").exists():
         state = torch.load(args.work / "checkpoint" / "state.pt", weights_only=True)

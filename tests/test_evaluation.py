@@ -176,6 +176,10 @@ def test_whisper_transcribes_in_batches_from_a_folder(tiny_whisper):
     # Batching changes nothing: each clip alone decodes to the same text.
     assert [asr.transcribe([w], 22050)[0] for w in waves] == texts
     assert asr.normalise("Hello, World!") == "hello world"
+    # With confidences (what `dia-tpu transcribe` filters on): the same texts, each with a probability.
+    scored = asr.transcribe_scored(waves, 22050)
+    assert [text for text, _ in scored] == texts and scored[1] == ("", None)
+    assert [0 < c <= 1 for t, c in scored if t] == [True, True, True]
 
 
 def test_xvector_embeddings_from_a_folder(tmp_path):

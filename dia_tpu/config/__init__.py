@@ -19,6 +19,7 @@ from dia_tpu.config.schema import (
     SamplePrompt,
     SamplesConfig,
     TrainConfig,
+    TranscribeConfig,
 )
 
 __all__ = [
@@ -37,6 +38,7 @@ __all__ = [
     "SamplePrompt",
     "SamplesConfig",
     "TrainConfig",
+    "TranscribeConfig",
     "check_run_files",
     "load",
     "read_saved",

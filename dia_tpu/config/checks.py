@@ -8,7 +8,7 @@ import math
 import re
 from pathlib import Path
 
-from dia_tpu.config.schema import Config, DataConfig, ModelConfig, PrepareConfig, SamplesConfig
+from dia_tpu.config.schema import Config, DataConfig, ModelConfig, PrepareConfig, SamplesConfig, TranscribeConfig
 
 
 def validate(cfg: Config) -> list[str]:
@@ -57,6 +57,7 @@ def validate(cfg: Config) -> list[str]:
     p += _validate_samples(cfg.samples)
     p += _validate_data_extras(d)
     p += _validate_prepare(cfg.prepare)
+    p += _validate_transcribe(cfg.transcribe, cfg.prepare)
     return p
 
 
@@ -130,6 +131,20 @@ def _validate_prepare(r: PrepareConfig) -> list[str]:
         p.append(f"prepare.max_seconds: must be > 0, got {r.max_seconds}")
     if r.min_sample_rate <= 0:
         p.append(f"prepare.min_sample_rate: must be > 0, got {r.min_sample_rate}")
+    return p
+
+
+def _validate_transcribe(t: TranscribeConfig, r: PrepareConfig) -> list[str]:
+    p: list[str] = []
+    for key in ("speaker_threshold", "min_voice_similarity", "match_voices", "vad_threshold", "max_clipped",
+                "min_confidence"):
+        if not 0.0 <= getattr(t, key) <= 1.0:
+            p.append(f"transcribe.{key}: must be in [0, 1], got {getattr(t, key)}")
+    for key in ("speakers", "min_silence", "min_seconds", "max_pause"):
+        if getattr(t, key) < 0:
+            p.append(f"transcribe.{key}: must be >= 0, got {getattr(t, key)}")
+    if t.min_seconds >= r.max_seconds:
+        p.append(f"transcribe.min_seconds: must be below prepare.max_seconds ({r.max_seconds}), got {t.min_seconds}")
     return p
 
 

@@ -198,6 +198,43 @@ class PrepareConfig:
 
 
 @dataclass
+class TranscribeConfig:
+    # `dia-tpu transcribe`: long recordings -> segments, transcripts and [S1]/[S2] turns (dia_tpu.transcribe).
+    # Segments are at most prepare.max_seconds long.
+    # Speech recogniser: whisper (recommended: openai/whisper-large-v3-turbo), whisper:<hub id or folder>, or
+    # pocketsphinx (offline, English, weak); and the language Whisper listens for.
+    asr: str = "whisper"
+    language: str = "en"
+    # Speaker encoder: resemblyzer (offline), xvector (microsoft/wavlm-base-plus-sv) or xvector:<hub id or folder>.
+    speaker: str = "resemblyzer"
+    # Speakers per recording: a count, or 0 to estimate it (clusters are merged while their voices are at
+    # least speaker_threshold alike, cosine similarity of the encoder's embeddings).
+    speakers: int = 0
+    speaker_threshold: float = 0.75
+    # A stretch less alike than this to its own speaker is dropped as an unclear voice (noise, overlap).
+    min_voice_similarity: float = 0.5
+    # One voice name across recordings: speakers of different recordings at least this alike share a
+    # `voice_NN` id in the speaker column (0: ids stay per recording, `<recording>:<n>`).
+    match_voices: float = 0.0
+    # Voice activity (Silero VAD): its speech threshold, and the shortest pause between two stretches.
+    vad_threshold: float = 0.5
+    min_silence: float = 0.3
+    # Segments: at least min_seconds; a pause longer than max_pause ends one.
+    min_seconds: float = 1.0
+    max_pause: float = 1.5
+    # Filters: quieter than min_rms_db (dBFS), more than max_clipped of samples at full scale, or (Whisper) a
+    # transcript less sure than min_confidence (geometric mean token probability; 0: off).
+    min_rms_db: float = -45.0
+    max_clipped: float = 0.001
+    min_confidence: float = 0.0
+    # Transcripts: "numbers" writes numbers and symbols out in words ("3%" -> "three percent"); "none" keeps
+    # the recogniser's text.
+    normalize: Literal["numbers", "none"] = "numbers"
+    # Where the recogniser and speaker encoder run (cpu, cuda, cuda:1, ...).
+    device: str = "cpu"
+
+
+@dataclass
 class TrainConfig:
     # Optimizer steps to run; 0 means run `epochs` full passes instead.
     max_steps: int = 1000
@@ -337,6 +374,7 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     samples: SamplesConfig = field(default_factory=SamplesConfig)
     prepare: PrepareConfig = field(default_factory=PrepareConfig)
+    transcribe: TranscribeConfig = field(default_factory=TranscribeConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
 
     def to_dict(self) -> dict:

@@ -37,6 +37,9 @@ class Recogniser(Protocol):
     def normalise(self, text: str) -> str:
         """`text` as this recogniser's transcripts are compared."""
 
+    def transcribe_scored(self, waves: list[np.ndarray], rate: int) -> list[tuple[str, float | None]]:
+        """Transcripts with the recogniser's confidence in each (0..1), or None where it gives none."""
+
 
 def load_recogniser(spec: str, device: str = "cpu", batch_size: int = 8, language: str | None = "en") -> Recogniser:
     """`pocketsphinx`, `whisper` or `whisper:<hub id or folder>`."""
@@ -79,6 +82,10 @@ class PocketSphinx:
             texts.append(hyp.hypstr if hyp is not None else "")
         return texts
 
+    def transcribe_scored(self, waves: list[np.ndarray], rate: int) -> list[tuple[str, float | None]]:
+        # Its hypothesis "probability" is not calibrated per utterance, so it reports none.
+        return [(text, None) for text in self.transcribe(waves, rate)]
+
     def normalise(self, text: str) -> str:
         return basic_normalise(text)
 
@@ -100,23 +107,42 @@ class Whisper:
         self.name = f"whisper {model} (transformers {version('transformers')})"
 
     def transcribe(self, waves: list[np.ndarray], rate: int) -> list[str]:
+        return [text for text, _ in self._generate(waves, rate, scored=False)]
+
+    def transcribe_scored(self, waves: list[np.ndarray], rate: int) -> list[tuple[str, float | None]]:
+        """Confidence: the geometric mean of the transcript's token probabilities."""
+        return self._generate(waves, rate, scored=True)
+
+    def _generate(self, waves: list[np.ndarray], rate: int, scored: bool) -> list[tuple[str, float | None]]:
         import torch
 
         audio = [to_16k(wave, rate) for wave in waves]
         # A checkpoint without language tokens (English-only, or a test's tiny one) takes no language.
         multilingual = getattr(self.model.generation_config, "lang_to_id", None)
         options = {"language": self.language, "task": "transcribe"} if multilingual else {}
-        texts: list[str] = []
+        if scored:
+            options |= {"return_dict_in_generate": True, "output_scores": True}
+        found: list[tuple[str, float | None]] = []
         for start in range(0, len(audio), self.batch_size):
             batch = [a if len(a) else np.zeros(RATE // 10, np.float32) for a in audio[start : start + self.batch_size]]
             features = self.processor.feature_extractor(batch, sampling_rate=RATE, return_tensors="pt",
                                                         return_attention_mask=True)  # fmt: skip
             with torch.no_grad():
-                ids = self.model.generate(features.input_features.to(self.device, self.dtype),
+                out = self.model.generate(features.input_features.to(self.device, self.dtype),
                                           attention_mask=features.attention_mask.to(self.device),
                                           **options)  # fmt: skip
-            texts += [t.strip() for t in self.processor.batch_decode(ids, skip_special_tokens=True)]
-        return [text if len(a) else "" for text, a in zip(texts, audio, strict=True)]
+            ids = out.sequences if scored else out
+            texts = [t.strip() for t in self.processor.batch_decode(ids, skip_special_tokens=True)]
+            confidences: list[float | None] = [None] * len(texts)
+            if scored:
+                steps = self.model.compute_transition_scores(out.sequences, out.scores, normalize_logits=True)
+                generated = ids[:, -steps.shape[1]:]
+                special = torch.tensor(self.processor.tokenizer.all_special_ids)
+                keep = ~torch.isin(generated, special) & torch.isfinite(steps)
+                mean = (steps.float() * keep).sum(1) / keep.sum(1).clamp(min=1)
+                confidences = [float(torch.exp(m)) if k.any() else None for m, k in zip(mean, keep, strict=True)]
+            found += list(zip(texts, confidences, strict=True))
+        return [(text, c) if len(a) else ("", None) for (text, c), a in zip(found, audio, strict=True)]
 
     def normalise(self, text: str) -> str:
         tokenizer = self.processor.tokenizer

@@ -1,0 +1,1 @@
+"""Long recordings -> a dataset source: voice activity, speakers, transcripts, segments (`dia-tpu transcribe`)."""

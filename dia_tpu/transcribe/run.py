@@ -1,0 +1,296 @@
+"""`dia-tpu transcribe`: long recordings in, a folder `dia-tpu prepare` reads as it is out.
+
+For each recording: voice activity (Silero VAD) finds the speech, a speaker encoder embeds it and the
+embeddings are clustered into the recording's speakers, a recogniser transcribes each stretch, and
+stretches are grouped into segments of at most `prepare.max_seconds`, cut in pauses, whose text reads
+`[S1] ... [S2] ...` turn by turn. Filters drop what would teach the model wrong things, each with a reason.
+
+OUTPUT/
+  metadata.csv   file|text|speaker|source|start|end: one kept segment a line (speaker: its voices in tag
+                 order, joined by +)
+  audio/<recording>/<recording>_NNNN.flac   the segments, mono, at the recording's own rate
+  dropped.tsv    source, start, end, reason and text of everything left out
+  report.json    hours in and kept, reasons, speakers per recording, seconds and real-time factor per stage
+  .work/         one finished recording a file: a re-run skips every recording finished with the same
+                 settings, and `accelerate launch -m dia_tpu transcribe ...` shares recordings between processes
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+from accelerate import PartialState
+from accelerate.utils import parse_flag_from_env
+from tqdm import tqdm
+
+from dia_tpu.config import Config
+from dia_tpu.data.clips import walk_files
+from dia_tpu.data.sources import AUDIO_EXTENSIONS, METADATA_FILE
+from dia_tpu.evaluation.asr import load_recogniser, to_16k
+from dia_tpu.evaluation.speaker import load_speaker_encoder
+from dia_tpu.transcribe.regions import RATE, Region, Segment, group, speech_regions
+from dia_tpu.transcribe.speakers import assign_speakers, dialogue_text, embed_regions, name_voices
+from dia_tpu.transcribe.spoken import spoken
+
+WORK = ".work"
+STAGES = ("vad", "speaker_embedding", "clustering", "recogniser")
+COLUMNS = ("file", "text", "speaker", "source", "start", "end")
+# A stretch of at least this long in which the recogniser heard no words: the text would miss speech.
+WORDLESS = 1.0
+
+
+@dataclass
+class Recording:
+    path: Path
+    name: str  # unique, file-system safe: the output's folder and file prefix
+    source: str  # as the user named it, for the metadata and the report
+
+    def key(self, settings: str) -> str:
+        stat = self.path.stat()
+        identity = f"{self.path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{settings}"
+        return hashlib.sha256(identity.encode()).hexdigest()
+
+
+def find_recordings(inputs: list[str]) -> list[Recording]:
+    """Audio files named or found under the folders named, in order; names made unique."""
+    found: list[Recording] = []
+    for given in inputs:
+        path = Path(given)
+        if path.is_file():
+            found.append(Recording(path, _safe(path.stem), str(path)))
+        elif path.is_dir():
+            files = sorted((f for f in walk_files(path) if f.suffix.lower() in AUDIO_EXTENSIONS),
+                           key=lambda f: f.relative_to(path).parts)  # fmt: skip
+            if not files:
+                raise FileNotFoundError(f"{given}: no audio files ({', '.join(AUDIO_EXTENSIONS)}) under it")
+            found += [Recording(f, _safe(f.relative_to(path).with_suffix("").as_posix()), str(f)) for f in files]
+        else:
+            raise FileNotFoundError(f"{given}: no such file or folder")
+    names = Counter(r.name for r in found)
+    seen: Counter = Counter()
+    for recording in found:
+        if names[recording.name] > 1:
+            seen[recording.name] += 1
+            recording.name = f"{recording.name}-{seen[recording.name]}"
+    return found
+
+
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name.replace("/", "__"))
+
+
+def transcribe(cfg: Config, inputs: list[str], output: str | Path) -> dict:
+    """Transcribe `inputs` into `output` (resuming what an earlier run finished); returns the report."""
+    state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
+    output = Path(output)
+    if (output / METADATA_FILE).exists() and not (output / WORK).is_dir():
+        raise FileExistsError(f"{output}: holds a metadata.csv that dia-tpu transcribe did not write; "
+                              "choose another --output")  # fmt: skip
+    recordings = find_recordings(inputs)
+    settings = json.dumps({**asdict(cfg.transcribe), "max_seconds": cfg.prepare.max_seconds}, sort_keys=True)
+    work = output / WORK
+    if state.is_main_process:
+        work.mkdir(parents=True, exist_ok=True)
+    state.wait_for_everyone()
+    todo = [r for r in recordings if _finished(work, r, settings) is None]
+    mine = todo[state.process_index :: state.num_processes]
+    if mine:
+        judges = _Judges(cfg)
+        hours = sum(_seconds(r.path) for r in mine) / 3600
+        with tqdm(total=round(hours, 3), unit="h", desc="transcribe", disable=not state.is_local_main_process,
+                  bar_format="{l_bar}{bar}| {n:.2f}/{total:.2f} h [{elapsed}<{remaining}]") as bar:  # fmt: skip
+            for recording in mine:
+                item = transcribe_recording(recording, cfg, judges, output)
+                item["key"] = recording.key(settings)
+                _write_json(work / f"{recording.name}.json", item)
+                bar.update(round(item["seconds"] / 3600, 3))
+    state.wait_for_everyone()
+    report = {}
+    if state.is_main_process:
+        report = assemble(output, recordings, settings, cfg)
+    state.wait_for_everyone()
+    return report
+
+
+class _Judges:
+    """The recogniser and speaker encoder, loaded once per process."""
+
+    def __init__(self, cfg: Config):
+        t = cfg.transcribe
+        self.recogniser = load_recogniser(t.asr, t.device, language=t.language)
+        self.speaker = load_speaker_encoder(t.speaker, t.device)
+
+
+def _seconds(path: Path) -> float:
+    try:
+        return sf.info(str(path)).duration
+    except (sf.LibsndfileError, RuntimeError):
+        return 0.0
+
+
+def _finished(work: Path, recording: Recording, settings: str) -> dict | None:
+    path = work / f"{recording.name}.json"
+    if not path.exists():
+        return None
+    item = json.loads(path.read_text())
+    return item if item.get("key") == recording.key(settings) else None
+
+
+def _write_json(path: Path, data: dict) -> None:
+    partial = path.with_suffix(".partial")
+    partial.write_text(json.dumps(data))
+    os.replace(partial, path)
+
+
+def transcribe_recording(recording: Recording, cfg: Config, judges: _Judges, output: Path) -> dict:
+    """One recording's segments (written under output/audio/<name>/), what was dropped, its speakers'
+    centroids and each stage's seconds."""
+    t = cfg.transcribe
+    item = {"name": recording.name, "source": recording.source, "seconds": 0.0, "kept": [], "dropped": [],
+            "centroids": [], "timings": dict.fromkeys(STAGES, 0.0), "problem": None,
+            "judges": {"recogniser": judges.recogniser.name, "speaker": judges.speaker.name}}  # fmt: skip
+    try:
+        data, rate = sf.read(str(recording.path), dtype="float32", always_2d=True)
+    except (sf.LibsndfileError, RuntimeError) as err:
+        item["problem"] = f"cannot decode: {err}"
+        return item
+    mono = data.mean(1)
+    item["seconds"] = len(mono) / rate
+    if not np.isfinite(mono).all() or not len(mono):
+        item["problem"] = "no samples" if not len(mono) else "NaN or infinite samples"
+        return item
+    wave = to_16k(mono, rate)
+    total = len(wave) / RATE
+    clock = time.perf_counter()
+
+    def lap(stage: str) -> None:
+        nonlocal clock
+        item["timings"][stage] += time.perf_counter() - clock
+        clock = time.perf_counter()
+
+    regions = speech_regions(wave, t.vad_threshold, t.min_silence, cfg.prepare.max_seconds)
+    lap("vad")
+    windows = embed_regions(judges.speaker, wave, regions)
+    lap("speaker_embedding")
+    centroids = assign_speakers(regions, windows, t.speakers, t.speaker_threshold, t.min_voice_similarity)
+    item["centroids"] = centroids.tolist()
+    lap("clustering")
+    heard = [r for r in regions if r.problem is None]
+    scored = judges.recogniser.transcribe_scored([wave[int(r.start * RATE) : int(r.end * RATE)] for r in heard], RATE)
+    for region, (text, confidence) in zip(heard, scored, strict=True):
+        region.text = (spoken(text) if t.normalize == "numbers" else " ".join(text.split())).replace("|", " ")
+        region.confidence = 1.0 if confidence is None else confidence
+        if not region.text and region.seconds >= WORDLESS:
+            region.problem = "speech in which the recogniser heard no words"
+        elif t.min_confidence and region.confidence < t.min_confidence:
+            region.problem = f"recogniser unsure (confidence {region.confidence:.2f})"
+    lap("recogniser")
+
+    item["dropped"] = _dropped_regions(regions)
+    folder = output / "audio" / recording.name
+    folder.mkdir(parents=True, exist_ok=True)
+    for stale in folder.glob("*.flac"):  # an earlier run's, with other settings or another version of the file
+        stale.unlink()
+    for segment in group(regions, total, cfg.prepare.max_seconds, t.max_pause):
+        row = {"start": round(segment.start, 3), "end": round(segment.end, 3)}
+        piece = mono[int(segment.start * rate) : int(segment.end * rate)]
+        said = dialogue_text(segment.regions)
+        problem = _segment_problem(segment, piece, said, cfg)
+        if problem is not None:
+            item["dropped"].append({**row, "reason": problem, "text": said[0] if said else ""})
+            continue
+        file = folder / f"{recording.name}_{len(item['kept']):04d}.flac"
+        sf.write(str(file), np.clip(piece, -1.0, 1.0), rate, subtype="PCM_16")
+        item["kept"].append({**row, "file": file.relative_to(output).as_posix(), "text": said[0],
+                             "speakers": said[1]})  # fmt: skip
+    item["dropped"].sort(key=lambda d: d["start"])
+    return item
+
+
+def _dropped_regions(regions: list[Region]) -> list[dict]:
+    """Regions with a problem, consecutive ones with the same reason as one row."""
+    rows: list[dict] = []
+    previous = None
+    for region in regions:
+        if region.problem is None:
+            previous = None
+        elif previous is not None and previous["reason"] == region.problem:
+            previous["end"] = round(region.end, 3)
+        else:
+            previous = {"start": round(region.start, 3), "end": round(region.end, 3), "reason": region.problem,
+                        "text": region.text}  # fmt: skip
+            rows.append(previous)
+    return rows
+
+
+def _segment_problem(segment: Segment, piece: np.ndarray, said, cfg: Config) -> str | None:
+    t = cfg.transcribe
+    if segment.seconds < t.min_seconds:
+        return f"shorter than transcribe.min_seconds ({segment.seconds:.2f} s)"
+    if said is None:
+        return "more than two speakers in one segment"
+    if not said[0]:
+        return "no words recognised"
+    rms = float(np.sqrt(np.mean(np.square(piece, dtype=np.float64))))
+    loudness = 20 * np.log10(max(rms, 1e-10))
+    if loudness < t.min_rms_db:
+        return f"too quiet ({loudness:.0f} dBFS)"
+    clipped = float(np.mean(np.abs(piece) >= 0.999))
+    if clipped > t.max_clipped:
+        return f"clipped ({clipped:.2%} of samples at full scale)"
+    return None
+
+
+def assemble(output: Path, recordings: list[Recording], settings: str, cfg: Config) -> dict:
+    """metadata.csv, dropped.tsv and report.json from every finished recording, each written whole."""
+    work = output / WORK
+    items = [json.loads((work / f"{r.name}.json").read_text()) for r in recordings]
+    names = name_voices({item["name"]: np.array(item["centroids"]) for item in items}, cfg.transcribe.match_voices)
+    lines, dropped = ["|".join(COLUMNS)], ["source\tstart\tend\treason\ttext"]
+    reasons: Counter = Counter()
+    kept_seconds = 0.0
+    for item in items:
+        if item["problem"]:
+            dropped.append(f"{item['source']}\t0\t{item['seconds']:.3f}\t{item['problem']}\t")
+            reasons[item["problem"].split(":")[0]] += 1
+        for row in item["kept"]:
+            voices = "+".join(names[item["name"]][k] for k in row["speakers"])
+            lines.append("|".join([row["file"], row["text"], voices, item["source"], f"{row['start']:.3f}",
+                                   f"{row['end']:.3f}"]))  # fmt: skip
+            kept_seconds += row["end"] - row["start"]
+        for row in item["dropped"]:
+            dropped.append(f"{item['source']}\t{row['start']:.3f}\t{row['end']:.3f}\t{row['reason']}\t{row['text']}")
+            reasons[row["reason"].split(" (")[0]] += 1
+    seconds = sum(item["seconds"] for item in items)
+    timings = {stage: sum(item["timings"][stage] for item in items) for stage in STAGES}
+    report = {
+        "recordings": len(items),
+        "hours": round(seconds / 3600, 4),
+        "kept_hours": round(kept_seconds / 3600, 4),
+        "segments": len(lines) - 1,
+        "dropped": dict(reasons.most_common()),
+        "speakers": {item["source"]: len(item["centroids"]) for item in items},
+        "seconds": {stage: round(v, 2) for stage, v in timings.items()},
+        "real_time_factor": {stage: round(v / max(seconds, 1e-9), 4) for stage, v in
+                             {**timings, "total": sum(timings.values())}.items()},  # fmt: skip
+        "judges": next((item["judges"] for item in items), {}),
+        "settings": json.loads(settings),
+    }
+    _write_text(output / METADATA_FILE, "\n".join(lines) + "\n")
+    _write_text(output / "dropped.tsv", "\n".join(dropped) + "\n")
+    _write_text(output / "report.json", json.dumps(report, indent=1) + "\n")
+    return report
+
+
+def _write_text(path: Path, text: str) -> None:
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(text, encoding="utf-8")
+    os.replace(partial, path)

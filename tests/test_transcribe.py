@@ -1,0 +1,238 @@
+"""`dia-tpu transcribe`: long recordings -> segments, [S1]/[S2] transcripts, speakers, a folder prepare reads.
+
+The end-to-end tests run the real parts (Silero VAD, PocketSphinx, resemblyzer) on a synthetic podcast that
+scripts/make_podcast.py makes with espeak-ng from a known script, and compare with that script."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import RANDOM_CODEC, ROOT, tiny
+
+from dia_tpu.cli import main as cli
+from dia_tpu.config import ConfigError, load
+from dia_tpu.data.prepare import prepare
+from dia_tpu.evaluation.text import basic_normalise, word_errors
+from dia_tpu.training.recipe import train
+from dia_tpu.transcribe import run as run_module
+from dia_tpu.transcribe.regions import PAD, Region, group
+from dia_tpu.transcribe.run import transcribe
+from dia_tpu.transcribe.speakers import cluster, dialogue_text, name_voices
+from dia_tpu.transcribe.spoken import spoken
+
+SETTINGS = ["transcribe.asr=pocketsphinx", "transcribe.speakers=2", "prepare.max_seconds=12"]
+
+
+def config(*extra: str):
+    return load(ROOT / "configs/demo.yaml", [*RANDOM_CODEC, *SETTINGS, *extra])
+
+
+# ---- the pieces
+
+
+def test_clusters_to_a_count_or_by_threshold_labelled_in_order_of_appearance():
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(3, 16))
+    rows = np.array([2, 0, 0, 1, 2, 1, 0, 2])
+    points = centres[rows] + rng.normal(scale=0.05, size=(len(rows), 16))
+    points /= np.linalg.norm(points, axis=1, keepdims=True)
+    expected = np.array([0, 1, 1, 2, 0, 2, 1, 0])  # first row's cluster is 0, the next new one 1, ...
+    assert (cluster(points, 3, 0.0) == expected).all()
+    assert (cluster(points, 0, 0.9) == expected).all()  # estimated: within-cluster similarity ~0.99
+    assert (cluster(points, 0, -1.0) == 0).all()  # any pair alike enough: one speaker
+    assert cluster(points, 2, 0.0).max() == 1
+
+
+def test_segments_are_cut_in_pauses_and_never_longer_than_the_limit():
+    regions = [Region(0.5, 3.0), Region(3.4, 6.0), Region(6.3, 9.5), Region(12.0, 13.0), Region(13.2, 14.0),
+               Region(14.5, 16.0, problem="two voices"), Region(16.4, 18.0)]  # fmt: skip
+    segments = group(regions, 20.0, max_seconds=8.0, max_pause=1.5)
+    spans = [[(r.start, r.end) for r in s.regions] for s in segments]
+    # 0.5-6.0 fits 8 s with padding, adding 6.3-9.5 would not; the 2.5 s pause ends a segment; the region with a
+    # problem ends one too and is in none.
+    assert spans == [[(0.5, 3.0), (3.4, 6.0)], [(6.3, 9.5)], [(12.0, 13.0), (13.2, 14.0)], [(16.4, 18.0)]]
+    assert all(s.seconds <= 8.0 for s in segments)
+    # Padding: PAD where the pause allows, half the pause where it is short, so neighbours never overlap.
+    assert segments[0].start == pytest.approx(0.5 - PAD) and segments[0].end == pytest.approx(6.15)
+    assert segments[1].start == pytest.approx(6.15) and segments[1].end == pytest.approx(9.5 + PAD)
+    assert segments[2].end == pytest.approx(14.0 + PAD)  # the pause after is 0.5 s
+    assert all(a.end <= b.start for a, b in zip(segments, segments[1:], strict=False))
+
+
+def test_dialogue_text_tags_turns_in_order_of_appearance():
+    def said(*turns):
+        return [Region(i, i + 1, speaker=k, text=t) for i, (k, t) in enumerate(turns)]
+
+    assert dialogue_text(said((4, "Hi."), (4, "How are you?"), (1, "Fine."), (4, "Good."))) == (
+        "[S1] Hi. How are you? [S2] Fine. [S1] Good.", [4, 1])
+    assert dialogue_text(said((1, "Fine."), (0, ""), (1, "Yes."))) == ("[S1] Fine. Yes.", [1])
+    assert dialogue_text(said((0, "a"), (1, "b"), (2, "c"))) is None
+
+
+def test_voices_are_named_across_recordings_when_asked():
+    a, b = np.eye(4)[:2], np.eye(4)[[1, 2]]
+    assert name_voices({"ep1": a, "ep2": b}, 0.0) == {"ep1": {0: "ep1:0", 1: "ep1:1"}, "ep2": {0: "ep2:0", 1: "ep2:1"}}
+    named = name_voices({"ep1": a, "ep2": b}, 0.9)
+    assert named["ep1"][1] == named["ep2"][0]  # the same voice in both
+    assert len({*named["ep1"].values(), *named["ep2"].values()}) == 3
+
+
+@pytest.mark.parametrize(("text", "said"), [
+    ("It costs $5, or 3.5% more.", "It costs five dollars, or three point five percent more."),
+    ("On the 21st of May, 1,205 came.", "On the twenty first of May, one thousand two hundred five came."),
+    ("Tom & Jerry scored 2+2=4 at 10.", "Tom and Jerry scored two plus two equals four at ten."),
+    ("The 3rd, 12th and 40th (laughs)", "The third, twelfth and fortieth (laughs)"),
+])  # fmt: skip
+def test_numbers_and_symbols_are_spoken(text, said):
+    assert spoken(text) == said
+
+
+def test_bad_settings_are_named_in_one_error():
+    with pytest.raises(ConfigError) as err:
+        load(ROOT / "configs/demo.yaml", ["transcribe.speaker_threshold=1.5", "transcribe.min_seconds=40",
+                                          "transcribe.normalize=digits"])  # fmt: skip
+    message = str(err.value)
+    assert "transcribe.speaker_threshold" in message and "transcribe.min_seconds" in message
+    assert "transcribe.normalize" in message
+
+
+def test_a_missing_input_is_one_line_naming_it(tmp_path):
+    with pytest.raises(SystemExit) as stop:
+        cli(["transcribe", "--config", str(ROOT / "configs/demo.yaml"), "--input", str(tmp_path / "nowhere"),
+             "--output", str(tmp_path / "out")])  # fmt: skip
+    assert stop.value.code == f"dia-tpu transcribe: error: {tmp_path / 'nowhere'}: no such file or folder"
+
+
+# ---- a synthetic podcast, end to end
+
+
+@pytest.fixture(scope="module")
+def podcast(tmp_path_factory) -> tuple[Path, list[dict]]:
+    folder = tmp_path_factory.mktemp("podcast")
+    subprocess.run([sys.executable, str(ROOT / "scripts/make_podcast.py"), "--out", str(folder), "--episodes", "2",
+                    "--turns", "10"], check=True, capture_output=True, cwd=ROOT / "scripts")  # fmt: skip
+    return folder, json.loads((folder / "truth.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def transcribed(podcast, tmp_path_factory) -> tuple[Path, dict]:
+    out = tmp_path_factory.mktemp("transcribed") / "out"
+    return out, transcribe(config(), [str(podcast[0])], out)
+
+
+def rows_of(out: Path) -> list[dict]:
+    lines = (out / "metadata.csv").read_text().splitlines()
+    names = lines[0].split("|")
+    return [dict(zip(names, line.split("|"), strict=True)) for line in lines[1:]]
+
+
+def sentences(truth: list[dict], episode: str) -> list[dict]:
+    """The script's sentences in one episode, each with its turn's speaker."""
+    return [{**sentence, "speaker": turn["speaker"], "episode": episode}
+            for turn in truth if turn["episode"] == episode for sentence in turn["sentences"]]  # fmt: skip
+
+
+def said_in(truth: list[dict], row: dict) -> list[dict]:
+    """The script's sentences that a segment holds (more than half of each)."""
+    start, end = float(row["start"]), float(row["end"])
+    return [s for s in sentences(truth, Path(row["source"]).name)
+            if min(end, s["end"]) - max(start, s["start"]) > 0.5 * (s["end"] - s["start"])]  # fmt: skip
+
+
+def test_the_podcast_becomes_segments_cut_between_sentences_with_the_right_speakers(podcast, transcribed):
+    _, truth = podcast
+    out, report = transcribed
+    rows = rows_of(out)
+    assert report["recordings"] == 2 and report["segments"] == len(rows) >= 8
+    assert report["speakers"] == {str(podcast[0] / "episode_1.wav"): 2, str(podcast[0] / "episode_2.flac"): 2}
+    for row in rows:
+        assert (out / row["file"]).is_file() and float(row["end"]) - float(row["start"]) <= 12.0
+        # Cuts fall between sentences, never inside one (0.2 s: espeak-ng's own silence around each).
+        for cut in (float(row["start"]), float(row["end"])):
+            inside = [s for s in sentences(truth, Path(row["source"]).name) if s["start"] + 0.2 < cut < s["end"] - 0.2]
+            assert not inside, (row, cut, inside)
+    # The overlapping stretch is left out, with its reason; the rest of the script's sentences are kept.
+    assert "two voices in one stretch" in (out / "dropped.tsv").read_text()
+    held = [s for row in rows for s in said_in(truth, row)]
+    for s in held:  # no kept sentence is spoken over by the other voice
+        others = [o for o in sentences(truth, s["episode"]) if o["speaker"] != s["speaker"]]
+        assert not [o for o in others if min(o["end"], s["end"]) > max(o["start"], s["start"])], s
+    clean = [s for turn in truth if not turn["overlap"] for s in turn["sentences"]]
+    assert len(held) >= 0.9 * len(clean), (len(held), len(clean))
+
+    # Tags: the script's speakers, in order of appearance, match the segment's [S1]/[S2] turns.
+    right = 0
+    for row in rows:
+        order = list(dict.fromkeys(s["speaker"] for s in said_in(truth, row)))
+        expected = [f"[S{order.index(k) + 1}]" for k, _ in itertools.groupby(s["speaker"] for s in said_in(truth, row))]
+        right += [w for w in row["text"].split() if w in ("[S1]", "[S2]")] == expected
+    assert right >= 0.9 * len(rows), f"{right} of {len(rows)} segments tagged as the script"
+    # Speaker column: each segment's voices in tag order, one voice one id throughout a recording.
+    voice_of = {}
+    for row in rows:
+        order = dict.fromkeys(s["speaker"] for s in said_in(truth, row))
+        for voice, speaker in zip(row["speaker"].split("+"), order, strict=True):
+            assert voice_of.setdefault(voice, speaker) == speaker
+
+    # Words: PocketSphinx on espeak-ng speech is weak (its WER on the bundled sample's originals is 0.82).
+    errors = words = 0
+    for row in rows:
+        reference = basic_normalise(" ".join(s["text"] for s in said_in(truth, row)))
+        heard = basic_normalise(" ".join(w for w in row["text"].split() if w not in ("[S1]", "[S2]")))
+        found = word_errors(reference, heard)
+        errors, words = errors + found.errors, words + found.length
+    wer = errors / words
+    print(f"podcast: {len(rows)} segments, WER {wer:.3f} ({errors}/{words}), tags right in {right}")
+    assert wer <= 0.85, wer
+    assert set(report["real_time_factor"]) == {"vad", "speaker_embedding", "clustering", "recogniser", "total"}
+
+
+def test_the_output_prepares_and_trains_as_it_is(transcribed, tmp_path):
+    out, _ = transcribed
+    codes = tmp_path / "codes"
+    manifest = prepare(config(), out, codes)
+    assert manifest["skipped"] == 0 and manifest["encoded"] == len(rows_of(out))
+    run = tmp_path / "run"
+    train(tiny(codes, run, "train.max_steps=2", "data.eval_size=2", "eval.eval_every=2", "data.max_text_tokens=256"))
+    assert (run / "final" / "model.safetensors").is_file()
+
+
+def test_an_interrupted_run_resumes_with_the_unfinished_recordings_only(podcast, transcribed, tmp_path, monkeypatch):
+    done = []
+    real = run_module.transcribe_recording
+
+    def dies_in_the_second(recording, *args):
+        if done:
+            raise KeyboardInterrupt
+        done.append(recording.name)
+        return real(recording, *args)
+
+    monkeypatch.setattr(run_module, "transcribe_recording", dies_in_the_second)
+    out = tmp_path / "out"
+    with pytest.raises(KeyboardInterrupt):
+        transcribe(config(), [str(podcast[0])], out)
+    assert done == ["episode_1"] and not (out / "metadata.csv").exists()
+    again = []
+
+    def counts(recording, *args):
+        again.append(recording.name)
+        return real(recording, *args)
+
+    monkeypatch.setattr(run_module, "transcribe_recording", counts)
+    transcribe(config(), [str(podcast[0])], out)
+    assert again == ["episode_2"]
+    straight, _ = transcribed
+    assert (out / "metadata.csv").read_text() == (straight / "metadata.csv").read_text()
+    assert (out / "dropped.tsv").read_text() == (straight / "dropped.tsv").read_text()
+    for row in rows_of(out):
+        assert (out / row["file"]).read_bytes() == (straight / row["file"]).read_bytes()
+    # Other settings redo every recording.
+    again.clear()
+    transcribe(config("transcribe.min_seconds=2"), [str(podcast[0])], out)
+    assert again == ["episode_1", "episode_2"]
