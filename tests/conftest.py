@@ -1,8 +1,9 @@
 """Shared by the tests: tiny models that build and run on CPU in well under a second, the bundled sample
-prepared once per session, and a tiny training config built from the demo's."""
+prepared once per session, a tiny training config built from the demo's, and a tiny random Whisper."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -113,3 +114,38 @@ def scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
 def prepare_config(*overrides: str) -> Config:
     """The demo's config with the random codec and `overrides`, for prepare tests."""
     return load(ROOT / "configs/demo.yaml", [*RANDOM_CODEC, *overrides])
+
+
+@pytest.fixture(scope="session")
+def tiny_whisper(tmp_path_factory):
+    """A randomly initialised two-layer Whisper with a byte-level tokenizer, saved as a hub checkpoint is."""
+    from transformers import (
+        WhisperConfig,
+        WhisperFeatureExtractor,
+        WhisperForConditionalGeneration,
+        WhisperProcessor,
+        WhisperTokenizer,
+    )
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    out = tmp_path_factory.mktemp("whisper")
+    vocab = {char: i for i, char in enumerate(bytes_to_unicode().values())}
+    specials = ["<|endoftext|>", "<|startoftranscript|>", "<|notimestamps|>"]
+    (out / "vocab.json").write_text(json.dumps(vocab))
+    (out / "merges.txt").write_text("#version: 0.2\n")
+    tokenizer = WhisperTokenizer(str(out / "vocab.json"), str(out / "merges.txt"), unk_token=specials[0],
+                                 bos_token=specials[0], eos_token=specials[0], pad_token=specials[0])  # fmt: skip
+    tokenizer.add_special_tokens({"additional_special_tokens": specials[1:]})
+    processor = WhisperProcessor(feature_extractor=WhisperFeatureExtractor(feature_size=80), tokenizer=tokenizer)
+    processor.save_pretrained(out)
+    ids = {name: tokenizer.convert_tokens_to_ids(name) for name in specials}
+    config = WhisperConfig(vocab_size=len(tokenizer), num_mel_bins=80, encoder_layers=1, decoder_layers=1, d_model=16,
+                           encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32,
+                           max_target_positions=24, decoder_start_token_id=ids["<|startoftranscript|>"],
+                           eos_token_id=ids["<|endoftext|>"], pad_token_id=ids["<|endoftext|>"],
+                           bos_token_id=ids["<|endoftext|>"])  # fmt: skip
+    torch.manual_seed(0)
+    model = WhisperForConditionalGeneration(config)
+    model.generation_config.no_timestamps_token_id = ids["<|notimestamps|>"]
+    model.save_pretrained(out)
+    return out

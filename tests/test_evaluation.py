@@ -131,41 +131,6 @@ def test_the_offline_speaker_encoder_tells_the_two_voices_apart():
     assert same > other + 0.1, (same, other)
 
 
-@pytest.fixture(scope="module")
-def tiny_whisper(tmp_path_factory):
-    """A randomly initialised two-layer Whisper with a byte-level tokenizer, saved as a hub checkpoint is."""
-    from transformers import (
-        WhisperConfig,
-        WhisperFeatureExtractor,
-        WhisperForConditionalGeneration,
-        WhisperProcessor,
-        WhisperTokenizer,
-    )
-    from transformers.convert_slow_tokenizer import bytes_to_unicode
-
-    out = tmp_path_factory.mktemp("whisper")
-    vocab = {char: i for i, char in enumerate(bytes_to_unicode().values())}
-    specials = ["<|endoftext|>", "<|startoftranscript|>", "<|notimestamps|>"]
-    (out / "vocab.json").write_text(json.dumps(vocab))
-    (out / "merges.txt").write_text("#version: 0.2\n")
-    tokenizer = WhisperTokenizer(str(out / "vocab.json"), str(out / "merges.txt"), unk_token=specials[0],
-                                 bos_token=specials[0], eos_token=specials[0], pad_token=specials[0])  # fmt: skip
-    tokenizer.add_special_tokens({"additional_special_tokens": specials[1:]})
-    processor = WhisperProcessor(feature_extractor=WhisperFeatureExtractor(feature_size=80), tokenizer=tokenizer)
-    processor.save_pretrained(out)
-    ids = {name: tokenizer.convert_tokens_to_ids(name) for name in specials}
-    config = WhisperConfig(vocab_size=len(tokenizer), num_mel_bins=80, encoder_layers=1, decoder_layers=1, d_model=16,
-                           encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32,
-                           max_target_positions=24, decoder_start_token_id=ids["<|startoftranscript|>"],
-                           eos_token_id=ids["<|endoftext|>"], pad_token_id=ids["<|endoftext|>"],
-                           bos_token_id=ids["<|endoftext|>"])  # fmt: skip
-    torch.manual_seed(0)
-    model = WhisperForConditionalGeneration(config)
-    model.generation_config.no_timestamps_token_id = ids["<|notimestamps|>"]
-    model.save_pretrained(out)
-    return out
-
-
 def test_whisper_transcribes_in_batches_from_a_folder(tiny_whisper):
     asr = load_recogniser(f"whisper:{tiny_whisper}", batch_size=2)
     assert asr.name.startswith(f"whisper {tiny_whisper} (transformers ")

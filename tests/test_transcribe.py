@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+import soundfile as sf
 from conftest import RANDOM_CODEC, ROOT, tiny
 
 from dia_tpu.cli import main as cli
@@ -107,6 +109,33 @@ def test_a_missing_input_is_one_line_naming_it(tmp_path):
         cli(["transcribe", "--config", str(ROOT / "configs/demo.yaml"), "--input", str(tmp_path / "nowhere"),
              "--output", str(tmp_path / "out")])  # fmt: skip
     assert stop.value.code == f"dia-tpu transcribe: error: {tmp_path / 'nowhere'}: no such file or folder"
+
+
+def recording(path: Path, *gains: float) -> Path:
+    """The bundled sample's first clips, one per gain (clipped to full scale), 2 s apart, as one recording."""
+    lines = (ROOT / "data/sample/metadata.csv").read_text().splitlines()[1 : len(gains) + 1]
+    pieces = []
+    for line, gain in zip(lines, gains, strict=True):
+        wave, rate = sf.read(ROOT / "data/sample" / line.split("|")[0], dtype="float32")
+        pieces += [np.zeros(2 * rate, np.float32), np.clip(wave * gain, -1.0, 1.0)]
+    sf.write(path, np.concatenate([*pieces, np.zeros(rate, np.float32)]), rate)
+    return path
+
+
+def test_quiet_clipped_and_unsure_speech_is_dropped_with_its_reason(tmp_path, tiny_whisper):
+    source = recording(tmp_path / "talk.wav", 1.0, 0.04, 40.0)  # -22, -50 dBFS and clipped
+    out = tmp_path / "out"
+    report = transcribe(config("transcribe.speakers=1"), [str(source)], out)
+    dropped = (out / "dropped.tsv").read_text().splitlines()[1:]
+    reasons = [line.split("\t")[3] for line in dropped]
+    assert report["segments"] == 1 and len(rows_of(out)) == 1
+    assert len(reasons) == 2 and reasons[0].startswith("too quiet (") and reasons[1].startswith("clipped (")
+    # A random Whisper is unsure of everything it says.
+    out = tmp_path / "whisper"
+    report = transcribe(config(f"transcribe.asr=whisper:{tiny_whisper}", "transcribe.min_confidence=0.5",
+                               "transcribe.speakers=1"), [str(source)], out)  # fmt: skip
+    assert report["segments"] == 0 and report["judges"]["recogniser"].startswith("whisper ")
+    assert "recogniser unsure (confidence 0." in (out / "dropped.tsv").read_text()
 
 
 # ---- a synthetic podcast, end to end
@@ -236,3 +265,18 @@ def test_an_interrupted_run_resumes_with_the_unfinished_recordings_only(podcast,
     again.clear()
     transcribe(config("transcribe.min_seconds=2"), [str(podcast[0])], out)
     assert again == ["episode_1", "episode_2"]
+
+
+def test_two_processes_share_the_recordings_and_write_the_same(podcast, transcribed, tmp_path):
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "USE_TORCH_XLA": "0", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(
+        [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines",
+         "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29547", "-m", "dia_tpu.cli",
+         "transcribe", "--config", str(ROOT / "configs/demo.yaml"), "--input", str(podcast[0]), "--output",
+         str(tmp_path / "two"), *RANDOM_CODEC, *SETTINGS],
+        env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    straight, _ = transcribed
+    assert (tmp_path / "two" / "metadata.csv").read_text() == (straight / "metadata.csv").read_text()
+    assert "segments" in done.stdout and done.stdout.count(" h kept") == 1  # the summary, once
