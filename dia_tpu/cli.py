@@ -36,6 +36,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="e.g. transcribe.asr=pocketsphinx")
     p.set_defaults(func=_transcribe)
 
+    p = sub.add_parser("check", help="what in a prepared dataset will train badly under a config: clips with no "
+                                     "end, long transcripts, tags, unseen characters, speakers with little audio")
+    p.add_argument("--config", required=True, help="YAML config: data.* names the dataset and the limits")
+    p.add_argument("--min-speaker-seconds", type=float, default=60.0, help="a speaker with less audio is named")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
+    p.set_defaults(func=_check)
+
     p = sub.add_parser("train", help="fine-tune in this process (use `accelerate launch` for more)")
     finetune_acc_tpu.build_parser(p)
     p.set_defaults(func=finetune_acc_tpu.run)
@@ -141,6 +148,17 @@ def _transcribe(args: argparse.Namespace) -> None:
         print(f"{report['segments']} segments, {report['kept_hours']:.3f} of {report['hours']:.3f} h kept, from "
               f"{report['recordings']} recordings (real-time factor {report['real_time_factor']['total']:.3f}); "
               f"dropped: {dropped}; see {Path(args.output) / 'report.json'}")
+
+
+def _check(args: argparse.Namespace) -> None:
+    from dia_tpu.config import load
+    from dia_tpu.data.check import check_dataset
+
+    cfg = load(args.config, args.overrides)
+    items, findings = check_dataset(cfg, args.min_speaker_seconds)
+    print(f"{cfg.data.dataset}: {items} items, {len(findings) or 'no'} finding{'s' * (len(findings) != 1)}")
+    for finding in findings:
+        print(f"  - {finding}")
 
 
 def _export(args: argparse.Namespace) -> None:

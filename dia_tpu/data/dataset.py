@@ -96,7 +96,7 @@ def split_tables(cfg: Config) -> tuple[Dataset, Dataset | None, int]:
     return table.select(sorted(order[d.eval_size :])), table.select(sorted(order[: d.eval_size])), skipped
 
 
-def _text_tokens(text: str, cfg: DataConfig) -> int:
+def text_tokens(text: str, cfg: DataConfig) -> int:
     """The most byte tokens `text` can take in training or evaluation. Tag augmentation rejoins tags with
     ", ", which can lengthen a prompt written "a,b"; its longest outcome keeps the tag_limit longest tags."""
     tokens = len(encode_text(text, cfg.language_tags))
@@ -108,7 +108,7 @@ def _text_tokens(text: str, cfg: DataConfig) -> int:
 
 def _filter_long_text(table: Dataset, cfg: DataConfig, where: str) -> tuple[Dataset, int]:
     """Apply data.long_text to transcripts longer than max_text_tokens; returns the table and the skip count."""
-    lengths = [_text_tokens(t, cfg) for t in table["text"]]
+    lengths = [text_tokens(t, cfg) for t in table["text"]]
     too_long = [i for i, n in enumerate(lengths) if n > cfg.max_text_tokens]
     if not too_long:
         return table, 0

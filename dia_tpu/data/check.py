@@ -1,0 +1,113 @@
+"""`dia-tpu check`: what in a prepared dataset and its config will train badly, found before training.
+
+Each finding names how many items it concerns, a few of them by source id, and what to change:
+- clips longer than `data.max_audio_frames`: cropped, so they never end in the training window and teach no
+  EOS (a model trained only on those does not learn to stop);
+- transcripts longer than `data.max_text_tokens` bytes (a non-Latin script takes 2-3 bytes a character);
+- speaker tags that do not start with `[S1]`, repeat the same speaker twice in a row, or are missing;
+- characters outside ASCII when fine-tuning a pretrained Dia (it was trained on English: they reach it as
+  byte sequences it has not seen);
+- speakers with less audio than `min_speaker_seconds`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from datasets import load_from_disk
+
+from dia_tpu.config import Config
+from dia_tpu.data.dataset import text_tokens
+from dia_tpu.data.shards import MANIFEST_FILE
+
+TAG = re.compile(r"\[S[12]\]")
+SHOWN = 3  # source ids named per finding
+
+
+@dataclass
+class Finding:
+    what: str  # one line: how many, and why it matters
+    fix: str  # what to change
+    examples: list[str] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        shown = f" (e.g. {', '.join(self.examples[:SHOWN])})" if self.examples else ""
+        return f"{self.what}{shown}; {self.fix}"
+
+
+def check_dataset(cfg: Config, min_speaker_seconds: float = 60.0) -> tuple[int, list[Finding]]:
+    """The number of items in `data.dataset`, and every finding about them under `cfg`."""
+    d = cfg.data
+    if not (Path(d.dataset) / MANIFEST_FILE).is_file():
+        raise FileNotFoundError(f"data.dataset: {d.dataset} is not a prepared dataset; run dia-tpu prepare first")
+    table = load_from_disk(d.dataset)
+    texts, frames, ids = table["text"], table["frames"], table["source_id"]
+    speakers, durations = table["speaker"], table["duration"]
+    findings: list[Finding] = []
+    limit = max([d.max_audio_frames, *d.buckets])
+    cropped = [i for i, n in enumerate(frames) if n > limit]
+    if cropped:
+        everything = " (all of them: the model will not learn to stop)" if len(cropped) == len(frames) else ""
+        findings.append(Finding(
+            f"{len(cropped)} of {len(frames)} clips are longer than data.max_audio_frames={limit} and are cropped, "
+            f"so they teach no end{everything}",
+            "raise data.max_audio_frames, or prepare with a lower prepare.max_seconds so long clips are split",
+            [f"{ids[i]} ({frames[i]} frames)" for i in cropped]))  # fmt: skip
+    lengths = [text_tokens(t, d) for t in texts]
+    long = [i for i, n in enumerate(lengths) if n > d.max_text_tokens]
+    if long:
+        wide = sum(len(texts[i].encode()) > 1.5 * len(texts[i]) for i in long)
+        script = f"; {wide} of them mostly in a script of 2-3 bytes a character" if wide else ""
+        findings.append(Finding(
+            f"{len(long)} transcripts are longer than data.max_text_tokens={d.max_text_tokens} bytes{script}",
+            f"raise data.max_text_tokens (the longest takes {max(lengths)}) or set data.long_text=skip",
+            [f"{ids[i]} ({lengths[i]} bytes)" for i in long]))  # fmt: skip
+    findings += _tag_findings(texts, ids)
+    if cfg.model.pretrained is not None:
+        unseen = Counter(c for t in texts for c in TAG.sub("", t) if ord(c) > 127)
+        if unseen:
+            items = [ids[i] for i, t in enumerate(texts) if any(ord(c) > 127 for c in t)]
+            shown = " ".join(f"{c!r}×{n}" for c, n in unseen.most_common(8))
+            findings.append(Finding(
+                f"{len(items)} transcripts hold characters outside ASCII ({shown}), which the pretrained Dia "
+                "(trained on English) has not seen",
+                "transliterate them where the language allows, or expect more steps for the model to learn them",
+                items))  # fmt: skip
+    seconds: Counter = Counter()
+    for speaker, duration in zip(speakers, durations, strict=True):
+        seconds[speaker or "(no speaker)"] += duration
+    few = sorted((s for s, total in seconds.items() if total < min_speaker_seconds), key=lambda s: seconds[s])
+    if few and len(seconds) > 1:
+        findings.append(Finding(
+            f"{len(few)} of {len(seconds)} speakers have under {min_speaker_seconds:g} s of audio",
+            "record more of them or leave them out: a voice heard this little is learned badly",
+            [f"{s} ({seconds[s]:.1f} s)" for s in few]))  # fmt: skip
+    return len(texts), findings
+
+
+def _tag_findings(texts: list[str], ids: list[str]) -> list[Finding]:
+    untagged, second, repeated = [], [], []
+    for source_id, text in zip(ids, texts, strict=True):
+        tags = TAG.findall(text)
+        if not tags:
+            untagged.append(source_id)
+            continue
+        if not text.lstrip().startswith("[S1]"):
+            second.append(source_id)
+        if any(a == b for a, b in zip(tags, tags[1:], strict=False)):
+            repeated.append(source_id)
+    found = []
+    if untagged:
+        found.append(Finding(f"{len(untagged)} transcripts have no [S1]/[S2] tag",
+                             "start each with [S1] (Dia reads every line as a dialogue)", untagged))  # fmt: skip
+    if second:
+        found.append(Finding(f"{len(second)} transcripts start with [S2] or with text before the first tag",
+                             "start each with [S1]: Dia's data always does, and generation prompts start so",
+                             second))  # fmt: skip
+    if repeated:
+        found.append(Finding(f"{len(repeated)} transcripts give the same speaker tag twice in a row",
+                             "join the two turns under one tag: tags mark changes of speaker", repeated))  # fmt: skip
+    return found

@@ -1,0 +1,64 @@
+"""`dia-tpu check`: the findings about a prepared dataset that its users would otherwise learn from a bad run."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+from conftest import RANDOM_CODEC, ROOT
+from datasets import load_from_disk
+
+from dia_tpu.cli import main as cli
+from dia_tpu.config import load
+from dia_tpu.data.check import check_dataset
+from dia_tpu.data.prepare import prepare
+
+
+def test_the_bundled_sample_under_tight_limits(codes_dir):
+    frames = load_from_disk(str(codes_dir))["frames"]
+    longer = sum(n > 200 for n in frames)
+    assert 0 < longer < len(frames)
+
+    def findings(*overrides: str, **options) -> str:
+        cfg = load(ROOT / "configs/demo.yaml", [*RANDOM_CODEC, f"data.dataset={codes_dir}", *overrides])
+        items, found = check_dataset(cfg, **options)
+        assert items == 32
+        return "\n".join(map(str, found))
+
+    text = findings("data.max_audio_frames=200")
+    assert f"{longer} of 32 clips are longer than data.max_audio_frames=200 and are cropped, so they teach no" in text
+    assert "16 transcripts start with [S2]" in text  # every S2 line of the sample
+    assert "2 of 2 speakers have under 60 s of audio (e.g. S" in text
+    assert "outside ASCII" not in text  # a model trained from scratch has seen nothing anyway
+    # The limits that make each finding go away.
+    assert "cropped" not in findings() and "speakers" not in findings(min_speaker_seconds=10)
+
+
+def test_tags_long_and_unseen_text_are_found(tmp_path):
+    source = tmp_path / "src"
+    (source / "audio").mkdir(parents=True)
+    texts = ["Café au lait, s'il vous plaît.", "[S1] One. [S1] Two.", "[S1] Привет, как дела? Всё хорошо, спасибо!"]
+    for i in range(3):
+        shutil.copy(ROOT / f"data/sample/audio/utt_00{i}.flac", source / "audio" / f"{i}.flac")
+    (source / "metadata.csv").write_text("file|text\n" + "".join(f"audio/{i}.flac|{t}\n" for i, t in enumerate(texts)))
+    codes = tmp_path / "codes"
+    prepare(load(ROOT / "configs/demo.yaml", RANDOM_CODEC), source, codes)
+    cfg = load(ROOT / "configs/demo.yaml", [*RANDOM_CODEC, f"data.dataset={codes}", "model.pretrained=org/dia",
+                                            "data.max_text_tokens=48", "data.max_audio_frames=1024"])  # fmt: skip
+    text = "\n".join(map(str, check_dataset(cfg)[1]))
+    assert "1 transcripts have no [S1]/[S2] tag (e.g. audio/0.flac)" in text
+    assert "1 transcripts give the same speaker tag twice in a row (e.g. audio/1.flac)" in text
+    # The Russian line: 42 characters, 73 bytes.
+    assert "1 transcripts are longer than data.max_text_tokens=48 bytes; 1 of them mostly in a script of 2-3" in text
+    assert "2 transcripts hold characters outside ASCII" in text and "'é'" in text
+
+
+def test_the_command_prints_its_findings_and_names_a_missing_dataset(codes_dir, tmp_path, capsys):
+    cli(["check", "--config", str(ROOT / "configs/demo.yaml"), *RANDOM_CODEC, f"data.dataset={codes_dir}"])
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == f"{codes_dir}: 32 items, 2 findings"  # [S2] first, and two short speakers
+    assert len(out) == 3 and all(line.startswith("  - ") for line in out[1:])
+    with pytest.raises(SystemExit) as stop:
+        cli(["check", "--config", str(ROOT / "configs/demo.yaml"), f"data.dataset={tmp_path}"])
+    assert stop.value.code == (f"dia-tpu check: error: data.dataset: {tmp_path} is not a prepared dataset; "
+                               "run dia-tpu prepare first")  # fmt: skip
