@@ -100,6 +100,14 @@ def _validate_data_extras(d: DataConfig) -> list[str]:
         p.append(f"data.buckets: must be positive frame counts, got {d.buckets}")
     elif d.buckets and max(d.buckets) > d.max_audio_frames:
         p.append(f"data.buckets: {max(d.buckets)} is longer than data.max_audio_frames={d.max_audio_frames}")
+    if not 0.0 <= d.prompt_pairs <= 1.0:
+        p.append(f"data.prompt_pairs: must be in [0, 1], got {d.prompt_pairs}")
+    if not 0 <= d.prompt_max_frames < d.max_audio_frames:
+        p.append(f"data.prompt_max_frames: must be in [0, data.max_audio_frames={d.max_audio_frames}), "
+                 f"got {d.prompt_max_frames}")  # fmt: skip
+    if d.prompt_pairs and d.buckets:
+        p.append("data.prompt_pairs: not with data.buckets (a paired item's length changes per epoch, a bucket's "
+                 "cannot); leave data.buckets empty")  # fmt: skip
     if not 0.0 <= d.tag_dropout < 1.0:
         p.append(f"data.tag_dropout: must be in [0, 1), got {d.tag_dropout}")
     if d.tag_limit < 0:

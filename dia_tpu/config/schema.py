@@ -144,6 +144,15 @@ class DataConfig:
     # that holds its longest clip instead of to max_audio_frames (a few fixed shapes: XLA compiles one
     # graph per bucket). Empty: every batch is max_audio_frames long.
     buckets: list[int] = field(default_factory=list)
+    # Voice-cloning pairs: this fraction of training items (per epoch, seeded) is preceded by another clip of
+    # the same speaker (the dataset's speaker column) as an audio prompt, exactly as `generate --audio-prompt`
+    # builds one: the text is the prompt's transcript then the item's, the audio the prompt's codes then the
+    # item's, and only the item's frames (and its EOS) carry loss. A prompt is a whole clip of at most
+    # `prompt_max_frames` (0: half of max_audio_frames); prompt and item share max_audio_frames, the item
+    # cropped to what the prompt leaves. Items whose speaker has no other clip short enough, or whose two
+    # transcripts together exceed max_text_tokens, go without.
+    prompt_pairs: float = 0.0
+    prompt_max_frames: int = 0
     # Music tag prompts ("rock, guitar, 120 bpm"): per item and epoch (seeded), shuffle the comma-separated
     # tags, drop each with this probability (at least one stays), keep at most `tag_limit` (0: all).
     tag_shuffle: bool = False

@@ -2,7 +2,8 @@
 
 Targets are built exactly as Dia sees them at inference: text as UTF-8 bytes with [S1]=1, [S2]=2 and
 pad 0; audio as BOS, codes, EOS, then the delay pattern (BOS before, PAD after); labels are the delayed
-sequence shifted by one with PAD and BOS ignored and EOS kept. Unlike `DiaProcessor`, which left-pads
+sequence shifted by one with PAD and BOS ignored and EOS kept. An item with a voice prompt (data.prompt_pairs)
+starts its codes with the prompt's, whose targets are ignored too. Unlike `DiaProcessor`, which left-pads
 shorter clips, the collator pads on the right: the BOS row then always sits at position 0, as it does
 when generating, and the causal decoder never lets a real position see the padding.
 
@@ -69,6 +70,8 @@ class Collator:
         # BOS row, up to `frames` code rows, one EOS row (PAD when the clip was cut), PAD rows after.
         audio = torch.full((size, frames + 2, channels), self.pad, dtype=torch.long)
         audio[:, 0] = self.bos
+        # 0 on the rows of a voice prompt: they are given, as at generation, and carry no loss.
+        scored = torch.ones((size, frames + 2, channels), dtype=torch.long)
         for i, item in enumerate(items):
             ids, codes = item["text_ids"], item["codes"]
             if len(ids) > self.max_text_tokens:
@@ -78,11 +81,13 @@ class Collator:
             if item["unconditional"]:
                 text[i] = unconditional_text(text[i])
             audio[i, 1 : 1 + len(codes)] = codes
+            scored[i, 1 : 1 + item.get("prompt_frames", 0)] = 0
             # A clip cut at the frame limit does not end there, so it must not teach the model to stop.
             audio[i, 1 + len(codes)] = self.pad if item["cropped"] else self.eos
         delayed = apply_delay(audio, self.delay_pattern, self.bos, self.pad)
         labels = delayed[:, 1:].clone()
         labels[(labels == self.pad) | (labels == self.bos)] = IGNORE_INDEX
+        labels[apply_delay(scored, self.delay_pattern, 1, 1)[:, 1:] == 0] = IGNORE_INDEX
         labels[real:] = IGNORE_INDEX
         return {
             "input_ids": text,

@@ -29,6 +29,7 @@ class CodesDataset(torch.utils.data.Dataset):
         self.unconditional_frac = unconditional_frac if train else 0.0
         self.train = train
         self.epoch = 0
+        self.partners = prompt_partners(table, cfg) if train and cfg.prompt_pairs > 0 else {}
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -43,20 +44,56 @@ class CodesDataset(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> dict:
         row = self.table[index]
         codes = torch.from_numpy(np.asarray(row["codes"], dtype=np.int64))
-        limit, start = self.cfg.max_audio_frames, 0
+        text = str(row["text"])
+        if self.train and tags_augmented(self.cfg):
+            text = augment_tags(text, item_random(self.cfg.seed, self.epoch, index, "tags"), self.cfg)
+        prompt_codes, text = self._prompt(index, text, codes.shape[1])
+        limit, start = self.cfg.max_audio_frames - len(prompt_codes), 0
         cropped = codes.shape[0] > limit
         if cropped and self.cfg.random_crop and self.train:
             start = item_random(self.cfg.seed, self.epoch, index, "crop").randrange(codes.shape[0] - limit + 1)
         dropped = item_random(self.cfg.seed, self.epoch, index, "cfg").random() < self.unconditional_frac
-        text = str(row["text"])
-        if self.train and tags_augmented(self.cfg):
-            text = augment_tags(text, item_random(self.cfg.seed, self.epoch, index, "tags"), self.cfg)
         return {
             "text_ids": torch.tensor(encode_text(text, self.cfg.language_tags), dtype=torch.long),
-            "codes": codes[start : start + limit],
+            "codes": torch.cat([prompt_codes, codes[start : start + limit]]),
+            "prompt_frames": len(prompt_codes),
             "cropped": cropped,
             "unconditional": dropped,
         }
+
+    def _prompt(self, index: int, text: str, channels: int) -> tuple[torch.Tensor, str]:
+        """The voice prompt this item gets this epoch (codes [P, C], P = 0 for none) and the text then read."""
+        none = torch.zeros((0, channels), dtype=torch.long)
+        candidates = [i for i in self.partners.get(index, ()) if i != index]
+        rng = item_random(self.cfg.seed, self.epoch, index, "prompt")
+        if not candidates or rng.random() >= self.cfg.prompt_pairs:
+            return none, text
+        row = self.table[rng.choice(candidates)]
+        script = prompted_text(str(row["text"]), text)
+        if text_tokens(script, self.cfg) > self.cfg.max_text_tokens:
+            return none, text
+        return torch.from_numpy(np.asarray(row["codes"], dtype=np.int64)), script
+
+
+def prompted_text(transcript: str, text: str) -> str:
+    """What the text encoder reads for `text` after a voice prompt saying `transcript`, as generation builds it."""
+    return " ".join(part for part in (transcript.strip(), text.strip()) if part)
+
+
+def prompt_limit(cfg: DataConfig) -> int:
+    """The longest clip (codec frames) that may serve as a voice prompt."""
+    return cfg.prompt_max_frames or cfg.max_audio_frames // 2
+
+
+def prompt_partners(table: Dataset, cfg: DataConfig) -> dict[int, list[int]]:
+    """For each item with a speaker, the items of the same speaker short enough to prompt it (itself included;
+    the caller leaves it out)."""
+    limit = prompt_limit(cfg)
+    by_speaker: dict[str, list[int]] = {}
+    for i, (speaker, frames) in enumerate(zip(table["speaker"], table["frames"], strict=True)):
+        if speaker and frames <= limit:
+            by_speaker.setdefault(speaker, []).append(i)
+    return {i: by_speaker.get(speaker, []) for i, speaker in enumerate(table["speaker"]) if speaker}
 
 
 @dataclass

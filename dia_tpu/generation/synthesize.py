@@ -16,6 +16,7 @@ from transformers import DacModel, DiaForConditionalGeneration
 
 from dia_tpu.config import SAMPLING
 from dia_tpu.data.audio import decode, encode, load_channels
+from dia_tpu.data.dataset import prompted_text
 from dia_tpu.data.tokens import TEXT_PAD, apply_delay, encode_text, revert_delay
 from dia_tpu.generation.sampling import SeededSampler, appended_to_processors
 
@@ -135,8 +136,8 @@ def undelay_and_trim(sequences: torch.Tensor, delay: list[int], eos: int, skip: 
 
 
 def script_for(text: str, prompt: VoicePrompt | None) -> str:
-    """What the text encoder reads: the prompt's transcript, then the text."""
-    return " ".join(part for part in (prompt.transcript if prompt else "", text.strip()) if part)
+    """What the text encoder reads: the prompt's transcript, then the text (as training pairs build it)."""
+    return prompted_text(prompt.transcript if prompt else "", text)
 
 
 def check_request(
