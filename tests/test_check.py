@@ -15,7 +15,8 @@ from dia_tpu.data.prepare import prepare
 
 
 def test_the_bundled_sample_under_tight_limits(codes_dir):
-    frames = load_from_disk(str(codes_dir))["frames"]
+    table = load_from_disk(str(codes_dir))
+    frames, speakers = table["frames"], table["speaker"]
     longer = sum(n > 200 for n in frames)
     assert 0 < longer < len(frames)
 
@@ -32,6 +33,16 @@ def test_the_bundled_sample_under_tight_limits(codes_dir):
     assert "outside ASCII" not in text  # a model trained from scratch has seen nothing anyway
     # The limits that make each finding go away.
     assert "cropped" not in findings() and "speakers" not in findings(min_speaker_seconds=10)
+    # Voice-cloning pairs, prompts of at most 177 frames in 400 (S2 has one clip that short, S1 five): the clips
+    # with no short partner of their speaker, and those a prompt crops, counted here from the frames themselves.
+    pairs = findings("data.prompt_pairs=0.5", "data.prompt_max_frames=177", "data.max_audio_frames=400")
+    partners = [[m for j, (m, t) in enumerate(zip(frames, speakers, strict=True)) if t == s and m <= 177 and j != i]
+                for i, s in enumerate(speakers)]  # fmt: skip
+    alone = sum(not found for found in partners)
+    crowded = sum(bool(found) and min(found) + n > 400 for n, found in zip(frames, partners, strict=True))
+    assert 0 < alone < 32 and 0 < crowded
+    assert f"{alone} items can never be trained with a voice prompt" in pairs
+    assert f"{crowded} items are cropped whenever they are prompted" in pairs
 
 
 def test_tags_long_and_unseen_text_are_found(tmp_path):

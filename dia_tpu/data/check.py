@@ -7,7 +7,8 @@ Each finding names how many items it concerns, a few of them by source id, and w
 - speaker tags that do not start with `[S1]`, repeat the same speaker twice in a row, or are missing;
 - characters outside ASCII when fine-tuning a pretrained Dia (it was trained on English: they reach it as
   byte sequences it has not seen);
-- speakers with less audio than `min_speaker_seconds`.
+- speakers with less audio than `min_speaker_seconds`;
+- with `data.prompt_pairs`, items that can never be prompted and items every prompt would crop.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from pathlib import Path
 from datasets import load_from_disk
 
 from dia_tpu.config import Config
-from dia_tpu.data.dataset import text_tokens
+from dia_tpu.data.dataset import prompt_limit, prompt_partners, text_tokens
 from dia_tpu.data.shards import MANIFEST_FILE
 
 TAG = re.compile(r"\[S[12]\]")
@@ -65,6 +66,8 @@ def check_dataset(cfg: Config, min_speaker_seconds: float = 60.0) -> tuple[int, 
             f"{len(long)} transcripts are longer than data.max_text_tokens={d.max_text_tokens} bytes{script}",
             f"raise data.max_text_tokens (the longest takes {max(lengths)}) or set data.long_text=skip",
             [f"{ids[i]} ({lengths[i]} bytes)" for i in long]))  # fmt: skip
+    if d.prompt_pairs > 0:
+        findings += _pair_findings(table, cfg, ids)
     findings += _tag_findings(texts, ids)
     if cfg.model.pretrained is not None:
         unseen = Counter(c for t in texts for c in TAG.sub("", t) if ord(c) > 127)
@@ -86,6 +89,29 @@ def check_dataset(cfg: Config, min_speaker_seconds: float = 60.0) -> tuple[int, 
             "record more of them or leave them out: a voice heard this little is learned badly",
             [f"{s} ({seconds[s]:.1f} s)" for s in few]))  # fmt: skip
     return len(texts), findings
+
+
+def _pair_findings(table, cfg: Config, ids: list[str]) -> list[Finding]:
+    """With data.prompt_pairs: items that can never get a prompt, and items a prompt would crop."""
+    d = cfg.data
+    partners = prompt_partners(table, d)
+    frames = table["frames"]
+    alone = [i for i in range(len(frames)) if not [j for j in partners.get(i, ()) if j != i]]
+    crowded = [i for i, found in partners.items()
+               if (others := [frames[j] for j in found if j != i]) and min(others) + frames[i] > d.max_audio_frames]
+    found = []
+    if alone:
+        found.append(Finding(
+            f"{len(alone)} items can never be trained with a voice prompt (data.prompt_pairs): their speaker has no "
+            f"other clip of at most {prompt_limit(d)} frames, or they have no speaker",
+            "give every clip a speaker, and each speaker some short clips (or raise data.prompt_max_frames)",
+            [ids[i] for i in alone]))  # fmt: skip
+    if crowded:
+        found.append(Finding(
+            f"{len(crowded)} items are cropped whenever they are prompted: even their speaker's shortest other "
+            f"clip and they exceed data.max_audio_frames={d.max_audio_frames}",
+            "raise data.max_audio_frames or lower data.prompt_max_frames", [ids[i] for i in crowded]))  # fmt: skip
+    return found
 
 
 def _tag_findings(texts: list[str], ids: list[str]) -> list[Finding]:
