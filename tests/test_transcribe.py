@@ -262,11 +262,15 @@ def test_an_interrupted_run_resumes_with_the_unfinished_recordings_only(podcast,
     for row in rows_of(out):
         assert (out / row["file"]).read_bytes() == (straight / row["file"]).read_bytes()
     # Other settings redo every recording, from the first.
-    monkeypatch.setattr(run_module, "transcribe_recording", dies_in_the_second)
-    done.clear()
+    def stops(recording, *args):
+        again.append(recording.name)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(run_module, "transcribe_recording", stops)
+    again.clear()
     with pytest.raises(KeyboardInterrupt):
         transcribe(config("transcribe.min_seconds=2"), [str(podcast[0])], out)
-    assert done == ["episode_1"]
+    assert again == ["episode_1"]
 
 
 def test_two_processes_share_the_recordings_and_write_the_same(podcast, transcribed, tmp_path):
