@@ -5,13 +5,14 @@ from __future__ import annotations
 import shutil
 
 import pytest
-from conftest import RANDOM_CODEC, ROOT
+from conftest import RANDOM_CODEC, ROOT, tiny
 from datasets import load_from_disk
 
 from dia_tpu.cli import main as cli
-from dia_tpu.config import load
+from dia_tpu.config import ConfigError, load
 from dia_tpu.data.check import check_dataset
 from dia_tpu.data.prepare import prepare
+from dia_tpu.training.recipe import train
 
 
 def test_the_bundled_sample_under_tight_limits(codes_dir):
@@ -45,7 +46,23 @@ def test_the_bundled_sample_under_tight_limits(codes_dir):
     assert f"{crowded} items are cropped whenever they are prompted" in pairs
 
 
-def test_tags_long_and_unseen_text_are_found(tmp_path):
+def test_data_that_does_not_fit_the_model_is_named(codes_dir):
+    cfg = load(ROOT / "configs/demo.yaml", [f"data.dataset={codes_dir}", "data.max_audio_frames=1010"])
+    text = "\n".join(map(str, check_dataset(cfg)[1]))
+    # Prepared with the random codec, checked against the demo's trained one; 1010 + 2 + 15 > 1024 positions.
+    assert "was encoded with codec" in text and "but model.codec is" in text
+    assert "data.max_audio_frames=1010 plus BOS, EOS and the delay (17) is more than the model's decoder" in text
+
+
+def test_training_refuses_data_of_another_codec_before_its_first_step(codes_dir, tmp_path):
+    other = "model.codec_architecture={encoder_hidden_size: 8, decoder_hidden_size: 16, sampling_rate: 44100}"
+    with pytest.raises(ConfigError, match="prepared data does not match the model:\n  - .* was encoded with codec"):
+        train(tiny(codes_dir, tmp_path / "run", other))
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_tags_long_and_unseen_text_are_found(tmp_path, tiny_dia):
+    tiny_dia.save_pretrained(tmp_path / "pretrained")
     source = tmp_path / "src"
     (source / "audio").mkdir(parents=True)
     texts = ["Café au lait, s'il vous plaît.", "[S1] One. [S1] Two.", "[S1] Привет, как дела? Всё хорошо, спасибо!"]
@@ -54,8 +71,8 @@ def test_tags_long_and_unseen_text_are_found(tmp_path):
     (source / "metadata.csv").write_text("file|text\n" + "".join(f"audio/{i}.flac|{t}\n" for i, t in enumerate(texts)))
     codes = tmp_path / "codes"
     prepare(load(ROOT / "configs/demo.yaml", RANDOM_CODEC), source, codes)
-    cfg = load(ROOT / "configs/demo.yaml", [*RANDOM_CODEC, f"data.dataset={codes}", "model.pretrained=org/dia",
-                                            "data.max_text_tokens=48", "data.max_audio_frames=1024"])  # fmt: skip
+    cfg = load(ROOT / "configs/demo.yaml", [*RANDOM_CODEC, f"data.dataset={codes}", "data.max_text_tokens=48",
+                                            f"model.pretrained={tmp_path / 'pretrained'}"])  # fmt: skip
     text = "\n".join(map(str, check_dataset(cfg)[1]))
     assert "1 transcripts have no [S1]/[S2] tag (e.g. audio/0.flac)" in text
     assert "1 transcripts give the same speaker tag twice in a row (e.g. audio/1.flac)" in text

@@ -1,6 +1,8 @@
 """`dia-tpu check`: what in a prepared dataset and its config will train badly, found before training.
 
 Each finding names how many items it concerns, a few of them by source id, and what to change:
+- data that does not fit the model: another codec or codebook count, or limits beyond its positions (training
+  refuses these at its start);
 - clips longer than `data.max_audio_frames`: cropped, so they never end in the training window and teach no
   EOS (a model trained only on those does not learn to stop);
 - transcripts longer than `data.max_text_tokens` bytes (a non-Latin script takes 2-3 bytes a character);
@@ -22,7 +24,9 @@ from datasets import load_from_disk
 
 from dia_tpu.config import Config
 from dia_tpu.data.dataset import prompt_limit, prompt_partners, text_tokens
-from dia_tpu.data.shards import MANIFEST_FILE
+from dia_tpu.data.shards import MANIFEST_FILE, read_prepare_info
+from dia_tpu.model.build import architecture_config
+from dia_tpu.model.codec import codec_identity
 
 TAG = re.compile(r"\[S[12]\]")
 SHOWN = 3  # source ids named per finding
@@ -47,7 +51,8 @@ def check_dataset(cfg: Config, min_speaker_seconds: float = 60.0) -> tuple[int, 
     table = load_from_disk(d.dataset)
     texts, frames, ids = table["text"], table["frames"], table["source_id"]
     speakers, durations = table["speaker"], table["duration"]
-    findings: list[Finding] = []
+    findings = [Finding(problem, "prepare again with model.codec, or fix the model or the limits")
+                for problem in data_model_problems(cfg, read_prepare_info(d.dataset), architecture_config(cfg.model))]
     limit = max([d.max_audio_frames, *d.buckets])
     cropped = [i for i, n in enumerate(frames) if n > limit]
     if cropped:
@@ -89,6 +94,28 @@ def check_dataset(cfg: Config, min_speaker_seconds: float = 60.0) -> tuple[int, 
             "record more of them or leave them out: a voice heard this little is learned badly",
             [f"{s} ({seconds[s]:.1f} s)" for s in few]))  # fmt: skip
     return len(texts), findings
+
+
+def data_model_problems(cfg: Config, info: dict, model_config) -> list[str]:
+    """Where the prepared data (its manifest `info`) and the config's limits do not fit the model: another codec,
+    another codebook count, or more text or audio positions than the model has."""
+    problems = []
+    expected = codec_identity(cfg.model)
+    if info["codec"] != expected:
+        problems.append(f"{cfg.data.dataset} was encoded with codec {info['codec']}, but model.codec is {expected}")
+    delay = list(model_config.delay_pattern)
+    if info["num_codebooks"] != len(delay):
+        problems.append(f"{cfg.data.dataset} has {info['num_codebooks']} codebooks but the model has {len(delay)}")
+    text_positions = model_config.encoder_config.max_position_embeddings
+    if cfg.data.max_text_tokens > text_positions:
+        problems.append(f"data.max_text_tokens={cfg.data.max_text_tokens} is more than the model's encoder reads "
+                        f"({text_positions} positions)")  # fmt: skip
+    audio_positions = model_config.decoder_config.max_position_embeddings
+    if cfg.data.max_audio_frames + 2 + max(delay) > audio_positions:
+        problems.append(f"data.max_audio_frames={cfg.data.max_audio_frames} plus BOS, EOS and the delay "
+                        f"({2 + max(delay)}) is more than the model's decoder holds "
+                        f"({audio_positions} positions)")  # fmt: skip
+    return problems
 
 
 def _pair_findings(table, cfg: Config, ids: list[str]) -> list[Finding]:

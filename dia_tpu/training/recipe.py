@@ -14,11 +14,12 @@ from tqdm.auto import tqdm
 from dia_tpu.artifacts import RunFolder
 from dia_tpu.config import Config, ConfigError, check_run_files
 from dia_tpu.console import TrainingStopped
+from dia_tpu.data.check import data_model_problems
 from dia_tpu.data.dataset import load_splits
 from dia_tpu.data.shards import read_prepare_info
 from dia_tpu.export import export
 from dia_tpu.model.adapters import count_parameters, is_peft
-from dia_tpu.model.codec import build_codec, codec_identity
+from dia_tpu.model.codec import build_codec
 from dia_tpu.training.audio_eval import AudioEvaluation, selection_score
 from dia_tpu.training.checkpoint import TrainState, keep_trainable, load_checkpoint, save_checkpoint
 from dia_tpu.training.evaluate import evaluate
@@ -88,7 +89,8 @@ def train(cfg: Config) -> Path:
         with accelerator.main_process_first():
             splits = load_splits(cfg)
         model = build_trainable(cfg, runtime)
-        _check_data_matches_model(cfg, data_info, model.config)
+        if problems := data_model_problems(cfg, data_info, model.config):
+            raise ConfigError("prepared data does not match the model:\n  - " + "\n  - ".join(problems))
         total, trainable = count_parameters(model)
         say(accelerator, f"model: {total / 1e6:.2f} M parameters, {trainable / 1e6:.2f} M trainable "
                          f"({100 * trainable / total:.2f} %)")  # fmt: skip
@@ -209,15 +211,3 @@ def train(cfg: Config) -> Path:
 
 def _score_name(cfg: Config) -> str:
     return "eval-loss" if cfg.eval.select_by == "loss" else f"eval.select_by ({cfg.eval.select_by})"
-
-
-def _check_data_matches_model(cfg: Config, info: dict, model_config) -> None:
-    problems = []
-    expected = codec_identity(cfg.model)
-    if info["codec"] != expected:
-        problems.append(f"{cfg.data.dataset} was encoded with codec {info['codec']}, but model.codec is {expected}")
-    channels = len(model_config.delay_pattern)
-    if info["num_codebooks"] != channels:
-        problems.append(f"{cfg.data.dataset} has {info['num_codebooks']} codebooks but the model has {channels}")
-    if problems:
-        raise ConfigError("prepared data does not match the model:\n  - " + "\n  - ".join(problems))
