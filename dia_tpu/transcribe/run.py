@@ -94,7 +94,8 @@ def transcribe(cfg: Config, inputs: list[str], output: str | Path) -> dict:
     if (output / METADATA_FILE).exists() and not (output / WORK).is_dir():
         raise FileExistsError(f"{output}: holds a metadata.csv that dia-tpu transcribe did not write; "
                               "choose another --output")  # fmt: skip
-    recordings = find_recordings(inputs)
+    # An output folder inside an input folder: its own segments are not recordings.
+    recordings = [r for r in find_recordings(inputs) if not r.path.resolve().is_relative_to(output.resolve())]
     settings = json.dumps({**asdict(cfg.transcribe), "max_seconds": cfg.prepare.max_seconds}, sort_keys=True)
     work = output / WORK
     if state.is_main_process:
