@@ -69,6 +69,7 @@ TINY = [
     "train.log_every=5",
     "train.report_to=tensorboard",
     "eval.batch_size=2",
+    "eval.eval_on_start=false",
     "samples.every=0",
 ]
 

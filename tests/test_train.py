@@ -189,10 +189,15 @@ def test_samples_are_written_logged_and_do_not_change_training(codes_dir, tmp_pa
 def test_best_checkpoint_and_early_stopping(codes_dir, tmp_path, capsys):
     run_dir = tmp_path / "stop"
     train(tiny(codes_dir, run_dir, "train.max_steps=40", "train.save_every=2", "train.keep_last=5",
-               "eval.eval_every=2", "eval.early_stopping_patience=2", "eval.early_stopping_min_delta=100"))
-    assert "early stop at step 6: no eval-loss improvement in 2 evaluations (best" in capsys.readouterr().out
+               "eval.eval_every=2", "eval.early_stopping_patience=2", "eval.early_stopping_min_delta=100",
+               "eval.eval_on_start=true"))
+    out = capsys.readouterr().out
+    assert "early stop at step 6: no eval-loss improvement in 2 evaluations (best" in out
     assert [p.name for p in RunFolder(run_dir).list_checkpoints()] == ["step_2", "step_4", "step_6"]
     assert max(step for step, _ in scalars(run_dir)["train/loss"]) == 6
+    # The evaluation before the first step is logged at step 0 and does not count for best/ or patience.
+    assert re.search(r"step 0: eval loss \d+\.\d{4} before training", out)
+    assert [step for step, _ in scalars(run_dir)["eval/loss"]] == [0, 2, 4, 6]
     # best/ is the whole state of the first evaluation's step, and stays beside the rotating checkpoints.
     best, step_2 = saved_model(run_dir / "best"), saved_model(run_dir / "checkpoints" / "step_2")
     assert best.keys() == step_2.keys()

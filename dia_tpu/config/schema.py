@@ -321,6 +321,9 @@ class AudioEvalConfig:
 class EvalConfig:
     # Evaluate every N optimizer steps (0 only at the end).
     eval_every: int = 100
+    # Also evaluate the loss once before the first step (a fresh run only): the starting point of the curve.
+    # It is logged at step 0 and never counts for best/ or early stopping.
+    eval_on_start: bool = False
     # Micro-batch size per process for evaluation.
     batch_size: int = 2
     # Keep the whole training state of the best evaluation so far in output.dir/best (never rotated).

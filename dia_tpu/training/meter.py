@@ -63,6 +63,10 @@ def eval_line(state: TrainState, metrics: dict, channels: int, select_by: str = 
     return line + ("\n  audio: " + ", ".join(audio) if audio else "")
 
 
+def start_line(metrics: dict) -> str:
+    return f"step 0: eval loss {metrics['eval/loss']:.4f} before training (eval.eval_on_start)"
+
+
 _AUDIO_FIGURES = (("wer", "WER", ".3f"), ("cer", "CER", ".3f"), ("speaker_similarity", "speaker similarity", ".3f"),
                   ("mos", "MOS", ".2f"), ("ended", "ended", ".0%"),
                   ("with_problems", "with problems", ".0%"))  # fmt: skip

@@ -26,7 +26,7 @@ from dia_tpu.training.evaluate import evaluate
 from dia_tpu.training.loaders import make_loaders, micro_batches
 from dia_tpu.training.lock import RunLock
 from dia_tpu.training.loss import codebook_weights
-from dia_tpu.training.meter import TrainMeter, eval_line, flat_hparams, log_train, report_data, say
+from dia_tpu.training.meter import TrainMeter, eval_line, flat_hparams, log_train, report_data, say, start_line
 from dia_tpu.training.mirror import Mirror
 from dia_tpu.training.resume import apply_changes, config_changes, record_changes, resolve_resume, set_aside
 from dia_tpu.training.runtime import Runtime
@@ -142,6 +142,10 @@ def train(cfg: Config) -> Path:
             from dia_tpu.training.xla import XlaWatch
 
             xla = XlaWatch()
+        if cfg.eval.eval_on_start and eval_loader is not None and state.step == 0:
+            metrics = evaluate(accelerator, model, eval_loader, weights)
+            accelerator.log(metrics, step=0)
+            say(accelerator, start_line(metrics))
         model.train()
         stopped = 0
         while state.step < total_steps:
