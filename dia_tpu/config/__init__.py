@@ -4,9 +4,7 @@ config dia_tpu wrote), and the checks."""
 from dia_tpu.config.checks import check_run_files, sampling_problems, validate
 from dia_tpu.config.load import load, read_saved
 from dia_tpu.config.schema import (
-    PRECISIONS,
     SAMPLING,
-    SOURCE_KINDS,
     Config,
     ConfigError,
     DataConfig,
@@ -15,12 +13,11 @@ from dia_tpu.config.schema import (
     LoraSettings,
     ModelConfig,
     OutputConfig,
-    PrepareConfig,
     SamplePrompt,
     SamplesConfig,
     TrainConfig,
-    TranscribeConfig,
 )
+from dia_tpu.config.stages import PRECISIONS, SOURCE_KINDS, PrepareConfig, TranscribeConfig
 
 __all__ = [
     "PRECISIONS",

@@ -8,7 +8,8 @@ import math
 import re
 from pathlib import Path
 
-from dia_tpu.config.schema import Config, DataConfig, ModelConfig, PrepareConfig, SamplesConfig, TranscribeConfig
+from dia_tpu.config.schema import Config, DataConfig, ModelConfig, SamplesConfig
+from dia_tpu.config.stages import PrepareConfig, TranscribeConfig
 
 
 def validate(cfg: Config) -> list[str]:
