@@ -64,11 +64,13 @@ class CodesDataset(torch.utils.data.Dataset):
     def _prompt(self, index: int, text: str, channels: int) -> tuple[torch.Tensor, str]:
         """The voice prompt this item gets this epoch (codes [P, C], P = 0 for none) and the text then read."""
         none = torch.zeros((0, channels), dtype=torch.long)
-        candidates = [i for i in self.partners.get(index, ()) if i != index]
+        group = self.partners.get(index, [])
         rng = item_random(self.cfg.seed, self.epoch, index, "prompt")
-        if not candidates or rng.random() >= self.cfg.prompt_pairs:
+        if len(group) - (index in group) == 0 or rng.random() >= self.cfg.prompt_pairs:
             return none, text
-        row = self.table[rng.choice(candidates)]
+        # One draw from the speaker's short clips, stepping past the item itself: no list built per item.
+        k = rng.randrange(len(group))
+        row = self.table[group[(k + 1) % len(group)] if group[k] == index else group[k]]
         script = prompted_text(str(row["text"]), text)
         if text_tokens(script, self.cfg) > self.cfg.max_text_tokens:
             return none, text
