@@ -90,3 +90,32 @@ def test_the_command_prints_its_findings_and_names_a_missing_dataset(codes_dir, 
         cli(["check", "--config", str(ROOT / "configs/demo.yaml"), f"data.dataset={tmp_path}"])
     assert stop.value.code == (f"dia-tpu check: error: data.dataset: {tmp_path} is not a prepared dataset; "
                                "run dia-tpu prepare first")  # fmt: skip
+
+
+def test_native_weights_beside_another_releases_config_are_found(codes_dir, tmp_path, tiny_dia):
+    """A Nari Labs checkpoint folder whose config.json is not the one its weights were saved with (here: a
+    0626-schema config of a model one decoder layer deeper beside v0.1 weights)."""
+    import json
+
+    from conftest import tiny_dia_config
+    from transformers import DiaForConditionalGeneration
+
+    from dia_tpu.model.native_config import hf_config_to_native
+    from dia_tpu.model.native_files import save_native
+
+    folder = tmp_path / "native"
+    save_native(tiny_dia, folder, "v0.1")
+
+    def findings() -> str:
+        overrides = [*RANDOM_CODEC, f"data.dataset={codes_dir}", f"model.pretrained={folder}"]
+        cfg = load(ROOT / "configs/demo.yaml", overrides)
+        return "\n".join(map(str, check_dataset(cfg)[1]))
+
+    assert "model.pretrained" not in findings()  # the weights and the config they were saved with
+    deeper = tiny_dia_config()
+    deeper.decoder_config.num_hidden_layers = 2
+    deeper = DiaForConditionalGeneration(deeper).config
+    (folder / "config.json").write_text(json.dumps(hf_config_to_native(deeper, "0626")))
+    text = findings()
+    assert f"model.pretrained {folder}: the weights do not match its config.json (the 0626" in text
+    assert "dia-v0_1.pth (native layout) does not match the config's layout; missing: ['decoder.layers.1." in text

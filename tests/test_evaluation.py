@@ -302,6 +302,32 @@ def test_audio_is_judged_during_training(codes_dir, tmp_path, capsys):
     assert state["best_score"] == pytest.approx(wer - 0.5 * similarity, abs=1e-5)
 
 
+def test_cloning_is_judged_on_speakers_held_out_of_training(codes_dir, tmp_path):
+    """data.eval_speakers: a voice the model never trained on is evaluated whole, each clip cloned from another
+    of that speaker's clips, so the similarity figures say whether cloning carries over to new voices."""
+    from conftest import scalars, tiny
+
+    from dia_tpu.data.dataset import split_tables
+    from dia_tpu.training.recipe import train
+
+    run = tmp_path / "run"
+    cfg = tiny(codes_dir, run, "train.max_steps=2", "eval.eval_every=2", "eval.audio.every=2", "eval.audio.limit=2",
+               "eval.audio.max_seconds=1", "eval.audio.asr=none", "data.eval_speakers=[S2]",
+               "data.prompt_pairs=0.5")  # fmt: skip
+    trained, held_out, _ = split_tables(cfg)
+    assert set(trained["speaker"]) == {"S1"} and set(held_out["speaker"]) == {"S2"} and len(held_out) == 16
+    train(cfg)
+    rows = [json.loads(line) for line in (run / "evaluations/step_000002/rows.jsonl").read_text().splitlines()]
+    assert [r["text"] for r in rows] == held_out["text"][:2]
+    assert all("similarity_prompt" in r and "similarity_reference" in r for r in rows)
+    assert {"audio/similarity_prompt", "audio/similarity_reference"} <= set(scalars(run))
+    for speakers, message in ((["S3"], r"data.eval_speakers: \['S3'\] not among the speakers"),
+                              (["S1", "S2"], "leaves no training items")):  # fmt: skip
+        cfg.data.eval_speakers = speakers
+        with pytest.raises(ValueError, match=message):
+            split_tables(cfg)
+
+
 def test_processes_agree_on_best_by_wer_from_gathered_figures(codes_dir, tmp_path):
     """Two gloo processes with made-up per-process figures (tests/helpers/stub_audio_figures.py): the gathered
     WER picks best/ at step 2, where the loss would pick step 4, and both processes stop early at step 4."""

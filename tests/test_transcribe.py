@@ -5,6 +5,7 @@ scripts/make_podcast.py makes with espeak-ng from a known script, and compare wi
 
 from __future__ import annotations
 
+import importlib.util
 import itertools
 import json
 import os
@@ -25,7 +26,7 @@ from dia_tpu.training.recipe import train
 from dia_tpu.transcribe import run as run_module
 from dia_tpu.transcribe.regions import PAD, Region, group
 from dia_tpu.transcribe.run import transcribe
-from dia_tpu.transcribe.speakers import cluster, dialogue_text, name_voices
+from dia_tpu.transcribe.speakers import assign_from_turns, cluster, dialogue_text, name_voices
 from dia_tpu.transcribe.spoken import spoken
 
 SETTINGS = ["transcribe.asr=pocketsphinx", "transcribe.speakers=2", "prepare.max_seconds=12"]
@@ -95,13 +96,44 @@ def test_numbers_and_symbols_are_spoken(text, said):
     assert spoken(text) == said
 
 
+def test_a_diarizers_turns_decide_who_speaks():
+    """transcribe.diarizer: each stretch takes the speaker whose turns cover most of it; one that a second
+    speaker covers half a second of is two voices; one no turn covers is dropped."""
+    regions = [Region(0.0, 2.0), Region(3.0, 5.0), Region(5.5, 8.0), Region(9.0, 10.0), Region(11.0, 12.0)]
+    voices = np.eye(3)
+    windows = [voices[[0, 0]], voices[[1]], voices[[0, 1]], voices[[2]], voices[[1]]]
+    turns = [(6.5, 8.0, "SPEAKER_01"), (0.0, 2.2, "SPEAKER_07"), (2.8, 5.1, "SPEAKER_01"), (5.4, 6.5, "SPEAKER_07"),
+             (10.9, 12.0, "SPEAKER_01")]  # fmt: skip
+    centroids = assign_from_turns(regions, windows, turns, 0.5)
+    assert [r.speaker for r in regions[:3]] + [regions[4].speaker] == [0, 1, 0, 1]  # numbered by first turn
+    assert [r.problem for r in regions[:2]] == [None, None] and regions[4].problem is None
+    assert regions[2].problem.startswith("two voices in one stretch")
+    assert regions[3].problem == "no speaker turn from the diarizer"
+    assert np.allclose(centroids, voices[:2])  # from the clean stretches only
+    assert regions[1].similarity == pytest.approx(1.0)
+
+
 def test_bad_settings_are_named_in_one_error():
     with pytest.raises(ConfigError) as err:
         load(ROOT / "configs/demo.yaml", ["transcribe.speaker_threshold=1.5", "transcribe.min_seconds=40",
-                                          "transcribe.normalize=digits"])  # fmt: skip
+                                          "transcribe.normalize=digits", "transcribe.diarizer=pyannote"])  # fmt: skip
     message = str(err.value)
     assert "transcribe.speaker_threshold" in message and "transcribe.min_seconds" in message
     assert "transcribe.normalize" in message
+    assert "transcribe.diarizer: 'pyannote' is not none or pyannote:<hub id or folder>" in message
+
+
+def test_the_pyannote_diarizer_without_pyannote_installed_is_one_line(tmp_path):
+    if importlib.util.find_spec("pyannote") is not None:
+        pytest.skip("pyannote.audio is installed here")
+    spec = "pyannote:pyannote/speaker-diarization-3.1"
+    with pytest.raises(SystemExit) as stop:
+        cli(["transcribe", "--config", str(ROOT / "configs/demo.yaml"), "--input",
+             str(recording(tmp_path / "a.wav", 1)),
+             "--output", str(tmp_path / "out"), "transcribe.asr=pocketsphinx",
+             f"transcribe.diarizer={spec}"])  # fmt: skip
+    assert stop.value.code == (f"dia-tpu transcribe: error: transcribe.diarizer={spec} needs pyannote.audio: "
+                               "pip install pyannote.audio")  # fmt: skip
 
 
 def test_a_missing_input_is_one_line_naming_it(tmp_path):

@@ -152,6 +152,9 @@ def _validate_transcribe(t: TranscribeConfig, r: PrepareConfig) -> list[str]:
     for key in ("speakers", "min_silence", "min_seconds", "max_pause"):
         if getattr(t, key) < 0:
             p.append(f"transcribe.{key}: must be >= 0, got {getattr(t, key)}")
+    kind, _, model = t.diarizer.partition(":")
+    if kind not in ("none", "pyannote") or (kind == "pyannote") != bool(model):
+        p.append(f"transcribe.diarizer: {t.diarizer!r} is not none or pyannote:<hub id or folder>")
     if t.min_seconds >= r.max_seconds:
         p.append(f"transcribe.min_seconds: must be below prepare.max_seconds ({r.max_seconds}), got {t.min_seconds}")
     return p
@@ -200,7 +203,9 @@ def _validate_audio_eval(cfg: Config) -> list[str]:
         if value.partition(":")[0] not in kinds:
             p.append(f"eval.audio.{key}: {value!r} is not one of {', '.join(kinds)} (whisper and xvector take "
                      ":<hub id or folder>)")  # fmt: skip
-    if a.every and not cfg.data.eval_size and cfg.data.eval_dataset is None:
+    if cfg.data.eval_speakers and cfg.data.eval_dataset is not None:
+        p.append("data.eval_speakers: holds out speakers of data.dataset, but data.eval_dataset is set too: pick one")
+    if a.every and not cfg.data.eval_size and cfg.data.eval_dataset is None and not cfg.data.eval_speakers:
         p.append("eval.audio.every: audio is judged at evaluations, and there are none (data.eval_size is 0 and "
                  "data.eval_dataset is null): hold out items")  # fmt: skip
     try:

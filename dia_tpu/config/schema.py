@@ -123,6 +123,9 @@ class DataConfig:
     eval_dataset: str | None = path_field(None)
     # Items held out from `dataset` for evaluation when `eval_dataset` is None (0 disables evaluation).
     eval_size: int = 4
+    # Speakers (the dataset's speaker column) held out whole instead: every item of theirs is evaluated and
+    # none trained on, so eval.audio's cloning figures are on voices the model never heard. Replaces eval_size.
+    eval_speakers: list[str] = field(default_factory=list)
     # Seed of the held-out split and of every per-item random decision (crop window, text dropout).
     seed: int = 1234
     # Text is padded to exactly this many byte tokens; every batch has the same shape.

@@ -73,6 +73,10 @@ class TranscribeConfig:
     # least speaker_threshold alike, cosine similarity of the encoder's embeddings).
     speakers: int = 0
     speaker_threshold: float = 0.75
+    # A diarizer instead of clustering: none, or pyannote:<hub id or folder> (e.g.
+    # pyannote/speaker-diarization-3.1; gated, and pyannote.audio installed). It decides who speaks when (with
+    # `speakers` as the count when given); the speaker encoder still names voices and measures similarity.
+    diarizer: str = "none"
     # A stretch less alike than this to its own speaker is dropped as an unclear voice (noise, overlap).
     min_voice_similarity: float = 0.5
     # One voice name across recordings: speakers of different recordings at least this alike share a

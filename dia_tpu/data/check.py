@@ -10,7 +10,9 @@ Each finding names how many items it concerns, a few of them by source id, and w
 - characters outside ASCII when fine-tuning a pretrained Dia (it was trained on English: they reach it as
   byte sequences it has not seen);
 - speakers with less audio than `min_speaker_seconds`;
-- with `data.prompt_pairs`, items that can never be prompted and items every prompt would crop.
+- with `data.prompt_pairs`, items that can never be prompted and items every prompt would crop;
+- a local native `model.pretrained` whose weights do not match its `config.json` (one release's weights with
+  the other's config, or another size's).
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ def check_dataset(cfg: Config, min_speaker_seconds: float = 60.0) -> tuple[int, 
     speakers, durations = table["speaker"], table["duration"]
     findings = [Finding(problem, "prepare again with model.codec, or fix the model or the limits")
                 for problem in data_model_problems(cfg, read_prepare_info(d.dataset), architecture_config(cfg.model))]
+    findings += _checkpoint_findings(cfg)
     limit = max([d.max_audio_frames, *d.buckets])
     cropped = [i for i, n in enumerate(frames) if n > limit]
     if cropped:
@@ -94,6 +97,21 @@ def check_dataset(cfg: Config, min_speaker_seconds: float = 60.0) -> tuple[int, 
             "record more of them or leave them out: a voice heard this little is learned badly",
             [f"{s} ({seconds[s]:.1f} s)" for s in few]))  # fmt: skip
     return len(texts), findings
+
+
+def _checkpoint_findings(cfg: Config) -> list[Finding]:
+    """A local native model.pretrained whose weights do not match the config.json beside them (the other
+    release's file, or another size's): found from the files' headers, before anything is loaded."""
+    from dia_tpu.model.build import is_native
+    from dia_tpu.model.native_files import checkpoint_problems
+
+    source = cfg.model.pretrained
+    if source is None or not Path(source).exists() or not is_native(cfg.model):
+        return []
+    release, problems = checkpoint_problems(source)
+    return [Finding(f"model.pretrained {source}: the weights do not match its config.json (the {release} schema): "
+                    f"{problem}", "put the config.json published with these weights beside them (dia-v0_1.pth: "
+                    "nari-labs/Dia-1.6B's; Dia-1.6B-0626's weights: its own)") for problem in problems]  # fmt: skip
 
 
 def data_model_problems(cfg: Config, info: dict, model_config) -> list[str]:

@@ -121,18 +121,35 @@ def load_splits(cfg: Config) -> Splits:
 
 def split_tables(cfg: Config) -> tuple[Dataset, Dataset | None, int]:
     """The training and held-out tables as training makes them (the long-text policy applied, then
-    data.eval_size items drawn with data.seed, or data.eval_dataset), and how many items were skipped."""
+    data.eval_size items drawn with data.seed, every item of data.eval_speakers, or data.eval_dataset), and how
+    many items were skipped."""
     d = cfg.data
     table, skipped = _filter_long_text(load_from_disk(d.dataset), d, d.dataset)
     if d.eval_dataset is not None:
         eval_table, eval_skipped = _filter_long_text(load_from_disk(d.eval_dataset), d, d.eval_dataset)
         return table, eval_table, skipped + eval_skipped
+    if d.eval_speakers:
+        return (*_speakers_held_out(table, d), skipped)
     if d.eval_size == 0:
         return table, None, skipped
     if d.eval_size >= len(table):
         raise ValueError(f"data.eval_size={d.eval_size} leaves no training items in {d.dataset} ({len(table)} items)")
     order = np.random.default_rng(d.seed).permutation(len(table))
     return table.select(sorted(order[d.eval_size :])), table.select(sorted(order[: d.eval_size])), skipped
+
+
+def _speakers_held_out(table: Dataset, d: DataConfig) -> tuple[Dataset, Dataset]:
+    """(training, held-out) with every item of the data.eval_speakers in the held-out table."""
+    speakers = table["speaker"]
+    missing = sorted(set(d.eval_speakers) - set(speakers))
+    if missing:
+        known = ", ".join(sorted(set(speakers))[:10])
+        raise ValueError(f"data.eval_speakers: {missing} not among the speakers of {d.dataset} ({known})")
+    held = set(d.eval_speakers)
+    kept = [i for i, s in enumerate(speakers) if s not in held]
+    if not kept:
+        raise ValueError(f"data.eval_speakers: holding out {sorted(held)} leaves no training items in {d.dataset}")
+    return table.select(kept), table.select([i for i, s in enumerate(speakers) if s in held])
 
 
 def text_tokens(text: str, cfg: DataConfig) -> int:

@@ -62,7 +62,7 @@ def dataset_prompts(dataset: str | Path, model: str, limit: int | None = None, c
     whole = load_from_disk(str(dataset))
     config = open_artifact(model).config
     table = whole
-    if config is not None and config.data.eval_size:
+    if config is not None and (config.data.eval_size or config.data.eval_speakers):
         data = dataclasses.replace(config.data, dataset=str(dataset), eval_dataset=None)
         table = split_tables(dataclasses.replace(config, data=data))[1]
     requests = held_out_requests(table, chars_per_second(whole), info["frame_rate"], limit, clone)

@@ -61,6 +61,9 @@ class Resemblyzer:
 
         out = []
         for wave in waves:
+            if len(wave) < rate // 4:  # nothing to hear (an empty utterance would warn inside resemblyzer)
+                out.append(np.zeros(256))
+                continue
             # Its own preprocessing: 16 kHz, volume normalised, long silences trimmed (webrtcvad).
             audio = preprocess_wav(to_16k(wave, rate).astype(np.float32), source_sr=RATE)
             out.append(self.encoder.embed_utterance(audio) if len(audio) >= RATE // 4 else np.zeros(256))

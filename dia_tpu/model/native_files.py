@@ -32,9 +32,10 @@ from dia_tpu.model.native_config import (
 
 logger = logging.getLogger(__name__)
 
-def load_native(path: str | Path) -> dict[str, Tensor]:
-    """A native `.pth` state dict on CPU, unwrapped from a `{"model": ...}` / `{"state_dict": ...}` holder."""
-    state = torch.load(path, map_location="cpu", weights_only=True)
+def load_native(path: str | Path, mmap: bool = False) -> dict[str, Tensor]:
+    """A native `.pth` state dict on CPU, unwrapped from a `{"model": ...}` / `{"state_dict": ...}` holder;
+    `mmap` maps the file instead of reading it (for looking at shapes)."""
+    state = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     for holder in ("model", "state_dict"):
         if isinstance(state, dict) and isinstance(state.get(holder), dict):
             logger.info("%s: using the state dict under %r", path, holder)
@@ -210,6 +211,40 @@ def _safetensors_keys(path: Path) -> list[str]:
     """The cleaned tensor names of a safetensors file, read from its header alone."""
     with safetensors.safe_open(path, framework="pt") as f:
         return [clean_key(k) for k in f.keys()]
+
+
+RELEASES = {V01: "v0.1, nari-labs/Dia-1.6B's", V0626: "0626, nari-labs/Dia-1.6B-0626's"}
+
+
+def checkpoint_problems(source: str | Path) -> tuple[str, list[str]]:
+    """A local native checkpoint's config schema (which release's layout) and every way its weights do not
+    match that config: unknown, missing or mis-shaped tensors, read from the file's header or a memory map
+    without loading the weights."""
+    config_path, weights_path = _locate(source, None)
+    release = RELEASES[V01 if is_v01(_read_json(config_path)) else V0626]
+    try:
+        config = _read_config(config_path)
+    except NativeFormatError as err:
+        return release, [str(err)]
+    if weights_path.suffix == ".safetensors":
+        with safetensors.safe_open(weights_path, framework="pt") as f:
+            shapes = {k: f.get_slice(k).get_shape() for k in f.keys()}
+    else:
+        shapes = {k: v.shape for k, v in load_native(weights_path, mmap=True).items()}
+    state = clean_native_keys({k: torch.empty(shape, device="meta") for k, shape in shapes.items()})
+    kind = _key_layout(state)
+    if kind is None:
+        return release, [f"{weights_path}: keys are neither native nor transformers Dia ones: {sorted(state)[:5]}"]
+    rules = layout(config)
+    if kind == NATIVE:
+        expected = {k: r.native_shape for r in rules for k in r.native}
+    else:
+        expected = {r.hf: r.hf_shape for r in rules}
+    try:
+        check_state_dict(state, expected, f"{weights_path.name} ({kind} layout)")
+    except NativeFormatError as err:
+        return release, [str(err)]
+    return release, []
 
 
 def load_native_model(source: str | Path, weights_name: str | None = None) -> DiaForConditionalGeneration:

@@ -37,7 +37,13 @@ from dia_tpu.data.sources import AUDIO_EXTENSIONS, METADATA_FILE
 from dia_tpu.evaluation.asr import load_recogniser, to_16k
 from dia_tpu.evaluation.speaker import load_speaker_encoder
 from dia_tpu.transcribe.regions import RATE, Region, Segment, group, speech_regions
-from dia_tpu.transcribe.speakers import assign_speakers, dialogue_text, embed_regions, name_voices
+from dia_tpu.transcribe.speakers import (
+    assign_from_turns,
+    assign_speakers,
+    dialogue_text,
+    embed_regions,
+    name_voices,
+)
 from dia_tpu.transcribe.spoken import spoken
 
 WORK = ".work"
@@ -128,6 +134,16 @@ class _Judges:
         t = cfg.transcribe
         self.recogniser = load_recogniser(t.asr, t.device, language=t.language)
         self.speaker = load_speaker_encoder(t.speaker, t.device)
+        self.diarizer = None
+        if t.diarizer != "none":
+            from dia_tpu.transcribe.diarize import Diarizer
+
+            self.diarizer = Diarizer(t.diarizer, t.device)
+
+
+    def names(self) -> dict[str, str]:
+        names = {"recogniser": self.recogniser.name, "speaker": self.speaker.name}
+        return names | ({"diarizer": self.diarizer.name} if self.diarizer is not None else {})
 
 
 def _seconds(path: Path) -> float:
@@ -157,7 +173,7 @@ def transcribe_recording(recording: Recording, cfg: Config, judges: _Judges, out
     t = cfg.transcribe
     item = {"name": recording.name, "source": recording.source, "seconds": 0.0, "kept": [], "dropped": [],
             "centroids": [], "timings": dict.fromkeys(STAGES, 0.0), "problem": None,
-            "judges": {"recogniser": judges.recogniser.name, "speaker": judges.speaker.name}}  # fmt: skip
+            "judges": judges.names()}  # fmt: skip
     try:
         data, rate = sf.read(str(recording.path), dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError) as err:
@@ -181,7 +197,10 @@ def transcribe_recording(recording: Recording, cfg: Config, judges: _Judges, out
     lap("vad")
     windows = embed_regions(judges.speaker, wave, regions)
     lap("speaker_embedding")
-    centroids = assign_speakers(regions, windows, t.speakers, t.speaker_threshold, t.min_voice_similarity)
+    if judges.diarizer is None:
+        centroids = assign_speakers(regions, windows, t.speakers, t.speaker_threshold, t.min_voice_similarity)
+    else:  # its time counts as clustering's
+        centroids = assign_from_turns(regions, windows, judges.diarizer.turns(wave, t.speakers), t.min_voice_similarity)
     item["centroids"] = centroids.tolist()
     lap("clustering")
     heard = [r for r in regions if r.problem is None]

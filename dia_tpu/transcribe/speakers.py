@@ -21,6 +21,7 @@ WINDOW, HOP = 1.5, 0.75  # seconds
 MIN_CLUSTERED = 1.0  # shorter regions are too short to found a speaker
 MAX_CLUSTERED = 1500  # average linkage is quadratic in memory: the longest regions found the clusters
 MIXED_RUN = 2  # windows in a row (about 2.25 s) of a second voice that make a region two voices
+MIXED_SECONDS = 0.5  # with a diarizer: a second speaker's turns covering this much of a region
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -93,6 +94,42 @@ def assign_speakers(regions: list[Region], windows: list[np.ndarray], count: int
         if region.problem is None and len(centroids) > 1 and _changes_voice((windows[i] @ centroids.T).argmax(1)):
             region.problem = "two voices in one stretch (overlapping speech, or a turn with no pause)"
         elif region.problem is None and region.similarity < min_similarity:
+            region.problem = f"unclear voice (similarity {region.similarity:.2f} to its speaker)"
+    return centroids
+
+
+def assign_from_turns(regions: list[Region], windows: list[np.ndarray], turns: list[tuple[float, float, str]],
+                      min_similarity: float) -> np.ndarray:  # fmt: skip
+    """Speakers from a diarizer's turns (start, end, label) instead of clustering: each region takes the
+    label that covers most of it, and one where a second label covers MIXED_SECONDS or more is two voices.
+    The encoder's embeddings still give each speaker's centroid (for voice names across recordings) and each
+    region's similarity to it. Returns the centroids [k, d], speakers numbered in order of first turn."""
+    order = {label: k for k, label in enumerate(dict.fromkeys(label for _, _, label in sorted(turns)))}
+    covered = np.zeros((len(regions), max(len(order), 1)))
+    for i, region in enumerate(regions):
+        for start, end, label in turns:
+            covered[i, order[label]] += max(0.0, min(end, region.end) - max(start, region.start))
+    means = [_unit(w.mean(0)) for w in windows]
+    heard = [i for i in range(len(regions)) if covered[i].max() > 0]
+    for i, region in enumerate(regions):
+        if i not in heard:
+            if region.problem is None:
+                region.problem = "no speaker turn from the diarizer"
+            continue
+        region.speaker = int(covered[i].argmax())
+        second = np.sort(covered[i])[-2] if len(order) > 1 else 0.0
+        if region.problem is None and second >= MIXED_SECONDS:
+            region.problem = "two voices in one stretch (overlapping speech, or a turn with no pause)"
+    width = means[0].shape[-1] if means else 1
+    centroids = np.zeros((len(order), width))
+    for k in range(len(order)):
+        mine = [means[i] for i in heard if regions[i].speaker == k and regions[i].problem is None]
+        if mine:
+            centroids[k] = _unit(np.mean(mine, 0))
+    for i in heard:
+        region = regions[i]
+        region.similarity = float(means[i] @ centroids[region.speaker])
+        if region.problem is None and region.similarity < min_similarity:
             region.problem = f"unclear voice (similarity {region.similarity:.2f} to its speaker)"
     return centroids
 
