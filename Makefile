@@ -7,6 +7,8 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-0.1.0
 # A transcript the demo trains on: the tiny model has memorised it, so the recogniser can check the speech.
 DEMO_TEXT ?= [S1] Hello there, are you ready to plan the trip?
+# Sampling as configs/demo.yaml's samples: no guidance, low temperature (a tiny model that has memorised its clips).
+DEMO_SAMPLING ?= --guidance-scale 1 --temperature 0.7
 
 # torch_xla needs exactly its own torch release (PyPI's is a CUDA build, ~7 GB installed). The environment
 # lives outside the clone, keyed on the versions, so every clone and CI run on this machine reuses it.
@@ -37,9 +39,9 @@ demo: $(STAMP)
 	rm -rf runs/demo
 	$(BIN)/dia-tpu prepare --config configs/demo.yaml
 	$(BIN)/dia-tpu train --config configs/demo.yaml
-	$(BIN)/dia-tpu generate --model runs/demo/final --text "$(DEMO_TEXT)" --out runs/demo/sample.wav --max-seconds 4
+	$(BIN)/dia-tpu generate --model runs/demo/final --text "$(DEMO_TEXT)" --out runs/demo/sample.wav --max-seconds 4 $(DEMO_SAMPLING)
 	$(BIN)/dia-tpu report runs/demo
-	$(BIN)/dia-tpu evaluate --model runs/demo/final --prompts configs/demo-prompts.jsonl --out runs/demo/evaluation --max-seconds 5
+	$(BIN)/dia-tpu evaluate --model runs/demo/final --prompts configs/demo-prompts.jsonl --out runs/demo/evaluation --max-seconds 5 $(DEMO_SAMPLING)
 	@echo "demo outputs: codes runs/demo/codes | checkpoints runs/demo/checkpoints (best: runs/demo/best) | export runs/demo/final | samples runs/demo/samples | wav runs/demo/sample.wav | report runs/demo/report.html | evaluation runs/demo/evaluation/summary.md | tensorboard --logdir runs/demo/logs"
 
 # The whole suite on CPU, then the training tests again on torch_xla's CPU device.

@@ -37,6 +37,7 @@ import soundfile as sf
 
 SAMPLE_RATE = 22050
 SPEED_WPM = 160
+PROMPT = "prompts/utt_000_hello_there.flac"  # the first line's opening words, the demo's voice prompt
 
 # Speaker tag -> espeak-ng voice arguments.
 VOICES: dict[str, list[str]] = {
@@ -112,7 +113,9 @@ by `scripts/make_sample.py`; re-run that script to regenerate this folder.
 - `S1`: `espeak-ng {s1} -s {SPEED_WPM}`
 - `S2`: `espeak-ng {s2} -s {SPEED_WPM}`
 
-Audio: `audio/utt_NNN.flac`, 16-bit PCM FLAC, mono, {SAMPLE_RATE} Hz.
+Audio: `audio/utt_NNN.flac`, 16-bit PCM FLAC, mono, {SAMPLE_RATE} Hz. `{PROMPT}` is the first
+utterance's opening words ("Hello there,", cut in its first pause): the demo's voice prompt, which the demo
+model continues with the rest of that line.
 
 ## metadata.csv
 
@@ -133,6 +136,19 @@ The dialogue text and audio were generated for this project and are dedicated
 to the public domain (CC0 1.0).
 """
     (out_dir / "README.md").write_text(text, encoding="utf-8")
+
+
+def first_phrase(audio: np.ndarray, rate: int = SAMPLE_RATE, pause_s: float = 0.1) -> np.ndarray:
+    """The audio up to the middle of its first pause (pause_s of digital silence after the first 0.3 s): the
+    opening words as a voice prompt ("Hello there," of the first line)."""
+    frame = int(0.02 * rate)
+    quiet = np.abs(audio[: len(audio) // frame * frame]).reshape(-1, frame).max(1) < 1e-3
+    run, need = 0, int(pause_s / 0.02)
+    for i in range(int(0.3 / 0.02), len(quiet)):
+        run = run + 1 if quiet[i] else 0
+        if run == need:
+            return audio[: (i - need // 2) * frame]
+    raise ValueError("no pause in the first utterance")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -165,6 +181,10 @@ def main(argv: list[str] | None = None) -> int:
             sf.write(out_dir / rel, audio, SAMPLE_RATE, format="FLAC", subtype="PCM_16")
             durations.append(audio.size / SAMPLE_RATE)
             rows.append(f"{rel}|[{spk}] {text}|{spk}")
+            if i == 0:
+                (out_dir / "prompts").mkdir(exist_ok=True)
+                opening = first_phrase(audio)
+                sf.write(out_dir / PROMPT, opening, SAMPLE_RATE, format="FLAC", subtype="PCM_16")
 
     (out_dir / "metadata.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
     write_readme(out_dir, len(UTTERANCES), sum(durations))

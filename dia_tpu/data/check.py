@@ -10,7 +10,8 @@ Each finding names how many items it concerns, a few of them by source id, and w
 - characters outside ASCII when fine-tuning a pretrained Dia (it was trained on English: they reach it as
   byte sequences it has not seen);
 - speakers with less audio than `min_speaker_seconds`;
-- with `data.prompt_pairs`, items that can never be prompted and items every prompt would crop;
+- with `data.prompt_pairs`, pairings whose two transcripts exceed the text limit (never trained), items
+  that can never be prompted and items every prompt would crop;
 - a local native `model.pretrained` whose weights do not match its `config.json` (one release's weights with
   the other's config, or another size's).
 """
@@ -25,7 +26,7 @@ from pathlib import Path
 from datasets import load_from_disk
 
 from dia_tpu.config import Config
-from dia_tpu.data.dataset import prompt_limit, prompt_partners, text_tokens
+from dia_tpu.data.dataset import prompt_limit, prompt_partners, prompted_text, text_tokens
 from dia_tpu.data.shards import MANIFEST_FILE, read_prepare_info
 from dia_tpu.model.build import architecture_config
 from dia_tpu.model.codec import codec_identity
@@ -144,7 +145,20 @@ def _pair_findings(table, cfg: Config, ids: list[str]) -> list[Finding]:
     alone = [i for i in range(len(frames)) if not [j for j in partners.get(i, ()) if j != i]]
     crowded = [i for i, found in partners.items()
                if (others := [frames[j] for j in found if j != i]) and min(others) + frames[i] > d.max_audio_frames]
+    texts = table["text"]
+    fits = {i: [text_tokens(prompted_text(texts[j], texts[i]), d) <= d.max_text_tokens for j in group if j != i]
+            for i, group in partners.items()}  # fmt: skip
+    wordy = [i for i, ok in fits.items() if ok and not any(ok)]
+    pairings = [x for ok in fits.values() for x in ok]
     found = []
+    if pairings and sum(pairings) < len(pairings):
+        longest = max(text_tokens(prompted_text(texts[j], texts[i]), d) for i, group in partners.items() for j in group)
+        found.append(Finding(
+            f"{len(pairings) - sum(pairings)} of {len(pairings)} prompt pairings are never trained: the two "
+            f"transcripts together exceed data.max_text_tokens={d.max_text_tokens}; {len(wordy)} items have no "
+            "pairing that fits",
+            f"raise data.max_text_tokens (the longest pairing takes {longest}) so both transcripts fit",
+            [ids[i] for i in wordy]))  # fmt: skip
     if alone:
         found.append(Finding(
             f"{len(alone)} items can never be trained with a voice prompt (data.prompt_pairs): their speaker has no "
