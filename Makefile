@@ -48,7 +48,7 @@ demo: $(STAMP)
 test: test-cpu test-xla
 
 test-cpu: $(STAMP) browser
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 # tests/test_report.py opens the report in headless Chromium (Debian's package); installed here when missing.
 browser:

@@ -25,7 +25,7 @@ from dia_tpu.data.audio import decode
 from dia_tpu.data.prepare import prepare
 from dia_tpu.evaluation.asr import load_recogniser
 from dia_tpu.evaluation.text import char_errors, spoken_text
-from dia_tpu.generation.synthesize import GenerationSettings, VoicePrompt, synthesize_codes
+from dia_tpu.generation.synthesize import GenerationSettings, VoicePrompt, load_voice_prompt, synthesize_codes
 from dia_tpu.model.load import load_for_inference
 from dia_tpu.training.recipe import train
 
@@ -122,6 +122,27 @@ def test_overfit_model_continues_a_voice_prompt(overfit):
         got = synthesize_codes(model, [""], GREEDY, rate, prompt)[0]
         assert len(got) == len(expected) - half, script
         assert _agreement(got, expected[half:]) >= 0.95, script
+
+
+def test_overfit_model_continues_the_first_half_of_a_clips_audio(overfit, tmp_path):
+    """Voice cloning from audio, as `generate --audio-prompt` does it: the clip's first half cut out as a file,
+    read and encoded. The prompt's last frames, encoded without the sound after the cut, are dropped, so what
+    the model continues are codes it was trained on."""
+    final, codes, _ = overfit
+    model, codec = load_for_inference(str(final))
+    rate = codec.config.sampling_rate / codec.config.hop_length
+    source = final.parent.parent / "source"
+    files = dict(line.split("|")[::-1] for line in (source / "metadata.csv").read_text().splitlines()[1:])
+    for script, expected in codes.items():
+        wave, sr = sf.read(source / files[script], dtype="float32")
+        sf.write(tmp_path / "half.wav", wave[: len(wave) // 2], sr)
+        prompt = load_voice_prompt(codec, tmp_path / "half.wav", script)
+        kept = len(prompt.codes)
+        assert len(expected) // 2 - 8 <= kept < len(expected) // 2 + 1, script
+        assert torch.equal(prompt.codes, expected[:kept]), script
+        got = synthesize_codes(model, [""], GREEDY, rate, prompt)[0]
+        assert len(got) == len(expected) - kept, script
+        assert _agreement(got, expected[kept:]) >= 0.95, script
 
 
 def test_overfit_speech_decodes_to_recognisable_speech(overfit):

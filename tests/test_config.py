@@ -24,7 +24,7 @@ def test_demo_config_loads():
     assert cfg.model.codec == str(CONFIGS.parent / "codecs" / "demo-dac")  # resolved against the config's folder
     assert cfg.model.architecture["delay_pattern"] == [0, 8, 9, 10, 11, 12, 13, 14, 15]
     assert cfg.data.max_text_tokens == 64 and cfg.train.batch_size == 4
-    assert cfg.train.learning_rate == 2e-3 and isinstance(cfg.train.learning_rate, float)
+    assert cfg.train.learning_rate == 3e-3 and isinstance(cfg.train.learning_rate, float)
 
 
 def test_full_model_config_loads_without_network():

@@ -17,12 +17,12 @@ from dia_tpu.evaluation.asr import load_recogniser
 from dia_tpu.evaluation.roundtrip import measure_round_trips
 
 CODEC = ROOT / "codecs" / "demo-dac"
-# Measured on every other bundled clip with the shipped weights (see codecs/demo-dac/README.md), with margin.
+# Measured on every fourth bundled clip with the shipped weights (see codecs/demo-dac/README.md), with margin.
 # PocketSphinx is weak on espeak-ng speech (it misses most words of the originals too), so the character
 # error rate is what separates speech from noise: silence or noise scores 1.0 or more.
-MAX_MEL_DISTANCE = 0.24  # these 16 clips: 0.185 (all 32: 0.180)
-MAX_WER_DECODED = 0.90  # these 16: 0.637 (their originals: 0.784)
-MAX_CER_DECODED = 0.60  # these 16: 0.408 (their originals: 0.580)
+MAX_MEL_DISTANCE = 0.24  # these 8 clips: 0.188 (all 32: 0.180)
+MAX_WER_DECODED = 0.90  # these 8: 0.625 (their originals: 0.750)
+MAX_CER_DECODED = 0.60  # these 8: 0.393 (their originals: 0.589)
 
 
 @pytest.fixture(scope="module")
@@ -40,11 +40,11 @@ def test_demo_codec_has_dias_shapes(codec):
 def test_demo_codec_round_trips_the_bundled_speech(codec):
     rate = codec.config.sampling_rate
     clips = list(read_clips(str(ROOT / "data/sample"), PrepareConfig()))
-    items = [(clip.text, load_audio(clip.audio.path, rate)) for clip in clips[::2]]
+    items = [(clip.text, load_audio(clip.audio.path, rate)) for clip in clips[::4]]
     with torch.no_grad():
         judged = measure_round_trips(codec, items, load_recogniser("pocketsphinx"))
     summary = judged.summary()
-    assert summary["utterances"] == 16
+    assert summary["utterances"] == 8
     assert summary["mel_distance"] <= MAX_MEL_DISTANCE, summary
     assert summary["wer_decoded"] <= MAX_WER_DECODED, summary
     assert summary["cer_decoded"] <= MAX_CER_DECODED, summary

@@ -43,15 +43,39 @@ class VoicePrompt:
     source: str = "audio prompt"  # named in errors
 
 
+# Cuts (frames before a prompt's end) at which the prompt is encoded again to see how far back a cut reaches.
+PROBES = (8, 12)
+
+
 def load_voice_prompt(codec: DacModel, path: str | Path, transcript: str, model_codebooks: int = 0) -> VoicePrompt:
     """Decode `path` (any rate or channel count: resampled to the codec's, downmixed, or for a stereo model,
-    whose `model_codebooks` are twice the codec's, split into left and right) and encode it."""
+    whose `model_codebooks` are twice the codec's, split into left and right) and encode it, keeping the frames
+    that do not depend on where the audio was cut (`settled_frames`)."""
     if not transcript.strip():
         raise ValueError(f"audio prompt {path}: its transcript is empty; give what is said in it, with [S1]/[S2] tags")
     stereo = model_codebooks == 2 * codec.config.n_codebooks
     waves = load_channels(path, codec.config.sampling_rate, stereo)
-    codes = torch.from_numpy(np.concatenate(encode(codec, waves), axis=1)).long()
-    return VoicePrompt(codes=codes, transcript=transcript.strip(), source=str(path))
+    codes = np.concatenate(encode(codec, waves), axis=1)
+    keep = settled_frames(codec, waves, codes)
+    return VoicePrompt(codes=torch.from_numpy(codes[:keep]).long(), transcript=transcript.strip(), source=str(path))
+
+
+def settled_frames(codec: DacModel, waves: list[np.ndarray], codes: np.ndarray) -> int:
+    """How many of a prompt's frames to keep: the codec's encoder looks ahead, so the last few frames of audio
+    cut from a longer recording are encoded without the sound that followed, into codes the model never saw
+    in training (with the demo codec, 2-5 frames wherever a clip is cut, in speech or in a pause). The prompt is
+    encoded again cut at each of PROBES frames before its end; the furthest back a cut changes a frame, plus
+    one for the frames a probe happens to leave unchanged, is dropped from the end. A causal codec drops none."""
+    hop = codec.config.hop_length
+    reach = 0
+    for back in PROBES:
+        cut = len(codes) - back
+        if cut < 2:
+            continue
+        shorter = np.concatenate(encode(codec, [w[: cut * hop] for w in waves]), axis=1)
+        changed = np.flatnonzero((shorter[:cut] != codes[:cut]).any(-1))
+        reach = max(reach, cut - int(changed[0]) if len(changed) else 0)
+    return len(codes) - (reach + 1 if reach else 0)
 
 
 def synthesize(
