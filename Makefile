@@ -17,7 +17,7 @@ XLA_VERSION ?= 2.9.0
 XLA_VENV ?= $(HOME)/.cache/dia_tpu/xla-py311-torch$(XLA_TORCH)-xla$(XLA_VERSION)
 XLA_STAMP := $(XLA_VENV)/.installed
 
-.PHONY: demo test test-cpu test-xla lint bench clean browser
+.PHONY: demo test test-cpu test-xla lint bench clean system-packages
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -47,14 +47,18 @@ demo: $(STAMP)
 # The whole suite on CPU, then the training tests again on torch_xla's CPU device.
 test: test-cpu test-xla
 
-test-cpu: $(STAMP) browser
+test-cpu: $(STAMP) system-packages
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
-# tests/test_report.py opens the report in headless Chromium (Debian's package); installed here when missing.
-browser:
-	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
-	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium >/dev/null; \
-	  else echo "chromium not found and not root: the browser check in tests/test_report.py will be skipped"; fi
+# Debian packages the tests use, installed when missing: Chromium (tests/test_report.py opens the report in it)
+# and espeak-ng (tests/test_transcribe.py speaks its synthetic podcast with it).
+system-packages:
+	@missing=""; \
+	  command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || missing="$$missing chromium"; \
+	  command -v espeak-ng >/dev/null 2>&1 || missing="$$missing espeak-ng"; \
+	  if [ -z "$$missing" ]; then exit 0; fi; \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	  else echo "missing Debian packages:$$missing (not root: sudo apt-get install$$missing)"; exit 1; fi
 
 test-xla: $(XLA_STAMP)
 	PJRT_DEVICE=CPU PYTHONPATH="$(CURDIR):$(CURDIR)/tests" $(XLA_VENV)/bin/python -m pytest -q -p no:cacheprovider tests/test_xla.py tests/test_train.py
