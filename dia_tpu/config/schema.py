@@ -190,6 +190,15 @@ class TrainConfig:
     mixed_precision: Precision = "no"
     # Global seed (model dropout, data order).
     seed: int = 42
+    # Weights, gradients and optimizer state divided among the devices (fully sharded data parallel), for
+    # models that do not fit one device: "none" keeps a whole copy on every device (plain data parallel);
+    # "fsdp" shards them, on XLA (TPU) through SPMD with one process per host driving all its chips, on GPUs
+    # and CPU processes through FSDP2 (Accelerate's plugin). See "Sharded training" in the README.
+    sharding: Literal["none", "fsdp"] = "none"
+    # XLA with sharding=fsdp: the devices form a (data, fsdp) mesh of `mesh_data` groups; the weights are
+    # sharded within each group and replicated across groups (hybrid sharding, e.g. one group per host of a
+    # pod). 1 shards over all devices. The batch is split over all of them either way.
+    mesh_data: int = 1
     # Fraction of items whose text is replaced by what generation's unconditional branch sees (CFG).
     unconditional_frac: float = 0.15
     # Loss weight per codebook; empty means 4.0 on the first codebook and 1.0 on the others.

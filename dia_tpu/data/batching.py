@@ -97,6 +97,10 @@ class Collator:
         }
 
 
+# The collator's tensors and their ranks, all batch-first: what sharded training splits along the batch.
+BATCH_RANKS = {"input_ids": 2, "attention_mask": 2, "decoder_input_ids": 3, "labels": 3}
+
+
 def make_collator(cfg: DataConfig, model_config, fill_to: int = 0, *, bucketed: bool = False) -> Collator:
     """The collator for `cfg`; `bucketed` pads to data.buckets (training), otherwise to max_audio_frames."""
     dec = model_config.decoder_config

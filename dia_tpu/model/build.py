@@ -43,6 +43,21 @@ def build_model(cfg: ModelConfig, attention: str | None = None) -> DiaForConditi
     return model
 
 
+def plain_model(config: DiaConfig, state: dict[str, torch.Tensor],
+                generation_config: GenerationConfig | None = None) -> DiaForConditionalGeneration:  # fmt: skip
+    """A plain fp32 CPU model of `config` (attention scale included) holding the weights `state`: for weights
+    gathered from a sharded model, whose own modules cannot be saved as they are, or read from a sharded
+    checkpoint."""
+    from dia_tpu.model.shapes import restore_attention_scale
+
+    model = DiaForConditionalGeneration(config)
+    restore_attention_scale(model)  # a model built from a config starts at scale 1
+    model.load_state_dict({k: v.detach().to("cpu", torch.float32) for k, v in state.items()})
+    if generation_config is not None:
+        model.generation_config = generation_config
+    return model.eval()
+
+
 def architecture_config(cfg: ModelConfig) -> DiaConfig:
     """The configuration of the model `build_model` returns, without loading weights (for planning)."""
     if cfg.pretrained is None:

@@ -6,9 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from transformers import DacModel, DiaForConditionalGeneration
+from transformers import DacModel, DiaConfig, DiaForConditionalGeneration
 
-from dia_tpu.artifacts import Artifact, open_artifact, read_weights
+from dia_tpu.artifacts import Artifact, is_sharded, open_artifact, read_weights
 from dia_tpu.hub import from_hub
 from dia_tpu.model.build import build_model, default_generation_config
 from dia_tpu.model.codec import build_codec
@@ -38,6 +38,10 @@ def load_model(source: str | Path | Artifact, adapter: str | None = None) -> Dia
         from dia_tpu.model.adapters import merged
 
         model = merged(load_trained(artifact))
+    elif artifact.weights is not None and is_sharded(artifact.weights):
+        from dia_tpu.model.build import plain_model
+
+        model = plain_model(DiaConfig.from_pretrained(artifact.source), read_weights(artifact.weights))
     else:
         from dia_tpu.model.shapes import restore_attention_scale
 

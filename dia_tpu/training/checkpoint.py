@@ -3,14 +3,17 @@ and loaded without running code.
 
 A checkpoint `output.dir/checkpoints/step_N/` holds what `accelerator.save_state` writes (model, optimizer,
 scheduler, one RNG file per process), `train_state.json` (`TrainState`), the Dia `config.json` and the run's
-`config.yaml`, so the folder also loads with `DiaForConditionalGeneration.from_pretrained`.
+`config.yaml`, so the folder also loads with `DiaForConditionalGeneration.from_pretrained`. Under FSDP2 the model
+and optimizer are sharded folders instead (torch's distributed checkpoint, `pytorch_model_fsdp_0/` and
+`optimizer_0/`, each process writing its part): dia_tpu reads those whole (`dia-tpu export`, `generate`).
 
 It is built in `step_N.tmp`, every file flushed to disk, then `checkpoint.json` (the completion mark, with
 each file's size) is written and the folder renamed into place. A folder without a valid mark is never loaded:
 `--resume auto` takes the newest complete checkpoint and moves incomplete ones to `checkpoints/incomplete/`.
 Loading unpickles nothing that can run code: the training state is JSON, Accelerate reads its optimizer,
 scheduler and RNG files with `torch.load(weights_only=True)`, and a pickle dia_tpu never writes
-(`custom_checkpoint_*.pkl`) is refused. Where the run folder's parts are is `dia_tpu.artifacts.RunFolder`.
+(`custom_checkpoint_*.pkl`) is refused, and a sharded folder's `.metadata` (a pickle torch reads as it is) is
+first read allowing only the classes of that format. Where the run folder's parts are is `dia_tpu.artifacts.RunFolder`.
 """
 
 from __future__ import annotations
@@ -32,11 +35,14 @@ from safetensors import SafetensorError
 
 from dia_tpu.artifacts import (
     CONFIG_FILE,
+    SHARDED_WEIGHTS,
     STATE_FILE,
     RunFolder,
     completion_mark,
+    is_sharded,
     mark_complete,
     put_in_place,
+    read_sharded_metadata,
     weight_names,
     weights_file,
 )
@@ -169,6 +175,7 @@ def load_checkpoint(accelerator: Accelerator, runtime: Runtime, path: Path, stat
     saved names must be exactly its trainable parameters, and the rest keeps the weights it was built with.
     """
     _check_loads_no_code(path, accelerator.process_index)
+    _check_sharding_matches(path, runtime)
     if trained_only is not None:
         check_trained_names(path, weight_names(weights_file(path)), trained_only)
     try:
@@ -181,6 +188,17 @@ def load_checkpoint(accelerator: Accelerator, runtime: Runtime, path: Path, stat
         setattr(state, f.name, getattr(saved, f.name))
 
 
+def _check_sharding_matches(path: Path, runtime: Runtime) -> None:
+    """A sharded (FSDP2) checkpoint resumes only sharded, and an unsharded one only unsharded: Accelerate looks
+    for one layout and would fail on the other with a missing file."""
+    sharded = weights_file(path) is not None and is_sharded(weights_file(path))
+    if sharded != runtime.fsdp:
+        saved, now = ("FSDP2-sharded", "without FSDP") if sharded else ("unsharded", "with FSDP2")
+        raise ValueError(f"{path} holds an {saved} training state and this run is {now}: resume it with the "
+                         "train.sharding (and launcher) it was saved with, or export it (dia-tpu export) and start "
+                         "a new run from the export")  # fmt: skip
+
+
 def _check_loads_no_code(path: Path, process_index: int) -> None:
     """Refuse what Accelerate would unpickle without `weights_only` (custom checkpoints), and read this
     process's RNG file the way Accelerate does (`weights_only=True`) first: Accelerate would skip an RNG file it
@@ -189,6 +207,9 @@ def _check_loads_no_code(path: Path, process_index: int) -> None:
     if pickles:
         raise ValueError(f"{path} holds {', '.join(pickles)}: dia_tpu never writes these, and loading a pickle "
                          "can run code, so it is not loaded; delete the file(s) to resume from this checkpoint")
+    for folder in (path / SHARDED_WEIGHTS, path / "optimizer_0"):
+        if folder.is_dir():
+            read_sharded_metadata(folder)  # raises on a pickle that is not only the format's own classes
     rng = path / f"random_states_{process_index}.pkl"
     try:
         accelerate_load(rng)

@@ -19,10 +19,12 @@ from dia_tpu.data.dataset import load_splits
 from dia_tpu.data.shards import read_prepare_info
 from dia_tpu.export import export
 from dia_tpu.model.adapters import count_parameters, is_peft
+from dia_tpu.model.build import plain_model
 from dia_tpu.model.codec import build_codec
 from dia_tpu.training.audio_eval import AudioEvaluation, selection_score
 from dia_tpu.training.checkpoint import TrainState, keep_trainable, load_checkpoint, save_checkpoint
 from dia_tpu.training.evaluate import evaluate
+from dia_tpu.training.fsdp import full_state_dict
 from dia_tpu.training.loaders import make_loaders, micro_batches
 from dia_tpu.training.lock import RunLock
 from dia_tpu.training.loss import codebook_weights
@@ -32,6 +34,7 @@ from dia_tpu.training.resume import apply_changes, config_changes, record_change
 from dia_tpu.training.runtime import Runtime
 from dia_tpu.training.samples import TrainingSamples
 from dia_tpu.training.schedule import make_scheduler
+from dia_tpu.training.sharding import Sharding
 from dia_tpu.training.step import build_trainable, check_optimizer, make_optimizer, train_step
 from dia_tpu.training.stop import StopRequest
 
@@ -50,6 +53,7 @@ def train(cfg: Config) -> Path:
         raise ConfigError("files the config names are missing:\n  - " + "\n  - ".join(missing))
     if t.report_to in ("wandb", "all") and importlib.util.find_spec("wandb") is None:
         raise ConfigError(f"train.report_to={t.report_to} needs wandb: pip install 'dia-tpu[wandb]'")
+    sharding = Sharding.before_accelerator(cfg)
     accelerator = Accelerator(
         # Accumulation follows the optimizer-step windows built below, not epoch ends: a window may
         # span two epochs, so every optimizer step sees exactly the same number of micro-batches.
@@ -60,7 +64,9 @@ def train(cfg: Config) -> Path:
         log_with=_TRACKERS[t.report_to],
         project_config=ProjectConfiguration(project_dir=str(run.root), logging_dir=str(run.logs)),
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+        fsdp_plugin=sharding.plugin,
     )
+    sharding_note = sharding.engage(accelerator)
     runtime = Runtime.of(accelerator, cfg)
     check_optimizer(t, runtime)
     with contextlib.ExitStack() as held:
@@ -84,6 +90,8 @@ def train(cfg: Config) -> Path:
         stop_request = held.enter_context(StopRequest())
         if runtime.on_xla and cfg.model.compile:
             say(accelerator, "model.compile: off on XLA (torch_xla compiles the traced graphs itself)")
+        if sharding_note:
+            say(accelerator, sharding_note)
         set_seed(t.seed)
 
         with accelerator.main_process_first():
@@ -107,9 +115,12 @@ def train(cfg: Config) -> Path:
         # A prepared scheduler advances once per process at each optimizer step.
         n = accelerator.num_processes
         scheduler = make_scheduler(t.lr_scheduler, optimizer, t.warmup_steps * n, total_steps * n)
+        sharding.before_prepare(model)
         model, optimizer, train_loader, scheduler = accelerator.prepare(model, optimizer, train_loader, scheduler)
         if eval_loader is not None:
             eval_loader = accelerator.prepare(eval_loader)
+        if line := sharding.after_prepare(cfg, model, [train_loader, eval_loader]):
+            say(accelerator, line)
 
         state = TrainState()
         adapter_only = is_peft(accelerator.unwrap_model(model))
@@ -119,6 +130,7 @@ def train(cfg: Config) -> Path:
         if resume.checkpoint is not None:
             trained_only = model if adapter_only else None
             load_checkpoint(accelerator, runtime, resume.checkpoint, state, trained_only=trained_only)
+            sharding.after_resume(optimizer)
             if changes:
                 apply_changes(changes, cfg, optimizer, scheduler, state)
                 if accelerator.is_main_process:
@@ -202,8 +214,13 @@ def train(cfg: Config) -> Path:
             accelerator.end_training()
             raise TrainingStopped(stopped, state.step, run.checkpoint(state.step))  # saved just above
 
+        # Under FSDP2 the whole model is gathered onto the main process first (every process takes part).
+        gathered = full_state_dict(accelerator, model) if runtime.fsdp else None
         if accelerator.is_main_process:
-            export(accelerator.unwrap_model(model), build_codec(cfg.model), cfg, run.final)
+            final = accelerator.unwrap_model(model)
+            if gathered is not None:
+                final = plain_model(final.config, gathered, final.generation_config)
+            export(final, build_codec(cfg.model), cfg, run.final)
             if mirror is not None:
                 mirror.send(run.final, state.step)
         accelerator.wait_for_everyone()

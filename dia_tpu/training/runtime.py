@@ -16,7 +16,8 @@ from dia_tpu.model.attention import attention_for
 class Runtime:
     device: torch.device
     on_xla: bool  # torch_xla's device (TPU, or its CPU device): traced graphs, no host syncs in steps
-    fsdp: bool  # each process holds a shard of the weights
+    fsdp: bool  # FSDP2: each process holds a shard of the weights
+    spmd: bool  # SPMD on XLA: one process drives every device of its host, each holding a shard of the weights
     attention: str  # the attention implementation the model runs with
     fused_optimizer: bool  # torch's fused AdamW kernel (CUDA and CPU; not XLA)
     compile: bool  # torch.compile the model in place (XLA compiles its own graphs)
@@ -38,6 +39,7 @@ class Runtime:
             device=device if device is not None else torch.device("cpu"),
             on_xla=on_xla,
             fsdp=fsdp,
+            spmd=on_xla and cfg.train.sharding == "fsdp",
             attention=attention_for(cfg.model, on_xla),
             fused_optimizer=cfg.train.fused_optimizer and not on_xla,
             compile=cfg.model.compile and not on_xla,

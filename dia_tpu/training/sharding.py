@@ -1,0 +1,75 @@
+"""Which sharding a run gets (`train.sharding`), decided before the Accelerator exists, and the few steps it adds
+to training: SPMD on XLA (`dia_tpu.training.spmd`), FSDP2 through Accelerate elsewhere (`dia_tpu.training.fsdp`),
+or none (plain data parallel)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import DistributedType, is_torch_xla_available
+
+from dia_tpu.config import Config
+from dia_tpu.training import fsdp
+
+Kind = Literal["none", "spmd", "fsdp2"]
+
+
+@dataclass
+class Sharding:
+    kind: Kind
+    plugin: Any = None  # the FSDP2 plugin given to the Accelerator
+    mesh: Any = None  # the SPMD mesh, once the model is on the device
+
+    @classmethod
+    def before_accelerator(cls, cfg: Config) -> Sharding:
+        """Start SPMD (it must come before anything touches the XLA device) or build the FSDP2 plugin."""
+        if is_torch_xla_available():  # what makes Accelerate choose XLA
+            if cfg.train.sharding != "fsdp":
+                return cls("none")
+            from dia_tpu.training import spmd
+
+            spmd.start()
+            return cls("spmd")
+        plugin = fsdp.fsdp_plugin(cfg)
+        return cls("fsdp2", plugin=plugin) if plugin is not None else cls("none")
+
+    def engage(self, accelerator: Accelerator) -> str | None:
+        """Right after the Accelerator: make FSDP2 take effect with CPU processes; returns a note for the log
+        when the run shards nothing after all (one process)."""
+        if self.kind != "fsdp2":
+            return None
+        fsdp.engage_on_cpu(accelerator, self.plugin)
+        if accelerator.distributed_type != DistributedType.FSDP:
+            self.kind = "none"
+            return "train.sharding=fsdp: one process, nothing to shard; training unsharded"
+        return None
+
+    def before_prepare(self, model: torch.nn.Module) -> None:
+        if self.kind == "fsdp2":
+            fsdp.expose_input_embeddings(model)
+
+    def after_prepare(self, cfg: Config, model: torch.nn.Module, loaders: list) -> str | None:
+        """Annotate the prepared model and loaders (SPMD); returns the log line saying how the run is sharded."""
+        if self.kind == "spmd":
+            from dia_tpu.training import spmd
+
+            self.mesh = spmd.build_mesh(cfg)
+            spmd.shard_model(model, self.mesh)
+            for loader in loaders:
+                if loader is not None:
+                    spmd.shard_batches(loader, self.mesh)
+            return spmd.describe(model, self.mesh)
+        if self.kind == "fsdp2":
+            held, total = fsdp.local_share(model)
+            return (f"sharding: FSDP2, this process holding {held / 1e6:.2f} M of the {total / 1e6:.2f} M weights "
+                    "and their gradients and optimizer state")  # fmt: skip
+        return None
+
+    def after_resume(self, optimizer: torch.optim.Optimizer) -> None:
+        if self.kind == "spmd":
+            from dia_tpu.training import spmd
+
+            spmd.reshard_optimizer_state(optimizer, self.mesh)

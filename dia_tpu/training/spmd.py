@@ -1,0 +1,118 @@
+"""Sharded training on XLA (`train.sharding: fsdp` on a TPU): fully sharded data parallel in torch_xla's SPMD.
+
+Under SPMD one process per host drives all of that host's chips, and the compiler partitions one program over
+them from sharding annotations. The devices form a mesh of axes (`data`, `fsdp`) of `train.mesh_data` x the
+rest. What is annotated is what torch_xla's `SpmdFullyShardedDataParallel` (FSDPv2) annotates, placed by hooks
+instead of wrapper modules, so the model keeps its own parameter names and checkpoints, exports, LoRA and the
+CPU copy for samples read as on one device:
+
+- every parameter: its largest dimension split over `fsdp` (replicated over `data`); gradients and AdamW's
+  moments take their parameter's sharding;
+- the output of every encoder and decoder layer and the logits: the batch dimension over both axes, which makes
+  the compiler gather a layer's weights for that layer (FSDP) rather than split its activations; plus a
+  backward optimization barrier per layer, so gradient reductions are not fused across layers;
+- every batch from the prepared loaders: its batch dimension over both axes.
+
+Imported only on XLA.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch_xla
+import torch_xla.distributed.spmd as xs
+import torch_xla.runtime as xr
+from transformers.models.dia.modeling_dia import DiaDecoderLayer, DiaEncoderLayer
+
+from dia_tpu.config import Config, ConfigError
+from dia_tpu.data.batching import BATCH_RANKS
+
+AXES = ("data", "fsdp")
+BATCH = (AXES,)  # the batch dimension split over both axes
+
+
+def start() -> None:
+    """Switch this process to SPMD: before the Accelerator (or anything else) touches the XLA device."""
+    xr.use_spmd()
+
+
+def device_count() -> int:
+    return xr.global_runtime_device_count()
+
+
+def build_mesh(cfg: Config) -> xs.Mesh:
+    """The (data, fsdp) mesh over every device of the run; every batch must split evenly over it."""
+    n, data = device_count(), cfg.train.mesh_data
+    problems = [f"train.mesh_data={data} does not divide the {n} devices"] if n % data else []
+    problems += [f"{key}={size}: under SPMD it is the batch of one host, split over its {n} devices; make it a "
+                 f"multiple of {n}" for key, size in (("train.batch_size", cfg.train.batch_size),
+                                                      ("eval.batch_size", cfg.eval.batch_size)) if size % n]
+    if problems:
+        raise ConfigError("train.sharding=fsdp on XLA:\n  - " + "\n  - ".join(problems))
+    return xs.Mesh(np.arange(n), (data, n // data), AXES)
+
+
+def weight_spec(tensor: torch.Tensor) -> tuple:
+    """A parameter's (or its optimizer state's) partition: the largest dimension over `fsdp`, as FSDPv2 does."""
+    spec: list = [None] * tensor.dim()
+    if spec:
+        spec[max(range(tensor.dim()), key=lambda i: tensor.shape[i])] = "fsdp"
+    return tuple(spec)
+
+
+def batch_spec(rank: int) -> tuple:
+    return BATCH + (None,) * (rank - 1)
+
+
+def shard_model(model: torch.nn.Module, mesh: xs.Mesh) -> None:
+    """Annotate a model already on the XLA device (after `accelerator.prepare`): weights, layer outputs and
+    logits, and the per-layer backward barriers."""
+    for param in model.parameters():
+        xs.mark_sharding(param, mesh, weight_spec(param))
+
+    def batch_sharded(module, inputs, output):
+        found = output if isinstance(output, torch.Tensor) else getattr(output, "logits", None)
+        if found is None and isinstance(output, tuple):
+            found = output[0]
+        xs.mark_sharding(found, mesh, batch_spec(found.dim()))
+
+    for module in model.modules():
+        if isinstance(module, (DiaEncoderLayer, DiaDecoderLayer)):
+            module.register_forward_hook(batch_sharded)
+            xs.xla_sharding.apply_backward_optimization_barrier(module)
+    model.register_forward_hook(batch_sharded)
+
+
+def shard_batches(loader, mesh: xs.Mesh) -> None:
+    """Split every batch a prepared XLA loader sends to the device over the mesh, along the batch dimension. On
+    a pod each host loads its own part of the global batch (`minibatch`)."""
+    minibatch = xr.process_count() > 1
+    loader._parallel_loader_kwargs["input_sharding"] = {
+        key: xs.ShardingSpec(mesh, batch_spec(rank), minibatch=minibatch) for key, rank in BATCH_RANKS.items()
+    }
+
+
+def reshard_optimizer_state(optimizer: torch.optim.Optimizer, mesh: xs.Mesh) -> None:
+    """Give each parameter's optimizer state its parameter's sharding again. Workaround for Accelerate 1.15 with
+    torch_xla 2.9: `load_state` sends the loaded state to the device replicated, so after a resume every device
+    would hold all of AdamW's moments (the numbers stay exact; the memory does not)."""
+    for group in optimizer.param_groups:
+        for param in group["params"]:
+            for value in optimizer.state.get(param, {}).values():
+                if isinstance(value, torch.Tensor) and value.shape == param.shape and value.dim():
+                    xs.mark_sharding(value, mesh, weight_spec(value))
+
+
+def sharding_of(tensor: torch.Tensor) -> str:
+    """XLA's sharding annotation of a device tensor, e.g. `{devices=[4,1]0,1,2,3}`; empty when replicated."""
+    return torch_xla._XLAC._get_xla_sharding_spec(tensor)
+
+
+def describe(model: torch.nn.Module, mesh: xs.Mesh) -> str:
+    """One line on how the run is sharded, for the log."""
+    data, fsdp = mesh.mesh_shape
+    total = sum(p.numel() for p in model.parameters())
+    held = sum(p.numel() / (fsdp if sharding_of(p) else 1) for p in model.parameters())
+    return (f"sharding: SPMD over {data * fsdp} devices (mesh data {data} x fsdp {fsdp}), each holding "
+            f"{held / 1e6:.2f} M of the {total / 1e6:.2f} M weights and their gradients and optimizer state")
