@@ -61,7 +61,7 @@ system-packages:
 	  else echo "missing Debian packages:$$missing (not root: sudo apt-get install$$missing)"; exit 1; fi
 
 test-xla: $(XLA_STAMP)
-	PJRT_DEVICE=CPU PYTHONPATH="$(CURDIR):$(CURDIR)/tests" $(XLA_VENV)/bin/python -m pytest -q -p no:cacheprovider tests/test_xla.py tests/test_train.py
+	PJRT_DEVICE=CPU PYTHONPATH="$(CURDIR):$(CURDIR)/tests" $(XLA_VENV)/bin/python -m pytest -q -p no:cacheprovider tests/test_xla.py tests/test_train.py tests/test_spmd.py
 	# In its own process: started after the runs above in one process, this run aborted inside XLA once
 	# (SIGABRT), and a run started there after them crashed in XLA's sync (SIGSEGV).
 	PJRT_DEVICE=CPU PYTHONPATH="$(CURDIR):$(CURDIR)/tests" $(XLA_VENV)/bin/python -m pytest -q -p no:cacheprovider tests/test_batching.py::test_bucketed_training_resumes_exactly

@@ -26,16 +26,8 @@ from safetensors.torch import load_file  # noqa: E402
 
 from dia_tpu.config import ConfigError, load  # noqa: E402
 from dia_tpu.data.audio import encode, load_audio  # noqa: E402
-from dia_tpu.data.prepare import prepare  # noqa: E402
 from dia_tpu.model.codec import build_codec, codec_on_accelerator  # noqa: E402
 from dia_tpu.training.recipe import train  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def codes_dir(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("xla_codes") / "sample"
-    prepare(load(ROOT / "configs/demo.yaml", RANDOM_CODEC), ROOT / "data/sample", out)
-    return out
 
 
 @pytest.fixture(scope="module")

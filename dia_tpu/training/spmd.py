@@ -6,8 +6,8 @@ rest. What is annotated is what torch_xla's `SpmdFullyShardedDataParallel` (FSDP
 instead of wrapper modules, so the model keeps its own parameter names and checkpoints, exports, LoRA and the
 CPU copy for samples read as on one device:
 
-- every parameter: its largest dimension split over `fsdp` (replicated over `data`); gradients and AdamW's
-  moments take their parameter's sharding;
+- every parameter and its gradient: the largest dimension split over `fsdp` (replicated over `data`), so the
+  gradients are reduce-scattered rather than all-reduced; AdamW's moments take their parameter's sharding;
 - the output of every encoder and decoder layer and the logits: the batch dimension over both axes, which makes
   the compiler gather a layer's weights for that layer (FSDP) rather than split its activations; plus a
   backward optimization barrier per layer, so gradient reductions are not fused across layers;
@@ -68,8 +68,14 @@ def batch_spec(rank: int) -> tuple:
 def shard_model(model: torch.nn.Module, mesh: xs.Mesh) -> None:
     """Annotate a model already on the XLA device (after `accelerator.prepare`): weights, layer outputs and
     logits, and the per-layer backward barriers."""
+    def shard_gradient(param: torch.Tensor) -> None:
+        xs.mark_sharding(param.grad, mesh, weight_spec(param))
+
     for param in model.parameters():
         xs.mark_sharding(param, mesh, weight_spec(param))
+        if param.requires_grad:
+            # Left to propagation, XLA replicates the gradients (an all-reduce, a whole copy on every device).
+            param.register_post_accumulate_grad_hook(shard_gradient)
 
     def batch_sharded(module, inputs, output):
         found = output if isinstance(output, torch.Tensor) else getattr(output, "logits", None)
