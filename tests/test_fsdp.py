@@ -25,12 +25,19 @@ from dia_tpu.training.recipe import train
 STEPS = ["train.max_steps=4", "train.save_every=2", "eval.eval_every=2", "train.log_every=1", "data.eval_size=4"]
 
 
-def launch(codes_dir: Path, run_dir: Path, port: int, *extra: str) -> subprocess.CompletedProcess:
+# Two ways to ask for FSDP2: the training config on a plain multi-process launch, or the shipped launcher config.
+BY_CONFIG = ["--multi_gpu", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+BY_LAUNCHER = ["--config_file", str(ROOT / "configs/accelerate/fsdp.yaml")]
+
+
+def launch(codes_dir: Path, run_dir: Path, port: int, *extra: str,
+           by: list[str] = BY_CONFIG) -> subprocess.CompletedProcess:  # fmt: skip
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "USE_TORCH_XLA": "0", "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(port),
-           str(ROOT / "dia_tpu/finetune_acc_tpu.py"), "--config", str(ROOT / "configs/demo.yaml"), *TINY,
-           f"data.dataset={codes_dir}", f"output.dir={run_dir}", "train.sharding=fsdp", *STEPS, *extra]  # fmt: skip
+    sharding = ["train.sharding=fsdp"] if by is BY_CONFIG else []
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", *by, "--num_processes", "2",
+           "--main_process_port", str(port), str(ROOT / "dia_tpu/finetune_acc_tpu.py"), "--config",
+           str(ROOT / "configs/demo.yaml"), *TINY, f"data.dataset={codes_dir}", f"output.dir={run_dir}", *sharding,
+           *STEPS, *extra]  # fmt: skip
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     return done
@@ -39,7 +46,8 @@ def launch(codes_dir: Path, run_dir: Path, port: int, *extra: str) -> subprocess
 @pytest.fixture(scope="module")
 def sharded(codes_dir, tmp_path_factory) -> tuple[Path, str]:
     run_dir = tmp_path_factory.mktemp("fsdp") / "sharded"
-    return run_dir, launch(codes_dir, run_dir, 29551).stdout
+    samples = ["samples.every=4", 'samples.prompts=[{name: hi, text: "[S1] Hi there."}]', "samples.max_seconds=0.3"]
+    return run_dir, launch(codes_dir, run_dir, 29551, *samples).stdout
 
 
 def test_each_process_holds_half_and_checkpoints_are_sharded(sharded):
@@ -53,6 +61,8 @@ def test_each_process_holds_half_and_checkpoints_are_sharded(sharded):
         for part in (SHARDED_WEIGHTS, "optimizer_0"):
             assert sorted(p.name for p in (ckpt / part).glob("*.distcp")) == ["__0_0.distcp", "__1_0.distcp"]
         assert not (ckpt / "model.safetensors").exists()
+    # Generated on the main process from the gathered weights.
+    assert sorted(p.name for p in (run_dir / "samples" / "step_000004").iterdir()) == ["hi.png", "hi.wav", "index.json"]
 
 
 def test_sharded_steps_equal_one_process_with_the_same_global_batch(sharded, codes_dir, tmp_path):
@@ -70,7 +80,9 @@ def test_sharded_steps_equal_one_process_with_the_same_global_batch(sharded, cod
 
 def test_resume_from_a_sharded_checkpoint_continues_exactly(sharded, codes_dir, tmp_path):
     run_dir, _ = sharded
-    launch(codes_dir, tmp_path / "resumed", 29552, f"train.resume={run_dir / 'checkpoints' / 'step_2'}")
+    # Resumed through the shipped launcher config (the run itself asked by train.sharding): the same sharding.
+    launch(codes_dir, tmp_path / "resumed", 29552, f"train.resume={run_dir / 'checkpoints' / 'step_2'}",
+           by=BY_LAUNCHER)
     expected, got = weights(run_dir), weights(tmp_path / "resumed")
     for key in expected:
         torch.testing.assert_close(got[key], expected[key], rtol=0, atol=0, msg=key)
