@@ -99,6 +99,7 @@ def test_processes_shard_under_fsdp_and_add_ddp_buckets():
     assert single.ddp_buckets == 0 and four.ddp_buckets == four.gradients
     assert four.total == single.total + four.gradients
     assert four.fsdp_total < single.total
+    assert single.gathered == 0 < four.gathered < four.weights  # the root unit, two of its two layers
     text = format_plan(four)
     assert "FSDP" in text and "data parallel" in text
     # bitsandbytes has no XLA kernels: the TPU rows say so.
@@ -131,6 +132,14 @@ def test_dia_1_6b_plans_without_its_memory():
     for chip in ("v4", "v5e", "v5p"):
         assert f"TPU {chip}" in text
     assert re.search(r"total.*\s\d+\.\d\d$", text, re.MULTILINE)
+    # Sharded: the fewest devices of each kind; a v5e chip (16 GB) cannot hold it alone, four can.
+    sharded = {s.device: s for s in plan.sharded}
+    assert sharded["GPU 80 GB"].count == 1 and sharded["GPU 80 GB"].gathered == 0
+    v5e = sharded["TPU v5e"]
+    assert v5e.count == 4 and v5e.name == "v5e-4" and sharded["TPU v4"].name == "v4-8"  # v4 slices name cores
+    assert v5e.weights == plan.weights / 4 and v5e.gathered > 0
+    assert v5e.total == v5e.weights + v5e.optimizer_state + v5e.step_peak + v5e.gathered <= v5e.usable
+    assert "sharded (train.sharding=fsdp)" in text and "v5e-4" in text
 
 
 def test_estimate_is_near_a_measured_peak():

@@ -14,8 +14,15 @@ The step's peak is then: weights + optimizer state + the larger of
     copies of the largest tensor; bitsandbytes on CPU: five fp32 copies of the largest tensor).
 With gradient accumulation, later micro-batches run forward and backward with every gradient already held.
 With several processes, plain data parallel keeps all of it on every device, and DDP adds flat gradient
-buckets as large as the gradients (not on XLA, whose all-reduce is part of the compiled step); FSDP divides
-weights, gradients and optimizer state by the number of processes, not activations.
+buckets as large as the gradients (not on XLA, whose all-reduce is part of the compiled step).
+
+Sharded (`train.sharding: fsdp`, FSDP2 on GPUs, SPMD on TPUs) over N devices divides weights, gradients,
+optimizer state and autocast's weight copies by N, not activations (each device computes its own part of the
+batch), and adds what is gathered whole for a moment: the root unit's weights (the decoder's embeddings and the
+output head, kept from the forward to the backward), two layers' weights (the one in use and the next one,
+fetched ahead) and one layer's gradients before they are reduced and scattered. The sharded table gives, for
+each kind of device, the smallest count (a TPU slice, a number of GPUs) whose per-device total fits, with
+`train.batch_size` items per device.
 
 A device fits when the total is at most (1 - HEADROOM) of its memory: the rest is kept for what the
 trace does not see (the CUDA context and library workspaces, the XLA runtime and its compiled programs,
@@ -59,6 +66,12 @@ DEVICES = (
 )
 
 
+# The device counts a sharded run can have: GPUs in any power of two; TPU slices by chip count (v4 and v5p
+# slices are named by TensorCores, two a chip, and start at 4 chips).
+SHARDED_COUNTS = {"cuda": (1, 2, 4, 8, 16, 32, 64), "TPU v5e": (1, 4, 8, 16, 32, 64, 128, 256),
+                  "TPU v4": (4, 8, 16, 32, 64, 128, 256), "TPU v5p": (4, 8, 16, 32, 64, 128, 256)}  # fmt: skip
+
+
 # bitsandbytes' 8-bit optimizers: tensors below this many elements keep 32-bit moments; above, moments are
 # quantized in blocks of this size with one fp32 absmax per block (bitsandbytes/optim/optimizer.py).
 _BNB_MIN_8BIT = 4096
@@ -81,6 +94,23 @@ class Fit:
     fsdp: int  # bytes per device with weights, gradients and optimizer state sharded
     fits_data_parallel: bool | None
     fits_fsdp: bool | None
+
+
+@dataclass
+class Slice:
+    """The fewest devices of one kind a sharded step fits on, with its bytes per device (None: none fits up to
+    the largest count tried, or the optimizer cannot run there)."""
+
+    device: str
+    count: int | None
+    name: str  # the slice's usual name (v5e-8, v4-8 for 4 chips), or "N GPUs"
+    usable: int
+    weights: int
+    gradients: int
+    optimizer_state: int
+    step_peak: int  # the larger of forward+backward and the update, sharded
+    gathered: int
+    total: int
 
 
 @dataclass
@@ -108,7 +138,10 @@ class MemoryPlan:
     ddp_buckets: int  # DDP's gradient buckets, with several processes off XLA
     total: int  # per device, data parallel
     fsdp_total: int  # per device, weights, gradients and optimizer state sharded over `processes`
+    gathered: int  # what a sharded step holds whole for a moment (see the module docstring); 0 on one device
+    sharding: str  # the config's train.sharding: which of `total` and `fsdp_total` the run will have
     fits: list[Fit] = field(default_factory=list)
+    sharded: list[Slice] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -173,6 +206,7 @@ def estimate(cfg: Config, processes: int = 1, device: str = "cuda") -> MemoryPla
         trace=trace,
         accumulation=t.gradient_accumulation_steps,
         processes=processes,
+        units=_units(model),
     )
     kind = optimizer_kind(cfg, device)
     temporaries = update_temporaries(kind, device, sizes)
@@ -185,6 +219,8 @@ def estimate(cfg: Config, processes: int = 1, device: str = "cuda") -> MemoryPla
         fits.append(Fit(name, memory, usable, dp, fsdp, dp <= usable if runs else None,
                         fsdp <= usable if runs else None))  # fmt: skip
     total, fsdp_total = parts.totals(device, temporaries)
+    sharded = [_smallest_slice(parts, name, gib * GIB, update_temporaries(optimizer_kind(cfg, on), on, sizes))
+               for name, gib, on in DEVICES if optimizer_kind(cfg, on) != "unsupported"]  # fmt: skip
     notes = []
     if kind == "unsupported":
         notes.append(f"train.optimizer={t.optimizer} has no kernels for {device}")
@@ -212,9 +248,43 @@ def estimate(cfg: Config, processes: int = 1, device: str = "cuda") -> MemoryPla
         ddp_buckets=parts.ddp_buckets(device),
         total=total,
         fsdp_total=fsdp_total,
+        gathered=parts.gathered(processes),
+        sharding=t.sharding,
         fits=fits,
+        sharded=sharded,
         notes=notes,
     )
+
+
+def _units(model: torch.nn.Module) -> tuple[int, int, int]:
+    """Bytes of (the root unit's weights, the largest layer's weights, the largest layer's trainable weights):
+    the units a sharded run gathers whole, one at a time. The layers are the encoder's and decoder's; the text
+    embedding is a unit of its own under FSDP2 and small; the root holds the rest."""
+    layers = [m for m in model.modules() if type(m).__name__ in ("DiaEncoderLayer", "DiaDecoderLayer")]
+    sizes = [sum(p.untyped_storage().nbytes() for p in layer.parameters()) for layer in layers]
+    trainable = [sum(4 * p.numel() for p in layer.parameters() if p.requires_grad) for layer in layers]
+    embedding = [m for m in model.modules() if type(m).__name__ == "DiaEncoder"][0].embedding.weight
+    root = sum(p.untyped_storage().nbytes() for p in model.parameters()) - sum(sizes)
+    return root - embedding.untyped_storage().nbytes(), max(sizes, default=0), max(trainable, default=0)
+
+
+def _smallest_slice(parts: _Parts, device: str, memory: int, temporaries: int) -> Slice:
+    usable = int(memory * (1 - HEADROOM))
+    counts = SHARDED_COUNTS.get(device, SHARDED_COUNTS["cuda"])
+    for n in counts:
+        if parts.sharded_total(temporaries, n) <= usable:
+            break
+    else:
+        n = None
+    at = n or counts[-1]
+    if device.startswith("TPU"):
+        chip = device.split()[1]
+        name = f"{chip}-{at * (2 if chip in ('v4', 'v5p') else 1)}"
+    else:
+        name = f"{at} GPU{'s' if at > 1 else ''}"
+    return Slice(device, n, name, usable, math.ceil(parts.weights / at), math.ceil(parts.gradients / at),
+                 math.ceil(parts.state / at), parts.sharded_peak(temporaries, at), parts.gathered(at),
+                 parts.sharded_total(temporaries, at))  # fmt: skip
 
 
 @dataclass
@@ -227,14 +297,29 @@ class _Parts:
     trace: Trace
     accumulation: int
     processes: int
+    units: tuple[int, int, int]  # (root, largest layer, its trainable part) weight bytes: `_units`
 
     def backward_peak(self, shards: int = 1) -> int:
-        """The forward+backward high-water mark with gradients sharded over `shards` devices."""
+        """The forward+backward high-water mark with gradients and autocast's weight copies sharded over `shards`
+        devices."""
         if self.accumulation > 1:
             # Later micro-batches run with every gradient held. A new gradient is added into the held one and
             # freed; until then the trace counts it among the other bytes, so peak(0) holds that transient.
-            return int(self.trace.peak(0) + self.gradients / shards)
-        return self.trace.peak(1 / shards)
+            return int(self.trace.peak(0, 1 / shards) + self.gradients / shards)
+        return self.trace.peak(1 / shards, 1 / shards)
+
+    def gathered(self, shards: int) -> int:
+        """What a step sharded over `shards` devices holds whole at once beside its shards."""
+        root, layer, layer_gradients = self.units
+        return 0 if shards == 1 else root + 2 * layer + layer_gradients
+
+    def sharded_peak(self, temporaries: int, shards: int) -> int:
+        return math.ceil(max(self.backward_peak(shards), (self.gradients + temporaries) / shards))
+
+    def sharded_total(self, temporaries: int, shards: int) -> int:
+        """Bytes per device of the step sharded over `shards` devices (on one: the step as it is)."""
+        weights_and_state = math.ceil((self.weights + self.state) / shards)
+        return weights_and_state + self.sharded_peak(temporaries, shards) + self.gathered(shards)
 
     def ddp_buckets(self, device: str) -> int:
         # DDP all-reduces through flat buckets as large as all gradients together; on XLA the all-reduce
@@ -246,6 +331,4 @@ class _Parts:
         n = self.processes
         dp = self.weights + self.state + self.ddp_buckets(device)
         dp += max(self.backward_peak(), self.gradients + temporaries)
-        fsdp = (self.weights + self.state) / n
-        fsdp += max(self.backward_peak(n), (self.gradients + temporaries) / n)
-        return dp, math.ceil(fsdp)
+        return dp, self.sharded_total(temporaries, n)

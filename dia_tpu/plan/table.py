@@ -46,12 +46,13 @@ def format_plan(plan: MemoryPlan) -> str:
     if n > 1:
         lines += [
             f"{n} processes, plain data parallel (DDP): every device holds all of the above, as one process does.",
-            f"{n} processes, FSDP (weights, gradients and optimizer state sharded): {gib(plan.fsdp_total)} GiB per "
-            "device, plus the gathered weights of the layer in flight.",
+            f"{n} processes, sharded (train.sharding=fsdp): {gib(plan.fsdp_total)} GiB per device, of which "
+            f"{gib(plan.gathered)} gathered whole for a moment (the root unit, two layers' weights, one layer's "
+            "gradients).",
         ]
     else:
-        lines.append("Several processes in plain data parallel hold all of this on every device; FSDP divides "
-                     "weights, gradients and optimizer state among them (--processes N).")  # fmt: skip
+        lines.append("Several processes in plain data parallel hold all of this on every device; sharding "
+                     "(train.sharding=fsdp) divides weights, gradients and optimizer state among them.")  # fmt: skip
     lines += ["", f"fits with {HEADROOM:.0%} of each device's memory kept for the framework, allocator and kernel "
               "workspaces (totals per device use that device's optimizer implementation):"]  # fmt: skip
     header = ["device", "GiB", "usable", "data parallel" if n > 1 else "needs", "fits"]
@@ -74,5 +75,30 @@ def format_plan(plan: MemoryPlan) -> str:
         lines.append("  " + "  ".join(cells).rstrip())
     if any(fit.fits_data_parallel is None for fit in plan.fits):
         lines.append(f"n/a: {plan.optimizer.split()[0]} has no kernels for that device")
+    lines += ["", *format_sharded(plan)]
     lines += [f"note: {note}" for note in plan.notes]
     return "\n".join(lines)
+
+
+def format_sharded(plan: MemoryPlan) -> list[str]:
+    """The sharded table: the fewest devices of each kind that hold the step, and its GiB per device there."""
+
+    def gib(n: float) -> str:
+        return f"{n / GIB:.2f}"
+
+    lines = [f"sharded (train.sharding=fsdp), {plan.batch_size} items per device: the fewest devices of each kind "
+             "that hold the step, GiB per device:"]  # fmt: skip
+    table = [["device", "count", "slice", "weights", "grads", "optim", "step peak", "gathered", "total", "usable"]]
+    for s in plan.sharded:
+        count = str(s.count) if s.count is not None else f">{s.name.split('-')[-1].split()[0]}"
+        name = s.name if s.count is not None else "-"
+        table.append([s.device, count, name, *(gib(v) for v in (s.weights, s.gradients, s.optimizer_state,
+                                                                  s.step_peak, s.gathered, s.total, s.usable))])
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+    for row in table:
+        pairs = enumerate(zip(row, widths, strict=True))
+        cells = [cell.ljust(w) if i in (0, 2) else cell.rjust(w) for i, (cell, w) in pairs]
+        lines.append("  " + "  ".join(cells).rstrip())
+    lines.append("step peak: forward+backward or the update, gradients and autocast copies sharded, activations "
+                 "not; gathered: the root unit, two layers' weights and one layer's gradients held whole")
+    return lines

@@ -43,12 +43,15 @@ class Trace:
     activations: int  # live after forward + loss: what backward needs, checkpoint inputs, autocast copies
     autocast_copies: int  # most bytes of autocast's low-precision weight copies alive at once
     decoder_steps: int  # decoder positions of the traced batch (audio frames + BOS/EOS + delay)
-    # After every operator: (live bytes other than gradients, bytes of the gradients produced so far).
-    timeline: list[tuple[int, int]]
+    # After every operator: (live bytes other than gradients and weight copies, bytes of autocast's weight
+    # copies, bytes of the gradients produced so far).
+    timeline: list[tuple[int, int, int]]
 
-    def peak(self, gradient_share: float = 1.0) -> int:
-        """The high-water mark of live bytes, gradients counted at `gradient_share` (1/N: sharded over N)."""
-        return int(max(other + gradient_share * gradients for other, gradients in self.timeline))
+    def peak(self, gradient_share: float = 1.0, copy_share: float = 1.0) -> int:
+        """The high-water mark of live bytes, gradients counted at `gradient_share` and weight copies at
+        `copy_share` (1/N: sharded over N)."""
+        return int(max(other + copy_share * copies + gradient_share * gradients
+                       for other, copies, gradients in self.timeline))  # fmt: skip
 
 
 def fake_trainable(cfg: Config, mode: FakeTensorMode) -> torch.nn.Module:
@@ -81,7 +84,7 @@ class _LiveBytes(TorchDispatchMode):
     def __init__(self, params: list[torch.Tensor], others: list[torch.Tensor]):
         super().__init__()
         self.live = self.gradients = self.copies = self.copies_peak = 0
-        self.timeline: list[tuple[int, int]] = []
+        self.timeline: list[tuple[int, int, int]] = []
         self._refs: dict[int, weakref.ref] = {}
         self._sizes: dict[int, int] = {}
         for tensor in params + others:
@@ -119,7 +122,7 @@ class _LiveBytes(TorchDispatchMode):
                 self._copies.add(key)
                 self.copies += self._sizes[key]
                 self.copies_peak = max(self.copies_peak, self.copies)
-        self.timeline.append((self.live - self.gradients, self.gradients))
+        self.timeline.append((self.live - self.gradients - self.copies, self.copies, self.gradients))
         return out
 
     def count_gradient(self, param: torch.Tensor) -> None:
