@@ -132,14 +132,17 @@ def test_dia_1_6b_plans_without_its_memory():
     for chip in ("v4", "v5e", "v5p"):
         assert f"TPU {chip}" in text
     assert re.search(r"total.*\s\d+\.\d\d$", text, re.MULTILINE)
-    # Sharded: the fewest devices of each kind; a v5e chip (16 GB) cannot hold it alone, four can.
+    # Sharded: the fewest devices of each kind. One 80 GB GPU holds it; v5e chips (16 GB) need a slice of 8,
+    # whose per-device total is the estimate for 8 processes, and on 4 they would not.
     sharded = {s.device: s for s in plan.sharded}
     assert sharded["GPU 80 GB"].count == 1 and sharded["GPU 80 GB"].gathered == 0
     v5e = sharded["TPU v5e"]
-    assert v5e.count == 4 and v5e.name == "v5e-4" and sharded["TPU v4"].name == "v4-8"  # v4 slices name cores
-    assert v5e.weights == plan.weights / 4 and v5e.gathered > 0
+    assert v5e.count == 8 and v5e.name == "v5e-8" and sharded["TPU v4"].name.startswith("v4-")
+    assert v5e.weights == plan.weights / 8 and v5e.gathered > 0
     assert v5e.total == v5e.weights + v5e.optimizer_state + v5e.step_peak + v5e.gathered <= v5e.usable
-    assert "sharded (train.sharding=fsdp)" in text and "v5e-4" in text
+    assert v5e.total == estimate(cfg, processes=8, device="xla").fsdp_total
+    assert estimate(cfg, processes=4, device="xla").fsdp_total > v5e.usable
+    assert "sharded (train.sharding=fsdp)" in text and "v5e-8" in text
 
 
 def test_estimate_is_near_a_measured_peak():
