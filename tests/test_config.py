@@ -33,6 +33,18 @@ def test_full_model_config_loads_without_network():
     assert cfg.train.mixed_precision == "bf16" and cfg.data.random_crop is True
 
 
+def test_tpu_config_shards_and_its_batches_split_over_eight_chips():
+    cfg = load(CONFIGS / "dia-1.6b-tpu-v5e.yaml")
+    assert cfg.train.sharding == "fsdp" and cfg.train.batch_size % 8 == 0 and cfg.eval.batch_size % 8 == 0
+    assert cfg.model.gradient_checkpointing  # without it 2 clips a chip exceed a v5e chip
+    assert load(CONFIGS / "dia-1.6b.yaml").to_dict()["data"] == cfg.to_dict()["data"]
+
+
+def test_a_mesh_without_sharding_is_refused():
+    with pytest.raises(ConfigError, match="train.mesh_data=2: a mesh is for train.sharding=fsdp"):
+        load(DEMO, ["train.mesh_data=2"])
+
+
 def test_dotted_overrides_are_applied_with_the_declared_types():
     cfg = load(DEMO, ["train.learning_rate=3e-5", "output.dir=/x", "data.random_crop=true", "train.max_grad_norm=2"])
     assert cfg.train.learning_rate == 3e-5 and type(cfg.train.learning_rate) is float

@@ -106,3 +106,15 @@ def peak_program_bytes(dump: Path) -> int:
 def test_each_device_needs_at_most_half_the_memory_of_one_device(runs):
     sharded, one = peak_program_bytes(runs / "dump_sharded"), peak_program_bytes(runs / "dump_one")
     assert sharded <= 0.5 * one, (sharded, one)
+
+
+def test_several_processes_per_host_are_refused_before_spmd_starts(monkeypatch):
+    """`accelerate launch --num_processes 4` on a TPU host spawns 4 processes; under SPMD each would drive all
+    the chips and train a copy of its own."""
+    from dia_tpu.config import ConfigError, load
+    from dia_tpu.training.sharding import Sharding
+
+    monkeypatch.setenv("PJRT_LOCAL_PROCESS_COUNT", "4")
+    with pytest.raises(ConfigError, match="this host started 4"):
+        Sharding.before_accelerator(load(ROOT / "configs/demo.yaml", [*TINY, "train.sharding=fsdp"]))
+    assert os.environ.get("XLA_USE_SPMD") is None  # SPMD was not switched on in this process

@@ -4,6 +4,7 @@ or none (plain data parallel)."""
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -11,7 +12,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import DistributedType, is_torch_xla_available
 
-from dia_tpu.config import Config
+from dia_tpu.config import Config, ConfigError
 from dia_tpu.training import fsdp
 
 Kind = Literal["none", "spmd", "fsdp2"]
@@ -29,6 +30,12 @@ class Sharding:
         if is_torch_xla_available():  # what makes Accelerate choose XLA
             if cfg.train.sharding != "fsdp":
                 return cls("none")
+            processes = int(os.environ.get("PJRT_LOCAL_PROCESS_COUNT", "1"))  # set by xmp.spawn, per host
+            if processes > 1:
+                raise ConfigError(f"train.sharding=fsdp on XLA runs one process per host driving all its chips "
+                                  f"(SPMD), and this host started {processes} (accelerate launch --num_processes "
+                                  f"{processes}): they would train {processes} unrelated copies; start one, with "
+                                  "`python -m dia_tpu.finetune_acc_tpu` or `accelerate launch --num_processes 1`")
             from dia_tpu.training import spmd
 
             spmd.start()
