@@ -105,6 +105,8 @@ def test_a_sharded_checkpoint_is_not_resumed_unsharded(sharded, codes_dir, tmp_p
         train(load(ROOT / "configs/demo.yaml", [*TINY, f"data.dataset={codes_dir}", f"output.dir={tmp_path / 'r'}",
                                                 *STEPS, "train.sharding=fsdp",
                                                 f"train.resume={run_dir / 'checkpoints' / 'step_2'}"]))  # fmt: skip
+    # The Accelerator marks the process as launched with FSDP; the next run in it must not take that for --use_fsdp.
+    assert "ACCELERATE_USE_FSDP" not in os.environ
 
 
 class _Planted:

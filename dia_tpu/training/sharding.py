@@ -23,6 +23,7 @@ class Sharding:
     kind: Kind
     plugin: Any = None  # the FSDP2 plugin given to the Accelerator
     mesh: Any = None  # the SPMD mesh, once the model is on the device
+    launcher_fsdp: str | None = None  # ACCELERATE_USE_FSDP as the launcher left it
 
     @classmethod
     def before_accelerator(cls, cfg: Config) -> Sharding:
@@ -41,13 +42,20 @@ class Sharding:
             spmd.start()
             return cls("spmd")
         plugin = fsdp.fsdp_plugin(cfg)
-        return cls("fsdp2", plugin=plugin) if plugin is not None else cls("none")
+        launcher = os.environ.get("ACCELERATE_USE_FSDP")
+        return cls("fsdp2", plugin, launcher_fsdp=launcher) if plugin is not None else cls("none")
 
     def engage(self, accelerator: Accelerator) -> str | None:
         """Right after the Accelerator: make FSDP2 take effect with CPU processes; returns a note for the log
         when the run shards nothing after all (one process)."""
         if self.kind != "fsdp2":
             return None
+        # Given a plugin, the Accelerator sets ACCELERATE_USE_FSDP=true for the whole process; put back what the
+        # launcher said, or a later run in this process would take it for --use_fsdp.
+        if self.launcher_fsdp is None:
+            os.environ.pop("ACCELERATE_USE_FSDP", None)
+        else:
+            os.environ["ACCELERATE_USE_FSDP"] = self.launcher_fsdp
         fsdp.engage_on_cpu(accelerator, self.plugin)
         if accelerator.distributed_type != DistributedType.FSDP:
             self.kind = "none"
