@@ -4,6 +4,9 @@ prepared once per session, a tiny training config built from the demo's, and a t
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -77,7 +80,14 @@ TINY = [
 @pytest.fixture(scope="session")
 def codes_dir(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("codes") / "sample"
-    prepare(load(ROOT / "configs/demo.yaml", RANDOM_CODEC), ROOT / "data/sample", out)
+    if os.environ.get("PJRT_DEVICE"):
+        # On XLA every clip length compiles the codec anew (a minute for the sample). Its codes equal the CPU's
+        # (test_xla.py), so the XLA run prepares them on the CPU, in a process where Accelerate ignores torch_xla.
+        subprocess.run([sys.executable, "-m", "dia_tpu.cli", "prepare", "--config", str(ROOT / "configs/demo.yaml"),
+                        "--input", str(ROOT / "data/sample"), "--output", str(out), *RANDOM_CODEC],
+                       env={**os.environ, "USE_TORCH_XLA": "0"}, check=True, capture_output=True)  # fmt: skip
+    else:
+        prepare(load(ROOT / "configs/demo.yaml", RANDOM_CODEC), ROOT / "data/sample", out)
     return out
 
 

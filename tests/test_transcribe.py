@@ -310,7 +310,7 @@ def test_two_processes_share_the_recordings_and_write_the_same(podcast, transcri
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "USE_TORCH_XLA": "0", "OMP_NUM_THREADS": "1"}
     done = subprocess.run(
         [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines",
-         "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29547", "-m", "dia_tpu.cli",
+         "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29549", "-m", "dia_tpu.cli",
          "transcribe", "--config", str(ROOT / "configs/demo.yaml"), "--input", str(podcast[0]), "--output",
          str(tmp_path / "two"), *RANDOM_CODEC, *SETTINGS],
         env=env, capture_output=True, text=True, timeout=600,

@@ -52,7 +52,7 @@ def plain_model(config: DiaConfig, state: dict[str, torch.Tensor],
 
     model = DiaForConditionalGeneration(config)
     restore_attention_scale(model)  # a model built from a config starts at scale 1
-    model.load_state_dict({k: v.detach().to("cpu", torch.float32) for k, v in state.items()})
+    model.load_state_dict({k: v.detach().cpu().float() for k, v in state.items()})
     if generation_config is not None:
         model.generation_config = generation_config
     return model.eval()

@@ -214,6 +214,10 @@ def train(cfg: Config) -> Path:
             accelerator.end_training()
             raise TrainingStopped(stopped, state.step, run.checkpoint(state.step))  # saved just above
 
+        if xla is not None:
+            from dia_tpu.training.xla import finish_pending
+
+            finish_pending()
         # Under FSDP2 the whole model is gathered onto the main process first (every process takes part).
         gathered = full_state_dict(accelerator, model) if runtime.fsdp else None
         if accelerator.is_main_process:

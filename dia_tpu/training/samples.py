@@ -123,6 +123,10 @@ class LiveGenerator:
         """Every process calls this at the same step (under FSDP gathering the weights is a collective)."""
         accelerator = self.accelerator
         state = None
+        if self.on_xla:
+            from dia_tpu.training.xla import finish_pending
+
+            finish_pending()
         if self.copy_weights:
             state = None if self.on_xla else accelerator.get_state_dict(model)
         live = accelerator.unwrap_model(model)
@@ -140,7 +144,7 @@ class LiveGenerator:
             self._cpu_model = DiaForConditionalGeneration(live.config).eval()
             restore_attention_scale(self._cpu_model)  # a model built from a config starts at scale 1
         weights = state if state is not None else live.state_dict()
-        self._cpu_model.load_state_dict({k: v.detach().to("cpu", torch.float32) for k, v in weights.items()})
+        self._cpu_model.load_state_dict({k: v.detach().cpu().float() for k, v in weights.items()})
         return self._cpu_model
 
 
