@@ -89,10 +89,11 @@ def test_export_is_the_trained_model_unsharded(runs):
 def test_no_compilation_after_warm_up_and_no_host_syncs_in_steps(runs):
     logged = scalars(runs / "sharded")
     compiles = dict(logged["xla/compiles"])
-    # Steps 2-4 repeat the compiled step; the evaluation and checkpoint at step 4 compile their own programs
-    # (gathering the shards to the host: one small program per tensor), then steps 5-8 compile nothing again.
-    assert compiles[2] == compiles[3] == compiles[4]
+    # The first checkpoint (step 2) compiles the graphs that gather the shards to the host, the first evaluation
+    # (step 4) its own; the later checkpoints (4, 6) and steps compile nothing.
+    assert compiles[3] == compiles[4]
     assert compiles[5] == compiles[6] == compiles[7] == compiles[8]
+    assert compiles[8] - compiles[1] <= 10
     assert all(value == 0 for _, value in logged["xla/train_step_host_syncs"])
 
 

@@ -18,6 +18,7 @@ first read allowing only the classes of that format. Where the run folder's part
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import math
@@ -101,7 +102,7 @@ def save_checkpoint(accelerator: Accelerator, runtime: Runtime, model, cfg: Conf
         shutil.rmtree(building)  # a save that was cut off before
     _check_space(accelerator, run, path, _expected_bytes(run, accelerator.unwrap_model(model)))
     try:
-        with _xla_state_workaround(accelerator, runtime):
+        with _xla_state_workaround(accelerator, runtime), _spmd_saving(accelerator, runtime, building):
             accelerator.save_state(str(building), safe_serialization=runtime.safe_weights)
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
@@ -245,6 +246,15 @@ def _xla_state_workaround(accelerator: Accelerator, runtime: Runtime) -> Iterato
         yield
     finally:
         accelerator._dataloaders = loaders
+
+
+def _spmd_saving(accelerator: Accelerator, runtime: Runtime, folder: Path):
+    """Under SPMD, the model and optimizer files written from gathered host copies (`spmd.saving_from_host`)."""
+    if not runtime.spmd:
+        return contextlib.nullcontext()
+    from dia_tpu.training.spmd import saving_from_host
+
+    return saving_from_host(accelerator, folder)
 
 
 def keep_trainable(models: list, weights: list, output_dir: str) -> None:

@@ -218,8 +218,12 @@ def train(cfg: Config) -> Path:
             from dia_tpu.training.xla import finish_pending
 
             finish_pending()
-        # Under FSDP2 the whole model is gathered onto the main process first (every process takes part).
+        # Sharded weights are gathered onto the main process's host first: under FSDP2 every process takes part.
         gathered = full_state_dict(accelerator, model) if runtime.fsdp else None
+        if runtime.spmd and not adapter_only:
+            from dia_tpu.training.spmd import host_state_dict
+
+            gathered = host_state_dict(accelerator.unwrap_model(model).state_dict())
         if accelerator.is_main_process:
             final = accelerator.unwrap_model(model)
             if gathered is not None:

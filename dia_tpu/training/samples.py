@@ -115,7 +115,7 @@ class LiveGenerator:
     every step of the decode loop, and FSDP holds only a shard of the weights on each process."""
 
     def __init__(self, accelerator: Accelerator, runtime: Runtime):
-        self.accelerator, self.on_xla = accelerator, runtime.on_xla
+        self.accelerator, self.on_xla, self.spmd = accelerator, runtime.on_xla, runtime.spmd
         self.copy_weights = runtime.on_xla or runtime.fsdp
         self._cpu_model: DiaForConditionalGeneration | None = None
 
@@ -127,9 +127,13 @@ class LiveGenerator:
             from dia_tpu.training.xla import finish_pending
 
             finish_pending()
-        if self.copy_weights:
-            state = None if self.on_xla else accelerator.get_state_dict(model)
         live = accelerator.unwrap_model(model)
+        if self.copy_weights and not self.on_xla:
+            state = accelerator.get_state_dict(model)
+        elif self.spmd and not is_peft(live):
+            from dia_tpu.training.spmd import host_state_dict
+
+            state = host_state_dict(live.state_dict())
         if not self.copy_weights:
             return dia_of(live)
         if not accelerator.is_main_process:

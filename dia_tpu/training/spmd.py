@@ -18,6 +18,10 @@ Imported only on XLA.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
 import numpy as np
 import torch
 import torch_xla
@@ -30,6 +34,9 @@ from dia_tpu.data.batching import BATCH_RANKS
 
 AXES = ("data", "fsdp")
 BATCH = (AXES,)  # the batch dimension split over both axes
+# Bytes of sharded tensors gathered at once when copying them to the host: each device holds that much more
+# for a moment.
+GATHER_BYTES = 256 * 2**20
 
 
 def start() -> None:
@@ -122,3 +129,81 @@ def describe(model: torch.nn.Module, mesh: xs.Mesh) -> str:
     held = sum(p.numel() / (fsdp if sharding_of(p) else 1) for p in model.parameters())
     return (f"sharding: SPMD over {data * fsdp} devices (mesh data {data} x fsdp {fsdp}), each holding "
             f"{held / 1e6:.2f} M of the {total / 1e6:.2f} M weights and their gradients and optimizer state")
+
+
+def host_copies(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+    """CPU copies of device tensors, sharded or not. Workaround for torch_xla 2.9: reading a sharded tensor
+    compiles a program of its own to put it together (`ReplicateShardedData`), for every tensor on every read,
+    so a checkpoint of Dia-1.6B would compile ~1,500 programs on every save. Here the sharded ones are made whole
+    by graphs of up to GATHER_BYTES each, the same graphs every time (compiled once per run), then read."""
+    mesh = xs.Mesh(np.arange(device_count()), (device_count(),), ("all",))
+    out: list[torch.Tensor | None] = [None] * len(tensors)
+    sharded = [i for i, t in enumerate(tensors) if sharding_of(t) not in ("", "{replicated}")]
+    groups: list[list[int]] = [[]]
+    for i in sharded:
+        if groups[-1] and sum(tensors[j].nbytes for j in groups[-1]) + tensors[i].nbytes > GATHER_BYTES:
+            groups.append([])
+        groups[-1].append(i)
+    for group in groups:
+        whole = [tensors[i] * 1 for i in group]  # new tensors of the graph, to be laid out replicated
+        for tensor in whole:
+            xs.mark_sharding(tensor, mesh, (None,) * tensor.dim())
+        torch_xla.sync()
+        for i, tensor in zip(group, whole, strict=True):
+            out[i] = tensor.cpu()
+    return [copy if copy is not None else tensor.cpu() for copy, tensor in zip(out, tensors, strict=True)]
+
+
+def host_state_dict(state: dict) -> dict:
+    """A state dict (a model's, or an optimizer's with its nested state) with every device tensor on the host."""
+    found: list[torch.Tensor] = []
+
+    def collect(value):
+        if isinstance(value, torch.Tensor) and value.device.type == "xla":
+            found.append(value)
+        elif isinstance(value, dict):
+            for item in value.values():
+                collect(item)
+        elif isinstance(value, (list, tuple)):
+            for item in value:
+                collect(item)
+
+    collect(state)
+    copies = iter(host_copies(found))
+
+    def rebuild(value):
+        if isinstance(value, torch.Tensor) and value.device.type == "xla":
+            return next(copies)
+        if isinstance(value, dict):
+            return {key: rebuild(item) for key, item in value.items()}
+        if isinstance(value, (list, tuple)):
+            return type(value)(rebuild(item) for item in value)
+        return value
+
+    return rebuild(state)
+
+
+@contextmanager
+def saving_from_host(accelerator, folder: Path) -> Iterator[None]:
+    """Around `accelerator.save_state` under SPMD: write the models and optimizers as Accelerate would (its file
+    names and format, its save hooks applied), from `host_copies`, and hide them from Accelerate meanwhile, which
+    would read every sharded tensor on its own (see `host_copies`). Loading is Accelerate's, unchanged."""
+    from accelerate.utils import OPTIMIZER_NAME, WEIGHTS_NAME
+
+    models, optimizers = accelerator._models, accelerator._optimizers
+    torch_xla.sync()
+    weights = [host_state_dict(model.state_dict()) for model in models]
+    for hook in accelerator._save_model_state_pre_hook.values():
+        hook(models, weights, str(folder))
+    states = [host_state_dict(optimizer.state_dict()) for optimizer in optimizers]
+    if accelerator.is_main_process:
+        folder.mkdir(parents=True, exist_ok=True)
+        for i, state in enumerate(weights):
+            torch.save(state, folder / (WEIGHTS_NAME if i == 0 else WEIGHTS_NAME.replace(".", f"_{i}.")))
+        for i, state in enumerate(states):
+            torch.save(state, folder / (f"{OPTIMIZER_NAME}.bin" if i == 0 else f"{OPTIMIZER_NAME}_{i}.bin"))
+    accelerator._models, accelerator._optimizers = [], []
+    try:
+        yield
+    finally:
+        accelerator._models, accelerator._optimizers = models, optimizers

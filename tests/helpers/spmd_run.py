@@ -3,8 +3,8 @@ a process once on). Run by tests/test_spmd.py with CPU_NUM_DEVICES=4:
 
     python tests/helpers/spmd_run.py CODES OUT
 
-1. OUT/sharded: `train()` with train.sharding=fsdp, 8 steps, a checkpoint and an evaluation every 4, samples at
-   the end;
+1. OUT/sharded: `train()` with train.sharding=fsdp, 8 steps, a checkpoint every 2, an evaluation every 4,
+   samples at the end;
 2. OUT/resumed: the same run resumed from OUT/sharded/checkpoints/step_4;
 3. OUT/probe.json: the sharding XLA gives the parameters, their gradients and AdamW's state after one step of
    the recipe's own building blocks, and the optimizer state after `load_state` before and after
@@ -37,7 +37,7 @@ from dia_tpu.training.step import build_trainable, make_optimizer  # noqa: E402
 
 # The sharded run: 4 devices, so every batch is a multiple of 4.
 SHARDED = ["train.sharding=fsdp", "train.batch_size=4", "eval.batch_size=4", "data.eval_size=4", "train.max_steps=8",
-           "train.save_every=4", "eval.eval_every=4", "train.log_every=1", "samples.every=8",
+           "train.save_every=2", "train.keep_last=4", "eval.eval_every=4", "train.log_every=1", "samples.every=8",
            'samples.prompts=[{name: hi, text: "[S1] Hi there."}]', "samples.max_seconds=0.3"]  # fmt: skip
 
 
