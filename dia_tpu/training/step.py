@@ -9,7 +9,7 @@ import torch
 from accelerate import Accelerator
 
 from dia_tpu.config import Config, ConfigError, TrainConfig
-from dia_tpu.model.adapters import import_bitsandbytes_quietly, setup_training
+from dia_tpu.model.adapters import dia_of, import_bitsandbytes_quietly, setup_training
 from dia_tpu.model.build import build_model
 from dia_tpu.training.loss import batch_loss, target_weight
 from dia_tpu.training.runtime import Runtime
@@ -23,9 +23,27 @@ def build_trainable(cfg: Config, runtime: Runtime) -> torch.nn.Module:
     model's own (no `_orig_mod.` prefixes in checkpoints). XLA traces and compiles graphs itself.
     """
     model = set_up_for_training(build_model(cfg.model, runtime.attention), cfg)
+    if runtime.on_xla and cfg.model.gradient_checkpointing:
+        checkpoint_with_torch_xla(model)
     if runtime.compile:
         model.compile()
     return model
+
+
+def checkpoint_with_torch_xla(model: torch.nn.Module) -> None:
+    """Give the checkpointed layers torch_xla's checkpoint instead of torch's. torch's fails on XLA tensors (it
+    looks for a `torch.xla` device module), and in one traced graph XLA would merge the recomputation with the
+    forward anyway; torch_xla's puts optimization barriers around it, so it is recomputed for real. It is
+    reentrant, which passes gradients only through inputs that need them: the embeddings' outputs are made to
+    need them, for adapters trained on a frozen model."""
+    from torch_xla.utils.checkpoint import checkpoint
+
+    for module in model.modules():
+        if getattr(module, "gradient_checkpointing", False):
+            module._gradient_checkpointing_func = checkpoint  # what transformers' checkpointed layers call
+    dia = dia_of(model)
+    for embedding in (dia.model.encoder.embedding, dia.model.decoder.embeddings):
+        embedding.register_forward_hook(lambda module, inputs, output: output.requires_grad_(True))
 
 
 def set_up_for_training(model: torch.nn.Module, cfg: Config) -> torch.nn.Module:
