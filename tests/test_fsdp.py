@@ -47,7 +47,9 @@ def launch(codes_dir: Path, run_dir: Path, port: int, *extra: str,
 def sharded(codes_dir, tmp_path_factory) -> tuple[Path, str]:
     run_dir = tmp_path_factory.mktemp("fsdp") / "sharded"
     samples = ["samples.every=4", 'samples.prompts=[{name: hi, text: "[S1] Hi there."}]', "samples.max_seconds=0.3"]
-    return run_dir, launch(codes_dir, run_dir, 29551, *samples).stdout
+    audio = ["eval.audio.every=4", "eval.audio.limit=2", "eval.audio.max_seconds=0.3", "eval.audio.speaker=none",
+             "eval.audio.clone=false"]  # fmt: skip
+    return run_dir, launch(codes_dir, run_dir, 29551, *samples, *audio).stdout
 
 
 def test_each_process_holds_half_and_checkpoints_are_sharded(sharded):
@@ -61,8 +63,9 @@ def test_each_process_holds_half_and_checkpoints_are_sharded(sharded):
         for part in (SHARDED_WEIGHTS, "optimizer_0"):
             assert sorted(p.name for p in (ckpt / part).glob("*.distcp")) == ["__0_0.distcp", "__1_0.distcp"]
         assert not (ckpt / "model.safetensors").exists()
-    # Generated on the main process from the gathered weights.
+    # Generated on the main process from the gathered weights; the audio evaluation judged both prompts.
     assert sorted(p.name for p in (run_dir / "samples" / "step_000004").iterdir()) == ["hi.png", "hi.wav", "index.json"]
+    assert scalars(run_dir)["audio/utterances"] == [(4, 2.0)]
 
 
 def test_sharded_steps_equal_one_process_with_the_same_global_batch(sharded, codes_dir, tmp_path):
