@@ -119,3 +119,14 @@ def test_several_processes_per_host_are_refused_before_spmd_starts(monkeypatch):
     with pytest.raises(ConfigError, match="this host started 4"):
         Sharding.before_accelerator(load(ROOT / "configs/demo.yaml", [*TINY, "train.sharding=fsdp"]))
     assert os.environ.get("XLA_USE_SPMD") is None  # SPMD was not switched on in this process
+
+
+def test_a_batch_that_does_not_split_over_the_devices_is_one_clear_error(codes_dir, tmp_path):
+    env = {**os.environ, "PJRT_DEVICE": "CPU", "CPU_NUM_DEVICES": "4", "LOCAL_RANK": "0", "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, "-m", "dia_tpu.finetune_acc_tpu", "--config",
+                           str(ROOT / "configs/demo.yaml"), *TINY, f"data.dataset={codes_dir}",
+                           f"output.dir={tmp_path / 'run'}", "train.sharding=fsdp", "train.batch_size=2",
+                           "eval.batch_size=4"], env=env, capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert done.returncode != 0 and "Traceback" not in done.stderr
+    assert "train.batch_size=2: under SPMD it is the batch of one host, split over its 4 devices" in done.stderr
+    assert not (tmp_path / "run").exists()  # refused before the run folder is made

@@ -22,7 +22,7 @@ Kind = Literal["none", "spmd", "fsdp2"]
 class Sharding:
     kind: Kind
     plugin: Any = None  # the FSDP2 plugin given to the Accelerator
-    mesh: Any = None  # the SPMD mesh, once the model is on the device
+    mesh: Any = None  # the SPMD mesh
     launcher_fsdp: str | None = None  # ACCELERATE_USE_FSDP as the launcher left it
 
     @classmethod
@@ -40,7 +40,7 @@ class Sharding:
             from dia_tpu.training import spmd
 
             spmd.start()
-            return cls("spmd")
+            return cls("spmd", mesh=spmd.build_mesh(cfg))  # a batch that cannot split is refused before any work
         plugin = fsdp.fsdp_plugin(cfg)
         launcher = os.environ.get("ACCELERATE_USE_FSDP")
         return cls("fsdp2", plugin, launcher_fsdp=launcher) if plugin is not None else cls("none")
@@ -71,7 +71,6 @@ class Sharding:
         if self.kind == "spmd":
             from dia_tpu.training import spmd
 
-            self.mesh = spmd.build_mesh(cfg)
             spmd.shard_model(model, self.mesh)
             for loader in loaders:
                 if loader is not None:

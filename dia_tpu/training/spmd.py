@@ -50,11 +50,11 @@ def device_count() -> int:
 
 def build_mesh(cfg: Config) -> xs.Mesh:
     """The (data, fsdp) mesh over every device of the run; every batch must split evenly over it."""
-    n, data = device_count(), cfg.train.mesh_data
+    n, local, data = device_count(), xr.addressable_runtime_device_count(), cfg.train.mesh_data
     problems = [f"train.mesh_data={data} does not divide the {n} devices"] if n % data else []
-    problems += [f"{key}={size}: under SPMD it is the batch of one host, split over its {n} devices; make it a "
-                 f"multiple of {n}" for key, size in (("train.batch_size", cfg.train.batch_size),
-                                                      ("eval.batch_size", cfg.eval.batch_size)) if size % n]
+    problems += [f"{key}={size}: under SPMD it is the batch of one host, split over its {local} devices; make it a "
+                 f"multiple of {local}" for key, size in (("train.batch_size", cfg.train.batch_size),
+                                                          ("eval.batch_size", cfg.eval.batch_size)) if size % local]
     if problems:
         raise ConfigError("train.sharding=fsdp on XLA:\n  - " + "\n  - ".join(problems))
     return xs.Mesh(np.arange(n), (data, n // data), AXES)
