@@ -1,8 +1,15 @@
-"""`dia-tpu bench`: training throughput of a config's model, in audio frames per second, per mixed precision.
+"""`dia-tpu bench`: training throughput of a config's model, in audio frames per second, per mixed precision,
+and how close the step comes to what the device's matrix units can do.
 
 The model is the config's (random or pretrained); the data is one synthetic batch of the config's fixed shape
 (full `max_audio_frames`-long clips, `max_text_tokens - 10` text tokens), so no dataset or codec is needed and
 the numbers measure the training step alone: forward, the shared loss, backward, clipping, AdamW.
+
+The limit is measured in the same process: the rate of a square MATMUL_SIZE matmul in the precision's dtype
+(fp32, or bf16 / fp16 under autocast) on the same device and threads. The step's FLOPs are counted once, on the
+first untimed step, by torch's `FlopCounterMode` (matrix products and attention, forward and backward;
+elementwise work, the loss's softmax and the optimizer are not counted, so the share of the limit is a lower
+bound of how busy the matrix units are). Achieved FLOP/s over the matmul rate then compares across machines.
 
 Each precision runs in a fresh spawned process rather than in this one, for three reasons:
 - Accelerate keeps one process-wide state whose mixed precision cannot change once set; resetting it takes
@@ -25,6 +32,7 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 from accelerate.utils import send_to_device, set_seed
+from torch.utils.flop_counter import FlopCounterMode
 
 from dia_tpu.config import PRECISIONS, Config
 from dia_tpu.data.batching import synthetic_batch
@@ -35,6 +43,10 @@ from dia_tpu.training.step import build_trainable, make_optimizer, train_step
 
 # Measured when no --precision is given.
 DEFAULT_PRECISIONS = ("no", "bf16")
+# The side of the square matmul whose rate is the limit a step is compared with, and the dtype it runs in per
+# mixed precision (autocast runs matrix products in the low precision).
+MATMUL_SIZE = 2048
+MATMUL_DTYPES = {"no": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def bench(cfg: Config | dict[str, Config], steps: int, warmup: int, precisions: list[str]) -> list[dict]:
@@ -93,10 +105,13 @@ def run_one(cfg: Config, steps: int, warmup: int, precision: str) -> dict:
         from dia_tpu.training import xla
 
         origin = xla.counters()
-    for _ in range(warmup):
+    # The FLOPs of one step, counted on the first untimed step (one more when there is no warm-up).
+    with FlopCounterMode(display=False) as counter:
         loss = step()
-    if warmup:
-        _finish(accelerator, loss)
+    flops = counter.get_total_flops()
+    for _ in range(warmup - 1):
+        loss = step()
+    _finish(accelerator, loss)
     start = time.perf_counter()
     for _ in range(steps):
         loss = step()
@@ -114,6 +129,8 @@ def run_one(cfg: Config, steps: int, warmup: int, precision: str) -> dict:
         }
     # ru_maxrss is in KiB on Linux: the whole process's peak, imports and model included.
     peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    limit = None if on_xla else matmul_rate(accelerator.device, MATMUL_DTYPES[precision])
+    achieved = flops * steps / seconds
     return {
         **compiled,
         "precision": precision,
@@ -132,6 +149,10 @@ def run_one(cfg: Config, steps: int, warmup: int, precision: str) -> dict:
         "frames": frames,
         "frames_per_s": frames / seconds,
         "final_loss": final_loss,
+        "flops_per_step": flops,
+        "flops_per_s": achieved,
+        "matmul_flops_per_s": limit,  # None on XLA, whose matmul would be timed with its compilation
+        "share_of_matmul": achieved / limit if limit else None,
         "peak_rss_mib": peak_rss,
         # What training added to the process: the peak above the resident size just before the model was built.
         "peak_rss_above_baseline_mib": peak_rss - baseline_rss,
@@ -149,6 +170,30 @@ def _current_rss_mib() -> float:
 
 
 
+def matmul_rate(device: torch.device, dtype: torch.dtype, seconds: float = 1.0) -> float:
+    """FLOP/s of a square MATMUL_SIZE matmul in `dtype` on `device` (CPU or CUDA), on this process's threads:
+    the most a step's matrix products can reach there."""
+    n = MATMUL_SIZE
+    generator = torch.Generator().manual_seed(0)
+    a, b = (torch.randn(n, n, generator=generator).to(device, dtype) for _ in range(2))
+
+    def wait() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    for _ in range(3):
+        a @ b
+    wait()
+    runs, start = 0, time.perf_counter()
+    while (elapsed := time.perf_counter() - start) < seconds or runs < 3:
+        a @ b
+        runs += 1
+        if runs % 8 == 0 or elapsed >= seconds:
+            wait()
+    wait()
+    return 2 * n**3 * runs / (time.perf_counter() - start)
+
+
 def _finish(accelerator: Accelerator, loss: torch.Tensor) -> float:
     """Wait until queued device work is done: reading a scalar blocks on every backend (CUDA, XLA, CPU)."""
     accelerator.wait_for_everyone()
@@ -158,12 +203,13 @@ def _finish(accelerator: Accelerator, loss: torch.Tensor) -> float:
 def format_table(results: list[dict]) -> str:
     """The results as an aligned text table, one row per precision."""
     header = ("variant", "precision", "device", "threads", "params", "trainable", "step ms", "steps/s", "frames/s",
-              "peak MiB")  # fmt: skip
+              "GFLOP/step", "GFLOP/s", "matmul GFLOP/s", "of matmul", "peak MiB")  # fmt: skip
     rows = [header]
     for r in results:
         if "error" in r:
-            rows.append((r.get("variant") or "-", r["precision"], "failed: " + r["error"][:60], *[""] * 7))
+            rows.append((r.get("variant") or "-", r["precision"], "failed: " + r["error"][:60], *[""] * 11))
             continue
+        limit = r["matmul_flops_per_s"]
         peak = r["peak_device_mib"] if r["peak_device_mib"] is not None else r["peak_rss_mib"]
         rows.append(
             (
@@ -176,6 +222,10 @@ def format_table(results: list[dict]) -> str:
                 f"{r['step_ms']:.1f}",
                 f"{r['steps_per_s']:.3f}",
                 f"{r['frames_per_s']:.0f}",
+                f"{r['flops_per_step'] / 1e9:.2f}",
+                f"{r['flops_per_s'] / 1e9:.1f}",
+                f"{limit / 1e9:.1f}" if limit else "-",
+                f"{100 * r['share_of_matmul']:.0f} %" if limit else "-",
                 f"{peak:.0f}",
             )
         )
@@ -189,4 +239,7 @@ def format_table(results: list[dict]) -> str:
             f"{r['warmup']} warm-up + {r['steps']} timed steps; peak MiB is "
             + ("device memory" if r["peak_device_mib"] is not None else "process RSS")
         )
+        lines.append(f"GFLOP/step: matrix products and attention of a step, forward and backward (torch's "
+                     f"FlopCounterMode); matmul GFLOP/s: a {MATMUL_SIZE}x{MATMUL_SIZE} matmul in the precision's "
+                     "dtype on the same device and threads, the limit the step is a share of")  # fmt: skip
     return "\n".join(lines)

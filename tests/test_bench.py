@@ -30,3 +30,9 @@ def test_bench_counts_frames_and_reports_throughput():
     assert result["step_ms"] == pytest.approx(1000 * result["seconds"] / 2)
     assert result["params"] > 0 and result["peak_rss_mib"] > 0
     assert math.isfinite(result["final_loss"])
+    # The step's FLOPs, counted by torch, at least the forward and backward matrix products of its linear layers.
+    model = DiaConfig(**cfg.model.architecture)
+    assert result["flops_per_step"] > 6 * 3 * 16 * model.decoder_config.hidden_size ** 2
+    assert result["flops_per_s"] == pytest.approx(2 * result["flops_per_step"] / result["seconds"])
+    assert result["matmul_flops_per_s"] > 0
+    assert result["share_of_matmul"] == pytest.approx(result["flops_per_s"] / result["matmul_flops_per_s"])
