@@ -47,6 +47,9 @@ def test_codebook_loss_matches_plain_cross_entropy_per_codebook():
     assert torch.equal(parts.count, counts)
     assert torch.equal(parts.correct, hits)
     assert parts.count[1, 2] == 0 and parts.ce_sum[1, 2] == 0
+    # A training step asks for no accuracy: the same loss, no argmax over the logits.
+    training = codebook_loss(logits, labels, WEIGHTS, accuracy=False)
+    assert training.correct is None and torch.equal(training.weighted_sum, parts.weighted_sum)
 
 
 def test_correct_counts_argmax_hits():

@@ -145,7 +145,7 @@ def trace_step(cfg: Config) -> tuple[Trace, torch.nn.Module]:
         if param.requires_grad:
             param.register_post_accumulate_grad_hook(tracker.count_gradient)
     with mode, tracker:
-        parts = batch_loss(model, batch, weights)
+        parts = batch_loss(model, batch, weights, accuracy=False)
         loss = parts.weighted_sum / target_weight(batch["labels"], weights)
         activations = tracker.live
         loss.backward()

@@ -28,16 +28,18 @@ def target_weight(labels: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
 class LossParts:
     weighted_sum: torch.Tensor  # scalar: sum over targets of weight[c] * CE
     ce_sum: torch.Tensor  # [B, C] unweighted CE summed over time, per sample and codebook
-    correct: torch.Tensor  # [B, C] argmax hits
+    correct: torch.Tensor | None  # [B, C] argmax hits; None when not asked for (training: only metrics use it)
     count: torch.Tensor  # [B, C] counted targets
 
 
-def codebook_loss(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor) -> LossParts:
+def codebook_loss(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor,
+                  accuracy: bool = True) -> LossParts:  # fmt: skip
     """Masked cross-entropy per codebook.
 
     logits: [B*C, T, V] from DiaForConditionalGeneration (row b*C + c is sample b, codebook c).
     labels: [B, T, C] with IGNORE_INDEX where no target counts (PAD and BOS); EOS is a target.
     weights: [C] loss weight per codebook.
+    accuracy: also count argmax hits (an argmax over every logit: evaluation wants it, a training step does not).
     The mask multiplies rather than indexes, so shapes never depend on the data.
     """
     size, steps, channels = labels.shape
@@ -45,17 +47,16 @@ def codebook_loss(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Ten
     mask = (targets != IGNORE_INDEX).float()
     logits = logits.float().reshape(size, channels, steps, -1)
     ce = F.cross_entropy(logits.permute(0, 3, 1, 2), targets.clamp(min=0), reduction="none") * mask
-    hits = (logits.argmax(-1) == targets).float() * mask
     ce_sum = ce.sum(-1)
     return LossParts(
         weighted_sum=(ce_sum * weights.to(ce_sum.device)).sum(),
         ce_sum=ce_sum,
-        correct=hits.sum(-1),
+        correct=((logits.argmax(-1) == targets).float() * mask).sum(-1) if accuracy else None,
         count=mask.sum(-1),
     )
 
 
-def batch_loss(model, batch: dict, weights: torch.Tensor) -> LossParts:
+def batch_loss(model, batch: dict, weights: torch.Tensor, accuracy: bool = True) -> LossParts:
     """Forward a collated batch through Dia and score it; the one step that training, evaluation and the
     benchmark share. No `labels` go to the model: its built-in loss is an unweighted mean."""
     out = model(
@@ -63,4 +64,4 @@ def batch_loss(model, batch: dict, weights: torch.Tensor) -> LossParts:
         attention_mask=batch["attention_mask"],
         decoder_input_ids=batch["decoder_input_ids"],
     )
-    return codebook_loss(out.logits, batch["labels"], weights)
+    return codebook_loss(out.logits, batch["labels"], weights, accuracy)

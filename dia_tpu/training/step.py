@@ -111,7 +111,7 @@ def train_step(
     totals, grad_norm = [], None
     for batch in batches:
         with accelerator.accumulate(model):
-            parts = batch_loss(model, batch, weights)
+            parts = batch_loss(model, batch, weights, accuracy=False)
             accelerator.backward(parts.weighted_sum / denominator * scale)
             if accelerator.sync_gradients and max_grad_norm > 0:
                 grad_norm = accelerator.clip_grad_norm_(model.parameters(), max_grad_norm)
