@@ -6,6 +6,7 @@ where torch_xla is not installed.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -34,19 +35,36 @@ from dia_tpu.training.recipe import train  # noqa: E402
 def straight_run(codes_dir, tmp_path_factory) -> Path:
     """30 steps on XLA with logging every 5, evaluation and a checkpoint every 10."""
     run_dir = tmp_path_factory.mktemp("xla") / "straight"
+    before = len(compile_seconds())
+    # Evaluations at steps that do not log: the pending step must not run inside the first eval batch's graph.
     train(tiny(codes_dir, run_dir, "train.max_steps=30", "train.save_every=10", "train.keep_last=3",
-               "eval.eval_every=10"))
+               "eval.eval_every=7"))
     assert PartialState().distributed_type == DistributedType.XLA
     reset_accelerate()
+    (run_dir.parent / "compile_seconds.json").write_text(json.dumps(compile_seconds()[before:]))
     return run_dir
+
+
+def compile_seconds() -> list[float]:
+    """How long each compilation of this process took, in order (torch_xla keeps every sample)."""
+    import torch_xla.debug.metrics as met
+
+    data = met.metric_data("CompileTime")
+    return [nanoseconds / 1e9 for _, nanoseconds in data[2]] if data else []
 
 
 def test_compilations_stop_after_warm_up_and_steps_never_sync(straight_run):
     logged = scalars(straight_run)
     compiles = dict(logged["xla/compiles"])
-    # Warm-up: the first train step, the steady train step, the logging step's variant and the eval graphs
-    # (the first evaluation and checkpoint come at step 10). After that, nothing new is compiled.
-    assert compiles[15] == compiles[20] == compiles[25] == compiles[30]
+    # Warm-up: the first train step and the steady one, the evaluation's forward, and small graphs (the logged
+    # window's reduction and reset, the evaluation's sums). The first evaluation comes at step 7; after it,
+    # logging (every 5 steps), evaluations and checkpoints compile nothing new.
+    assert compiles[10] == compiles[15] == compiles[20] == compiles[25] == compiles[30]
+    # The train step is compiled twice: the first step (no optimizer state yet) and every other one, logging
+    # steps and the steps after an evaluation included. Graphs of a train step's size take seconds to compile;
+    # the evaluation's forward about 40 % of that, the small graphs milliseconds.
+    seconds = json.loads((straight_run.parent / "compile_seconds.json").read_text())
+    assert len([s for s in seconds if s > 0.7 * max(seconds)]) == 2, seconds
     assert compiles[30] <= 12
     assert all(value == 0 for _, value in logged["xla/train_step_host_syncs"])
     assert all(value == 0 for _, value in logged["xla/train_step_host_transfers"])
@@ -56,7 +74,7 @@ def test_compilations_stop_after_warm_up_and_steps_never_sync(straight_run):
 def test_resume_on_xla_continues_exactly(straight_run, codes_dir, tmp_path):
     ckpt = straight_run / "checkpoints" / "step_20"
     assert (ckpt / "pytorch_model.bin").is_file()
-    train(tiny(codes_dir, tmp_path / "resumed", "train.max_steps=30", "train.save_every=10", "eval.eval_every=10",
+    train(tiny(codes_dir, tmp_path / "resumed", "train.max_steps=30", "train.save_every=10", "eval.eval_every=7",
                f"train.resume={ckpt}"))
     reset_accelerate()
     expected, got = weights(straight_run), weights(tmp_path / "resumed")

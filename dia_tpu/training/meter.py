@@ -41,13 +41,21 @@ class TrainMeter:
 
 
 def log_train(accelerator: Accelerator, meter: TrainMeter, scheduler, state: TrainState, xla, bar) -> None:
-    """Log the training window: loss, learning rate, gradient norm, throughput (and XLA's counters there)."""
+    """Log the training window: loss, learning rate, gradient norm, throughput (and XLA's counters there).
+
+    On XLA the step's graph is cut first, where every step's is cut (at the next batch), so a logging step runs
+    the one compiled train step; the zeroed window is then made data, so the next step's graph is that one too.
+    """
+    if xla is not None:
+        xla.cut()
     metrics = {
         **meter.take(accelerator),
         "train/lr": scheduler.get_last_lr()[0],
         "train/epoch": state.epoch,
         **(xla.metrics() if xla is not None else {}),
     }
+    if xla is not None:
+        xla.cut()
     accelerator.log(metrics, step=state.step)
     bar.set_postfix(loss=f"{metrics['train/loss']:.3f}", lr=f"{metrics['train/lr']:.2e}",
                     fps=f"{metrics['train/frames_per_s']:.0f}")

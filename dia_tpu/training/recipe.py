@@ -175,6 +175,8 @@ def train(cfg: Config) -> Path:
                 log_train(accelerator, meter, scheduler, state, xla, bar)
             early = False
             if eval_loader is not None and ((cfg.eval.eval_every and state.step % cfg.eval.eval_every == 0) or last):
+                if xla is not None:
+                    xla.cut()  # where a step's graph always ends, or the first eval batch would extend it
                 metrics = evaluate(accelerator, model, eval_loader, weights)
                 if audio.due(state.step, last):
                     metrics |= audio.run(model, state.step)

@@ -51,6 +51,11 @@ class XlaWatch:
         self.step_syncs += now["host_syncs"] - self._start["host_syncs"]
         self.step_transfers += now["host_transfers"] - self._start["host_transfers"]
 
+    @staticmethod
+    def cut() -> None:
+        """Run what is traced so far as one graph, leaving its results as device data for the next one."""
+        torch_xla.sync()
+
     def metrics(self) -> dict[str, float]:
         now = self._counters()
         return {
