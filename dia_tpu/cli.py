@@ -234,7 +234,7 @@ def _plan(args: argparse.Namespace) -> None:
 def _bench(args: argparse.Namespace) -> None:
     import json
 
-    from dia_tpu.bench import DEFAULT_PRECISIONS, bench, format_table
+    from dia_tpu.bench.train import DEFAULT_PRECISIONS, bench, format_table
     from dia_tpu.config import load
 
     cfg = load(args.config, args.overrides)

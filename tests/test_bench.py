@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from transformers import DiaConfig
 
-from dia_tpu.bench import bench
+from dia_tpu.bench.train import bench
 from dia_tpu.config import load
 from dia_tpu.data.batching import IGNORE_INDEX, synthetic_batch
 
@@ -36,3 +36,23 @@ def test_bench_counts_frames_and_reports_throughput():
     assert result["flops_per_s"] == pytest.approx(2 * result["flops_per_step"] / result["seconds"])
     assert result["matmul_flops_per_s"] > 0
     assert result["share_of_matmul"] == pytest.approx(result["flops_per_s"] / result["matmul_flops_per_s"])
+    # The recorded products are the matrix products among the counted FLOPs (attention's are counted apart).
+    assert 0.5 * result["flops_per_step"] < result["products_flops"] <= result["flops_per_step"]
+    assert result["products_ms"] > 0
+    assert result["products_share_of_step"] == pytest.approx(result["products_ms"] / result["step_ms"])
+
+
+def test_replayed_products_match_the_recorded_ones():
+    import torch
+
+    from dia_tpu.bench.limits import MatmulRecorder, products_alone
+
+    a, w = torch.randn(6, 8), torch.randn(5, 8)
+    with MatmulRecorder() as recorder:
+        for _ in range(3):
+            torch.nn.functional.linear(a, w, torch.zeros(5))  # addmm with the weight transposed
+        torch.bmm(torch.randn(2, 3, 4), torch.randn(2, 4, 7))
+    assert sorted(recorder.seen.values()) == [1, 3]
+    seconds, flops = products_alone(recorder.seen, seconds_each=0.01)
+    assert flops == 3 * 2 * 6 * 8 * 5 + 2 * 2 * 3 * 4 * 7
+    assert seconds > 0

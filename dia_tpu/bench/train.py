@@ -1,15 +1,19 @@
-"""`dia-tpu bench`: training throughput of a config's model, in audio frames per second, per mixed precision,
+"""`dia-tpu bench` (training): throughput of a config's model, in audio frames per second, per mixed precision,
 and how close the step comes to what the device's matrix units can do.
 
 The model is the config's (random or pretrained); the data is one synthetic batch of the config's fixed shape
 (full `max_audio_frames`-long clips, `max_text_tokens - 10` text tokens), so no dataset or codec is needed and
 the numbers measure the training step alone: forward, the shared loss, backward, clipping, AdamW.
 
-The limit is measured in the same process: the rate of a square MATMUL_SIZE matmul in the precision's dtype
-(fp32, or bf16 / fp16 under autocast) on the same device and threads. The step's FLOPs are counted once, on the
-first untimed step, by torch's `FlopCounterMode` (matrix products and attention, forward and backward;
-elementwise work, the loss's softmax and the optimizer are not counted, so the share of the limit is a lower
-bound of how busy the matrix units are). Achieved FLOP/s over the matmul rate then compares across machines.
+Two limits are measured in the same process (`limits`), on the same device and threads:
+- the rate of a square MATMUL_SIZE matmul in the precision's dtype (fp32, or bf16 / fp16 under autocast). The
+  step's FLOPs are counted once, on the first untimed step, by torch's `FlopCounterMode` (matrix products and
+  attention, forward and backward; elementwise work, the loss's softmax and the optimizer are not counted, so
+  the share of the limit is a lower bound of how busy the matrix units are). Achieved FLOP/s over the matmul
+  rate then compares across machines.
+- the time of the step's own matrix products alone: recorded on that same first step and replayed at their
+  shapes. Small models' products run far below the square matmul's rate (on AMX CPUs and big GPUs above all),
+  so this is the floor the step itself could reach; the rest of the step is everything else it does.
 
 Each precision runs in a fresh spawned process rather than in this one, for three reasons:
 - Accelerate keeps one process-wide state whose mixed precision cannot change once set; resetting it takes
@@ -34,6 +38,7 @@ from accelerate import Accelerator
 from accelerate.utils import send_to_device, set_seed
 from torch.utils.flop_counter import FlopCounterMode
 
+from dia_tpu.bench.limits import MATMUL_SIZE, MatmulRecorder, matmul_rate, products_alone
 from dia_tpu.config import PRECISIONS, Config
 from dia_tpu.data.batching import synthetic_batch
 from dia_tpu.model.adapters import count_parameters
@@ -43,9 +48,7 @@ from dia_tpu.training.step import build_trainable, make_optimizer, train_step
 
 # Measured when no --precision is given.
 DEFAULT_PRECISIONS = ("no", "bf16")
-# The side of the square matmul whose rate is the limit a step is compared with, and the dtype it runs in per
-# mixed precision (autocast runs matrix products in the low precision).
-MATMUL_SIZE = 2048
+# The dtype the limit's matmul runs in per mixed precision (autocast runs matrix products in the low precision).
 MATMUL_DTYPES = {"no": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -105,8 +108,9 @@ def run_one(cfg: Config, steps: int, warmup: int, precision: str) -> dict:
         from dia_tpu.training import xla
 
         origin = xla.counters()
-    # The FLOPs of one step, counted on the first untimed step (one more when there is no warm-up).
-    with FlopCounterMode(display=False) as counter:
+    # The FLOPs of one step and its matrix products, recorded on the first untimed step (one more when there is
+    # no warm-up).
+    with FlopCounterMode(display=False) as counter, MatmulRecorder() as products:
         loss = step()
     flops = counter.get_total_flops()
     for _ in range(warmup - 1):
@@ -130,6 +134,8 @@ def run_one(cfg: Config, steps: int, warmup: int, precision: str) -> dict:
     # ru_maxrss is in KiB on Linux: the whole process's peak, imports and model included.
     peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     limit = None if on_xla else matmul_rate(accelerator.device, MATMUL_DTYPES[precision])
+    # On XLA the products are traced, not run: nothing was recorded and nothing is replayed.
+    products_seconds, products_flops = products_alone(products.seen) if products.seen else (None, None)
     achieved = flops * steps / seconds
     return {
         **compiled,
@@ -153,6 +159,10 @@ def run_one(cfg: Config, steps: int, warmup: int, precision: str) -> dict:
         "flops_per_s": achieved,
         "matmul_flops_per_s": limit,  # None on XLA, whose matmul would be timed with its compilation
         "share_of_matmul": achieved / limit if limit else None,
+        # The step's matrix products alone, replayed at their shapes: the floor of the step time.
+        "products_ms": 1000.0 * products_seconds if products_seconds is not None else None,
+        "products_flops": products_flops,
+        "products_share_of_step": products_seconds * steps / seconds if products_seconds is not None else None,
         "peak_rss_mib": peak_rss,
         # What training added to the process: the peak above the resident size just before the model was built.
         "peak_rss_above_baseline_mib": peak_rss - baseline_rss,
@@ -168,32 +178,6 @@ def _current_rss_mib() -> float:
     return 0.0
 
 
-
-
-def matmul_rate(device: torch.device, dtype: torch.dtype, seconds: float = 1.0) -> float:
-    """FLOP/s of a square MATMUL_SIZE matmul in `dtype` on `device` (CPU or CUDA), on this process's threads:
-    the most a step's matrix products can reach there."""
-    n = MATMUL_SIZE
-    generator = torch.Generator().manual_seed(0)
-    a, b = (torch.randn(n, n, generator=generator).to(device, dtype) for _ in range(2))
-
-    def wait() -> None:
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-
-    for _ in range(3):
-        a @ b
-    wait()
-    runs, start = 0, time.perf_counter()
-    while (elapsed := time.perf_counter() - start) < seconds or runs < 3:
-        a @ b
-        runs += 1
-        if runs % 8 == 0 or elapsed >= seconds:
-            wait()
-    wait()
-    return 2 * n**3 * runs / (time.perf_counter() - start)
-
-
 def _finish(accelerator: Accelerator, loss: torch.Tensor) -> float:
     """Wait until queued device work is done: reading a scalar blocks on every backend (CUDA, XLA, CPU)."""
     accelerator.wait_for_everyone()
@@ -203,11 +187,11 @@ def _finish(accelerator: Accelerator, loss: torch.Tensor) -> float:
 def format_table(results: list[dict]) -> str:
     """The results as an aligned text table, one row per precision."""
     header = ("variant", "precision", "device", "threads", "params", "trainable", "step ms", "steps/s", "frames/s",
-              "GFLOP/step", "GFLOP/s", "matmul GFLOP/s", "of matmul", "peak MiB")  # fmt: skip
+              "GFLOP/step", "GFLOP/s", "matmul GFLOP/s", "of matmul", "products ms", "of step", "peak MiB")  # fmt: skip
     rows = [header]
     for r in results:
         if "error" in r:
-            rows.append((r.get("variant") or "-", r["precision"], "failed: " + r["error"][:60], *[""] * 11))
+            rows.append((r.get("variant") or "-", r["precision"], "failed: " + r["error"][:60], *[""] * 13))
             continue
         limit = r["matmul_flops_per_s"]
         peak = r["peak_device_mib"] if r["peak_device_mib"] is not None else r["peak_rss_mib"]
@@ -226,6 +210,8 @@ def format_table(results: list[dict]) -> str:
                 f"{r['flops_per_s'] / 1e9:.1f}",
                 f"{limit / 1e9:.1f}" if limit else "-",
                 f"{100 * r['share_of_matmul']:.0f} %" if limit else "-",
+                f"{r['products_ms']:.1f}" if r["products_ms"] is not None else "-",
+                f"{100 * r['products_share_of_step']:.0f} %" if r["products_ms"] is not None else "-",
                 f"{peak:.0f}",
             )
         )
@@ -242,4 +228,6 @@ def format_table(results: list[dict]) -> str:
         lines.append(f"GFLOP/step: matrix products and attention of a step, forward and backward (torch's "
                      f"FlopCounterMode); matmul GFLOP/s: a {MATMUL_SIZE}x{MATMUL_SIZE} matmul in the precision's "
                      "dtype on the same device and threads, the limit the step is a share of")  # fmt: skip
+        lines.append("products ms: the step's own matrix products alone, replayed at their shapes and dtypes on the "
+                     "same threads: the floor of the step time (of step: their share of it)")  # fmt: skip
     return "\n".join(lines)
