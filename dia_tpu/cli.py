@@ -110,8 +110,16 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
     p.set_defaults(func=_plan)
 
-    p = sub.add_parser("bench", help="measure training throughput (audio frames/s) per mixed precision")
+    p = sub.add_parser("bench", help="measure training throughput (audio frames/s) per mixed precision, or "
+                                     "generation's real-time factor (--task generate)")
     p.add_argument("--config", required=True, help="YAML config, e.g. configs/bench.yaml")
+    p.add_argument("--task", choices=("train", "generate"), default="train",
+                   help="train: training steps (default); generate: speech generation, eager and compiled")
+    p.add_argument("--batch-size", type=int, action="append",
+                   help="generate: repeatable batch size (default: --batch-size 1 --batch-size 4)")
+    p.add_argument("--seconds", type=float, default=3.0, help="generate: seconds of audio to ask for per item")
+    p.add_argument("--compile", choices=("no", "yes", "both"), default="both",
+                   help="generate: eager decoding, the compiled one (static cache), or both (default)")
     p.add_argument("--steps", type=int, default=10, help="timed optimizer steps per precision")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps before timing")
     p.add_argument("--precision", action="append", choices=PRECISIONS,
@@ -179,13 +187,17 @@ def _generation_flags(p: argparse.ArgumentParser, seeds: str) -> None:
     p.add_argument("--greedy", action="store_true", help="argmax decoding instead of sampling")
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    p.add_argument("--compile", action="store_true",
+                   help="static KV cache and a compiled decoding step: seconds to compile per batch shape, then "
+                        "faster steps where `dia-tpu bench --task generate` says it pays")
 
 
 def _settings(args: argparse.Namespace):
     from dia_tpu.generation.synthesize import GenerationSettings
 
     return GenerationSettings(guidance_scale=args.guidance_scale, temperature=args.temperature, top_p=args.top_p,
-                              top_k=args.top_k, seed=args.seed, max_seconds=args.max_seconds, greedy=args.greedy)
+                              top_k=args.top_k, seed=args.seed, max_seconds=args.max_seconds, greedy=args.greedy,
+                              compile=args.compile)
 
 
 def _generate(args: argparse.Namespace) -> None:
@@ -238,6 +250,17 @@ def _bench(args: argparse.Namespace) -> None:
     from dia_tpu.config import load
 
     cfg = load(args.config, args.overrides)
+    if args.task == "generate":
+        from dia_tpu.bench.generate import bench_generation, format_generation_table
+
+        compiled = {"no": [False], "yes": [True], "both": [False, True]}[args.compile]
+        results = bench_generation(cfg, args.seconds, args.batch_size or [1, 4], args.precision or ["no", "bf16"],
+                                   compiled)  # fmt: skip
+        print(format_generation_table(results))
+        if args.json:
+            Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+            print(f"wrote {args.json}")
+        return
     if args.variant:
         variants = {}
         for spec in args.variant:

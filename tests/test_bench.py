@@ -56,3 +56,23 @@ def test_replayed_products_match_the_recorded_ones():
     seconds, flops = products_alone(recorder.seen, seconds_each=0.01)
     assert flops == 3 * 2 * 6 * 8 * 5 + 2 * 2 * 3 * 4 * 7
     assert seconds > 0
+
+
+def test_generation_bench_reports_real_time_factor_per_batch_and_the_memory_floor():
+    from dia_tpu.bench.generate import bench_generation, format_generation_table
+
+    cfg = load(DEMO, ["model.codec=null", "model.codec_architecture={sampling_rate: 44100}"])
+    results = bench_generation(cfg, seconds=0.25, batch_sizes=[1, 2], precisions=["no"], compiled=[False], repeats=1)
+    assert [(r["batch_size"], r["compiled"]) for r in results] == [(1, False), (2, False)]
+    for r in results:
+        asked = round(0.25 * 44100 / 512) / (44100 / 512)  # whole frames
+        assert 0 < r["audio_seconds"] <= r["batch_size"] * asked + 1e-9
+        assert r["real_time_factor"] == pytest.approx(r["audio_seconds"] / r["seconds"])
+        # The floor reads the decoder's and head's fp32 weights, not the encoder's or the embedding tables.
+        assert 0 < r["floor_ms_per_step"] < r["ms_per_step"]
+    dia = DiaConfig(**cfg.model.architecture).decoder_config
+    head = 4 * dia.hidden_size * dia.num_channels * dia.vocab_size
+    assert head < results[0]["weight_bytes_per_step"] < 4 * 20 * dia.num_hidden_layers * dia.hidden_size**2 + head
+    assert "x real time" in format_generation_table(results)
+    with pytest.raises(ValueError, match="precision 'fp16'"):
+        bench_generation(cfg, 0.25, [1], ["fp16"], [False])

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from transformers import DacModel, DiaForConditionalGeneration
+from transformers import CompileConfig, DacModel, DiaForConditionalGeneration
 
 from dia_tpu.config import SAMPLING
 from dia_tpu.data.audio import decode, encode, load_channels
@@ -32,6 +32,10 @@ class GenerationSettings:
     max_seconds: float | None = None  # a script that never emits EOS stops here; None: all the decoder holds
     greedy: bool = False  # argmax decoding instead of sampling
     language_tags: dict | None = None  # the training run's data.language_tags, so "[de]" reads as it was trained
+    # A static KV cache and a compiled decoding step (transformers' own; CUDA graphs on GPUs). Compiling costs
+    # seconds to a minute per batch and length shape, so it pays for long or repeated generation; `dia-tpu bench
+    # --task generate` measures both ways.
+    compile: bool = False
 
 
 @dataclass
@@ -137,10 +141,19 @@ def synthesize_codes(
                 top_k=settings.top_k,
                 guidance_scale=settings.guidance_scale,
                 use_cache=True,
+                **(_compiled_decoding() if settings.compile else {}),
             )
     finally:
         model.train(was_training)
     return undelay_and_trim(out, delay, dec.eos_token_id, skip=known.shape[1])
+
+
+def _compiled_decoding() -> dict:
+    """generate() arguments for a static cache and transformers' compiled decoding step. transformers compiles
+    on its own only on GPUs and TPUs; `_compile_all_devices` is its switch for the other devices (the CPU)."""
+    config = CompileConfig(dynamic=False)
+    config._compile_all_devices = True
+    return {"cache_implementation": "static", "compile_config": config}
 
 
 def undelay_and_trim(sequences: torch.Tensor, delay: list[int], eos: int, skip: int = 1) -> list[torch.Tensor]:
