@@ -1,11 +1,17 @@
 """Measure `dia-tpu prepare` throughput with the real-size DAC architecture (random weights, no download).
 
-    .venv/bin/python scripts/bench_prepare.py [--minutes 2] [--processes 1 2] [--json out.json]
+    .venv/bin/python scripts/bench_prepare.py [--minutes 2] [--processes 1 2]
+        [--variant NAME:KEY=VALUE,...] [--json out.json]
 
-Builds a corpus from the bundled sample (its clips repeated, so decode and resample work as on real
-files), prepares it once per process count (2 processes run through `accelerate launch`, gloo on CPU),
-and prints audio seconds per wall second and the time spent decoding, resampling and encoding, summed
-over processes, from each run's manifest.
+Builds a corpus from the bundled sample (its clips repeated, so decode and resample work as on real files;
+each copy a few samples shorter than the last, so that no two clips share a length, as in a real corpus),
+prepares it once per variant and process count (2 processes run through `accelerate launch`, gloo on CPU),
+and prints audio seconds per wall second and the time spent decoding, resampling and encoding, summed over
+processes, from each run's manifest. Each variant's codes are compared with the first variant's: the share of
+code values that agree, per codebook's worst.
+
+The default variants: the codec eager (`prepare.compile=false`), with its Snake activations compiled (the
+default), and that in bf16 autocast.
 """
 
 from __future__ import annotations
@@ -13,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -29,25 +34,28 @@ REAL_DAC = ["model.codec=null", "model.codec_architecture={sampling_rate: 44100}
 
 
 def make_corpus(folder: Path, minutes: float) -> float:
-    """Copies of the sample's clips until `minutes` of audio; returns the seconds written."""
+    """Copies of the sample's clips until `minutes` of audio, copy k cut k * 37 samples short (every length
+    differs); returns the seconds written."""
     rows = [line.split("|") for line in (SAMPLE / "metadata.csv").read_text().splitlines()[1:]]
     (folder / "audio").mkdir(parents=True)
     lines, seconds, copy = ["file|text"], 0.0, 0
     while seconds < minutes * 60:
         for file, text, *_ in rows:
             target = f"audio/{copy:03d}_{Path(file).name}"
-            shutil.copy(SAMPLE / file, folder / target)
+            wave, rate = sf.read(SAMPLE / file, dtype="float32")
+            wave = wave[: len(wave) - 37 * copy]
+            sf.write(folder / target, wave, rate)
             lines.append(f"{target}|{text}")
-            seconds += sf.info(str(SAMPLE / file)).duration
+            seconds += len(wave) / rate
         copy += 1
     (folder / "metadata.csv").write_text("\n".join(lines) + "\n")
     return seconds
 
 
-def run(corpus: Path, output: Path, processes: int) -> dict:
+def run(corpus: Path, output: Path, processes: int, overrides: list[str]) -> dict:
     # Small shards, so that every process gets its share of a small corpus.
     prepare = ["prepare", "--config", str(ROOT / "configs/demo.yaml"), "--input", str(corpus), "--output",
-               str(output), *REAL_DAC, "prepare.shard_size=8"]  # fmt: skip
+               str(output), *REAL_DAC, "prepare.shard_size=8", *overrides]  # fmt: skip
     env = dict(os.environ)
     if processes == 1:
         cmd = [sys.executable, "-m", "dia_tpu", *prepare]
@@ -63,23 +71,51 @@ def run(corpus: Path, output: Path, processes: int) -> dict:
             "audio_seconds_per_second": round(manifest["audio_seconds"] / wall, 3), **manifest["seconds"]}
 
 
+def agreement(output: Path, reference: Path) -> float:
+    """The lowest, over codebooks, share of code values equal to the reference run's (items matched by text)."""
+    import numpy as np
+    from datasets import load_from_disk
+
+    def codes(folder: Path) -> dict:
+        return {row["text"]: np.asarray(row["codes"]) for row in load_from_disk(str(folder))}
+
+    ours, theirs = codes(output), codes(reference)
+    same = sum((ours[t] == theirs[t]).sum(0) for t in theirs)
+    total = sum(len(theirs[t]) for t in theirs)
+    return float((same / total).min())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=float, default=2.0, help="audio in the corpus")
-    parser.add_argument("--processes", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--processes", type=int, nargs="+", default=[1])
+    parser.add_argument("--variant", action="append", metavar="NAME:KEY=VALUE,...",
+                        help="repeatable; default: eager:prepare.compile=false, compiled:, "
+                             "compiled-bf16:prepare.mixed_precision=bf16")
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args()
+    variants = args.variant or ["eager:prepare.compile=false", "compiled:",
+                                "compiled-bf16:prepare.mixed_precision=bf16"]  # fmt: skip
+    results = []
     with tempfile.TemporaryDirectory() as tmp:
         corpus = Path(tmp) / "corpus"
         seconds = make_corpus(corpus, args.minutes)
-        print(f"corpus: {seconds:.0f} s of audio in {len(list((corpus / 'audio').iterdir()))} files")
-        results = [run(corpus, Path(tmp) / f"out_{n}", n) for n in args.processes]
-    print("| processes | audio s | wall s | audio s / s | decode s | resample s | encode s |")
-    print("|---|---|---|---|---|---|---|")
+        print(f"corpus: {seconds:.0f} s of audio in {len(list((corpus / 'audio').iterdir()))} files, no two as long")
+        reference = None
+        for spec in variants:
+            name, _, extra = spec.partition(":")
+            for n in args.processes:
+                output = Path(tmp) / f"out_{name}_{n}"
+                result = {"variant": name, **run(corpus, output, n, [x for x in extra.split(",") if x])}
+                reference = reference or output
+                result["codes_agreement"] = agreement(output, reference)
+                results.append(result)
+    print("| variant | processes | audio s | wall s | audio s / s | decode s | resample s | encode s | codes agree |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in results:
-        print(f"| {r['processes']} | {r['audio_seconds']:.0f} | {r['wall_seconds']:.1f} | "
+        print(f"| {r['variant']} | {r['processes']} | {r['audio_seconds']:.0f} | {r['wall_seconds']:.1f} | "
               f"{r['audio_seconds_per_second']:.3f} | {r.get('decode', 0):.2f} | {r.get('resample', 0):.2f} | "
-              f"{r.get('encode', 0):.1f} |")  # fmt: skip
+              f"{r.get('encode', 0):.1f} | {100 * r['codes_agreement']:.1f} % |")  # fmt: skip
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
 

@@ -48,3 +48,22 @@ def test_demo_codec_round_trips_the_bundled_speech(codec):
     assert summary["mel_distance"] <= MAX_MEL_DISTANCE, summary
     assert summary["wer_decoded"] <= MAX_WER_DECODED, summary
     assert summary["cer_decoded"] <= MAX_CER_DECODED, summary
+
+
+def test_fused_snake_keeps_the_codes_and_the_sound():
+    """prepare.compile (on by default) runs the Snake activations compiled: same codes, same decoded audio."""
+    from dia_tpu.data.audio import decode, encode
+    from dia_tpu.model.codec import fuse_snake
+
+    eager = DacModel.from_pretrained(CODEC, dtype=torch.float32).eval()
+    fused = DacModel.from_pretrained(CODEC, dtype=torch.float32).eval()
+    assert fuse_snake(fused)
+    rate = eager.config.sampling_rate
+    clips = list(read_clips(str(ROOT / "data/sample"), PrepareConfig()))
+    for clip in clips[:3]:  # lengths differ: one compilation serves them all
+        wave = load_audio(clip.audio.path, rate)
+        (codes,) = encode(eager, [wave])
+        (again,) = encode(fused, [wave])
+        assert (codes == again).all(), clip.audio.path
+        sound = decode(eager, torch.from_numpy(codes))
+        torch.testing.assert_close(decode(fused, torch.from_numpy(codes)), sound, rtol=0, atol=1e-5)

@@ -45,7 +45,7 @@ from dia_tpu.data.shards import (
     write_shard,
 )
 from dia_tpu.data.sources import detect_kind, read_clips
-from dia_tpu.model.codec import build_codec, codec_on_accelerator
+from dia_tpu.model.codec import build_codec, codec_on_accelerator, fuse_snake
 
 # Audio held back waiting for equal-length partners before it is encoded in smaller batches: only equal
 # lengths can share a batch, and waiting for all of them would hold the whole corpus in memory.
@@ -246,6 +246,9 @@ def _encode_all(ctx: Context, waves: dict[int, list[np.ndarray]]) -> dict[int, n
         return {}
     if ctx.codec is None:
         ctx.codec = codec_on_accelerator(build_codec(ctx.cfg.model), PartialState().device)
+        if ctx.cfg.prepare.compile and ctx.codec.device.type != "xla" and not fuse_snake(ctx.codec):
+            print("prepare: torch cannot compile here (see torch.compile's requirements); the codec runs eagerly, "
+                  "with the same codes")
     p = ctx.cfg.prepare
     entries = [((slot, c), wave) for slot, channels in waves.items() for c, wave in enumerate(channels)]
     by_length: dict[int, list] = {}
