@@ -26,6 +26,10 @@ def build_trainable(cfg: Config, runtime: Runtime) -> torch.nn.Module:
     if runtime.on_xla and cfg.model.gradient_checkpointing:
         checkpoint_with_torch_xla(model)
     if runtime.compile:
+        # Compiled backward kernels accumulate embedding gradients with parallel atomic adds, so two runs (a
+        # straight one and a resumed one) differ in the last bits; deterministic mode has them use torch's own
+        # ordered kernels there. The rest of the compiled step is unchanged.
+        torch.use_deterministic_algorithms(True, warn_only=True)
         model.compile()
     return model
 
