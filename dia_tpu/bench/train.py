@@ -8,8 +8,9 @@ the numbers measure the training step alone: forward, the shared loss, backward,
 Two limits are measured in the same process (`limits`), on the same device and threads:
 - the rate of a square MATMUL_SIZE matmul in the precision's dtype (fp32, or bf16 / fp16 under autocast). The
   step's FLOPs are counted once, on the first untimed step, by torch's `FlopCounterMode` (matrix products and
-  attention, forward and backward; elementwise work, the loss's softmax and the optimizer are not counted, so
-  the share of the limit is a lower bound of how busy the matrix units are). Achieved FLOP/s over the matmul
+  attention, forward and backward, where torch has a formula for the attention kernel: eager attention and the
+  CUDA kernels, not CPU flash attention; elementwise work, the loss's softmax and the optimizer are not counted,
+  so the share of the limit is a lower bound of how busy the matrix units are). Achieved FLOP/s over the matmul
   rate then compares across machines.
 - the time of the step's own matrix products alone: recorded on that same first step and replayed at their
   shapes. Small models' products run far below the square matmul's rate (on AMX CPUs and big GPUs above all),
