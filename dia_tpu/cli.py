@@ -62,6 +62,15 @@ def main(argv: list[str] | None = None) -> None:
                    help="config.json schema of --native (v0.1: dia-v0_1.pth; 0626: the newer config layout)")
     p.set_defaults(func=_export, form="merge")
 
+    p = sub.add_parser("push", help="upload an export to the Hugging Face Hub with a model card")
+    p.add_argument("--model", required=True, help="an export: a run's final/ or `dia-tpu export` output")
+    p.add_argument("--repo", required=True, help="Hub repository id, org/name (created if missing)")
+    p.add_argument("--private", action="store_true", help="create the repository private")
+    p.add_argument("--adapter", action="store_true", help="upload the LoRA adapter alone (a LoRA run's export)")
+    p.add_argument("--license", help="the card's license (default: the base model's; Dia's is apache-2.0)")
+    p.add_argument("--dry-run", metavar="DIR", help="write the repository's files into DIR and upload nothing")
+    p.set_defaults(func=_push)
+
     p = sub.add_parser("generate", help="synthesize speech from text")
     p.add_argument("--model", required=True, help="export folder, checkpoint folder, native .pth (or folder), "
                                                   "or hub id")
@@ -198,6 +207,20 @@ def _settings(args: argparse.Namespace):
     return GenerationSettings(guidance_scale=args.guidance_scale, temperature=args.temperature, top_p=args.top_p,
                               top_k=args.top_k, seed=args.seed, max_seconds=args.max_seconds, greedy=args.greedy,
                               compile=args.compile)
+
+
+def _push(args: argparse.Namespace) -> None:
+    import tempfile
+
+    from dia_tpu.publish import push, upload_folder
+
+    if args.dry_run:
+        folder = upload_folder(args.model, args.dry_run, args.repo, args.adapter, args.license)
+        print(f"wrote {folder} (README.md is the model card); nothing was uploaded")
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = upload_folder(args.model, Path(tmp) / "repo", args.repo, args.adapter, args.license)
+        print(f"pushed {args.model} to {push(folder, args.repo, args.private)}")
 
 
 def _generate(args: argparse.Namespace) -> None:

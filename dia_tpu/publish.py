@@ -1,0 +1,232 @@
+"""`dia-tpu push`: an export made into a Hugging Face Hub model repository: the transformers-format model (or a
+LoRA run's adapter alone) with its processor and generation config, a few of the run's samples, and a model card
+written from what the run left behind (its config, the prepared data's manifest, its logged evaluations).
+
+`upload_folder` writes the repository's files into a folder (all `--dry-run` does); `push` uploads such a folder
+with `huggingface_hub.HfApi` (`create_repo`, then `upload_folder`), which reads the token that `hf auth login`
+saved or `HF_TOKEN`.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from dia_tpu.artifacts import ADAPTER_DIR, CODEC_DIR, CONFIG_FILE, RunFolder, open_artifact
+from dia_tpu.config import Config
+from dia_tpu.hub import HubError, is_hub_id
+
+# How many of the run's latest samples go with the model, linked from the card.
+CARD_SAMPLES = 3
+# Dia's own license, which a fine-tune of Nari Labs' weights inherits.
+NARI_LICENSE = "apache-2.0"
+# What the card's numbers are called in the logs, and in the card.
+_AUDIO_FIGURES = {"audio/wer": "word error rate", "audio/cer": "character error rate",
+                  "audio/speaker_similarity": "speaker similarity", "audio/mos": "predicted MOS",
+                  "audio/ended": "share that ended by itself"}  # fmt: skip
+
+
+def upload_folder(model: str | Path, out: str | Path, repo_id: str, adapter: bool = False,
+                  license: str | None = None) -> Path:  # fmt: skip
+    """Write what `push` uploads for the export `model` into `out` (which must not exist): the model, or with
+    `adapter` the LoRA adapter alone; the processor, generation config and the run's config.yaml; up to
+    CARD_SAMPLES of the run's latest samples; and README.md, the model card. Returns `out`."""
+    source, out = Path(model), Path(out)
+    artifact = open_artifact(source)
+    if artifact.kind != "export" or artifact.config is None:
+        raise ValueError(f"--model {source}: not a dia_tpu export (a run's final/, or `dia-tpu export` of a "
+                         f"checkpoint); export the checkpoint first")  # fmt: skip
+    if not is_hub_id(repo_id, base=Path("/nonexistent")):
+        raise ValueError(f"--repo {repo_id!r}: a Hub repository id looks like org/name")
+    if out.exists():
+        raise FileExistsError(f"{out} exists; give a new folder to write the repository into")
+    cfg = artifact.config
+    if adapter and not (source / ADAPTER_DIR).is_dir():
+        raise ValueError(f"--adapter: {source} holds no {ADAPTER_DIR}/ (only a LoRA run's export has one)")
+    out.mkdir(parents=True)
+    if adapter:
+        for file in (source / ADAPTER_DIR).iterdir():
+            shutil.copy2(file, out / file.name)
+        shutil.copy2(source / CONFIG_FILE, out / CONFIG_FILE)
+    else:
+        for file in source.iterdir():
+            if file.is_file():
+                shutil.copy2(file, out / file.name)
+        if (source / CODEC_DIR).is_dir():
+            shutil.copytree(source / CODEC_DIR, out / CODEC_DIR)
+        _point_processor_at_codec(out, cfg)
+    samples = _copy_samples(RunFolder(source.parent), out)
+    card = model_card(cfg, RunFolder(source.parent), repo_id, adapter, samples, license)
+    (out / "README.md").write_text(card, encoding="utf-8")
+    return out
+
+
+def push(folder: str | Path, repo_id: str, private: bool = False) -> str:
+    """Create `repo_id` on the Hub (if it is not there) and upload `folder` to it; returns the repository's URL."""
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import HfHubHTTPError
+
+    api = HfApi()
+    try:
+        url = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+        api.upload_folder(folder_path=str(folder), repo_id=repo_id, repo_type="model",
+                          commit_message="Upload a Dia fine-tune made with dia_tpu")  # fmt: skip
+    except (HfHubHTTPError, OSError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise HubError(f"push to {repo_id}: {first} (log in with `hf auth login` or set HF_TOKEN; "
+                       "`--dry-run DIR` writes the files without uploading)") from err  # fmt: skip
+    return str(url)
+
+
+def model_card(cfg: Config, run: RunFolder, repo_id: str, adapter: bool, samples: list[str],
+               license: str | None = None) -> str:  # fmt: skip
+    """README.md for the repository: the Hub's metadata header, then what the model is and how to use it."""
+    from huggingface_hub import ModelCardData
+
+    base = cfg.model.pretrained
+    data = _data_summary(cfg)
+    metadata = ModelCardData(
+        license=license or base_license(base),
+        base_model=base if base and is_hub_id(base) else None,
+        language=data["languages"] or None,
+        library_name="peft" if adapter else "transformers",
+        pipeline_tag="text-to-speech",
+        tags=["text-to-speech", "dia", "dia_tpu", "lora" if adapter else "fine-tuned"],
+    )
+    name = repo_id.split("/")[-1]
+    lines = [f"---\n{metadata.to_yaml()}\n---", f"# {name}", ""]
+    if base:
+        what = "A LoRA adapter for" if adapter else "A fine-tune of"
+        lines.append(f"{what} `{base}` (Nari Labs' Dia, dialogue text-to-speech), made with dia_tpu.")
+    else:
+        what = "A LoRA adapter on a Dia model" if adapter else "A Dia model"
+        lines.append(f"{what} (Nari Labs' dialogue text-to-speech architecture) trained from random weights with "
+                     "dia_tpu.")  # fmt: skip
+    codec = cfg.model.codec
+    if not adapter and not (codec and is_hub_id(codec)):
+        lines += ["", f"Its audio codec is not a Hub model of its own: it is in `{CODEC_DIR}/` here, and the "
+                      "processor names it by that relative path, so load the processor from a downloaded copy "
+                      f"(`hf download {repo_id} --local-dir DIR`, then from inside DIR)."]  # fmt: skip
+    lines += ["", "## Training data", ""]
+    lines.append(f"- {data['hours']:.2f} h of audio in {data['items']} clips from `{data['source']}`")
+    if data["speakers"]:
+        lines.append(f"- speakers: {data['speakers']}")
+    if data["languages"]:
+        lines.append(f"- languages: {', '.join(data['languages'])}")
+    t = cfg.train
+    lines += ["", "## Training", ""]
+    kind = f"LoRA rank {cfg.model.lora.rank} ({', '.join(cfg.model.lora.targets)})" if cfg.model.lora.rank else \
+        "all weights trained"
+    precision = t.mixed_precision if t.mixed_precision != "no" else "fp32"
+    lines.append(f"- {kind}; batch {t.batch_size}, gradient accumulation {t.gradient_accumulation_steps}, learning "
+                 f"rate {t.learning_rate:g} ({t.lr_scheduler}), {precision}")  # fmt: skip
+    lines.append(f"- clips of up to {cfg.data.max_audio_frames} codec frames and {cfg.data.max_text_tokens} text "
+                 "tokens; the run's whole config is `config.yaml` here")  # fmt: skip
+    lines += _results(run)
+    if samples:
+        lines += ["", "## Samples", ""]
+        lines += [f"- [{Path(sample).stem}]({sample})" for sample in samples]
+    lines += ["", "## Use", "", *_usage(repo_id, base, adapter)]
+    return "\n".join(lines) + "\n"
+
+
+def base_license(base: str | None) -> str:
+    """The license of the model this one was trained from: Nari Labs' Dia is Apache-2.0; a local base folder's
+    card names its own; another hub model's card is read from the Hub. Without a base, "other"."""
+    from huggingface_hub import ModelCard
+
+    if base is None:
+        return "other"
+    if base.startswith("nari-labs/"):
+        return NARI_LICENSE
+    card = Path(base) / "README.md"
+    try:
+        found = ModelCard.load(card if card.is_file() else base).data.license
+    except (OSError, ValueError) as err:
+        raise HubError(f"model.pretrained {base}: its license could not be read ({err}); give --license") from err
+    return found or "other"
+
+
+def _data_summary(cfg: Config) -> dict:
+    """Hours and clips from the prepared dataset's manifest; speakers and languages from its columns."""
+    from datasets import load_from_disk
+
+    folder = Path(cfg.data.dataset)
+    manifest = json.loads((folder / "manifest.json").read_text()) if (folder / "manifest.json").is_file() else {}
+    summary = {"hours": manifest.get("audio_hours", 0.0), "items": manifest.get("kept", 0),
+               "source": Path(str(manifest.get("source", folder))).name, "speakers": 0, "languages": []}  # fmt: skip
+    if (folder / "dataset_info.json").is_file():
+        table = load_from_disk(str(folder))
+        if "speaker" in table.column_names:
+            summary["speakers"] = len({s for s in table["speaker"] if s})
+        if "language" in table.column_names:
+            summary["languages"] = sorted({code for code in table["language"] if code})
+    return summary
+
+
+def _results(run: RunFolder) -> list[str]:
+    """The card's results: last step, final and best eval loss, and the automatic evaluation's last figures."""
+    from dia_tpu.report import read_scalars
+
+    scalars = read_scalars(run.logs)
+    lines = ["", "## Results", ""]
+    if steps := scalars.get("train/loss"):
+        lines.append(f"- {max(steps)} optimizer steps")
+    if evals := scalars.get("eval/loss"):
+        last, best = max(evals), min(evals, key=evals.get)
+        lines.append(f"- eval loss {evals[last]:.4f} at the end, best {evals[best]:.4f} at step {best}")
+    for tag, name in _AUDIO_FIGURES.items():
+        if values := scalars.get(tag):
+            step = max(values)
+            lines.append(f"- {name}: {values[step]:.3f} (automatic evaluation at step {step})")
+    return lines if len(lines) > 3 else []
+
+
+def _copy_samples(run: RunFolder, out: Path) -> list[str]:
+    """The latest sample step's wavs (up to CARD_SAMPLES) as samples/NAME.wav; their paths in the repo."""
+    steps = sorted(p for p in run.samples.glob("step_*") if p.is_dir()) if run.samples.is_dir() else []
+    if not steps:
+        return []
+    wavs = sorted(steps[-1].glob("*.wav"))[:CARD_SAMPLES]
+    (out / "samples").mkdir()
+    for wav in wavs:
+        shutil.copy2(wav, out / "samples" / wav.name)
+    return [f"samples/{wav.name}" for wav in wavs]
+
+
+def _point_processor_at_codec(out: Path, cfg: Config) -> None:
+    """An export's processor names its codec by absolute path when the codec is a local folder saved inside it;
+    in the repository that is the `codec/` folder beside it, or the codec's hub id."""
+    file = out / "processor_config.json"
+    if not file.is_file():
+        return
+    processor = json.loads(file.read_text())
+    codec = cfg.model.codec
+    tokenizer = processor.get("audio_tokenizer", {})
+    tokenizer["audio_tokenizer_name_or_path"] = codec if codec and is_hub_id(codec) else CODEC_DIR
+    file.write_text(json.dumps(processor, indent=2) + "\n")
+
+
+def _usage(repo_id: str, base: str | None, adapter: bool) -> list[str]:
+    if adapter:
+        return [
+            "With dia_tpu (the adapter folded into its base):", "",
+            "```", f"dia-tpu generate --model {base or 'BASE'} --adapter ADAPTER_DIR "
+            '--text "[S1] Hello there. [S2] Hi!" --out hello.wav', "```", "",
+            f"(ADAPTER_DIR: `hf download {repo_id} --local-dir ADAPTER_DIR`.) With peft:", "",
+            "```python", "from peft import PeftModel", "from transformers import DiaForConditionalGeneration", "",
+            f"base = DiaForConditionalGeneration.from_pretrained({base or 'BASE'!r})",
+            f"model = PeftModel.from_pretrained(base, {repo_id!r}).merge_and_unload()", "```",
+        ]  # fmt: skip
+    return [
+        "With dia_tpu:", "",
+        "```", f'dia-tpu generate --model {repo_id} --text "[S1] Hello there. [S2] Hi!" --out hello.wav', "```", "",
+        "With transformers:", "",
+        "```python", "from transformers import AutoProcessor, DiaForConditionalGeneration", "",
+        f"model = DiaForConditionalGeneration.from_pretrained({repo_id!r})",
+        f"processor = AutoProcessor.from_pretrained({repo_id!r})",
+        'inputs = processor(text=["[S1] Hello there. [S2] Hi!"], padding=True, return_tensors="pt")',
+        "codes = model.generate(**inputs, max_new_tokens=1024)",
+        'processor.save_audio(processor.batch_decode(codes), "hello.wav")', "```",
+    ]  # fmt: skip

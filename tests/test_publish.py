@@ -1,0 +1,117 @@
+"""`dia-tpu push`: the repository folder `--dry-run` writes loads with transformers and peft, its card is Hub
+metadata that says what the run did, and the upload goes through `HfApi` (stubbed here: no network)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+from conftest import reset_accelerate, tiny, weights
+from huggingface_hub import ModelCard
+from transformers import DiaForConditionalGeneration
+
+import dia_tpu.publish as publish
+from dia_tpu.artifacts import open_artifact
+from dia_tpu.hub import HubError
+from dia_tpu.model.build import build_model
+from dia_tpu.training.recipe import train
+
+REPO = "someone/tiny-dia"
+SAMPLES = ["samples.every=2", "samples.max_seconds=0.2",
+           'samples.prompts=[{name: plan, text: "[S1] Ready to plan the trip?"}, {name: hi, text: "[S2] Hi!"}]']
+
+
+@pytest.fixture(scope="module")
+def runs(codes_dir, tmp_path_factory):
+    root = tmp_path_factory.mktemp("publish")
+    common = ["train.max_steps=2", "eval.eval_every=1", "train.save_every=100", *SAMPLES]
+    train(tiny(codes_dir, root / "full", *common))
+    reset_accelerate()
+    train(tiny(codes_dir, root / "lora", *common, "model.lora.rank=4", "model.lora.alpha=8"))
+    reset_accelerate()
+    return root
+
+
+def test_dry_run_folder_loads_and_its_card_describes_the_run(runs, tmp_path):
+    out = publish.upload_folder(runs / "full" / "final", tmp_path / "repo", REPO)
+    model = DiaForConditionalGeneration.from_pretrained(out)
+    expected = weights(runs / "full")
+    for key, value in model.state_dict().items():
+        torch.testing.assert_close(value, expected[key], rtol=0, atol=0, msg=key)
+    assert (out / "generation_config.json").is_file() and (out / "processor_config.json").is_file()
+    assert sorted(p.name for p in (out / "samples").iterdir()) == ["hi.wav", "plan.wav"]
+
+    card = ModelCard.load(out / "README.md")
+    assert card.data.pipeline_tag == "text-to-speech" and card.data.library_name == "transformers"
+    assert card.data.license == "other"  # trained from random weights: no base to inherit from
+    text = card.text
+    assert "0.02 h of audio in 32 clips" in text
+    assert "2 optimizer steps" in text and "eval loss" in text and "best" in text
+    assert "(samples/plan.wav)" in text and f"from_pretrained({REPO!r})" in text
+
+
+def test_adapter_alone_loads_onto_its_base_and_says_so(runs, tmp_path):
+    from peft import PeftModel
+
+    out = publish.upload_folder(runs / "lora" / "final", tmp_path / "repo", REPO, adapter=True, license="mit")
+    assert not list(out.glob("model.safetensors"))  # the adapter only
+    base = build_model(open_artifact(runs / "lora" / "final").config.model)  # the run's random base, rebuilt
+    merged = PeftModel.from_pretrained(base, out).merge_and_unload()
+    expected = weights(runs / "lora")
+    for key, value in merged.state_dict().items():
+        torch.testing.assert_close(value, expected[key], rtol=1e-6, atol=1e-6, msg=key)
+    card = ModelCard.load(out / "README.md")
+    assert card.data.library_name == "peft" and card.data.license == "mit" and "lora" in card.data.tags
+    assert "A LoRA adapter" in card.text and "PeftModel.from_pretrained" in card.text
+
+
+def test_push_creates_the_repository_and_uploads_the_folder(runs, tmp_path, monkeypatch):
+    calls = []
+
+    class Api:
+        def create_repo(self, repo_id, **kwargs):
+            calls.append(("create_repo", repo_id, kwargs))
+            return f"https://huggingface.co/{repo_id}"
+
+        def upload_folder(self, **kwargs):
+            calls.append(("upload_folder", sorted(p.name for p in (tmp_path / "repo").iterdir()), kwargs))
+
+    monkeypatch.setattr("huggingface_hub.HfApi", Api)
+    folder = publish.upload_folder(runs / "full" / "final", tmp_path / "repo", REPO)
+    assert publish.push(folder, REPO, private=True) == f"https://huggingface.co/{REPO}"
+    (create, repo, options), (upload, files, kwargs) = calls
+    assert (create, repo, options["private"], options["exist_ok"]) == ("create_repo", REPO, True, True)
+    assert upload == "upload_folder" and kwargs["folder_path"] == str(folder) and kwargs["repo_id"] == REPO
+    assert {"README.md", "model.safetensors", "config.json", "samples"} <= set(files)
+
+    class Offline(Api):
+        def create_repo(self, repo_id, **kwargs):
+            raise OSError("Cannot connect to huggingface.co")
+
+    monkeypatch.setattr("huggingface_hub.HfApi", Offline)
+    with pytest.raises(HubError, match=f"push to {REPO}: Cannot connect.*hf auth login"):
+        publish.push(folder, REPO)
+
+
+def test_push_refuses_what_it_cannot_publish_in_one_line(runs, tmp_path):
+    checkpoint = next((runs / "full" / "checkpoints").iterdir())
+    for args, message in (
+        (["--model", str(checkpoint), "--repo", REPO], "not a dia_tpu export"),
+        (["--model", str(runs / "full" / "final"), "--repo", "no-slash"], "looks like org/name"),
+        (["--model", str(runs / "full" / "final"), "--repo", REPO, "--adapter"], "holds no adapter/"),
+    ):
+        done = subprocess.run([sys.executable, "-m", "dia_tpu", "push", *args, "--dry-run", str(tmp_path / "x")],
+                              capture_output=True, text=True)  # fmt: skip
+        assert done.returncode == 1 and message in done.stderr, done.stderr
+        assert len(done.stderr.strip().splitlines()) == 1 and "Traceback" not in done.stderr
+
+
+def test_the_license_is_the_bases(tmp_path):
+    assert publish.base_license("nari-labs/Dia-1.6B-0626") == "apache-2.0"  # Dia's, known without the Hub
+    base = tmp_path / "base"
+    base.mkdir()
+    (base / "README.md").write_text("---\nlicense: cc-by-nc-4.0\n---\n# A base\n")
+    assert publish.base_license(str(base)) == "cc-by-nc-4.0"
+    assert publish.base_license(None) == "other"
