@@ -210,17 +210,13 @@ def _settings(args: argparse.Namespace):
 
 
 def _push(args: argparse.Namespace) -> None:
-    import tempfile
-
-    from dia_tpu.publish import push, upload_folder
+    from dia_tpu.publish import push_export, upload_folder
 
     if args.dry_run:
         folder = upload_folder(args.model, args.dry_run, args.repo, args.adapter, args.license)
         print(f"wrote {folder} (README.md is the model card); nothing was uploaded")
         return
-    with tempfile.TemporaryDirectory() as tmp:
-        folder = upload_folder(args.model, Path(tmp) / "repo", args.repo, args.adapter, args.license)
-        print(f"pushed {args.model} to {push(folder, args.repo, args.private)}")
+    print(f"pushed {args.model} to {push_export(args.model, args.repo, args.private, args.adapter, args.license)}")
 
 
 def _generate(args: argparse.Namespace) -> None:

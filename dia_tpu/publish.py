@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import tempfile
 from pathlib import Path
 
 from dia_tpu.artifacts import ADAPTER_DIR, CODEC_DIR, CONFIG_FILE, RunFolder, open_artifact
@@ -60,6 +61,22 @@ def upload_folder(model: str | Path, out: str | Path, repo_id: str, adapter: boo
     card = model_card(cfg, RunFolder(source.parent), repo_id, adapter, samples, license)
     (out / "README.md").write_text(card, encoding="utf-8")
     return out
+
+
+def push_export(model: str | Path, repo_id: str, private: bool = False, adapter: bool = False,
+                license: str | None = None) -> str:  # fmt: skip
+    """`upload_folder` into a temporary folder, then `push` it; returns the repository's URL."""
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = upload_folder(model, Path(tmp) / "repo", repo_id, adapter, license)
+        return push(folder, repo_id, private)
+
+
+def check_token() -> None:
+    """Refuse, before any work, a push that would fail for want of a Hub token."""
+    from huggingface_hub import get_token
+
+    if get_token() is None:
+        raise HubError("train.push_to_hub: no Hugging Face token; log in with `hf auth login` or set HF_TOKEN")
 
 
 def push(folder: str | Path, repo_id: str, private: bool = False) -> str:

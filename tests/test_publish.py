@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -115,3 +116,33 @@ def test_the_license_is_the_bases(tmp_path):
     (base / "README.md").write_text("---\nlicense: cc-by-nc-4.0\n---\n# A base\n")
     assert publish.base_license(str(base)) == "cc-by-nc-4.0"
     assert publish.base_license(None) == "other"
+
+
+def test_training_pushes_its_export_at_the_end(codes_dir, tmp_path, monkeypatch):
+    uploads = []
+
+    class Api:
+        def create_repo(self, repo_id, **kwargs):
+            return f"https://huggingface.co/{repo_id}"
+
+        def upload_folder(self, folder_path, repo_id, **kwargs):
+            uploads.append((repo_id, sorted(p.name for p in Path(folder_path).iterdir())))
+
+    monkeypatch.setattr("huggingface_hub.HfApi", Api)
+    monkeypatch.setenv("HF_TOKEN", "hf_stand_in")
+    push = ["train.push_to_hub=true", f"train.hub_model_id={REPO}", "train.max_steps=1", "data.eval_size=0",
+            "train.report_to=none"]  # fmt: skip
+    train(tiny(codes_dir, tmp_path / "run", *push))
+    ((repo, files),) = uploads
+    assert repo == REPO and {"README.md", "model.safetensors", "config.yaml"} <= set(files)
+
+
+def test_a_push_that_cannot_happen_is_refused_before_training(codes_dir, tmp_path, monkeypatch):
+    from dia_tpu.config import ConfigError
+
+    with pytest.raises(ConfigError, match="train.hub_model_id: train.push_to_hub needs a Hub repository id"):
+        tiny(codes_dir, tmp_path / "run", "train.push_to_hub=true")
+    monkeypatch.setattr("huggingface_hub.get_token", lambda: None)  # neither HF_TOKEN nor a saved login
+    with pytest.raises(HubError, match="no Hugging Face token"):
+        train(tiny(codes_dir, tmp_path / "run", "train.push_to_hub=true", f"train.hub_model_id={REPO}"))
+    assert not (tmp_path / "run" / "checkpoints").exists()

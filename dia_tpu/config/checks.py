@@ -10,6 +10,7 @@ from pathlib import Path
 
 from dia_tpu.config.schema import Config, DataConfig, ModelConfig, SamplesConfig
 from dia_tpu.config.stages import PrepareConfig, TranscribeConfig
+from dia_tpu.hub import HUB_ID
 
 
 def validate(cfg: Config) -> list[str]:
@@ -55,6 +56,8 @@ def validate(cfg: Config) -> list[str]:
         p.append(f"train.unconditional_frac: must be in [0, 1), got {t.unconditional_frac}")
     if any(not isinstance(w, (int, float)) or w < 0 for w in t.codebook_weights):
         p.append(f"train.codebook_weights: must be non-negative numbers, got {t.codebook_weights}")
+    if t.push_to_hub and not (t.hub_model_id and HUB_ID.fullmatch(t.hub_model_id)):
+        p.append(f"train.hub_model_id: train.push_to_hub needs a Hub repository id (org/name), got {t.hub_model_id!r}")
     if e.early_stopping_patience < 0:
         p.append(f"eval.early_stopping_patience: must be >= 0, got {e.early_stopping_patience}")
     p += _validate_model_extras(m)

@@ -217,6 +217,12 @@ class TrainConfig:
     # Resuming with other train.* or data.* values than the checkpoint's: "error" lists them, "allow" goes on
     # with the new ones (and records them in output.dir/resume_changes.jsonl).
     resume_changes: Literal["error", "allow"] = "error"
+    # At the end of training, upload the export (final/) to the Hugging Face Hub as `hub_model_id` (org/name,
+    # created if missing) with a model card, from the main process (`dia-tpu push` does the same later). The
+    # Hub token (`hf auth login`, or HF_TOKEN) is checked before training starts.
+    push_to_hub: bool = False
+    hub_model_id: str | None = None
+    hub_private: bool = True
 
 
 @dataclass

@@ -21,6 +21,7 @@ from dia_tpu.export import export
 from dia_tpu.model.adapters import count_parameters, is_peft
 from dia_tpu.model.build import plain_model
 from dia_tpu.model.codec import build_codec
+from dia_tpu.publish import check_token, push_export
 from dia_tpu.training.audio_eval import AudioEvaluation, selection_score
 from dia_tpu.training.checkpoint import TrainState, keep_trainable, load_checkpoint, save_checkpoint
 from dia_tpu.training.evaluate import evaluate
@@ -53,6 +54,8 @@ def train(cfg: Config) -> Path:
         raise ConfigError("files the config names are missing:\n  - " + "\n  - ".join(missing))
     if t.report_to in ("wandb", "all") and importlib.util.find_spec("wandb") is None:
         raise ConfigError(f"train.report_to={t.report_to} needs wandb: pip install 'dia-tpu[wandb]'")
+    if t.push_to_hub:
+        check_token()
     sharding = Sharding.before_accelerator(cfg)
     accelerator = Accelerator(
         # Accumulation follows the optimizer-step windows built below, not epoch ends: a window may
@@ -237,6 +240,9 @@ def train(cfg: Config) -> Path:
         accelerator.end_training()
         say(accelerator, f"done: {state.step} steps\n  checkpoints: {run.checkpoints}\n  export:      {run.final}\n"
                          f"  logs:        {run.logs}")  # fmt: skip
+        if t.push_to_hub and accelerator.is_main_process:
+            # After every process is done: a failed upload is one line, and the export stays for `dia-tpu push`.
+            say(accelerator, f"pushed {run.final} to {push_export(run.final, t.hub_model_id, t.hub_private)}")
     return run.final
 
 
