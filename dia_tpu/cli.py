@@ -67,6 +67,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--repo", required=True, help="Hub repository id, org/name (created if missing)")
     p.add_argument("--private", action="store_true", help="create the repository private")
     p.add_argument("--adapter", action="store_true", help="upload the LoRA adapter alone (a LoRA run's export)")
+    p.add_argument("--native", nargs="?", const="v0.1", choices=("v0.1", "0626"),
+                   help="upload a native Nari Labs checkpoint instead (config.json schema, default v0.1)")
     p.add_argument("--license", help="the card's license (default: the base model's; Dia's is apache-2.0)")
     p.add_argument("--dry-run", metavar="DIR", help="write the repository's files into DIR and upload nothing")
     p.set_defaults(func=_push)
@@ -213,10 +215,11 @@ def _push(args: argparse.Namespace) -> None:
     from dia_tpu.publish import push_export, upload_folder
 
     if args.dry_run:
-        folder = upload_folder(args.model, args.dry_run, args.repo, args.adapter, args.license)
+        folder = upload_folder(args.model, args.dry_run, args.repo, args.adapter, args.license, args.native)
         print(f"wrote {folder} (README.md is the model card); nothing was uploaded")
         return
-    print(f"pushed {args.model} to {push_export(args.model, args.repo, args.private, args.adapter, args.license)}")
+    url = push_export(args.model, args.repo, args.private, args.adapter, args.license, args.native)
+    print(f"pushed {args.model} to {url}")
 
 
 def _generate(args: argparse.Namespace) -> None:

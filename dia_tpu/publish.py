@@ -29,10 +29,11 @@ _AUDIO_FIGURES = {"audio/wer": "word error rate", "audio/cer": "character error 
 
 
 def upload_folder(model: str | Path, out: str | Path, repo_id: str, adapter: bool = False,
-                  license: str | None = None) -> Path:  # fmt: skip
+                  license: str | None = None, native: str | None = None) -> Path:  # fmt: skip
     """Write what `push` uploads for the export `model` into `out` (which must not exist): the model, or with
-    `adapter` the LoRA adapter alone; the processor, generation config and the run's config.yaml; up to
-    CARD_SAMPLES of the run's latest samples; and README.md, the model card. Returns `out`."""
+    `adapter` the LoRA adapter alone, or with `native` (a schema, "v0.1" or "0626") a native Nari Labs
+    checkpoint; the processor, generation config and the run's config.yaml; up to CARD_SAMPLES of the run's
+    latest samples; and README.md, the model card. Returns `out`."""
     source, out = Path(model), Path(out)
     artifact = open_artifact(source)
     if artifact.kind != "export" or artifact.config is None:
@@ -45,8 +46,16 @@ def upload_folder(model: str | Path, out: str | Path, repo_id: str, adapter: boo
     cfg = artifact.config
     if adapter and not (source / ADAPTER_DIR).is_dir():
         raise ValueError(f"--adapter: {source} holds no {ADAPTER_DIR}/ (only a LoRA run's export has one)")
+    if adapter and native:
+        raise ValueError("--adapter and --native: a native checkpoint is a whole model; choose one")
     out.mkdir(parents=True)
-    if adapter:
+    if native:
+        from dia_tpu.model.load import load_model
+        from dia_tpu.model.native_files import save_native
+
+        save_native(load_model(artifact), out, schema=native)
+        shutil.copy2(source / CONFIG_FILE, out / CONFIG_FILE)
+    elif adapter:
         for file in (source / ADAPTER_DIR).iterdir():
             shutil.copy2(file, out / file.name)
         shutil.copy2(source / CONFIG_FILE, out / CONFIG_FILE)
@@ -58,16 +67,16 @@ def upload_folder(model: str | Path, out: str | Path, repo_id: str, adapter: boo
             shutil.copytree(source / CODEC_DIR, out / CODEC_DIR)
         _point_processor_at_codec(out, cfg)
     samples = _copy_samples(RunFolder(source.parent), out)
-    card = model_card(cfg, RunFolder(source.parent), repo_id, adapter, samples, license)
+    card = model_card(cfg, RunFolder(source.parent), repo_id, adapter, samples, license, native)
     (out / "README.md").write_text(card, encoding="utf-8")
     return out
 
 
 def push_export(model: str | Path, repo_id: str, private: bool = False, adapter: bool = False,
-                license: str | None = None) -> str:  # fmt: skip
+                license: str | None = None, native: str | None = None) -> str:  # fmt: skip
     """`upload_folder` into a temporary folder, then `push` it; returns the repository's URL."""
     with tempfile.TemporaryDirectory() as tmp:
-        folder = upload_folder(model, Path(tmp) / "repo", repo_id, adapter, license)
+        folder = upload_folder(model, Path(tmp) / "repo", repo_id, adapter, license, native)
         return push(folder, repo_id, private)
 
 
@@ -97,7 +106,7 @@ def push(folder: str | Path, repo_id: str, private: bool = False) -> str:
 
 
 def model_card(cfg: Config, run: RunFolder, repo_id: str, adapter: bool, samples: list[str],
-               license: str | None = None) -> str:  # fmt: skip
+               license: str | None = None, native: str | None = None) -> str:  # fmt: skip
     """README.md for the repository: the Hub's metadata header, then what the model is and how to use it."""
     from huggingface_hub import ModelCardData
 
@@ -107,9 +116,9 @@ def model_card(cfg: Config, run: RunFolder, repo_id: str, adapter: bool, samples
         license=license or base_license(base),
         base_model=base if base and is_hub_id(base) else None,
         language=data["languages"] or None,
-        library_name="peft" if adapter else "transformers",
+        library_name=None if native else "peft" if adapter else "transformers",
         pipeline_tag="text-to-speech",
-        tags=["text-to-speech", "dia", "dia_tpu", "lora" if adapter else "fine-tuned"],
+        tags=["text-to-speech", "dia", "dia_tpu", "lora" if adapter else "fine-tuned", *(["native"] if native else [])],
     )
     name = repo_id.split("/")[-1]
     lines = [f"---\n{metadata.to_yaml()}\n---", f"# {name}", ""]
@@ -120,8 +129,10 @@ def model_card(cfg: Config, run: RunFolder, repo_id: str, adapter: bool, samples
         what = "A LoRA adapter on a Dia model" if adapter else "A Dia model"
         lines.append(f"{what} (Nari Labs' dialogue text-to-speech architecture) trained from random weights with "
                      "dia_tpu.")  # fmt: skip
+    if native:
+        lines += ["", f"Stored as a native Nari Labs checkpoint ({native} layout), for their `dia` package and app."]
     codec = cfg.model.codec
-    if not adapter and not (codec and is_hub_id(codec)):
+    if not adapter and not native and not (codec and is_hub_id(codec)):
         lines += ["", f"Its audio codec is not a Hub model of its own: it is in `{CODEC_DIR}/` here, and the "
                       "processor names it by that relative path, so load the processor from a downloaded copy "
                       f"(`hf download {repo_id} --local-dir DIR`, then from inside DIR)."]  # fmt: skip
@@ -144,7 +155,7 @@ def model_card(cfg: Config, run: RunFolder, repo_id: str, adapter: bool, samples
     if samples:
         lines += ["", "## Samples", ""]
         lines += [f"- [{Path(sample).stem}]({sample})" for sample in samples]
-    lines += ["", "## Use", "", *_usage(repo_id, base, adapter)]
+    lines += ["", "## Use", "", *(_native_usage(repo_id, native) if native else _usage(repo_id, base, adapter))]
     return "\n".join(lines) + "\n"
 
 
@@ -223,6 +234,21 @@ def _point_processor_at_codec(out: Path, cfg: Config) -> None:
     tokenizer = processor.get("audio_tokenizer", {})
     tokenizer["audio_tokenizer_name_or_path"] = codec if codec and is_hub_id(codec) else CODEC_DIR
     file.write_text(json.dumps(processor, indent=2) + "\n")
+
+
+def _native_usage(repo_id: str, schema: str) -> list[str]:
+    from dia_tpu.model.native_files import SAVE_NAMES
+
+    return [
+        "With Nari Labs' `dia` package:", "",
+        "```python", "from huggingface_hub import hf_hub_download", "from dia.model import Dia", "",
+        f"config = hf_hub_download({repo_id!r}, 'config.json')",
+        f"weights = hf_hub_download({repo_id!r}, {SAVE_NAMES[schema]!r})",
+        "model = Dia.from_local(config, weights)", "```", "",
+        "With dia_tpu, which reads native checkpoint folders too:", "",
+        "```", f"hf download {repo_id} --local-dir DIR",
+        'dia-tpu generate --model DIR --text "[S1] Hello there. [S2] Hi!" --out hello.wav', "```",
+    ]  # fmt: skip
 
 
 def _usage(repo_id: str, base: str | None, adapter: bool) -> list[str]:

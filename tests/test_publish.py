@@ -27,7 +27,8 @@ SAMPLES = ["samples.every=2", "samples.max_seconds=0.2",
 @pytest.fixture(scope="module")
 def runs(codes_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("publish")
-    common = ["train.max_steps=2", "eval.eval_every=1", "train.save_every=100", *SAMPLES]
+    # Attention at Dia's own scale, so the model also has a native form.
+    common = ["train.max_steps=2", "eval.eval_every=1", "train.save_every=100", "model.attention_scale=1.0", *SAMPLES]
     train(tiny(codes_dir, root / "full", *common))
     reset_accelerate()
     train(tiny(codes_dir, root / "lora", *common, "model.lora.rank=4", "model.lora.alpha=8"))
@@ -66,6 +67,19 @@ def test_adapter_alone_loads_onto_its_base_and_says_so(runs, tmp_path):
     card = ModelCard.load(out / "README.md")
     assert card.data.library_name == "peft" and card.data.license == "mit" and "lora" in card.data.tags
     assert "A LoRA adapter" in card.text and "PeftModel.from_pretrained" in card.text
+
+
+def test_native_checkpoint_for_nari_labs_code(runs, tmp_path):
+    from dia_tpu.model.native_files import load_native_model
+
+    out = publish.upload_folder(runs / "full" / "final", tmp_path / "repo", REPO, native="v0.1")
+    assert {"dia-v0_1.pth", "config.json", "config.yaml", "README.md"} <= {p.name for p in out.iterdir()}
+    model = load_native_model(out)
+    expected = weights(runs / "full")
+    for key, value in model.state_dict().items():
+        torch.testing.assert_close(value, expected[key], rtol=0, atol=0, msg=key)
+    card = ModelCard.load(out / "README.md")
+    assert "native" in card.data.tags and "Dia.from_local" in card.text
 
 
 def test_push_creates_the_repository_and_uploads_the_folder(runs, tmp_path, monkeypatch):
