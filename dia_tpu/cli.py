@@ -73,6 +73,18 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--dry-run", metavar="DIR", help="write the repository's files into DIR and upload nothing")
     p.set_defaults(func=_push)
 
+    p = sub.add_parser("studio", help="a local web app: generate, compare checkpoints, watch a run")
+    p.add_argument("--model", action="append", default=[], help="repeatable: a model to offer (export, checkpoint, "
+                                                                 "best/, native .pth or hub id)")
+    p.add_argument("--run", help="a run folder: its checkpoints, best/ and final/ to pick from, and its report")
+    p.add_argument("--host", default="127.0.0.1", help="address to serve on (default: this machine only; "
+                                                       "0.0.0.0 opens it to your network, with no login)")
+    p.add_argument("--port", type=int, default=7860)
+    p.add_argument("--share", action="store_true", help="also a public gradio.live link: anyone with it can use "
+                                                         "your machine's model and GPU")
+    p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    p.set_defaults(func=_studio)
+
     p = sub.add_parser("generate", help="synthesize speech from text")
     p.add_argument("--model", required=True, help="export folder, checkpoint folder, native .pth (or folder), "
                                                   "or hub id")
@@ -220,6 +232,16 @@ def _push(args: argparse.Namespace) -> None:
         return
     url = push_export(args.model, args.repo, args.private, args.adapter, args.license, args.native)
     print(f"pushed {args.model} to {url}")
+
+
+def _studio(args: argparse.Namespace) -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("gradio") is None:
+        raise ValueError("dia-tpu studio needs gradio: pip install 'dia-tpu[studio]'")
+    from dia_tpu.studio import serve
+
+    serve(args.model, args.run, args.host, args.port, args.share, args.device)
 
 
 def _generate(args: argparse.Namespace) -> None:

@@ -5,21 +5,17 @@ from __future__ import annotations
 
 import base64
 import io
-import itertools
 import json
-import queue
 import re
-import shutil
 import subprocess
 import sys
-import threading
-import time
 from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
 import soundfile as sf
 from conftest import tiny
+from helpers.browser import Browser
 
 from dia_tpu.report import write_report
 from dia_tpu.training.recipe import train
@@ -28,7 +24,6 @@ HELLO = "[S1] Hello <there> & you."
 PROMPTS = f'samples.prompts=[{{name: hello, text: "{HELLO}"}}, {{name: plan, text: "[S1] Ready?", seed: 3}}]'
 STEPS = [5, 10]
 CODEBOOKS = 9  # the demo model's channels
-CALL_IDS = itertools.count(1)  # DevTools command ids, unique per connection
 
 
 @pytest.fixture(scope="module")
@@ -153,33 +148,11 @@ PROBE = """(async () => {
 
 
 def test_report_loads_in_headless_chromium(run, tmp_path):
-    binary = shutil.which("chromium") or shutil.which("chromium-browser")
-    if binary is None:
-        pytest.skip("no chromium binary on PATH (Debian package: chromium)")
-    websocket = pytest.importorskip("websocket", reason="websocket-client is missing: pip install 'dia-tpu[dev]'")
-    cmd = [binary, "--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run",
-           "--disable-background-networking", "--disable-component-update", "--disable-sync",
-           "--remote-debugging-port=0", f"--user-data-dir={tmp_path / 'profile'}", "about:blank"]  # fmt: skip
-    browser = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    try:
-        port = devtools_port(browser, timeout=30)
-        ws = websocket.create_connection(page_target(port), timeout=30, suppress_origin=True)
-        try:
-            events: list[dict] = []
-            for domain in ("Runtime", "Log", "Network", "Page"):
-                cdp(ws, events, f"{domain}.enable")
-            cdp(ws, events, "Page.navigate", url=(run / "report.html").as_uri())
-            wait_for(ws, events, "Page.loadEventFired", timeout=30)
-            result = cdp(ws, events, "Runtime.evaluate", expression=PROBE, awaitPromise=True, returnByValue=True)
-        finally:
-            ws.close()
-    finally:
-        browser.kill()
-        browser.wait(timeout=30)
-        browser.stderr.close()
+    with Browser(tmp_path / "profile") as browser:
+        browser.open((run / "report.html").as_uri(), timeout=30)
+        found = browser.evaluate(PROBE)
+        events = browser.events
 
-    assert "exceptionDetails" not in result, result
-    found = result["result"]["value"]
     assert len(found["images"]) == 4 + len(samples_of(run))
     assert all(image["ok"] for image in found["images"]), found["images"]
     expected = [s["seconds"] for s in samples_of(run)]
@@ -188,55 +161,6 @@ def test_report_loads_in_headless_chromium(run, tmp_path):
     failures = [e for e in events if e["method"] in ("Runtime.exceptionThrown", "Network.loadingFailed")]
     failures += [e for e in events if e["method"] == "Log.entryAdded" and e["params"]["entry"]["level"] == "error"]
     assert failures == []
-
-
-def devtools_port(browser: subprocess.Popen, timeout: float) -> int:
-    """The port Chromium chose, from the `DevTools listening on ws://...` line of its stderr."""
-    lines: queue.Queue[str | None] = queue.Queue()
-
-    def drain():  # Keeps reading to the end, so a full pipe never blocks Chromium.
-        for line in browser.stderr:
-            lines.put(line)
-        lines.put(None)
-
-    threading.Thread(target=drain, daemon=True).start()
-    seen, deadline = [], time.monotonic() + timeout
-    while (line := lines.get(timeout=max(deadline - time.monotonic(), 0.01))) is not None:
-        seen.append(line)
-        if match := re.search(r"DevTools listening on ws://[^:/]+:(\d+)/", line):
-            return int(match[1])
-    pytest.fail("Chromium exited without a DevTools address:\n" + "".join(seen))
-
-
-def page_target(port: int) -> str:
-    """The DevTools websocket of the about:blank tab Chromium opened."""
-    from urllib.request import urlopen
-
-    with urlopen(f"http://127.0.0.1:{port}/json/list", timeout=30) as response:
-        targets = json.load(response)
-    pages = [t["webSocketDebuggerUrl"] for t in targets if t["type"] == "page"]
-    assert pages, targets
-    return pages[0]
-
-
-def cdp(ws, events: list[dict], method: str, **params) -> dict:
-    """Send one DevTools command and return its result; events that arrive meanwhile go to `events`."""
-    call_id = next(CALL_IDS)
-    ws.send(json.dumps({"id": call_id, "method": method, "params": params}))
-    while True:
-        message = json.loads(ws.recv())
-        if message.get("id") == call_id:
-            assert "error" not in message, (method, message["error"])
-            return message["result"]
-        events.append(message)
-
-
-def wait_for(ws, events: list[dict], method: str, timeout: float) -> None:
-    """Read events until `method` has arrived (a websocket timeout fails the test instead of hanging it)."""
-    deadline = time.monotonic() + timeout
-    while not any(e.get("method") == method for e in events):
-        assert time.monotonic() < deadline, f"no {method} in {timeout} s"
-        events.append(json.loads(ws.recv()))
 
 
 def test_report_of_a_run_without_eval_or_samples(codes_dir, tmp_path):

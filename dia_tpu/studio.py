@@ -1,0 +1,204 @@
+"""`dia-tpu studio`: a local web app (Gradio) to try a fine-tune by ear: generate from any model dia_tpu loads,
+compare checkpoints of a run on the same script and seed, and watch a run's report while it trains.
+
+Generation goes through `dia-tpu generate`'s own path (`load_for_inference`, `load_voice_prompt`,
+`synthesize`), so a seed gives the same audio in both. Each model is loaded once and kept. Gradio runs every
+event off its UI thread, one generation at a time; errors (a text too long for the model, a missing file)
+appear in the page.
+
+Offline by construction: Gradio's analytics are turned off before it is imported, the theme names system
+fonts only (the default theme would fetch Google Fonts), and the page's own assets come from the local server.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+
+import numpy as np
+
+from dia_tpu.artifacts import RunFolder, open_artifact
+from dia_tpu.config import SAMPLING
+
+# Gradio reads this when imported: no usage reports, no version check against its servers.
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+DEFAULT_TEXT = "[S1] Hello, this is my fine-tuned voice. [S2] And this is the other speaker."
+
+
+class Models:
+    """Models (with their codecs and the run's language tags) by (source, adapter), each loaded once."""
+
+    def __init__(self, device: str):
+        self.device = device
+        self._loaded: dict[tuple[str, str | None], tuple] = {}
+        self._lock = threading.Lock()
+
+    def get(self, source: str, adapter: str | None = None) -> tuple:
+        from dia_tpu.model.load import language_tags_of, load_for_inference
+
+        key = (source.strip(), (adapter or "").strip() or None)
+        with self._lock:
+            if key not in self._loaded:
+                artifact = open_artifact(key[0])
+                model, codec = load_for_inference(artifact, self.device, adapter=key[1])
+                self._loaded[key] = (model, codec, language_tags_of(artifact))
+            return self._loaded[key]
+
+
+def speak(models: Models, source: str, adapter: str | None, text: str, prompt_audio: str | None,
+          prompt_transcript: str, guidance_scale: float, temperature: float, top_p: float, top_k: int, seed: int,
+          max_seconds: float | None) -> tuple[int, np.ndarray]:  # fmt: skip
+    """One script to (rate, wave) as `dia-tpu generate --seed SEED` writes it; ValueError/FileNotFoundError name
+    what is wrong."""
+    from dia_tpu.config import sampling_problems
+    from dia_tpu.generation.synthesize import GenerationSettings, load_voice_prompt, synthesize
+
+    if not source or not source.strip():
+        raise ValueError("choose a model: an export, a checkpoint, best/, a native checkpoint or a hub id")
+    if not text or not text.strip():
+        raise ValueError("the script is empty: type what the speakers say, with [S1] and [S2]")
+    model, codec, tags = models.get(source, adapter)
+    settings = GenerationSettings(guidance_scale=guidance_scale, temperature=temperature, top_p=top_p,
+                                  top_k=int(top_k), seed=int(seed), max_seconds=max_seconds or None,
+                                  language_tags=tags)  # fmt: skip
+    if problems := sampling_problems(settings, lambda field: field.replace("_", " ")):
+        raise ValueError("; ".join(problems))
+    prompt = None
+    if prompt_audio:
+        prompt = load_voice_prompt(codec, prompt_audio, prompt_transcript or "", len(model.config.delay_pattern))
+    (wave,) = synthesize(model, codec, [text.strip()], settings, prompt)
+    # 16-bit samples as `dia-tpu generate`'s wav holds them: given floats, Gradio would rescale them to full scale.
+    return codec.config.sampling_rate, np.clip(np.round(wave * 32767), -32768, 32767).astype(np.int16)
+
+
+def run_models(run_dir: str | Path) -> list[str]:
+    """A run's models to pick from: its kept checkpoints (oldest first), best/ and final/ when present."""
+    run = RunFolder(run_dir)
+    found = [str(p) for p in run.complete_checkpoints()]
+    return found + [str(p) for p in (run.best, run.final) if p.is_dir()]
+
+
+def evaluation_figures(source: str) -> str:
+    """What the run logged about a checkpoint of it: the eval loss and the automatic evaluation's figures at
+    its step (one line; empty for models outside a run)."""
+    from dia_tpu.report import read_scalars
+
+    path = Path(source)
+    if not path.is_dir() or not (path / "train_state.json").is_file():
+        return ""
+    import json
+
+    step = json.loads((path / "train_state.json").read_text()).get("step")
+    run = RunFolder(path.parent.parent if path.parent.name == "checkpoints" else path.parent)
+    scalars = read_scalars(run.logs)
+    figures = [f"{tag.split('/')[-1]} {values[step]:.3f}" for tag, values in sorted(scalars.items())
+               if tag.startswith(("eval/loss", "audio/")) and step in values and "_cb" not in tag]  # fmt: skip
+    return f"step {step}: " + (", ".join(figures) if figures else "nothing logged at this step")
+
+
+def build_app(models: Models, choices: list[str], run_dir: str | None = None):
+    """The Gradio Blocks app: Generate, Compare and (with a run) Run tabs."""
+    import gradio as gr
+
+    def guarded(work):
+        """Errors the user can fix appear in the page instead of a dead page."""
+
+        def call(*args):
+            try:
+                return work(*args)
+            except (ValueError, FileNotFoundError, OSError) as err:
+                raise gr.Error(str(err).strip().splitlines()[0] or type(err).__name__) from err
+
+        return call
+
+    with gr.Blocks(title="dia_tpu studio", analytics_enabled=False) as app:
+        gr.Markdown("# dia_tpu studio\nTry a Dia fine-tune: write a dialogue with `[S1]` and `[S2]` tags.")
+        with gr.Tab("Generate"):
+            with gr.Row():
+                source = gr.Dropdown(choices, value=choices[-1] if choices else None, allow_custom_value=True,
+                                     label="model (export, checkpoint, best/, native .pth, or hub id)")  # fmt: skip
+                adapter = gr.Textbox(label="LoRA adapter folder (optional)")
+            text = gr.Textbox(DEFAULT_TEXT, lines=3, label="script", elem_id="script")
+            with gr.Row():
+                seed = gr.Number(0, precision=0, label="seed (the same as dia-tpu generate --seed)")
+                max_seconds = gr.Number(None, label="max seconds (empty: all the model holds)", elem_id="max-seconds")
+            with gr.Accordion("voice prompt (cloning)", open=False):
+                prompt_audio = gr.Audio(type="filepath", sources=["upload", "microphone"], label="voice to continue")
+                prompt_transcript = gr.Textbox(label="what is said in it, with [S1]/[S2]")
+            with gr.Accordion("sampling", open=False):
+                guidance = gr.Slider(1.0, 6.0, SAMPLING.guidance_scale, step=0.1, label="guidance scale")
+                temperature = gr.Slider(1.0, 2.5, SAMPLING.temperature, step=0.05, label="temperature")
+                top_p = gr.Slider(0.1, 1.0, SAMPLING.top_p, step=0.01, label="top p")
+                top_k = gr.Slider(1, 200, SAMPLING.top_k, step=1, label="top k")
+            go = gr.Button("Generate", variant="primary", elem_id="generate")
+            audio = gr.Audio(label="speech", type="numpy", interactive=False, elem_id="speech")
+            go.click(guarded(lambda *a: speak(models, *a)),
+                     [source, adapter, text, prompt_audio, prompt_transcript, guidance, temperature, top_p, top_k,
+                      seed, max_seconds], audio, concurrency_limit=1)  # fmt: skip
+        with gr.Tab("Compare"):
+            picked = gr.Dropdown(choices, value=choices[-2:], multiselect=True, allow_custom_value=True,
+                                 max_choices=4, label="two to four models")  # fmt: skip
+            compare_text = gr.Textbox(DEFAULT_TEXT, lines=2, label="script")
+            compare_seed = gr.Number(0, precision=0, label="seed")
+            compare_go = gr.Button("Compare", variant="primary")
+            players, notes = [], []
+            with gr.Row():
+                for i in range(4):
+                    with gr.Column():
+                        players.append(gr.Audio(label=f"model {i + 1}", type="numpy", interactive=False))
+                        notes.append(gr.Markdown())
+
+            def compare(chosen, script, seed_value):
+                chosen = list(chosen or [])
+                if not 2 <= len(chosen) <= 4:
+                    raise ValueError(f"pick two to four models to compare, not {len(chosen)}")
+                sound = [speak(models, m, None, script, None, "", SAMPLING.guidance_scale, SAMPLING.temperature,
+                               SAMPLING.top_p, SAMPLING.top_k, seed_value, None) for m in chosen]  # fmt: skip
+                labels = [gr.Audio(value=s, label=Path(m).name or m) for s, m in zip(sound, chosen, strict=True)]
+                texts = [f"**{Path(m).name or m}**  \n{evaluation_figures(m)}" for m in chosen]
+                empty = 4 - len(chosen)
+                return [*labels, *[gr.Audio(value=None, label="-")] * empty, *texts, *[""] * empty]
+
+            compare_go.click(guarded(compare), [picked, compare_text, compare_seed], [*players, *notes],
+                             concurrency_limit=1)  # fmt: skip
+        if run_dir is not None:
+            with gr.Tab("Run"):
+                from dia_tpu.report import render
+
+                def page() -> str:
+                    # The report's own page, in a frame so its styles stay its own.
+                    from html import escape
+
+                    return f'<iframe style="width:100%;height:80vh;border:0" srcdoc="{escape(render(Path(run_dir)))}">'
+
+                report = gr.HTML(page)
+                gr.Timer(30).tick(page, None, report)
+    return app
+
+
+def serve(sources: list[str], run_dir: str | None, host: str, port: int, share: bool, device: str | None) -> None:
+    """`dia-tpu studio`: build the app and serve it until interrupted."""
+    import torch
+
+    if run_dir is not None and not Path(run_dir).is_dir():
+        raise FileNotFoundError(f"--run {run_dir}: no such run folder")
+    choices = [*(run_models(run_dir) if run_dir else []), *sources]
+    models = Models(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    app = build_app(models, choices, run_dir)
+    where = "shared through a public gradio.live link" if share else f"on http://{host}:{port}"
+    print(f"dia_tpu studio {where}; Ctrl-C stops it", flush=True)
+    try:
+        app.queue().launch(server_name=host, server_port=port, share=share, inbrowser=False, show_error=True,
+                           quiet=True, theme=offline_theme(), ssr_mode=False, footer_links=[])  # fmt: skip
+    except OSError as err:  # the port is taken, or the address is not this machine's
+        raise ValueError(f"cannot serve on {host}:{port} ({str(err).splitlines()[0]}); give another --port") from err
+
+
+def offline_theme():
+    """Gradio's default look with system fonts: its own theme asks Google Fonts for them."""
+    import gradio as gr
+
+    return gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"],
+                             font_mono=["ui-monospace", "monospace"])  # fmt: skip

@@ -1,0 +1,124 @@
+"""`dia-tpu studio` served for real on a free local port and used through headless Chromium: one generation
+from the page equals `dia-tpu generate`'s with the same seed, an over-long script shows its error in the page,
+and nothing is requested from anywhere but the studio itself."""
+
+from __future__ import annotations
+
+import io
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from urllib.request import urlopen
+
+import numpy as np
+import pytest
+import soundfile as sf
+from conftest import reset_accelerate, tiny
+from helpers.browser import Browser
+
+from dia_tpu.training.recipe import train
+
+pytest.importorskip("gradio", reason="gradio is missing: pip install 'dia-tpu[studio]'")
+
+SCRIPT = "[S1] Ready to plan the trip?"
+SECONDS = 0.4
+FILL = """(() => {
+  const set = (selector, value) => {
+    const field = document.querySelector(selector);
+    field.value = value;
+    field.dispatchEvent(new Event('input', {bubbles: true}));
+    field.dispatchEvent(new Event('change', {bubbles: true}));
+  };
+  set('#script textarea', %r);
+  set('#max-seconds input', %r);
+  document.querySelector('#generate').click();
+})()"""
+LINK = "document.querySelector('#speech a[data-testid=\"download-link\"]')?.href"
+DURATION = """(async () => {
+  const audio = new Audio(%r);
+  await new Promise((ok, bad) => { audio.onloadedmetadata = ok; audio.onerror = () => bad(audio.error.code); });
+  return audio.duration;
+})()"""
+
+
+@pytest.fixture(scope="module")
+def run(codes_dir, tmp_path_factory) -> Path:
+    run_dir = tmp_path_factory.mktemp("studio") / "run"
+    train(tiny(codes_dir, run_dir, "train.max_steps=2", "train.save_every=1", "data.eval_size=0",
+               "train.report_to=none"))  # fmt: skip
+    reset_accelerate()
+    return run_dir
+
+
+@pytest.fixture(scope="module")
+def studio(run):
+    """The studio's URL, serving the run (its checkpoints and final/ to pick from) on a free port."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen([sys.executable, "-m", "dia_tpu", "studio", "--run", str(run), "--port", str(port)],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with urlopen(url, timeout=5):
+                    break
+            except OSError:
+                assert server.poll() is None, server.stdout.read()
+                assert time.monotonic() < deadline, "the studio did not answer in 120 s"
+                time.sleep(0.5)
+        yield url
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+        server.stdout.close()
+
+
+def test_a_generation_in_the_page_is_dia_tpu_generates(run, studio, tmp_path):
+    with Browser(tmp_path / "profile") as browser:
+        browser.open(studio)
+        browser.wait_until("!!document.querySelector('#script textarea') && !!document.querySelector('#generate')", 60)
+        browser.evaluate(FILL % (SCRIPT, str(SECONDS)))
+        link = browser.wait_until(LINK, 120)
+        duration = browser.evaluate(DURATION % link)
+        outside = [u for u in browser.requested() if not u.startswith((studio, "blob:", "data:"))]
+
+    with urlopen(link, timeout=30) as response:
+        page_wave, rate = sf.read(io.BytesIO(response.read()), dtype="float32")
+    out = tmp_path / "cli.wav"
+    done = subprocess.run([sys.executable, "-m", "dia_tpu", "generate", "--model", str(run / "final"), "--text",
+                           SCRIPT, "--out", str(out), "--max-seconds", str(SECONDS), "--seed", "0"],
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    cli_wave, cli_rate = sf.read(out, dtype="float32")
+    assert rate == cli_rate == 44100
+    assert duration == pytest.approx(len(cli_wave) / rate, abs=0.01) and len(cli_wave) > 0
+    # Both are 16-bit wav files of the same samples (each library rounds to 16 bits its own way).
+    np.testing.assert_allclose(page_wave, cli_wave, atol=2 / 32768)
+    assert outside == []
+
+
+def test_an_over_long_script_shows_its_error_in_the_page(studio, tmp_path):
+    with Browser(tmp_path / "profile") as browser:
+        browser.open(studio)
+        browser.wait_until("!!document.querySelector('#script textarea') && !!document.querySelector('#generate')", 60)
+        browser.evaluate(FILL % ("[S1] " + "words " * 400, ""))
+        shown = browser.wait_until(
+            "document.body.innerText.includes(\"exceeds the model's text length\") && document.body.innerText", 120
+        )
+        # The page is still alive: the script box is still there to be fixed.
+        assert browser.evaluate("!!document.querySelector('#script textarea')")
+    assert "byte tokens exceeds the model's text length of" in shown
+
+
+def test_a_runs_models_are_offered_with_what_was_logged_of_them(run):
+    from dia_tpu.studio import evaluation_figures, run_models
+
+    offered = run_models(run)
+    assert [Path(p).name for p in offered] == ["step_1", "step_2", "final"]
+    assert evaluation_figures(offered[1]) == "step 2: nothing logged at this step"
+    assert evaluation_figures(offered[-1]) == ""  # an export is no checkpoint of the run
