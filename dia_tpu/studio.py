@@ -93,7 +93,7 @@ def evaluation_figures(source: str) -> str:
     step = json.loads((path / "train_state.json").read_text()).get("step")
     run = RunFolder(path.parent.parent if path.parent.name == "checkpoints" else path.parent)
     scalars = read_scalars(run.logs)
-    figures = [f"{tag.split('/')[-1]} {values[step]:.3f}" for tag, values in sorted(scalars.items())
+    figures = [f"{tag} {values[step]:.3f}" for tag, values in sorted(scalars.items())
                if tag.startswith(("eval/loss", "audio/")) and step in values and "_cb" not in tag]  # fmt: skip
     return f"step {step}: " + (", ".join(figures) if figures else "nothing logged at this step")
 
@@ -136,12 +136,14 @@ def build_app(models: Models, choices: list[str], run_dir: str | None = None):
             audio = gr.Audio(label="speech", type="numpy", interactive=False, elem_id="speech")
             go.click(guarded(lambda *a: speak(models, *a)),
                      [source, adapter, text, prompt_audio, prompt_transcript, guidance, temperature, top_p, top_k,
-                      seed, max_seconds], audio, concurrency_limit=1)  # fmt: skip
+                      seed, max_seconds], audio, concurrency_limit=1, api_name="generate")  # fmt: skip
         with gr.Tab("Compare"):
             picked = gr.Dropdown(choices, value=choices[-2:], multiselect=True, allow_custom_value=True,
                                  max_choices=4, label="two to four models")  # fmt: skip
             compare_text = gr.Textbox(DEFAULT_TEXT, lines=2, label="script")
-            compare_seed = gr.Number(0, precision=0, label="seed")
+            with gr.Row():
+                compare_seed = gr.Number(0, precision=0, label="seed")
+                compare_seconds = gr.Number(None, label="max seconds (empty: all the model holds)")
             compare_go = gr.Button("Compare", variant="primary")
             players, notes = [], []
             with gr.Row():
@@ -150,19 +152,19 @@ def build_app(models: Models, choices: list[str], run_dir: str | None = None):
                         players.append(gr.Audio(label=f"model {i + 1}", type="numpy", interactive=False))
                         notes.append(gr.Markdown())
 
-            def compare(chosen, script, seed_value):
+            def compare(chosen, script, seed_value, limit):
                 chosen = list(chosen or [])
                 if not 2 <= len(chosen) <= 4:
                     raise ValueError(f"pick two to four models to compare, not {len(chosen)}")
                 sound = [speak(models, m, None, script, None, "", SAMPLING.guidance_scale, SAMPLING.temperature,
-                               SAMPLING.top_p, SAMPLING.top_k, seed_value, None) for m in chosen]  # fmt: skip
+                               SAMPLING.top_p, SAMPLING.top_k, seed_value, limit) for m in chosen]  # fmt: skip
                 labels = [gr.Audio(value=s, label=Path(m).name or m) for s, m in zip(sound, chosen, strict=True)]
                 texts = [f"**{Path(m).name or m}**  \n{evaluation_figures(m)}" for m in chosen]
                 empty = 4 - len(chosen)
                 return [*labels, *[gr.Audio(value=None, label="-")] * empty, *texts, *[""] * empty]
 
-            compare_go.click(guarded(compare), [picked, compare_text, compare_seed], [*players, *notes],
-                             concurrency_limit=1)  # fmt: skip
+            compare_go.click(guarded(compare), [picked, compare_text, compare_seed, compare_seconds],
+                             [*players, *notes], concurrency_limit=1, api_name="compare")  # fmt: skip
         if run_dir is not None:
             with gr.Tab("Run"):
                 from dia_tpu.report import render

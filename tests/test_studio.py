@@ -122,3 +122,18 @@ def test_a_runs_models_are_offered_with_what_was_logged_of_them(run):
     assert [Path(p).name for p in offered] == ["step_1", "step_2", "final"]
     assert evaluation_figures(offered[1]) == "step 2: nothing logged at this step"
     assert evaluation_figures(offered[-1]) == ""  # an export is no checkpoint of the run
+
+
+def test_compare_plays_each_checkpoint_on_the_same_seed(run, studio):
+    from gradio_client import Client
+
+    client = Client(studio, verbose=False)
+    first, second = (str(run / "checkpoints" / name) for name in ("step_1", "step_2"))
+    *players, note_1, note_2, _, _ = client.predict([first, second, first], SCRIPT, 0, SECONDS, api_name="/compare")
+    waves = [sf.read(player["value"])[0] for player in players[:3]]
+    assert [player["label"] for player in players] == ["step_1", "step_2", "step_1", "-"]
+    np.testing.assert_array_equal(waves[0], waves[2])  # the same model and seed: the same audio
+    assert len(waves[1]) == round(SECONDS * 44100 / 512) * 512 and players[3]["value"] is None
+    assert note_1.endswith("step 1: nothing logged at this step") and "step 2" in note_2
+    with pytest.raises(Exception, match="pick two to four models to compare, not 1"):
+        client.predict([first], SCRIPT, 0, None, api_name="/compare")
