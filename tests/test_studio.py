@@ -18,6 +18,7 @@ import soundfile as sf
 from conftest import reset_accelerate, tiny
 from helpers.browser import Browser
 
+from dia_tpu.generation.synthesize import GenerationSettings
 from dia_tpu.training.recipe import train
 
 pytest.importorskip("gradio", reason="gradio is missing: pip install 'dia-tpu[studio]'")
@@ -137,3 +138,21 @@ def test_compare_plays_each_checkpoint_on_the_same_seed(run, studio):
     assert note_1.endswith("step 1: nothing logged at this step") and "step 2" in note_2
     with pytest.raises(Exception, match="pick two to four models to compare, not 1"):
         client.predict([first], SCRIPT, 0, None, api_name="/compare")
+
+
+def test_a_voice_prompt_is_cloned_as_dia_tpu_generate_clones_it(run):
+    from dia_tpu.generation.speak import write_speech
+    from dia_tpu.studio import Models, speak
+
+    prompt = str(Path(__file__).resolve().parents[1] / "data/sample/prompts/utt_000_hello_there.flac")
+    models = Models("cpu")
+    rate, wave = speak(models, str(run / "final"), None, SCRIPT, prompt, "[S1] Hello there.", 3.0, 1.8, 0.9, 45, 7,
+                       SECONDS)  # fmt: skip
+    out = run.parent / "cloned.wav"
+    write_speech(str(run / "final"), [SCRIPT], [out], GenerationSettings(seed=7, max_seconds=SECONDS),
+                 audio_prompt=prompt, prompt_transcript="[S1] Hello there.")  # fmt: skip
+    expected, _ = sf.read(out, dtype="int16")
+    np.testing.assert_allclose(wave, expected, atol=1)
+    assert models.get(str(run / "final")) is models.get(str(run / "final"))  # loaded once
+    with pytest.raises(ValueError, match="its transcript is empty"):
+        speak(models, str(run / "final"), None, SCRIPT, prompt, "", 3.0, 1.8, 0.9, 45, 7, SECONDS)
