@@ -16,6 +16,7 @@ from pathlib import Path
 
 from dia_tpu.artifacts import ADAPTER_DIR, CODEC_DIR, CONFIG_FILE, RunFolder, open_artifact
 from dia_tpu.config import Config
+from dia_tpu.console import first_line
 from dia_tpu.hub import HubError, is_hub_id
 
 # How many of the run's latest samples go with the model, linked from the card.
@@ -99,8 +100,7 @@ def push(folder: str | Path, repo_id: str, private: bool = False) -> str:
         api.upload_folder(folder_path=str(folder), repo_id=repo_id, repo_type="model",
                           commit_message="Upload a Dia fine-tune made with dia_tpu")  # fmt: skip
     except (HfHubHTTPError, OSError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise HubError(f"push to {repo_id}: {first} (log in with `hf auth login` or set HF_TOKEN; "
+        raise HubError(f"push to {repo_id}: {first_line(err)} (log in with `hf auth login` or set HF_TOKEN; "
                        "`--dry-run DIR` writes the files without uploading)") from err  # fmt: skip
     return str(url)
 

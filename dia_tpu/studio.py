@@ -12,6 +12,7 @@ fonts only (the default theme would fetch Google Fonts), and the page's own asse
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 from pathlib import Path
@@ -20,6 +21,7 @@ import numpy as np
 
 from dia_tpu.artifacts import RunFolder, open_artifact
 from dia_tpu.config import SAMPLING
+from dia_tpu.console import first_line
 
 # Gradio reads this when imported: no usage reports, no version check against its servers.
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
@@ -88,8 +90,6 @@ def evaluation_figures(source: str) -> str:
     path = Path(source)
     if not path.is_dir() or not (path / "train_state.json").is_file():
         return ""
-    import json
-
     step = json.loads((path / "train_state.json").read_text()).get("step")
     run = RunFolder(path.parent.parent if path.parent.name == "checkpoints" else path.parent)
     scalars = read_scalars(run.logs)
@@ -109,7 +109,7 @@ def build_app(models: Models, choices: list[str], run_dir: str | None = None):
             try:
                 return work(*args)
             except (ValueError, FileNotFoundError, OSError) as err:
-                raise gr.Error(str(err).strip().splitlines()[0] or type(err).__name__) from err
+                raise gr.Error(first_line(err)) from err
 
         return call
 
@@ -195,7 +195,7 @@ def serve(sources: list[str], run_dir: str | None, host: str, port: int, share: 
         app.queue().launch(server_name=host, server_port=port, share=share, inbrowser=False, show_error=True,
                            quiet=True, theme=offline_theme(), ssr_mode=False, footer_links=[])  # fmt: skip
     except OSError as err:  # the port is taken, or the address is not this machine's
-        raise ValueError(f"cannot serve on {host}:{port} ({str(err).splitlines()[0]}); give another --port") from err
+        raise ValueError(f"cannot serve on {host}:{port} ({first_line(err)}); give another --port") from err
 
 
 def offline_theme():
