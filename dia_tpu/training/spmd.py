@@ -157,30 +157,20 @@ def host_copies(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
 def host_state_dict(state: dict) -> dict:
     """A state dict (a model's, or an optimizer's with its nested state) with every device tensor on the host."""
     found: list[torch.Tensor] = []
-
-    def collect(value):
-        if isinstance(value, torch.Tensor) and value.device.type == "xla":
-            found.append(value)
-        elif isinstance(value, dict):
-            for item in value.values():
-                collect(item)
-        elif isinstance(value, (list, tuple)):
-            for item in value:
-                collect(item)
-
-    collect(state)
+    _map_device_tensors(state, found.append)
     copies = iter(host_copies(found))
+    return _map_device_tensors(state, lambda tensor: next(copies))
 
-    def rebuild(value):
-        if isinstance(value, torch.Tensor) and value.device.type == "xla":
-            return next(copies)
-        if isinstance(value, dict):
-            return {key: rebuild(item) for key, item in value.items()}
-        if isinstance(value, (list, tuple)):
-            return type(value)(rebuild(item) for item in value)
-        return value
 
-    return rebuild(state)
+def _map_device_tensors(value, fn):
+    """`value` rebuilt with `fn(tensor)` in place of every XLA tensor inside its dicts, lists and tuples."""
+    if isinstance(value, torch.Tensor) and value.device.type == "xla":
+        return fn(value)
+    if isinstance(value, dict):
+        return {key: _map_device_tensors(item, fn) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_map_device_tensors(item, fn) for item in value)
+    return value
 
 
 @contextmanager
