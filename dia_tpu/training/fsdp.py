@@ -88,8 +88,3 @@ def local_share(model: torch.nn.Module) -> tuple[int, int]:
         total += param.numel()
         held += param.to_local().numel() if hasattr(param, "to_local") else param.numel()
     return held, total
-
-
-def full_state_dict(accelerator: Accelerator, model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """The whole model's weights gathered onto the main process's host (empty elsewhere); every process calls it."""
-    return accelerator.get_state_dict(model)

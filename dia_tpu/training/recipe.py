@@ -25,7 +25,6 @@ from dia_tpu.publish import check_token, push_export
 from dia_tpu.training.audio_eval import AudioEvaluation, selection_score
 from dia_tpu.training.checkpoint import TrainState, keep_trainable, load_checkpoint, save_checkpoint
 from dia_tpu.training.evaluate import evaluate
-from dia_tpu.training.fsdp import full_state_dict
 from dia_tpu.training.loaders import make_loaders, micro_batches
 from dia_tpu.training.lock import RunLock
 from dia_tpu.training.loss import codebook_weights
@@ -35,7 +34,7 @@ from dia_tpu.training.resume import apply_changes, config_changes, record_change
 from dia_tpu.training.runtime import Runtime
 from dia_tpu.training.samples import TrainingSamples
 from dia_tpu.training.schedule import make_scheduler
-from dia_tpu.training.sharding import Sharding
+from dia_tpu.training.sharding import Sharding, whole_weights
 from dia_tpu.training.step import build_trainable, check_optimizer, make_optimizer, train_step
 from dia_tpu.training.stop import StopRequest
 
@@ -219,16 +218,8 @@ def train(cfg: Config) -> Path:
             accelerator.end_training()
             raise TrainingStopped(stopped, state.step, run.checkpoint(state.step))  # saved just above
 
-        if xla is not None:
-            from dia_tpu.training.xla import finish_pending
-
-            finish_pending()
-        # Sharded weights are gathered onto the main process's host first: under FSDP2 every process takes part.
-        gathered = full_state_dict(accelerator, model) if runtime.fsdp else None
-        if runtime.spmd and not adapter_only:
-            from dia_tpu.training.spmd import host_state_dict
-
-            gathered = host_state_dict(accelerator.unwrap_model(model).state_dict())
+        # Sharded weights are put together on the main process's host first: under FSDP2 every process takes part.
+        gathered = whole_weights(accelerator, runtime, model)
         if accelerator.is_main_process:
             final = accelerator.unwrap_model(model)
             if gathered is not None:

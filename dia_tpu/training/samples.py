@@ -26,6 +26,7 @@ from dia_tpu.model.adapters import dia_of, is_peft, merged_state_dict
 from dia_tpu.model.codec import build_codec
 from dia_tpu.model.shapes import restore_attention_scale
 from dia_tpu.training.runtime import Runtime
+from dia_tpu.training.sharding import whole_weights
 
 
 class TrainingSamples:
@@ -115,25 +116,15 @@ class LiveGenerator:
     every step of the decode loop, and FSDP holds only a shard of the weights on each process."""
 
     def __init__(self, accelerator: Accelerator, runtime: Runtime):
-        self.accelerator, self.on_xla, self.spmd = accelerator, runtime.on_xla, runtime.spmd
+        self.accelerator, self.runtime = accelerator, runtime
         self.copy_weights = runtime.on_xla or runtime.fsdp
         self._cpu_model: DiaForConditionalGeneration | None = None
 
     def get(self, model) -> DiaForConditionalGeneration | None:
         """Every process calls this at the same step (under FSDP gathering the weights is a collective)."""
         accelerator = self.accelerator
-        state = None
-        if self.on_xla:
-            from dia_tpu.training.xla import finish_pending
-
-            finish_pending()
+        state = whole_weights(accelerator, self.runtime, model)
         live = accelerator.unwrap_model(model)
-        if self.copy_weights and not self.on_xla:
-            state = accelerator.get_state_dict(model)
-        elif self.spmd and not is_peft(live):
-            from dia_tpu.training.spmd import host_state_dict
-
-            state = host_state_dict(live.state_dict())
         if not self.copy_weights:
             return dia_of(live)
         if not accelerator.is_main_process:

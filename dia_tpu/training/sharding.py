@@ -13,7 +13,9 @@ from accelerate import Accelerator
 from accelerate.utils import DistributedType, is_torch_xla_available
 
 from dia_tpu.config import Config, ConfigError
+from dia_tpu.model.adapters import is_peft
 from dia_tpu.training import fsdp
+from dia_tpu.training.runtime import Runtime
 
 Kind = Literal["none", "spmd", "fsdp2"]
 
@@ -87,3 +89,23 @@ class Sharding:
             from dia_tpu.training import spmd
 
             spmd.reshard_optimizer_state(optimizer, self.mesh)
+
+
+def whole_weights(accelerator: Accelerator, runtime: Runtime, model) -> dict[str, torch.Tensor] | None:
+    """The prepared model's weights made whole on the host where the run splits them, for the copies that
+    samples, the audio evaluation and the export take; None where the unwrapped model's own state dict is whole.
+    Under FSDP2 they are gathered onto the main process (a collective: every process calls this; the others get
+    nothing); under SPMD each sharded tensor is put together (`spmd.host_state_dict`). On XLA the pending step
+    runs first, as the one graph it always is."""
+    if runtime.on_xla:
+        from dia_tpu.training.xla import finish_pending
+
+        finish_pending()
+    if runtime.fsdp:
+        return accelerator.get_state_dict(model)
+    live = accelerator.unwrap_model(model)
+    if runtime.spmd and not is_peft(live):
+        from dia_tpu.training.spmd import host_state_dict
+
+        return host_state_dict(live.state_dict())
+    return None

@@ -7,9 +7,10 @@ import torch_xla.debug.metrics as met
 
 
 def finish_pending() -> None:
-    """Run the traced work still pending (the last optimizer step's update) as the one graph it always is. Read
-    tensor by tensor before that, each weight would be computed by a graph of its own, compiled for it: a few
-    seconds per weight on every sample, evaluation or export."""
+    """Run the traced work still pending as one graph, its results left as device data for the next one. Called
+    where a train step's graph always ends, so the step compiles once: at logging (before and after the window is
+    read and reset), before an evaluation, and before weights are read to the host (samples, the export), which
+    tensor by tensor would otherwise compute each weight by a graph of its own, compiled for it."""
     torch_xla.sync()
 
 
@@ -51,10 +52,7 @@ class XlaWatch:
         self.step_syncs += now["host_syncs"] - self._start["host_syncs"]
         self.step_transfers += now["host_transfers"] - self._start["host_transfers"]
 
-    @staticmethod
-    def cut() -> None:
-        """Run what is traced so far as one graph, leaving its results as device data for the next one."""
-        torch_xla.sync()
+    cut = staticmethod(finish_pending)  # for the places that hold the watch: logging and evaluation
 
     def metrics(self) -> dict[str, float]:
         now = self._counters()
