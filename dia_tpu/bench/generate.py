@@ -15,12 +15,11 @@ state stay out of the next measurement.
 
 from __future__ import annotations
 
-import multiprocessing
 import time
-from concurrent.futures import ProcessPoolExecutor
 
 import torch
 
+from dia_tpu.bench import aligned, in_fresh_process
 from dia_tpu.bench.limits import copy_bandwidth
 from dia_tpu.config import Config
 from dia_tpu.generation.synthesize import GenerationSettings, synthesize_codes
@@ -41,13 +40,10 @@ def bench_generation(cfg: Config, seconds: float, batch_sizes: list[int], precis
     for precision in precisions:
         if precision not in DTYPES:
             raise ValueError(f"precision {precision!r}: generation is measured in {', '.join(map(repr, DTYPES))}")
-    context = multiprocessing.get_context("spawn")
     results = []
     for precision in precisions:
         for compile_ in compiled:
-            with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
-                job = pool.submit(run_generation, cfg, seconds, batch_sizes, precision, compile_, repeats)
-                results.extend(job.result())
+            results += in_fresh_process(run_generation, cfg, seconds, batch_sizes, precision, compile_, repeats)
     return results
 
 
@@ -108,8 +104,7 @@ def format_generation_table(results: list[dict]) -> str:
                      str(r["torch_threads"]), f"{r['audio_seconds']:.1f}", f"{r['seconds']:.2f}",
                      f"{r['real_time_factor']:.2f}", f"{r['ms_per_step']:.2f}", f"{r['floor_ms_per_step']:.2f}",
                      f"{r['first_seconds']:.1f}"))  # fmt: skip
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    lines = ["  ".join(cell.rjust(w) for cell, w in zip(row, widths, strict=True)) for row in rows]
+    lines = aligned(rows)
     if results:
         lines.append("x real time: seconds of audio generated per second (codes; the codec's decoding is not "
                      "included); floor ms/step: the decoder's and output head's weights at the row's precision "

@@ -30,8 +30,8 @@ def matmul_rate(device: torch.device, dtype: torch.dtype, seconds: float = 1.0) 
     n = MATMUL_SIZE
     generator = torch.Generator().manual_seed(0)
     a, b = (torch.randn(n, n, generator=generator).to(device, dtype) for _ in range(2))
-    runs = _repeat(lambda: a @ b, device, seconds)
-    return 2 * n**3 * runs[0] / runs[1]
+    runs, elapsed = _repeat(lambda: a @ b, device, seconds)
+    return 2 * n**3 * runs / elapsed
 
 
 class MatmulRecorder(TorchDispatchMode):

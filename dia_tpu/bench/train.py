@@ -28,10 +28,8 @@ The cost is a few seconds of imports per precision.
 
 from __future__ import annotations
 
-import multiprocessing
 import resource
 import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import torch
@@ -39,6 +37,7 @@ from accelerate import Accelerator
 from accelerate.utils import send_to_device, set_seed
 from torch.utils.flop_counter import FlopCounterMode
 
+from dia_tpu.bench import aligned, in_fresh_process
 from dia_tpu.bench.limits import MATMUL_SIZE, MatmulRecorder, matmul_rate, products_alone
 from dia_tpu.config import PRECISIONS, Config
 from dia_tpu.data.batching import synthetic_batch
@@ -65,17 +64,15 @@ def bench(cfg: Config | dict[str, Config], steps: int, warmup: int, precisions: 
     for precision in precisions:
         if precision not in PRECISIONS:
             raise ValueError(f"precision {precision!r} is not one of {', '.join(map(repr, PRECISIONS))}")
-    context = multiprocessing.get_context("spawn")
     results = []
     for name, variant in variants.items():
         for precision in precisions:
-            with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
-                try:
-                    result = pool.submit(run_one, variant, steps, warmup, precision).result()
-                except Exception as err:  # one variant running out of memory must not lose the others
-                    if not name:
-                        raise
-                    result = {"precision": precision, "error": f"{type(err).__name__}: {err}"[:300]}
+            try:
+                result = in_fresh_process(run_one, variant, steps, warmup, precision)
+            except Exception as err:  # one variant running out of memory must not lose the others
+                if not name:
+                    raise
+                result = {"precision": precision, "error": f"{type(err).__name__}: {err}"[:300]}
             results.append({"variant": name, **result})
     return results
 
@@ -216,8 +213,7 @@ def format_table(results: list[dict]) -> str:
                 f"{peak:.0f}",
             )
         )
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    lines = ["  ".join(cell.rjust(w) for cell, w in zip(row, widths, strict=True)) for row in rows]
+    lines = aligned(rows)
     done = [r for r in results if "error" not in r]
     if done:
         r = done[0]
