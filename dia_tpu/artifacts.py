@@ -66,6 +66,12 @@ class RunFolder:
     def __init__(self, root: str | Path):
         object.__setattr__(self, "root", Path(root))
 
+    @classmethod
+    def holding(cls, folder: str | Path) -> RunFolder:
+        """The run a saved folder of it belongs to: `checkpoints/step_N`, `best/` or `final/`."""
+        folder = Path(folder)
+        return cls(folder.parent.parent if folder.parent.name == "checkpoints" else folder.parent)
+
     @property
     def config(self) -> Path:
         return self.root / CONFIG_FILE

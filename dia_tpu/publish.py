@@ -17,16 +17,14 @@ from pathlib import Path
 from dia_tpu.artifacts import ADAPTER_DIR, CODEC_DIR, CONFIG_FILE, RunFolder, open_artifact
 from dia_tpu.config import Config
 from dia_tpu.console import first_line
+from dia_tpu.data.shards import MANIFEST_FILE, read_prepare_info
 from dia_tpu.hub import HubError, is_hub_id
+from dia_tpu.training.meter import AUDIO_FIGURES
 
 # How many of the run's latest samples go with the model, linked from the card.
 CARD_SAMPLES = 3
 # Dia's own license, which a fine-tune of Nari Labs' weights inherits.
 NARI_LICENSE = "apache-2.0"
-# What the card's numbers are called in the logs, and in the card.
-_AUDIO_FIGURES = {"audio/wer": "word error rate", "audio/cer": "character error rate",
-                  "audio/speaker_similarity": "speaker similarity", "audio/mos": "predicted MOS",
-                  "audio/ended": "share that ended by itself"}  # fmt: skip
 
 
 def upload_folder(model: str | Path, out: str | Path, repo_id: str, adapter: bool = False,
@@ -67,8 +65,8 @@ def upload_folder(model: str | Path, out: str | Path, repo_id: str, adapter: boo
         if (source / CODEC_DIR).is_dir():
             shutil.copytree(source / CODEC_DIR, out / CODEC_DIR)
         _point_processor_at_codec(out, cfg)
-    samples = _copy_samples(RunFolder(source.parent), out)
-    card = model_card(cfg, RunFolder(source.parent), repo_id, adapter, samples, license, native)
+    run = RunFolder.holding(source)
+    card = model_card(cfg, run, repo_id, adapter, _copy_samples(run, out), license, native)
     (out / "README.md").write_text(card, encoding="utf-8")
     return out
 
@@ -181,7 +179,7 @@ def _data_summary(cfg: Config) -> dict:
     from datasets import load_from_disk
 
     folder = Path(cfg.data.dataset)
-    manifest = json.loads((folder / "manifest.json").read_text()) if (folder / "manifest.json").is_file() else {}
+    manifest = read_prepare_info(folder) if (folder / MANIFEST_FILE).is_file() else {}
     summary = {"hours": manifest.get("audio_hours", 0.0), "items": manifest.get("kept", 0),
                "source": Path(str(manifest.get("source", folder))).name, "speakers": 0, "languages": []}  # fmt: skip
     if (folder / "dataset_info.json").is_file():
@@ -204,10 +202,10 @@ def _results(run: RunFolder) -> list[str]:
     if evals := scalars.get("eval/loss"):
         last, best = max(evals), min(evals, key=evals.get)
         lines.append(f"- eval loss {evals[last]:.4f} at the end, best {evals[best]:.4f} at step {best}")
-    for tag, name in _AUDIO_FIGURES.items():
-        if values := scalars.get(tag):
+    for key, name, fmt in AUDIO_FIGURES:
+        if values := scalars.get(f"audio/{key}"):
             step = max(values)
-            lines.append(f"- {name}: {values[step]:.3f} (automatic evaluation at step {step})")
+            lines.append(f"- {name}: {values[step]:{fmt}} (automatic evaluation at step {step})")
     return lines if len(lines) > 3 else []
 
 

@@ -12,14 +12,13 @@ fonts only (the default theme would fetch Google Fonts), and the page's own asse
 
 from __future__ import annotations
 
-import json
 import os
 import threading
 from pathlib import Path
 
 import numpy as np
 
-from dia_tpu.artifacts import RunFolder, open_artifact
+from dia_tpu.artifacts import RunFolder, completion_mark, open_artifact
 from dia_tpu.config import SAMPLING
 from dia_tpu.console import first_line
 
@@ -87,12 +86,11 @@ def evaluation_figures(source: str) -> str:
     its step (one line; empty for models outside a run)."""
     from dia_tpu.report import read_scalars
 
-    path = Path(source)
-    if not path.is_dir() or not (path / "train_state.json").is_file():
+    mark = completion_mark(Path(source))  # a complete checkpoint (or best/) of a run, and its step
+    if mark is None:
         return ""
-    step = json.loads((path / "train_state.json").read_text()).get("step")
-    run = RunFolder(path.parent.parent if path.parent.name == "checkpoints" else path.parent)
-    scalars = read_scalars(run.logs)
+    step = mark["step"]
+    scalars = read_scalars(RunFolder.holding(source).logs)
     figures = [f"{tag} {values[step]:.3f}" for tag, values in sorted(scalars.items())
                if tag.startswith(("eval/loss", "audio/")) and step in values and "_cb" not in tag]  # fmt: skip
     return f"step {step}: " + (", ".join(figures) if figures else "nothing logged at this step")

@@ -67,7 +67,7 @@ def eval_line(state: TrainState, metrics: dict, channels: int, select_by: str = 
     best = "best" if select_by == "loss" else f"best {select_by}"
     line = (f"step {state.step}: eval loss {metrics['eval/loss']:.4f} ({best} {state.best_score:.4f} at step "
             f"{state.best_step})\n  loss per codebook: {losses}\n  accuracy per codebook: {accuracy}")  # fmt: skip
-    audio = [f"{name} {metrics[f'audio/{k}']:{fmt}}" for k, name, fmt in _AUDIO_FIGURES if f"audio/{k}" in metrics]
+    audio = [f"{name} {metrics[f'audio/{k}']:{fmt}}" for k, name, fmt in AUDIO_FIGURES if f"audio/{k}" in metrics]
     return line + ("\n  audio: " + ", ".join(audio) if audio else "")
 
 
@@ -75,7 +75,8 @@ def start_line(metrics: dict) -> str:
     return f"step 0: eval loss {metrics['eval/loss']:.4f} before training (eval.eval_on_start)"
 
 
-_AUDIO_FIGURES = (("wer", "WER", ".3f"), ("cer", "CER", ".3f"), ("speaker_similarity", "speaker similarity", ".3f"),
+# The automatic evaluation's figures as lines and cards name them: (metric under audio/, name, format).
+AUDIO_FIGURES = (("wer", "WER", ".3f"), ("cer", "CER", ".3f"), ("speaker_similarity", "speaker similarity", ".3f"),
                   ("mos", "MOS", ".2f"), ("ended", "ended", ".0%"),
                   ("with_problems", "with problems", ".0%"))  # fmt: skip
 
