@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 
 from dia_tpu import finetune_acc_tpu
-from dia_tpu.config import PRECISIONS, SAMPLING, SOURCE_KINDS
+from dia_tpu.config import DECODINGS, PRECISIONS, SAMPLING, SOURCE_KINDS
 from dia_tpu.console import quiet_libraries, run_command
 
 
@@ -137,12 +137,12 @@ def main(argv: list[str] | None = None) -> None:
                                      "generation's real-time factor (--task generate)")
     p.add_argument("--config", required=True, help="YAML config, e.g. configs/bench.yaml")
     p.add_argument("--task", choices=("train", "generate"), default="train",
-                   help="train: training steps (default); generate: speech generation, eager and compiled")
+                   help="train: training steps (default); generate: speech generation, per decoding loop")
     p.add_argument("--batch-size", type=int, action="append",
                    help="generate: repeatable batch size (default: --batch-size 1 --batch-size 4)")
     p.add_argument("--seconds", type=float, default=3.0, help="generate: seconds of audio to ask for per item")
-    p.add_argument("--compile", choices=("no", "yes", "both"), default="both",
-                   help="generate: eager decoding, the compiled one (static cache), or both (default)")
+    p.add_argument("--decoding", action="append", choices=DECODINGS,
+                   help="generate: repeatable decoding loop (default: all of " + ", ".join(DECODINGS) + ")")
     p.add_argument("--steps", type=int, default=10, help="timed optimizer steps per precision")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps before timing")
     p.add_argument("--precision", action="append", choices=PRECISIONS,
@@ -210,9 +210,13 @@ def _generation_flags(p: argparse.ArgumentParser, seeds: str) -> None:
     p.add_argument("--greedy", action="store_true", help="argmax decoding instead of sampling")
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
-    p.add_argument("--compile", action="store_true",
-                   help="static KV cache and a compiled decoding step: seconds to compile per batch shape, then "
-                        "faster steps where `dia-tpu bench --task generate` says it pays")
+    p.add_argument("--decoding", choices=DECODINGS, default="dia_tpu",
+                   help="dia_tpu's decoding loop (default), transformers' generate, or generate with a static KV "
+                        "cache and a compiled step: the same codes from each; `dia-tpu bench --task generate` "
+                        "times them")
+    p.add_argument("--compile", dest="decoding", action="store_const", const="compiled",
+                   help="the same as --decoding compiled: seconds to compile per batch shape, then faster steps "
+                        "where the bench says it pays")
 
 
 def _settings(args: argparse.Namespace):
@@ -220,7 +224,7 @@ def _settings(args: argparse.Namespace):
 
     return GenerationSettings(guidance_scale=args.guidance_scale, temperature=args.temperature, top_p=args.top_p,
                               top_k=args.top_k, seed=args.seed, max_seconds=args.max_seconds, greedy=args.greedy,
-                              compile=args.compile)
+                              decoding=args.decoding)
 
 
 def _push(args: argparse.Namespace) -> None:
@@ -297,9 +301,8 @@ def _bench(args: argparse.Namespace) -> None:
     if args.task == "generate":
         from dia_tpu.bench.generate import bench_generation, format_generation_table
 
-        compiled = {"no": [False], "yes": [True], "both": [False, True]}[args.compile]
         results = bench_generation(cfg, args.seconds, args.batch_size or [1, 4], args.precision or ["no", "bf16"],
-                                   compiled)  # fmt: skip
+                                   args.decoding or list(DECODINGS))  # fmt: skip
         print(format_generation_table(results))
         if args.json:
             Path(args.json).write_text(json.dumps(results, indent=2) + "\n")

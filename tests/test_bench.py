@@ -62,8 +62,9 @@ def test_generation_bench_reports_real_time_factor_per_batch_and_the_memory_floo
     from dia_tpu.bench.generate import bench_generation, format_generation_table
 
     cfg = load(DEMO, ["model.codec=null", "model.codec_architecture={sampling_rate: 44100}"])
-    results = bench_generation(cfg, seconds=0.25, batch_sizes=[1, 2], precisions=["no"], compiled=[False], repeats=1)
-    assert [(r["batch_size"], r["compiled"]) for r in results] == [(1, False), (2, False)]
+    results = bench_generation(cfg, seconds=0.25, batch_sizes=[1, 2], precisions=["no"], decodings=["dia_tpu"],
+                               repeats=1)  # fmt: skip
+    assert [(r["batch_size"], r["decoding"]) for r in results] == [(1, "dia_tpu"), (2, "dia_tpu")]
     for r in results:
         asked = round(0.25 * 44100 / 512) / (44100 / 512)  # whole frames
         assert 0 < r["audio_seconds"] <= r["batch_size"] * asked + 1e-9

@@ -5,17 +5,20 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from conftest import ROOT
-from transformers import DacConfig, DacModel
+from conftest import ROOT, tiny_dia_config
+from transformers import DacConfig, DacModel, DiaForConditionalGeneration
 
+import dia_tpu.generation.synthesize as synthesis
 from dia_tpu.config import load
 from dia_tpu.data.tokens import encode_text
+from dia_tpu.generation.decode import processors_beyond_dia
 from dia_tpu.generation.sampling import SeededSampler
 from dia_tpu.generation.speak import check_flags, read_scripts
 from dia_tpu.generation.synthesize import (
@@ -87,9 +90,72 @@ def test_compiled_decoding_gives_the_eager_tokens(tiny_dia):
     graphs = counters["stats"]["unique_graphs"]
     for settings in (dict(greedy=True), dict(seed=3)):
         eager = synthesize_codes(tiny_dia, texts, GenerationSettings(**settings, **SHORT), RATE)
-        compiled = synthesize_codes(tiny_dia, texts, GenerationSettings(compile=True, **settings, **SHORT), RATE)
+        compiled = synthesize_codes(tiny_dia, texts, GenerationSettings(decoding="compiled", **settings, **SHORT), RATE)
         assert all(torch.equal(a, b) for a, b in zip(eager, compiled, strict=True)), settings
     assert counters["stats"]["unique_graphs"] > graphs  # it was compiled
+
+
+@pytest.fixture
+def delayed_sequences(monkeypatch) -> list[torch.Tensor]:
+    """Every raw [B, T, C] delayed sequence a decoding loop hands back, before the delay is undone and the
+    items are cut at their EOS: what transformers' generate returns, padding and forced EOS included."""
+    seen, undo = [], synthesis.undelay_and_trim
+
+    def keep(sequences, *args, **kwargs):
+        seen.append(sequences.clone())
+        return undo(sequences, *args, **kwargs)
+
+    monkeypatch.setattr(synthesis, "undelay_and_trim", keep)
+    return seen
+
+
+def test_dia_tpu_decoding_writes_generates_tokens(delayed_sequences):
+    """dia_tpu's own loop (the default) and transformers' generate give the same delayed sequences, token for
+    token: greedy and seeded, with and without guidance, continuing a voice prompt, with a batch's items ending
+    at different steps (EOS chosen, or forced at the length limit), under SDPA and eager attention."""
+    torch.manual_seed(0)
+    model = DiaForConditionalGeneration(tiny_dia_config()).eval()
+    channels = len(model.config.delay_pattern)
+    head = model.logits_dense.weight.view(channels, model.config.decoder_config.vocab_size, -1)
+    eos = model.config.decoder_config.eos_token_id
+    with torch.no_grad():
+        head[0, eos] += 1.5 * head.std()  # channel 0 now ends the audio now and then, at different steps
+    prompt = VoicePrompt(codes=torch.randint(0, eos, (12, channels)), transcript="[S1] Before.")
+    texts = ["[S1] Hello there.", "[S2] Hi! How are you doing today?", "[S1] Fine."]
+    cases = [(GenerationSettings(greedy=True, max_seconds=0.5), None),
+             (GenerationSettings(greedy=True, guidance_scale=1.0, max_seconds=0.5), None),
+             (GenerationSettings(greedy=True, max_seconds=0.4), prompt)]  # fmt: skip
+    cases += [(GenerationSettings(seed=seed, max_seconds=0.5), voice) for seed in range(3) for voice in (None, prompt)]
+    # The whole vocabulary in play, so draws reach the tokens the EOS rules keep out.
+    cases += [(GenerationSettings(seed=seed, top_p=1.0, max_seconds=0.5), None) for seed in range(3)]
+    ends = set()
+    for attention in ("sdpa", "eager"):
+        model.set_attn_implementation(attention)
+        for settings, voice in cases:
+            for decoding in ("transformers", "dia_tpu"):
+                synthesize_codes(model, texts, replace(settings, decoding=decoding), RATE, voice)
+            theirs, ours = delayed_sequences[-2:]
+            assert theirs.shape == ours.shape and torch.equal(theirs, ours), (attention, settings, voice is not None)
+            ends |= {int((item[:, 0] == eos).nonzero()[0]) for item in ours}  # chosen, or forced at the limit
+    assert len(ends) > 6
+
+
+def test_a_generation_config_beyond_dias_processors_decodes_with_generate(delayed_sequences):
+    """A checkpoint whose generation config adds a logits processor (a repetition penalty) gets generate's
+    tokens from the default decoding: dia_tpu's loop does not apply it, so generate runs instead."""
+    torch.manual_seed(0)
+    model = DiaForConditionalGeneration(tiny_dia_config()).eval()
+    model.generation_config.repetition_penalty = 5.0
+    assert processors_beyond_dia(model, 3.0, 45) == ["RepetitionPenaltyLogitsProcessor"]
+    settings = GenerationSettings(greedy=True, max_seconds=0.5)
+    for decoding in ("transformers", "dia_tpu"):
+        synthesize_codes(model, ["[S1] Hello there."], replace(settings, decoding=decoding), RATE)
+    theirs, ours = delayed_sequences
+    assert torch.equal(theirs, ours)
+    # Without the penalty the tokens differ, so the loop alone would not have matched.
+    model.generation_config.repetition_penalty = 1.0
+    synthesize_codes(model, ["[S1] Hello there."], settings, RATE)
+    assert not torch.equal(delayed_sequences[-1], ours)
 
 
 def test_sampler_keeps_to_top_k_and_top_p():
@@ -183,6 +249,8 @@ def test_requests_that_do_not_fit_name_the_limit(tiny_dia):
     wrong = VoicePrompt(codes=torch.zeros((5, 4), dtype=torch.long), transcript="[S1] Hi.", source="x.npy")
     with pytest.raises(ValueError, match=r"x.npy: expected codes of shape \[frames, 9\]"):
         check_request(config, ["[S1] Hi."], GenerationSettings(), RATE, wrong)
+    with pytest.raises(ValueError, match="decoding 'fast': choose one of dia_tpu, transformers, compiled"):
+        check_request(config, ["[S1] Hi."], GenerationSettings(decoding="fast"), RATE)
     assert check_request(config, ["[S1] Hi."], GenerationSettings(), RATE) == room
 
 
@@ -222,7 +290,7 @@ def test_generate_cli_text_file_voice_prompt_and_batching(tiny_dia, codec, tmp_p
     voice = ["--audio-prompt", str(tmp_path / "voice.wav"), "--prompt-transcript", "[S1] Hm."]
 
     one = _cli(*common, *voice, "--out", str(tmp_path / "one"), "--batch-size", "1")
-    two = _cli(*common, *voice, "--out", str(tmp_path / "two"), "--batch-size", "2")
+    two = _cli(*common, *voice, "--out", str(tmp_path / "two"), "--batch-size", "2", "--decoding", "transformers")
     assert one.returncode == 0 and two.returncode == 0, one.stderr[-2000:] + two.stderr[-2000:]
     names = sorted(p.name for p in (tmp_path / "one").iterdir())
     assert names == ["line_0001.wav", "line_0002.wav", "line_0003.wav"]
@@ -230,7 +298,7 @@ def test_generate_cli_text_file_voice_prompt_and_batching(tiny_dia, codec, tmp_p
         a, rate = sf.read(tmp_path / "one" / name)
         b, _ = sf.read(tmp_path / "two" / name)
         assert rate == 44100 and 0 < len(a) <= round(0.2 * RATE) * 512 and len(a) % 512 == 0
-        assert np.array_equal(a, b), name  # line i uses seed + i, whatever the batch size
+        assert np.array_equal(a, b), name  # line i uses seed + i, whatever the batch size and decoding loop
 
     missing = _cli("--model", str(tmp_path / "nope"), "--text", "[S1] Hi.", "--out", str(tmp_path / "x.wav"))
     assert missing.returncode != 0 and "model not found" in missing.stderr and "nope" in missing.stderr

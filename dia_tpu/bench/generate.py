@@ -1,5 +1,5 @@
 """`dia-tpu bench --task generate`: speech generation's real-time factor (seconds of audio per second) for a
-config's model, at each batch size, eager and compiled, with the bound that memory puts on decoding.
+config's model, at each batch size and for each decoding loop, with the bound that memory puts on decoding.
 
 Generation runs `synthesize_codes`, the path of `dia-tpu generate` and of training samples, with Dia's sampling
 settings, on a fixed dialogue. The model decides where each item ends (a random model usually runs to the
@@ -21,7 +21,7 @@ import torch
 
 from dia_tpu.bench import aligned, in_fresh_process
 from dia_tpu.bench.limits import copy_bandwidth
-from dia_tpu.config import Config
+from dia_tpu.config import DECODINGS, Config
 from dia_tpu.generation.synthesize import GenerationSettings, synthesize_codes
 from dia_tpu.model.build import build_model
 from dia_tpu.model.codec import codec_config
@@ -31,8 +31,8 @@ DTYPES = {"no": torch.float32, "bf16": torch.bfloat16}
 
 
 def bench_generation(cfg: Config, seconds: float, batch_sizes: list[int], precisions: list[str],
-                     compiled: list[bool], repeats: int = 2) -> list[dict]:  # fmt: skip
-    """One result per (precision, compiled, batch size): the best of `repeats` timed generations after one
+                     decodings: list[str], repeats: int = 2) -> list[dict]:  # fmt: skip
+    """One result per (precision, decoding, batch size): the best of `repeats` timed generations after one
     untimed one (which compiles, when compiling)."""
     if seconds <= 0 or repeats < 1 or min(batch_sizes, default=0) < 1:
         raise ValueError(f"bench --task generate needs seconds > 0, repeats >= 1 and batch sizes >= 1, got "
@@ -40,14 +40,17 @@ def bench_generation(cfg: Config, seconds: float, batch_sizes: list[int], precis
     for precision in precisions:
         if precision not in DTYPES:
             raise ValueError(f"precision {precision!r}: generation is measured in {', '.join(map(repr, DTYPES))}")
+    for decoding in decodings:
+        if decoding not in DECODINGS:
+            raise ValueError(f"decoding {decoding!r}: choose among {', '.join(DECODINGS)}")
     results = []
     for precision in precisions:
-        for compile_ in compiled:
-            results += in_fresh_process(run_generation, cfg, seconds, batch_sizes, precision, compile_, repeats)
+        for decoding in decodings:
+            results += in_fresh_process(run_generation, cfg, seconds, batch_sizes, precision, decoding, repeats)
     return results
 
 
-def run_generation(cfg: Config, seconds: float, batch_sizes: list[int], precision: str, compile_: bool,
+def run_generation(cfg: Config, seconds: float, batch_sizes: list[int], precision: str, decoding: str,
                    repeats: int) -> list[dict]:  # fmt: skip
     """All batch sizes of one setting in the current process; call it in a fresh one."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -55,7 +58,7 @@ def run_generation(cfg: Config, seconds: float, batch_sizes: list[int], precisio
     model = build_model(cfg.model, "sdpa").to(device, dtype).eval()
     codec = codec_config(cfg.model)
     frame_rate = codec.sampling_rate / codec.hop_length
-    settings = GenerationSettings(max_seconds=seconds, compile=compile_)
+    settings = GenerationSettings(max_seconds=seconds, decoding=decoding)
     # Every decoder and output-head weight is read once per frame; the embeddings only at the rows looked up.
     read = sum(p.numel() * p.element_size() for name, p in model.named_parameters()
                if not name.startswith("model.encoder") and "embeddings" not in name)  # fmt: skip
@@ -80,7 +83,7 @@ def run_generation(cfg: Config, seconds: float, batch_sizes: list[int], precisio
         steps = longest + 1 + delay
         results.append({
             "precision": precision,
-            "compiled": compile_,
+            "decoding": decoding,
             "batch_size": batch,
             "device": str(device),
             "torch_threads": torch.get_num_threads(),
@@ -96,11 +99,11 @@ def run_generation(cfg: Config, seconds: float, batch_sizes: list[int], precisio
 
 
 def format_generation_table(results: list[dict]) -> str:
-    header = ("precision", "compiled", "batch", "device", "threads", "audio s", "wall s", "x real time",
+    header = ("precision", "decoding", "batch", "device", "threads", "audio s", "wall s", "x real time",
               "ms/step", "floor ms/step", "first call s")  # fmt: skip
     rows = [header]
     for r in results:
-        rows.append((r["precision"], "yes" if r["compiled"] else "no", str(r["batch_size"]), r["device"],
+        rows.append((r["precision"], r["decoding"], str(r["batch_size"]), r["device"],
                      str(r["torch_threads"]), f"{r['audio_seconds']:.1f}", f"{r['seconds']:.2f}",
                      f"{r['real_time_factor']:.2f}", f"{r['ms_per_step']:.2f}", f"{r['floor_ms_per_step']:.2f}",
                      f"{r['first_seconds']:.1f}"))  # fmt: skip

@@ -4,6 +4,7 @@ config dia_tpu wrote), and the checks."""
 from dia_tpu.config.checks import check_run_files, sampling_problems, validate
 from dia_tpu.config.load import load, read_saved
 from dia_tpu.config.schema import (
+    DECODINGS,
     SAMPLING,
     Config,
     ConfigError,
@@ -20,6 +21,7 @@ from dia_tpu.config.schema import (
 from dia_tpu.config.stages import PRECISIONS, SOURCE_KINDS, PrepareConfig, TranscribeConfig
 
 __all__ = [
+    "DECODINGS",
     "PRECISIONS",
     "SAMPLING",
     "SOURCE_KINDS",

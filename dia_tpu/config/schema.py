@@ -45,6 +45,13 @@ class Sampling:
 
 SAMPLING = Sampling()
 
+# How speech is decoded (`dia-tpu generate --decoding`), each giving the same codes, tested token for token:
+# "dia_tpu": dia_tpu's own loop (`dia_tpu.generation.decode`), without generate's per-step bookkeeping;
+# "transformers": transformers' Dia generate; "compiled": generate with a static KV cache and transformers' compiled
+# decoding step (CUDA graphs on GPUs), which costs seconds to a minute of compiling per batch and length shape, so
+# it pays for long or repeated generation. `dia-tpu bench --task generate` measures all three.
+DECODINGS = ("dia_tpu", "transformers", "compiled")
+
 
 @dataclass
 class LoraSettings:

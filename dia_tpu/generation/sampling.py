@@ -1,5 +1,6 @@
-"""Sampling inside transformers' Dia generation: temperature, top-k and top-p, one draw per channel from each
-item's own seeded generator, run as the last logits processor of Dia's `generate`."""
+"""Sampling in Dia's decoding: temperature, top-k and top-p, one draw per channel from each item's own seeded
+generator, run after Dia's guidance and EOS rules (as the last logits processor of transformers' `generate`, or
+the last step of dia_tpu's loop)."""
 
 from __future__ import annotations
 

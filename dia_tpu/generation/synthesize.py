@@ -7,6 +7,7 @@ process does with random numbers (training included).
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,11 +15,14 @@ import numpy as np
 import torch
 from transformers import CompileConfig, DacModel, DiaForConditionalGeneration
 
-from dia_tpu.config import SAMPLING
+from dia_tpu.config import DECODINGS, SAMPLING
 from dia_tpu.data.audio import decode, encode, load_channels
 from dia_tpu.data.dataset import prompted_text
 from dia_tpu.data.tokens import TEXT_PAD, apply_delay, encode_text, revert_delay
+from dia_tpu.generation.decode import generate_delayed, processors_beyond_dia
 from dia_tpu.generation.sampling import SeededSampler, appended_to_processors
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -32,10 +36,8 @@ class GenerationSettings:
     max_seconds: float | None = None  # a script that never emits EOS stops here; None: all the decoder holds
     greedy: bool = False  # argmax decoding instead of sampling
     language_tags: dict | None = None  # the training run's data.language_tags, so "[de]" reads as it was trained
-    # A static KV cache and a compiled decoding step (transformers' own; CUDA graphs on GPUs). Compiling costs
-    # seconds to a minute per batch and length shape, so it pays for long or repeated generation; `dia-tpu bench
-    # --task generate` measures both ways.
-    compile: bool = False
+    # Which loop decodes: one of `dia_tpu.config.DECODINGS`, which all give the same codes.
+    decoding: str = "dia_tpu"
 
 
 @dataclass
@@ -123,26 +125,36 @@ def synthesize_codes(
     prefix = prefix.to(ids.device)
     seeds = [settings.seed + i for i in range(len(texts))]
     sampler = None if settings.greedy else SeededSampler(seeds, len(delay), settings)
+    # Dia forces EOS on the last frame it may generate: one more, so max_frames are audio.
+    max_new_tokens = max_frames + 1 + max(delay)
+    decoding = settings.decoding
+    if decoding == "dia_tpu" and (extra := processors_beyond_dia(model, settings.guidance_scale, settings.top_k)):
+        logger.info("the model's generation config adds %s: decoding with transformers' generate", ", ".join(extra))
+        decoding = "transformers"
     was_training = model.training
     model.eval()
     try:
-        with appended_to_processors(model, sampler):
-            out = model.generate(
-                input_ids=ids,
-                attention_mask=mask,
-                decoder_input_ids=prefix,
-                decoder_attention_mask=torch.ones(prefix.shape[:2], dtype=torch.long, device=ids.device),
-                # Dia forces EOS on the last frame it may generate: one more, so max_frames are audio.
-                max_new_tokens=max_frames + 1 + max(delay),
-                # Token choice is argmax over what the processors leave; the sampler, when on, leaves one.
-                do_sample=False,
-                temperature=1.0,
-                top_p=1.0,
-                top_k=settings.top_k,
-                guidance_scale=settings.guidance_scale,
-                use_cache=True,
-                **(_compiled_decoding() if settings.compile else {}),
+        if decoding == "dia_tpu":
+            out = generate_delayed(
+                model, ids, mask, prefix, max_new_tokens, settings.guidance_scale, settings.top_k, sampler
             )
+        else:
+            with appended_to_processors(model, sampler):
+                out = model.generate(
+                    input_ids=ids,
+                    attention_mask=mask,
+                    decoder_input_ids=prefix,
+                    decoder_attention_mask=torch.ones(prefix.shape[:2], dtype=torch.long, device=ids.device),
+                    max_new_tokens=max_new_tokens,
+                    # Token choice is argmax over what the processors leave; the sampler, when on, leaves one.
+                    do_sample=False,
+                    temperature=1.0,
+                    top_p=1.0,
+                    top_k=settings.top_k,
+                    guidance_scale=settings.guidance_scale,
+                    use_cache=True,
+                    **(_compiled_decoding() if decoding == "compiled" else {}),
+                )
     finally:
         model.train(was_training)
     return undelay_and_trim(out, delay, dec.eos_token_id, skip=known.shape[1])
@@ -184,6 +196,8 @@ def check_request(
 
     `config` is the model's DiaConfig, so a training run checks its sample prompts before its first step.
     """
+    if settings.decoding not in DECODINGS:
+        raise ValueError(f"decoding {settings.decoding!r}: choose one of {', '.join(DECODINGS)}")
     limit = config.encoder_config.max_position_embeddings
     for script in scripts:
         tokens = len(encode_text(script, settings.language_tags))
