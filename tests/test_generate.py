@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 import subprocess
 import sys
@@ -18,7 +19,7 @@ from transformers import DacConfig, DacModel, DiaForConditionalGeneration
 import dia_tpu.generation.synthesize as synthesis
 from dia_tpu.config import load
 from dia_tpu.data.tokens import encode_text
-from dia_tpu.generation.decode import processors_beyond_dia
+from dia_tpu.generation.decode import generate_delayed, processors_beyond_dia
 from dia_tpu.generation.sampling import SeededSampler
 from dia_tpu.generation.speak import check_flags, read_scripts
 from dia_tpu.generation.synthesize import (
@@ -109,10 +110,11 @@ def delayed_sequences(monkeypatch) -> list[torch.Tensor]:
     return seen
 
 
-def test_dia_tpu_decoding_writes_generates_tokens(delayed_sequences):
+def test_dia_tpu_decoding_writes_generates_tokens(delayed_sequences, monkeypatch):
     """dia_tpu's own loop (the default) and transformers' generate give the same delayed sequences, token for
     token: greedy and seeded, with and without guidance, continuing a voice prompt, with a batch's items ending
-    at different steps (EOS chosen, or forced at the length limit), under SDPA and eager attention."""
+    at different steps (EOS chosen, or forced at the length limit), under SDPA and eager attention, and with the
+    end looked for only every few steps, as on GPUs."""
     torch.manual_seed(0)
     model = DiaForConditionalGeneration(tiny_dia_config()).eval()
     channels = len(model.config.delay_pattern)
@@ -134,8 +136,12 @@ def test_dia_tpu_decoding_writes_generates_tokens(delayed_sequences):
         for settings, voice in cases:
             for decoding in ("transformers", "dia_tpu"):
                 synthesize_codes(model, texts, replace(settings, decoding=decoding), RATE, voice)
-            theirs, ours = delayed_sequences[-2:]
+            with monkeypatch.context() as patch:
+                patch.setattr(synthesis, "generate_delayed", functools.partial(generate_delayed, check_every=5))
+                synthesize_codes(model, texts, settings, RATE, voice)
+            theirs, ours, late = delayed_sequences[-3:]
             assert theirs.shape == ours.shape and torch.equal(theirs, ours), (attention, settings, voice is not None)
+            assert torch.equal(late, ours)
             ends |= {int((item[:, 0] == eos).nonzero()[0]) for item in ours}  # chosen, or forced at the limit
     assert len(ends) > 6
 

@@ -50,6 +50,7 @@ def generate_delayed(
     guidance_scale: float | None,
     top_k: int | None,
     sampler: LogitsProcessor | None = None,
+    check_every: int | None = None,
 ) -> torch.Tensor:
     """Delayed codes [B, T, C], equal to `model.generate(input_ids=ids, attention_mask=mask,
     decoder_input_ids=prefix, decoder_attention_mask=ones, max_new_tokens=..., do_sample=False,
@@ -57,6 +58,8 @@ def generate_delayed(
 
     ids, mask: [B, S] text bytes and their padding mask. prefix: [B, P, C] the delayed start (BOS rows, any
     prompt's codes, then PAD where the model takes over); every item shares its PAD layout.
+    check_every: steps between looks at whether every item has ended, which make the host wait for the device
+    (default: every step on a CPU, where nothing runs ahead, else every 8); steps run past the end are cut off.
     """
     dec_cfg, gen_cfg = model.config.decoder_config, model.generation_config
     delay = list(model.config.delay_pattern)
@@ -80,6 +83,9 @@ def generate_delayed(
     length = known
     rules = _DelayedEos(delay, eos, batch, max_length - max(delay) - 1, ids.device)
     unfinished = torch.ones(batch * channels, dtype=torch.long, device=ids.device)
+    # going[t]: some row had not ended after position t was written.
+    going = torch.ones(max_length, dtype=torch.bool, device=ids.device)
+    check_every = check_every or (1 if ids.device.type == "cpu" else 8)
     cache = EncoderDecoderCache(DynamicCache(config=model.config), DynamicCache(config=model.config))
 
     step_in = tokens[:, :known].repeat(halves, 1, 1)
@@ -106,8 +112,14 @@ def generate_delayed(
         tokens[:, length] = drawn.view(batch, channels)
         length += 1
         unfinished = unfinished * ~torch.isin(drawn, eos_ids)
-        if length >= max_length or not unfinished.any():
-            break
+        going[length - 1] = unfinished.any()
+        if length >= max_length or (length - known) % check_every == 0:
+            ended = (~going[known:length]).nonzero()
+            if len(ended):
+                length = known + int(ended[0]) + 1
+                break
+            if length >= max_length:
+                break
 
         # The next input: the new row, with what the prefix already knows forced in (a prompt's delayed codes).
         row = tokens[:, length - 1]
@@ -116,13 +128,9 @@ def generate_delayed(
             row = torch.where(given == dec_cfg.pad_token_id, row, given)
         hidden = decoder.embeddings(row[:, None].repeat(halves, 1, 1))
         positions = torch.arange(length - 1, length, device=ids.device)[None]
-        # For SDPA and flash attention without padding this is None; eager attention needs it every step.
-        self_mask = create_causal_mask(
-            config=decoder.config,
-            inputs_embeds=hidden,
-            attention_mask=torch.ones(hidden.shape[0], length, dtype=torch.long, device=ids.device),
-            cache=cache,
-        )
+        # None for SDPA and flash attention; eager attention needs it every step. No padding mask: the decoder's
+        # rows are all real, and reading one to find that out would make the host wait for the device.
+        self_mask = create_causal_mask(config=decoder.config, inputs_embeds=hidden, attention_mask=None, cache=cache)
         if cross_mask is None:
             # The text's padding, the same for every one-row step.
             cross_mask = create_bidirectional_mask(
