@@ -1,10 +1,11 @@
 """Measure `dia-tpu prepare` throughput with the real-size DAC architecture (random weights, no download).
 
-    .venv/bin/python scripts/bench_prepare.py [--minutes 2] [--processes 1 2]
+    .venv/bin/python scripts/bench_prepare.py [--minutes 2] [--join 1] [--processes 1 2]
         [--variant NAME:KEY=VALUE,...] [--json out.json]
 
 Builds a corpus from the bundled sample (its clips repeated, so decode and resample work as on real files;
-each copy a few samples shorter than the last, so that no two clips share a length, as in a real corpus),
+each copy a few samples shorter than the last, so that no two clips share a length, as in a real corpus;
+with --join N every file holds N consecutive clips, about N x 2.3 s),
 prepares it once per variant and process count (2 processes run through `accelerate launch`, gloo on CPU),
 and prints audio seconds per wall second and the time spent decoding, resampling and encoding, summed over
 processes, from each run's manifest. Each variant's codes are compared with the first variant's: the share of
@@ -33,19 +34,23 @@ SAMPLE = ROOT / "data" / "sample"
 REAL_DAC = ["model.codec=null", "model.codec_architecture={sampling_rate: 44100}"]
 
 
-def make_corpus(folder: Path, minutes: float) -> float:
-    """Copies of the sample's clips until `minutes` of audio, copy k cut k * 37 samples short (every length
-    differs); returns the seconds written."""
+def make_corpus(folder: Path, minutes: float, join: int = 1) -> float:
+    """Copies of the sample's clips, `join` consecutive clips to a file, until `minutes` of audio; copy k is
+    cut k * 37 samples short (every length differs). Returns the seconds written."""
+    import numpy as np
+
     rows = [line.split("|") for line in (SAMPLE / "metadata.csv").read_text().splitlines()[1:]]
+    groups = [rows[i : i + join] for i in range(0, len(rows) - join + 1, join)]
     (folder / "audio").mkdir(parents=True)
     lines, seconds, copy = ["file|text"], 0.0, 0
     while seconds < minutes * 60:
-        for file, text, *_ in rows:
-            target = f"audio/{copy:03d}_{Path(file).name}"
-            wave, rate = sf.read(SAMPLE / file, dtype="float32")
+        for group in groups:
+            target = f"audio/{copy:03d}_{Path(group[0][0]).name}"
+            read = [sf.read(SAMPLE / file, dtype="float32") for file, *_ in group]
+            wave, rate = np.concatenate([w for w, _ in read]), read[0][1]
             wave = wave[: len(wave) - 37 * copy]
             sf.write(folder / target, wave, rate)
-            lines.append(f"{target}|{text}")
+            lines.append(f"{target}|{' '.join(text for _, text, *_ in group)}")
             seconds += len(wave) / rate
         copy += 1
     (folder / "metadata.csv").write_text("\n".join(lines) + "\n")
@@ -88,6 +93,7 @@ def agreement(output: Path, reference: Path) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=float, default=2.0, help="audio in the corpus")
+    parser.add_argument("--join", type=int, default=1, help="sample clips per corpus file (1: about 2.3 s each)")
     parser.add_argument("--processes", type=int, nargs="+", default=[1])
     parser.add_argument("--variant", action="append", metavar="NAME:KEY=VALUE,...",
                         help="repeatable; default: eager:prepare.compile=false, compiled:, "
@@ -99,7 +105,7 @@ def main() -> None:
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         corpus = Path(tmp) / "corpus"
-        seconds = make_corpus(corpus, args.minutes)
+        seconds = make_corpus(corpus, args.minutes, args.join)
         print(f"corpus: {seconds:.0f} s of audio in {len(list((corpus / 'audio').iterdir()))} files, no two as long")
         reference = None
         for spec in variants:

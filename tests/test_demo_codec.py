@@ -67,3 +67,27 @@ def test_fused_snake_keeps_the_codes_and_the_sound():
         assert (codes == again).all(), clip.audio.path
         sound = decode(eager, torch.from_numpy(codes))
         torch.testing.assert_close(decode(fused, torch.from_numpy(codes)), sound, rtol=0, atol=1e-5)
+
+
+def test_windowed_encoding_gives_the_whole_clips_codes(monkeypatch):
+    """prepare.window_seconds (2 s on a CPU, by default): a long clip encoded in windows, each with the encoder's
+    reach of audio on either side, gets every code the whole clip gets; with less context than the reach the
+    codes near the windows' edges change."""
+    import numpy as np
+
+    import dia_tpu.data.audio as audio
+    from dia_tpu.model.codec import encoder_reach
+
+    codec = DacModel.from_pretrained(CODEC, dtype=torch.float32).eval()
+    rate = codec.config.sampling_rate
+    clips = read_clips(str(ROOT / "data/sample"), PrepareConfig())
+    speech = np.concatenate([load_audio(clip.audio.path, rate) for clip in clips])
+    waves = [speech[: 12 * rate + 300], speech[-12 * rate - 300 :]]  # not a whole number of frames
+    (whole, other) = audio.encode(codec, waves, window_seconds=0)
+    assert len(whole) == len(waves[0]) // codec.config.hop_length
+    for seconds in (None, 2.0, 0.5):  # the default, and windows shorter than the reach either side
+        windowed = audio.encode(codec, waves, seconds)
+        assert all(np.array_equal(a, b) for a, b in zip(windowed, (whole, other), strict=True)), seconds
+    assert encoder_reach(codec) > 2
+    monkeypatch.setattr(audio, "encoder_reach", lambda codec: 1)
+    assert not np.array_equal(audio.encode(codec, waves[:1], 0.5)[0], whole)

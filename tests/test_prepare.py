@@ -135,9 +135,9 @@ def test_resampled_and_downmixed_codes_match_direct_encoding(tmp_path, cfg, code
 def test_equal_lengths_are_batched_without_changing_codes(tmp_path, cfg, codec, monkeypatch, pending_seconds, batches):
     sizes = []
 
-    def spy(codec, waves):
+    def spy(codec, waves, *args):
         sizes.append(len(waves))
-        return encode(codec, waves)
+        return encode(codec, waves, *args)
 
     monkeypatch.setattr(prepare_module, "encode", spy)
     # With no room to wait for equal-length partners every clip is encoded as soon as it is decoded.

@@ -158,11 +158,11 @@ def test_an_interrupted_run_resumes_from_its_finished_shards(tmp_path, cfg, monk
 
     calls = []
 
-    def dies_in_the_second_shard(codec, waves):
+    def dies_in_the_second_shard(codec, waves, *args):
         calls.append(len(waves))
         if len(calls) == 4:
             raise KeyboardInterrupt
-        return encode(codec, waves)
+        return encode(codec, waves, *args)
 
     monkeypatch.setattr(prepare_module, "encode", dies_in_the_second_shard)
     out = tmp_path / "out"

@@ -147,6 +147,8 @@ def _validate_prepare(r: PrepareConfig) -> list[str]:
         p.append(f"prepare.max_seconds: must be > 0, got {r.max_seconds}")
     if r.min_sample_rate <= 0:
         p.append(f"prepare.min_sample_rate: must be > 0, got {r.min_sample_rate}")
+    if r.window_seconds is not None and r.window_seconds < 0:
+        p.append(f"prepare.window_seconds: must be >= 0 (0: whole clips), got {r.window_seconds}")
     return p
 
 

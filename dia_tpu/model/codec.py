@@ -90,6 +90,19 @@ def _fold_weight_norm(module: torch.nn.Module) -> None:
             parametrize.remove_parametrizations(sub, "weight", leave_parametrized=True)
 
 
+def encoder_reach(codec: DacModel) -> int:
+    """Frames either side of a frame whose audio its code can depend on: the encoder's convolutions' reach,
+    each in samples at its own rate, summed and rounded up to frames, plus one for where a frame's audio
+    starts. The quantizer works frame by frame and adds nothing."""
+    samples, rate = 0, 1
+    for conv in codec.encoder.modules():
+        if isinstance(conv, torch.nn.Conv1d):
+            span, pad = (conv.kernel_size[0] - 1) * conv.dilation[0], conv.padding[0]
+            samples += max(pad, span - pad) * rate
+            rate *= conv.stride[0]
+    return -(-samples // codec.config.hop_length) + 1
+
+
 def codec_identity(cfg: ModelConfig) -> dict:
     """What identifies the codes a codec produces; stored with prepared data and checked before training."""
     if cfg.codec is not None:
