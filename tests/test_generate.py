@@ -30,6 +30,7 @@ from dia_tpu.generation.synthesize import (
     synthesize,
     synthesize_codes,
 )
+from dia_tpu.model.attention import STATIC_ATTENTION
 from dia_tpu.model.load import language_tags_of
 from dia_tpu.training.samples import spectrogram_image
 
@@ -113,8 +114,8 @@ def delayed_sequences(monkeypatch) -> list[torch.Tensor]:
 def test_dia_tpu_decoding_writes_generates_tokens(delayed_sequences, monkeypatch):
     """dia_tpu's own loop (the default) and transformers' generate give the same delayed sequences, token for
     token: greedy and seeded, with and without guidance, continuing a voice prompt, with a batch's items ending
-    at different steps (EOS chosen, or forced at the length limit), under SDPA and eager attention, and with the
-    end looked for only every few steps, as on GPUs."""
+    at different steps (EOS chosen, or forced at the length limit), under SDPA, eager and XLA's static-mask eager
+    attention, and with the end looked for only every few steps, as on GPUs."""
     torch.manual_seed(0)
     model = DiaForConditionalGeneration(tiny_dia_config()).eval()
     channels = len(model.config.delay_pattern)
@@ -131,7 +132,7 @@ def test_dia_tpu_decoding_writes_generates_tokens(delayed_sequences, monkeypatch
     # The whole vocabulary in play, so draws reach the tokens the EOS rules keep out.
     cases += [(GenerationSettings(seed=seed, top_p=1.0, max_seconds=0.5), None) for seed in range(3)]
     ends = set()
-    for attention in ("sdpa", "eager"):
+    for attention in ("sdpa", "eager", STATIC_ATTENTION):
         model.set_attn_implementation(attention)
         for settings, voice in cases:
             for decoding in ("transformers", "dia_tpu"):
