@@ -263,7 +263,8 @@ def _encode_all(ctx: Context, waves: dict[int, list[np.ndarray]]) -> dict[int, n
         for group in by_length.values():
             for i in range(0, len(group), p.batch_size):
                 batch = group[i : i + p.batch_size]
-                for (name, _), result in zip(batch, encode(ctx.codec, [w for _, w in batch], p.window_seconds), strict=True):
+                results = encode(ctx.codec, [w for _, w in batch], p.window_seconds)
+                for (name, _), result in zip(batch, results, strict=True):
                     codes[name] = result
     ctx.seconds["encode"] += time.perf_counter() - tick
     return {slot: np.concatenate([codes[(slot, c)] for c in range(len(chs))], axis=1) for slot, chs in waves.items()}

@@ -6,7 +6,7 @@ EOS rules with the same tensor operations, draws with the same sampler and write
 writes it; tests hold the two equal token for token. What it leaves out: rebuilding the delayed sequence and
 its masks from the whole history every step, the model wrappers' per-call checks, a general list of logits
 processors and stopping criteria, and the growing concatenation of the sequence. At batch 1 on a CPU that
-bookkeeping is a third of a step (`dia-tpu bench --task generate` measures both).
+bookkeeping is a sixth of generate's step (`dia-tpu bench --task generate` measures both).
 """
 
 from __future__ import annotations
@@ -99,7 +99,7 @@ def generate_delayed(
     ).last_hidden_state
     # Every row's logits, as generate computes them, then the last: the product's shape decides its rounding.
     logits = model.logits_dense(hidden)[:, -1]
-    cross_mask = None
+    next_row = _OneRow(model, encoded, text_mask, cache)
     while True:
         scores = logits.reshape(halves * batch * channels, vocab).float()
         if guided:
@@ -120,40 +120,45 @@ def generate_delayed(
                 break
             if length >= max_length:
                 break
-
         # The next input: the new row, with what the prefix already knows forced in (a prompt's delayed codes).
         row = tokens[:, length - 1]
         if length - 1 < prefix.shape[1]:
             given = prefix[:, length - 1]
             row = torch.where(given == dec_cfg.pad_token_id, row, given)
-        hidden = decoder.embeddings(row[:, None].repeat(halves, 1, 1))
-        positions = torch.arange(length - 1, length, device=ids.device)[None]
-        # None for SDPA and flash attention; eager attention needs it every step. No padding mask: the decoder's
-        # rows are all real, and reading one to find that out would make the host wait for the device.
-        self_mask = create_causal_mask(config=decoder.config, inputs_embeds=hidden, attention_mask=None, cache=cache)
-        if cross_mask is None:
-            # The text's padding, the same for every one-row step.
-            cross_mask = create_bidirectional_mask(
-                config=decoder.config,
-                inputs_embeds=hidden,
-                attention_mask=text_mask,
-                encoder_hidden_states=encoded,
-            )
-        rope = decoder.rotary_emb(hidden, position_ids=positions)
-        for layer in decoder.layers:
-            hidden = layer(
-                hidden,
-                rope,
-                self_mask,
-                encoded,
-                encoder_attention_mask=cross_mask,
-                cache=cache,
-                position_ids=positions,
-            )
-        logits = model.logits_dense(decoder.norm(hidden))[:, -1]
+        logits = next_row(row[:, None].repeat(halves, 1, 1), length - 1)
 
     out = tokens[:, :length].clone()
     return model.apply_delay_mask(out, dec_cfg.pad_token_id, prefix)
+
+
+class _OneRow:
+    """Logits [N, C * V] for one new row [N, 1, C] at a position: Dia's decoder forward with its cache, its layers
+    called directly with the masks its forward would build."""
+
+    def __init__(self, model: DiaForConditionalGeneration, encoded: torch.Tensor, text_mask: torch.Tensor, cache):
+        self.model, self.decoder, self.cache = model, model.model.decoder, cache
+        self.encoded, self.text_mask = encoded, text_mask
+        self.cross_mask = None
+
+    def __call__(self, row: torch.Tensor, position: int) -> torch.Tensor:
+        decoder = self.decoder
+        hidden = decoder.embeddings(row)
+        positions = torch.arange(position, position + 1, device=row.device)[None]
+        # None for SDPA and flash attention; eager attention needs it every step. No padding mask: the decoder's
+        # rows are all real, and reading one to find that out would make the host wait for the device.
+        self_mask = create_causal_mask(decoder.config, hidden, attention_mask=None, cache=self.cache)
+        if self.cross_mask is None:  # the text's padding, the same for every one-row step
+            self.cross_mask = create_bidirectional_mask(
+                config=decoder.config,
+                inputs_embeds=hidden,
+                attention_mask=self.text_mask,
+                encoder_hidden_states=self.encoded,
+            )
+        rope = decoder.rotary_emb(hidden, position_ids=positions)
+        for layer in decoder.layers:
+            hidden = layer(hidden, rope, self_mask, self.encoded, encoder_attention_mask=self.cross_mask,
+                           cache=self.cache, position_ids=positions)  # fmt: skip
+        return self.model.logits_dense(decoder.norm(hidden))[:, -1]
 
 
 def _guide(scores: torch.Tensor, scale: float, top_k: int | None) -> torch.Tensor:
