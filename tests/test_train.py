@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import logging
 import os
 import re
 import shutil
@@ -317,3 +318,30 @@ def test_speed_options_keep_resume_exact_and_accumulation_equal(codes_dir, tmp_p
     # bf16 products of 2 rows and of 4 round apart a little; the fp32 runs above agree to 1e-5.
     for key in big:
         torch.testing.assert_close(acc[key], big[key], rtol=1e-2, atol=1e-3, msg=key)
+
+
+@pytest.mark.parametrize("adapters", [[], ["model.lora.rank=4", "model.lora.alpha=8", "train.learning_rate=5e-3"]])
+def test_gradient_checkpointing_changes_memory_not_weights(codes_dir, tmp_path, adapters):
+    """model.gradient_checkpointing recomputes each layer's activations in the backward pass: the trained weights
+    are the plain run's bit for bit, full fine-tuning and LoRA alike, and transformers' notes about a cache and
+    about input embeddings to hook (neither applies to the non-reentrant checkpointing used) stay out of the
+    output."""
+    notes = []
+    catcher = logging.Handler()
+    catcher.emit = lambda record: notes.append(record.getMessage())
+    logging.Logger.warning_once.cache_clear()  # transformers says each note once per process
+    logging.getLogger("transformers").addHandler(catcher)
+    try:
+        for checkpointing in ("false", "true"):
+            train(tiny(codes_dir, tmp_path / checkpointing, "train.max_steps=3", "train.save_every=100",
+                       "data.eval_size=0", "train.report_to=none", f"model.gradient_checkpointing={checkpointing}",
+                       *adapters))  # fmt: skip
+            reset_accelerate()
+    finally:
+        logging.getLogger("transformers").removeHandler(catcher)
+    plain, checkpointed = weights(tmp_path / "false"), weights(tmp_path / "true")
+    assert plain.keys() == checkpointed.keys()
+    for key in plain:
+        torch.testing.assert_close(checkpointed[key], plain[key], rtol=0, atol=0, msg=key)
+    assert not [note for note in notes if "input embeddings" in note or "Caching is incompatible" in note], notes
+

@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import re
+import warnings
 from pathlib import Path
 
 import torch
@@ -114,7 +115,11 @@ def add_lora(model: DiaForConditionalGeneration, lora: LoraSettings) -> torch.nn
         target_modules=lora_target_modules(model, lora),
         modules_to_save=list(lora.modules_to_save) or None,
     )
-    return peft.get_peft_model(model, config)
+    with warnings.catch_warnings():
+        # peft asks the model the older name of transformers' is_activation_checkpointing; the deprecation is
+        # between the two libraries, nothing a user can act on.
+        warnings.filterwarnings("ignore", "`is_gradient_checkpointing` is deprecated", FutureWarning)
+        return peft.get_peft_model(model, config)
 
 
 def is_peft(model: torch.nn.Module) -> bool:

@@ -67,5 +67,6 @@ def batch_loss(model, batch: dict, weights: torch.Tensor, accuracy: bool = True)
         input_ids=batch["input_ids"],
         attention_mask=batch["attention_mask"],
         decoder_input_ids=batch["decoder_input_ids"],
+        use_cache=False,  # the decoder's own config asks for a cache, which checkpointed layers refuse with a warning
     )
     return codebook_loss(out.logits, batch["labels"], weights, accuracy)
