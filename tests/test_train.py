@@ -320,6 +320,8 @@ def test_speed_options_keep_resume_exact_and_accumulation_equal(codes_dir, tmp_p
         torch.testing.assert_close(acc[key], big[key], rtol=1e-2, atol=1e-3, msg=key)
 
 
+@pytest.mark.skipif(bool(os.environ.get("PJRT_DEVICE")), reason="on XLA the recomputation compiles into other "
+                    "kernels and rounds apart a little: test_xla.py checks it there, within tolerance")
 @pytest.mark.parametrize("adapters", [[], ["model.lora.rank=4", "model.lora.alpha=8", "train.learning_rate=5e-3"]])
 def test_gradient_checkpointing_changes_memory_not_weights(codes_dir, tmp_path, adapters):
     """model.gradient_checkpointing recomputes each layer's activations in the backward pass: the trained weights
