@@ -59,9 +59,10 @@ class PrepareConfig:
     # The codec's Snake activations as one compiled kernel each (`dia_tpu.model.codec.fuse_snake`): the same
     # codes, encoding about twice as fast on CPU, after a compilation of a few seconds per process.
     compile: bool = True
-    # Clips encoded one at a time in windows of this many seconds, each with the codec's reach of audio on either
-    # side: the same codes as the whole clip (tested), and on a CPU, where a window's activations stay in cache,
-    # 10-20 s clips encode about 1.4 times as fast. None: 2 s on a CPU, whole clips in batches elsewhere; 0: whole.
+    # Clips encoded one at a time in equal windows of about this many seconds (a clip up to 1.5 windows long
+    # whole), each with the codec's reach of audio on either side: the same codes as the whole clip (tested). On
+    # a CPU, where a window's activations stay in cache, 5-12 s clips encode 1.3-1.4 times as fast.
+    # None: 2 s on a CPU, whole clips in batches elsewhere; 0: whole.
     window_seconds: float | None = None
     # Stop at the first bad input, naming it, instead of skipping it with a reason.
     strict: bool = False

@@ -136,10 +136,15 @@ def encode(codec: DacModel, waves: list[np.ndarray], window_seconds: float | Non
 
 
 def _encode_in_windows(codec: DacModel, audio: torch.Tensor, window: int) -> torch.Tensor:
-    """Codes [B, C, T] of audio [B, 1, samples], `window` frames at a time. Windows start on frame boundaries,
-    so the encoder's strides line up with the whole wave's; the last window runs to the wave's end, so the
-    end is encoded exactly as in the whole wave."""
+    """Codes [B, C, T] of audio [B, 1, samples], in windows of about `window` frames, all of one size (a wave
+    up to 1.5 windows long is encoded whole: the reach either side would cost more than the cache saves).
+    Windows start on frame boundaries, so the encoder's strides line up with the whole wave's; the last runs
+    to the wave's end, so the end is encoded exactly as in the whole wave."""
     hop, length, reach = codec.config.hop_length, audio.shape[-1], encoder_reach(codec)
+    count = round(length // hop / window)
+    if count <= 1:
+        return codec.encode(audio).audio_codes
+    window = -(-(length // hop) // count)
     pieces, start = [], 0  # start: the window's first frame
     while True:
         first = max(0, start - reach)
