@@ -115,10 +115,10 @@ def encode(codec: DacModel, waves: list[np.ndarray], window_seconds: float | Non
     """Encode equal-length mono waveforms in one batch; returns one int16 [T, C] array per wave.
 
     Callers batch equal lengths only: zero-padding a shorter clip changes its last frames.
-    window_seconds: each wave is encoded alone, in windows of this many seconds of frames, each given the
-    encoder's reach of audio on either side, so that every frame gets the code the whole wave gives it
-    (tested). On a CPU a window's activations stay in cache where a whole 10 s clip's (or a batch's) do not.
-    None: CPU_WINDOW_SECONDS on a CPU, whole waves in one batch elsewhere; 0: whole waves in one batch.
+    window_seconds: each wave is encoded alone, in equal windows of about this many seconds (`_encode_in_windows`),
+    each given the encoder's reach of audio on either side, so that every frame gets the code the whole wave
+    gives it (tested). On a CPU a window's activations stay in cache where a whole 10 s clip's (or a batch's) do
+    not. None: CPU_WINDOW_SECONDS on a CPU, whole waves in one batch elsewhere; 0: whole waves in one batch.
     """
     if len({len(w) for w in waves}) != 1:
         raise ValueError("encode() batches equal-length waveforms only")
