@@ -5,6 +5,7 @@ a bug and keeps its traceback. A run stopped by a signal exits with 128 + its nu
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import sys
@@ -12,6 +13,19 @@ from collections.abc import Callable
 from pathlib import Path
 
 from dia_tpu.hub import HubError
+
+
+class DropNote(logging.Filter):
+    """Drops a library's log records that contain `fragment`: notes that do not apply to the way dia_tpu calls
+    the library (each use says why) and would only mislead."""
+
+    def __init__(self, fragment: str):
+        super().__init__()
+        self.fragment = fragment
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return self.fragment not in record.getMessage()
+
 
 # Bad input, named by file, key or value.
 USER_ERRORS: tuple[type[BaseException], ...] = (FileNotFoundError, FileExistsError, NotADirectoryError, ValueError,

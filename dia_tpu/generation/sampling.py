@@ -5,23 +5,19 @@ the last step of dia_tpu's loop)."""
 from __future__ import annotations
 
 import contextlib
-import logging
 from collections.abc import Iterator
 
 import torch
 from transformers import DiaForConditionalGeneration, LogitsProcessor
 from transformers.utils import logging as hf_logging
 
+from dia_tpu.console import DropNote
 
-class _TopKIsUsed(logging.Filter):
-    """generate() runs with do_sample=False (sampling is a processor here), so transformers flags `top_k` as
-    unused; Dia's guidance step does read it, and the warning would only mislead."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "flags are not valid and may be ignored: ['top_k']" not in record.getMessage()
-
-
-hf_logging.get_logger("transformers.generation.configuration_utils").addFilter(_TopKIsUsed())
+# generate() runs with do_sample=False (sampling is a processor here), so transformers flags `top_k` as unused;
+# Dia's guidance step does read it.
+hf_logging.get_logger("transformers.generation.configuration_utils").addFilter(
+    DropNote("flags are not valid and may be ignored: ['top_k']")
+)
 
 
 class SeededSampler(LogitsProcessor):

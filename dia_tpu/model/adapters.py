@@ -17,6 +17,7 @@ import torch
 from transformers import DiaForConditionalGeneration
 
 from dia_tpu.config import ConfigError, LoraSettings, ModelConfig
+from dia_tpu.console import DropNote
 
 # Module names, relative to DiaForConditionalGeneration, that each LoRA target group covers.
 _ATTENTION = re.compile(r"model\.(encoder|decoder)\.layers\.\d+\.(self|cross)_attention\.[qkvo]_proj")
@@ -81,20 +82,14 @@ def lora_target_modules(model: DiaForConditionalGeneration, lora: LoraSettings) 
     return chosen
 
 
-class _NoFourBitKernelNote(logging.Filter):
-    """peft imports bitsandbytes when it is installed, and bitsandbytes warns on CPUs with bf16 support that
-    its optional 4-bit kernel package is missing. dia_tpu uses no 4-bit layers, so the warning only misleads."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "gemm_4bit_forward" not in record.getMessage()
-
-
 def import_bitsandbytes_quietly() -> None:
-    """Install the filter above before bitsandbytes is first imported (by peft or by the 8-bit optimizer)."""
+    """Install the filter below before bitsandbytes is first imported (by peft or by the 8-bit optimizer)."""
     logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(_NO_FOUR_BIT_NOTE)
 
 
-_NO_FOUR_BIT_NOTE = _NoFourBitKernelNote()
+# peft imports bitsandbytes when it is installed, and bitsandbytes warns on CPUs with bf16 support that its
+# optional 4-bit kernel package is missing. dia_tpu uses no 4-bit layers.
+_NO_FOUR_BIT_NOTE = DropNote("gemm_4bit_forward")
 
 
 def add_lora(model: DiaForConditionalGeneration, lora: LoraSettings) -> torch.nn.Module:

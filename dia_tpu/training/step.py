@@ -4,13 +4,13 @@ the model set up for training, the optimizer, and one optimizer step over its mi
 from __future__ import annotations
 
 import importlib.util
-import logging
 
 import torch
 from accelerate import Accelerator
 from transformers.utils import logging as hf_logging
 
 from dia_tpu.config import Config, ConfigError, TrainConfig
+from dia_tpu.console import DropNote
 from dia_tpu.model.adapters import dia_of, import_bitsandbytes_quietly, setup_training
 from dia_tpu.model.build import build_model
 from dia_tpu.training.loss import batch_loss, target_weight
@@ -61,19 +61,14 @@ def set_up_for_training(model: torch.nn.Module, cfg: Config) -> torch.nn.Module:
     return setup_training(model, cfg.model)
 
 
-class _NoEmbeddingHookNote(logging.Filter):
-    """transformers warns that Dia exposes no input embeddings to make require gradients, which reentrant
-    checkpointing would need; the non-reentrant checkpointing used here passes gradients to every parameter
-    inside a layer without them (and on XLA `checkpoint_with_torch_xla` hooks the embeddings itself)."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "does not expose input embeddings" not in record.getMessage()
-
-
 def checkpoint_layers(model: torch.nn.Module) -> None:
     """Non-reentrant activation checkpointing of every layer, through transformers' current method where it has
-    it (the older name warns that it is deprecated)."""
-    log, note = hf_logging.get_logger("transformers.modeling_utils"), _NoEmbeddingHookNote()
+    it (the older name warns that it is deprecated).
+
+    transformers then warns that Dia exposes no input embeddings to make require gradients, which reentrant
+    checkpointing would need; the non-reentrant checkpointing used here passes gradients to every parameter
+    inside a layer without them (and on XLA `checkpoint_with_torch_xla` hooks the embeddings itself)."""
+    log, note = hf_logging.get_logger("transformers.modeling_utils"), DropNote("does not expose input embeddings")
     log.addFilter(note)
     try:
         if hasattr(model, "activation_checkpointing_enable"):
