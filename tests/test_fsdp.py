@@ -17,7 +17,7 @@ import torch
 from conftest import ROOT, TINY, reset_accelerate, scalars, weights
 from transformers import DiaForConditionalGeneration
 
-from dia_tpu.artifacts import SHARDED_WEIGHTS, read_weights
+from dia_tpu.artifacts.weights import SHARDED_WEIGHTS, read_weights
 from dia_tpu.config import ConfigError, load
 from dia_tpu.export import export_checkpoint
 from dia_tpu.training.recipe import train

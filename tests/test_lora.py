@@ -9,7 +9,7 @@ import torch
 from conftest import reset_accelerate, scalars, tiny, weights
 from safetensors.torch import load_file
 
-from dia_tpu.artifacts import weight_names, weights_file
+from dia_tpu.artifacts.weights import weight_names, weights_file
 from dia_tpu.config import ConfigError, LoraSettings, ModelConfig
 from dia_tpu.data.batching import synthetic_batch
 from dia_tpu.export import export_checkpoint

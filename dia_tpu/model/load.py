@@ -8,7 +8,8 @@ from pathlib import Path
 import torch
 from transformers import DacModel, DiaConfig, DiaForConditionalGeneration
 
-from dia_tpu.artifacts import Artifact, is_sharded, open_artifact, read_weights
+from dia_tpu.artifacts import Artifact, open_artifact
+from dia_tpu.artifacts.weights import is_sharded, read_weights
 from dia_tpu.hub import from_hub
 from dia_tpu.model.build import build_model, default_generation_config
 from dia_tpu.model.codec import build_codec

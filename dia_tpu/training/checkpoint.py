@@ -34,19 +34,8 @@ from accelerate import Accelerator
 from accelerate.utils import load as accelerate_load
 from safetensors import SafetensorError
 
-from dia_tpu.artifacts import (
-    CONFIG_FILE,
-    SHARDED_WEIGHTS,
-    STATE_FILE,
-    RunFolder,
-    completion_mark,
-    is_sharded,
-    mark_complete,
-    put_in_place,
-    read_sharded_metadata,
-    weight_names,
-    weights_file,
-)
+from dia_tpu.artifacts import CONFIG_FILE, STATE_FILE, RunFolder, completion_mark, mark_complete, put_in_place
+from dia_tpu.artifacts.weights import SHARDED_WEIGHTS, is_sharded, read_sharded_metadata, weight_names, weights_file
 from dia_tpu.config import Config
 from dia_tpu.console import first_line
 from dia_tpu.model.adapters import check_trained_names, trainable_state_dict

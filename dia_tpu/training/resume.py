@@ -18,7 +18,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dia_tpu.artifacts import COMPLETE_FILE, CONFIG_FILE, RunFolder, completion_mark, is_complete, weights_file
+from dia_tpu.artifacts import COMPLETE_FILE, CONFIG_FILE, RunFolder, completion_mark, is_complete
+from dia_tpu.artifacts.weights import weights_file
 from dia_tpu.config import Config, ConfigError, read_saved
 from dia_tpu.training.checkpoint import TrainState
 from dia_tpu.training.step import group_settings
