@@ -4,12 +4,15 @@ adapters folded in), a LoRA adapter alone (peft's format), or a native Nari Labs
 from __future__ import annotations
 
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 from transformers import DacModel
 
 from dia_tpu.artifacts import ADAPTER_DIR, CODEC_DIR, CONFIG_FILE, open_artifact, put_in_place
+from dia_tpu.artifacts.owner import EXPORT, NotOurs, aside, check_replaceable, mark
 from dia_tpu.config import Config
 from dia_tpu.model.adapters import is_peft, merged
 from dia_tpu.model.codec import make_processor
@@ -20,14 +23,17 @@ def export(model: torch.nn.Module, codec: DacModel, cfg: Config, out_dir: Path) 
     """Write a `from_pretrained`-loadable model directory with processor, generation config and run config; for
     a LoRA model (a PeftModel) also its adapter alone in `adapter/`, then the model with the adapters folded in.
 
-    It is written beside `out_dir` and renamed into place, so a crash leaves the earlier export whole. A codec
-    that is not a hub id is saved inside the export and the processor points at it by absolute path, so
-    `AutoProcessor.from_pretrained(out_dir)` finds it.
+    `out_dir` must be new, empty or an earlier export (`check_replaceable`). The export is written beside it
+    and renamed into place, so a crash leaves the earlier export whole. A codec that is not a hub id is saved
+    inside the export and the processor points at it by absolute path, so `AutoProcessor.from_pretrained(out_dir)`
+    finds it.
     """
-    building = out_dir.with_name(out_dir.name + ".tmp")
-    if building.exists():
-        shutil.rmtree(building)
-    building.mkdir(parents=True)
+    check_replaceable(out_dir, EXPORT, "the export folder")
+    with building_beside(out_dir) as building:
+        _write_export(model, codec, cfg, out_dir, building)
+
+
+def _write_export(model: torch.nn.Module, codec: DacModel, cfg: Config, out_dir: Path, building: Path) -> None:
     if is_peft(model):
         save_adapter(model, building / ADAPTER_DIR)
         model = merged(model)
@@ -39,7 +45,21 @@ def export(model: torch.nn.Module, codec: DacModel, cfg: Config, out_dir: Path) 
         codec.name_or_path = str((out_dir / CODEC_DIR).resolve())
     make_processor(codec).save_pretrained(building)
     cfg.save(building / CONFIG_FILE)
-    put_in_place(building, out_dir)
+
+
+@contextmanager
+def building_beside(out_dir: Path) -> Iterator[Path]:
+    """A new folder beside `out_dir` to write an export into; marked and renamed into place when the block ends,
+    removed (it is new, so it is this process's) when the block fails."""
+    building = aside(out_dir, "building")
+    building.mkdir(parents=True)
+    try:
+        yield building
+        mark(building, EXPORT)
+        put_in_place(building, out_dir)
+    except BaseException:
+        shutil.rmtree(building, ignore_errors=True)
+        raise
 
 
 def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, form: str = "merge",
@@ -50,21 +70,35 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, form: str = "
     - "native": a native Nari Labs checkpoint (`.pth` + `config.json`) for their inference code.
     Returns the folder written.
     """
-    artifact, out_dir = open_artifact(checkpoint), Path(out_dir)
+    out_dir = Path(out_dir)
+    _check_out(Path(checkpoint), out_dir)
+    artifact = open_artifact(checkpoint)
     if artifact.config is None:
         raise FileNotFoundError(f"{checkpoint} holds no {CONFIG_FILE}: not a dia_tpu checkpoint folder")
     if form == "adapter":
         if artifact.kind != "lora_checkpoint":
             raise ValueError(f"{checkpoint} is a full fine-tune (model.lora.rank is 0): it has no adapter to export")
-        save_adapter(load_trained(artifact), out_dir)
-        return out_dir
-    if form == "native":
+        with building_beside(out_dir) as building:
+            save_adapter(load_trained(artifact), building)
+    elif form == "native":
         from dia_tpu.model.native_files import save_native
 
-        save_native(load_model(artifact), out_dir, schema=native_schema)
+        model = load_model(artifact)
+        with building_beside(out_dir) as building:
+            save_native(model, building, schema=native_schema)
     else:
         export(*load_for_inference(artifact), artifact.config, out_dir)
     return out_dir
+
+
+def _check_out(checkpoint: Path, out_dir: Path) -> None:
+    """Refuse, before anything is read, an --out that is or holds the checkpoint, or lies inside it (the export
+    would replace it, or change the files its completion mark lists), or that is not new, empty or an export."""
+    source, target = checkpoint.resolve(), out_dir.resolve()
+    if source.is_relative_to(target) or target.is_relative_to(source):
+        where = "is" if source == target else "holds" if source.is_relative_to(target) else "lies inside"
+        raise NotOurs(f"--out {out_dir} {where} the checkpoint {checkpoint} it exports; give a folder of its own")
+    check_replaceable(out_dir, EXPORT, "--out")
 
 
 def save_adapter(model, folder: Path) -> None:

@@ -22,7 +22,8 @@ import torch
 from conftest import ROOT, TINY, reset_accelerate, tiny, weights
 
 from dia_tpu.artifacts import RunFolder, is_complete
-from dia_tpu.training.lock import RunInUse
+from dia_tpu.artifacts.lock import InUse
+from dia_tpu.artifacts.owner import RUN, mark
 from dia_tpu.training.recipe import train
 
 QUICK = ["train.save_every=1000", "eval.eval_every=1000", "train.report_to=none"]
@@ -169,11 +170,12 @@ def test_a_planted_pickle_is_never_run(codes_dir, tmp_path, planted):
 def test_one_run_per_folder(codes_dir, tmp_path):
     run_dir = tmp_path / "run"
     run_dir.mkdir()
+    mark(run_dir, RUN)  # as the holder marked it
     holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
         (run_dir / ".lock").write_text(json.dumps({"pid": holder.pid, "host": socket.gethostname(),
                                                    "started": "2026-01-01 00:00:00"}))  # fmt: skip
-        with pytest.raises(RunInUse, match=f"in use by another run \\(pid {holder.pid} on "):
+        with pytest.raises(InUse, match=f"in use by another run \\(pid {holder.pid} on "):
             train(tiny(codes_dir, run_dir, "train.max_steps=2"))
         assert not (run_dir / "config.yaml").exists()  # refused before loading anything
     finally:

@@ -169,7 +169,8 @@ def test_an_interrupted_run_resumes_from_its_finished_shards(tmp_path, cfg, monk
     with pytest.raises(KeyboardInterrupt):
         prepare(cfg, source, out)
     assert not out.exists()
-    assert sorted(p.name for p in (tmp_path / "out.work").iterdir()) == ["shard_00000", "shard_00000.json"]
+    work = sorted(p.name for p in (tmp_path / "out.work").iterdir())
+    assert work == [".dia_tpu.json", "shard_00000", "shard_00000.json"]
     monkeypatch.setattr(prepare_module, "encode", encode)
     manifest = prepare(cfg, source, out)
     assert manifest["encoded"] == 5  # shard 0 was kept; shards 1 and 2 were encoded

@@ -10,7 +10,8 @@ Nari Labs checkpoint, a hub id). Reading a weights file, in each format a run sa
       samples/step_NNNNNN/      wavs, spectrograms and index.json of the samples generated during training
       evaluations/step_NNNNNN/  eval.audio's judged utterances: rows.jsonl and wavs (the main process's share)
       logs/                     tracker files (TensorBoard)
-      .lock                     held by the run in progress (pid, host)
+      .lock                     held by the run in progress (pid, host; `dia_tpu.artifacts.lock`)
+      .dia_tpu.json             marks the folder as a run: what training may replace (`dia_tpu.artifacts.owner`)
       .mirror/                  saved folders waiting to be uploaded to `output.mirror` (`dia_tpu.training.mirror`)
 
 A saved config is read with `read_saved`: types only, so a folder opens from any directory and on another
@@ -19,6 +20,7 @@ machine, whatever the paths in it.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -27,8 +29,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from dia_tpu.artifacts.owner import NotOurs, aside
 from dia_tpu.artifacts.weights import WEIGHTS_FILES, weight_names, weights_file
 from dia_tpu.config import Config, ModelConfig, read_saved
+from dia_tpu.console import first_line
 from dia_tpu.hub import is_hub_id
 
 # The file a run folder, checkpoint or export keeps its resolved config in.
@@ -87,10 +91,6 @@ class RunFolder:
         return self.root / "samples"
 
     @property
-    def lock(self) -> Path:
-        return self.root / ".lock"
-
-    @property
     def staging(self) -> Path:
         """Where saved folders wait for their upload to the mirror (hard links: they take no space)."""
         return self.root / ".mirror"
@@ -127,17 +127,38 @@ class RunFolder:
 
 def put_in_place(building: Path, path: Path) -> None:
     """Replace `path` with the finished folder `building` by renames, so that at every moment one of the two
-    is whole; then make the renames durable."""
+    is whole; then make the renames durable. The caller has proven `path` dia_tpu's (`dia_tpu.artifacts.owner`);
+    a symbolic link is refused here whatever it points at."""
+    if path.is_symlink():
+        raise NotOurs(f"{path} is a symbolic link (to {os.readlink(path)}): dia_tpu replaces it by renaming folders "
+                      "and neither follows nor removes links; remove the link, its target is not touched")  # fmt: skip
     if path.exists():
-        old = path.with_name(path.name + ".old")
-        if old.exists():
-            shutil.rmtree(old)
+        old = aside(path, "replaced")
         path.rename(old)
         building.rename(path)
         shutil.rmtree(old)
     else:
         building.rename(path)
     sync_dir(path.parent)
+
+
+# Free space below which a failed write is put down to a full disk.
+_FULL = 16 * 2**20
+
+
+def write_failure(err: BaseException, path: Path) -> str:
+    """Why a write under `path` failed, saying so plainly when the disk is full (torch's and pyarrow's own
+    messages do not)."""
+    where = existing_parent(path)
+    free = shutil.disk_usage(where).free
+    if getattr(err, "errno", None) == errno.ENOSPC or free < _FULL:
+        return f"the disk is full: {free / 2**20:.1f} MiB free on {where}; {first_line(err)}"
+    return first_line(err)
+
+
+def existing_parent(path: Path) -> Path:
+    """The nearest folder above `path` that exists: the disk its free space is read from."""
+    return next(p for p in (path.parent, *path.parents) if p.exists())
 
 
 def sync_dir(folder: Path) -> None:

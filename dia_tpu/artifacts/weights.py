@@ -1,15 +1,15 @@
 """A saved model's weights file, in each format a run writes it: safetensors (one file or an index), torch's
 .bin (Accelerate on XLA), or a sharded FSDP2 checkpoint's folder in torch's distributed checkpoint format,
-whose metadata is read without letting its pickle run code."""
+read through `dia_tpu.artifacts.sharded` so that nothing in it runs code."""
 
 from __future__ import annotations
 
 import json
-import pickle
-import warnings
 from pathlib import Path
 
 import torch
+
+from dia_tpu.artifacts.sharded import read_tensors, tensor_entries
 
 # Where a sharded (FSDP2) checkpoint keeps the model: a folder in torch's distributed checkpoint format, each
 # process's part in a file of its own, with `.metadata` listing every tensor.
@@ -46,16 +46,12 @@ def weight_names(weights: Path) -> set[str]:
 
 
 def read_weights(weights: Path) -> dict[str, torch.Tensor]:
-    """A checkpoint's weights on the CPU (torch's format read with weights_only, a sharded checkpoint's metadata
-    with `read_sharded_metadata`: neither can run code), whole: a sharded checkpoint's parts are put together."""
+    """A checkpoint's weights on the CPU (torch's format read with weights_only, a sharded checkpoint through
+    `dia_tpu.artifacts.sharded`: neither can run code), whole: a sharded checkpoint's parts are put together."""
     if is_sharded(weights):
-        import torch.distributed.checkpoint as dcp
-
         state = {name: torch.empty(tuple(meta.size), dtype=meta.properties.dtype)
                  for name, meta in _sharded_tensors(weights).items()}  # fmt: skip
-        with warnings.catch_warnings():  # torch warns that it reads in one process, as it is asked to
-            warnings.simplefilter("ignore", UserWarning)
-            dcp.load({"model": state}, storage_reader=dcp.FileSystemReader(weights), no_dist=True)
+        read_tensors(weights, {"model": state})
         return state
     if weights.suffix == ".bin":
         return torch.load(weights, map_location="cpu", weights_only=True)
@@ -64,36 +60,7 @@ def read_weights(weights: Path) -> dict[str, torch.Tensor]:
     return load_file(weights)
 
 
-# What the metadata of torch's distributed checkpoint is made of; anything else in its pickle is refused.
-_DCP_CLASSES = {
-    ("pathlib", "PosixPath"), ("pathlib", "WindowsPath"), ("torch", "Size"), ("torch.serialization", "_get_layout"),
-    ("torch.distributed.checkpoint.filesystem", "_StorageInfo"),
-    *(("torch.distributed.checkpoint.metadata", name) for name in (
-        "Metadata", "MetadataIndex", "StorageMeta", "TensorProperties", "TensorStorageMetadata",
-        "ChunkStorageMetadata", "BytesStorageMetadata", "_MEM_FORMAT_ENCODING")),
-}  # fmt: skip
-
-
-class _MetadataUnpickler(pickle.Unpickler):
-    def find_class(self, module: str, name: str):
-        dtype = module == "torch" and isinstance(getattr(torch, name, None), torch.dtype)
-        if (module, name) in _DCP_CLASSES or dtype:
-            return super().find_class(module, name)
-        raise pickle.UnpicklingError(f"{module}.{name} is not part of a distributed checkpoint's metadata")
-
-
-def read_sharded_metadata(folder: Path):
-    """The `.metadata` of a folder in torch's distributed checkpoint format. torch reads it with pickle, which can
-    run code; here only the classes that format is made of are allowed, so a planted file is refused."""
-    path = folder / ".metadata"
-    try:
-        with open(path, "rb") as handle:
-            return _MetadataUnpickler(handle).load()
-    except (OSError, EOFError, pickle.UnpicklingError, AttributeError, ValueError) as err:
-        raise ValueError(f"{path}: not a distributed checkpoint's metadata ({err})") from err
-
-
 def _sharded_tensors(folder: Path) -> dict:
     """The model's tensors in a sharded checkpoint (Accelerate saves them under "model."), with their metadata."""
-    listed = read_sharded_metadata(folder).state_dict_metadata
+    listed = tensor_entries(folder)
     return {name.removeprefix("model."): meta for name, meta in listed.items() if name.startswith("model.")}

@@ -48,6 +48,8 @@ def validate(cfg: Config) -> list[str]:
         p.append(f"train.mesh_data: must be >= 1, got {t.mesh_data}")
     elif t.mesh_data > 1 and t.sharding != "fsdp":
         p.append(f"train.mesh_data={t.mesh_data}: a mesh is for train.sharding=fsdp (on XLA); set it or leave 1")
+    if t.overwrite and t.resume is not None:
+        p.append(f"train.overwrite deletes the run that train.resume={t.resume} would continue: choose one")
     if t.max_steps == 0 and t.epochs <= 0:
         p.append("train.epochs: must be > 0 when train.max_steps is 0")
     if t.learning_rate <= 0:

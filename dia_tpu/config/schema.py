@@ -221,6 +221,9 @@ class TrainConfig:
     resume: str | None = path_field(None)
     # Resume from a checkpoint of this run older than its newest one, moving the newer ones aside (a branch).
     fork: bool = False
+    # Start over in an output.dir that holds an earlier run: its checkpoints, best/, final/, logs, samples and
+    # evaluations are deleted first (without it, such a folder is resumed with --resume auto or refused).
+    overwrite: bool = False
     # Resuming with other train.* or data.* values than the checkpoint's: "error" lists them, "allow" goes on
     # with the new ones (and records them in output.dir/resume_changes.jsonl).
     resume_changes: Literal["error", "allow"] = "error"

@@ -35,6 +35,18 @@ def load_channels(path: str | Path, sample_rate: int, stereo: bool) -> list[np.n
     return to_codec_input(data, rate, sample_rate, stereo=stereo)
 
 
+def header_seconds(ref) -> float | None:
+    """An audio reference's length as its file header gives it, read without decoding the audio (None when
+    there is no header to read: a decoded array, or a file libsndfile cannot open, which decoding reports)."""
+    if ref.array is not None:
+        return len(ref.array) / ref.rate
+    try:
+        info = sf.info(io.BytesIO(ref.data) if ref.data is not None else str(ref.path))
+    except (sf.LibsndfileError, RuntimeError, TypeError, OSError):
+        return None
+    return info.frames / info.samplerate if info.samplerate > 0 and info.frames > 0 else None
+
+
 # Peak amplitude below which a clip counts as silence (-80 dBFS): nothing the codec could learn from.
 SILENCE_PEAK = 1e-4
 

@@ -29,15 +29,18 @@ from accelerate.utils import parse_flag_from_env
 from datasets import Dataset
 from tqdm import tqdm
 
+from dia_tpu.artifacts.lock import FolderLock
+from dia_tpu.artifacts.owner import DATASET, PREPARE_WORK, check_replaceable
 from dia_tpu.config import Config
-from dia_tpu.data.audio import AudioError, encode, read_audio, to_codec_input
+from dia_tpu.data.audio import AudioError, encode, header_seconds, read_audio, to_codec_input
 from dia_tpu.data.clips import Clip
 from dia_tpu.data.codes_files import load_codes_file
 from dia_tpu.data.shards import (
-    MANIFEST_FILE,
     CodesLayout,
     PrepareError,
     codes_layout,
+    earlier_dataset,
+    earlier_work,
     hash_bytes,
     load_cache,
     merge_shards,
@@ -71,6 +74,7 @@ class Context:
     codec: object = None  # built on first use, so importing codes files never loads it
     seconds: Counter = field(default_factory=Counter)  # decode / resample / encode time on this process
     encoded: int = 0  # items this process encoded in this run
+    flagged: list = field(default_factory=list)  # (index, source_id, why) of the shard's items kept but doubtful
     bar: tqdm | None = None  # hours of audio encoded by this process, and hours per second
     started: float = field(default_factory=time.perf_counter)
 
@@ -85,27 +89,43 @@ def prepare(cfg: Config, source: str | Path, output: str | Path, strict: bool | 
     strict = p.strict if strict is None else strict
     source, output = str(source), Path(output)
     kind = detect_kind(source, p)
-    # Replacing `output` deletes it; refuse anything that is not an earlier prepared dataset (a mistyped
-    # path could name the source folder itself).
-    if output.exists() and not (output / MANIFEST_FILE).is_file() and (not output.is_dir() or any(output.iterdir())):
-        raise FileExistsError(f"{output} exists and is not a prepared dataset; choose another output folder")
+    # Replacing `output` deletes it: only an earlier dataset, or a new or empty folder, is replaced (a mistyped
+    # path could name the source folder itself, or a folder that merely holds a manifest.json).
+    check_replaceable(output, DATASET, "--output", earlier=earlier_dataset)
+    work = output.with_name(output.name + ".work")
+    check_replaceable(work, PREPARE_WORK, "prepare's work folder", earlier=earlier_work)
     # Opening the source reports what is wrong with it (a missing file, a hub id out of reach) before
     # anything is written or drawn.
     clips = read_clips(source, p)
     first = next(clips, None)
     # Like Accelerator, honour ACCELERATE_USE_CPU: a CPU multi-process launch then joins its gloo group.
     state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
-    work = output.with_name(output.name + ".work")
+    # One prepare per output: the main process claims the work folder and holds its lock to the end.
+    lock = FolderLock(work, PREPARE_WORK, "prepare's work folder", "prepare", earlier=earlier_work)
+    if state.is_main_process:
+        lock.acquire()
+    state.wait_for_everyone()
+    merged = False
+    try:
+        _prepare_shards(cfg, state, source, kind, output, work, itertools.chain([first] if first else [], clips),
+                        strict)  # fmt: skip
+        merged = True
+    finally:
+        if state.is_main_process:
+            lock.release(remove=merged)  # a failed run keeps its finished shards for the next
+    state.wait_for_everyone()
+    return read_prepare_info(output)
+
+
+def _prepare_shards(cfg: Config, state: PartialState, source: str, kind: str, output: Path, work: Path, clips,
+                    strict: bool) -> None:  # fmt: skip
+    p = cfg.prepare
     layout = codes_layout(cfg)
     ctx = Context(cfg, state.process_index, layout, load_cache(output, work, layout.fingerprint))
-    if state.is_main_process:
-        work.mkdir(parents=True, exist_ok=True)
-    state.wait_for_everyone()
-
     ctx.bar = tqdm(desc=f"prepare [{state.process_index}]" if state.num_processes > 1 else "prepare",
                    position=state.process_index, bar_format="{desc}: {n:.4f} h of audio encoded [{elapsed}] {postfix}")
     shards, pending = 0, []
-    for clip in itertools.chain([first] if first is not None else [], clips):
+    for clip in clips:
         if pending and clip.index // p.shard_size != shards:
             _run_shard(ctx, work, shards, pending, state.num_processes, strict)
             shards, pending = shards + 1, []
@@ -120,8 +140,6 @@ def prepare(cfg: Config, source: str | Path, output: str | Path, strict: bool | 
     state.wait_for_everyone()
     if state.is_main_process:
         merge_shards(cfg, layout, source, kind, output, work, shards, state.num_processes)
-    state.wait_for_everyone()
-    return read_prepare_info(output)
 
 
 def _run_shard(ctx: Context, work: Path, shard: int, clips: list[Clip], processes: int, strict: bool) -> None:
@@ -129,10 +147,13 @@ def _run_shard(ctx: Context, work: Path, shard: int, clips: list[Clip], processe
     if shard % processes != ctx.rank:
         return
     pieces, skipped = [], []
+    ctx.flagged = []
     for clip in clips:
         if clip.problem is not None:
             _skip(skipped, clip.index, clip.source_id, clip.problem, strict)
             continue
+        if "\0" in clip.text:
+            ctx.flagged.append((clip.index, clip.source_id, "transcript holds a NUL byte"))
         pieces.append(Piece(clip, clip.source_id, clip.text, _clip_key(clip, ctx.layout.fingerprint)))
     keys = [piece.key for piece in pieces] + [f"skip:{index}:{reason}" for index, _, reason in skipped]
     done = work / f"shard_{shard:05d}.json"
@@ -141,7 +162,8 @@ def _run_shard(ctx: Context, work: Path, shard: int, clips: list[Clip], processe
     rows, encoded = _encode_pieces(ctx, pieces, skipped, strict)
     ctx.encoded += encoded
     skipped.sort()
-    write_shard(work, shard, rows, ctx.layout.channels, {"keys": keys, "skipped": skipped})
+    info = {"keys": keys, "skipped": skipped, "flagged": sorted(ctx.flagged)}
+    write_shard(work, shard, rows, ctx.layout.channels, info)
 
 
 def _encode_pieces(ctx: Context, pieces: list[Piece], skipped: list, strict: bool) -> tuple[list[dict], int]:
@@ -190,9 +212,14 @@ def _decode(ctx: Context, piece: Piece) -> list[tuple[Piece, list[np.ndarray]]]:
     """The piece's audio at the codec's rate, as (piece, [mono] or [left, right]); a clip longer than
     `prepare.max_seconds` comes back as the pieces its timing splits it into."""
     p, rate = ctx.cfg.prepare, ctx.layout.sample_rate
+    header = header_seconds(piece.clip.audio)
+    if not piece.clip.segments and header is not None and header > p.max_seconds:
+        raise AudioError(_too_long(header, p.max_seconds))  # known from the header: nothing is decoded
     tick = time.perf_counter()
     data, source_rate = read_audio(piece.clip.audio, p.min_sample_rate)
     ctx.seconds["decode"] += time.perf_counter() - tick
+    if (peak := float(np.abs(data).max())) > 1.0:
+        ctx.flagged.append((piece.clip.index, piece.source_id, f"clipped: peak {peak:.2f}, above full scale"))
     tick = time.perf_counter()
     channels = to_codec_input(data, source_rate, rate, p.stereo)
     ctx.seconds["resample"] += time.perf_counter() - tick
@@ -203,16 +230,18 @@ def _decode(ctx: Context, piece: Piece) -> list[tuple[Piece, list[np.ndarray]]]:
         return [(piece, channels)]
     spans = split_at_pauses(piece.clip.segments, seconds, p.max_seconds)
     if spans is None:
-        raise AudioError(
-            f"{seconds:.1f} s is longer than prepare.max_seconds={p.max_seconds:g} and the source gives no "
-            "word or segment timing to split it at"
-        )
+        raise AudioError(_too_long(seconds, p.max_seconds))
     parts = []
     for k, (start, end, text) in enumerate(spans):
         a, b = round(start * rate), round(end * rate)
         part = Piece(piece.clip, f"{piece.source_id}#{k}", text, f"{piece.key}@{start:.3f}-{end:.3f}")
         parts.append((part, [c[a:b] for c in channels]))
     return parts
+
+
+def _too_long(seconds: float, limit: float) -> str:
+    return (f"{seconds:.1f} s is longer than prepare.max_seconds={limit:g} and the source gives no word or segment "
+            "timing to split it at")
 
 
 def split_at_pauses(segments, total: float, limit: float) -> list[tuple[float, float, str]] | None:

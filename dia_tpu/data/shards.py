@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
 from collections import Counter
 from collections.abc import Iterator
@@ -17,7 +18,10 @@ import datasets
 import numpy as np
 from datasets import Array2D, Dataset, Features, Value, concatenate_datasets, load_from_disk
 
+from dia_tpu.artifacts import write_failure
+from dia_tpu.artifacts.owner import DATASET, aside, mark
 from dia_tpu.config import Config
+from dia_tpu.console import first_line
 from dia_tpu.data.tokens import encode_text
 from dia_tpu.model.codec import codec_config, codec_identity
 
@@ -47,6 +51,8 @@ def hash_bytes(data: bytes) -> str:
 
 MANIFEST_FILE = "manifest.json"
 SKIPPED_FILE = "skipped.tsv"
+# Items kept but worth a look (clipped audio, a NUL byte in the transcript), as skipped.tsv lists the skipped.
+FLAGGED_FILE = "flagged.tsv"
 _COLUMNS = ("text", "codes", "frames", "duration", "source_id", "speaker", "language", "key")
 
 
@@ -77,15 +83,45 @@ def read_prepare_info(dataset_dir: str | Path) -> dict:
     return json.loads(path.read_text())
 
 
+# A finished work shard's folder (a cut-off one is `shard_NNNNN.tmp`, which is never read).
+_SHARD = re.compile(r"shard_\d{5}")
+# What prepare's work folder holds: its shards, their marks and the per-process run notes.
+_WORK_ENTRY = re.compile(r"shard_\d{5}(\.tmp|\.json|\.json\.tmp)?|run_\d+\.json|\.lock")
+# The keys of every manifest prepare writes.
+_MANIFEST_KEYS = {"codec", "fingerprint", "sample_rate", "num_codebooks", "kept", "frames"}
+
+
+def earlier_dataset(folder: Path) -> bool:
+    """A dataset prepared before datasets were marked: prepare's manifest beside a saved `datasets` table."""
+    try:
+        manifest = json.loads((folder / MANIFEST_FILE).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(manifest, dict) and _MANIFEST_KEYS <= set(manifest) and (folder / "state.json").is_file()
+
+
+def earlier_work(folder: Path) -> bool:
+    """A work folder of a prepare from before work folders were marked (cut off, so not removed): shards alone."""
+    return all(_WORK_ENTRY.fullmatch(entry.name) for entry in folder.iterdir())
+
+
 def load_cache(output: Path, work: Path, fingerprint: str) -> list[tuple[Dataset, dict[str, int]]]:
-    """Rows already encoded with this codec and channel layout: the current dataset, then any work shards."""
+    """Rows already encoded with this codec and channel layout: the current dataset, then any finished work
+    shard that reads back (one cut off by a crash or a full disk is left for the run to write again)."""
     folders = []
     if (output / MANIFEST_FILE).is_file() and read_prepare_info(output).get("fingerprint") == fingerprint:
         folders.append(output)
-    folders += sorted(path for path in work.glob("shard_*") if path.is_dir()) if work.is_dir() else []
+    if work.is_dir():
+        folders += sorted(path for path in work.iterdir() if _SHARD.fullmatch(path.name) and path.is_dir())
     cache = []
     for folder in folders:
-        dataset = load_from_disk(str(folder))
+        try:
+            dataset = load_from_disk(str(folder))
+        except (OSError, ValueError) as err:
+            if folder == output:
+                raise PrepareError(f"{output}: the earlier dataset cannot be read ({first_line(err)}); give another "
+                                   "--output or move it away") from err  # fmt: skip
+            continue
         if "key" in dataset.column_names and len(dataset):
             cache.append((dataset, {key: i for i, key in enumerate(dataset["key"])}))
     return cache
@@ -105,30 +141,38 @@ def _features(channels: int) -> Features:
 
 
 def write_shard(work: Path, shard: int, rows: list[dict], channels: int, info: dict) -> None:
-    """The shard's rows, then its json (the mark of a finished shard), each written then renamed."""
+    """The shard's rows, then its json (the mark of a finished shard), each written then renamed; a failed
+    write (a full disk) is a PrepareError saying so, with the part written removed."""
     folder, tmp = work / f"shard_{shard:05d}", work / f"shard_{shard:05d}.tmp"
     for stale in (tmp, folder):
         if stale.exists():
             shutil.rmtree(stale)
-    if rows:  # `datasets` cannot load a saved empty table back: a shard with every item skipped has none
-        table = {name: [row[name] for row in rows] for name in _COLUMNS}
-        with _quietly():
-            Dataset.from_dict(table, features=_features(channels)).save_to_disk(str(tmp))
-        tmp.rename(folder)
     note = work / f"shard_{shard:05d}.json.tmp"
-    note.write_text(json.dumps(info) + "\n")
-    note.rename(work / f"shard_{shard:05d}.json")
+    try:
+        if rows:  # `datasets` cannot load a saved empty table back: a shard with every item skipped has none
+            table = {name: [row[name] for row in rows] for name in _COLUMNS}
+            with _quietly():
+                Dataset.from_dict(table, features=_features(channels)).save_to_disk(str(tmp))
+            tmp.rename(folder)
+        note.write_text(json.dumps(info) + "\n")
+        note.rename(work / f"shard_{shard:05d}.json")
+    except OSError as err:
+        shutil.rmtree(tmp, ignore_errors=True)
+        note.unlink(missing_ok=True)
+        raise PrepareError(f"could not write {tmp} ({write_failure(err, tmp)}); the shards finished before it are "
+                           "kept: run prepare again to go on from them") from err  # fmt: skip
 
 
 def merge_shards(cfg: Config, layout: CodesLayout, source: str, kind: str, output: Path, work: Path, shards: int,
                  processes: int) -> None:  # fmt: skip
     """All shards, in order, into one dataset with its manifest and skip report, swapped in whole."""
-    parts, skipped, encoded, seconds = [], [], 0, Counter()
+    parts, skipped, flagged, encoded, seconds = [], [], [], 0, Counter()
     for shard in range(shards):
         info = json.loads((work / f"shard_{shard:05d}.json").read_text())
         if (work / f"shard_{shard:05d}").is_dir():
             parts.append(load_from_disk(str(work / f"shard_{shard:05d}")))
         skipped += [tuple(entry) for entry in info["skipped"]]
+        flagged += [tuple(entry) for entry in info.get("flagged", [])]
     for rank in range(processes):
         run = json.loads((work / f"run_{rank}.json").read_text())
         encoded += run["encoded"]
@@ -152,6 +196,8 @@ def merge_shards(cfg: Config, layout: CodesLayout, source: str, kind: str, outpu
         "kept": len(dataset),
         "skipped": len(skipped),
         "skipped_by_reason": dict(Counter(_reason_kind(reason) for _, _, reason in skipped)),
+        "flagged": len(flagged),
+        "flagged_by_reason": dict(Counter(_reason_kind(reason) for _, _, reason in flagged)),
         "split_pieces": sum("#" in source_id for source_id in dataset["source_id"]),
         "encoded": encoded,
         "audio_seconds": round(float(durations.sum()), 3),
@@ -162,22 +208,26 @@ def merge_shards(cfg: Config, layout: CodesLayout, source: str, kind: str, outpu
         "seconds": {name: round(value, 3) for name, value in seconds.items()},
         "config": {"prepare": asdict(cfg.prepare), "model.codec": cfg.model.codec},
     }
-    tmp, old = output.with_name(output.name + ".tmp"), output.with_name(output.name + ".old")
-    for stale in (tmp, old):
-        if stale.exists():
-            shutil.rmtree(stale)
+    # Built beside `output` under a new name, then swapped in whole; the caller proved `output` replaceable.
+    tmp, old = aside(output, "building"), aside(output, "replaced")
+    try:
+        with _quietly():
+            dataset.save_to_disk(str(tmp), max_shard_size="500MB")
+        (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
+        for name, entries in ((SKIPPED_FILE, skipped), (FLAGGED_FILE, flagged)):
+            lines = ["index\tsource_id\treason"] + [f"{i}\t{_tsv(sid)}\t{_tsv(why)}" for i, sid, why in sorted(entries)]
+            (tmp / name).write_text("\n".join(lines) + "\n", encoding="utf-8")
+        mark(tmp, DATASET)
+    except OSError as err:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise PrepareError(f"could not write the dataset beside {output} ({write_failure(err, tmp)}); every shard is "
+                           f"kept in {work}: run prepare again to merge them") from err  # fmt: skip
     output.parent.mkdir(parents=True, exist_ok=True)
-    with _quietly():
-        dataset.save_to_disk(str(tmp), max_shard_size="500MB")
-    (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
-    lines = ["index\tsource_id\treason"] + [f"{i}\t{_tsv(sid)}\t{_tsv(reason)}" for i, sid, reason in sorted(skipped)]
-    (tmp / SKIPPED_FILE).write_text("\n".join(lines) + "\n", encoding="utf-8")
     if output.exists():
         output.rename(old)
     tmp.rename(output)
-    for leftover in (old, work):
-        if leftover.exists():
-            shutil.rmtree(leftover)
+    if old.exists():
+        shutil.rmtree(old)
     _say_summary(manifest, output)
 
 
@@ -195,14 +245,17 @@ def _reason_kind(reason: str) -> str:
 
 def _say_summary(manifest: dict, output: Path) -> None:
     reasons = ", ".join(f"{n} {kind}" for kind, n in sorted(manifest["skipped_by_reason"].items()))
+    flags = ", ".join(f"{n} {kind}" for kind, n in sorted(manifest["flagged_by_reason"].items()))
+    flagged = f"\n  {manifest['flagged']} items kept but flagged ({flags}): see {FLAGGED_FILE}" if flags else ""
     long = manifest["long_text"]
     print(
         f"prepared {manifest['kept']} items ({manifest['audio_hours']:.3f} h, {manifest['frames']} frames; "
         f"{manifest['encoded']} encoded, the rest reused) from {manifest['source']}, skipped {manifest['skipped']}"
         + (f" ({reasons})" if reasons else "")
+        + flagged
         + (f"\n  {long['count']} transcripts are longer than data.max_text_tokens={long['limit']} bytes, e.g. "
            f"{long['examples'][0]!r}" if long["count"] else "")
-        + f"\n  dataset: {output}\n  report:  {output / MANIFEST_FILE}, {output / SKIPPED_FILE}"
+        + f"\n  dataset: {output}\n  report:  {output / MANIFEST_FILE} (and {SKIPPED_FILE}, {FLAGGED_FILE} beside it)"
     )  # fmt: skip
 
 

@@ -12,14 +12,14 @@ each file's size) is written and the folder renamed into place. A folder without
 `--resume auto` takes the newest complete checkpoint and moves incomplete ones to `checkpoints/incomplete/`.
 Loading unpickles nothing that can run code: the training state is JSON, Accelerate reads its optimizer,
 scheduler and RNG files with `torch.load(weights_only=True)`, and a pickle dia_tpu never writes
-(`custom_checkpoint_*.pkl`) is refused, and a sharded folder's `.metadata` (a pickle torch reads as it is) is
-first read allowing only the classes of that format. Where the run folder's parts are is `dia_tpu.artifacts.RunFolder`.
+(`custom_checkpoint_*.pkl`) is refused, and a sharded folder is read through `dia_tpu.artifacts.sharded`: its
+metadata checked entry by entry and used as checked, its non-tensor entries (the optimizer's settings) unpickled
+as plain data only. Where the run folder's parts are is `dia_tpu.artifacts.RunFolder`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
 import json
 import math
 import pickle
@@ -34,8 +34,18 @@ from accelerate import Accelerator
 from accelerate.utils import load as accelerate_load
 from safetensors import SafetensorError
 
-from dia_tpu.artifacts import CONFIG_FILE, STATE_FILE, RunFolder, completion_mark, mark_complete, put_in_place
-from dia_tpu.artifacts.weights import SHARDED_WEIGHTS, is_sharded, read_sharded_metadata, weight_names, weights_file
+from dia_tpu.artifacts import (
+    CONFIG_FILE,
+    STATE_FILE,
+    RunFolder,
+    completion_mark,
+    existing_parent,
+    mark_complete,
+    put_in_place,
+    write_failure,
+)
+from dia_tpu.artifacts.sharded import checked_loading, checked_metadata
+from dia_tpu.artifacts.weights import SHARDED_WEIGHTS, is_sharded, weight_names, weights_file
 from dia_tpu.config import Config
 from dia_tpu.console import first_line
 from dia_tpu.model.adapters import check_trained_names, trainable_state_dict
@@ -104,7 +114,7 @@ def save_checkpoint(accelerator: Accelerator, runtime: Runtime, model, cfg: Conf
         # and as SafetensorError from safetensors.
         if accelerator.is_main_process:
             shutil.rmtree(building, ignore_errors=True)  # give the space back
-        raise ValueError(f"could not write checkpoint {path} ({_write_failure(err, path)}); "
+        raise ValueError(f"could not write checkpoint {path} ({write_failure(err, path)}); "
                          f"{_last_complete(run)}") from err  # fmt: skip
     if accelerator.is_main_process:
         put_in_place(building, path)
@@ -120,13 +130,9 @@ def save_checkpoint(accelerator: Accelerator, runtime: Runtime, model, cfg: Conf
 _SPACE_MARGIN = 1.1
 
 
-# Free space below which a failed write is put down to a full disk.
-_FULL = 16 * 2**20
-
-
 def _check_space(accelerator: Accelerator, run: RunFolder, path: Path, needed: int) -> None:
     """Stop before writing a checkpoint that the disk cannot hold; every process takes the same decision."""
-    where = _existing_parent(path)
+    where = existing_parent(path)
     free = shutil.disk_usage(where).free
     enough = free >= needed * _SPACE_MARGIN
     if accelerator.num_processes > 1:
@@ -136,20 +142,6 @@ def _check_space(accelerator: Accelerator, run: RunFolder, path: Path, needed: i
         raise ValueError(f"not enough disk space for checkpoint {path}: it needs about {needed / 2**30:.2f} GiB and "
                          f"{free / 2**30:.2f} GiB are free on {where} (or on another process's disk); free space or "
                          f"lower train.keep_last, then resume with --resume auto; {_last_complete(run)}")  # fmt: skip
-
-
-def _write_failure(err: BaseException, path: Path) -> str:
-    """Why a write failed, saying so plainly when the disk is full (torch's own message does not)."""
-    where = _existing_parent(path)
-    free = shutil.disk_usage(where).free
-    if getattr(err, "errno", None) == errno.ENOSPC or free < _FULL:
-        return f"the disk is full: {free / 2**20:.1f} MiB free on {where}; {first_line(err)}"
-    return first_line(err)
-
-
-def _existing_parent(path: Path) -> Path:
-    """The nearest folder above `path` that exists: the disk its free space is read from."""
-    return next(p for p in (path.parent, *path.parents) if p.exists())
 
 
 def _last_complete(run: RunFolder) -> str:
@@ -169,7 +161,7 @@ def load_checkpoint(accelerator: Accelerator, runtime: Runtime, path: Path, stat
     if trained_only is not None:
         check_trained_names(path, weight_names(weights_file(path)), trained_only)
     try:
-        with _xla_state_workaround(accelerator, runtime):
+        with _xla_state_workaround(accelerator, runtime), checked_loading(path):
             accelerator.load_state(str(path), **({"strict": False} if trained_only is not None else {}))
     except (RuntimeError, EOFError, pickle.UnpicklingError, KeyError) as err:
         raise ValueError(f"{path}: the training state cannot be restored ({first_line(err)})") from err
@@ -197,9 +189,9 @@ def _check_loads_no_code(path: Path, process_index: int) -> None:
     if pickles:
         raise ValueError(f"{path} holds {', '.join(pickles)}: dia_tpu never writes these, and loading a pickle "
                          "can run code, so it is not loaded; delete the file(s) to resume from this checkpoint")
-    for folder in (path / SHARDED_WEIGHTS, path / "optimizer_0"):
+    for folder, optimizer in ((path / SHARDED_WEIGHTS, False), (path / "optimizer_0", True)):
         if folder.is_dir():
-            read_sharded_metadata(folder)  # raises on a pickle that is not only the format's own classes
+            checked_metadata(folder, allow_bytes=optimizer)  # early, naming the entry; the load checks again
     rng = path / f"random_states_{process_index}.pkl"
     try:
         accelerate_load(rng)

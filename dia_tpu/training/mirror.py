@@ -24,6 +24,7 @@ whole; the next checkpoint is uploaded as usual.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -44,6 +45,8 @@ from dia_tpu.artifacts import (
     put_in_place,
     valid_mark,
 )
+from dia_tpu.artifacts.names import inside
+from dia_tpu.artifacts.owner import MARK_FILE, MIRROR
 from dia_tpu.console import first_line
 
 # The package each remote scheme needs (fsspec's own error says it too, less plainly).
@@ -86,6 +89,7 @@ class Mirror:
 
     def __enter__(self) -> Mirror:
         self.check_writable()
+        self.claim()
         shutil.rmtree(self.run.staging, ignore_errors=True)  # a killed run's pending uploads are redone by `start`
         self._closing = False
         self._thread = threading.Thread(target=self._work, name="dia_tpu-mirror", daemon=True)
@@ -104,6 +108,37 @@ class Mirror:
             self.fs.rm_file(probe)
         except Exception as err:  # each backend raises its own types (gcsfs's HttpError is not an OSError)
             raise MirrorError(f"output.mirror {self.url} cannot be written ({first_line(err)})") from err
+
+    def claim(self) -> None:
+        """Make the mirror's root dia_tpu's before anything is uploaded or rotated there: an empty root is marked
+        as a mirror, a marked one accepted, one of an older dia_tpu (checkpoints, best/, final/ alone, each a whole
+        copy) marked; anything else refused, since uploads replace and rotation deletes what is there."""
+        marker = self._path(MARK_FILE)
+        with self._talking("read what it holds"):
+            if self.fs.exists(marker):
+                try:
+                    kind = json.loads(self.fs.cat_file(marker)).get("kind")
+                except (ValueError, AttributeError):
+                    kind = None
+                if kind == MIRROR:
+                    return
+                raise MirrorError(f"output.mirror {self.url} is a dia_tpu {kind or 'unknown'} folder, not a "
+                                  "mirror; give another location")  # fmt: skip
+            names = sorted(entry.rstrip("/").rsplit("/", 1)[-1] for entry in self.fs.ls(self.root, detail=False))
+            names = [name for name in names if not name.startswith(".probe-")]
+            if names and not self._earlier_mirror(names):
+                shown = ", ".join(names[:4]) + (f", ... ({len(names)} entries)" if len(names) > 4 else "")
+                raise MirrorError(f"output.mirror {self.url} holds files that are not a dia_tpu mirror ({shown}); "
+                                  "uploads would replace and rotation delete them: give an empty or new location")
+            self.fs.pipe_file(marker, json.dumps({"kind": MIRROR}).encode() + b"\n")
+
+    def _earlier_mirror(self, names: list[str]) -> bool:
+        """A mirror written before mirrors were marked: checkpoints/, best/, final/ alone, each copy whole."""
+        if not set(names) <= {CHECKPOINTS, "best", "final"}:
+            return False
+        steps = self.checkpoints() if CHECKPOINTS in names else []
+        folders = [name for _, name, _ in steps] + [name for name in ("best", "final") if name in names]
+        return bool(folders) and all(self.mark(name) is not None for name in folders)
 
     # What is on the mirror.
 
@@ -181,8 +216,9 @@ class Mirror:
         shutil.rmtree(building, ignore_errors=True)
         started, mark = time.monotonic(), self.mark(name)
         for file in mark["files"]:
-            (building / file).parent.mkdir(parents=True, exist_ok=True)
-            self.fs.get_file(self._path(f"{name}/{file}"), str(building / file))
+            local = inside(building, file, f"output.mirror {self.url}: {name}/{COMPLETE_FILE} lists")
+            local.parent.mkdir(parents=True, exist_ok=True)
+            self.fs.get_file(self._path(f"{name}/{file}"), str(local))
         (building / COMPLETE_FILE).write_text(mark_text(step, mark["files"]))
         if completion_mark(building) is None:
             raise MirrorError(f"output.mirror {self.url}: {name} changed while it was downloaded; run again")

@@ -12,6 +12,8 @@ from accelerate.utils import DataLoaderConfiguration, GradientAccumulationPlugin
 from tqdm.auto import tqdm
 
 from dia_tpu.artifacts import RunFolder
+from dia_tpu.artifacts.lock import FolderLock
+from dia_tpu.artifacts.owner import RUN
 from dia_tpu.config import Config, ConfigError, check_run_files
 from dia_tpu.console import TrainingStopped
 from dia_tpu.data.check import data_model_problems
@@ -26,10 +28,10 @@ from dia_tpu.training.audio_eval import AudioEvaluation, selection_score
 from dia_tpu.training.checkpoint import TrainState, keep_trainable, load_checkpoint, save_checkpoint
 from dia_tpu.training.evaluate import evaluate
 from dia_tpu.training.loaders import make_loaders, micro_batches
-from dia_tpu.training.lock import RunLock
 from dia_tpu.training.loss import codebook_weights
 from dia_tpu.training.meter import TrainMeter, eval_line, flat_hparams, log_train, report_data, say, start_line
 from dia_tpu.training.mirror import Mirror
+from dia_tpu.training.output import check_output, earlier_run, start
 from dia_tpu.training.resume import apply_changes, config_changes, record_changes, resolve_resume, set_aside
 from dia_tpu.training.runtime import Runtime
 from dia_tpu.training.samples import TrainingSamples
@@ -47,6 +49,7 @@ def train(cfg: Config) -> Path:
     """Fine-tune, checkpoint, evaluate and export; returns the export directory (output.dir/final)."""
     t, run = cfg.train, RunFolder(cfg.output.dir)
     resume = resolve_resume(t.resume, run.root, t.fork)
+    check_output(run, t, resume)
     changes = config_changes(cfg, resume.checkpoint) if resume.checkpoint is not None else {}
     data_info = read_prepare_info(cfg.data.dataset)
     if missing := check_run_files(cfg):
@@ -74,7 +77,10 @@ def train(cfg: Config) -> Path:
     with contextlib.ExitStack() as held:
         mirror = None
         if accelerator.is_main_process:
-            held.enter_context(RunLock(run.lock))  # also proves output.dir writable before anything loads
+            # Marks the folder as a run and proves it writable before anything loads.
+            held.enter_context(FolderLock(run.root, RUN, "output.dir", "run", earlier=earlier_run))
+            for line in start(run, t):
+                say(accelerator, line)
             if cfg.output.mirror:
                 # Proves the mirror writable; leaving the run waits for its uploads.
                 mirror = held.enter_context(Mirror(cfg.output.mirror, run, t.keep_last))

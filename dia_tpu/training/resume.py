@@ -29,7 +29,7 @@ FIXED = ("model.pretrained", "model.pretrained_format", "model.architecture", "m
          "model.stereo", "model.delay_pattern", "model.attention_scale", "model.lora", "model.freeze")  # fmt: skip
 # Settings of `train` and `data` that only say how often to log, save or report, how to load, how the work is
 # spread over devices, or where the result is published: free to change.
-FREE = ("train.resume", "train.fork", "train.resume_changes", "train.log_every", "train.save_every",
+FREE = ("train.resume", "train.fork", "train.overwrite", "train.resume_changes", "train.log_every", "train.save_every",
         "train.keep_last", "train.report_to", "data.num_workers", "train.sharding", "train.mesh_data",
         "train.push_to_hub", "train.hub_")  # fmt: skip
 CHANGES_FILE = "resume_changes.jsonl"
