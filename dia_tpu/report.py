@@ -19,6 +19,7 @@ from pathlib import Path
 import soundfile as sf
 
 from dia_tpu.artifacts import SAMPLES_INDEX, RunFolder
+from dia_tpu.artifacts.names import inside
 
 CSS = (
     "body{font-family:sans-serif;max-width:60em;margin:2em auto;padding:0 1em}.missing{color:#a40}"
@@ -204,7 +205,11 @@ def _worst(evaluations: Path) -> str:
     rows.sort(key=lambda r: (-r.get("wer", 0.0), -len(r["problems"]), r.get("similarity_reference", 1.0)))
     parts = [f"<h3>The worst of step {_step_of(folder)} ({min(WORST, len(rows))} of {len(rows)})</h3>"]
     for row in rows[:WORST]:
-        wav = folder / f"{row['id']}.wav"
+        try:
+            wav = inside(folder, f"{row['id']}.wav", "an utterance's id")
+        except ValueError as err:  # a rows.jsonl from elsewhere: its names stay inside its folder
+            parts.append(f'<p class="missing">{escape(str(err))}: not shown</p>')
+            continue
         figures = [f"{row['seconds']:.2f} s"] + [f"{key} {row[key]:.3f}" for key in
                    ("wer", "similarity_prompt", "similarity_reference") if key in row]  # fmt: skip
         caption = (f"<b>{escape(row['id'])}</b> ({', '.join(figures)}; problems: "
@@ -250,7 +255,10 @@ def _step_of(folder: Path) -> int:
 
 def _sample(folder: Path, entry: dict) -> str:
     name = entry["name"]
-    wav, png = folder / f"{name}.wav", folder / f"{name}.png"
+    try:
+        wav, png = (inside(folder, f"{name}{suffix}", "a sample's name") for suffix in (".wav", ".png"))
+    except ValueError as err:  # an index.json from elsewhere: its names stay inside its folder
+        return f'<p class="missing">{escape(str(err))}: not shown</p>'
     for path in (wav, png):
         if not path.is_file():
             raise FileNotFoundError(f"{path}: listed in {folder / SAMPLES_INDEX} but missing")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 
 import numpy as np
 import pytest
@@ -386,3 +387,26 @@ def test_a_mos_predictor_from_a_folder(tmp_path):
         load_quality_judge(f"mos:{tiny_mos(tmp_path / 'two', num_labels=2)}")
     with pytest.raises(ValueError, match="use mos:<hub id or folder>"):
         load_quality_judge("utmos")
+
+
+def test_a_prompts_id_names_a_file_inside_the_output_only(tiny_run, tmp_path):
+    from dia_tpu.evaluation.judge import Judges
+    from dia_tpu.evaluation.prompts import read_prompts
+    from dia_tpu.evaluation.run import evaluate_models
+    from dia_tpu.generation.synthesize import GenerationSettings
+
+    outside = tmp_path / "x"
+    prompts = tmp_path / "prompts.jsonl"
+    ids = ["../../ESCAPED", str(outside / "ABSOLUTE"), ".hidden"]
+    prompts.write_text("".join(json.dumps({"id": i, "text": "[S1] Hi."}) + "\n" for i in ids))
+    requests = read_prompts(prompts)
+    assert [r.prompt.id for r in requests] == ["_.._ESCAPED", re.sub(r"[^\w.-]+", "_", f"{outside}/ABSOLUTE"), "hidden"]
+    out = tmp_path / "deep" / "out"
+    evaluate_models([str(tiny_run / "final")], requests, out, GenerationSettings(max_seconds=0.2), Judges())
+    written = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*.wav"))
+    assert written == sorted(f"deep/out/final/{r.prompt.id}.wav" for r in requests)
+    assert not outside.exists()
+    # Two ids that become one file name would overwrite each other's wav: refused, naming both lines.
+    prompts.write_text(json.dumps({"id": "a b", "text": "x"}) + "\n" + json.dumps({"id": "a_b", "text": "y"}) + "\n")
+    with pytest.raises(ValueError, match=r"prompts.jsonl: ids 1 and 2 both give the file name 'a_b'"):
+        read_prompts(prompts)

@@ -184,3 +184,39 @@ def test_report_names_a_missing_or_foreign_run_dir(tmp_path):
     with pytest.raises(FileNotFoundError, match=re.escape(str(tmp_path / "empty"))):
         write_report(tmp_path / "empty")
     assert not (tmp_path / "empty" / "report.html").exists()
+
+
+def test_a_runs_names_never_reach_outside_it(run, tmp_path):
+    """A run folder from elsewhere: the names in its index.json and rows.jsonl, and its links, stay inside it."""
+    import shutil
+
+    copy = tmp_path / "copy" / "run"
+    shutil.copytree(run, copy, symlinks=True)
+    secret = tmp_path / "secretdir"
+    secret.mkdir()
+    sf.write(secret / "voicemail.wav", [0.5, -0.5] * 2000, 8000)
+    (secret / "voicemail.png").write_bytes(b"\x89PNG secret picture")
+    step = sorted((copy / "samples").iterdir())[-1]
+    entries = json.loads((step / "index.json").read_text())
+    entries.append({**entries[0], "name": "../../../../secretdir/voicemail"})
+    (step / "index.json").write_text(json.dumps(entries))
+    first = entries[0]["name"]
+    (step / f"{first}.png").unlink()
+    (step / f"{first}.png").symlink_to(secret / "voicemail.png")
+    judged = sorted((copy / "evaluations").iterdir())[-1]
+    rows = [json.loads(line) for line in (judged / "rows.jsonl").read_text().splitlines()]
+    rows[0]["id"], rows[0]["wer"] = "../../../../secretdir/voicemail", 9.0  # the worst: shown first
+    (judged / "rows.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+
+    page = write_report(copy).read_text(encoding="utf-8")
+    leaked = [base64.b64encode((secret / "voicemail.png").read_bytes()).decode()[:16]]
+    buf = io.BytesIO()
+    sf.write(buf, *sf.read(secret / "voicemail.wav"), format="WAV", subtype="PCM_16")
+    leaked.append(base64.b64encode(buf.getvalue()).decode()[:40])
+    assert not any(piece in page for piece in leaked)
+    assert page.count("leads out of") == 2 and f"a sample&#x27;s name &#x27;{first}.png&#x27; is a link out of" in page
+    # The same secrets, named inside the run, do reach the page: the check above can fail.
+    shutil.copy(secret / "voicemail.png", step / f"{first}.png.tmp")
+    (step / f"{first}.png").unlink()
+    (step / f"{first}.png.tmp").rename(step / f"{first}.png")
+    assert leaked[0] in write_report(copy).read_text(encoding="utf-8")

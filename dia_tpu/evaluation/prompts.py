@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from dia_tpu.artifacts import open_artifact
+from dia_tpu.artifacts.names import file_name
 from dia_tpu.data.audio import decode, load_audio
 from dia_tpu.evaluation.judge import Prompt
 from dia_tpu.generation.synthesize import (
@@ -42,11 +43,6 @@ class Request:
     voice_codes: np.ndarray | None = None
 
 
-def file_stem(name: str) -> str:
-    """`name` as a file or folder name: runs of anything but letters, digits, `.` and `-` become `_`."""
-    return re.sub(r"[^\w.-]+", "_", name)
-
-
 # The most of a held-out clip used as another item's voice prompt.
 VOICE_SECONDS = 5.0
 
@@ -68,6 +64,7 @@ def dataset_prompts(dataset: str | Path, model: str, limit: int | None = None, c
     requests = held_out_requests(table, chars_per_second(whole), info["frame_rate"], limit, clone)
     if not requests:
         raise ValueError(f"--dataset {dataset}: no held-out items to evaluate")
+    _check_unique([r.prompt.id for r in requests], f"--dataset {dataset}: items")
     return requests
 
 
@@ -80,7 +77,7 @@ def held_out_requests(table, pace: dict, frame_rate: float, limit: int | None, c
     voice_frames = round(VOICE_SECONDS * frame_rate)
     requests = []
     for i, row in enumerate(rows):
-        prompt = Prompt(file_stem(row["source_id"]), row["text"],
+        prompt = Prompt(file_name(row["source_id"]), row["text"],
                         chars_per_second=pace.get(row["speaker"], pace[None]))  # fmt: skip
         others = [j for j in range(i + 1, len(rows)) if rows[j]["speaker"] == row["speaker"]]
         others += [j for j in range(i) if rows[j]["speaker"] == row["speaker"]]
@@ -150,9 +147,20 @@ def read_prompts(path: str | Path) -> list[Request]:
         for key, file in files.items():
             if not Path(file).is_file():
                 raise FileNotFoundError(f"{source} line {i}: {key} not found: {file}")
-        prompt = Prompt(str(item.get("id", f"line_{i:04d}")), text)
+        # The id names the utterance's wav: only `file_name` turns it into one (`../x` or `/tmp/x` stay inside).
+        prompt = Prompt(file_name(str(item.get("id", f"line_{i:04d}"))), text)
         requests.append(Request(prompt, files.get("reference"), files.get("audio"), item.get("transcript")))
+    _check_unique([r.prompt.id for r in requests], f"{source}: ids")
     return requests
+
+
+def _check_unique(ids: list[str], what: str) -> None:
+    """Refuse ids that name the same file (two equal ids, or two that become one file name), naming them."""
+    seen: dict[str, int] = {}
+    for i, name in enumerate(ids, 1):
+        if name in seen:
+            raise ValueError(f"{what} {seen[name]} and {i} both give the file name {name!r}; make the ids distinct")
+        seen[name] = i
 
 
 def load_request(request: Request, codec, books: int) -> tuple[Prompt, VoicePrompt | None]:

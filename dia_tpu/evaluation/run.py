@@ -21,8 +21,9 @@ import soundfile as sf
 import torch
 
 from dia_tpu.artifacts import open_artifact
+from dia_tpu.artifacts.names import file_name
 from dia_tpu.evaluation.judge import Judges, judge, summarise
-from dia_tpu.evaluation.prompts import Request, file_stem, generate, load_request, run_pace, with_pace
+from dia_tpu.evaluation.prompts import Request, generate, load_request, run_pace, with_pace
 from dia_tpu.generation.speak import check_flags
 from dia_tpu.generation.synthesize import GenerationSettings
 from dia_tpu.model.load import language_tags_of, load_for_inference
@@ -62,10 +63,10 @@ def evaluate_models(models: list[str], requests: list[Request], out: str | Path,
 
 def labels(models: list[str]) -> list[str]:
     """Short unique folder names for the models: the last part of each path or hub id, numbered on a clash."""
-    names = [file_stem(Path(m.rstrip("/")).name) or "model" for m in models]
+    names = [file_name(Path(m.rstrip("/")).name or "model") for m in models]
     if len(set(names)) == len(names):
         return names
-    parents = [file_stem(Path(m.rstrip("/")).parent.name) for m in models]
+    parents = [file_name(parent) if (parent := Path(m.rstrip("/")).parent.name) else "" for m in models]
     joined = [f"{p}-{n}" if p else n for p, n in zip(parents, names, strict=True)]
     return joined if len(set(joined)) == len(joined) else [f"{i + 1}-{n}" for i, n in enumerate(names)]
 
