@@ -231,3 +231,16 @@ def test_a_quality_judge_is_named_as_mos_with_a_model():
         load(DEMO, ["eval.audio.every=100", "eval.audio.quality=utmos", "eval.select_by=mos"])
     assert "eval.audio.quality: 'utmos' is not none or mos:<hub id or folder>" in str(err.value)
     assert "eval.select_by: mos needs eval.audio" not in str(err.value)
+
+
+def test_yaml_that_cannot_be_read_is_one_named_problem(tmp_path):
+    with pytest.raises(ConfigError) as caught:
+        load(DEMO, ["train.learning_rate=[1,"])
+    assert str(caught.value).splitlines()[1] == ("  - override 'train.learning_rate=[1,': not readable as YAML: while "
+                                                 "parsing a flow node")  # fmt: skip
+    deep = tmp_path / "deep.yaml"
+    deep.write_text("train: " + "[" * 5000 + "]" * 5000 + "\n")
+    with pytest.raises(ConfigError, match=r"^[^\n]*deep\.yaml: nested too deeply to read as a config$"):
+        load(deep)
+    with pytest.raises(ConfigError, match=r"override 'train\.learning_rate=\[\[\[+\.\.\.': nested too deeply"):
+        load(DEMO, ["train.learning_rate=" + "[" * 5000 + "]" * 5000])

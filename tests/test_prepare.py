@@ -203,3 +203,38 @@ def test_bundled_sample(tmp_path, cfg):
     ds = datasets.load_from_disk(str(tmp_path / "sample"))
     assert ds.num_rows == 32 and set(ds["speaker"]) == {"S1", "S2"}
     assert (tmp_path / "sample" / "skipped.tsv").read_text() == "index\tsource_id\treason\n"
+
+
+def test_doubtful_items_are_flagged_and_a_long_file_skipped_from_its_header(tmp_path, cfg, monkeypatch):
+    source = write_source(tmp_path / "src", [
+        *GOOD[:2],
+        "audio/loud.wav|[S1] Far too loud.",
+        "audio/spare.wav|[S2] A NUL\0 byte.",
+        "audio/long.wav|[S1] An hour of silence.",
+    ])  # fmt: skip
+    sf.write(source / "audio/loud.wav", 12.5 * sine(0.4, RATE, 300.0), RATE, subtype="FLOAT")  # peak 5.0
+    sf.write(source / "audio/long.wav", np.zeros(30 * 8000, dtype=np.float32), 8000)
+    decoded = []
+    real_read = prepare_module.read_audio
+    monkeypatch.setattr(prepare_module, "read_audio", lambda ref, rate: decoded.append(ref.path.name) or
+                        real_read(ref, rate))  # fmt: skip
+    manifest = prepare(prepare_config("prepare.max_seconds=20"), source, tmp_path / "out")
+    assert manifest["kept"] == 4 and manifest["flagged"] == 2
+    assert manifest["flagged_by_reason"] == {"clipped": 1, "transcript holds a NUL byte": 1}
+    flagged = [line.split("\t") for line in (tmp_path / "out" / "flagged.tsv").read_text().splitlines()[1:]]
+    assert [(row[1], row[2][:17]) for row in flagged] == [("audio/loud.wav", "clipped: peak 5.0"),
+                                                          ("audio/spare.wav", "transcript holds ")]  # fmt: skip
+    skipped = (tmp_path / "out" / "skipped.tsv").read_text()
+    assert "audio/long.wav\t30.0 s is longer than prepare.max_seconds=20" in skipped
+    assert "long.wav" not in decoded and "loud.wav" in decoded  # the long file was never decoded
+
+
+def test_a_data_folder_with_its_audio_beside_the_rows(tmp_path):
+    folder = tmp_path / "hf"
+    folder.mkdir()
+    sf.write(folder / "a.flac", sine(0.5, RATE, 300.0), RATE)
+    (folder / "rows.jsonl").write_text(json.dumps({"audio": "a.flac", "text": "[S1] A tone."}) + "\n")
+    assert prepare(prepare_config(), folder, tmp_path / "out")["kept"] == 1
+    (folder / "broken.jsonl").write_text('{"audio": "a.flac", "text": \n')
+    with pytest.raises(ValueError, match=r"/hf: its json files cannot be read as rows \(JSON parse error"):
+        prepare(prepare_config(), folder, tmp_path / "out")

@@ -154,3 +154,34 @@ def test_generate_refuses_a_planted_sharded_checkpoint_in_one_line(tmp_path):
         "pickled object, not a tensor (a model's weights are tensors only)"
     ]
     assert not mark.exists() and not (tmp_path / "x.wav").exists()
+
+
+def test_a_pickle_in_an_exports_weights_is_refused_without_torchs_advice(tmp_path):
+    from dia_tpu.model.load import load_model
+
+    mark = tmp_path / "ran"
+    folder = tmp_path / "export"
+    model = DiaForConditionalGeneration(tiny_dia_config())
+    model.config.save_pretrained(folder)
+    torch.save({**model.state_dict(), "extra": Planted(mark)}, folder / "pytorch_model.bin")
+    with pytest.raises(ValueError) as caught:
+        load_model(folder)
+    assert str(caught.value) == (f"{folder}: holds a pickle that is not only tensors and plain values (it names "
+                                 "getattr); refused: loading it could run code")  # fmt: skip
+    assert not mark.exists()
+    torch.save(model.state_dict(), folder / "pytorch_model.bin")  # the same folder with weights alone loads
+    assert load_model(folder).state_dict().keys() == model.state_dict().keys()
+
+
+def test_generate_checks_where_it_writes_before_generating(tmp_path):
+    from dia_tpu.generation.speak import write_speech
+    from dia_tpu.generation.synthesize import GenerationSettings
+
+    # The model is never opened: each refusal comes first.
+    for out, message in [(tmp_path, r"is a folder: give a file name ending in \.wav"),
+                         (tmp_path / "speech", r"speech: no suffix names no sound format"),
+                         (tmp_path / "speech.txt", r"speech\.txt: \.txt names no sound format")]:  # fmt: skip
+        with pytest.raises(ValueError, match=message):
+            write_speech(str(tmp_path / "no-model"), ["[S1] Hi."], [out], GenerationSettings())
+    with pytest.raises(FileNotFoundError, match="model not found"):  # a good --out goes on to the model
+        write_speech(str(tmp_path / "no-model"), ["[S1] Hi."], [tmp_path / "new" / "x.wav"], GenerationSettings())

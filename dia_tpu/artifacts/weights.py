@@ -5,6 +5,10 @@ read through `dia_tpu.artifacts.sharded` so that nothing in it runs code."""
 from __future__ import annotations
 
 import json
+import pickle
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -18,6 +22,27 @@ SHARDED_WEIGHTS = "pytorch_model_fsdp_0"
 # torch's .bin where Accelerate saves that way, on XLA), or a sharded checkpoint's folder, in that order of
 # preference.
 WEIGHTS_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", SHARDED_WEIGHTS)
+
+
+def pickle_refusal(err: BaseException) -> str:
+    """Why torch's weights-only reader refused a pickle, in one line and without torch's advice to load the file
+    unchecked (which would run whatever it holds)."""
+    text = str(err)
+    if found := re.search(r"Unsupported global: GLOBAL ([\w.]+)", text):
+        detail = f"it names {found[1]}"
+    else:
+        found = re.search(r"WeightsUnpickler error: ([^\n]+)", text)
+        detail = found[1][:120] if found else "it cannot be read as weights"
+    return f"holds a pickle that is not only tensors and plain values ({detail}); refused: loading it could run code"
+
+
+@contextmanager
+def refusing_code(what: str | Path) -> Iterator[None]:
+    """Loads inside the block that torch refuses as more than weights come out as one ValueError naming `what`."""
+    try:
+        yield
+    except pickle.UnpicklingError as err:
+        raise ValueError(f"{what}: {pickle_refusal(err)}") from None
 
 
 def weights_file(folder: Path) -> Path | None:

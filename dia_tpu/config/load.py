@@ -40,7 +40,8 @@ def load(path: str | Path | None = None, overrides: list[str] | None = None) -> 
             problems.append(f"override {item!r} is not of the form section.key=value")
             continue
         try:
-            _set_dotted(raw, key.strip(), _override_value(key.strip(), yaml.safe_load(value)))
+            shown = repr(item if len(item) <= 80 else item[:77] + "...")
+            _set_dotted(raw, key.strip(), _override_value(key.strip(), _parse(value, f"override {shown}")))
         except ConfigError as err:
             problems.append(str(err))
     # Values that fail their type are reported and left at their defaults, so the cross-field
@@ -64,12 +65,24 @@ def _read_yaml(path: str | Path) -> dict:
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except (yaml.YAMLError, UnicodeDecodeError) as err:
-        raise ConfigError(f"{path}: not readable as YAML: {err}".splitlines()[0]) from err
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not readable as YAML: {err}") from err
+    raw = _parse(text, str(path)) or {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level, got {type(raw).__name__}")
     return raw
+
+
+def _parse(text: str, what: str) -> Any:
+    """YAML text as data; what cannot be read (bad syntax, nesting deeper than Python's stack) is one ConfigError
+    line naming `what`."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{what}: not readable as YAML: {err}".splitlines()[0]) from err
+    except RecursionError as err:
+        raise ConfigError(f"{what}: nested too deeply to read as a config") from err
 
 
 def _raise(problems: list[str], path: str | Path | None) -> None:

@@ -12,6 +12,9 @@ import torch
 from safetensors import SafetensorError
 from safetensors.numpy import load_file as load_safetensors
 
+from dia_tpu.artifacts.weights import pickle_refusal
+from dia_tpu.console import first_line
+
 CODES_EXTENSIONS = (".npy", ".pt", ".safetensors")
 CODE_VALUES = 1024  # codebook size: valid codes are 0..1023
 
@@ -60,8 +63,10 @@ def _read_codes_array(path: Path) -> np.ndarray:
             loaded = torch.load(path, map_location="cpu", weights_only=True)
         else:
             loaded = load_safetensors(path)
-    except (OSError, EOFError, ValueError, RuntimeError, pickle.UnpicklingError, SafetensorError) as err:
-        raise ValueError(f"{path}: cannot read codes: {err}") from err
+    except pickle.UnpicklingError as err:
+        raise ValueError(f"{path}: {pickle_refusal(err)}") from None
+    except (OSError, EOFError, ValueError, RuntimeError, SafetensorError) as err:
+        raise ValueError(f"{path}: cannot read codes: {first_line(err)}") from err
     if isinstance(loaded, torch.Tensor):
         loaded = {"codes": loaded}
     if not isinstance(loaded, dict):

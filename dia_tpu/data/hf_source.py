@@ -11,8 +11,10 @@ from pathlib import Path
 
 import datasets
 import numpy as np
+from datasets.exceptions import DatasetGenerationError
 
 from dia_tpu.config import PrepareConfig
+from dia_tpu.console import first_line
 from dia_tpu.data.clips import AudioRef, Clip, attach_file, parse_segments, walk_files
 from dia_tpu.hub import from_hub
 
@@ -56,8 +58,11 @@ def _load_hf(input: str, cfg: PrepareConfig):
         return (*_pick_split(datasets.load_from_disk(str(path)), cfg.split, input, data_files=False), path)
     if path.exists():
         fmt = _data_format(path)
-        where = {"data_files": str(path)} if path.is_file() else {"data_dir": str(path)}
-        loaded = datasets.load_dataset(fmt, **where, streaming=cfg.streaming)
+        try:
+            loaded = datasets.load_dataset(fmt, data_files=_data_files(path, fmt), streaming=cfg.streaming)
+        except DatasetGenerationError as err:
+            cause = first_line(err.__cause__) if err.__cause__ is not None else first_line(err)
+            raise ValueError(f"{input}: its {fmt} files cannot be read as rows ({cause})") from err
         root = path.parent if path.is_file() else path
         return (*_pick_split(loaded, cfg.split, input, data_files=True), Path(os.path.abspath(root)))
     with from_hub("--input", input, "the downloaded folder", repo_type="dataset"):
@@ -74,6 +79,18 @@ def _pick_split(loaded, split: str, input: str, data_files: bool):
     if data_files and list(loaded) == ["train"]:
         return loaded["train"], "train"
     raise ValueError(f"{input}: no split {split!r} (prepare.split); its splits are {', '.join(loaded)}")
+
+
+def _data_files(path: Path, fmt: str):
+    """The data files of `path` by split, found as `datasets` finds a folder's splits (`train.jsonl`,
+    `test-00000.parquet`, ... or all in "train"), but only those of `fmt`: audio and other files beside them are
+    the dataset's media, not its rows."""
+    from datasets.data_files import DataFilesDict, get_data_patterns
+
+    if path.is_file():
+        return str(path)
+    extensions = [suffix for suffix, name in DATA_FORMATS.items() if name == fmt]
+    return DataFilesDict.from_patterns(get_data_patterns(str(path)), base_path=str(path), allowed_extensions=extensions)
 
 
 def _data_format(path: Path) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from pathlib import Path
 
 import soundfile as sf
@@ -36,6 +37,22 @@ def check_flags(settings: GenerationSettings, batch_size: int) -> None:
         raise ValueError("; ".join(problems))
 
 
+def check_output_file(path: Path) -> None:
+    """Refuse, before anything is generated, an output the audio could not be written to: a folder, a suffix
+    that names no sound format, a folder that cannot be made or written."""
+    if path.is_dir():
+        raise ValueError(f"--out {path} is a folder: give a file name ending in .wav (or .flac, .ogg)")
+    if path.suffix.lstrip(".").upper() not in sf.available_formats():
+        raise ValueError(f"--out {path}: {path.suffix or 'no suffix'} names no sound format; end it in .wav (or "
+                         ".flac, .ogg)")  # fmt: skip
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ValueError(f"--out {path}: its folder cannot be made ({err.strerror or err})") from err
+    if not os.access(path.parent, os.W_OK):
+        raise ValueError(f"--out {path}: its folder {path.parent} is not writable")
+
+
 def write_speech(
     model_source: str,
     texts: list[str],
@@ -51,6 +68,8 @@ def write_speech(
     """`dia-tpu generate`: load the model once, synthesize `texts` `batch_size` at a time (text i with seed
     settings.seed + i) and write each to its wav in `outputs`, printing what was written."""
     check_flags(settings, batch_size)
+    for path in outputs:
+        check_output_file(path)
     if (audio_prompt is None) != (prompt_transcript is None):
         raise ValueError("--audio-prompt and --prompt-transcript go together: the model reads the transcript first")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -65,7 +84,6 @@ def write_speech(
         batch = dataclasses.replace(settings, seed=settings.seed + start)
         waves = synthesize(model, codec, texts[start : start + batch_size], batch, prompt)
         for wave, path in zip(waves, outputs[start : start + batch_size], strict=True):
-            path.parent.mkdir(parents=True, exist_ok=True)
             sf.write(path, wave, rate)
             note = "" if len(wave) else ": empty, the model ended the audio at once (EOS first)"
             print(f"wrote {path} ({len(wave) / rate:.2f} s at {rate} Hz){note}")

@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 from transformers import DiaConfig, DiaForConditionalGeneration, GenerationConfig
 
+from dia_tpu.artifacts.weights import refusing_code
 from dia_tpu.config import SAMPLING, ConfigError, ModelConfig
 from dia_tpu.hub import from_hub, is_hub_id
 from dia_tpu.model.attention import attention_for
@@ -28,14 +29,15 @@ def build_model(cfg: ModelConfig, attention: str | None = None) -> DiaForConditi
     elif is_native(cfg):
         from dia_tpu.model.native_files import load_native_model
 
-        with from_hub("model.pretrained", cfg.pretrained, "the folder with config.json and the weights"):
+        with from_hub("model.pretrained", cfg.pretrained, "the folder with config.json and the weights"), \
+                refusing_code(f"model.pretrained {cfg.pretrained}"):
             model = load_native_model(cfg.pretrained)
         model.generation_config = default_generation_config(model.config)
     else:
         from dia_tpu.model.shapes import restore_attention_scale
 
         check_transformers_source(cfg.pretrained)
-        with from_hub("model.pretrained", cfg.pretrained):
+        with from_hub("model.pretrained", cfg.pretrained), refusing_code(f"model.pretrained {cfg.pretrained}"):
             model = DiaForConditionalGeneration.from_pretrained(cfg.pretrained, dtype=torch.float32)
         restore_attention_scale(model)
     model = _reshape(model, cfg)

@@ -9,7 +9,7 @@ import torch
 from transformers import DacModel, DiaConfig, DiaForConditionalGeneration
 
 from dia_tpu.artifacts import Artifact, open_artifact
-from dia_tpu.artifacts.weights import is_sharded, read_weights
+from dia_tpu.artifacts.weights import is_sharded, read_weights, refusing_code
 from dia_tpu.hub import from_hub
 from dia_tpu.model.build import build_model, default_generation_config
 from dia_tpu.model.codec import build_codec
@@ -31,6 +31,12 @@ def load_for_inference(
 def load_model(source: str | Path | Artifact, adapter: str | None = None) -> DiaForConditionalGeneration:
     """The model alone, in fp32, from any source `load_for_inference` takes."""
     artifact = source if isinstance(source, Artifact) else open_artifact(source)
+    with refusing_code(artifact.source):
+        model = _load_weights(artifact)
+    return model if adapter is None else _with_adapter(model, adapter)
+
+
+def _load_weights(artifact: Artifact) -> DiaForConditionalGeneration:
     if artifact.kind == "native":
         from dia_tpu.model.native_files import load_native_model
 
@@ -49,7 +55,7 @@ def load_model(source: str | Path | Artifact, adapter: str | None = None) -> Dia
         with from_hub("--model", artifact.source):
             model = DiaForConditionalGeneration.from_pretrained(artifact.source, dtype=torch.float32)
         restore_attention_scale(model)
-    return model if adapter is None else _with_adapter(model, adapter)
+    return model
 
 
 def _with_adapter(model: DiaForConditionalGeneration, adapter: str) -> DiaForConditionalGeneration:

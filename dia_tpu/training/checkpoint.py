@@ -45,7 +45,14 @@ from dia_tpu.artifacts import (
     write_failure,
 )
 from dia_tpu.artifacts.sharded import checked_loading, checked_metadata
-from dia_tpu.artifacts.weights import SHARDED_WEIGHTS, is_sharded, weight_names, weights_file
+from dia_tpu.artifacts.weights import (
+    SHARDED_WEIGHTS,
+    is_sharded,
+    pickle_refusal,
+    refusing_code,
+    weight_names,
+    weights_file,
+)
 from dia_tpu.config import Config
 from dia_tpu.console import first_line
 from dia_tpu.model.adapters import check_trained_names, trainable_state_dict
@@ -161,9 +168,9 @@ def load_checkpoint(accelerator: Accelerator, runtime: Runtime, path: Path, stat
     if trained_only is not None:
         check_trained_names(path, weight_names(weights_file(path)), trained_only)
     try:
-        with _xla_state_workaround(accelerator, runtime), checked_loading(path):
+        with _xla_state_workaround(accelerator, runtime), checked_loading(path), refusing_code(path):
             accelerator.load_state(str(path), **({"strict": False} if trained_only is not None else {}))
-    except (RuntimeError, EOFError, pickle.UnpicklingError, KeyError) as err:
+    except (RuntimeError, EOFError, KeyError) as err:
         raise ValueError(f"{path}: the training state cannot be restored ({first_line(err)})") from err
     saved = TrainState.read(path / STATE_FILE)
     for f in fields(saved):
@@ -195,7 +202,9 @@ def _check_loads_no_code(path: Path, process_index: int) -> None:
     rng = path / f"random_states_{process_index}.pkl"
     try:
         accelerate_load(rng)
-    except (OSError, EOFError, RuntimeError, pickle.UnpicklingError) as err:
+    except pickle.UnpicklingError as err:
+        raise ValueError(f"{rng}: {pickle_refusal(err)}") from None
+    except (OSError, EOFError, RuntimeError) as err:
         raise ValueError(f"{rng}: not a random-state file to resume from ({first_line(err)})") from err
 
 
