@@ -5,17 +5,29 @@ written from what the run left behind (its config, the prepared data's manifest,
 `upload_folder` writes the repository's files into a folder (all `--dry-run` does); `push` uploads such a folder
 with `huggingface_hub.HfApi` (`create_repo`, then `upload_folder`), which reads the token that `hf auth login`
 saved or `HF_TOKEN`.
+
+Nothing of the training machine goes up: the repository's config.yaml has its URLs' credentials redacted and each
+absolute local path cut to its last component (`/home/u/runs/codes` -> `codes`), the card and the adapter's config
+name a local base model by its folder's name, the export's ownership mark stays behind, and a text file that still
+names the export's folder stops the push before anything is uploaded.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import re
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Any
+
+import yaml
 
 from dia_tpu.artifacts import ADAPTER_DIR, CODEC_DIR, CONFIG_FILE, RunFolder, open_artifact
-from dia_tpu.config import Config
+from dia_tpu.artifacts.owner import MARK_FILE
+from dia_tpu.config import Config, redact_tree
+from dia_tpu.config.schema import PATH_KIND
 from dia_tpu.console import first_line
 from dia_tpu.data.shards import MANIFEST_FILE, read_prepare_info
 from dia_tpu.hub import HubError, is_hub_id
@@ -57,17 +69,20 @@ def upload_folder(model: str | Path, out: str | Path, repo_id: str, adapter: boo
     elif adapter:
         for file in (source / ADAPTER_DIR).iterdir():
             shutil.copy2(file, out / file.name)
-        shutil.copy2(source / CONFIG_FILE, out / CONFIG_FILE)
+        _point_adapter_at_base(out)
     else:
         for file in source.iterdir():
-            if file.is_file():
+            # The mark says the folder is this machine's export, which the repository is not.
+            if file.is_file() and file.name != MARK_FILE:
                 shutil.copy2(file, out / file.name)
         if (source / CODEC_DIR).is_dir():
             shutil.copytree(source / CODEC_DIR, out / CODEC_DIR)
         _point_processor_at_codec(out, cfg)
+    (out / CONFIG_FILE).write_text(yaml.safe_dump(public_config(cfg), sort_keys=False), encoding="utf-8")
     run = RunFolder.holding(source)
     card = model_card(cfg, run, repo_id, adapter, _copy_samples(run, out), license, native)
     (out / "README.md").write_text(card, encoding="utf-8")
+    _check_no_local_paths(out, source)
     return out
 
 
@@ -109,6 +124,7 @@ def model_card(cfg: Config, run: RunFolder, repo_id: str, adapter: bool, samples
     from huggingface_hub import ModelCardData
 
     base = cfg.model.pretrained
+    shown = local_name(base) if base else None  # a local base folder by its name: the card is public
     data = _data_summary(cfg)
     metadata = ModelCardData(
         license=license or base_license(base),
@@ -122,7 +138,7 @@ def model_card(cfg: Config, run: RunFolder, repo_id: str, adapter: bool, samples
     lines = [f"---\n{metadata.to_yaml()}\n---", f"# {name}", ""]
     if base:
         what = "A LoRA adapter for" if adapter else "A fine-tune of"
-        lines.append(f"{what} `{base}` (Nari Labs' Dia, dialogue text-to-speech), made with dia_tpu.")
+        lines.append(f"{what} `{shown}` (Nari Labs' Dia, dialogue text-to-speech), made with dia_tpu.")
     else:
         what = "A LoRA adapter on a Dia model" if adapter else "A Dia model"
         lines.append(f"{what} (Nari Labs' dialogue text-to-speech architecture) trained from random weights with "
@@ -153,7 +169,7 @@ def model_card(cfg: Config, run: RunFolder, repo_id: str, adapter: bool, samples
     if samples:
         lines += ["", "## Samples", ""]
         lines += [f"- [{Path(sample).stem}]({sample})" for sample in samples]
-    lines += ["", "## Use", "", *(_native_usage(repo_id, native) if native else _usage(repo_id, base, adapter))]
+    lines += ["", "## Use", "", *(_native_usage(repo_id, native) if native else _usage(repo_id, shown, adapter))]
     return "\n".join(lines) + "\n"
 
 
@@ -232,6 +248,66 @@ def _point_processor_at_codec(out: Path, cfg: Config) -> None:
     tokenizer = processor.get("audio_tokenizer", {})
     tokenizer["audio_tokenizer_name_or_path"] = codec if codec and is_hub_id(codec) else CODEC_DIR
     file.write_text(json.dumps(processor, indent=2) + "\n")
+
+
+def public_config(cfg: Config) -> dict:
+    """The config as the repository shows it: the credentials in its URLs redacted, and every absolute local path
+    (a path field's value, or a judge's `whisper:/path/to/folder`) cut to its last component; hub ids, remote URLs
+    and relative paths stay. The machine's paths mean nothing elsewhere and tell where and by whom it was trained."""
+    return redact_tree(_without_local_paths(cfg))
+
+
+def local_name(value: str) -> str:
+    """An absolute local path as its last component (`/home/u/runs/codes` -> `codes`); anything else as it is."""
+    path = Path(value).expanduser()
+    return path.name if path.is_absolute() and "://" not in value else value
+
+
+# A setting that names a model by kind and folder (`eval.audio.asr: whisper:/models/whisper`): the folder is cut to
+# its name like a path field's; the hub id form (`whisper:org/name`) does not match.
+_KIND_AND_PATH = re.compile(r"(\w+):([/~]\S*)")
+
+
+def _without_local_paths(node: Any, is_path: bool = False) -> Any:
+    """`node` (the config or a part of it) as plain data with its absolute local paths cut to their names."""
+    if dataclasses.is_dataclass(node):
+        return {f.name: _without_local_paths(getattr(node, f.name), PATH_KIND in f.metadata)
+                for f in dataclasses.fields(node)}  # fmt: skip
+    if isinstance(node, list):
+        return [_without_local_paths(item) for item in node]
+    if isinstance(node, str) and is_path:
+        return local_name(node)
+    if isinstance(node, str) and (match := _KIND_AND_PATH.fullmatch(node)):
+        return f"{match[1]}:{local_name(match[2])}"
+    return node
+
+
+def _point_adapter_at_base(out: Path) -> None:
+    """peft names the base model by the path it was loaded from; a local base folder is named by its name here, as
+    the card does (loading the adapter takes the base model itself, not this name)."""
+    file = out / "adapter_config.json"
+    if not file.is_file():
+        return
+    adapter = json.loads(file.read_text())
+    if isinstance(adapter.get("base_model_name_or_path"), str):
+        adapter["base_model_name_or_path"] = local_name(adapter["base_model_name_or_path"])
+        file.write_text(json.dumps(adapter, indent=2) + "\n")
+
+
+# The repository's files that are text and so could name a local folder (weights and audio are not read).
+TEXT_FILES = (".json", ".yaml", ".md", ".txt")
+
+
+def _check_no_local_paths(out: Path, source: Path) -> None:
+    """Refuse a repository whose text files still name the export's folder: a library that starts writing its load
+    path into a file it saves (as the processor does with its codec's) would otherwise publish it unnoticed."""
+    folders = {str(source.resolve()), str(source.absolute())}
+    for file in sorted(out.rglob("*")):
+        if file.is_file() and file.suffix in TEXT_FILES:
+            text = file.read_text(encoding="utf-8", errors="replace")
+            if found := sorted(folder for folder in folders if folder in text):
+                raise ValueError(f"{file}: names the local folder {found[0]}; it would be published with the "
+                                 "repository (a dia_tpu bug: please report it)")  # fmt: skip
 
 
 def _native_usage(repo_id: str, schema: str) -> list[str]:

@@ -17,9 +17,11 @@ from html import escape
 from pathlib import Path
 
 import soundfile as sf
+import yaml
 
 from dia_tpu.artifacts import SAMPLES_INDEX, RunFolder
 from dia_tpu.artifacts.names import inside
+from dia_tpu.config import redact_tree, redact_url
 
 CSS = (
     "body{font-family:sans-serif;max-width:60em;margin:2em auto;padding:0 1em}.missing{color:#a40}"
@@ -71,13 +73,23 @@ def render(run_dir: Path) -> str:
     ]
     config = run.config
     if config.is_file():
-        body.append(f"<h2>Config</h2>\n<pre>{escape(config.read_text(encoding='utf-8'))}</pre>")
+        body.append(f"<h2>Config</h2>\n<pre>{escape(_config_text(config))}</pre>")
     return (
         f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
         f"<title>{escape(run_dir.name)}: training report</title>\n<style>{CSS}</style>\n</head>\n<body>\n"
         + "\n".join(body)
         + "\n</body>\n</html>\n"
     )
+
+
+def _config_text(config: Path) -> str:
+    """The run's config.yaml with the credentials in its URLs redacted: a run saved before saves redacted them
+    still holds them, and the page is meant to be passed around (the studio shows it too)."""
+    text = config.read_text(encoding="utf-8")
+    try:
+        return yaml.safe_dump(redact_tree(yaml.safe_load(text)), sort_keys=False)
+    except (yaml.YAMLError, RecursionError):  # not YAML, or nested deeper than Python's stack: line by line
+        return "\n".join(redact_url(line) for line in text.splitlines())
 
 
 def read_scalars(logs: Path) -> dict[str, dict[int, float]]:

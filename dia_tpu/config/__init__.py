@@ -1,5 +1,5 @@
 """The one typed configuration: its schema, the readers `load` (a config to run with) and `read_saved` (a
-config dia_tpu wrote), and the checks."""
+config dia_tpu wrote), the checks, and the redaction of credentials in URLs (`secrets`)."""
 
 from dia_tpu.config.checks import check_run_files, sampling_problems, validate
 from dia_tpu.config.load import load, read_saved
@@ -18,6 +18,7 @@ from dia_tpu.config.schema import (
     SamplesConfig,
     TrainConfig,
 )
+from dia_tpu.config.secrets import redact_tree, redact_url, scrub
 from dia_tpu.config.stages import PRECISIONS, SOURCE_KINDS, PrepareConfig, TranscribeConfig
 
 __all__ = [
@@ -41,6 +42,9 @@ __all__ = [
     "check_run_files",
     "load",
     "read_saved",
+    "redact_tree",
+    "redact_url",
     "sampling_problems",
+    "scrub",
     "validate",
 ]

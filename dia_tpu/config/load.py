@@ -25,6 +25,7 @@ import yaml
 
 from dia_tpu.config.checks import validate
 from dia_tpu.config.schema import PATH_KIND, Config, ConfigError
+from dia_tpu.config.secrets import redact_url
 from dia_tpu.hub import is_hub_id
 
 
@@ -37,10 +38,11 @@ def load(path: str | Path | None = None, overrides: list[str] | None = None) -> 
     for item in overrides or []:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            problems.append(f"override {item!r} is not of the form section.key=value")
+            problems.append(f"override {redact_url(item)!r} is not of the form section.key=value")
             continue
         try:
-            shown = repr(item if len(item) <= 80 else item[:77] + "...")
+            text = redact_url(item)  # an output.mirror URL may carry credentials
+            shown = repr(text if len(text) <= 80 else text[:77] + "...")
             _set_dotted(raw, key.strip(), _override_value(key.strip(), _parse(value, f"override {shown}")))
         except ConfigError as err:
             problems.append(str(err))

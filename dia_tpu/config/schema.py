@@ -15,6 +15,7 @@ from typing import Literal
 
 import yaml
 
+from dia_tpu.config.secrets import redact_tree
 from dia_tpu.config.stages import Precision, PrepareConfig, TranscribeConfig
 
 
@@ -337,4 +338,6 @@ class Config:
         return dataclasses.asdict(self)
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+        """Write the config as YAML with the credentials in its URLs redacted (`dia_tpu.config.secrets`): saved
+        configs travel with checkpoints and exports, and only the live config needs the real `output.mirror`."""
+        Path(path).write_text(yaml.safe_dump(redact_tree(self.to_dict()), sort_keys=False))

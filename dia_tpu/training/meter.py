@@ -8,7 +8,7 @@ import time
 import torch
 from accelerate import Accelerator
 
-from dia_tpu.config import Config
+from dia_tpu.config import Config, redact_tree
 from dia_tpu.training.checkpoint import TrainState
 
 
@@ -99,9 +99,10 @@ def report_data(accelerator: Accelerator, splits, total_steps: int) -> None:
 
 
 def flat_hparams(cfg: Config) -> dict:
-    """The config as flat scalars, which is what trackers' hyper-parameter tables accept."""
+    """The config as flat scalars, which is what trackers' hyper-parameter tables accept, with the credentials in
+    its URLs redacted: trackers write them to event files and send them to wandb."""
     flat = {}
-    for section, values in cfg.to_dict().items():
+    for section, values in redact_tree(cfg.to_dict()).items():
         for key, value in values.items():
             ok = isinstance(value, (int, float, str, bool))
             flat[f"{section}.{key}"] = value if ok else str(value)

@@ -18,8 +18,9 @@ It holds what the run folder holds: `checkpoints/step_N/`, `best/`, `final/`.
 - **Forks apply.** Resuming from an older checkpoint of the run is refused when the mirror has newer ones too,
   and `--fork` moves them aside there (`checkpoints/forked-<time>/`), as it does locally.
 
-Only the main process talks to the mirror. A failed upload is a warning: the run goes on and its local copy is
-whole; the next checkpoint is uploaded as usual.
+Only the main process talks to the mirror, and only the filesystem sees its URL's credentials: every line and error
+names it redacted (`s3://***@bucket/run`, see `dia_tpu.config.secrets`). A failed upload is a warning: the run goes
+on and its local copy is whole; the next checkpoint is uploaded as usual.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ from dia_tpu.artifacts import (
 )
 from dia_tpu.artifacts.names import inside
 from dia_tpu.artifacts.owner import MARK_FILE, MIRROR
+from dia_tpu.config.secrets import redact_url, scrub
 from dia_tpu.console import first_line
 
 # The package each remote scheme needs (fsspec's own error says it too, less plainly).
@@ -72,13 +74,16 @@ class Mirror:
         import fsspec
 
         self.url, self.run, self.keep_last, self.report = url, run, keep_last, report
+        # What lines and errors name: the URL's credentials stay in this process, used only by the filesystem.
+        self.shown = redact_url(url)
         scheme = url.split("://", 1)[0] if "://" in url else ""
         try:
             self.fs, self.root = fsspec.core.url_to_fs(url)
         except ImportError as err:
-            raise MirrorError(f"output.mirror {url}: {err} (pip install {BACKENDS.get(scheme, scheme)})") from err
+            raise MirrorError(f"output.mirror {self.shown}: {self._why(err)} (pip install "
+                              f"{BACKENDS.get(scheme, scheme)})") from err  # fmt: skip
         except ValueError as err:
-            raise MirrorError(f"output.mirror {url}: {err}") from err
+            raise MirrorError(f"output.mirror {self.shown}: {self._why(err)}") from err
         self.root = self.root.rstrip("/")
         self.failed: list[str] = []
         self._queue: list[_Upload] = []
@@ -107,7 +112,7 @@ class Mirror:
             self.fs.pipe_file(probe, b"dia_tpu")
             self.fs.rm_file(probe)
         except Exception as err:  # each backend raises its own types (gcsfs's HttpError is not an OSError)
-            raise MirrorError(f"output.mirror {self.url} cannot be written ({first_line(err)})") from err
+            raise MirrorError(f"output.mirror {self.shown} cannot be written ({self._why(err)})") from err
 
     def claim(self) -> None:
         """Make the mirror's root dia_tpu's before anything is uploaded or rotated there: an empty root is marked
@@ -122,14 +127,15 @@ class Mirror:
                     kind = None
                 if kind == MIRROR:
                     return
-                raise MirrorError(f"output.mirror {self.url} is a dia_tpu {kind or 'unknown'} folder, not a "
+                raise MirrorError(f"output.mirror {self.shown} is a dia_tpu {kind or 'unknown'} folder, not a "
                                   "mirror; give another location")  # fmt: skip
             names = sorted(entry.rstrip("/").rsplit("/", 1)[-1] for entry in self.fs.ls(self.root, detail=False))
             names = [name for name in names if not name.startswith(".probe-")]
             if names and not self._earlier_mirror(names):
-                shown = ", ".join(names[:4]) + (f", ... ({len(names)} entries)" if len(names) > 4 else "")
-                raise MirrorError(f"output.mirror {self.url} holds files that are not a dia_tpu mirror ({shown}); "
-                                  "uploads would replace and rotation delete them: give an empty or new location")
+                listed = ", ".join(names[:4]) + (f", ... ({len(names)} entries)" if len(names) > 4 else "")
+                raise MirrorError(f"output.mirror {self.shown} holds files that are not a dia_tpu mirror ({listed}); "
+                                  "uploads would replace and rotation delete them: give an empty or new "
+                                  "location")  # fmt: skip
             self.fs.pipe_file(marker, json.dumps({"kind": MIRROR}).encode() + b"\n")
 
     def _earlier_mirror(self, names: list[str]) -> bool:
@@ -177,7 +183,7 @@ class Mirror:
         with self._talking("list its checkpoints"):
             newer = self._newer_than(checkpoint)
         if newer and not fork:
-            raise MirrorError(f"train.resume: the mirror {self.url} holds checkpoints newer than {checkpoint} "
+            raise MirrorError(f"train.resume: the mirror {self.shown} holds checkpoints newer than {checkpoint} "
                               f"({', '.join(newer)}): going on from it would write over them. Use --resume auto to "
                               "continue the run, or add --fork to branch from it (the mirror's newer checkpoints "
                               "are then moved to checkpoints/forked-<time>/ there)")  # fmt: skip
@@ -195,7 +201,7 @@ class Mirror:
             for name in newer:
                 target = f"{aside}/{name.rsplit('/', 1)[-1]}"
                 self.fs.mv(self._path(name), self._path(target), recursive=True)
-                self.report(f"mirror: moved {name}, newer than the fork point, to {target} on {self.url}")
+                self.report(f"mirror: moved {name}, newer than the fork point, to {target} on {self.shown}")
         with self._talking("list its checkpoints"):
             for folder in [*self.run.complete_checkpoints()[-self.keep_last :], self.run.best]:
                 mark = completion_mark(folder)
@@ -216,15 +222,15 @@ class Mirror:
         shutil.rmtree(building, ignore_errors=True)
         started, mark = time.monotonic(), self.mark(name)
         for file in mark["files"]:
-            local = inside(building, file, f"output.mirror {self.url}: {name}/{COMPLETE_FILE} lists")
+            local = inside(building, file, f"output.mirror {self.shown}: {name}/{COMPLETE_FILE} lists")
             local.parent.mkdir(parents=True, exist_ok=True)
             self.fs.get_file(self._path(f"{name}/{file}"), str(local))
         (building / COMPLETE_FILE).write_text(mark_text(step, mark["files"]))
         if completion_mark(building) is None:
-            raise MirrorError(f"output.mirror {self.url}: {name} changed while it was downloaded; run again")
+            raise MirrorError(f"output.mirror {self.shown}: {name} changed while it was downloaded; run again")
         put_in_place(building, path)
         took = time.monotonic() - started
-        self.report(f"mirror: fetched {name} from {self.url} ({_size(mark['files'])} in {took:.1f} s)")
+        self.report(f"mirror: fetched {name} from {self.shown} ({_size(mark['files'])} in {took:.1f} s)")
         return path
 
     def _newer_than(self, checkpoint: Path | None) -> list[str]:
@@ -261,12 +267,12 @@ class Mirror:
             self._closing = True
             self._wake.notify()
         if pending:
-            self.report(f"mirror: waiting for {pending} upload(s) to {self.url}")
+            self.report(f"mirror: waiting for {pending} upload(s) to {self.shown}")
         self._thread.join()
         self._thread = None
         shutil.rmtree(self.run.staging, ignore_errors=True)
         if self.failed:
-            self.report(f"mirror: {len(self.failed)} upload(s) to {self.url} failed ({', '.join(self.failed)}); "
+            self.report(f"mirror: {len(self.failed)} upload(s) to {self.shown} failed ({', '.join(self.failed)}); "
                         f"the run folder {self.run.root} has them")  # fmt: skip
 
     def _next(self) -> _Upload | None:
@@ -293,11 +299,11 @@ class Mirror:
                 sizes = self._upload(job)
                 if job.name.startswith(f"{CHECKPOINTS}/"):
                     self._rotate()
-                self.report(f"mirror: {job.name} (step {job.step}) is on {self.url} ({_size(sizes)} in "
+                self.report(f"mirror: {job.name} (step {job.step}) is on {self.shown} ({_size(sizes)} in "
                             f"{time.monotonic() - started:.1f} s)")  # fmt: skip
             except Exception as err:  # any backend's failure; the local copy is whole and training goes on
                 self.failed.append(job.name)
-                self.report(f"mirror: warning: could not upload {job.name} to {self.url} ({first_line(err)}); "
+                self.report(f"mirror: warning: could not upload {job.name} to {self.shown} ({self._why(err)}); "
                             "the run goes on and the local copy is whole")  # fmt: skip
             finally:
                 shutil.rmtree(job.staged, ignore_errors=True)
@@ -333,7 +339,11 @@ class Mirror:
         except MirrorError:
             raise
         except Exception as err:  # each backend raises its own types (gcsfs's HttpError is not an OSError)
-            raise MirrorError(f"output.mirror {self.url}: could not {what} ({first_line(err)})") from err
+            raise MirrorError(f"output.mirror {self.shown}: could not {what} ({self._why(err)})") from err
+
+    def _why(self, err: BaseException) -> str:
+        """A backend's error in one line without the URL's credentials: it may name a path that holds them."""
+        return scrub(first_line(err), self.url)
 
     def _path(self, name: str) -> str:
         return f"{self.root}/{name}"
