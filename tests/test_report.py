@@ -209,6 +209,15 @@ def test_a_runs_names_never_reach_outside_it(run, tmp_path):
     (judged / "rows.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
 
     page = write_report(copy).read_text(encoding="utf-8")
+    # `dia-tpu check` names the same three, and nothing in the run as training wrote it.
+    from dia_tpu.artifacts.audit import audit
+
+    assert audit(run).refused == [] and audit(run).notes == []
+    found = audit(copy)
+    assert [line.split(": ")[0] for line in found.refused] == [
+        f"{judged.relative_to(copy)}/rows.jsonl", f"{step.relative_to(copy)}/index.json"]
+    assert found.notes == [f"{step.relative_to(copy)}/{first}.png is a link to {secret / 'voicemail.png'}, outside "
+                           "the folder: what it points at is read as if it were in the folder"]
     leaked = [base64.b64encode((secret / "voicemail.png").read_bytes()).decode()[:16]]
     buf = io.BytesIO()
     sf.write(buf, *sf.read(secret / "voicemail.wav"), format="WAV", subtype="PCM_16")

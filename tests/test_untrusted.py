@@ -4,6 +4,7 @@ generation and Accelerate's FSDP resume alike."""
 
 from __future__ import annotations
 
+import json
 import pickle
 import subprocess
 import sys
@@ -167,7 +168,7 @@ def test_a_pickle_in_an_exports_weights_is_refused_without_torchs_advice(tmp_pat
     with pytest.raises(ValueError) as caught:
         load_model(folder)
     assert str(caught.value) == (f"{folder}: holds a pickle that is not only tensors and plain values (it names "
-                                 "getattr); refused: loading it could run code")  # fmt: skip
+                                 "getattr): loading it could run code, so it is not loaded")  # fmt: skip
     assert not mark.exists()
     torch.save(model.state_dict(), folder / "pytorch_model.bin")  # the same folder with weights alone loads
     assert load_model(folder).state_dict().keys() == model.state_dict().keys()
@@ -185,3 +186,39 @@ def test_generate_checks_where_it_writes_before_generating(tmp_path):
             write_speech(str(tmp_path / "no-model"), ["[S1] Hi."], [out], GenerationSettings())
     with pytest.raises(FileNotFoundError, match="model not found"):  # a good --out goes on to the model
         write_speech(str(tmp_path / "no-model"), ["[S1] Hi."], [tmp_path / "new" / "x.wav"], GenerationSettings())
+
+
+def test_check_names_what_would_be_refused_before_anything_is_loaded(tmp_path):
+    from dia_tpu.artifacts.audit import audit
+
+    mark = tmp_path / "ran"
+    sent = sharded_folder(tmp_path / "sent", {"model.extra": Planted(mark)})
+    torch.save({"state": {0: {"exp_avg": torch.zeros(2)}}, "x": Planted(mark)}, sent / "optimizer.bin")
+    (sent / "custom_checkpoint_0.pkl").write_bytes(pickle.dumps([1, 2]))
+    (tmp_path / "elsewhere").mkdir()
+    (sent / "best").symlink_to(tmp_path / "elsewhere")
+    (sent / "samples" / "step_000001").mkdir(parents=True)
+    (sent / "samples" / "step_000001" / "index.json").write_text('[{"name": "../../../../secretdir/voicemail"}]')
+    config = json.loads((sent / "config.json").read_text())
+    (sent / "config.json").write_text(json.dumps({**config, "auto_map": {"AutoModel": "evil.Model"}}))
+    found = audit(sent)
+    assert found.refused == [
+        "best is a link to {}, outside the folder: training replaces it by renaming and neither follows nor removes "
+        "links".format(tmp_path / "elsewhere"),
+        "custom_checkpoint_0.pkl: a pickle dia_tpu never writes and never loads (it can run code)",
+        "optimizer.bin: holds a pickle that is not only tensors and plain values (it names getattr): loading it could "
+        "run code",
+        f"{SHARDED_WEIGHTS}/.metadata: refused, entry 'model.extra' is a pickled object, not a tensor (a model's "
+        "weights are tensors only)",
+        "samples/step_000001/index.json: a sample's name '../../../../secretdir/voicemail.wav' leads out of "
+        f"{sent / 'samples' / 'step_000001'}; the report does not show it",
+    ]
+    assert found.notes == ["config.json names code of its own (auto_map): dia_tpu never runs it (no trust_remote_code)"]
+    assert not mark.exists()
+
+    done = subprocess.run([sys.executable, "-m", "dia_tpu", "check", str(sent)], capture_output=True, text=True,
+                          timeout=300)  # fmt: skip
+    assert done.returncode == 1 and done.stdout.splitlines() == found.lines()
+    assert done.stderr.splitlines() == [f"dia-tpu check: error: 5 thing(s) in {sent} would be refused (listed above)"]
+    clean = audit(sharded_folder(tmp_path / "clean"))
+    assert clean.refused == [] and clean.notes == []

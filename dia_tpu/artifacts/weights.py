@@ -33,7 +33,7 @@ def pickle_refusal(err: BaseException) -> str:
     else:
         found = re.search(r"WeightsUnpickler error: ([^\n]+)", text)
         detail = found[1][:120] if found else "it cannot be read as weights"
-    return f"holds a pickle that is not only tensors and plain values ({detail}); refused: loading it could run code"
+    return f"holds a pickle that is not only tensors and plain values ({detail}): loading it could run code"
 
 
 @contextmanager
@@ -42,7 +42,7 @@ def refusing_code(what: str | Path) -> Iterator[None]:
     try:
         yield
     except pickle.UnpicklingError as err:
-        raise ValueError(f"{what}: {pickle_refusal(err)}") from None
+        raise ValueError(f"{what}: {pickle_refusal(err)}, so it is not loaded") from None
 
 
 def weights_file(folder: Path) -> Path | None:

@@ -203,7 +203,7 @@ def _check_loads_no_code(path: Path, process_index: int) -> None:
     try:
         accelerate_load(rng)
     except pickle.UnpicklingError as err:
-        raise ValueError(f"{rng}: {pickle_refusal(err)}") from None
+        raise ValueError(f"{rng}: {pickle_refusal(err)}, so it is not loaded") from None
     except (OSError, EOFError, RuntimeError) as err:
         raise ValueError(f"{rng}: not a random-state file to resume from ({first_line(err)})") from err
 
