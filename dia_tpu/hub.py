@@ -23,6 +23,21 @@ def is_hub_id(name: str, base: Path | None = None) -> bool:
     return bool(HUB_ID.fullmatch(name)) and not looks_local and not ((base or Path()) / name).exists()
 
 
+def transport_errors() -> tuple[type[BaseException], ...]:
+    """What the HTTP client under huggingface_hub raises when the Hub cannot be reached (a refused or dropped
+    connection, a timeout): `httpx2`'s, `httpx`'s or `requests`' base error, whichever its version uses. The
+    Hub's own API calls (creating a repository, uploading) raise these unwrapped."""
+    import importlib
+
+    found = []
+    for module, name in (("httpx2", "HTTPError"), ("httpx", "HTTPError"), ("requests", "RequestException")):
+        try:
+            found.append(getattr(importlib.import_module(module), name))
+        except (ImportError, AttributeError):
+            continue
+    return tuple(found)
+
+
 @contextmanager
 def from_hub(what: str, name: str, local: str = "a local folder", repo_type: str = "model") -> Iterator[None]:
     """Run a load of `name` (a hub id, or a local path) for `what` (e.g. "model.pretrained"); a hub failure

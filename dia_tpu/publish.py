@@ -30,7 +30,7 @@ from dia_tpu.config import Config, redact_tree
 from dia_tpu.config.schema import PATH_KIND
 from dia_tpu.console import first_line
 from dia_tpu.data.shards import MANIFEST_FILE, read_prepare_info
-from dia_tpu.hub import HubError, is_hub_id
+from dia_tpu.hub import HubError, is_hub_id, transport_errors
 from dia_tpu.training.meter import AUDIO_FIGURES
 
 # How many of the run's latest samples go with the model, linked from the card.
@@ -112,9 +112,9 @@ def push(folder: str | Path, repo_id: str, private: bool = False) -> str:
         url = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
         api.upload_folder(folder_path=str(folder), repo_id=repo_id, repo_type="model",
                           commit_message="Upload a Dia fine-tune made with dia_tpu")  # fmt: skip
-    except (HfHubHTTPError, OSError) as err:
-        raise HubError(f"push to {repo_id}: {first_line(err)} (log in with `hf auth login` or set HF_TOKEN; "
-                       "`--dry-run DIR` writes the files without uploading)") from err  # fmt: skip
+    except (HfHubHTTPError, OSError, *transport_errors()) as err:
+        raise HubError(f"push to {repo_id}: {first_line(err)} (check the network, log in with `hf auth login` or "
+                       "set HF_TOKEN; `--dry-run DIR` writes the files without uploading)") from err  # fmt: skip
     return str(url)
 
 

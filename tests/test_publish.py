@@ -123,6 +123,24 @@ def test_push_refuses_what_it_cannot_publish_in_one_line(runs, tmp_path):
         assert len(done.stderr.strip().splitlines()) == 1 and "Traceback" not in done.stderr
 
 
+def test_a_push_with_no_hub_to_reach_is_one_line(runs):
+    import os
+    import socket
+
+    with socket.socket() as probe:  # a port nothing listens on: the connection is refused at once
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {**os.environ, "HF_ENDPOINT": f"http://127.0.0.1:{port}", "HF_TOKEN": "hf_" + "x" * 34}
+    env.pop("HF_HUB_OFFLINE", None)
+    done = subprocess.run([sys.executable, "-m", "dia_tpu", "push", "--model", str(runs / "full" / "final"), "--repo",
+                           REPO], capture_output=True, text=True, env=env, timeout=300)  # fmt: skip
+    assert done.returncode == 1
+    assert done.stderr.splitlines() == [
+        f"dia-tpu push: error: push to {REPO}: [Errno 111] Connection refused (check the network, log in with "
+        "`hf auth login` or set HF_TOKEN; `--dry-run DIR` writes the files without uploading)"
+    ]
+
+
 def test_the_license_is_the_bases(tmp_path):
     assert publish.base_license("nari-labs/Dia-1.6B-0626") == "apache-2.0"  # Dia's, known without the Hub
     base = tmp_path / "base"
