@@ -144,6 +144,21 @@ def test_a_missing_input_is_one_line_naming_it(tmp_path):
     assert stop.value.code == f"dia-tpu transcribe: error: {tmp_path / 'nowhere'}: no such file or folder"
 
 
+def test_an_output_folder_it_did_not_write_is_refused_untouched(tmp_path):
+    mine = tmp_path / "mine"
+    (mine / "audio" / "talk").mkdir(parents=True)
+    (mine / "audio" / "talk" / "talk_0000.flac").write_bytes(b"my own recording")
+    (mine / "metadata.csv").write_text("file|text\n")
+    with pytest.raises(SystemExit) as stop:
+        cli(["transcribe", "--config", str(ROOT / "configs/demo.yaml"), "--input", str(ROOT / "data/sample/audio"),
+             "--output", str(mine)])  # fmt: skip
+    assert stop.value.code == (f"dia-tpu transcribe: error: --output {mine} exists and is not a dia_tpu transcription "
+                               "(audio/, metadata.csv); dia_tpu replaces only what it wrote: move it away or choose "
+                               "another folder")  # fmt: skip
+    assert sorted(p.relative_to(mine).as_posix() for p in mine.rglob("*")) == [
+        "audio", "audio/talk", "audio/talk/talk_0000.flac", "metadata.csv"]
+
+
 def recording(path: Path, *gains: float) -> Path:
     """The bundled sample's first clips, one per gain (clipped to full scale), 2 s apart, as one recording."""
     lines = (ROOT / "data/sample/metadata.csv").read_text().splitlines()[1 : len(gains) + 1]

@@ -13,6 +13,7 @@ OUTPUT/
   report.json    hours in and kept, reasons, speakers per recording, seconds and real-time factor per stage
   .work/         one finished recording a file: a re-run skips every recording finished with the same
                  settings, and `accelerate launch -m dia_tpu transcribe ...` shares recordings between processes
+  .dia_tpu.json  marks the folder as transcribe's: it writes only into a new or empty folder or its own
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from accelerate import PartialState
 from accelerate.utils import parse_flag_from_env
 from tqdm import tqdm
 
+from dia_tpu.artifacts.owner import TRANSCRIPTION, check_replaceable, claim
 from dia_tpu.config import Config
 from dia_tpu.data.clips import walk_files
 from dia_tpu.data.sources import AUDIO_EXTENSIONS, METADATA_FILE
@@ -97,14 +99,14 @@ def transcribe(cfg: Config, inputs: list[str], output: str | Path) -> dict:
     """Transcribe `inputs` into `output` (resuming what an earlier run finished); returns the report."""
     state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
     output = Path(output)
-    if (output / METADATA_FILE).exists() and not (output / WORK).is_dir():
-        raise FileExistsError(f"{output}: holds a metadata.csv that dia-tpu transcribe did not write; "
-                              "choose another --output")  # fmt: skip
+    # Re-runs replace the segments and files written here: only a new or empty folder, or transcribe's own.
+    check_replaceable(output, TRANSCRIPTION, "--output", earlier=_earlier_output)
     # An output folder inside an input folder: its own segments are not recordings.
     recordings = [r for r in find_recordings(inputs) if not r.path.resolve().is_relative_to(output.resolve())]
     settings = json.dumps({**asdict(cfg.transcribe), "max_seconds": cfg.prepare.max_seconds}, sort_keys=True)
     work = output / WORK
     if state.is_main_process:
+        claim(output, TRANSCRIPTION, "--output", earlier=_earlier_output)
         work.mkdir(parents=True, exist_ok=True)
     state.wait_for_everyone()
     todo = [r for r in recordings if _finished(work, r, settings) is None]
@@ -125,6 +127,12 @@ def transcribe(cfg: Config, inputs: list[str], output: str | Path) -> dict:
         report = assemble(output, recordings, settings, cfg)
     state.wait_for_everyone()
     return report
+
+
+def _earlier_output(folder: Path) -> bool:
+    """An output of transcribe from before outputs were marked: its own files alone, its work folder among them."""
+    names = {p.name for p in folder.iterdir()}
+    return WORK in names and names <= {WORK, "audio", METADATA_FILE, "dropped.tsv", "report.json"}
 
 
 class _Judges:
