@@ -49,13 +49,13 @@ def _write_export(model: torch.nn.Module, codec: DacModel, cfg: Config, out_dir:
 
 @contextmanager
 def building_beside(out_dir: Path) -> Iterator[Path]:
-    """A new folder beside `out_dir` to write an export into; marked and renamed into place when the block ends,
-    removed (it is new, so it is this process's) when the block fails."""
+    """A new, marked folder beside `out_dir` to write an export into, renamed into place when the block ends and
+    removed when it fails."""
     building = aside(out_dir, "building")
     building.mkdir(parents=True)
+    mark(building, EXPORT)  # first: what a killed export leaves is then known to be dia_tpu's
     try:
         yield building
-        mark(building, EXPORT)
         put_in_place(building, out_dir)
     except BaseException:
         shutil.rmtree(building, ignore_errors=True)

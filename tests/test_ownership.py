@@ -77,6 +77,17 @@ def test_export_writes_only_into_a_new_empty_or_export_folder(run, tmp_path):
     export_checkpoint(checkpoint, tmp_path / "empty")  # an empty folder has nothing to lose
     export_checkpoint(run / "checkpoints" / "step_1", out)  # an export is replaced whole
     assert sorted(p.name for p in tmp_path.iterdir()) == ["empty", "export", "mine"]  # nothing left beside
+    # What a killed export leaves beside its folder is cleared when it carries dia_tpu's mark, refused otherwise.
+    (tmp_path / ".export.building").mkdir()
+    (tmp_path / ".export.building" / MARK_FILE).write_text('{"kind": "export"}')
+    export_checkpoint(checkpoint, out)
+    assert not (tmp_path / ".export.building").exists()
+    (tmp_path / ".export.replaced").mkdir()
+    (tmp_path / ".export.replaced" / "notes.txt").write_text("mine")
+    with pytest.raises(NotOurs, match=r"\.export\.replaced is in the way of writing .*/export and dia_tpu did not "
+                                      "write it"):  # fmt: skip
+        export_checkpoint(checkpoint, out)
+    assert (tmp_path / ".export.replaced" / "notes.txt").read_text() == "mine"
 
 
 def test_the_export_command_refuses_in_one_line(run, tmp_path):

@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -103,8 +102,21 @@ def listing(folder: Path, most: int = 4) -> str:
 
 
 def aside(path: Path, why: str) -> Path:
-    """A new hidden name beside `path` that nothing else uses, for a folder being built or replaced."""
-    return path.with_name(f".{path.name}.{why}-{os.getpid()}-{time.time_ns()}")
+    """The hidden name beside `path` where it is built (`why` "building") or set aside while it is replaced
+    ("replaced"): `.NAME.why`, free when this returns. One left there by a killed process is dia_tpu's if it
+    carries a mark (every folder dia_tpu builds or sets aside does) and is removed; anything else is refused."""
+    spot = path.with_name(f".{path.name}.{why}")
+    if spot.is_symlink() or (spot.exists() and not _marked(spot)):
+        raise NotOurs(f"{spot} is in the way of writing {path} and dia_tpu did not write it: move it away")
+    if spot.exists():
+        shutil.rmtree(spot)
+    return spot
+
+
+def _marked(folder: Path) -> bool:
+    """Whether `folder` carries a mark of dia_tpu's: this module's, or a checkpoint's completion mark (written
+    last into every checkpoint, `dia_tpu.artifacts.COMPLETE_FILE`)."""
+    return folder.is_dir() and (kind_of(folder) is not None or (folder / "checkpoint.json").is_file())
 
 
 def remove(path: Path, kind: str) -> None:

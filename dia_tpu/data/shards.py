@@ -211,13 +211,14 @@ def merge_shards(cfg: Config, layout: CodesLayout, source: str, kind: str, outpu
     # Built beside `output` under a new name, then swapped in whole; the caller proved `output` replaceable.
     tmp, old = aside(output, "building"), aside(output, "replaced")
     try:
+        tmp.mkdir(parents=True)
+        mark(tmp, DATASET)  # first: what a killed prepare leaves is then known to be dia_tpu's
         with _quietly():
             dataset.save_to_disk(str(tmp), max_shard_size="500MB")
         (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
         for name, entries in ((SKIPPED_FILE, skipped), (FLAGGED_FILE, flagged)):
             lines = ["index\tsource_id\treason"] + [f"{i}\t{_tsv(sid)}\t{_tsv(why)}" for i, sid, why in sorted(entries)]
             (tmp / name).write_text("\n".join(lines) + "\n", encoding="utf-8")
-        mark(tmp, DATASET)
     except OSError as err:
         shutil.rmtree(tmp, ignore_errors=True)
         raise PrepareError(f"could not write the dataset beside {output} ({write_failure(err, tmp)}); every shard is "
