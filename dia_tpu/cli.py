@@ -36,11 +36,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="e.g. transcribe.asr=pocketsphinx")
     p.set_defaults(func=_transcribe)
 
-    p = sub.add_parser("check", help="what in a prepared dataset will train badly under a config: clips with no "
-                                     "end, long transcripts, tags, unseen characters, speakers with little audio")
-    p.add_argument("--config", required=True, help="YAML config: data.* names the dataset and the limits")
+    p = sub.add_parser("check", help="FOLDER: what in a folder you were sent (run, checkpoint, export, dataset) "
+                                     "dia_tpu would refuse, before anything is loaded; --config: what in a prepared "
+                                     "dataset will train badly (clips with no end, long transcripts, tags, unseen "
+                                     "characters, speakers with little audio)")
+    p.add_argument("--config", help="YAML config: data.* names the dataset and the limits")
     p.add_argument("--min-speaker-seconds", type=float, default=60.0, help="a speaker with less audio is named")
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
+    p.add_argument("items", nargs="*", metavar="FOLDER | KEY=VALUE",
+                   help="without --config: the folder to check; with --config: dotted overrides")
     p.set_defaults(func=_check)
 
     p = sub.add_parser("train", help="fine-tune in this process (use `accelerate launch` for more)")
@@ -75,14 +78,21 @@ def main(argv: list[str] | None = None) -> None:
 
     p = sub.add_parser("studio", help="a local web app: generate, compare checkpoints, watch a run")
     p.add_argument("--model", action="append", default=[], help="repeatable: a model to offer (export, checkpoint, "
-                                                                 "best/, native .pth or hub id)")
-    p.add_argument("--run", help="a run folder: its checkpoints, best/ and final/ to pick from, and its report")
+                                                                 "best/, native .pth or hub id); the studio serves "
+                                                                 "only these and the run's")
+    p.add_argument("--run", help="a run folder: its checkpoints, best/ and final/ to pick from (as they are at each "
+                                 "request), and its report")
     p.add_argument("--host", default="127.0.0.1", help="address to serve on (default: this machine only; "
                                                        "0.0.0.0 opens it to your network, with no login)")
     p.add_argument("--port", type=int, default=7860)
     p.add_argument("--share", action="store_true", help="also a public gradio.live link: anyone with it can use "
                                                          "your machine's model and GPU")
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    p.add_argument("--adapter", action="append", default=[], help="repeatable: a LoRA adapter folder to offer")
+    p.add_argument("--max-models", type=int, default=2, help="models kept loaded at once; loading another drops "
+                                                             "the least recently used (default: 2)")
+    p.add_argument("--max-upload-mb", type=int, default=20, help="largest file a page may upload, in MiB "
+                                                                 "(default: 20)")
     p.set_defaults(func=_studio)
 
     p = sub.add_parser("generate", help="synthesize speech from text")
@@ -185,11 +195,26 @@ def _check(args: argparse.Namespace) -> None:
     from dia_tpu.config import load
     from dia_tpu.data.check import check_dataset
 
-    cfg = load(args.config, args.overrides)
+    if args.config is None:
+        _check_folder(args.items)
+        return
+    cfg = load(args.config, args.items)
     items, findings = check_dataset(cfg, args.min_speaker_seconds)
     print(f"{cfg.data.dataset}: {items} items, {len(findings) or 'no'} finding{'s' * (len(findings) != 1)}")
     for finding in findings:
         print(f"  - {finding}")
+
+
+def _check_folder(items: list[str]) -> None:
+    from dia_tpu.artifacts.audit import audit
+
+    if len(items) != 1:
+        raise ValueError("check: give one FOLDER to look at, or --config CONFIG to check the dataset it names")
+    found = audit(items[0])
+    print("\n".join(found.lines()))
+    if found.refused:
+        raise ValueError(f"{len(found.refused)} thing(s) in {items[0]} would be refused (listed above)")
+    print(f"nothing in {items[0]} would be refused")
 
 
 def _export(args: argparse.Namespace) -> None:
@@ -245,7 +270,8 @@ def _studio(args: argparse.Namespace) -> None:
         raise ValueError("dia-tpu studio needs gradio: pip install 'dia-tpu[studio]'")
     from dia_tpu.studio import serve
 
-    serve(args.model, args.run, args.host, args.port, args.share, args.device)
+    serve(args.model, args.run, args.host, args.port, args.share, args.device, args.adapter, args.max_models,
+          args.max_upload_mb)  # fmt: skip
 
 
 def _generate(args: argparse.Namespace) -> None:
