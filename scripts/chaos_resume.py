@@ -82,6 +82,7 @@ def strike_at(stage: str, at_save: int) -> None:
     import dia_tpu.training.checkpoint as checkpoint
     import dia_tpu.training.recipe as recipe
     from dia_tpu.artifacts import STEP_DIR
+    from dia_tpu.artifacts.owner import aside
     from dia_tpu.config import Config
     from dia_tpu.training.mirror import Mirror
 
@@ -119,7 +120,7 @@ def strike_at(stage: str, at_save: int) -> None:
         if armed[0] and stage == "rename":
             die()
         if armed[0] and stage == "rename best" and path.exists():
-            path.rename(path.with_name(path.name + ".old"))
+            path.rename(aside(path, "replaced"))  # the first of put_in_place's two renames
             die()
         real(building, path)
 

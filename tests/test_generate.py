@@ -297,6 +297,20 @@ def test_voice_prompt_audio_is_resampled_to_the_codec_rate(codec, tmp_path):
         load_voice_prompt(codec, tmp_path / "missing.wav", "[S1] Ah.")
 
 
+def test_a_voice_prompt_far_too_long_is_refused_from_its_header(codec, tmp_path, monkeypatch):
+    config = tiny_dia_config()
+    sf.write(tmp_path / "long.wav", np.zeros(120 * 8000, dtype=np.float32), 8000)  # two minutes of silence
+    decoded = []
+    monkeypatch.setattr(synthesis, "load_channels", lambda *args: decoded.append(args) or [np.zeros(4096, np.float32)])
+    with pytest.raises(ValueError, match=r"long\.wav is 120\.0 s, too long for the model's decoder \(3072 positions\): "
+                                         r"keep the prompt well under 35\.5 s"):  # fmt: skip
+        load_voice_prompt(codec, tmp_path / "long.wav", "[S1] Hi.", model_config=config)
+    assert decoded == []  # refused from the header: nothing decoded, nothing encoded
+    sf.write(tmp_path / "short.wav", np.zeros(8000, dtype=np.float32), 8000)
+    load_voice_prompt(codec, tmp_path / "short.wav", "[S1] Hi.", model_config=config)
+    assert len(decoded) == 1
+
+
 def _cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "dia_tpu", "generate", *args], capture_output=True, text=True,
                           timeout=300)

@@ -163,9 +163,10 @@ def _check_unique(ids: list[str], what: str) -> None:
         seen[name] = i
 
 
-def load_request(request: Request, codec, books: int) -> tuple[Prompt, VoicePrompt | None]:
-    """The prompt with its audio at the codec's rate, and its voice prompt encoded."""
-    rate = codec.config.sampling_rate
+def load_request(request: Request, codec, model_config) -> tuple[Prompt, VoicePrompt | None]:
+    """The prompt with its audio at the codec's rate, and its voice prompt encoded for the model of `model_config`
+    (its DiaConfig)."""
+    rate, books = codec.config.sampling_rate, len(model_config.delay_pattern)
     prompt = dataclasses.replace(request.prompt)
     if request.reference is not None:
         prompt.reference = load_audio(request.reference, rate)
@@ -174,7 +175,7 @@ def load_request(request: Request, codec, books: int) -> tuple[Prompt, VoiceProm
         prompt.reference = decode(codec, torch.from_numpy(request.reference_codes.astype(np.int64)))
     voice = None
     if request.audio is not None:
-        voice = load_voice_prompt(codec, request.audio, request.transcript, books)
+        voice = load_voice_prompt(codec, request.audio, request.transcript, model_config=model_config)
         prompt.voice = load_audio(request.audio, rate)
     if request.voice_codes is not None:
         codes = torch.from_numpy(request.voice_codes.astype(np.int64))

@@ -41,7 +41,7 @@ def evaluate_models(models: list[str], requests: list[Request], out: str | Path,
         model, codec = load_for_inference(artifact, device)
         rate = codec.config.sampling_rate
         paced = with_pace(requests, run_pace(artifact))
-        prompts = [load_request(r, codec, len(model.config.delay_pattern)) for r in paced]
+        prompts = [load_request(r, codec, model.config) for r in paced]
         model_settings = dataclasses.replace(settings, language_tags=language_tags_of(artifact))
         waves, codes, ended = generate(model, codec, prompts, model_settings, batch_size)
         found = judge([p for p, _ in prompts], waves, codes, ended, rate, judges)

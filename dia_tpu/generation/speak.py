@@ -78,7 +78,7 @@ def write_speech(
     settings = dataclasses.replace(settings, language_tags=language_tags_of(artifact))
     prompt = None
     if audio_prompt is not None:
-        prompt = load_voice_prompt(codec, audio_prompt, prompt_transcript, len(model.config.delay_pattern))
+        prompt = load_voice_prompt(codec, audio_prompt, prompt_transcript, model_config=model.config)
     rate = codec.config.sampling_rate
     for start in range(0, len(texts), batch_size):
         batch = dataclasses.replace(settings, seed=settings.seed + start)

@@ -16,7 +16,8 @@ import torch
 from transformers import CompileConfig, DacModel, DiaForConditionalGeneration
 
 from dia_tpu.config import DECODINGS, SAMPLING
-from dia_tpu.data.audio import decode, encode, load_channels
+from dia_tpu.data.audio import decode, encode, header_seconds, load_channels
+from dia_tpu.data.clips import AudioRef
 from dia_tpu.data.dataset import prompted_text
 from dia_tpu.data.tokens import TEXT_PAD, apply_delay, encode_text, revert_delay
 from dia_tpu.generation.decode import generate_delayed, processors_beyond_dia
@@ -53,12 +54,23 @@ class VoicePrompt:
 PROBES = (8, 12)
 
 
-def load_voice_prompt(codec: DacModel, path: str | Path, transcript: str, model_codebooks: int = 0) -> VoicePrompt:
+def load_voice_prompt(codec: DacModel, path: str | Path, transcript: str, model_codebooks: int = 0,
+                      model_config=None) -> VoicePrompt:  # fmt: skip
     """Decode `path` (any rate or channel count: resampled to the codec's, downmixed, or for a stereo model,
     whose `model_codebooks` are twice the codec's, split into left and right) and encode it, keeping the frames
-    that do not depend on where the audio was cut (`settled_frames`)."""
+    that do not depend on where the audio was cut (`settled_frames`).
+
+    With `model_config` (the model's DiaConfig, whose channels then give `model_codebooks`), a file whose header
+    says it is far too long for the model's decoder is refused before any of it is decoded or encoded; one near
+    the limit is judged exactly from its codes, by `check_request`."""
     if not transcript.strip():
         raise ValueError(f"audio prompt {path}: its transcript is empty; give what is said in it, with [S1]/[S2] tags")
+    if model_config is not None:
+        model_codebooks = len(model_config.delay_pattern)
+        rate = codec.config.sampling_rate / codec.config.hop_length
+        seconds = header_seconds(AudioRef(path=Path(path)))
+        if seconds is not None and seconds > _prompt_room(model_config) / rate + PROMPT_SLACK_SECONDS:
+            raise ValueError(_too_long_prompt(str(path), seconds, model_config, rate))
     stereo = model_codebooks == 2 * codec.config.n_codebooks
     waves = load_channels(path, codec.config.sampling_rate, stereo)
     codes = np.concatenate(encode(codec, waves), axis=1)
@@ -207,7 +219,7 @@ def check_request(
             raise ValueError(
                 f"text of {tokens} byte tokens exceeds the model's text length of {limit}: {script[:60]!r}..."
             )
-    dec, delay = config.decoder_config, list(config.delay_pattern)
+    delay = list(config.delay_pattern)
     prompt_frames = 0
     if prompt is not None:
         codes = prompt.codes
@@ -215,14 +227,9 @@ def check_request(
             shape = list(codes.shape)
             raise ValueError(f"{prompt.source}: expected codes of shape [frames, {len(delay)}], got {shape}")
         prompt_frames = len(codes)
-    # Positions: BOS, the prompt, the audio, its EOS, and the delayed channels' tail.
-    room = dec.max_position_embeddings - 2 - max(delay) - prompt_frames
+    room = _prompt_room(config) - prompt_frames
     if prompt is not None and room < 1:
-        raise ValueError(
-            f"{prompt.source} is {prompt_frames / rate:.1f} s ({prompt_frames} frames), too long for the model's "
-            f"decoder ({dec.max_position_embeddings} positions): keep the prompt well under "
-            f"{(dec.max_position_embeddings - 2 - max(delay)) / rate:.1f} s"
-        )
+        raise ValueError(_too_long_prompt(prompt.source, prompt_frames / rate, config, rate))
     if settings.max_seconds is None:
         return room
     wanted = max(1, round(settings.max_seconds * rate))
@@ -233,6 +240,23 @@ def check_request(
             f"{room} ({room / rate:.1f} s){after}"
         )
     return wanted
+
+
+# How far past the decoder's room a prompt file's header may say it runs before it is refused unread: the frames
+# kept of an encoded prompt (`settled_frames`) are a few fewer than its length gives.
+PROMPT_SLACK_SECONDS = 1.0
+
+
+def _prompt_room(config) -> int:
+    """Frames a voice prompt may take in the decoder: all positions but BOS, one frame of audio and the delayed
+    channels' tail."""
+    return config.decoder_config.max_position_embeddings - 2 - max(config.delay_pattern)
+
+
+def _too_long_prompt(source: str, seconds: float, config, rate: float) -> str:
+    return (f"{source} is {seconds:.1f} s, too long for the model's decoder "
+            f"({config.decoder_config.max_position_embeddings} positions): keep the prompt well under "
+            f"{_prompt_room(config) / rate:.1f} s")  # fmt: skip
 
 
 def _text_batch(

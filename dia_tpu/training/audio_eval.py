@@ -63,8 +63,7 @@ class AudioEvaluation:
             self.mine = list(range(len(requests))) if accelerator.is_main_process else []
         else:
             self.mine = list(range(rank, len(requests), n))
-        books = len(model_config.delay_pattern)
-        self.prompts = [load_request(requests[i], self.codec, books) for i in self.mine]
+        self.prompts = [load_request(requests[i], self.codec, model_config) for i in self.mine]
         self.settings = GenerationSettings(
             guidance_scale=cfg.samples.guidance_scale, temperature=cfg.samples.temperature, top_p=cfg.samples.top_p,
             top_k=cfg.samples.top_k, seed=a.seed, max_seconds=a.max_seconds, language_tags=cfg.data.language_tags,

@@ -48,8 +48,7 @@ class TrainingSamples:
         for prompt in s.prompts:
             voice = None
             if prompt.audio is not None:
-                books = len(model_config.delay_pattern)
-                voice = load_voice_prompt(self.codec, prompt.audio, prompt.transcript, books)
+                voice = load_voice_prompt(self.codec, prompt.audio, prompt.transcript, model_config=model_config)
                 self.voice[prompt.name] = voice
             try:
                 check_request(model_config, [prompt.text], self._settings(prompt), rate, voice)
