@@ -207,3 +207,11 @@ def test_one_prepare_per_output_and_leftovers_never_block_the_next(tmp_path, mon
     manifest = prepare(small, SAMPLE, out)
     assert manifest["kept"] == 32 and manifest["encoded"] == 24  # shard 0's 8 clips came from the first run
     assert not work.exists() and kind_of(out) == "dataset"
+
+
+def test_a_dataset_prepared_into_the_run_folder_is_no_obstacle(codes_dir, tmp_path):
+    """The demo's config prepares its codes into the run folder: training takes that folder as its run."""
+    run = tmp_path / "run"
+    shutil.copytree(codes_dir, run / "codes")
+    train(tiny(run / "codes", run, "train.max_steps=1", "data.eval_size=0", "train.report_to=none"))
+    assert kind_of(run) == RUN and kind_of(run / "codes") == "dataset" and (run / "final").is_dir()

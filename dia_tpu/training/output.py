@@ -13,6 +13,7 @@ from dia_tpu.artifacts.lock import LOCK_FILE
 from dia_tpu.artifacts.owner import EXPORT, MARK_FILE, RUN, NotOurs, kind_of, listing, mark
 from dia_tpu.artifacts.weights import weights_file
 from dia_tpu.config import ConfigError, TrainConfig, read_saved
+from dia_tpu.data.shards import earlier_dataset
 from dia_tpu.training.resume import CHANGES_FILE, Resume
 
 # What a run folder holds: a folder that is not marked as a run counts as one only if it holds these alone.
@@ -21,8 +22,12 @@ RUN_ENTRIES = {CONFIG_FILE, "checkpoints", "best", "final", "logs", "samples", "
 
 
 def earlier_run(folder: Path) -> bool:
-    """A run folder written before runs were marked: a run's entries alone, with a config.yaml dia_tpu reads."""
-    names = {p.name for p in folder.iterdir()}
+    """A folder training may take as its run although it is not marked as one: one holding only dia_tpu's own
+    folders (a dataset prepared into it, as the demo's config does), or a run written before runs were marked
+    (a run's entries alone, with a config.yaml dia_tpu reads)."""
+    names = {p.name for p in folder.iterdir() if not _dia_tpus(p)}
+    if not names:
+        return True
     if CONFIG_FILE not in names or not names <= RUN_ENTRIES:
         return False
     try:
@@ -30,6 +35,11 @@ def earlier_run(folder: Path) -> bool:
     except ConfigError:
         return False
     return True
+
+
+def _dia_tpus(path: Path) -> bool:
+    """A folder dia_tpu wrote as a whole other than a run (a prepared dataset), marked or from before marks."""
+    return path.is_dir() and not path.is_symlink() and (kind_of(path) not in (None, RUN) or earlier_dataset(path))
 
 
 def _earlier_export(folder: Path) -> bool:
