@@ -406,6 +406,14 @@ def test_a_prompts_id_names_a_file_inside_the_output_only(tiny_run, tmp_path):
     written = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*.wav"))
     assert written == sorted(f"deep/out/final/{r.prompt.id}.wav" for r in requests)
     assert not outside.exists()
+    # An --out of someone's files is refused before any model is loaded.
+    from dia_tpu.artifacts.owner import NotOurs
+
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "summary.md").write_text("my notes")
+    with pytest.raises(NotOurs, match=r"--out .*/mine holds files dia_tpu did not write \(summary\.md\)"):
+        evaluate_models(["no-such-model"], requests, tmp_path / "mine", GenerationSettings(), Judges())
+    assert (tmp_path / "mine" / "summary.md").read_text() == "my notes"
     # Two ids that become one file name would overwrite each other's wav: refused, naming both lines.
     prompts.write_text(json.dumps({"id": "a b", "text": "x"}) + "\n" + json.dumps({"id": "a_b", "text": "y"}) + "\n")
     with pytest.raises(ValueError, match=r"prompts.jsonl: ids 1 and 2 both give the file name 'a_b'"):

@@ -21,9 +21,9 @@ from pathlib import Path
 
 MARK_FILE = ".dia_tpu.json"
 # The kinds of folder dia_tpu marks: a run's output.dir, an export (any form), a prepared dataset, prepare's work
-# folder beside it, a mirror's root, transcribe's output.
+# folder beside it, a mirror's root, transcribe's output, evaluate's output.
 RUN, EXPORT, DATASET, PREPARE_WORK, MIRROR = "run", "export", "dataset", "prepare work", "mirror"
-TRANSCRIPTION = "transcription"
+TRANSCRIPTION, EVALUATION = "transcription", "evaluation"
 
 
 class NotOurs(FileExistsError):

@@ -25,15 +25,14 @@ WEIGHTS_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_m
 
 
 def pickle_refusal(err: BaseException) -> str:
-    """Why torch's weights-only reader refused a pickle, in one line and without torch's advice to load the file
-    unchecked (which would run whatever it holds)."""
+    """Why torch's weights-only reader refused a file, in one line and without torch's advice to load it unchecked
+    (which would run whatever it holds): a pickle naming code, or bytes that are not tensors at all."""
     text = str(err)
     if found := re.search(r"Unsupported global: GLOBAL ([\w.]+)", text):
-        detail = f"it names {found[1]}"
-    else:
-        found = re.search(r"WeightsUnpickler error: ([^\n]+)", text)
-        detail = found[1][:120] if found else "it cannot be read as weights"
-    return f"holds a pickle that is not only tensors and plain values ({detail}): loading it could run code"
+        return (f"holds a pickle that is not only tensors and plain values (it names {found[1]}): loading it could "
+                "run code")  # fmt: skip
+    found = re.search(r"WeightsUnpickler error:\s*([^\n]+)", text)
+    return f"is not readable as tensors ({found[1].strip()[:120] if found else 'not a pickle torch reads'})"
 
 
 @contextmanager

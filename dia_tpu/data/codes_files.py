@@ -64,7 +64,7 @@ def _read_codes_array(path: Path) -> np.ndarray:
         else:
             loaded = load_safetensors(path)
     except pickle.UnpicklingError as err:
-        raise ValueError(f"{path}: {pickle_refusal(err)}, so it is not loaded") from None
+        raise ValueError(f"{path}: cannot read codes: it {pickle_refusal(err)}") from None
     except (OSError, EOFError, ValueError, RuntimeError, SafetensorError) as err:
         raise ValueError(f"{path}: cannot read codes: {first_line(err)}") from err
     if isinstance(loaded, torch.Tensor):

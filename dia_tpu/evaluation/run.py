@@ -22,6 +22,7 @@ import torch
 
 from dia_tpu.artifacts import open_artifact
 from dia_tpu.artifacts.names import file_name
+from dia_tpu.artifacts.owner import EVALUATION, claim
 from dia_tpu.evaluation.judge import Judges, judge, summarise
 from dia_tpu.evaluation.prompts import Request, generate, load_request, run_pace, with_pace
 from dia_tpu.generation.speak import check_flags
@@ -34,7 +35,8 @@ def evaluate_models(models: list[str], requests: list[Request], out: str | Path,
     """Generate and judge `requests` with each model; write the files; returns {model label: summary}."""
     check_flags(settings, batch_size)
     out, device = Path(out), device or ("cuda" if torch.cuda.is_available() else "cpu")
-    out.mkdir(parents=True, exist_ok=True)
+    # Rows, summaries and wavs are written over: only into a new or empty folder, or an earlier evaluation.
+    claim(out, EVALUATION, "--out", earlier=_earlier_evaluation)
     summaries, rows = {}, []
     for label, source in zip(labels(models), models, strict=True):
         artifact = open_artifact(source)
@@ -59,6 +61,13 @@ def evaluate_models(models: list[str], requests: list[Request], out: str | Path,
     print(table)
     print(f"wrote {out / 'rows.jsonl'}, {out / 'summary.json'}, {out / 'summary.md'}")
     return summaries
+
+
+def _earlier_evaluation(folder: Path) -> bool:
+    """An evaluation written before evaluations were marked: its rows and summaries beside its model folders."""
+    names = {p.name for p in folder.iterdir()}
+    return {"rows.jsonl", "summary.json", "summary.md"} <= names and all(
+        (folder / name).is_dir() for name in names - {"rows.jsonl", "summary.json", "summary.md"})
 
 
 def labels(models: list[str]) -> list[str]:
