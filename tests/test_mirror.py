@@ -166,3 +166,23 @@ def importlib_available(name: str) -> bool:
     import importlib.util
 
     return importlib.util.find_spec(name) is not None
+
+
+def test_a_mirror_from_before_marks_is_taken_and_marked(tmp_path):
+    from dia_tpu.artifacts.owner import MARK_FILE
+
+    run = RunFolder(tmp_path / "run")
+    url = f"memory://mirror-{uuid.uuid4().hex}"
+    with Mirror(url, run, 2, report=lambda line: None) as mirror:
+        mirror.send(fake_checkpoint(run.checkpoint(1), 1), 1)
+    mirror.fs.rm_file(f"{mirror.root}/{MARK_FILE}")  # as an older dia_tpu left it, with an upload cut off
+    mirror.fs.pipe_file(f"{mirror.root}/checkpoints/step_2/model.safetensors", b"cut off")
+    with Mirror(url, run, 2, report=lambda line: None):
+        pass
+    assert mirror.fs.exists(f"{mirror.root}/{MARK_FILE}")
+    # The same names with no whole copy among them are someone else's.
+    other = f"memory://mirror-{uuid.uuid4().hex}"
+    mirror.fs.pipe_file(f"{other.removeprefix('memory://')}/checkpoints/step_2/model.safetensors", b"mine")
+    with pytest.raises(MirrorError, match=r"holds files that are not a dia_tpu mirror \(checkpoints\)"):
+        with Mirror(other, run, 2, report=lambda line: None):
+            pass

@@ -139,12 +139,18 @@ class Mirror:
             self.fs.pipe_file(marker, json.dumps({"kind": MIRROR}).encode() + b"\n")
 
     def _earlier_mirror(self, names: list[str]) -> bool:
-        """A mirror written before mirrors were marked: checkpoints/, best/, final/ alone, each copy whole."""
+        """A mirror written before mirrors were marked: checkpoints/, best/, final/ alone, checkpoints/ holding
+        step_N (and forked-*) folders alone, and at least one whole copy (an upload cut off leaves a copy that
+        is not whole; someone else's folders of those names have no completion marks at all)."""
         if not set(names) <= {CHECKPOINTS, "best", "final"}:
             return False
-        steps = self.checkpoints() if CHECKPOINTS in names else []
-        folders = [name for _, name, _ in steps] + [name for name in ("best", "final") if name in names]
-        return bool(folders) and all(self.mark(name) is not None for name in folders)
+        listed = self.fs.ls(self._path(CHECKPOINTS), detail=False) if CHECKPOINTS in names else []
+        inside = [entry.rstrip("/").rsplit("/", 1)[-1] for entry in listed]
+        if not all(STEP_DIR.match(name) or name.startswith("forked-") for name in inside):
+            return False
+        folders = [f"{CHECKPOINTS}/{name}" for name in inside if STEP_DIR.match(name)]
+        folders += [name for name in ("best", "final") if name in names]
+        return any(self.mark(name) is not None for name in folders)
 
     # What is on the mirror.
 
