@@ -300,12 +300,19 @@ def test_codec_mixed_precision_is_an_option(tmp_path, cfg):
     source = tmp_path / "src"
     write_metadata(source, good_clips(source, 2))
     prepare(cfg, source, tmp_path / "fp32")
+    prepare(cfg, source, tmp_path / "fp32-again")
     cfg.prepare.mixed_precision = "bf16"
     manifest = prepare(cfg, source, tmp_path / "bf16")
-    # bf16 codes are valid codes of the same length; they may differ from fp32 codes (documented).
+    # bf16 codes are valid codes of the same length; they differ from fp32 codes (documented), which shows the
+    # codec really ran under bf16 autocast: fp32 twice gives the same codes, so the difference is the precision's.
     assert manifest["config"]["prepare"]["mixed_precision"] == "bf16"
-    for full, half in zip(rows(tmp_path / "fp32"), rows(tmp_path / "bf16"), strict=True):
+    differing = 0
+    for full, again, half in zip(rows(tmp_path / "fp32"), rows(tmp_path / "fp32-again"), rows(tmp_path / "bf16"),
+                                 strict=True):  # fmt: skip
         assert half["codes"].shape == full["codes"].shape and 0 <= half["codes"].min() <= half["codes"].max() < 1024
+        assert np.array_equal(again["codes"], full["codes"])
+        differing += int((half["codes"] != full["codes"]).sum())
+    assert differing > 0
 
 
 def test_a_killed_run_resumes_where_it_stopped(tmp_path, cfg):
