@@ -103,6 +103,12 @@ def test_overfit_model_generates_its_training_clips(overfit):
     # Greedy, then sampling through the seeded sampler at a low temperature: the memorised clips are the
     # only likely continuations, so both must find them, in one batch of differently long texts.
     scripts = list(codes)
+    # A clip one frame early or late, or another clip, agrees on a fifth of the frames at most: 0.95 below sees a
+    # misplaced BOS or delay, or the wrong clip.
+    for script, expected in codes.items():
+        late = torch.cat([expected[:1], expected])
+        assert max(_agreement(expected[1:], expected), _agreement(late, expected)) < 0.5, script
+        assert all(_agreement(codes[other], expected) < 0.5 for other in scripts if other != script), script
     for settings in (GREEDY, GenerationSettings(guidance_scale=1.0, temperature=0.3, seed=11)):
         generated = synthesize_codes(model, scripts, settings, rate)
         for script, got in zip(scripts, generated, strict=True):
@@ -122,6 +128,8 @@ def test_overfit_model_continues_a_voice_prompt(overfit):
         got = synthesize_codes(model, [""], GREEDY, rate, prompt)[0]
         assert len(got) == len(expected) - half, script
         assert _agreement(got, expected[half:]) >= 0.95, script
+        # Going on from one frame too early (the prompt's last frame again) would agree on a third at most.
+        assert _agreement(expected[half - 1 :], expected[half:]) < 0.5, script
 
 
 def test_overfit_model_continues_the_first_half_of_a_clips_audio(overfit, tmp_path):
@@ -143,6 +151,8 @@ def test_overfit_model_continues_the_first_half_of_a_clips_audio(overfit, tmp_pa
         got = synthesize_codes(model, [""], GREEDY, rate, prompt)[0]
         assert len(got) == len(expected) - kept, script
         assert _agreement(got, expected[kept:]) >= 0.95, script
+        # Going on from one frame too early (the prompt's last frame again) would agree on a third at most.
+        assert _agreement(expected[kept - 1 :], expected[kept:]) < 0.5, script
 
 
 def test_overfit_speech_decodes_to_recognisable_speech(overfit):
@@ -155,11 +165,17 @@ def test_overfit_speech_decodes_to_recognisable_speech(overfit):
     generated = synthesize_codes(model, scripts, GREEDY, rate / codec.config.hop_length)
     waves = [decode(codec, got) for got in generated]
     recogniser = load_recogniser("pocketsphinx")
+    transcripts = recogniser.transcribe(waves, rate)
     errors = chars = 0
-    for script, heard in zip(scripts, recogniser.transcribe(waves, rate), strict=True):
+    for script, heard in zip(scripts, transcripts, strict=True):
         said = char_errors(recogniser.normalise(spoken_text(script)), recogniser.normalise(heard))
         errors, chars = errors + said.errors, chars + said.length
     assert errors / chars <= MAX_SPEECH_CER, (errors, chars)
+    # The same transcripts held against the next clip's script score above the limit: it tells the memorised
+    # words from other speech.
+    wrong = [char_errors(recogniser.normalise(spoken_text(script)), recogniser.normalise(heard))
+             for script, heard in zip(scripts[1:] + scripts[:1], transcripts, strict=True)]  # fmt: skip
+    assert sum(w.errors for w in wrong) / sum(w.length for w in wrong) > MAX_SPEECH_CER, (wrong, transcripts)
 
 
 def test_a_model_trained_on_prompt_pairs_continues_the_prompt_into_the_text(tmp_path):
@@ -191,3 +207,5 @@ def test_a_model_trained_on_prompt_pairs_continues_the_prompt_into_the_text(tmp_
         got = synthesize_codes(model, [row["text"]], GREEDY, rate, prompt)[0]
         assert len(got) == len(expected), f"{row['text']!r}: EOS after {len(got)} frames, the clip has {len(expected)}"
         assert _agreement(got, expected) >= 0.95, row["text"]
+        # Speaking the prompt's own clip again would agree on almost nothing.
+        assert _agreement(prompt.codes, expected) < 0.5, row["text"]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import re
 
 import numpy as np
@@ -163,6 +164,8 @@ def test_xvector_embeddings_from_a_folder(tmp_path):
     out = encoder.embed([clips[0]["wave"], clips[1]["wave"], np.zeros(0, np.float32)], 22050)
     assert out.shape == (3, 12) and np.allclose(np.linalg.norm(out[:2], axis=1), 1) and not out[2].any()
     assert similarity(out[:1], encoder.embed([clips[0]["wave"]], 22050))[0] == pytest.approx(1, abs=1e-4)
+    # Even this random encoder puts the other clip 3e-3 away, so the check above tells one clip from another.
+    assert similarity(out[:1], out[1:2])[0] < 1 - 1e-3
 
 
 @pytest.mark.parametrize("spec", ["whisperx", "pocketsphinx:big", "resemblyzer:x"])
@@ -214,6 +217,9 @@ def test_evaluate_compares_checkpoints_side_by_side_as_generate_samples(tiny_run
 
     pace = chars_per_second(load_from_disk(read_saved(run / "config.yaml").data.dataset))
     assert rows[1]["reference_seconds"] == pytest.approx(len("Yes, I have the map.") / pace["S2"])
+    # S1's pace and everyone's differ from S2's by 0.4 % or more, thousands of times approx's tolerance: a prompt
+    # timed at the wrong pace would fail.
+    assert all(pace[other] != pytest.approx(pace["S2"], rel=1e-3) for other in ("S1", None))
     # The same text, seed and settings through `dia-tpu generate --text-file`, one at a time: the same audio.
     write_speech(str(run / "final"), ["[S1] Hello there, are you ready?", "[S2] Yes, I have the map."],
                  [tmp_path / "g1.wav", tmp_path / "g2.wav"], settings, batch_size=1)  # fmt: skip
@@ -274,6 +280,9 @@ def test_evaluate_on_the_held_out_split_of_a_dataset(tiny_run, codes_dir, tmp_pa
     assert [r["text"] for r in rows] == list(held_out["text"])
     durations = held_out["duration"]
     assert all(r["reference_seconds"] == pytest.approx(d, abs=0.05) for r, d in zip(rows, durations, strict=True))
+    # The clips' lengths differ by more than the tolerance: references taken from the wrong clips would fail.
+    shifted = [*durations[1:], durations[0]]
+    assert not all(r["reference_seconds"] == pytest.approx(d, abs=0.05) for r, d in zip(rows, shifted, strict=True))
     assert all("similarity_reference" in r for r in rows) and "wer" not in rows[0]
     speakers = list(held_out["speaker"])
     cloned = [r for r, s in zip(rows, speakers, strict=True) if speakers.count(s) > 1]
@@ -290,9 +299,9 @@ def test_audio_is_judged_during_training(codes_dir, tmp_path, capsys):
 
     run = tmp_path / "run"
     train(tiny(codes_dir, run, "train.max_steps=2", "eval.eval_every=2", "eval.audio.every=2", "eval.audio.limit=3",
-               "eval.audio.max_seconds=1", "eval.select_by=wer=1,speaker_similarity=0.5"))  # fmt: skip
+               "eval.audio.max_seconds=1", "eval.select_by=wer=1,speaker_similarity=0.5,loss=0.25"))  # fmt: skip
     out = capsys.readouterr().out
-    assert "(best eval.select_by" not in out and "best wer=1,speaker_similarity=0.5" in out
+    assert "(best eval.select_by" not in out and "best wer=1,speaker_similarity=0.5,loss=0.25" in out
     assert "  audio: WER " in out, out
     logged = scalars(run)
     assert {"audio/wer", "audio/cer", "audio/ended", "audio/with_problems", "audio/speaker_similarity"} <= set(logged)
@@ -300,7 +309,22 @@ def test_audio_is_judged_during_training(codes_dir, tmp_path, capsys):
     assert len(rows) == 3 and all((run / "evaluations/step_000002" / f"{r['id']}.wav").is_file() for r in rows)
     state = json.loads((run / "best/train_state.json").read_text())
     wer, similarity = logged["audio/wer"][-1][1], logged["audio/speaker_similarity"][-1][1]
-    assert state["best_score"] == pytest.approx(wer - 0.5 * similarity, abs=1e-5)
+    loss = logged["eval/loss"][-1][1]
+    assert state["best_score"] == pytest.approx(wer - 0.5 * similarity + 0.25 * loss, abs=1e-5)
+    # The loss term is far larger than the tolerance, so a score that left out a term, or weighed it otherwise,
+    # fails. (This model's second of quiet audio has no voice to compare: the similarity's sign is checked below.)
+    assert 0.25 * loss > 1e-3, loss
+
+
+def test_selection_weighs_each_figure_and_counts_similarity_negated():
+    from dia_tpu.training.audio_eval import selection_score
+
+    metrics = {"eval/loss": 2.0, "audio/wer": 0.25, "audio/speaker_similarity": 0.75, "audio/mos": 3.0}
+    assert selection_score("loss", metrics) == 2.0
+    assert selection_score("wer=1,speaker_similarity=0.5,loss=0.25", metrics) == 0.25 - 0.375 + 0.5
+    assert selection_score("mos=2,wer", metrics) == -6.0 + 0.25
+    # A figure the evaluation lacks (no words, no voice) never makes a best.
+    assert selection_score("speaker_similarity", {"eval/loss": 2.0}) == math.inf
 
 
 def test_cloning_is_judged_on_speakers_held_out_of_training(codes_dir, tmp_path):
@@ -379,6 +403,8 @@ def test_a_mos_predictor_from_a_folder(tmp_path):
     scores = mos.score(waves, 22050)
     assert scores[1] is None and all(isinstance(s, float) for s in scores[::2])
     assert mos.score(waves[:1], 22050) == [pytest.approx(scores[0])]
+    # The two clips' scores differ far beyond approx's tolerance, so a score given to the wrong clip would fail.
+    assert scores[0] != pytest.approx(scores[2], rel=0.01)
     rows = judge([Prompt(str(i), c["text"]) for i, c in enumerate(clips)], waves[::2], [None, None], [True, True],
                  22050, Judges(quality=mos))  # fmt: skip
     assert [r["mos"] for r in rows] == pytest.approx(scores[::2])

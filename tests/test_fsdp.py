@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import ROOT, TINY, reset_accelerate, scalars, weights
+from safetensors.torch import load_file
 from transformers import DiaForConditionalGeneration
 
 from dia_tpu.artifacts.weights import SHARDED_WEIGHTS, read_weights
@@ -75,10 +76,18 @@ def test_sharded_steps_equal_one_process_with_the_same_global_batch(sharded, cod
     two, one = weights(run_dir), weights(tmp_path / "one")
     for key in one:
         torch.testing.assert_close(two[key], one[key], rtol=1e-4, atol=1e-5, msg=key)
+    # Steps 3 and 4 alone moved every tensor by more than ten times its tolerance (14x the least, measured): a
+    # step skipped or taken otherwise would fail above.
+    halfway = load_file(tmp_path / "one" / "checkpoints" / "step_2" / "model.safetensors")
+    for key in one:
+        assert (one[key] - halfway[key]).abs().max() > 10 * (1e-5 + 1e-4 * one[key].abs().max()), key
     logged_two, logged_one = scalars(run_dir), scalars(tmp_path / "one")
     for tag in ("train/loss", "eval/loss"):
         assert [s for s, _ in logged_two[tag]] == [s for s, _ in logged_one[tag]]
         assert [v for _, v in logged_two[tag]] == pytest.approx([v for _, v in logged_one[tag]], rel=1e-5)
+    # Two steps move the evaluation loss by 3e-3 relative, hundreds of times rel=1e-5.
+    (_, at_2), (_, at_4) = logged_one["eval/loss"]
+    assert at_4 != pytest.approx(at_2, rel=1e-3)
 
 
 def test_resume_from_a_sharded_checkpoint_continues_exactly(sharded, codes_dir, tmp_path):

@@ -190,16 +190,23 @@ def test_sampler_draws_in_proportion_to_the_probabilities(temperature):
     """Each token is drawn as often as its probability after temperature, top-k and top-p says; a row with one
     finite score (EOS forced by Dia's rules) always gives that token."""
     probs = torch.tensor([0.5, 0.3, 0.1, 0.05, 0.05, 0.0])
+
+    def kept(temperature: float) -> torch.Tensor:  # top-4; top-p keeps them all
+        tempered = probs[:4] ** (1 / temperature)
+        return (tempered / tempered.sum()).double()
+
     rows = 40_000  # one item with many channels: 40,000 draws in one call
     scores = probs.log().repeat(rows, 1)
     scores[0] = torch.tensor([-float("inf")] * 5 + [0.0])
     sampler = SeededSampler([0], rows, GenerationSettings(temperature=temperature, top_k=4, top_p=0.95))
     picked = sampler(None, scores).argmax(-1)
     assert picked[0] == 5
-    kept = (probs[:4] ** (1 / temperature)) / (probs[:4] ** (1 / temperature)).sum()  # top-4; top-p keeps them all
     seen = torch.bincount(picked[1:], minlength=6).double() / (rows - 1)
     assert seen[4:].sum() == 0
-    assert torch.allclose(seen[:4], kept.double(), atol=0.01), (seen, kept)
+    assert torch.allclose(seen[:4], kept(temperature), atol=0.01), (seen, kept(temperature))
+    # The other temperature's frequencies are 0.13 away: a sampler that ignored the temperature would fail.
+    other = {1.0: 2.0, 2.0: 1.0}[temperature]
+    assert not torch.allclose(seen[:4], kept(other), atol=0.01)
 
 
 def test_voice_prompt_continues_and_is_not_returned(tiny_dia):

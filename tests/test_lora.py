@@ -61,6 +61,9 @@ def test_lora_trains_only_adapters_and_merges_exactly(codes_dir, tmp_path):
     # Merged (the final export) = base + adapter, and so is base + the exported adapter folder.
     batch = synthetic_batch(cfg, trained.config)
     expected = _logits(trained, batch)
+    # The base alone is far from these logits (measured: by up to 1.0, where the loosest tolerance below is
+    # 1e-4 + 1e-4 x |logit|): a merge or a load that dropped the adapter, or its scaling, would fail.
+    assert (_logits(build_model(cfg.model), batch) - expected).abs().max() > 0.01
     merged_model, _ = load_for_inference(str(final))
     torch.testing.assert_close(_logits(merged_model, batch), expected, rtol=1e-5, atol=1e-5)
     assert (final / "adapter" / "adapter_config.json").is_file()
@@ -123,6 +126,11 @@ def test_merged_state_dict_matches_merge_and_unload(codes_dir, tmp_path):
     assert state.keys() == folded.keys()
     for key in folded:
         torch.testing.assert_close(state[key], folded[key], msg=key)
+    # Every LoRA target and the saved head moved by far more than the tolerance (1e-5): a merge that left out an
+    # adapter, or its alpha / rank scaling, would fail above.
+    base = build_model(cfg.model).state_dict()
+    moved = [key for key in folded if (state[key] - base[key]).abs().max() > 1e-3]
+    assert len(moved) == 2 * (6 + 10) + 1
 
 
 def test_lora_targets(tiny_dia):
@@ -162,6 +170,9 @@ def test_8bit_adamw_trains_on_cpu(codes_dir, tmp_path):
                "eval.eval_every=0", "train.save_every=20"))
     losses = [v for _, v in scalars(run)["train/loss"]]
     assert losses[-1] < losses[0]
+    # The logged losses of a run that learns nothing (learning rate 1e-12) wander by 0.01 from batch to batch;
+    # this one falls by 0.6 (measured), so the drop is the optimizer's doing.
+    assert losses[0] - losses[-1] > 0.1, losses
     state = torch.load(run / "checkpoints" / "step_20" / "optimizer.bin", weights_only=False)["state"]
     # bitsandbytes keeps the two moments of large tensors as uint8 with per-block scales.
     moments = [s.get("__bnb_optimizer_quant_state__", s) for s in state.values()]

@@ -23,13 +23,15 @@ def example(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     return logits, labels
 
 
-def reference(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """ce, hits and counts [B, C], one plain cross_entropy per (sample, codebook); logits row b*C + c."""
+def reference(logits: torch.Tensor, labels: torch.Tensor,
+              dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
+    """ce, hits and counts [B, C], one plain cross_entropy per (sample, codebook) computed in `dtype`; logits
+    row b*C + c."""
     size, _, channels = labels.shape
     ce, hits, counts = (torch.zeros(size, channels) for _ in range(3))
     for b in range(size):
         for c in range(channels):
-            rows, targets = logits[b * channels + c].float(), labels[b, :, c]
+            rows, targets = logits[b * channels + c].to(dtype), labels[b, :, c]
             ce[b, c] = F.cross_entropy(rows, targets, ignore_index=IGNORE_INDEX, reduction="sum")
             counted = targets != IGNORE_INDEX
             counts[b, c] = counted.sum()
@@ -82,6 +84,10 @@ def test_layout_matches_dia_forward_and_its_builtin_loss(tiny_dia):
     ones = torch.ones(channels)
     parts = codebook_loss(out.logits, labels, ones)
     torch.testing.assert_close(parts.weighted_sum / target_weight(labels, ones), out.loss)
+    # The same logits read batch-major (row c*B + b) miss Dia's loss by far more than the tolerance (~2e-5),
+    # so the check above sees a wrong layout even on this nearly uniform random model.
+    batch_major = out.logits.view(channels, 2, 5, -1).transpose(0, 1).reshape(2 * channels, 5, -1)
+    assert (codebook_loss(batch_major, labels, ones).weighted_sum / target_weight(labels, ones) - out.loss).abs() > 1e-3
 
 
 def test_ignored_positions_do_not_matter_and_counted_ones_do():
@@ -114,8 +120,10 @@ def test_gradient_flows_only_through_counted_positions():
 
     assert not logits.grad[~counted].any()
     assert (logits.grad[counted].abs().sum(-1) > 0).all()
-    # Each counted position's gradient is weight[c] * (softmax - onehot), which sums to zero over the vocabulary.
+    # Each counted position's gradient is weight[c] * (softmax - onehot), which sums to zero over the vocabulary;
+    # each is far larger than the tolerance (1e-5), so a gradient that did not cancel would show.
     torch.testing.assert_close(logits.grad.sum(-1), torch.zeros(SIZE * CHANNELS, STEPS))
+    assert (logits.grad[counted].abs().sum(-1) > 0.1).all()
 
 
 def test_loss_is_computed_in_fp32_for_bf16_logits():
@@ -127,6 +135,10 @@ def test_loss_is_computed_in_fp32_for_bf16_logits():
     assert parts.weighted_sum.dtype == parts.ce_sum.dtype == torch.float32
     torch.testing.assert_close(parts.weighted_sum, upcast.weighted_sum)
     torch.testing.assert_close(parts.ce_sum, reference(half.float(), labels)[0])
+    # Computed in bf16 instead, the sums are off by far more than the tolerance: the checks above can fail.
+    in_bf16 = reference(half, labels, torch.bfloat16)[0]
+    assert ((in_bf16 * WEIGHTS).sum() - upcast.weighted_sum).abs() > 0.01
+    assert (in_bf16 - upcast.ce_sum).abs().max() > 0.01
 
 
 def test_default_codebook_weights():

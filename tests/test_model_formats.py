@@ -16,6 +16,7 @@ from dia_tpu.data.batching import synthetic_batch
 from dia_tpu.data.prepare import prepare
 from dia_tpu.model.build import build_model
 from dia_tpu.model.load import load_for_inference, load_model
+from dia_tpu.model.shapes import set_attention_scale
 from dia_tpu.plan import estimate
 from dia_tpu.training.recipe import train
 
@@ -77,6 +78,9 @@ def test_attention_scale_of_a_scratch_run_survives_export(codes_dir, tmp_path):
     with torch.no_grad():
         fresh.load_state_dict(model.state_dict())
     torch.testing.assert_close(_logits(model, cfg), _logits(fresh, cfg))
+    # At Dia's own scale (1.0: what a load that lost 0.3 would run) the logits move by far more than the tolerance.
+    set_attention_scale(fresh, 1.0)
+    assert (_logits(fresh, cfg) - _logits(model, cfg)).abs().max() > 1e-3
     # Native Dia has no attention scale: exporting this model natively would change it, so it is refused.
     done = subprocess.run([sys.executable, "-m", "dia_tpu", "export", "--checkpoint", str(checkpoint), "--out",
                            str(tmp_path / "native"), "--native"], capture_output=True, text=True, timeout=300)

@@ -94,8 +94,16 @@ def test_native_loads_strictly_and_round_trips_bit_exact(delay):
     wi, wo = native["decoder.layers.1.mlp.wi_fused.weight"], native["decoder.layers.1.mlp.wo.weight"]
     gate, up = torch.einsum("d,dkf->kf", h, wi)
     torch.testing.assert_close(model.model.decoder.layers[1].mlp(h), (F.silu(gate) * up) @ wo, **close)
-    q = torch.einsum("d,dnh->nh", h, native["decoder.layers.0.cross_attention.q_proj.weight"])
+    q_w = native["decoder.layers.0.cross_attention.q_proj.weight"]
+    q = torch.einsum("d,dnh->nh", h, q_w)
     torch.testing.assert_close(model.model.decoder.layers[0].cross_attention.q_proj(h).view_as(q), q, **close)
+    # Each wrong layout misses by 10 or more (the tolerance here is 0.1 at most): a vocabulary-major head, gate
+    # and up swapped, the head split transposed.
+    vocabulary_major = torch.einsum("d,dcv->vc", h, native["decoder.logits_dense.weight"]).reshape_as(head)
+    assert (head - vocabulary_major).abs().max() > 1
+    assert (model.model.decoder.layers[1].mlp(h) - (F.silu(up) * gate) @ wo).abs().max() > 1
+    transposed = torch.einsum("d,dnh->hn", h, q_w).reshape_as(q)
+    assert (model.model.decoder.layers[0].cross_attention.q_proj(h).view_as(q) - transposed).abs().max() > 1
 
 
 def test_hf_round_trips_through_native_bit_exact():

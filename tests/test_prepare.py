@@ -200,7 +200,11 @@ def test_bundled_sample(tmp_path, cfg):
     info = prepare(cfg, SAMPLE, tmp_path / "sample")
     assert (info["kept"], info["skipped"]) == (32, 0)
     assert info["audio_seconds"] == pytest.approx(74.9, abs=0.1)
+    # Hours keep four decimals (0.36 s), too coarse for the short clips of the test above; here the shortest clip
+    # is 4e-4 h (1.5 s), so hours or seconds that missed a clip would fail.
+    assert info["audio_hours"] == pytest.approx(74.9 / 3600, abs=1e-4)
     ds = datasets.load_from_disk(str(tmp_path / "sample"))
+    assert min(ds["duration"]) / 3600 > 3e-4
     assert ds.num_rows == 32 and set(ds["speaker"]) == {"S1", "S2"}
     assert (tmp_path / "sample" / "skipped.tsv").read_text() == "index\tsource_id\treason\n"
 

@@ -16,6 +16,7 @@ from transformers import DiaForConditionalGeneration
 import dia_tpu.publish as publish
 from dia_tpu.artifacts import open_artifact
 from dia_tpu.hub import HubError
+from dia_tpu.model.adapters import lora_target_modules
 from dia_tpu.model.build import build_model
 from dia_tpu.training.recipe import train
 
@@ -59,11 +60,18 @@ def test_adapter_alone_loads_onto_its_base_and_says_so(runs, tmp_path):
 
     out = publish.upload_folder(runs / "lora" / "final", tmp_path / "repo", REPO, adapter=True, license="mit")
     assert not list(out.glob("model.safetensors"))  # the adapter only
-    base = build_model(open_artifact(runs / "lora" / "final").config.model)  # the run's random base, rebuilt
+    model_config = open_artifact(runs / "lora" / "final").config.model
+    base = build_model(model_config)  # the run's random base, rebuilt
+    before = {key: value.clone() for key, value in base.state_dict().items()}
+    targets = lora_target_modules(base, model_config.lora)
     merged = PeftModel.from_pretrained(base, out).merge_and_unload()
     expected = weights(runs / "lora")
     for key, value in merged.state_dict().items():
         torch.testing.assert_close(value, expected[key], rtol=1e-6, atol=1e-6, msg=key)
+    # The adapter moved every weight it targets, and only those, by far more than the tolerance: an adapter
+    # left out of the folder, or loaded at another scale, would fail above.
+    moved = {key for key, value in before.items() if (expected[key] - value).abs().max() > 1e-4}
+    assert moved == {f"{name}.weight" for name in targets}
     card = ModelCard.load(out / "README.md")
     assert card.data.library_name == "peft" and card.data.license == "mit" and "lora" in card.data.tags
     assert "A LoRA adapter" in card.text and "PeftModel.from_pretrained" in card.text

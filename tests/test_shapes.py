@@ -50,7 +50,8 @@ def test_widened_model_reproduces_mono_logits_for_identical_sides():
     assert wide.config.delay_pattern == DELAY * 2
     codes = random_codes(9)
     expected = run(mono, codes)
-    assert not torch.allclose(expected[:, 0], expected[:, 1])  # channels do differ, so the check has teeth
+    # Channels differ by more than the tolerance below, so a widened channel reading the wrong mono one would fail.
+    assert not torch.allclose(expected[:, 0], expected[:, 1], rtol=1e-5, atol=1e-6)
     got = run(wide, torch.cat([codes, codes], dim=-1))
     for c in range(9):
         torch.testing.assert_close(got[:, c], expected[:, c], rtol=1e-5, atol=1e-6)
@@ -145,11 +146,13 @@ def test_scratch_init_scales_residual_outputs_by_depth():
     config = deep_config()
     model = init_from_scratch(config, seed=0, attention_scale=None)
     # Residual branches per stack: encoder 2 per layer, decoder 3 per layer (self, cross, MLP).
-    for stack, std, branches in (("model.encoder.", 0.02, 2 * 2), ("model.decoder.", 0.05, 3 * 2)):
+    for stack, std, branches, other in (("model.encoder.", 0.02, 2 * 2, 3 * 2), ("model.decoder.", 0.05, 3 * 2, 2 * 2)):
         assert std_of(model, stack, "q_proj.weight") == pytest.approx(std, rel=0.1)
         for output in ("o_proj.weight", "down_proj.weight"):
             ratio = std_of(model, stack, output) / std_of(model, stack, "q_proj.weight")
             assert ratio == pytest.approx(1 / math.sqrt(branches), rel=0.15), (stack, output)
+            # Scaled by the other stack's branch count it would fail: the tolerance tells 4 branches from 6.
+            assert ratio != pytest.approx(1 / math.sqrt(other), rel=0.15), (stack, output)
     assert model.logits_dense.weight.std().item() == pytest.approx(0.1, rel=0.05)
     assert model.model.decoder.embeddings.embed.weight.std().item() == pytest.approx(0.05, rel=0.05)
     norms = [p for n, p in model.named_parameters() if "norm" in n]
