@@ -64,6 +64,22 @@ MUTATIONS = (
              "prompt = Prompt(file_name(str(item.get(\"id\", f\"line_{i:04d}\"))), text)",
              "prompt = Prompt(str(item.get(\"id\", f\"line_{i:04d}\")), text)",
              ("tests/test_evaluation.py::test_a_prompts_id_names_a_file_inside_the_output_only",)),
+    Mutation("sample at temperature 1", "dia_tpu/generation/sampling.py",
+             "logits = scores.float() / s.temperature",
+             "logits = scores.float()",
+             ("tests/test_generate.py::test_sampler_draws_in_proportion_to_the_probabilities",)),
+    Mutation("the loss in the logits' precision", "dia_tpu/training/loss.py",
+             "logits = logits.float().reshape(size, channels, steps, -1)",
+             "logits = logits.reshape(size, channels, steps, -1)",
+             ("tests/test_loss.py::test_loss_is_computed_in_fp32_for_bf16_logits",)),
+    Mutation("a similarity counted as a cost", "dia_tpu/training/audio_eval.py",
+             "score += weight * (-value if name in HIGHER_IS_BETTER and math.isfinite(value) else value)",
+             "score += weight * value",
+             ("tests/test_evaluation.py::test_selection_weighs_each_figure_and_counts_similarity_negated",)),
+    Mutation("export the base without its adapter", "dia_tpu/model/adapters.py",
+             "out[prefix + \"weight\"] = module.base_layer.weight + module.get_delta_weight(adapter)",
+             "out[prefix + \"weight\"] = module.base_layer.weight + 0 * module.get_delta_weight(adapter)",
+             ("tests/test_lora.py::test_merged_state_dict_matches_merge_and_unload",)),
 )  # fmt: skip
 
 
