@@ -72,6 +72,7 @@ test-xla: $(XLA_STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check dia_tpu tests scripts
+	$(BIN)/ruff format --check dia_tpu tests scripts
 
 bench: $(STAMP)
 	$(BIN)/dia-tpu bench --config configs/bench.yaml

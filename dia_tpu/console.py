@@ -28,8 +28,13 @@ class DropNote(logging.Filter):
 
 
 # Bad input, named by file, key or value.
-USER_ERRORS: tuple[type[BaseException], ...] = (FileNotFoundError, FileExistsError, NotADirectoryError, ValueError,
-                                                HubError)  # fmt: skip
+USER_ERRORS: tuple[type[BaseException], ...] = (
+    FileNotFoundError,
+    FileExistsError,
+    NotADirectoryError,
+    ValueError,
+    HubError,
+)
 
 
 class TrainingStopped(Exception):
@@ -39,8 +44,10 @@ class TrainingStopped(Exception):
         self.signum, self.step, self.checkpoint = signum, step, checkpoint
         self.exit_code = 128 + signum
         saved = f"the checkpoint is {checkpoint}" if checkpoint is not None else "no checkpoint was written"
-        super().__init__(f"stopped by {signal.Signals(signum).name} at step {step}; {saved}. Resume by running the "
-                         "same command with --resume auto")  # fmt: skip
+        super().__init__(
+            f"stopped by {signal.Signals(signum).name} at step {step}; {saved}. Resume by running the "
+            "same command with --resume auto"
+        )
 
 
 def run_command(name: str, command: Callable[[], object]) -> None:

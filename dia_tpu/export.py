@@ -62,8 +62,9 @@ def building_beside(out_dir: Path) -> Iterator[Path]:
         raise
 
 
-def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, form: str = "merge",
-                      native_schema: str = "v0.1") -> Path:  # fmt: skip
+def export_checkpoint(
+    checkpoint: str | Path, out_dir: str | Path, form: str = "merge", native_schema: str = "v0.1"
+) -> Path:
     """Write a training checkpoint folder out as `form`:
     - "merge": a `from_pretrained`-loadable export (model with any LoRA adapters folded in, processor, config);
     - "adapter": the LoRA adapter alone (peft's format, loadable with `PeftModel.from_pretrained`);

@@ -19,10 +19,18 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     parser = parser or argparse.ArgumentParser(prog="finetune_acc_tpu", description="Fine-tune Dia with Accelerate.")
     parser.add_argument("--config", required=True, help="YAML config (see configs/)")
     parser.add_argument("--resume", help="'auto' (latest checkpoint in output.dir) or a checkpoint folder")
-    parser.add_argument("--fork", action="store_true", help="with --resume PATH older than the run's newest "
-                        "checkpoint: branch from it, moving the newer checkpoints aside (train.fork=true)")
-    parser.add_argument("--overwrite", action="store_true", help="start over in an output.dir that holds an earlier "
-                        "run, deleting its checkpoints, best/, final/, logs and samples (train.overwrite=true)")
+    parser.add_argument(
+        "--fork",
+        action="store_true",
+        help="with --resume PATH older than the run's newest "
+        "checkpoint: branch from it, moving the newer checkpoints aside (train.fork=true)",
+    )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start over in an output.dir that holds an earlier "
+        "run, deleting its checkpoints, best/, final/, logs and samples (train.overwrite=true)",
+    )
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides, e.g. train.max_steps=50")
     return parser
 

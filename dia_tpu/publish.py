@@ -39,8 +39,14 @@ CARD_SAMPLES = 3
 NARI_LICENSE = "apache-2.0"
 
 
-def upload_folder(model: str | Path, out: str | Path, repo_id: str, adapter: bool = False,
-                  license: str | None = None, native: str | None = None) -> Path:  # fmt: skip
+def upload_folder(
+    model: str | Path,
+    out: str | Path,
+    repo_id: str,
+    adapter: bool = False,
+    license: str | None = None,
+    native: str | None = None,
+) -> Path:
     """Write what `push` uploads for the export `model` into `out` (which must not exist): the model, or with
     `adapter` the LoRA adapter alone, or with `native` (a schema, "v0.1" or "0626") a native Nari Labs
     checkpoint; the processor, generation config and the run's config.yaml; up to CARD_SAMPLES of the run's
@@ -48,8 +54,10 @@ def upload_folder(model: str | Path, out: str | Path, repo_id: str, adapter: boo
     source, out = Path(model), Path(out)
     artifact = open_artifact(source)
     if artifact.kind != "export" or artifact.config is None:
-        raise ValueError(f"--model {source}: not a dia_tpu export (a run's final/, or `dia-tpu export` of a "
-                         f"checkpoint); export the checkpoint first")  # fmt: skip
+        raise ValueError(
+            f"--model {source}: not a dia_tpu export (a run's final/, or `dia-tpu export` of a "
+            f"checkpoint); export the checkpoint first"
+        )
     if not is_hub_id(repo_id, base=Path("/nonexistent")):
         raise ValueError(f"--repo {repo_id!r}: a Hub repository id looks like org/name")
     if out.exists():
@@ -86,8 +94,14 @@ def upload_folder(model: str | Path, out: str | Path, repo_id: str, adapter: boo
     return out
 
 
-def push_export(model: str | Path, repo_id: str, private: bool = False, adapter: bool = False,
-                license: str | None = None, native: str | None = None) -> str:  # fmt: skip
+def push_export(
+    model: str | Path,
+    repo_id: str,
+    private: bool = False,
+    adapter: bool = False,
+    license: str | None = None,
+    native: str | None = None,
+) -> str:
     """`upload_folder` into a temporary folder, then `push` it; returns the repository's URL."""
     with tempfile.TemporaryDirectory() as tmp:
         folder = upload_folder(model, Path(tmp) / "repo", repo_id, adapter, license, native)
@@ -110,16 +124,29 @@ def push(folder: str | Path, repo_id: str, private: bool = False) -> str:
     api = HfApi()
     try:
         url = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
-        api.upload_folder(folder_path=str(folder), repo_id=repo_id, repo_type="model",
-                          commit_message="Upload a Dia fine-tune made with dia_tpu")  # fmt: skip
+        api.upload_folder(
+            folder_path=str(folder),
+            repo_id=repo_id,
+            repo_type="model",
+            commit_message="Upload a Dia fine-tune made with dia_tpu",
+        )
     except (HfHubHTTPError, OSError, *transport_errors()) as err:
-        raise HubError(f"push to {repo_id}: {first_line(err)} (check the network, log in with `hf auth login` or "
-                       "set HF_TOKEN; `--dry-run DIR` writes the files without uploading)") from err  # fmt: skip
+        raise HubError(
+            f"push to {repo_id}: {first_line(err)} (check the network, log in with `hf auth login` or "
+            "set HF_TOKEN; `--dry-run DIR` writes the files without uploading)"
+        ) from err
     return str(url)
 
 
-def model_card(cfg: Config, run: RunFolder, repo_id: str, adapter: bool, samples: list[str],
-               license: str | None = None, native: str | None = None) -> str:  # fmt: skip
+def model_card(
+    cfg: Config,
+    run: RunFolder,
+    repo_id: str,
+    adapter: bool,
+    samples: list[str],
+    license: str | None = None,
+    native: str | None = None,
+) -> str:
     """README.md for the repository: the Hub's metadata header, then what the model is and how to use it."""
     from huggingface_hub import ModelCardData
 
@@ -141,15 +168,19 @@ def model_card(cfg: Config, run: RunFolder, repo_id: str, adapter: bool, samples
         lines.append(f"{what} `{shown}` (Nari Labs' Dia, dialogue text-to-speech), made with dia_tpu.")
     else:
         what = "A LoRA adapter on a Dia model" if adapter else "A Dia model"
-        lines.append(f"{what} (Nari Labs' dialogue text-to-speech architecture) trained from random weights with "
-                     "dia_tpu.")  # fmt: skip
+        lines.append(
+            f"{what} (Nari Labs' dialogue text-to-speech architecture) trained from random weights with dia_tpu."
+        )
     if native:
         lines += ["", f"Stored as a native Nari Labs checkpoint ({native} layout), for their `dia` package and app."]
     codec = cfg.model.codec
     if not adapter and not native and not (codec and is_hub_id(codec)):
-        lines += ["", f"Its audio codec is not a Hub model of its own: it is in `{CODEC_DIR}/` here, and the "
-                      "processor names it by that relative path, so load the processor from a downloaded copy "
-                      f"(`hf download {repo_id} --local-dir DIR`, then from inside DIR)."]  # fmt: skip
+        lines += [
+            "",
+            f"Its audio codec is not a Hub model of its own: it is in `{CODEC_DIR}/` here, and the "
+            "processor names it by that relative path, so load the processor from a downloaded copy "
+            f"(`hf download {repo_id} --local-dir DIR`, then from inside DIR).",
+        ]
     lines += ["", "## Training data", ""]
     lines.append(f"- {data['hours']:.2f} h of audio in {data['items']} clips from `{data['source']}`")
     if data["speakers"]:
@@ -158,13 +189,20 @@ def model_card(cfg: Config, run: RunFolder, repo_id: str, adapter: bool, samples
         lines.append(f"- languages: {', '.join(data['languages'])}")
     t = cfg.train
     lines += ["", "## Training", ""]
-    kind = f"LoRA rank {cfg.model.lora.rank} ({', '.join(cfg.model.lora.targets)})" if cfg.model.lora.rank else \
-        "all weights trained"
+    kind = (
+        f"LoRA rank {cfg.model.lora.rank} ({', '.join(cfg.model.lora.targets)})"
+        if cfg.model.lora.rank
+        else "all weights trained"
+    )
     precision = t.mixed_precision if t.mixed_precision != "no" else "fp32"
-    lines.append(f"- {kind}; batch {t.batch_size}, gradient accumulation {t.gradient_accumulation_steps}, learning "
-                 f"rate {t.learning_rate:g} ({t.lr_scheduler}), {precision}")  # fmt: skip
-    lines.append(f"- clips of up to {cfg.data.max_audio_frames} codec frames and {cfg.data.max_text_tokens} text "
-                 "tokens; the run's whole config is `config.yaml` here")  # fmt: skip
+    lines.append(
+        f"- {kind}; batch {t.batch_size}, gradient accumulation {t.gradient_accumulation_steps}, learning "
+        f"rate {t.learning_rate:g} ({t.lr_scheduler}), {precision}"
+    )
+    lines.append(
+        f"- clips of up to {cfg.data.max_audio_frames} codec frames and {cfg.data.max_text_tokens} text "
+        "tokens; the run's whole config is `config.yaml` here"
+    )
     lines += _results(run)
     if samples:
         lines += ["", "## Samples", ""]
@@ -196,8 +234,13 @@ def _data_summary(cfg: Config) -> dict:
 
     folder = Path(cfg.data.dataset)
     manifest = read_prepare_info(folder) if (folder / MANIFEST_FILE).is_file() else {}
-    summary = {"hours": manifest.get("audio_hours", 0.0), "items": manifest.get("kept", 0),
-               "source": Path(str(manifest.get("source", folder))).name, "speakers": 0, "languages": []}  # fmt: skip
+    summary = {
+        "hours": manifest.get("audio_hours", 0.0),
+        "items": manifest.get("kept", 0),
+        "source": Path(str(manifest.get("source", folder))).name,
+        "speakers": 0,
+        "languages": [],
+    }
     if (folder / "dataset_info.json").is_file():
         table = load_from_disk(str(folder))
         if "speaker" in table.column_names:
@@ -271,8 +314,10 @@ _KIND_AND_PATH = re.compile(r"(\w+):([/~]\S*)")
 def _without_local_paths(node: Any, is_path: bool = False) -> Any:
     """`node` (the config or a part of it) as plain data with its absolute local paths cut to their names."""
     if dataclasses.is_dataclass(node):
-        return {f.name: _without_local_paths(getattr(node, f.name), PATH_KIND in f.metadata)
-                for f in dataclasses.fields(node)}  # fmt: skip
+        return {
+            f.name: _without_local_paths(getattr(node, f.name), PATH_KIND in f.metadata)
+            for f in dataclasses.fields(node)
+        }
     if isinstance(node, list):
         return [_without_local_paths(item) for item in node]
     if isinstance(node, str) and is_path:
@@ -306,44 +351,72 @@ def _check_no_local_paths(out: Path, source: Path) -> None:
         if file.is_file() and file.suffix in TEXT_FILES:
             text = file.read_text(encoding="utf-8", errors="replace")
             if found := sorted(folder for folder in folders if folder in text):
-                raise ValueError(f"{file}: names the local folder {found[0]}; it would be published with the "
-                                 "repository (a dia_tpu bug: please report it)")  # fmt: skip
+                raise ValueError(
+                    f"{file}: names the local folder {found[0]}; it would be published with the "
+                    "repository (a dia_tpu bug: please report it)"
+                )
 
 
 def _native_usage(repo_id: str, schema: str) -> list[str]:
     from dia_tpu.model.native_files import SAVE_NAMES
 
     return [
-        "With Nari Labs' `dia` package:", "",
-        "```python", "from huggingface_hub import hf_hub_download", "from dia.model import Dia", "",
+        "With Nari Labs' `dia` package:",
+        "",
+        "```python",
+        "from huggingface_hub import hf_hub_download",
+        "from dia.model import Dia",
+        "",
         f"config = hf_hub_download({repo_id!r}, 'config.json')",
         f"weights = hf_hub_download({repo_id!r}, {SAVE_NAMES[schema]!r})",
-        "model = Dia.from_local(config, weights)", "```", "",
-        "With dia_tpu, which reads native checkpoint folders too:", "",
-        "```", f"hf download {repo_id} --local-dir DIR",
-        'dia-tpu generate --model DIR --text "[S1] Hello there. [S2] Hi!" --out hello.wav', "```",
-    ]  # fmt: skip
+        "model = Dia.from_local(config, weights)",
+        "```",
+        "",
+        "With dia_tpu, which reads native checkpoint folders too:",
+        "",
+        "```",
+        f"hf download {repo_id} --local-dir DIR",
+        'dia-tpu generate --model DIR --text "[S1] Hello there. [S2] Hi!" --out hello.wav',
+        "```",
+    ]
 
 
 def _usage(repo_id: str, base: str | None, adapter: bool) -> list[str]:
     if adapter:
         return [
-            "With dia_tpu (the adapter folded into its base):", "",
-            "```", f"dia-tpu generate --model {base or 'BASE'} --adapter ADAPTER_DIR "
-            '--text "[S1] Hello there. [S2] Hi!" --out hello.wav', "```", "",
-            f"(ADAPTER_DIR: `hf download {repo_id} --local-dir ADAPTER_DIR`.) With peft:", "",
-            "```python", "from peft import PeftModel", "from transformers import DiaForConditionalGeneration", "",
+            "With dia_tpu (the adapter folded into its base):",
+            "",
+            "```",
+            f"dia-tpu generate --model {base or 'BASE'} --adapter ADAPTER_DIR "
+            '--text "[S1] Hello there. [S2] Hi!" --out hello.wav',
+            "```",
+            "",
+            f"(ADAPTER_DIR: `hf download {repo_id} --local-dir ADAPTER_DIR`.) With peft:",
+            "",
+            "```python",
+            "from peft import PeftModel",
+            "from transformers import DiaForConditionalGeneration",
+            "",
             f"base = DiaForConditionalGeneration.from_pretrained({base or 'BASE'!r})",
-            f"model = PeftModel.from_pretrained(base, {repo_id!r}).merge_and_unload()", "```",
-        ]  # fmt: skip
+            f"model = PeftModel.from_pretrained(base, {repo_id!r}).merge_and_unload()",
+            "```",
+        ]
     return [
-        "With dia_tpu:", "",
-        "```", f'dia-tpu generate --model {repo_id} --text "[S1] Hello there. [S2] Hi!" --out hello.wav', "```", "",
-        "With transformers:", "",
-        "```python", "from transformers import AutoProcessor, DiaForConditionalGeneration", "",
+        "With dia_tpu:",
+        "",
+        "```",
+        f'dia-tpu generate --model {repo_id} --text "[S1] Hello there. [S2] Hi!" --out hello.wav',
+        "```",
+        "",
+        "With transformers:",
+        "",
+        "```python",
+        "from transformers import AutoProcessor, DiaForConditionalGeneration",
+        "",
         f"model = DiaForConditionalGeneration.from_pretrained({repo_id!r})",
         f"processor = AutoProcessor.from_pretrained({repo_id!r})",
         'inputs = processor(text=["[S1] Hello there. [S2] Hi!"], padding=True, return_tensors="pt")',
         "codes = model.generate(**inputs, max_new_tokens=1024)",
-        'processor.save_audio(processor.batch_decode(codes), "hello.wav")', "```",
-    ]  # fmt: skip
+        'processor.save_audio(processor.batch_decode(codes), "hello.wav")',
+        "```",
+    ]

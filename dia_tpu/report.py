@@ -184,10 +184,16 @@ def _eval_table(scalars: dict[str, dict[int, float]]) -> str:
     return "\n".join([*lines, "</table></div>"])
 
 
-_AUDIO_COLUMNS = {"audio/utterances": "utterances", "audio/wer": "WER", "audio/cer": "CER",
-                  "audio/similarity_prompt": "similarity to prompt",
-                  "audio/similarity_reference": "similarity to reference", "audio/mos": "predicted MOS",
-                  "audio/ended": "ended", "audio/with_problems": "with a problem"}  # fmt: skip
+_AUDIO_COLUMNS = {
+    "audio/utterances": "utterances",
+    "audio/wer": "WER",
+    "audio/cer": "CER",
+    "audio/similarity_prompt": "similarity to prompt",
+    "audio/similarity_reference": "similarity to reference",
+    "audio/mos": "predicted MOS",
+    "audio/ended": "ended",
+    "audio/with_problems": "with a problem",
+}
 # How many of the latest judged step's utterances are shown, the worst first.
 WORST = 5
 
@@ -222,14 +228,20 @@ def _worst(evaluations: Path) -> str:
         except ValueError as err:  # a rows.jsonl from elsewhere: its names stay inside its folder
             parts.append(f'<p class="missing">{escape(str(err))}: not shown</p>')
             continue
-        figures = [f"{row['seconds']:.2f} s"] + [f"{key} {row[key]:.3f}" for key in
-                   ("wer", "similarity_prompt", "similarity_reference") if key in row]  # fmt: skip
-        caption = (f"<b>{escape(row['id'])}</b> ({', '.join(figures)}; problems: "
-                   f"{escape(', '.join(row['problems']) or 'none')}): {escape(row['text'])}")  # fmt: skip
+        figures = [f"{row['seconds']:.2f} s"] + [
+            f"{key} {row[key]:.3f}" for key in ("wer", "similarity_prompt", "similarity_reference") if key in row
+        ]
+        caption = (
+            f"<b>{escape(row['id'])}</b> ({', '.join(figures)}; problems: "
+            f"{escape(', '.join(row['problems']) or 'none')}): {escape(row['text'])}"
+        )
         if "transcript" in row:
             caption += f"<br>heard: {escape(row['transcript'] or '(nothing)')}"
-        audio = (f'<audio controls preload="metadata" src="data:audio/wav;base64,{_wav_base64(wav)}"></audio>'
-                 if wav.is_file() and row["seconds"] > 0 else '<p class="missing">no audio</p>')  # fmt: skip
+        audio = (
+            f'<audio controls preload="metadata" src="data:audio/wav;base64,{_wav_base64(wav)}"></audio>'
+            if wav.is_file() and row["seconds"] > 0
+            else '<p class="missing">no audio</p>'
+        )
         parts.append(f"<figure>\n<figcaption>{caption}</figcaption>\n{audio}\n</figure>")
     return "\n".join(parts)
 

@@ -82,8 +82,9 @@ class Models:
     """The offered models (with their codecs and language tags) by (source, adapter), at most `limit` loaded at
     once: loading another drops the least recently used first, so its memory is free for the new one."""
 
-    def __init__(self, device: str, offer: Offer, limit: int = 2,
-                 load: Callable[[str, str | None, str], tuple] = load_model):  # fmt: skip
+    def __init__(
+        self, device: str, offer: Offer, limit: int = 2, load: Callable[[str, str | None, str], tuple] = load_model
+    ):
         if limit < 1:
             raise ValueError(f"--max-models {limit}: the studio needs at least one model loaded to generate")
         self.device, self.offer, self.limit, self.load = device, offer, limit, load
@@ -107,9 +108,20 @@ class Models:
             return list(self._loaded)
 
 
-def speak(models: Models, source: str, adapter: str | None, text: str, prompt_audio: str | None,
-          prompt_transcript: str, guidance_scale: float, temperature: float, top_p: float, top_k: int, seed: int,
-          max_seconds: float | None) -> tuple[int, np.ndarray]:  # fmt: skip
+def speak(
+    models: Models,
+    source: str,
+    adapter: str | None,
+    text: str,
+    prompt_audio: str | None,
+    prompt_transcript: str,
+    guidance_scale: float,
+    temperature: float,
+    top_p: float,
+    top_k: int,
+    seed: int,
+    max_seconds: float | None,
+) -> tuple[int, np.ndarray]:
     """One script to (rate, wave) as `dia-tpu generate --seed SEED` writes it; ValueError/FileNotFoundError name
     what is wrong."""
     from dia_tpu.config import sampling_problems
@@ -120,9 +132,15 @@ def speak(models: Models, source: str, adapter: str | None, text: str, prompt_au
     if not text or not text.strip():
         raise ValueError("the script is empty: type what the speakers say, with [S1] and [S2]")
     model, codec, tags = models.get(source, adapter)
-    settings = GenerationSettings(guidance_scale=guidance_scale, temperature=temperature, top_p=top_p,
-                                  top_k=int(top_k), seed=int(seed), max_seconds=max_seconds or None,
-                                  language_tags=tags)  # fmt: skip
+    settings = GenerationSettings(
+        guidance_scale=guidance_scale,
+        temperature=temperature,
+        top_p=top_p,
+        top_k=int(top_k),
+        seed=int(seed),
+        max_seconds=max_seconds or None,
+        language_tags=tags,
+    )
     if problems := sampling_problems(settings, lambda field: field.replace("_", " ")):
         raise ValueError("; ".join(problems))
     prompt = None
@@ -150,8 +168,11 @@ def evaluation_figures(source: str) -> str:
         return ""
     step = mark["step"]
     scalars = read_scalars(RunFolder.holding(source).logs)
-    figures = [f"{tag} {values[step]:.3f}" for tag, values in sorted(scalars.items())
-               if tag.startswith(("eval/loss", "audio/")) and step in values and "_cb" not in tag]  # fmt: skip
+    figures = [
+        f"{tag} {values[step]:.3f}"
+        for tag, values in sorted(scalars.items())
+        if tag.startswith(("eval/loss", "audio/")) and step in values and "_cb" not in tag
+    ]
     return f"step {step}: " + (", ".join(figures) if figures else "nothing logged at this step")
 
 
@@ -181,10 +202,18 @@ def build_app(models: Models, run_dir: str | None = None):
         gr.Markdown("# dia_tpu studio\nTry a Dia fine-tune: write a dialogue with `[S1]` and `[S2]` tags.")
         with gr.Tab("Generate"):
             with gr.Row():
-                source = gr.Dropdown(choices, value=choices[-1] if choices else None, allow_custom_value=False,
-                                     label="model (those named with --model, and the run's)")  # fmt: skip
-                adapter = gr.Dropdown(adapters, value=NO_ADAPTER, allow_custom_value=False,
-                                      label="LoRA adapter (those named with --adapter)")  # fmt: skip
+                source = gr.Dropdown(
+                    choices,
+                    value=choices[-1] if choices else None,
+                    allow_custom_value=False,
+                    label="model (those named with --model, and the run's)",
+                )
+                adapter = gr.Dropdown(
+                    adapters,
+                    value=NO_ADAPTER,
+                    allow_custom_value=False,
+                    label="LoRA adapter (those named with --adapter)",
+                )
             text = gr.Textbox(DEFAULT_TEXT, lines=3, label="script", elem_id="script")
             with gr.Row():
                 seed = gr.Number(0, precision=0, label="seed (the same as dia-tpu generate --seed)")
@@ -207,13 +236,35 @@ def build_app(models: Models, run_dir: str | None = None):
 
             # preprocess=False: the studio checks the models itself (`Offer`), against what it offers at that moment
             # and in one message; Gradio's dropdown would check them against the choices the page was given.
-            go.click(guarded(generate),
-                     [source, adapter, text, prompt_audio, prompt_transcript, guidance, temperature, top_p, top_k,
-                      seed, max_seconds], audio,
-                     concurrency_limit=1, api_name="generate", preprocess=False)  # fmt: skip
+            go.click(
+                guarded(generate),
+                [
+                    source,
+                    adapter,
+                    text,
+                    prompt_audio,
+                    prompt_transcript,
+                    guidance,
+                    temperature,
+                    top_p,
+                    top_k,
+                    seed,
+                    max_seconds,
+                ],
+                audio,
+                concurrency_limit=1,
+                api_name="generate",
+                preprocess=False,
+            )
         with gr.Tab("Compare"):
-            picked = gr.Dropdown(choices, value=choices[-2:], multiselect=True, allow_custom_value=False,
-                                 max_choices=4, label="two to four models")  # fmt: skip
+            picked = gr.Dropdown(
+                choices,
+                value=choices[-2:],
+                multiselect=True,
+                allow_custom_value=False,
+                max_choices=4,
+                label="two to four models",
+            )
             compare_text = gr.Textbox(DEFAULT_TEXT, lines=2, label="script")
             with gr.Row():
                 compare_seed = gr.Number(0, precision=0, label="seed")
@@ -231,15 +282,36 @@ def build_app(models: Models, run_dir: str | None = None):
                 if not 2 <= len(chosen) <= 4:
                     raise ValueError(f"pick two to four models to compare, not {len(chosen)}")
                 # Every model is checked as offered (in speak) before evaluation_figures reads its folder.
-                sound = [speak(models, m, None, script, None, "", SAMPLING.guidance_scale, SAMPLING.temperature,
-                               SAMPLING.top_p, SAMPLING.top_k, seed_value, limit) for m in chosen]  # fmt: skip
+                sound = [
+                    speak(
+                        models,
+                        m,
+                        None,
+                        script,
+                        None,
+                        "",
+                        SAMPLING.guidance_scale,
+                        SAMPLING.temperature,
+                        SAMPLING.top_p,
+                        SAMPLING.top_k,
+                        seed_value,
+                        limit,
+                    )
+                    for m in chosen
+                ]
                 labels = [gr.Audio(value=s, label=Path(m).name or m) for s, m in zip(sound, chosen, strict=True)]
                 texts = [f"**{Path(m).name or m}**  \n{evaluation_figures(m)}" for m in chosen]
                 empty = 4 - len(chosen)
                 return [*labels, *[gr.Audio(value=None, label="-")] * empty, *texts, *[""] * empty]
 
-            compare_go.click(guarded(compare), [picked, compare_text, compare_seed, compare_seconds],
-                             [*players, *notes], concurrency_limit=1, api_name="compare", preprocess=False)  # fmt: skip
+            compare_go.click(
+                guarded(compare),
+                [picked, compare_text, compare_seed, compare_seconds],
+                [*players, *notes],
+                concurrency_limit=1,
+                api_name="compare",
+                preprocess=False,
+            )
         if run_dir is not None:
             with gr.Tab("Run"):
                 from dia_tpu.report import render
@@ -258,8 +330,17 @@ def build_app(models: Models, run_dir: str | None = None):
     return app
 
 
-def serve(sources: list[str], run_dir: str | None, host: str, port: int, share: bool, device: str | None,
-          adapters: Sequence[str] = (), max_models: int = 2, max_upload_mb: int = 20) -> None:  # fmt: skip
+def serve(
+    sources: list[str],
+    run_dir: str | None,
+    host: str,
+    port: int,
+    share: bool,
+    device: str | None,
+    adapters: Sequence[str] = (),
+    max_models: int = 2,
+    max_upload_mb: int = 20,
+) -> None:
     """`dia-tpu studio`: build the app and serve it until interrupted."""
     import torch
 
@@ -278,9 +359,18 @@ def serve(sources: list[str], run_dir: str | None, host: str, port: int, share: 
     print(f"dia_tpu studio {where}; Ctrl-C stops it", flush=True)
     try:
         # Gradio refuses a larger upload while it streams in, with HTTP 413, before anything reaches the studio.
-        app.queue().launch(server_name=host, server_port=port, share=share, inbrowser=False, show_error=True,
-                           quiet=True, theme=offline_theme(), ssr_mode=False, footer_links=[],
-                           max_file_size=max_upload_mb * 1024 * 1024)  # fmt: skip
+        app.queue().launch(
+            server_name=host,
+            server_port=port,
+            share=share,
+            inbrowser=False,
+            show_error=True,
+            quiet=True,
+            theme=offline_theme(),
+            ssr_mode=False,
+            footer_links=[],
+            max_file_size=max_upload_mb * 1024 * 1024,
+        )
     except OSError as err:  # the port is taken, or the address is not this machine's
         raise ValueError(f"cannot serve on {host}:{port} ({first_line(err)}); give another --port") from err
 
@@ -289,5 +379,4 @@ def offline_theme():
     """Gradio's default look with system fonts: its own theme asks Google Fonts for them."""
     import gradio as gr
 
-    return gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"],
-                             font_mono=["ui-monospace", "monospace"])  # fmt: skip
+    return gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"])

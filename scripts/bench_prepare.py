@@ -59,21 +59,51 @@ def make_corpus(folder: Path, minutes: float, join: int = 1) -> float:
 
 def run(corpus: Path, output: Path, processes: int, overrides: list[str]) -> dict:
     # Small shards, so that every process gets its share of a small corpus.
-    prepare = ["prepare", "--config", str(ROOT / "configs/demo.yaml"), "--input", str(corpus), "--output",
-               str(output), *REAL_DAC, "prepare.shard_size=8", *overrides]  # fmt: skip
+    prepare = [
+        "prepare",
+        "--config",
+        str(ROOT / "configs/demo.yaml"),
+        "--input",
+        str(corpus),
+        "--output",
+        str(output),
+        *REAL_DAC,
+        "prepare.shard_size=8",
+        *overrides,
+    ]
     env = dict(os.environ)
     if processes == 1:
         cmd = [sys.executable, "-m", "dia_tpu", *prepare]
     else:
         env.update(ACCELERATE_USE_CPU="1", USE_TORCH_XLA="0", OMP_NUM_THREADS=str(max(1, os.cpu_count() // processes)))
-        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
-               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "dia_tpu", *prepare]
+        cmd = [
+            sys.executable,
+            "-m",
+            "accelerate.commands.launch",
+            "--multi_gpu",
+            "--num_processes",
+            str(processes),
+            "--num_machines",
+            "1",
+            "--mixed_precision",
+            "no",
+            "--dynamo_backend",
+            "no",
+            "-m",
+            "dia_tpu",
+            *prepare,
+        ]
     start = time.perf_counter()
     subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL)
     wall = time.perf_counter() - start
     manifest = json.loads((output / "manifest.json").read_text())
-    return {"processes": processes, "audio_seconds": manifest["audio_seconds"], "wall_seconds": round(wall, 1),
-            "audio_seconds_per_second": round(manifest["audio_seconds"] / wall, 3), **manifest["seconds"]}
+    return {
+        "processes": processes,
+        "audio_seconds": manifest["audio_seconds"],
+        "wall_seconds": round(wall, 1),
+        "audio_seconds_per_second": round(manifest["audio_seconds"] / wall, 3),
+        **manifest["seconds"],
+    }
 
 
 def agreement(output: Path, reference: Path) -> float:
@@ -95,13 +125,19 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=2.0, help="audio in the corpus")
     parser.add_argument("--join", type=int, default=1, help="sample clips per corpus file (1: about 2.3 s each)")
     parser.add_argument("--processes", type=int, nargs="+", default=[1])
-    parser.add_argument("--variant", action="append", metavar="NAME:KEY=VALUE,...",
-                        help="repeatable; default: eager:prepare.compile=false, compiled:, "
-                             "compiled-bf16:prepare.mixed_precision=bf16")
+    parser.add_argument(
+        "--variant",
+        action="append",
+        metavar="NAME:KEY=VALUE,...",
+        help="repeatable; default: eager:prepare.compile=false, compiled:, compiled-bf16:prepare.mixed_precision=bf16",
+    )
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args()
-    variants = args.variant or ["eager:prepare.compile=false", "compiled:",
-                                "compiled-bf16:prepare.mixed_precision=bf16"]  # fmt: skip
+    variants = args.variant or [
+        "eager:prepare.compile=false",
+        "compiled:",
+        "compiled-bf16:prepare.mixed_precision=bf16",
+    ]
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         corpus = Path(tmp) / "corpus"
@@ -119,9 +155,11 @@ def main() -> None:
     print("| variant | processes | audio s | wall s | audio s / s | decode s | resample s | encode s | codes agree |")
     print("|---|---|---|---|---|---|---|---|---|")
     for r in results:
-        print(f"| {r['variant']} | {r['processes']} | {r['audio_seconds']:.0f} | {r['wall_seconds']:.1f} | "
-              f"{r['audio_seconds_per_second']:.3f} | {r.get('decode', 0):.2f} | {r.get('resample', 0):.2f} | "
-              f"{r.get('encode', 0):.1f} | {100 * r['codes_agreement']:.1f} % |")  # fmt: skip
+        print(
+            f"| {r['variant']} | {r['processes']} | {r['audio_seconds']:.0f} | {r['wall_seconds']:.1f} | "
+            f"{r['audio_seconds_per_second']:.3f} | {r.get('decode', 0):.2f} | {r.get('resample', 0):.2f} | "
+            f"{r.get('encode', 0):.1f} | {100 * r['codes_agreement']:.1f} % |"
+        )
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
 

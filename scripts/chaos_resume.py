@@ -44,30 +44,80 @@ RANDOM_CODEC = [
 ]
 TINY = [
     *RANDOM_CODEC,
-    "model.architecture.encoder_config.hidden_size=64", "model.architecture.encoder_config.intermediate_size=128",
-    "model.architecture.encoder_config.head_dim=16", "model.architecture.decoder_config.hidden_size=64",
-    "model.architecture.decoder_config.intermediate_size=128", "model.architecture.decoder_config.head_dim=16",
-    "model.architecture.decoder_config.cross_head_dim=16", "model.architecture.decoder_config.cross_hidden_size=64",
-    "data.max_audio_frames=48", "data.random_crop=true", "train.unconditional_frac=0.3", "train.batch_size=2",
-    "train.warmup_steps=3", "train.learning_rate=1e-3", "train.save_every=1", "train.keep_last=2",
-    "eval.eval_every=8", "eval.batch_size=2", "samples.every=0", "train.report_to=none",
-]  # fmt: skip
+    "model.architecture.encoder_config.hidden_size=64",
+    "model.architecture.encoder_config.intermediate_size=128",
+    "model.architecture.encoder_config.head_dim=16",
+    "model.architecture.decoder_config.hidden_size=64",
+    "model.architecture.decoder_config.intermediate_size=128",
+    "model.architecture.decoder_config.head_dim=16",
+    "model.architecture.decoder_config.cross_head_dim=16",
+    "model.architecture.decoder_config.cross_hidden_size=64",
+    "data.max_audio_frames=48",
+    "data.random_crop=true",
+    "train.unconditional_frac=0.3",
+    "train.batch_size=2",
+    "train.warmup_steps=3",
+    "train.learning_rate=1e-3",
+    "train.save_every=1",
+    "train.keep_last=2",
+    "eval.eval_every=8",
+    "eval.batch_size=2",
+    "samples.every=0",
+    "train.report_to=none",
+]
 # The files of a checkpoint in the order a save writes them.
-FILES = ("model.safetensors", "optimizer.bin", "scheduler.bin", "random_states_0.pkl", "config.json",
-         "config.yaml", "train_state.json", "checkpoint.json")  # fmt: skip
+FILES = (
+    "model.safetensors",
+    "optimizer.bin",
+    "scheduler.bin",
+    "random_states_0.pkl",
+    "config.json",
+    "config.yaml",
+    "train_state.json",
+    "checkpoint.json",
+)
 # Where a stage trial strikes: half-way through writing one of these files, or one of the moves after them.
-STAGES = ("model.safetensors", "optimizer.bin", "scheduler.bin", "random_states_0.pkl", "config.yaml",
-          "train_state.json", "checkpoint.json", "rename", "rename best", "rotation", "mirror upload")  # fmt: skip
+STAGES = (
+    "model.safetensors",
+    "optimizer.bin",
+    "scheduler.bin",
+    "random_states_0.pkl",
+    "config.yaml",
+    "train_state.json",
+    "checkpoint.json",
+    "rename",
+    "rename best",
+    "rotation",
+    "mirror upload",
+)
 
 
-def command(codes: Path, run_dir: Path, steps: int, resume: bool, mirror: Path | None = None,
-            strike: tuple[str, int] | None = None) -> list[str]:  # fmt: skip
+def command(
+    codes: Path,
+    run_dir: Path,
+    steps: int,
+    resume: bool,
+    mirror: Path | None = None,
+    strike: tuple[str, int] | None = None,
+) -> list[str]:
     """The training command; with `strike` (stage, save number) it kills itself there."""
-    run = [sys.executable, "-m", "dia_tpu"] if strike is None else [
-        sys.executable, __file__, "--strike", strike[0], "--at", str(strike[1]), "--"]  # fmt: skip
-    return [*run, "train", "--config", str(ROOT / "configs/demo.yaml"), *TINY, f"data.dataset={codes}",
-            f"output.dir={run_dir}", f"train.max_steps={steps}", *([f"output.mirror={mirror}"] if mirror else []),
-            *(["--resume", "auto"] if resume else [])]  # fmt: skip
+    run = (
+        [sys.executable, "-m", "dia_tpu"]
+        if strike is None
+        else [sys.executable, __file__, "--strike", strike[0], "--at", str(strike[1]), "--"]
+    )
+    return [
+        *run,
+        "train",
+        "--config",
+        str(ROOT / "configs/demo.yaml"),
+        *TINY,
+        f"data.dataset={codes}",
+        f"output.dir={run_dir}",
+        f"train.max_steps={steps}",
+        *([f"output.mirror={mirror}"] if mirror else []),
+        *(["--resume", "auto"] if resume else []),
+    ]
 
 
 # In the killed run's own process: hooks that SIGKILL it at one stage of one save.
@@ -217,8 +267,12 @@ def stage_trial(codes: Path, reference: Path, run_dir: Path, steps: int, stage: 
     mirror = run_dir.with_name(run_dir.name + "_mirror") if stage == "mirror upload" else None
     log = run_dir.parent / f"{run_dir.name}.log"
     with open(log, "a") as out:
-        killed = subprocess.run(command(codes, run_dir, steps, False, mirror, (stage, at_save)), stdout=out,
-                                stderr=subprocess.STDOUT, timeout=600)  # fmt: skip
+        killed = subprocess.run(
+            command(codes, run_dir, steps, False, mirror, (stage, at_save)),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            timeout=600,
+        )
     if killed.returncode != -signal.SIGKILL:
         return False, f"{stage}: the run was not killed (exit {killed.returncode}; see {run_dir}.log)"
     story = f"killed at {stage} of save {at_save}" if stage != "rename best" else "killed between the renames of best/"
@@ -230,8 +284,9 @@ def stage_trial(codes: Path, reference: Path, run_dir: Path, steps: int, stage: 
     return passed, story + (" -> identical" if passed else " -> DIFFERENT")
 
 
-def trial(codes: Path, reference: Path, run_dir: Path, steps: int, kills: int, rng: random.Random,
-          budget: float) -> tuple[bool, str]:  # fmt: skip
+def trial(
+    codes: Path, reference: Path, run_dir: Path, steps: int, kills: int, rng: random.Random, budget: float
+) -> tuple[bool, str]:
     """`kills` random kills and resumes (after half of them the run folder is deleted and the resume fetches
     from the mirror), then a resume to the end; (passed, what happened)."""
     mirror, landed = run_dir.with_name(run_dir.name + "_mirror"), []
@@ -281,16 +336,19 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     for i, stage in enumerate([] if args.no_stages else STAGES):
         # A save after rotation has begun (keep_last is 2) and before the last one.
-        ok, story = stage_trial(codes, reference, work / f"stage_{i:02d}", args.steps, stage,
-                                rng.randint(3, args.steps - 1))  # fmt: skip
+        ok, story = stage_trial(
+            codes, reference, work / f"stage_{i:02d}", args.steps, stage, rng.randint(3, args.steps - 1)
+        )
         results.append(ok)
         print(f"stage {i + 1:2d}: {story}", flush=True)
     for i in range(args.trials):
         ok, story = trial(codes, reference, work / f"trial_{i:02d}", args.steps, args.kills, rng, budget)
         results.append(ok)
         print(f"trial {i + 1:2d}: {story}", flush=True)
-    print(f"{len(results) - args.trials} stage trials, {args.trials} random trials ({args.kills} kills each): "
-          f"{sum(results)} identical to the uninterrupted run, {len(results) - sum(results)} different")  # fmt: skip
+    print(
+        f"{len(results) - args.trials} stage trials, {args.trials} random trials ({args.kills} kills each): "
+        f"{sum(results)} identical to the uninterrupted run, {len(results) - sum(results)} different"
+    )
     return 0 if all(results) else 1
 
 

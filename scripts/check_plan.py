@@ -70,8 +70,12 @@ CASES = [
     ),
     ("bench-ddp2", "configs/bench.yaml", [], 2),  # two CPU processes (DDP over gloo), on any machine
     ("bench-fsdp2", "configs/bench.yaml", ["train.sharding=fsdp"], 2),  # two CPU processes, FSDP2 over gloo
-    ("bench-bf16-ckpt-fsdp2", "configs/bench.yaml",
-     ["train.sharding=fsdp", "train.mixed_precision=bf16", "model.gradient_checkpointing=true"], 2),
+    (
+        "bench-bf16-ckpt-fsdp2",
+        "configs/bench.yaml",
+        ["train.sharding=fsdp", "train.mixed_precision=bf16", "model.gradient_checkpointing=true"],
+        2,
+    ),
 ]
 # Dia-1.6B's architecture, randomly initialised, at its config's training shape: only with --cases, on a GPU
 # with 40 GB or more.
@@ -104,8 +108,12 @@ def main() -> None:
         "--cases",
         help="comma-separated case names (default: all but the large ones): " + ", ".join(c[0] for c in CASES + LARGE),
     )
-    parser.add_argument("--no-warm-up", dest="warm_up", action="store_false", help="take the baseline before "
-                        "any training step has run in the process")  # fmt: skip
+    parser.add_argument(
+        "--no-warm-up",
+        dest="warm_up",
+        action="store_false",
+        help="take the baseline before any training step has run in the process",
+    )
     parser.add_argument("--tolerance", type=float, default=0.25, help="allowed |estimate / measured - 1|")
     parser.add_argument("--markdown", action="store_true", help="print the table as Markdown")
     # One case in each process torchrun starts, writing its result to a file in --worker-out.
@@ -128,8 +136,11 @@ def main() -> None:
         measured = _run(name, cfg, processes, args.steps, args.warm_up)
         plan = estimate(cfg, processes=processes, device=measured["device"])
         rows.append((name, plan, measured))
-        print(f"{name}: estimate {_estimate(plan) / MIB:.1f} MiB, measured {measured['peak'] / MIB:.1f} MiB "
-              f"({measured['device']}), ratio {_estimate(plan) / measured['peak']:.2f}", flush=True)  # fmt: skip
+        print(
+            f"{name}: estimate {_estimate(plan) / MIB:.1f} MiB, measured {measured['peak'] / MIB:.1f} MiB "
+            f"({measured['device']}), ratio {_estimate(plan) / measured['peak']:.2f}",
+            flush=True,
+        )
     print()
     print(_table(rows, args.markdown))
     off = [name for name, plan, measured in rows if abs(_estimate(plan) / measured["peak"] - 1) > args.tolerance]
@@ -156,8 +167,16 @@ def _run(name: str, cfg, processes: int, steps: int, warm_up: bool) -> dict:
         with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
             return pool.submit(measure, cfg, steps, warm_up).result()
     with tempfile.TemporaryDirectory() as out:
-        command = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={processes}", __file__,
-                   f"--worker={name}", f"--worker-out={out}", f"--steps={steps}"]  # fmt: skip
+        command = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            f"--nproc_per_node={processes}",
+            __file__,
+            f"--worker={name}",
+            f"--worker-out={out}",
+            f"--steps={steps}",
+        ]
         command += [] if warm_up else ["--no-warm-up"]
         env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": str(max(1, os.cpu_count() // processes))}
         done = subprocess.run(command, env=env, capture_output=True, text=True)
@@ -189,7 +208,8 @@ def measure(cfg, steps: int, warm_up: bool) -> dict:
     t = cfg.train
     sharding = Sharding.before_accelerator(cfg)
     accelerator = Accelerator(
-        mixed_precision=t.mixed_precision, gradient_accumulation_steps=t.gradient_accumulation_steps,
+        mixed_precision=t.mixed_precision,
+        gradient_accumulation_steps=t.gradient_accumulation_steps,
         fsdp_plugin=sharding.plugin,
     )
     sharding.engage(accelerator)
@@ -250,14 +270,45 @@ def _status(key: str) -> int:
 
 
 def _table(rows: list, markdown: bool) -> str:
-    header = ("case", "params", "trainable", "weights", "grads", "optim", "activ", "fwd+bwd", "update", "ddp",
-              "gathered", "estimate", "measured", "est/meas")  # fmt: skip
+    header = (
+        "case",
+        "params",
+        "trainable",
+        "weights",
+        "grads",
+        "optim",
+        "activ",
+        "fwd+bwd",
+        "update",
+        "ddp",
+        "gathered",
+        "estimate",
+        "measured",
+        "est/meas",
+    )
     lines = [header]
     for name, p, m in rows:
-        mib = (p.weights, p.gradients, p.optimizer_state, p.activations, p.backward_peak, p.update_peak,
-               p.ddp_buckets, p.gathered, _estimate(p), m["peak"])  # fmt: skip
-        lines.append((name, f"{p.params / 1e6:.2f} M", f"{p.trainable / 1e6:.2f} M",
-                      *(f"{v / MIB:.1f}" for v in mib), f"{_estimate(p) / m['peak']:.2f}"))  # fmt: skip
+        mib = (
+            p.weights,
+            p.gradients,
+            p.optimizer_state,
+            p.activations,
+            p.backward_peak,
+            p.update_peak,
+            p.ddp_buckets,
+            p.gathered,
+            _estimate(p),
+            m["peak"],
+        )
+        lines.append(
+            (
+                name,
+                f"{p.params / 1e6:.2f} M",
+                f"{p.trainable / 1e6:.2f} M",
+                *(f"{v / MIB:.1f}" for v in mib),
+                f"{_estimate(p) / m['peak']:.2f}",
+            )
+        )
     if markdown:
         out = ["| " + " | ".join(row) + " |" for row in lines]
         out.insert(1, "|---|" + "---:|" * (len(header) - 1))

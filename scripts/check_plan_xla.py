@@ -73,14 +73,30 @@ def main() -> None:
 def _measure(work: Path, config: str, overrides: list[str], devices: int) -> int:
     """The largest per-device memory of the step programs of a 2-step run with XLA's dumps on."""
     dump = work / "dump"
-    env = {**os.environ, "PJRT_DEVICE": "CPU", "LOCAL_RANK": "0", "PYTHONPATH": str(ROOT),
-           "XLA_FLAGS": f"--xla_dump_to={dump} --xla_dump_hlo_as_text"}  # fmt: skip
+    env = {
+        **os.environ,
+        "PJRT_DEVICE": "CPU",
+        "LOCAL_RANK": "0",
+        "PYTHONPATH": str(ROOT),
+        "XLA_FLAGS": f"--xla_dump_to={dump} --xla_dump_hlo_as_text",
+    }
     env.pop("CPU_NUM_DEVICES", None)
     if devices > 1:
         env["CPU_NUM_DEVICES"] = str(devices)
-    command = [sys.executable, "-m", "dia_tpu.finetune_acc_tpu", "--config", str(ROOT / config), *overrides,
-               f"output.dir={work / 'run'}", "train.max_steps=2", "train.report_to=none", "data.eval_size=0",
-               "samples.every=0", "eval.eval_on_start=false"]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "dia_tpu.finetune_acc_tpu",
+        "--config",
+        str(ROOT / config),
+        *overrides,
+        f"output.dir={work / 'run'}",
+        "train.max_steps=2",
+        "train.report_to=none",
+        "data.eval_size=0",
+        "samples.every=0",
+        "eval.eval_on_start=false",
+    ]
     done = subprocess.run(command, env=env, capture_output=True, text=True)
     if done.returncode:
         raise RuntimeError(f"{work.name}: exited {done.returncode}:\n{done.stderr[-3000:]}")

@@ -78,8 +78,12 @@ def main() -> None:
     for name, items in sets.items():
         began = time.perf_counter()
         judged = measure_round_trips(codec, items, recogniser)
-        results[name] = {**judged.summary(), "seconds": round(time.perf_counter() - began, 1),
-                         "original": judged.original, "decoded": judged.decoded}  # fmt: skip
+        results[name] = {
+            **judged.summary(),
+            "seconds": round(time.perf_counter() - began, 1),
+            "original": judged.original,
+            "decoded": judged.decoded,
+        }
         print(name, json.dumps(judged.summary()), flush=True)
         for i, ((_, wave), back) in enumerate(zip(items[: args.listen], judged.waves, strict=False)):
             sf.write(args.out / f"{name}_{i}_original.wav", wave, RATE)

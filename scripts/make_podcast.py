@@ -49,8 +49,16 @@ def episode(rng: random.Random, turns: int, overlap: bool) -> tuple[np.ndarray, 
             sentences.append({"start": round(end, 3), "end": round(end + len(wave) / RATE, 3), "text": text})
             end += len(wave) / RATE + SENTENCE_GAP
         end -= SENTENCE_GAP
-        rows.append({"speaker": speaker, "start": round(start, 3), "end": round(end, 3), "text": " ".join(said),
-                     "overlap": turn == overlap_turn, "sentences": sentences})  # fmt: skip
+        rows.append(
+            {
+                "speaker": speaker,
+                "start": round(start, 3),
+                "end": round(end, 3),
+                "text": " ".join(said),
+                "overlap": turn == overlap_turn,
+                "sentences": sentences,
+            }
+        )
         pause = rng.uniform(0.5, 1.0) if turn != noise_turn else 2.5
         at = end + pause
         if turn == noise_turn:  # a knock in the pause: 0.4 s of noise

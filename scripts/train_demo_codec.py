@@ -28,9 +28,16 @@ from transformers import DacConfig, DacModel
 
 from dia_tpu.evaluation.spectra import mel_loss, stft_loss
 
-ARCHITECTURE = {"encoder_hidden_size": 16, "downsampling_ratios": [2, 4, 8, 8], "decoder_hidden_size": 256,
-                "n_codebooks": 9, "codebook_size": 1024, "codebook_dim": 8, "quantizer_dropout": 0.25,
-                "sampling_rate": RATE}
+ARCHITECTURE = {
+    "encoder_hidden_size": 16,
+    "downsampling_ratios": [2, 4, 8, 8],
+    "decoder_hidden_size": 256,
+    "n_codebooks": 9,
+    "codebook_size": 1024,
+    "codebook_dim": 8,
+    "quantizer_dropout": 0.25,
+    "sampling_rate": RATE,
+}
 MEL_WEIGHT, STFT_WEIGHT = 15.0, 1.0
 HOP = math.prod(ARCHITECTURE["downsampling_ratios"])
 
@@ -50,10 +57,18 @@ def parse() -> argparse.Namespace:
     p.add_argument("--save-every", type=int, default=200)
     p.add_argument("--log-every", type=int, default=20)
     p.add_argument("--max-minutes", type=float, default=None, help="stop (with a checkpoint) after this long")
-    p.add_argument("--autoencoder-steps", type=int, default=0,
-                   help="first train this many steps without quantization, then fit the codebooks by k-means")
-    p.add_argument("--init", type=Path, default=None,
-                   help="start from this codec's weights (a DacModel folder), with a fresh optimiser and schedule")
+    p.add_argument(
+        "--autoencoder-steps",
+        type=int,
+        default=0,
+        help="first train this many steps without quantization, then fit the codebooks by k-means",
+    )
+    p.add_argument(
+        "--init",
+        type=Path,
+        default=None,
+        help="start from this codec's weights (a DacModel folder), with a fresh optimiser and schedule",
+    )
     return p.parse_args()
 
 
@@ -68,7 +83,7 @@ def batch(signal: np.ndarray, rng: np.random.Generator, args: argparse.Namespace
     """Random crops with random gain (-12..0 dB) and polarity: [batch, 1, crop]."""
     length = args.crop_frames * HOP
     starts = rng.integers(0, len(signal) - length, size=args.batch)
-    crops = np.stack([signal[s:s + length] for s in starts])
+    crops = np.stack([signal[s : s + length] for s in starts])
     gains = 10 ** (rng.uniform(-12, 0, size=(args.batch, 1)) / 20) * rng.choice([-1.0, 1.0], size=(args.batch, 1))
     return torch.from_numpy((crops * gains).astype(np.float32)).unsqueeze(1)
 
@@ -114,13 +129,16 @@ def init_training(init: Path | None) -> dict | None:
     return json.loads((init / "training.json").read_text())
 
 
-def save_checkpoint(work: Path, model: DacModel, optimizer: torch.optim.Optimizer, step: int,
-                    rng: np.random.Generator) -> None:
+def save_checkpoint(
+    work: Path, model: DacModel, optimizer: torch.optim.Optimizer, step: int, rng: np.random.Generator
+) -> None:
     """The model, optimiser and data-sampler state, written aside and renamed so it is whole or absent."""
     partial = work / "checkpoint.partial"
     partial.mkdir(parents=True, exist_ok=True)
-    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "torch_rng": torch.get_rng_state()}, partial / "state.pt")
+    torch.save(
+        {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "torch_rng": torch.get_rng_state()},
+        partial / "state.pt",
+    )
     (partial / "progress.json").write_text(json.dumps({"step": step, "sampler": rng.bit_generator.state}))
     final = work / "checkpoint"
     if final.exists():
@@ -144,16 +162,26 @@ def main() -> None:
     torch.manual_seed(args.seed)
     began = time.perf_counter()
     signal, passages = training_audio(args.seed, args.passages, args.sentences, exclude=bundled_sentences())
-    print(f"corpus: {len(passages)} passages, {len(signal) / RATE / 3600:.2f} h of audio "
-          f"in {time.perf_counter() - began:.0f} s", flush=True)
-    recipe = {"seed": args.seed, "corpus": {"passages": args.passages, "sentences_per_passage": args.sentences,
-                                            "hours": round(len(signal) / RATE / 3600, 3)},
-              "architecture": ARCHITECTURE, "init": str(args.init) if args.init else None,
-              "init_training": init_training(args.init),
-              "training": {k: getattr(args, k) for k in ("steps", "autoencoder_steps", "batch", "crop_frames", "lr",
-                                                         "warmup")},
-              "losses": {"mel_l1": MEL_WEIGHT, "log_stft_and_convergence": STFT_WEIGHT,
-                         "dac_commitment_and_codebook": 1.0}}
+    print(
+        f"corpus: {len(passages)} passages, {len(signal) / RATE / 3600:.2f} h of audio "
+        f"in {time.perf_counter() - began:.0f} s",
+        flush=True,
+    )
+    recipe = {
+        "seed": args.seed,
+        "corpus": {
+            "passages": args.passages,
+            "sentences_per_passage": args.sentences,
+            "hours": round(len(signal) / RATE / 3600, 3),
+        },
+        "architecture": ARCHITECTURE,
+        "init": str(args.init) if args.init else None,
+        "init_training": init_training(args.init),
+        "training": {
+            k: getattr(args, k) for k in ("steps", "autoencoder_steps", "batch", "crop_frames", "lr", "warmup")
+        },
+        "losses": {"mel_l1": MEL_WEIGHT, "log_stft_and_convergence": STFT_WEIGHT, "dac_commitment_and_codebook": 1.0},
+    }
     (args.work / "recipe.json").write_text(json.dumps({**recipe, "passages": passages}, indent=1))
 
     model = DacModel(DacConfig(**ARCHITECTURE)).train()
@@ -204,9 +232,15 @@ def main() -> None:
         step += 1
         sums += [mel.item(), stft.item(), quant.item()]
         if step % args.log_every == 0:
-            row = {"step": step, "mel": sums[0] / args.log_every, "stft": sums[1] / args.log_every,
-                   "quantizer": sums[2] / args.log_every, "grad_norm": float(norm), "lr": learning_rate(step - 1, args),
-                   "minutes": round((time.perf_counter() - started) / 60, 2)}
+            row = {
+                "step": step,
+                "mel": sums[0] / args.log_every,
+                "stft": sums[1] / args.log_every,
+                "quantizer": sums[2] / args.log_every,
+                "grad_norm": float(norm),
+                "lr": learning_rate(step - 1, args),
+                "minutes": round((time.perf_counter() - started) / 60, 2),
+            }
             log.write(json.dumps(row) + "\n")
             log.flush()
             print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()), flush=True)
@@ -219,8 +253,12 @@ def main() -> None:
             return
     spent = time.perf_counter() - started
     rows = [json.loads(line) for line in (args.work / "log.jsonl").read_text().splitlines()]
-    summary = {"steps": step, "minutes_this_session": round(spent / 60, 1), "final": rows[-1] if rows else None,
-               "parameters": sum(p.numel() for p in model.parameters())}
+    summary = {
+        "steps": step,
+        "minutes_this_session": round(spent / 60, 1),
+        "final": rows[-1] if rows else None,
+        "parameters": sum(p.numel() for p in model.parameters()),
+    }
     export(model.eval(), args.out, recipe, summary)
     print(f"exported to {args.out}", flush=True)
 

@@ -25,14 +25,26 @@ DELAY = [0, 8, 9, 10, 11, 12, 13, 14, 15]
 def tiny_dia_config(delay_pattern: list[int] = DELAY) -> DiaConfig:
     """A 1-layer Dia with the real vocabularies, special tokens and delay pattern."""
     encoder = dict(
-        num_hidden_layers=1, hidden_size=32, intermediate_size=64, num_attention_heads=2, num_key_value_heads=2,
+        num_hidden_layers=1,
+        hidden_size=32,
+        intermediate_size=64,
+        num_attention_heads=2,
+        num_key_value_heads=2,
         head_dim=16,
-    )  # fmt: skip
+    )
     decoder = dict(
-        num_hidden_layers=1, hidden_size=32, intermediate_size=64, num_attention_heads=2, num_key_value_heads=1,
-        head_dim=16, cross_num_attention_heads=2, cross_num_key_value_heads=2, cross_head_dim=16,
-        cross_hidden_size=32, num_channels=len(delay_pattern),
-    )  # fmt: skip
+        num_hidden_layers=1,
+        hidden_size=32,
+        intermediate_size=64,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=16,
+        cross_num_attention_heads=2,
+        cross_num_key_value_heads=2,
+        cross_head_dim=16,
+        cross_hidden_size=32,
+        num_channels=len(delay_pattern),
+    )
     return DiaConfig(encoder_config=encoder, decoder_config=decoder, delay_pattern=list(delay_pattern))
 
 
@@ -83,9 +95,24 @@ def codes_dir(tmp_path_factory) -> Path:
     if os.environ.get("PJRT_DEVICE"):
         # On XLA every clip length compiles the codec anew (a minute for the sample). Its codes equal the CPU's
         # (test_xla.py), so the XLA run prepares them on the CPU, in a process where Accelerate ignores torch_xla.
-        subprocess.run([sys.executable, "-m", "dia_tpu.cli", "prepare", "--config", str(ROOT / "configs/demo.yaml"),
-                        "--input", str(ROOT / "data/sample"), "--output", str(out), *RANDOM_CODEC],
-                       env={**os.environ, "USE_TORCH_XLA": "0"}, check=True, capture_output=True)  # fmt: skip
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "dia_tpu.cli",
+                "prepare",
+                "--config",
+                str(ROOT / "configs/demo.yaml"),
+                "--input",
+                str(ROOT / "data/sample"),
+                "--output",
+                str(out),
+                *RANDOM_CODEC,
+            ],
+            env={**os.environ, "USE_TORCH_XLA": "0"},
+            check=True,
+            capture_output=True,
+        )
     else:
         prepare(load(ROOT / "configs/demo.yaml", RANDOM_CODEC), ROOT / "data/sample", out)
     return out
@@ -121,7 +148,6 @@ def scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
     return found
 
 
-
 def prepare_config(*overrides: str) -> Config:
     """The demo's config with the random codec and `overrides`, for prepare tests."""
     return load(ROOT / "configs/demo.yaml", [*RANDOM_CODEC, *overrides])
@@ -144,17 +170,34 @@ def tiny_whisper(tmp_path_factory):
     specials = ["<|endoftext|>", "<|startoftranscript|>", "<|notimestamps|>"]
     (out / "vocab.json").write_text(json.dumps(vocab))
     (out / "merges.txt").write_text("#version: 0.2\n")
-    tokenizer = WhisperTokenizer(str(out / "vocab.json"), str(out / "merges.txt"), unk_token=specials[0],
-                                 bos_token=specials[0], eos_token=specials[0], pad_token=specials[0])  # fmt: skip
+    tokenizer = WhisperTokenizer(
+        str(out / "vocab.json"),
+        str(out / "merges.txt"),
+        unk_token=specials[0],
+        bos_token=specials[0],
+        eos_token=specials[0],
+        pad_token=specials[0],
+    )
     tokenizer.add_special_tokens({"additional_special_tokens": specials[1:]})
     processor = WhisperProcessor(feature_extractor=WhisperFeatureExtractor(feature_size=80), tokenizer=tokenizer)
     processor.save_pretrained(out)
     ids = {name: tokenizer.convert_tokens_to_ids(name) for name in specials}
-    config = WhisperConfig(vocab_size=len(tokenizer), num_mel_bins=80, encoder_layers=1, decoder_layers=1, d_model=16,
-                           encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32,
-                           max_target_positions=24, decoder_start_token_id=ids["<|startoftranscript|>"],
-                           eos_token_id=ids["<|endoftext|>"], pad_token_id=ids["<|endoftext|>"],
-                           bos_token_id=ids["<|endoftext|>"])  # fmt: skip
+    config = WhisperConfig(
+        vocab_size=len(tokenizer),
+        num_mel_bins=80,
+        encoder_layers=1,
+        decoder_layers=1,
+        d_model=16,
+        encoder_attention_heads=2,
+        decoder_attention_heads=2,
+        encoder_ffn_dim=32,
+        decoder_ffn_dim=32,
+        max_target_positions=24,
+        decoder_start_token_id=ids["<|startoftranscript|>"],
+        eos_token_id=ids["<|endoftext|>"],
+        pad_token_id=ids["<|endoftext|>"],
+        bos_token_id=ids["<|endoftext|>"],
+    )
     torch.manual_seed(0)
     model = WhisperForConditionalGeneration(config)
     model.generation_config.no_timestamps_token_id = ids["<|notimestamps|>"]

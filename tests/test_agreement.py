@@ -78,11 +78,23 @@ def overfit(request, tmp_path_factory) -> tuple[Path, dict[str, torch.Tensor], s
     tiny = TINY if request.param == "tones" else [o for o in TINY if o not in RANDOM_CODEC]
     cfg = load(
         ROOT / "configs/demo.yaml",
-        [*tiny, f"data.dataset={root / 'codes'}", f"output.dir={root / 'run'}", "data.eval_size=0",
-         "data.random_crop=false", f"data.max_audio_frames={frames}", "data.max_text_tokens=48",
-         "train.unconditional_frac=0.0", "train.batch_size=4", "train.max_steps=300", "train.learning_rate=3e-3",
-         "train.warmup_steps=10", "train.save_every=1000", "train.report_to=none"],
-    )  # fmt: skip
+        [
+            *tiny,
+            f"data.dataset={root / 'codes'}",
+            f"output.dir={root / 'run'}",
+            "data.eval_size=0",
+            "data.random_crop=false",
+            f"data.max_audio_frames={frames}",
+            "data.max_text_tokens=48",
+            "train.unconditional_frac=0.0",
+            "train.batch_size=4",
+            "train.max_steps=300",
+            "train.learning_rate=3e-3",
+            "train.warmup_steps=10",
+            "train.save_every=1000",
+            "train.report_to=none",
+        ],
+    )
     prepare(cfg, source, cfg.data.dataset)
     final = train(cfg)
     table = load_from_disk(cfg.data.dataset)
@@ -173,8 +185,10 @@ def test_overfit_speech_decodes_to_recognisable_speech(overfit):
     assert errors / chars <= MAX_SPEECH_CER, (errors, chars)
     # The same transcripts held against the next clip's script score above the limit: it tells the memorised
     # words from other speech.
-    wrong = [char_errors(recogniser.normalise(spoken_text(script)), recogniser.normalise(heard))
-             for script, heard in zip(scripts[1:] + scripts[:1], transcripts, strict=True)]  # fmt: skip
+    wrong = [
+        char_errors(recogniser.normalise(spoken_text(script)), recogniser.normalise(heard))
+        for script, heard in zip(scripts[1:] + scripts[:1], transcripts, strict=True)
+    ]
     assert sum(w.errors for w in wrong) / sum(w.length for w in wrong) > MAX_SPEECH_CER, (wrong, transcripts)
 
 
@@ -186,15 +200,31 @@ def test_a_model_trained_on_prompt_pairs_continues_the_prompt_into_the_text(tmp_
     _tones(source)
     lines = (source / "metadata.csv").read_text().splitlines()
     speakers = ["A", "B", "A", "B"]
-    (source / "metadata.csv").write_text("file|text|speaker\n" + "".join(
-        f"{line}|{speaker}\n" for line, speaker in zip(lines[1:], speakers, strict=True)))  # fmt: skip
+    (source / "metadata.csv").write_text(
+        "file|text|speaker\n"
+        + "".join(f"{line}|{speaker}\n" for line, speaker in zip(lines[1:], speakers, strict=True))
+    )
     cfg = load(
         ROOT / "configs/demo.yaml",
-        [*TINY, f"data.dataset={tmp_path / 'codes'}", f"output.dir={tmp_path / 'run'}", "data.eval_size=0",
-         "data.random_crop=false", "data.max_audio_frames=100", "data.prompt_pairs=1.0", "data.prompt_max_frames=50",
-         "data.max_text_tokens=64", "train.unconditional_frac=0.0", "train.batch_size=4", "train.max_steps=300",
-         "train.learning_rate=3e-3", "train.warmup_steps=10", "train.save_every=1000", "train.report_to=none"],
-    )  # fmt: skip
+        [
+            *TINY,
+            f"data.dataset={tmp_path / 'codes'}",
+            f"output.dir={tmp_path / 'run'}",
+            "data.eval_size=0",
+            "data.random_crop=false",
+            "data.max_audio_frames=100",
+            "data.prompt_pairs=1.0",
+            "data.prompt_max_frames=50",
+            "data.max_text_tokens=64",
+            "train.unconditional_frac=0.0",
+            "train.batch_size=4",
+            "train.max_steps=300",
+            "train.learning_rate=3e-3",
+            "train.warmup_steps=10",
+            "train.save_every=1000",
+            "train.report_to=none",
+        ],
+    )
     prepare(cfg, source, cfg.data.dataset)
     final = train(cfg)
     rows = list(load_from_disk(cfg.data.dataset))

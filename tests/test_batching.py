@@ -207,10 +207,21 @@ def test_training_loader_counts_bucket_batches(short_codes, tmp_path):
 
 def test_padding_report_script(short_codes):
     done = subprocess.run(
-        [sys.executable, str(ROOT / "scripts/padding_report.py"), "--config", str(ROOT / "configs/demo.yaml"),
-         f"data.dataset={short_codes}", "data.max_audio_frames=48", "train.batch_size=2", BUCKETS, *RANDOM_CODEC],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+        [
+            sys.executable,
+            str(ROOT / "scripts/padding_report.py"),
+            "--config",
+            str(ROOT / "configs/demo.yaml"),
+            f"data.dataset={short_codes}",
+            "data.max_audio_frames=48",
+            "train.batch_size=2",
+            BUCKETS,
+            *RANDOM_CODEC,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert "without buckets: padding" in done.stdout and "lengths [16, 32, 48]" in done.stdout
 

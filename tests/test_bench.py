@@ -38,7 +38,7 @@ def test_bench_counts_frames_and_reports_throughput():
     assert math.isfinite(result["final_loss"])
     # The step's FLOPs, counted by torch, at least the forward and backward matrix products of its linear layers.
     model = DiaConfig(**cfg.model.architecture)
-    assert result["flops_per_step"] > 6 * 3 * 16 * model.decoder_config.hidden_size ** 2
+    assert result["flops_per_step"] > 6 * 3 * 16 * model.decoder_config.hidden_size**2
     assert result["flops_per_s"] == pytest.approx(2 * result["flops_per_step"] / result["seconds"])
     # A training step cannot do its FLOPs faster than the machine's best square matmul.
     assert result["matmul_flops_per_s"] > 0 and 0 < result["share_of_matmul"] < 1
@@ -69,8 +69,9 @@ def test_generation_bench_reports_real_time_factor_per_batch_and_the_memory_floo
 
     cfg = load(DEMO, ["model.codec=null", "model.codec_architecture={sampling_rate: 44100}"])
     started = time.perf_counter()
-    results = bench_generation(cfg, seconds=0.25, batch_sizes=[1, 2], precisions=["no"], decodings=["dia_tpu"],
-                               repeats=1)  # fmt: skip
+    results = bench_generation(
+        cfg, seconds=0.25, batch_sizes=[1, 2], precisions=["no"], decodings=["dia_tpu"], repeats=1
+    )
     wall = time.perf_counter() - started  # both batch sizes, with model loading: more than either took
     assert [(r["batch_size"], r["decoding"]) for r in results] == [(1, "dia_tpu"), (2, "dia_tpu")]
     for r in results:

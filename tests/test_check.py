@@ -37,8 +37,10 @@ def test_the_bundled_sample_under_tight_limits(codes_dir):
     # Voice-cloning pairs, prompts of at most 177 frames in 400 (S2 has one clip that short, S1 five): the clips
     # with no short partner of their speaker, and those a prompt crops, counted here from the frames themselves.
     pairs = findings("data.prompt_pairs=0.5", "data.prompt_max_frames=177", "data.max_audio_frames=400")
-    partners = [[m for j, (m, t) in enumerate(zip(frames, speakers, strict=True)) if t == s and m <= 177 and j != i]
-                for i, s in enumerate(speakers)]  # fmt: skip
+    partners = [
+        [m for j, (m, t) in enumerate(zip(frames, speakers, strict=True)) if t == s and m <= 177 and j != i]
+        for i, s in enumerate(speakers)
+    ]
     alone = sum(not found for found in partners)
     crowded = sum(bool(found) and min(found) + n > 400 for n, found in zip(frames, partners, strict=True))
     assert 0 < alone < 32 and 0 < crowded
@@ -71,8 +73,15 @@ def test_tags_long_and_unseen_text_are_found(tmp_path, tiny_dia):
     (source / "metadata.csv").write_text("file|text\n" + "".join(f"audio/{i}.flac|{t}\n" for i, t in enumerate(texts)))
     codes = tmp_path / "codes"
     prepare(load(ROOT / "configs/demo.yaml", RANDOM_CODEC), source, codes)
-    cfg = load(ROOT / "configs/demo.yaml", [*RANDOM_CODEC, f"data.dataset={codes}", "data.max_text_tokens=48",
-                                            f"model.pretrained={tmp_path / 'pretrained'}"])  # fmt: skip
+    cfg = load(
+        ROOT / "configs/demo.yaml",
+        [
+            *RANDOM_CODEC,
+            f"data.dataset={codes}",
+            "data.max_text_tokens=48",
+            f"model.pretrained={tmp_path / 'pretrained'}",
+        ],
+    )
     text = "\n".join(map(str, check_dataset(cfg)[1]))
     assert "1 transcripts have no [S1]/[S2] tag (e.g. audio/0.flac)" in text
     assert "1 transcripts give the same speaker tag twice in a row (e.g. audio/1.flac)" in text
@@ -88,8 +97,9 @@ def test_the_command_prints_its_findings_and_names_a_missing_dataset(codes_dir, 
     assert len(out) == 3 and all(line.startswith("  - ") for line in out[1:])
     with pytest.raises(SystemExit) as stop:
         cli(["check", "--config", str(ROOT / "configs/demo.yaml"), f"data.dataset={tmp_path}"])
-    assert stop.value.code == (f"dia-tpu check: error: data.dataset: {tmp_path} is not a prepared dataset; "
-                               "run dia-tpu prepare first")  # fmt: skip
+    assert stop.value.code == (
+        f"dia-tpu check: error: data.dataset: {tmp_path} is not a prepared dataset; run dia-tpu prepare first"
+    )
 
 
 def test_native_weights_beside_another_releases_config_are_found(codes_dir, tmp_path, tiny_dia):

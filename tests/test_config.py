@@ -215,8 +215,10 @@ def test_choices_and_list_items_are_checked_against_the_declared_types(override,
         (["eval.select_by=bleu"], "eval.select_by: 'bleu' is not one of loss, wer, cer, speaker_similarity"),
         (["eval.select_by=wer=-1"], "eval.select_by: the weight of wer must be > 0"),
         (["eval.select_by=wer"], "eval.select_by: 'wer' needs audio figures at every evaluation"),
-        (["eval.audio.every=100", "eval.select_by=speaker_similarity", "eval.audio.speaker=none"],
-         "eval.select_by: speaker_similarity needs eval.audio.speaker"),
+        (
+            ["eval.audio.every=100", "eval.select_by=speaker_similarity", "eval.audio.speaker=none"],
+            "eval.select_by: speaker_similarity needs eval.audio.speaker",
+        ),
         (["eval.audio.every=100", "data.eval_size=0"], "eval.audio.every: audio is judged at evaluations"),
     ],
 )
@@ -236,8 +238,9 @@ def test_a_quality_judge_is_named_as_mos_with_a_model():
 def test_yaml_that_cannot_be_read_is_one_named_problem(tmp_path):
     with pytest.raises(ConfigError) as caught:
         load(DEMO, ["train.learning_rate=[1,"])
-    assert str(caught.value).splitlines()[1] == ("  - override 'train.learning_rate=[1,': not readable as YAML: while "
-                                                 "parsing a flow node")  # fmt: skip
+    assert str(caught.value).splitlines()[1] == (
+        "  - override 'train.learning_rate=[1,': not readable as YAML: while parsing a flow node"
+    )
     deep = tmp_path / "deep.yaml"
     deep.write_text("train: " + "[" * 5000 + "]" * 5000 + "\n")
     with pytest.raises(ConfigError, match=r"^[^\n]*deep\.yaml: nested too deeply to read as a config$"):

@@ -343,8 +343,11 @@ def test_cfg_decisions_agree_across_processes(tmp_path):
     done = subprocess.run(
         [sys.executable, "-c", _DECISIONS_SCRIPT, str(tmp_path / "codes")],
         env={**os.environ, "PYTHONHASHSEED": hash_seed, "PYTHONPATH": str(ROOT)},
-        capture_output=True, text=True, cwd=ROOT, timeout=120,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr
     other = json.loads(done.stdout.strip().splitlines()[-1])
     here = CodesDataset(datasets.load_from_disk(str(tmp_path / "codes")), DataConfig(seed=7), 0.5, train=True)

@@ -54,8 +54,10 @@ def test_demo_codec_round_trips_the_bundled_speech(codec):
     # Judged against the next clip's script or sound, the same figures fail (measured: CER 0.78, WER 1.05, mel
     # distance 0.61 and more): the limits tell this speech from other speech of the same voices.
     scripts = [text for text, _ in items[1:] + items[:1]]
-    pairs = [(recogniser.normalise(spoken_text(script)), recogniser.normalise(row["transcript"]))
-             for script, row in zip(scripts, judged.decoded, strict=True)]  # fmt: skip
+    pairs = [
+        (recogniser.normalise(spoken_text(script)), recogniser.normalise(row["transcript"]))
+        for script, row in zip(scripts, judged.decoded, strict=True)
+    ]
     assert sum((char_errors(*pair) for pair in pairs), Errors(0, 0)).rate > MAX_CER_DECODED
     assert sum((word_errors(*pair) for pair in pairs), Errors(0, 0)).rate > MAX_WER_DECODED
     assert mel_distance(judged.waves[0], items[1][1], rate) > MAX_MEL_DISTANCE

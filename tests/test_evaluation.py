@@ -33,10 +33,13 @@ def sample_clips(n: int | None = None) -> list[dict]:
     return clips
 
 
-@pytest.mark.parametrize(("script", "spoken"), [
-    ("[S1] Hello there, are you ready? [S2] (laughs) Yes!", "Hello there, are you ready? Yes!"),
-    ("[de] Guten Tag (clears throat) zusammen", "Guten Tag zusammen"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("script", "spoken"),
+    [
+        ("[S1] Hello there, are you ready? [S2] (laughs) Yes!", "Hello there, are you ready? Yes!"),
+        ("[de] Guten Tag (clears throat) zusammen", "Guten Tag zusammen"),
+    ],
+)
 def test_tags_and_cues_are_not_speech(script, spoken):
     assert spoken_text(script) == spoken
 
@@ -106,15 +109,25 @@ def test_the_offline_recogniser_hears_speech_and_not_noise():
     asr = load_recogniser("pocketsphinx")
     assert "pocketsphinx 5" in asr.name and "weak" in asr.name
     heard = asr.transcribe([c["wave"] for c in clips], clips[0]["rate"])
-    total = sum((word_errors(asr.normalise(spoken_text(c["text"])), asr.normalise(h)) for c, h in
-                 zip(clips, heard, strict=True)), Errors(0, 0))  # fmt: skip
+    total = sum(
+        (
+            word_errors(asr.normalise(spoken_text(c["text"])), asr.normalise(h))
+            for c, h in zip(clips, heard, strict=True)
+        ),
+        Errors(0, 0),
+    )
     # Measured 0.82 on these eight clips (0.83 on all 32): weak, but far from hearing nothing.
     assert total.rate < 0.92, (total, heard)
     reversed_speech = asr.transcribe([c["wave"][::-1].copy() for c in clips[:4]], clips[0]["rate"])
     noise = np.random.default_rng(0).normal(0, 0.1, 44100).astype(np.float32)
     assert asr.transcribe([noise, np.zeros(0, np.float32)], 22050) == ["", ""]
-    backwards = sum((word_errors(asr.normalise(spoken_text(c["text"])), asr.normalise(h)) for c, h in
-                     zip(clips[:4], reversed_speech, strict=True)), Errors(0, 0))  # fmt: skip
+    backwards = sum(
+        (
+            word_errors(asr.normalise(spoken_text(c["text"])), asr.normalise(h))
+            for c, h in zip(clips[:4], reversed_speech, strict=True)
+        ),
+        Errors(0, 0),
+    )
     assert backwards.rate > total.rate
 
 
@@ -152,10 +165,21 @@ def test_whisper_transcribes_in_batches_from_a_folder(tiny_whisper):
 def test_xvector_embeddings_from_a_folder(tmp_path):
     from transformers import Wav2Vec2FeatureExtractor, WavLMConfig, WavLMForXVector
 
-    config = WavLMConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
-                         conv_dim=(8, 8), conv_stride=(5, 4), conv_kernel=(10, 8), num_conv_pos_embeddings=8,
-                         num_conv_pos_embedding_groups=2, tdnn_dim=(8, 8), tdnn_kernel=(3, 1), tdnn_dilation=(1, 1),
-                         xvector_output_dim=12)  # fmt: skip
+    config = WavLMConfig(
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        conv_dim=(8, 8),
+        conv_stride=(5, 4),
+        conv_kernel=(10, 8),
+        num_conv_pos_embeddings=8,
+        num_conv_pos_embedding_groups=2,
+        tdnn_dim=(8, 8),
+        tdnn_kernel=(3, 1),
+        tdnn_dilation=(1, 1),
+        xvector_output_dim=12,
+    )
     torch.manual_seed(0)
     WavLMForXVector(config).save_pretrained(tmp_path)
     Wav2Vec2FeatureExtractor(return_attention_mask=True).save_pretrained(tmp_path)
@@ -182,8 +206,9 @@ def tiny_run(codes_dir, tmp_path_factory):
     from dia_tpu.training.recipe import train
 
     run = tmp_path_factory.mktemp("evaluated") / "run"
-    train(tiny(codes_dir, run, "train.max_steps=2", "train.save_every=1", "eval.eval_every=1000",
-               "train.report_to=none"))  # fmt: skip
+    train(
+        tiny(codes_dir, run, "train.max_steps=2", "train.save_every=1", "eval.eval_every=1000", "train.report_to=none")
+    )
     reset_accelerate()
     return run
 
@@ -206,8 +231,9 @@ def test_evaluate_compares_checkpoints_side_by_side_as_generate_samples(tiny_run
     table = (tmp_path / "out/summary.md").read_text()
     assert table.startswith("| | step_1 | final |") and "| WER |" in table and "pocketsphinx 5" in table
     rows = [json.loads(line) for line in (tmp_path / "out/rows.jsonl").read_text().splitlines()]
-    assert [(r["model"], r["id"]) for r in rows] == [(m, i) for m in ("step_1", "final")
-                                                     for i in ("line_0001", "line_0002")]  # fmt: skip
+    assert [(r["model"], r["id"]) for r in rows] == [
+        (m, i) for m in ("step_1", "final") for i in ("line_0001", "line_0002")
+    ]
     assert all({"wer", "cer", "transcript", "problems", "seconds", "ended"} <= set(r) for r in rows)
     # Without a reference, a prompt's expected length is its text at its speaker's pace in the run's data.
     from datasets import load_from_disk
@@ -221,8 +247,13 @@ def test_evaluate_compares_checkpoints_side_by_side_as_generate_samples(tiny_run
     # timed at the wrong pace would fail.
     assert all(pace[other] != pytest.approx(pace["S2"], rel=1e-3) for other in ("S1", None))
     # The same text, seed and settings through `dia-tpu generate --text-file`, one at a time: the same audio.
-    write_speech(str(run / "final"), ["[S1] Hello there, are you ready?", "[S2] Yes, I have the map."],
-                 [tmp_path / "g1.wav", tmp_path / "g2.wav"], settings, batch_size=1)  # fmt: skip
+    write_speech(
+        str(run / "final"),
+        ["[S1] Hello there, are you ready?", "[S2] Yes, I have the map."],
+        [tmp_path / "g1.wav", tmp_path / "g2.wav"],
+        settings,
+        batch_size=1,
+    )
     for i in (1, 2):
         generated, _ = sf.read(tmp_path / f"g{i}.wav")
         evaluated, _ = sf.read(tmp_path / f"out/final/line_000{i}.wav")
@@ -230,10 +261,18 @@ def test_evaluate_compares_checkpoints_side_by_side_as_generate_samples(tiny_run
 
     # A JSON-lines prompt with a voice prompt and a reference recording: both similarities and the length ratio.
     clone = tmp_path / "clone.jsonl"
-    clone.write_text(json.dumps({"id": "camp", "text": "[S1] Great. Where should we camp?",
-                                 "audio": str(SAMPLE / "audio/utt_000.flac"),
-                                 "transcript": "[S1] Hello there, are you ready to plan the trip?",
-                                 "reference": str(SAMPLE / "audio/utt_002.flac")}) + "\n")  # fmt: skip
+    clone.write_text(
+        json.dumps(
+            {
+                "id": "camp",
+                "text": "[S1] Great. Where should we camp?",
+                "audio": str(SAMPLE / "audio/utt_000.flac"),
+                "transcript": "[S1] Hello there, are you ready to plan the trip?",
+                "reference": str(SAMPLE / "audio/utt_002.flac"),
+            }
+        )
+        + "\n"
+    )
     summary = evaluate_models([str(run / "final")], read_prompts(clone), tmp_path / "out2", settings, judges)["final"]
     assert {"similarity_prompt", "similarity_reference", "length_ratio"} <= set(summary)
     assert (tmp_path / "out2/final/camp.wav").is_file()
@@ -256,8 +295,13 @@ def test_a_model_that_ends_at_once_is_judged_not_crashed(tiny_dia):
     prompts = [Prompt("a", "[S1] Bye."), Prompt("b", "[S2] See you.")]
     hook = tiny_dia.logits_dense.register_forward_hook(eos_first)
     try:
-        waves, codes, ended = generate(tiny_dia, codec, [(p, None) for p in prompts],
-                                       GenerationSettings(greedy=True, max_seconds=0.5), batch_size=2)  # fmt: skip
+        waves, codes, ended = generate(
+            tiny_dia,
+            codec,
+            [(p, None) for p in prompts],
+            GenerationSettings(greedy=True, max_seconds=0.5),
+            batch_size=2,
+        )
     finally:
         hook.remove()
     assert [len(w) for w in waves] == [0, 0] and ended == [True, True]
@@ -272,8 +316,21 @@ def test_evaluate_on_the_held_out_split_of_a_dataset(tiny_run, codes_dir, tmp_pa
     from dia_tpu.data.dataset import split_tables
 
     out = tmp_path / "out"
-    main(["evaluate", "--model", str(tiny_run / "final"), "--dataset", str(codes_dir), "--out", str(out),
-          "--max-seconds", "1", "--asr", "none"])  # fmt: skip
+    main(
+        [
+            "evaluate",
+            "--model",
+            str(tiny_run / "final"),
+            "--dataset",
+            str(codes_dir),
+            "--out",
+            str(out),
+            "--max-seconds",
+            "1",
+            "--asr",
+            "none",
+        ]
+    )
     rows = [json.loads(line) for line in (out / "rows.jsonl").read_text().splitlines()]
     # The items the run held out (the demo's data.eval_size of them), each with its own clip as the reference.
     held_out = split_tables(read_saved(tiny_run / "config.yaml"))[1]
@@ -288,8 +345,19 @@ def test_evaluate_on_the_held_out_split_of_a_dataset(tiny_run, codes_dir, tmp_pa
     cloned = [r for r, s in zip(rows, speakers, strict=True) if speakers.count(s) > 1]
     assert cloned and all("similarity_prompt" in r for r in cloned)
     with pytest.raises(SystemExit, match="--limit must be >= 1"):
-        main(["evaluate", "--model", str(tiny_run / "final"), "--dataset", str(codes_dir), "--out", str(out),
-              "--limit", "0"])  # fmt: skip
+        main(
+            [
+                "evaluate",
+                "--model",
+                str(tiny_run / "final"),
+                "--dataset",
+                str(codes_dir),
+                "--out",
+                str(out),
+                "--limit",
+                "0",
+            ]
+        )
 
 
 def test_audio_is_judged_during_training(codes_dir, tmp_path, capsys):
@@ -298,8 +366,18 @@ def test_audio_is_judged_during_training(codes_dir, tmp_path, capsys):
     from dia_tpu.training.recipe import train
 
     run = tmp_path / "run"
-    train(tiny(codes_dir, run, "train.max_steps=2", "eval.eval_every=2", "eval.audio.every=2", "eval.audio.limit=3",
-               "eval.audio.max_seconds=1", "eval.select_by=wer=1,speaker_similarity=0.5,loss=0.25"))  # fmt: skip
+    train(
+        tiny(
+            codes_dir,
+            run,
+            "train.max_steps=2",
+            "eval.eval_every=2",
+            "eval.audio.every=2",
+            "eval.audio.limit=3",
+            "eval.audio.max_seconds=1",
+            "eval.select_by=wer=1,speaker_similarity=0.5,loss=0.25",
+        )
+    )
     out = capsys.readouterr().out
     assert "(best eval.select_by" not in out and "best wer=1,speaker_similarity=0.5,loss=0.25" in out
     assert "  audio: WER " in out, out
@@ -336,9 +414,18 @@ def test_cloning_is_judged_on_speakers_held_out_of_training(codes_dir, tmp_path)
     from dia_tpu.training.recipe import train
 
     run = tmp_path / "run"
-    cfg = tiny(codes_dir, run, "train.max_steps=2", "eval.eval_every=2", "eval.audio.every=2", "eval.audio.limit=2",
-               "eval.audio.max_seconds=1", "eval.audio.asr=none", "data.eval_speakers=[S2]",
-               "data.prompt_pairs=0.5")  # fmt: skip
+    cfg = tiny(
+        codes_dir,
+        run,
+        "train.max_steps=2",
+        "eval.eval_every=2",
+        "eval.audio.every=2",
+        "eval.audio.limit=2",
+        "eval.audio.max_seconds=1",
+        "eval.audio.asr=none",
+        "data.eval_speakers=[S2]",
+        "data.prompt_pairs=0.5",
+    )
     trained, held_out, _ = split_tables(cfg)
     assert set(trained["speaker"]) == {"S1"} and set(held_out["speaker"]) == {"S2"} and len(held_out) == 16
     train(cfg)
@@ -346,8 +433,10 @@ def test_cloning_is_judged_on_speakers_held_out_of_training(codes_dir, tmp_path)
     assert [r["text"] for r in rows] == held_out["text"][:2]
     assert all("similarity_prompt" in r and "similarity_reference" in r for r in rows)
     assert {"audio/similarity_prompt", "audio/similarity_reference"} <= set(scalars(run))
-    for speakers, message in ((["S3"], r"data.eval_speakers: \['S3'\] not among the speakers"),
-                              (["S1", "S2"], "leaves no training items")):  # fmt: skip
+    for speakers, message in (
+        (["S3"], r"data.eval_speakers: \['S3'\] not among the speakers"),
+        (["S1", "S2"], "leaves no training items"),
+    ):
         cfg.data.eval_speakers = speakers
         with pytest.raises(ValueError, match=message):
             split_tables(cfg)
@@ -363,12 +452,35 @@ def test_processes_agree_on_best_by_wer_from_gathered_figures(codes_dir, tmp_pat
     from conftest import TINY, scalars
 
     run = tmp_path / "ddp"
-    argv = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29561",
-            str(ROOT / "tests/helpers/stub_audio_figures.py"), "--config", str(ROOT / "configs/demo.yaml"), *TINY,
-            f"data.dataset={codes_dir}", f"output.dir={run}", "train.max_steps=8", "eval.eval_every=2",
-            "eval.audio.every=2", "eval.select_by=wer", "eval.early_stopping_patience=1", "train.save_every=100",
-            "eval.audio.speaker=none"]  # fmt: skip
+    argv = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        "29561",
+        str(ROOT / "tests/helpers/stub_audio_figures.py"),
+        "--config",
+        str(ROOT / "configs/demo.yaml"),
+        *TINY,
+        f"data.dataset={codes_dir}",
+        f"output.dir={run}",
+        "train.max_steps=8",
+        "eval.eval_every=2",
+        "eval.audio.every=2",
+        "eval.select_by=wer",
+        "eval.early_stopping_patience=1",
+        "train.save_every=100",
+        "eval.audio.speaker=none",
+    ]
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "USE_TORCH_XLA": "0", "OMP_NUM_THREADS": "1"}
     done = subprocess.run(argv, capture_output=True, text=True, timeout=300, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -383,9 +495,19 @@ def tiny_mos(folder, num_labels: int = 1):
     """A randomly initialised wav2vec 2.0 with a regression head, saved as a hub checkpoint is."""
     from transformers import Wav2Vec2Config, Wav2Vec2FeatureExtractor, Wav2Vec2ForSequenceClassification
 
-    config = Wav2Vec2Config(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
-                            conv_dim=(8, 8), conv_stride=(5, 4), conv_kernel=(10, 8), num_conv_pos_embeddings=8,
-                            num_conv_pos_embedding_groups=2, num_labels=num_labels, classifier_proj_size=8)  # fmt: skip
+    config = Wav2Vec2Config(
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        conv_dim=(8, 8),
+        conv_stride=(5, 4),
+        conv_kernel=(10, 8),
+        num_conv_pos_embeddings=8,
+        num_conv_pos_embedding_groups=2,
+        num_labels=num_labels,
+        classifier_proj_size=8,
+    )
     torch.manual_seed(0)
     Wav2Vec2ForSequenceClassification(config).save_pretrained(folder)
     Wav2Vec2FeatureExtractor().save_pretrained(folder)
@@ -405,8 +527,14 @@ def test_a_mos_predictor_from_a_folder(tmp_path):
     assert mos.score(waves[:1], 22050) == [pytest.approx(scores[0])]
     # The two clips' scores differ far beyond approx's tolerance, so a score given to the wrong clip would fail.
     assert scores[0] != pytest.approx(scores[2], rel=0.01)
-    rows = judge([Prompt(str(i), c["text"]) for i, c in enumerate(clips)], waves[::2], [None, None], [True, True],
-                 22050, Judges(quality=mos))  # fmt: skip
+    rows = judge(
+        [Prompt(str(i), c["text"]) for i, c in enumerate(clips)],
+        waves[::2],
+        [None, None],
+        [True, True],
+        22050,
+        Judges(quality=mos),
+    )
     assert [r["mos"] for r in rows] == pytest.approx(scores[::2])
     assert summarise(rows)["mos"] == pytest.approx(np.mean(scores[::2]))
     with pytest.raises(ValueError, match="it has 2 outputs; a MOS predictor has one"):

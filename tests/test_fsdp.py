@@ -31,14 +31,30 @@ BY_CONFIG = ["--multi_gpu", "--num_machines", "1", "--mixed_precision", "no", "-
 BY_LAUNCHER = ["--config_file", str(ROOT / "configs/accelerate/fsdp.yaml")]
 
 
-def launch(codes_dir: Path, run_dir: Path, port: int, *extra: str,
-           by: list[str] = BY_CONFIG) -> subprocess.CompletedProcess:  # fmt: skip
+def launch(
+    codes_dir: Path, run_dir: Path, port: int, *extra: str, by: list[str] = BY_CONFIG
+) -> subprocess.CompletedProcess:
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "USE_TORCH_XLA": "0", "OMP_NUM_THREADS": "1"}
     sharding = ["train.sharding=fsdp"] if by is BY_CONFIG else []
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", *by, "--num_processes", "2",
-           "--main_process_port", str(port), str(ROOT / "dia_tpu/finetune_acc_tpu.py"), "--config",
-           str(ROOT / "configs/demo.yaml"), *TINY, f"data.dataset={codes_dir}", f"output.dir={run_dir}", *sharding,
-           *STEPS, *extra]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        *by,
+        "--num_processes",
+        "2",
+        "--main_process_port",
+        str(port),
+        str(ROOT / "dia_tpu/finetune_acc_tpu.py"),
+        "--config",
+        str(ROOT / "configs/demo.yaml"),
+        *TINY,
+        f"data.dataset={codes_dir}",
+        f"output.dir={run_dir}",
+        *sharding,
+        *STEPS,
+        *extra,
+    ]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     return done
@@ -48,8 +64,13 @@ def launch(codes_dir: Path, run_dir: Path, port: int, *extra: str,
 def sharded(codes_dir, tmp_path_factory) -> tuple[Path, str]:
     run_dir = tmp_path_factory.mktemp("fsdp") / "sharded"
     samples = ["samples.every=4", 'samples.prompts=[{name: hi, text: "[S1] Hi there."}]', "samples.max_seconds=0.3"]
-    audio = ["eval.audio.every=4", "eval.audio.limit=2", "eval.audio.max_seconds=0.3", "eval.audio.speaker=none",
-             "eval.audio.clone=false"]  # fmt: skip
+    audio = [
+        "eval.audio.every=4",
+        "eval.audio.limit=2",
+        "eval.audio.max_seconds=0.3",
+        "eval.audio.speaker=none",
+        "eval.audio.clone=false",
+    ]
     return run_dir, launch(codes_dir, run_dir, 29551, *samples, *audio).stdout
 
 
@@ -71,8 +92,18 @@ def test_each_process_holds_half_and_checkpoints_are_sharded(sharded):
 
 def test_sharded_steps_equal_one_process_with_the_same_global_batch(sharded, codes_dir, tmp_path):
     run_dir, _ = sharded
-    train(load(ROOT / "configs/demo.yaml", [*TINY, f"data.dataset={codes_dir}", f"output.dir={tmp_path / 'one'}",
-                                            *STEPS, "train.gradient_accumulation_steps=2"]))  # fmt: skip
+    train(
+        load(
+            ROOT / "configs/demo.yaml",
+            [
+                *TINY,
+                f"data.dataset={codes_dir}",
+                f"output.dir={tmp_path / 'one'}",
+                *STEPS,
+                "train.gradient_accumulation_steps=2",
+            ],
+        )
+    )
     two, one = weights(run_dir), weights(tmp_path / "one")
     for key in one:
         torch.testing.assert_close(two[key], one[key], rtol=1e-4, atol=1e-5, msg=key)
@@ -93,8 +124,7 @@ def test_sharded_steps_equal_one_process_with_the_same_global_batch(sharded, cod
 def test_resume_from_a_sharded_checkpoint_continues_exactly(sharded, codes_dir, tmp_path):
     run_dir, _ = sharded
     # Resumed through the shipped launcher config (the run itself asked by train.sharding): the same sharding.
-    launch(codes_dir, tmp_path / "resumed", 29552, f"train.resume={run_dir / 'checkpoints' / 'step_2'}",
-           by=BY_LAUNCHER)
+    launch(codes_dir, tmp_path / "resumed", 29552, f"train.resume={run_dir / 'checkpoints' / 'step_2'}", by=BY_LAUNCHER)
     expected, got = weights(run_dir), weights(tmp_path / "resumed")
     for key in expected:
         torch.testing.assert_close(got[key], expected[key], rtol=0, atol=0, msg=key)
@@ -114,9 +144,19 @@ def test_a_sharded_checkpoint_is_not_resumed_unsharded(sharded, codes_dir, tmp_p
     run_dir, _ = sharded
     # One process: train.sharding=fsdp has nothing to shard, and the run says so before refusing the checkpoint.
     with pytest.raises(ValueError, match="FSDP2-sharded training state and this run is without FSDP"):
-        train(load(ROOT / "configs/demo.yaml", [*TINY, f"data.dataset={codes_dir}", f"output.dir={tmp_path / 'r'}",
-                                                *STEPS, "train.sharding=fsdp",
-                                                f"train.resume={run_dir / 'checkpoints' / 'step_2'}"]))  # fmt: skip
+        train(
+            load(
+                ROOT / "configs/demo.yaml",
+                [
+                    *TINY,
+                    f"data.dataset={codes_dir}",
+                    f"output.dir={tmp_path / 'r'}",
+                    *STEPS,
+                    "train.sharding=fsdp",
+                    f"train.resume={run_dir / 'checkpoints' / 'step_2'}",
+                ],
+            )
+        )
     # The Accelerator marks the process as launched with FSDP; the next run in it must not take that for --use_fsdp.
     assert "ACCELERATE_USE_FSDP" not in os.environ
 
@@ -140,7 +180,17 @@ def test_a_planted_metadata_pickle_is_never_run(sharded, tmp_path, monkeypatch):
 
 def test_lora_with_fsdp_is_refused_before_any_work(codes_dir, tmp_path):
     with pytest.raises(ConfigError, match="train.sharding=fsdp with model.lora"):
-        train(load(ROOT / "configs/demo.yaml", [*TINY, f"data.dataset={codes_dir}", f"output.dir={tmp_path / 'l'}",
-                                                "train.sharding=fsdp", "model.lora.rank=4"]))  # fmt: skip
+        train(
+            load(
+                ROOT / "configs/demo.yaml",
+                [
+                    *TINY,
+                    f"data.dataset={codes_dir}",
+                    f"output.dir={tmp_path / 'l'}",
+                    "train.sharding=fsdp",
+                    "model.lora.rank=4",
+                ],
+            )
+        )
     reset_accelerate()
     assert not (tmp_path / "l").exists()

@@ -125,9 +125,11 @@ def test_dia_tpu_decoding_writes_generates_tokens(delayed_sequences, monkeypatch
         head[0, eos] += 1.5 * head.std()  # channel 0 now ends the audio now and then, at different steps
     prompt = VoicePrompt(codes=torch.randint(0, eos, (12, channels)), transcript="[S1] Before.")
     texts = ["[S1] Hello there.", "[S2] Hi! How are you doing today?", "[S1] Fine."]
-    cases = [(GenerationSettings(greedy=True, max_seconds=0.5), None),
-             (GenerationSettings(greedy=True, guidance_scale=1.0, max_seconds=0.5), None),
-             (GenerationSettings(greedy=True, max_seconds=0.4), prompt)]  # fmt: skip
+    cases = [
+        (GenerationSettings(greedy=True, max_seconds=0.5), None),
+        (GenerationSettings(greedy=True, guidance_scale=1.0, max_seconds=0.5), None),
+        (GenerationSettings(greedy=True, max_seconds=0.4), prompt),
+    ]
     cases += [(GenerationSettings(seed=seed, max_seconds=0.5), voice) for seed in range(3) for voice in (None, prompt)]
     # The whole vocabulary in play, so draws reach the tokens the EOS rules keep out.
     cases += [(GenerationSettings(seed=seed, top_p=1.0, max_seconds=0.5), None) for seed in range(3)]
@@ -210,8 +212,10 @@ def test_sampler_draws_in_proportion_to_the_probabilities(temperature):
 
 
 def test_voice_prompt_continues_and_is_not_returned(tiny_dia):
-    prompt = VoicePrompt(codes=torch.randint(0, 1024, (12, 9), generator=torch.Generator().manual_seed(0)),
-                         transcript="[S1] This is how I sound.")
+    prompt = VoicePrompt(
+        codes=torch.randint(0, 1024, (12, 9), generator=torch.Generator().manual_seed(0)),
+        transcript="[S1] This is how I sound.",
+    )
     seen = {}
 
     def capture(module, args, kwargs):
@@ -219,8 +223,9 @@ def test_voice_prompt_continues_and_is_not_returned(tiny_dia):
 
     hook = tiny_dia.model.encoder.register_forward_pre_hook(capture, with_kwargs=True)
     try:
-        [codes] = synthesize_codes(tiny_dia, ["[S2] And this is me."], GenerationSettings(greedy=True, **SHORT),
-                                   RATE, prompt)
+        [codes] = synthesize_codes(
+            tiny_dia, ["[S2] And this is me."], GenerationSettings(greedy=True, **SHORT), RATE, prompt
+        )
     finally:
         hook.remove()
     # The encoder reads the transcript, then the text; the unconditional half is all zeros.
@@ -309,8 +314,11 @@ def test_a_voice_prompt_far_too_long_is_refused_from_its_header(codec, tmp_path,
     sf.write(tmp_path / "long.wav", np.zeros(120 * 8000, dtype=np.float32), 8000)  # two minutes of silence
     decoded = []
     monkeypatch.setattr(synthesis, "load_channels", lambda *args: decoded.append(args) or [np.zeros(4096, np.float32)])
-    with pytest.raises(ValueError, match=r"long\.wav is 120\.0 s, too long for the model's decoder \(3072 positions\): "
-                                         r"keep the prompt well under 35\.5 s"):  # fmt: skip
+    with pytest.raises(
+        ValueError,
+        match=r"long\.wav is 120\.0 s, too long for the model's decoder \(3072 positions\): "
+        r"keep the prompt well under 35\.5 s",
+    ):
         load_voice_prompt(codec, tmp_path / "long.wav", "[S1] Hi.", model_config=config)
     assert decoded == []  # refused from the header: nothing decoded, nothing encoded
     sf.write(tmp_path / "short.wav", np.zeros(8000, dtype=np.float32), 8000)
@@ -319,8 +327,9 @@ def test_a_voice_prompt_far_too_long_is_refused_from_its_header(codec, tmp_path,
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "dia_tpu", "generate", *args], capture_output=True, text=True,
-                          timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "dia_tpu", "generate", *args], capture_output=True, text=True, timeout=300
+    )
 
 
 def test_generate_cli_text_file_voice_prompt_and_batching(tiny_dia, codec, tmp_path):
@@ -355,12 +364,27 @@ def test_generate_cli_text_file_voice_prompt_and_batching(tiny_dia, codec, tmp_p
 
 
 def test_generate_flags_out_of_range_are_one_line_naming_each_flag(tmp_path):
-    bad = _cli("--model", str(tmp_path / "never_loaded"), "--text", "[S1] Hi.", "--out", str(tmp_path / "x.wav"),
-               "--max-seconds", "inf", "--temperature", "0", "--batch-size", "0")  # fmt: skip
+    bad = _cli(
+        "--model",
+        str(tmp_path / "never_loaded"),
+        "--text",
+        "[S1] Hi.",
+        "--out",
+        str(tmp_path / "x.wav"),
+        "--max-seconds",
+        "inf",
+        "--temperature",
+        "0",
+        "--batch-size",
+        "0",
+    )
     lines = bad.stderr.strip().splitlines()
     assert bad.returncode == 1 and len(lines) == 1, bad.stderr[-2000:]
-    for flag in ("--max-seconds must be a number of seconds > 0", "--temperature must be a number > 0",
-                 "--batch-size must be >= 1"):  # fmt: skip
+    for flag in (
+        "--max-seconds must be a number of seconds > 0",
+        "--temperature must be a number > 0",
+        "--batch-size must be >= 1",
+    ):
         assert flag in lines[0]
 
 

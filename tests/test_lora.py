@@ -24,8 +24,11 @@ LORA = ["model.lora.rank=4", "model.lora.alpha=8", "model.lora.targets=[attentio
 def _logits(model, batch) -> torch.Tensor:
     model.eval()
     with torch.no_grad():
-        return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                     decoder_input_ids=batch["decoder_input_ids"]).logits  # fmt: skip
+        return model(
+            input_ids=batch["input_ids"],
+            attention_mask=batch["attention_mask"],
+            decoder_input_ids=batch["decoder_input_ids"],
+        ).logits
 
 
 def _saved_names(folder) -> set[str]:
@@ -36,8 +39,16 @@ def _saved_names(folder) -> set[str]:
 
 def test_lora_trains_only_adapters_and_merges_exactly(codes_dir, tmp_path):
     run = tmp_path / "lora"
-    cfg = tiny(codes_dir, run, *LORA, "train.max_steps=20", "train.save_every=10", "eval.eval_every=10",
-               "samples.every=20", "samples.max_seconds=0.3")
+    cfg = tiny(
+        codes_dir,
+        run,
+        *LORA,
+        "train.max_steps=20",
+        "train.save_every=10",
+        "eval.eval_every=10",
+        "samples.every=20",
+        "samples.max_seconds=0.3",
+    )
     final = train(cfg)
     assert sorted(p.name for p in (run / "samples" / "step_000020").glob("*.wav")) == ["clone.wav", "plan.wav"]
 
@@ -74,8 +85,16 @@ def test_lora_trains_only_adapters_and_merges_exactly(codes_dir, tmp_path):
     torch.testing.assert_close(_logits(again, batch), expected, rtol=1e-5, atol=1e-5)
     # The adapter applied to a plain export of the base gives the same model again.
     reset_accelerate()
-    base_run = train(tiny(codes_dir, tmp_path / "base", "train.max_steps=1", "train.learning_rate=1e-12",
-                          "eval.eval_every=0", "data.eval_size=0"))
+    base_run = train(
+        tiny(
+            codes_dir,
+            tmp_path / "base",
+            "train.max_steps=1",
+            "train.learning_rate=1e-12",
+            "eval.eval_every=0",
+            "data.eval_size=0",
+        )
+    )
     with_adapter, _ = load_for_inference(str(base_run), adapter=str(adapter))
     torch.testing.assert_close(_logits(with_adapter, batch), expected, rtol=1e-4, atol=1e-4)
 
@@ -86,8 +105,13 @@ def test_lora_trains_only_adapters_and_merges_exactly(codes_dir, tmp_path):
 
 def test_lora_resume_continues_exactly(codes_dir, tmp_path):
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
-    common = [*LORA, "train.max_steps=12", "train.save_every=6", "eval.eval_every=6",
-              "model.lora.modules_to_save=[logits_dense]"]  # fmt: skip
+    common = [
+        *LORA,
+        "train.max_steps=12",
+        "train.save_every=6",
+        "eval.eval_every=6",
+        "model.lora.modules_to_save=[logits_dense]",
+    ]
     train(tiny(codes_dir, straight, *common))
     ckpt = straight / "checkpoints" / "step_6"
     assert any(".modules_to_save." in n for n in _saved_names(ckpt))
@@ -101,8 +125,7 @@ def test_lora_resume_continues_exactly(codes_dir, tmp_path):
     # Resuming a LoRA checkpoint with another LoRA shape names the mismatch, before anything is built...
     reset_accelerate()
     with pytest.raises(ValueError, match=r"other model settings.*\n  - model.lora.targets: \['attention', 'mlp'\]"):
-        train(tiny(codes_dir, tmp_path / "other", *common, "model.lora.targets=[attention]",
-                   f"train.resume={ckpt}"))
+        train(tiny(codes_dir, tmp_path / "other", *common, "model.lora.targets=[attention]", f"train.resume={ckpt}"))
     # ... and a checkpoint whose saved config does not say so (edited, or from elsewhere) by its weights.
     saved, mark = ckpt / "config.yaml", json.loads((ckpt / "checkpoint.json").read_text())
     saved.write_text(saved.read_text().replace("    - mlp\n", ""))
@@ -110,8 +133,7 @@ def test_lora_resume_continues_exactly(codes_dir, tmp_path):
     (ckpt / "checkpoint.json").write_text(json.dumps(mark))
     reset_accelerate()
     with pytest.raises(ValueError, match="trainable parameters"):
-        train(tiny(codes_dir, tmp_path / "other", *common, "model.lora.targets=[attention]",
-                   f"train.resume={ckpt}"))
+        train(tiny(codes_dir, tmp_path / "other", *common, "model.lora.targets=[attention]", f"train.resume={ckpt}"))
 
 
 def test_merged_state_dict_matches_merge_and_unload(codes_dir, tmp_path):
@@ -149,8 +171,15 @@ def test_lora_targets(tiny_dia):
 
 def test_freezing(codes_dir, tmp_path):
     run = tmp_path / "frozen"
-    cfg = tiny(codes_dir, run, "model.freeze.text_encoder=true", "model.freeze.audio_embeddings=true",
-               "model.freeze.decoder_layers=1", "train.max_steps=5", "eval.eval_every=0")
+    cfg = tiny(
+        codes_dir,
+        run,
+        "model.freeze.text_encoder=true",
+        "model.freeze.audio_embeddings=true",
+        "model.freeze.decoder_layers=1",
+        "train.max_steps=5",
+        "eval.eval_every=0",
+    )
     train(cfg)
     before, after = build_model(cfg.model).state_dict(), weights(run)
     frozen = ("model.encoder.", "model.decoder.embeddings.", "model.decoder.layers.0.")
@@ -166,8 +195,17 @@ def test_freezing(codes_dir, tmp_path):
 def test_8bit_adamw_trains_on_cpu(codes_dir, tmp_path):
     pytest.importorskip("bitsandbytes")
     run = tmp_path / "bnb"
-    train(tiny(codes_dir, run, "train.optimizer=adamw_8bit", "train.max_steps=20", "train.learning_rate=3e-3",
-               "eval.eval_every=0", "train.save_every=20"))
+    train(
+        tiny(
+            codes_dir,
+            run,
+            "train.optimizer=adamw_8bit",
+            "train.max_steps=20",
+            "train.learning_rate=3e-3",
+            "eval.eval_every=0",
+            "train.save_every=20",
+        )
+    )
     losses = [v for _, v in scalars(run)["train/loss"]]
     assert losses[-1] < losses[0]
     # The logged losses of a run that learns nothing (learning rate 1e-12) wander by 0.01 from batch to batch;

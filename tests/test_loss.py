@@ -23,8 +23,9 @@ def example(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     return logits, labels
 
 
-def reference(logits: torch.Tensor, labels: torch.Tensor,
-              dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
+def reference(
+    logits: torch.Tensor, labels: torch.Tensor, dtype: torch.dtype = torch.float32
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """ce, hits and counts [B, C], one plain cross_entropy per (sample, codebook) computed in `dtype`; logits
     row b*C + c."""
     size, _, channels = labels.shape

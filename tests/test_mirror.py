@@ -99,8 +99,11 @@ def test_a_fork_moves_the_mirrors_newer_checkpoints_aside(tmp_path):
     # A fresh machine that has step_1 only (sent by a colleague) and wants to resume from it.
     shutil.rmtree(run.checkpoint(2))
     shutil.rmtree(run.checkpoint(3))
-    with pytest.raises(MirrorError, match=r"holds checkpoints newer than .*step_1 \(checkpoints/step_2, "
-                                          r"checkpoints/step_3\).*--fork"):  # fmt: skip
+    with pytest.raises(
+        MirrorError,
+        match=r"holds checkpoints newer than .*step_1 \(checkpoints/step_2, "
+        r"checkpoints/step_3\).*--fork",
+    ):
         mirror.check_fork(run.checkpoint(1), fork=False)
     mirror.check_fork(run.checkpoint(1), fork=True)
     mirror.start(None, run.checkpoint(1))
@@ -114,8 +117,14 @@ def test_a_fresh_machine_resumes_from_the_mirror(codes_dir, tmp_path, capsys):
     output.dir fetches the newest complete checkpoint, skips a copy cut off mid-upload, and ends where an
     uninterrupted run ends."""
     run_dir, bucket = tmp_path / "run", tmp_path / "bucket"
-    common = ["train.max_steps=4", "train.save_every=1", "train.keep_last=2", "eval.eval_every=2",
-              "train.report_to=none", f"output.mirror={bucket}"]  # fmt: skip
+    common = [
+        "train.max_steps=4",
+        "train.save_every=1",
+        "train.keep_last=2",
+        "eval.eval_every=2",
+        "train.report_to=none",
+        f"output.mirror={bucket}",
+    ]
     train(tiny(codes_dir, run_dir, *common))
     out = capsys.readouterr().out
     assert "mirror: checkpoints/step_4 (step 4) is on" in out and "mirror: final (step 4)" in out, out
@@ -146,11 +155,14 @@ def test_a_fresh_machine_resumes_from_the_mirror(codes_dir, tmp_path, capsys):
     assert all(weights(run_dir)[key].equal(tensor) for key, tensor in straight.items())
 
 
-@pytest.mark.parametrize(("mirror", "message"), [
-    ("{blocker}/mirror", r"output.mirror .*a_file/mirror cannot be written"),
-    ("nosuch://bucket/run", r"output.mirror nosuch://bucket/run: Protocol not known: nosuch"),
-    ("gs://bucket/run", r"output.mirror gs://bucket/run: .*gcsfs.* \(pip install gcsfs\)"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("mirror", "message"),
+    [
+        ("{blocker}/mirror", r"output.mirror .*a_file/mirror cannot be written"),
+        ("nosuch://bucket/run", r"output.mirror nosuch://bucket/run: Protocol not known: nosuch"),
+        ("gs://bucket/run", r"output.mirror gs://bucket/run: .*gcsfs.* \(pip install gcsfs\)"),
+    ],
+)
 def test_an_unusable_mirror_fails_before_any_work(codes_dir, tmp_path, mirror, message):
     blocker = tmp_path / "a_file"
     blocker.write_text("not a folder")

@@ -30,8 +30,11 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
 def _logits(model, cfg) -> torch.Tensor:
     batch = synthetic_batch(cfg, model.config)
     with torch.no_grad():
-        return model.eval()(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                            decoder_input_ids=batch["decoder_input_ids"]).logits  # fmt: skip
+        return model.eval()(
+            input_ids=batch["input_ids"],
+            attention_mask=batch["attention_mask"],
+            decoder_input_ids=batch["decoder_input_ids"],
+        ).logits
 
 
 def _run(codes_dir, run, *extra: str):
@@ -82,8 +85,22 @@ def test_attention_scale_of_a_scratch_run_survives_export(codes_dir, tmp_path):
     set_attention_scale(fresh, 1.0)
     assert (_logits(fresh, cfg) - _logits(model, cfg)).abs().max() > 1e-3
     # Native Dia has no attention scale: exporting this model natively would change it, so it is refused.
-    done = subprocess.run([sys.executable, "-m", "dia_tpu", "export", "--checkpoint", str(checkpoint), "--out",
-                           str(tmp_path / "native"), "--native"], capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "dia_tpu",
+            "export",
+            "--checkpoint",
+            str(checkpoint),
+            "--out",
+            str(tmp_path / "native"),
+            "--native",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode != 0 and "attention_scale=0.3" in done.stderr
     assert not (tmp_path / "native").exists()
 
@@ -95,8 +112,15 @@ def test_stereo_warm_start_trains_and_generates_stereo(mono_run, tmp_path):
     prepare(stereo, ROOT / "data/sample", stereo_codes)
     reset_accelerate()
     run = tmp_path / "stereo"
-    stereo = tiny(stereo_codes, run, f"model.pretrained={final}", "model.stereo=true", "train.max_steps=3",
-                  "data.eval_size=0", "train.report_to=none")
+    stereo = tiny(
+        stereo_codes,
+        run,
+        f"model.pretrained={final}",
+        "model.stereo=true",
+        "train.max_steps=3",
+        "data.eval_size=0",
+        "train.report_to=none",
+    )
     out = train(stereo)
     trained = weights(run)
     assert trained["model.decoder.embeddings.embed.weight"].shape[0] == 18 * 1028
@@ -106,8 +130,21 @@ def test_stereo_warm_start_trains_and_generates_stereo(mono_run, tmp_path):
     assert estimate(stereo).params == sum(p.numel() for p in model.parameters())
 
     wav = tmp_path / "stereo.wav"
-    _cli("generate", "--model", str(out), "--text", "[S1] Hello.", "--out", str(wav), "--max-seconds", "0.3",
-         "--audio-prompt", str(ROOT / "data/sample/audio/utt_000.flac"), "--prompt-transcript", "[S1] Hello there.")
+    _cli(
+        "generate",
+        "--model",
+        str(out),
+        "--text",
+        "[S1] Hello.",
+        "--out",
+        str(wav),
+        "--max-seconds",
+        "0.3",
+        "--audio-prompt",
+        str(ROOT / "data/sample/audio/utt_000.flac"),
+        "--prompt-transcript",
+        "[S1] Hello there.",
+    )
     wave, rate = sf.read(wav)
     assert rate == 44100 and wave.ndim == 2 and wave.shape[1] == 2
 

@@ -27,17 +27,28 @@ DEC = dict(layers=2, d=32, inter=48, heads=4, kv=2, head_dim=8, cross_heads=3, c
 
 def tiny_config(delay: list[int]) -> DiaConfig:
     encoder = dict(
-        num_hidden_layers=ENC["layers"], hidden_size=ENC["d"], intermediate_size=ENC["inter"],
-        num_attention_heads=ENC["heads"], num_key_value_heads=ENC["heads"], head_dim=ENC["head_dim"],
+        num_hidden_layers=ENC["layers"],
+        hidden_size=ENC["d"],
+        intermediate_size=ENC["inter"],
+        num_attention_heads=ENC["heads"],
+        num_key_value_heads=ENC["heads"],
+        head_dim=ENC["head_dim"],
         vocab_size=ENC["vocab"],
-    )  # fmt: skip
+    )
     decoder = dict(
-        num_hidden_layers=DEC["layers"], hidden_size=DEC["d"], intermediate_size=DEC["inter"],
-        num_attention_heads=DEC["heads"], num_key_value_heads=DEC["kv"], head_dim=DEC["head_dim"],
-        cross_num_attention_heads=DEC["cross_heads"], cross_num_key_value_heads=DEC["cross_heads"],
-        cross_head_dim=DEC["cross_head_dim"], cross_hidden_size=ENC["d"], vocab_size=DEC["vocab"],
+        num_hidden_layers=DEC["layers"],
+        hidden_size=DEC["d"],
+        intermediate_size=DEC["inter"],
+        num_attention_heads=DEC["heads"],
+        num_key_value_heads=DEC["kv"],
+        head_dim=DEC["head_dim"],
+        cross_num_attention_heads=DEC["cross_heads"],
+        cross_num_key_value_heads=DEC["cross_heads"],
+        cross_head_dim=DEC["cross_head_dim"],
+        cross_hidden_size=ENC["d"],
+        vocab_size=DEC["vocab"],
         num_channels=len(delay),
-    )  # fmt: skip
+    )
     return DiaConfig(encoder_config=encoder, decoder_config=decoder, delay_pattern=list(delay))
 
 
@@ -169,13 +180,13 @@ def test_native_config_round_trips():
                 "gqa_head_dim": 128,
                 "cross_query_heads": 16,
                 "cross_head_dim": 128,
-            },  # fmt: skip
+            },
             "src_vocab_size": 256,
             "tgt_vocab_size": 1028,
             "normalization_layer_epsilon": 1e-5,
             "rope_min_timescale": 1,
             "rope_max_timescale": 10000,
-        },  # fmt: skip
+        },
         "data": {
             "text_length": 1024,
             "audio_length": 3072,
@@ -184,7 +195,7 @@ def test_native_config_round_trips():
             "audio_pad_value": 1025,
             "audio_bos_value": 1026,
             "delay_pattern": DELAY_9,
-        },  # fmt: skip
+        },
     }
     config = native_config_to_hf(native)
     assert config.to_diff_dict() == DiaConfig().to_diff_dict()  # the 1.6B native config is transformers' default
@@ -263,21 +274,47 @@ def native_0626_1p6b() -> dict:
     """Dia-1.6B-0626's `config.json`, written out from the schema's description."""
     shared = dict(hidden_act="silu", initializer_range=0.02, norm_eps=1e-5, rope_scaling=None, rope_theta=10000.0)
     encoder = shared | dict(
-        head_dim=128, hidden_size=1024, intermediate_size=4096, max_position_embeddings=1024,
-        model_type="dia_encoder", num_attention_heads=16, num_hidden_layers=12, num_key_value_heads=16, vocab_size=256,
-    )  # fmt: skip
+        head_dim=128,
+        hidden_size=1024,
+        intermediate_size=4096,
+        max_position_embeddings=1024,
+        model_type="dia_encoder",
+        num_attention_heads=16,
+        num_hidden_layers=12,
+        num_key_value_heads=16,
+        vocab_size=256,
+    )
     decoder = shared | dict(
-        cross_head_dim=128, cross_hidden_size=1024, cross_num_attention_heads=16, cross_num_key_value_heads=16,
-        head_dim=128, hidden_size=2048, intermediate_size=8192, max_position_embeddings=3072,
-        model_type="dia_decoder", num_attention_heads=16, num_channels=9, num_hidden_layers=18, num_key_value_heads=4,
+        cross_head_dim=128,
+        cross_hidden_size=1024,
+        cross_num_attention_heads=16,
+        cross_num_key_value_heads=16,
+        head_dim=128,
+        hidden_size=2048,
+        intermediate_size=8192,
+        max_position_embeddings=3072,
+        model_type="dia_decoder",
+        num_attention_heads=16,
+        num_channels=9,
+        num_hidden_layers=18,
+        num_key_value_heads=4,
         vocab_size=1028,
-    )  # fmt: skip
+    )
     return dict(
-        architectures=["DiaForConditionalGeneration"], bos_token_id=1026, decoder_config=decoder,
-        delay_pattern=DELAY_9, encoder_config=encoder, eos_token_id=1024, initializer_range=0.02,
-        is_encoder_decoder=True, model_type="dia", norm_eps=1e-5, pad_token_id=1025, torch_dtype="float32",
+        architectures=["DiaForConditionalGeneration"],
+        bos_token_id=1026,
+        decoder_config=decoder,
+        delay_pattern=DELAY_9,
+        encoder_config=encoder,
+        eos_token_id=1024,
+        initializer_range=0.02,
+        is_encoder_decoder=True,
+        model_type="dia",
+        norm_eps=1e-5,
+        pad_token_id=1025,
+        torch_dtype="float32",
         transformers_version="4.53.0.dev0",
-    )  # fmt: skip
+    )
 
 
 def test_0626_config_round_trips():
@@ -293,8 +330,11 @@ def test_0626_config_round_trips():
     del native["decoder_config"]["num_channels"]
     with pytest.raises(NativeFormatError) as err:
         native_config_to_hf(native)
-    for name in ("unknown decoder_config.low_rank_dim", "missing decoder_config.num_channels",
-                 "encoder_config.rope_scaling={"):  # fmt: skip
+    for name in (
+        "unknown decoder_config.low_rank_dim",
+        "missing decoder_config.num_channels",
+        "encoder_config.rope_scaling={",
+    ):
         assert name in str(err.value)
     with pytest.raises(NativeFormatError, match="delay_pattern has 18 entries for decoder_config.num_channels=9"):
         native_config_to_hf(native_0626_1p6b() | {"delay_pattern": DELAY_9 * 2})

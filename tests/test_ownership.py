@@ -84,8 +84,11 @@ def test_export_writes_only_into_a_new_empty_or_export_folder(run, tmp_path):
     assert not (tmp_path / ".export.building").exists()
     (tmp_path / ".export.replaced").mkdir()
     (tmp_path / ".export.replaced" / "notes.txt").write_text("mine")
-    with pytest.raises(NotOurs, match=r"\.export\.replaced is in the way of writing .*/export and dia_tpu did not "
-                                      "write it"):  # fmt: skip
+    with pytest.raises(
+        NotOurs,
+        match=r"\.export\.replaced is in the way of writing .*/export and dia_tpu did not "
+        "write it",
+    ):
         export_checkpoint(checkpoint, out)
     assert (tmp_path / ".export.replaced" / "notes.txt").read_text() == "mine"
 
@@ -93,8 +96,12 @@ def test_export_writes_only_into_a_new_empty_or_export_folder(run, tmp_path):
 def test_the_export_command_refuses_in_one_line(run, tmp_path):
     mine = users_folder(tmp_path / "mine", "sub")
     before = snapshot(mine)
-    done = subprocess.run([sys.executable, "-m", "dia_tpu", "export", "--checkpoint", str(run / "best"), "--out",
-                           str(mine)], capture_output=True, text=True, timeout=300)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-m", "dia_tpu", "export", "--checkpoint", str(run / "best"), "--out", str(mine)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 1
     assert done.stderr.splitlines() == [
         f"dia-tpu export: error: --out {mine} exists and is not a dia_tpu export (sub/, thesis.txt); dia_tpu "
@@ -107,8 +114,11 @@ def test_a_run_in_output_dir_is_continued_or_started_over_only_when_asked(run, c
     again = tmp_path / "run"
     shutil.copytree(run, again, symlinks=True)
     before = snapshot(again)
-    with pytest.raises(ValueError, match=r"already holds a run \(step_1, step_2, best/, final/\): continue it with "
-                                         r"--resume auto .* or start over with --overwrite"):  # fmt: skip
+    with pytest.raises(
+        ValueError,
+        match=r"already holds a run \(step_1, step_2, best/, final/\): continue it with "
+        r"--resume auto .* or start over with --overwrite",
+    ):
         train(tiny(codes_dir, again, *STEPS))
     reset_accelerate()
     with pytest.raises(ValueError, match=r"train.resume=.*/step_1 would start a second history in it"):
@@ -125,8 +135,11 @@ def test_a_run_in_output_dir_is_continued_or_started_over_only_when_asked(run, c
 def test_a_folder_of_someone_elses_is_never_a_run_a_dataset_or_a_mirror(codes_dir, tmp_path):
     mine = users_folder(tmp_path / "mine", "best", "final", "checkpoints/step_1")
     before = snapshot(mine)
-    with pytest.raises(NotOurs, match=r"output.dir .*/mine holds files that are not a dia_tpu run \(best/, "
-                                      r"checkpoints/, final/, thesis\.txt\)"):  # fmt: skip
+    with pytest.raises(
+        NotOurs,
+        match=r"output.dir .*/mine holds files that are not a dia_tpu run \(best/, "
+        r"checkpoints/, final/, thesis\.txt\)",
+    ):
         train(tiny(codes_dir, mine, *STEPS))
     reset_accelerate()
     (mine / "thesis.txt").unlink()  # the run's names alone, with no run's config: still not a run
@@ -134,8 +147,11 @@ def test_a_folder_of_someone_elses_is_never_a_run_a_dataset_or_a_mirror(codes_di
     with pytest.raises(NotOurs, match="holds files that are not a dia_tpu run"):
         train(tiny(codes_dir, mine, *STEPS))
     reset_accelerate()
-    with pytest.raises(MirrorError, match=r"output.mirror .*/mine holds files that are not a dia_tpu mirror "
-                                          r"\(best, checkpoints, final\)"):  # fmt: skip
+    with pytest.raises(
+        MirrorError,
+        match=r"output.mirror .*/mine holds files that are not a dia_tpu mirror "
+        r"\(best, checkpoints, final\)",
+    ):
         train(tiny(codes_dir, tmp_path / "run", *STEPS, f"output.mirror={mine}"))
     reset_accelerate()
     assert snapshot(mine) == before and not (tmp_path / "run").exists()
@@ -145,8 +161,11 @@ def test_a_folder_of_someone_elses_is_never_a_run_a_dataset_or_a_mirror(codes_di
     (web / "manifest.json").write_text('{"name": "my web app"}\n')
     (web / "index.html").write_text("<html></html>\n")
     before = snapshot(web)
-    with pytest.raises(NotOurs, match=r"--output .*/site exists and is not a dia_tpu dataset \(index.html, "
-                                      r"manifest.json\)"):  # fmt: skip
+    with pytest.raises(
+        NotOurs,
+        match=r"--output .*/site exists and is not a dia_tpu dataset \(index.html, "
+        r"manifest.json\)",
+    ):
         prepare(prepare_config(), SAMPLE, web)
     assert snapshot(web) == before and not (tmp_path / "site.work").exists()
 
@@ -177,8 +196,14 @@ def test_one_prepare_per_output_and_leftovers_never_block_the_next(tmp_path, mon
     cfg, out = prepare_config(), tmp_path / "codes"
     work = tmp_path / "codes.work"
     holder = FolderLock(work, PREPARE_WORK, "prepare's work folder", "prepare")
-    with holder, pytest.raises(InUse, match=r"prepare's work folder .*codes\.work is in use by another prepare "
-                                            rf"\(pid {os.getpid()} on "):  # fmt: skip
+    with (
+        holder,
+        pytest.raises(
+            InUse,
+            match=r"prepare's work folder .*codes\.work is in use by another prepare "
+            rf"\(pid {os.getpid()} on ",
+        ),
+    ):
         prepare(cfg, SAMPLE, out)
     assert not out.exists()
 
@@ -197,8 +222,11 @@ def test_one_prepare_per_output_and_leftovers_never_block_the_next(tmp_path, mon
 
     monkeypatch.setattr(Dataset, "save_to_disk", disk_full_on_second)
     small = prepare_config("prepare.shard_size=8")
-    with pytest.raises(PrepareError, match=r"could not write .*shard_00001\.tmp \(.*No space left on device\); the "
-                                           r"shards finished before it are kept"):  # fmt: skip
+    with pytest.raises(
+        PrepareError,
+        match=r"could not write .*shard_00001\.tmp \(.*No space left on device\); the "
+        r"shards finished before it are kept",
+    ):
         prepare(small, SAMPLE, out)
     assert {"shard_00000", "shard_00000.json"} <= {p.name for p in work.iterdir()} and not (work / ".lock").exists()
     (work / "shard_00001.tmp").mkdir()  # as a crash in the middle of that write would leave it

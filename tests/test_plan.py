@@ -149,8 +149,10 @@ def test_estimate_is_near_a_measured_peak():
     """The demo config's training step in a fresh process: the loose version of scripts/check_plan.py."""
     done = subprocess.run(
         [sys.executable, str(ROOT / "scripts/check_plan.py"), "--cases=demo", "--steps=2", "--tolerance=1"],
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     ratio = float(re.search(r"^demo: .* ratio (\d+\.\d+)$", done.stdout, re.MULTILINE).group(1))
     assert 0.5 < ratio < 2.0

@@ -63,8 +63,20 @@ def test_sigterm_stops_with_a_complete_checkpoint_and_resumes_exactly(codes_dir,
     straight = train(tiny(codes_dir, tmp_path / "straight", "train.max_steps=80", *QUICK)).parent
     reset_accelerate()
     run_dir, bucket = tmp_path / "stopped", tmp_path / "bucket"
-    process = launch([sys.executable, "-m", "dia_tpu", "train", "--config", str(ROOT / "configs/demo.yaml"), *common,
-                      f"output.dir={run_dir}", f"output.mirror={bucket}"], run_dir)  # fmt: skip
+    process = launch(
+        [
+            sys.executable,
+            "-m",
+            "dia_tpu",
+            "train",
+            "--config",
+            str(ROOT / "configs/demo.yaml"),
+            *common,
+            f"output.dir={run_dir}",
+            f"output.mirror={bucket}",
+        ],
+        run_dir,
+    )
     time.sleep(0.5)
     process.send_signal(signal.SIGTERM)
     out, err = process.communicate(timeout=240)
@@ -83,16 +95,36 @@ def test_sigterm_to_one_of_two_processes_stops_both_at_the_same_step(codes_dir, 
     common = [*TINY, f"data.dataset={codes_dir}", "train.max_steps=60", "data.eval_size=0", *QUICK]
 
     def two_processes(run_dir: Path, port: int, *extra: str) -> list[str]:
-        return [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port",
-                str(port), str(ROOT / "dia_tpu/finetune_acc_tpu.py"), "--config", str(ROOT / "configs/demo.yaml"),
-                *common, f"output.dir={run_dir}", *extra]  # fmt: skip
+        return [
+            sys.executable,
+            "-m",
+            "accelerate.commands.launch",
+            "--multi_gpu",
+            "--num_processes",
+            "2",
+            "--num_machines",
+            "1",
+            "--mixed_precision",
+            "no",
+            "--dynamo_backend",
+            "no",
+            "--main_process_port",
+            str(port),
+            str(ROOT / "dia_tpu/finetune_acc_tpu.py"),
+            "--config",
+            str(ROOT / "configs/demo.yaml"),
+            *common,
+            f"output.dir={run_dir}",
+            *extra,
+        ]
 
     run_dir = tmp_path / "ddp"
     launcher = launch(two_processes(run_dir, 29547), run_dir, TWO_PROCESSES)
     time.sleep(0.5)
-    workers = [int(pid) for pid in subprocess.run(["pgrep", "-P", str(launcher.pid)], capture_output=True,
-                                                  text=True).stdout.split()]  # fmt: skip
+    workers = [
+        int(pid)
+        for pid in subprocess.run(["pgrep", "-P", str(launcher.pid)], capture_output=True, text=True).stdout.split()
+    ]
     assert len(workers) == 2, workers
     os.kill(workers[0], signal.SIGTERM)  # one of the two, whichever rank it is
     _, err = launcher.communicate(timeout=240)
@@ -100,8 +132,13 @@ def test_sigterm_to_one_of_two_processes_stops_both_at_the_same_step(codes_dir, 
     step = stopped_at(err)
     ckpt = run_dir / "checkpoints" / f"step_{step}"
     assert (ckpt / "random_states_0.pkl").is_file() and (ckpt / "random_states_1.pkl").is_file()
-    done = subprocess.run(two_processes(run_dir, 29548, "train.resume=auto"), capture_output=True, text=True,
-                          timeout=300, env=TWO_PROCESSES)  # fmt: skip
+    done = subprocess.run(
+        two_processes(run_dir, 29548, "train.resume=auto"),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=TWO_PROCESSES,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     # Two processes of batch B step like one accumulating 2 x B (tests/test_train.py): the stopped and resumed
     # pair ends where one uninterrupted process does.
@@ -113,8 +150,13 @@ def test_sigterm_to_one_of_two_processes_stops_both_at_the_same_step(codes_dir, 
 
 
 def test_an_incomplete_checkpoint_is_set_aside_and_never_loaded(codes_dir, tmp_path, capsys):
-    every_two = ["train.max_steps=6", "train.save_every=2", "train.keep_last=3", "eval.eval_every=1000",
-                 "train.report_to=none"]  # fmt: skip
+    every_two = [
+        "train.max_steps=6",
+        "train.save_every=2",
+        "train.keep_last=3",
+        "eval.eval_every=1000",
+        "train.report_to=none",
+    ]
     straight = train(tiny(codes_dir, tmp_path / "straight", *every_two)).parent
     reset_accelerate()
     # The same run as if the machine died while writing step 6: its mark never got written, final/ neither.
@@ -150,8 +192,16 @@ class _RunsCode:
 @pytest.mark.parametrize("planted", ["custom_checkpoint_0.pkl", "random_states_0.pkl"])
 def test_a_planted_pickle_is_never_run(codes_dir, tmp_path, planted):
     run_dir = tmp_path / "run"
-    train(tiny(codes_dir, run_dir, "train.max_steps=2", "train.save_every=2", "eval.eval_every=1000",
-               "train.report_to=none"))  # fmt: skip
+    train(
+        tiny(
+            codes_dir,
+            run_dir,
+            "train.max_steps=2",
+            "train.save_every=2",
+            "eval.eval_every=1000",
+            "train.report_to=none",
+        )
+    )
     reset_accelerate()
     ckpt = run_dir / "checkpoints" / "step_2"
     marker = tmp_path / "code_ran"
@@ -162,8 +212,17 @@ def test_a_planted_pickle_is_never_run(codes_dir, tmp_path, planted):
         mark["files"][planted] = (ckpt / planted).stat().st_size
         (ckpt / "checkpoint.json").write_text(json.dumps(mark))
     with pytest.raises(ValueError, match=re.escape(planted)):
-        train(tiny(codes_dir, tmp_path / "resumed", "train.max_steps=2", "train.save_every=2", "eval.eval_every=1000",
-                   "train.report_to=none", f"train.resume={ckpt}"))
+        train(
+            tiny(
+                codes_dir,
+                tmp_path / "resumed",
+                "train.max_steps=2",
+                "train.save_every=2",
+                "eval.eval_every=1000",
+                "train.report_to=none",
+                f"train.resume={ckpt}",
+            )
+        )
     assert not marker.exists()
 
 
@@ -173,8 +232,9 @@ def test_one_run_per_folder(codes_dir, tmp_path):
     mark(run_dir, RUN)  # as the holder marked it
     holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
-        (run_dir / ".lock").write_text(json.dumps({"pid": holder.pid, "host": socket.gethostname(),
-                                                   "started": "2026-01-01 00:00:00"}))  # fmt: skip
+        (run_dir / ".lock").write_text(
+            json.dumps({"pid": holder.pid, "host": socket.gethostname(), "started": "2026-01-01 00:00:00"})
+        )
         with pytest.raises(InUse, match=f"in use by another run \\(pid {holder.pid} on "):
             train(tiny(codes_dir, run_dir, "train.max_steps=2"))
         assert not (run_dir / "config.yaml").exists()  # refused before loading anything
@@ -196,15 +256,25 @@ def test_an_unwritable_output_dir_fails_before_any_work(codes_dir, tmp_path):
 
 def test_a_full_disk_stops_before_a_partial_checkpoint(codes_dir, tmp_path, monkeypatch):
     run_dir = tmp_path / "run"
-    common = ["train.max_steps=4", "train.save_every=2", "eval.eval_every=1000", "eval.keep_best=false",
-              "train.report_to=none"]
+    common = [
+        "train.max_steps=4",
+        "train.save_every=2",
+        "eval.eval_every=1000",
+        "eval.keep_best=false",
+        "train.report_to=none",
+    ]
     Usage = namedtuple("Usage", "total used free")
     real = shutil.disk_usage
     # The disk holds the first checkpoint, then fills up.
-    monkeypatch.setattr("dia_tpu.training.checkpoint.shutil.disk_usage",
-                        lambda path: real(path) if not (run_dir / "checkpoints").exists() else Usage(1, 1, 10_000))
-    with pytest.raises(ValueError, match=r"not enough disk space for checkpoint .*step_4: .*last complete checkpoint "
-                                         r"is .*step_2"):  # fmt: skip
+    monkeypatch.setattr(
+        "dia_tpu.training.checkpoint.shutil.disk_usage",
+        lambda path: real(path) if not (run_dir / "checkpoints").exists() else Usage(1, 1, 10_000),
+    )
+    with pytest.raises(
+        ValueError,
+        match=r"not enough disk space for checkpoint .*step_4: .*last complete checkpoint "
+        r"is .*step_2",
+    ):
         train(tiny(codes_dir, run_dir, *common))
     assert [p.name for p in (run_dir / "checkpoints").iterdir()] == ["step_2"]
     monkeypatch.undo()
@@ -230,8 +300,9 @@ def small_disk(tmp_path):
     """A 26 MiB tmpfs: room for one tiny checkpoint (16 MiB) and the run's side files, not for a second."""
     disk = tmp_path / "disk"
     disk.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=26m", "tmpfs", str(disk)], capture_output=True,
-                             text=True)  # fmt: skip
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=26m", "tmpfs", str(disk)], capture_output=True, text=True
+    )
     if mounted.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here ({mounted.stderr.strip()}); the simulated full disk above still runs")
     try:
@@ -242,11 +313,20 @@ def small_disk(tmp_path):
 
 def test_a_real_full_disk_is_one_clear_error_and_loses_nothing(codes_dir, small_disk, monkeypatch):
     run_dir = small_disk / "run"
-    common = ["train.max_steps=4", "train.save_every=2", "train.keep_last=1", "eval.eval_every=1000",
-              "eval.keep_best=false", "train.report_to=none"]  # fmt: skip
+    common = [
+        "train.max_steps=4",
+        "train.save_every=2",
+        "train.keep_last=1",
+        "eval.eval_every=1000",
+        "eval.keep_best=false",
+        "train.report_to=none",
+    ]
     # The free-space check stops before the second checkpoint: it would not fit beside the first.
-    with pytest.raises(ValueError, match=r"not enough disk space for checkpoint .*step_4: it needs about 0.02 GiB "
-                                         r"and 0.0\d GiB are free.*last complete checkpoint is .*step_2"):  # fmt: skip
+    with pytest.raises(
+        ValueError,
+        match=r"not enough disk space for checkpoint .*step_4: it needs about 0.02 GiB "
+        r"and 0.0\d GiB are free.*last complete checkpoint is .*step_2",
+    ):
         train(tiny(codes_dir, run_dir, *common))
     # Without the check, the write itself hits the full disk (ENOSPC) half-way: the same kind of error, and
     # the first checkpoint is untouched.

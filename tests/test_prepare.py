@@ -114,8 +114,13 @@ def test_prepare_keeps_good_rows_and_reports_the_rest(tmp_path, cfg, codec):
     assert saved["audio_hours"] == pytest.approx(1.2 / 3600, abs=1e-4)
     assert saved["frames"] == sum(ds["frames"])
     assert saved["codec"]["codec"] is None and saved["source"] == str(source) and saved["kind"] == "metadata"
-    assert saved["skipped_by_reason"] == {"missing file": 1, "cannot decode audio": 1, "empty transcript": 1,
-                                          "expected 2 to 3 fields, got 5": 1, "duplicate of audio/stereo_22k.wav": 1}
+    assert saved["skipped_by_reason"] == {
+        "missing file": 1,
+        "cannot decode audio": 1,
+        "empty transcript": 1,
+        "expected 2 to 3 fields, got 5": 1,
+        "duplicate of audio/stereo_22k.wav": 1,
+    }
     assert saved["encoded"] == 3 and saved["config"]["prepare"]["shard_size"] == cfg.prepare.shard_size
     assert set(saved["seconds"]) == {"decode", "resample", "encode"}
 
@@ -210,24 +215,30 @@ def test_bundled_sample(tmp_path, cfg):
 
 
 def test_doubtful_items_are_flagged_and_a_long_file_skipped_from_its_header(tmp_path, cfg, monkeypatch):
-    source = write_source(tmp_path / "src", [
-        *GOOD[:2],
-        "audio/loud.wav|[S1] Far too loud.",
-        "audio/spare.wav|[S2] A NUL\0 byte.",
-        "audio/long.wav|[S1] An hour of silence.",
-    ])  # fmt: skip
+    source = write_source(
+        tmp_path / "src",
+        [
+            *GOOD[:2],
+            "audio/loud.wav|[S1] Far too loud.",
+            "audio/spare.wav|[S2] A NUL\0 byte.",
+            "audio/long.wav|[S1] An hour of silence.",
+        ],
+    )
     sf.write(source / "audio/loud.wav", 12.5 * sine(0.4, RATE, 300.0), RATE, subtype="FLOAT")  # peak 5.0
     sf.write(source / "audio/long.wav", np.zeros(30 * 8000, dtype=np.float32), 8000)
     decoded = []
     real_read = prepare_module.read_audio
-    monkeypatch.setattr(prepare_module, "read_audio", lambda ref, rate: decoded.append(ref.path.name) or
-                        real_read(ref, rate))  # fmt: skip
+    monkeypatch.setattr(
+        prepare_module, "read_audio", lambda ref, rate: decoded.append(ref.path.name) or real_read(ref, rate)
+    )
     manifest = prepare(prepare_config("prepare.max_seconds=20"), source, tmp_path / "out")
     assert manifest["kept"] == 4 and manifest["flagged"] == 2
     assert manifest["flagged_by_reason"] == {"clipped": 1, "transcript holds a NUL byte": 1}
     flagged = [line.split("\t") for line in (tmp_path / "out" / "flagged.tsv").read_text().splitlines()[1:]]
-    assert [(row[1], row[2][:17]) for row in flagged] == [("audio/loud.wav", "clipped: peak 5.0"),
-                                                          ("audio/spare.wav", "transcript holds ")]  # fmt: skip
+    assert [(row[1], row[2][:17]) for row in flagged] == [
+        ("audio/loud.wav", "clipped: peak 5.0"),
+        ("audio/spare.wav", "transcript holds "),
+    ]
     skipped = (tmp_path / "out" / "skipped.tsv").read_text()
     assert "audio/long.wav\t30.0 s is longer than prepare.max_seconds=20" in skipped
     assert "long.wav" not in decoded and "loud.wav" in decoded  # the long file was never decoded

@@ -142,10 +142,24 @@ def test_strict_stops_at_the_first_bad_input_and_names_it(tmp_path, cfg):
         prepare(cfg, source, tmp_path / "out", strict=True)
     assert not (tmp_path / "out").exists()
     done = subprocess.run(
-        [sys.executable, "-m", "dia_tpu", "prepare", "--config", str(ROOT / "configs/demo.yaml"), "--input",
-         str(source), "--output", str(tmp_path / "cli"), "--strict", *RANDOM_CODEC],
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "dia_tpu",
+            "prepare",
+            "--config",
+            str(ROOT / "configs/demo.yaml"),
+            "--input",
+            str(source),
+            "--output",
+            str(tmp_path / "cli"),
+            "--strict",
+            *RANDOM_CODEC,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode != 0 and "audio/silent.wav: silent" in done.stderr
     assert "Traceback" not in done.stderr
 
@@ -185,12 +199,38 @@ def test_two_processes_make_the_same_dataset_as_one(tmp_path, cfg):
     prepare(cfg, source, one)
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "USE_TORCH_XLA": "0", "OMP_NUM_THREADS": "1"}
     done = subprocess.run(
-        [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines",
-         "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29543", "-m", "dia_tpu.cli",
-         "prepare", "--config", str(ROOT / "configs/demo.yaml"), "--input", str(source), "--output",
-         str(tmp_path / "two"), "prepare.shard_size=3", *RANDOM_CODEC],
-        env=env, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "accelerate.commands.launch",
+            "--multi_gpu",
+            "--num_processes",
+            "2",
+            "--num_machines",
+            "1",
+            "--mixed_precision",
+            "no",
+            "--dynamo_backend",
+            "no",
+            "--main_process_port",
+            "29543",
+            "-m",
+            "dia_tpu.cli",
+            "prepare",
+            "--config",
+            str(ROOT / "configs/demo.yaml"),
+            "--input",
+            str(source),
+            "--output",
+            str(tmp_path / "two"),
+            "prepare.shard_size=3",
+            *RANDOM_CODEC,
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert_same_dataset(one, tmp_path / "two")
     manifest = read_prepare_info(tmp_path / "two")
@@ -229,14 +269,19 @@ def test_long_clips_split_at_timed_pauses_or_are_skipped(tmp_path, cfg):
     for name in ("timed", "untimed"):
         sf.write(source / f"{name}.wav", noise(3.0, seed=len(name)), RATE)
         (source / f"{name}.txt").write_text("[S1] One. Two. [S2] Three.")
-    timing = [{"start": 0.1, "end": 0.9, "text": "[S1] One."}, {"start": 1.1, "end": 1.6, "text": "Two."},
-              {"start": 2.0, "end": 2.8, "text": "[S2] Three."}]  # fmt: skip
+    timing = [
+        {"start": 0.1, "end": 0.9, "text": "[S1] One."},
+        {"start": 1.1, "end": 1.6, "text": "Two."},
+        {"start": 2.0, "end": 2.8, "text": "[S2] Three."},
+    ]
     (source / "timed.json").write_text(json.dumps(timing))
     cfg.prepare.max_seconds = 1.8
     manifest = prepare(cfg, source, tmp_path / "out")
     kept = rows(tmp_path / "out")
-    assert [(r["source_id"], r["text"]) for r in kept] == [("timed.wav#0", "[S1] One. Two."),
-                                                          ("timed.wav#1", "[S2] Three.")]  # fmt: skip
+    assert [(r["source_id"], r["text"]) for r in kept] == [
+        ("timed.wav#0", "[S1] One. Two."),
+        ("timed.wav#1", "[S2] Three."),
+    ]
     assert kept[0]["duration"] == pytest.approx(1.8, abs=1e-3) and kept[1]["duration"] == pytest.approx(1.2, abs=1e-3)
     assert manifest["split_pieces"] == 2
     reason = (tmp_path / "out" / "skipped.tsv").read_text().splitlines()[1].split("\t")[2]
@@ -271,16 +316,23 @@ def test_a_hugging_face_dataset_with_audio_bytes(tmp_path, cfg):
         buffers.append({"bytes": path.read_bytes(), "path": None})
     buffers.append(None)
     table = datasets.Dataset.from_dict(
-        {"audio": buffers, "sentence": [f"[S1] Row {i}." for i in range(4)], "speaker": ["a", "b", "a", "b"],
-         "language": ["en", "en", "de", "en"]},
-    ).cast_column("audio", datasets.Audio(decode=False))  # fmt: skip
+        {
+            "audio": buffers,
+            "sentence": [f"[S1] Row {i}." for i in range(4)],
+            "speaker": ["a", "b", "a", "b"],
+            "language": ["en", "en", "de", "en"],
+        },
+    ).cast_column("audio", datasets.Audio(decode=False))
     table.save_to_disk(str(tmp_path / "hf"))
     cfg.prepare.text_column = "sentence"
     manifest = prepare(cfg, tmp_path / "hf", tmp_path / "out")
     kept = rows(tmp_path / "out")
     assert manifest["kind"] == "hf" and manifest["skipped_by_reason"] == {"no audio in this row": 1}
     assert [(r["text"], r["speaker"], r["language"]) for r in kept] == [
-        ("[S1] Row 0.", "a", "en"), ("[S1] Row 1.", "b", "en"), ("[S1] Row 2.", "a", "de")]  # fmt: skip
+        ("[S1] Row 0.", "a", "en"),
+        ("[S1] Row 1.", "b", "en"),
+        ("[S1] Row 2.", "a", "de"),
+    ]
     assert kept[2]["duration"] == pytest.approx(0.5, abs=0.02)
 
 
@@ -307,8 +359,9 @@ def test_codec_mixed_precision_is_an_option(tmp_path, cfg):
     # codec really ran under bf16 autocast: fp32 twice gives the same codes, so the difference is the precision's.
     assert manifest["config"]["prepare"]["mixed_precision"] == "bf16"
     differing = 0
-    for full, again, half in zip(rows(tmp_path / "fp32"), rows(tmp_path / "fp32-again"), rows(tmp_path / "bf16"),
-                                 strict=True):  # fmt: skip
+    for full, again, half in zip(
+        rows(tmp_path / "fp32"), rows(tmp_path / "fp32-again"), rows(tmp_path / "bf16"), strict=True
+    ):
         assert half["codes"].shape == full["codes"].shape and 0 <= half["codes"].min() <= half["codes"].max() < 1024
         assert np.array_equal(again["codes"], full["codes"])
         differing += int((half["codes"] != full["codes"]).sum())
@@ -323,8 +376,20 @@ def test_a_killed_run_resumes_where_it_stopped(tmp_path, cfg):
         sf.write(source / "audio" / f"c{i:02d}.wav", noise(1.0, seed=i), RATE)
         lines.append(f"audio/c{i:02d}.wav|[S1] Clip {i}.")
     write_metadata(source, lines)
-    cmd = [sys.executable, "-m", "dia_tpu", "prepare", "--config", str(ROOT / "configs/demo.yaml"), "--input",
-           str(source), "--output", str(tmp_path / "out"), "prepare.shard_size=1", *RANDOM_CODEC]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "dia_tpu",
+        "prepare",
+        "--config",
+        str(ROOT / "configs/demo.yaml"),
+        "--input",
+        str(source),
+        "--output",
+        str(tmp_path / "out"),
+        "prepare.shard_size=1",
+        *RANDOM_CODEC,
+    ]
     run = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
     while not (tmp_path / "out.work" / "shard_00002.json").exists():

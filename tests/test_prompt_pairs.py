@@ -21,12 +21,14 @@ CHANNELS = 9
 def table() -> Dataset:
     rng = np.random.default_rng(0)
     frames = [5, 6, 10, 7, 30]
-    return Dataset.from_dict({
-        "text": ["[S1] One.", "[S1] Two two.", "[S1] Three three three.", "[S2] Four.", "[S1] Five."],
-        "codes": [rng.integers(0, 1024, size=(n, CHANNELS)).tolist() for n in frames],
-        "frames": frames,
-        "speaker": ["A", "A", "A", "B", "A"],
-    })  # fmt: skip
+    return Dataset.from_dict(
+        {
+            "text": ["[S1] One.", "[S1] Two two.", "[S1] Three three three.", "[S2] Four.", "[S1] Five."],
+            "codes": [rng.integers(0, 1024, size=(n, CHANNELS)).tolist() for n in frames],
+            "frames": frames,
+            "speaker": ["A", "A", "A", "B", "A"],
+        }
+    )
 
 
 def items(prompt_pairs: float, train: bool = True, epoch: int = 0) -> list[dict]:

@@ -21,8 +21,11 @@ from dia_tpu.model.build import build_model
 from dia_tpu.training.recipe import train
 
 REPO = "someone/tiny-dia"
-SAMPLES = ["samples.every=2", "samples.max_seconds=0.2",
-           'samples.prompts=[{name: plan, text: "[S1] Ready to plan the trip?"}, {name: hi, text: "[S2] Hi!"}]']
+SAMPLES = [
+    "samples.every=2",
+    "samples.max_seconds=0.2",
+    'samples.prompts=[{name: plan, text: "[S1] Ready to plan the trip?"}, {name: hi, text: "[S2] Hi!"}]',
+]
 
 
 @pytest.fixture(scope="module")
@@ -125,8 +128,11 @@ def test_push_refuses_what_it_cannot_publish_in_one_line(runs, tmp_path):
         (["--model", str(runs / "full" / "final"), "--repo", "no-slash"], "looks like org/name"),
         (["--model", str(runs / "full" / "final"), "--repo", REPO, "--adapter"], "holds no adapter/"),
     ):
-        done = subprocess.run([sys.executable, "-m", "dia_tpu", "push", *args, "--dry-run", str(tmp_path / "x")],
-                              capture_output=True, text=True)  # fmt: skip
+        done = subprocess.run(
+            [sys.executable, "-m", "dia_tpu", "push", *args, "--dry-run", str(tmp_path / "x")],
+            capture_output=True,
+            text=True,
+        )
         assert done.returncode == 1 and message in done.stderr, done.stderr
         assert len(done.stderr.strip().splitlines()) == 1 and "Traceback" not in done.stderr
 
@@ -140,8 +146,13 @@ def test_a_push_with_no_hub_to_reach_is_one_line(runs):
         port = probe.getsockname()[1]
     env = {**os.environ, "HF_ENDPOINT": f"http://127.0.0.1:{port}", "HF_TOKEN": "hf_" + "x" * 34}
     env.pop("HF_HUB_OFFLINE", None)
-    done = subprocess.run([sys.executable, "-m", "dia_tpu", "push", "--model", str(runs / "full" / "final"), "--repo",
-                           REPO], capture_output=True, text=True, env=env, timeout=300)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-m", "dia_tpu", "push", "--model", str(runs / "full" / "final"), "--repo", REPO],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert done.returncode == 1
     assert done.stderr.splitlines() == [
         f"dia-tpu push: error: push to {REPO}: [Errno 111] Connection refused (check the network, log in with "
@@ -170,8 +181,13 @@ def test_training_pushes_its_export_at_the_end(codes_dir, tmp_path, monkeypatch)
 
     monkeypatch.setattr("huggingface_hub.HfApi", Api)
     monkeypatch.setenv("HF_TOKEN", "hf_stand_in")
-    push = ["train.push_to_hub=true", f"train.hub_model_id={REPO}", "train.max_steps=1", "data.eval_size=0",
-            "train.report_to=none"]  # fmt: skip
+    push = [
+        "train.push_to_hub=true",
+        f"train.hub_model_id={REPO}",
+        "train.max_steps=1",
+        "data.eval_size=0",
+        "train.report_to=none",
+    ]
     train(tiny(codes_dir, tmp_path / "run", *push))
     ((repo, files),) = uploads
     assert repo == REPO and {"README.md", "model.safetensors", "config.yaml"} <= set(files)

@@ -30,9 +30,21 @@ CODEBOOKS = 9  # the demo model's channels
 def run(codes_dir, tmp_path_factory) -> Path:
     """A 10-step run evaluated, sampled and its audio judged at steps 5 and 10, with its report beside it."""
     run_dir = tmp_path_factory.mktemp("report") / "tiny"
-    train(tiny(codes_dir, run_dir, "train.max_steps=10", "eval.eval_every=5", "train.save_every=5",
-               "samples.every=5", "samples.max_seconds=0.5", PROMPTS, "eval.audio.every=5", "eval.audio.limit=2",
-               "eval.audio.max_seconds=0.5"))  # fmt: skip
+    train(
+        tiny(
+            codes_dir,
+            run_dir,
+            "train.max_steps=10",
+            "eval.eval_every=5",
+            "train.save_every=5",
+            "samples.every=5",
+            "samples.max_seconds=0.5",
+            PROMPTS,
+            "eval.audio.every=5",
+            "eval.audio.limit=2",
+            "eval.audio.max_seconds=0.5",
+        )
+    )
     assert write_report(run_dir) == run_dir / "report.html"
     return run_dir
 
@@ -124,8 +136,12 @@ def test_report_holds_curves_eval_table_and_samples(run, tmp_path):
 
     # The command line writes the same page.
     out = tmp_path / "elsewhere" / "page.html"
-    done = subprocess.run([sys.executable, "-m", "dia_tpu", "report", str(run), "--out", str(out)],
-                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-m", "dia_tpu", "report", str(run), "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert str(out) in done.stdout
     assert out.read_text(encoding="utf-8") == html
@@ -165,8 +181,17 @@ def test_report_loads_in_headless_chromium(run, tmp_path):
 
 def test_report_of_a_run_without_eval_or_samples(codes_dir, tmp_path):
     run_dir = tmp_path / "bare"
-    train(tiny(codes_dir, run_dir, "train.max_steps=3", "train.save_every=100", "data.eval_size=0",
-               "train.report_to=none", "samples.every=0"))  # fmt: skip
+    train(
+        tiny(
+            codes_dir,
+            run_dir,
+            "train.max_steps=3",
+            "train.save_every=100",
+            "data.eval_size=0",
+            "train.report_to=none",
+            "samples.every=0",
+        )
+    )
     assert not (run_dir / "logs").exists()
     out = write_report(run_dir, tmp_path / "bare.html")
     page = Page(out.read_text(encoding="utf-8"))
@@ -215,9 +240,13 @@ def test_a_runs_names_never_reach_outside_it(run, tmp_path):
     assert audit(run).refused == [] and audit(run).notes == []
     found = audit(copy)
     assert [line.split(": ")[0] for line in found.refused] == [
-        f"{judged.relative_to(copy)}/rows.jsonl", f"{step.relative_to(copy)}/index.json"]
-    assert found.notes == [f"{step.relative_to(copy)}/{first}.png is a link to {secret / 'voicemail.png'}, outside "
-                           "the folder: what it points at is read as if it were in the folder"]
+        f"{judged.relative_to(copy)}/rows.jsonl",
+        f"{step.relative_to(copy)}/index.json",
+    ]
+    assert found.notes == [
+        f"{step.relative_to(copy)}/{first}.png is a link to {secret / 'voicemail.png'}, outside "
+        "the folder: what it points at is read as if it were in the folder"
+    ]
     leaked = [base64.b64encode((secret / "voicemail.png").read_bytes()).decode()[:16]]
     buf = io.BytesIO()
     sf.write(buf, *sf.read(secret / "voicemail.wav"), format="WAV", subtype="PCM_16")

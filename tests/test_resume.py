@@ -12,8 +12,13 @@ from conftest import reset_accelerate, scalars, tiny, weights
 from dia_tpu.config import ConfigError
 from dia_tpu.training.recipe import train
 
-EVERY_TWO = ["train.max_steps=6", "train.save_every=2", "train.keep_last=3", "eval.eval_every=1000",
-             "train.report_to=none"]  # fmt: skip
+EVERY_TWO = [
+    "train.max_steps=6",
+    "train.save_every=2",
+    "train.keep_last=3",
+    "eval.eval_every=1000",
+    "train.report_to=none",
+]
 
 
 def test_an_older_checkpoint_is_refused_unless_forked(codes_dir, tmp_path):
@@ -40,11 +45,22 @@ def test_a_changed_model_is_refused_before_it_is_built(codes_dir, tmp_path):
     run_dir = tmp_path / "run"
     train(tiny(codes_dir, run_dir, "train.max_steps=2", "train.save_every=2", "train.report_to=none"))
     reset_accelerate()
-    with pytest.raises(ConfigError, match=r"(?s)other model settings.*"
-                                          r"model.architecture.decoder_config.hidden_size: 64 then, 32 now\n"
-                                          r"  - model.lora.rank: 0 then, 4 now$"):  # fmt: skip
-        train(tiny(codes_dir, run_dir, "train.max_steps=4", "train.resume=auto", "model.lora.rank=4",
-                   "model.architecture.decoder_config.hidden_size=32"))  # fmt: skip
+    with pytest.raises(
+        ConfigError,
+        match=r"(?s)other model settings.*"
+        r"model.architecture.decoder_config.hidden_size: 64 then, 32 now\n"
+        r"  - model.lora.rank: 0 then, 4 now$",
+    ):
+        train(
+            tiny(
+                codes_dir,
+                run_dir,
+                "train.max_steps=4",
+                "train.resume=auto",
+                "model.lora.rank=4",
+                "model.architecture.decoder_config.hidden_size=32",
+            )
+        )
 
 
 def test_changed_training_settings_are_refused_or_take_effect(codes_dir, tmp_path):
@@ -53,8 +69,11 @@ def test_changed_training_settings_are_refused_or_take_effect(codes_dir, tmp_pat
     train(tiny(codes_dir, run_dir, *common, "train.max_steps=4"))
     changed = [*common, "train.max_steps=6", "train.learning_rate=5e-4", "train.batch_size=4", "train.resume=auto"]
     reset_accelerate()
-    with pytest.raises(ConfigError, match=r"(?s)train.resume_changes=allow.*train.batch_size: 2 then, 4 now.*"
-                                          r"train.learning_rate: 0.001 then, 0.0005 now.*train.max_steps"):  # fmt: skip
+    with pytest.raises(
+        ConfigError,
+        match=r"(?s)train.resume_changes=allow.*train.batch_size: 2 then, 4 now.*"
+        r"train.learning_rate: 0.001 then, 0.0005 now.*train.max_steps",
+    ):
         train(tiny(codes_dir, run_dir, *changed))
 
     reset_accelerate()

@@ -21,44 +21,62 @@ from dia_tpu.training.mirror import Mirror, MirrorError
 from dia_tpu.training.recipe import train
 
 
-@pytest.mark.parametrize(("text", "expected"), [
-    ("memory://user:s3cr3t@bucket/run", "memory://***@bucket/run"),
-    ("s3://AKIAEXAMPLE:wJalr%2FXUtnFEMI@bucket/run", "s3://***@bucket/run"),
-    ("https://ghp_token123@github.com/org/repo.git", "https://***@github.com/org/repo.git"),
-    ("https://host/f?X-Amz-Credential=AK&X-Amz-Signature=ab12&page=2", "https://host/f?X-Amz-Credential=***&"
-                                                                         "X-Amz-Signature=***&page=2"),
-    ("https://acct.blob.core.windows.net/c/run?sv=2022&sig=Zm9v%3D#top", "https://acct.blob.core.windows.net/c/run?"
-                                                                         "sv=2022&sig=***#top"),
-    ("gs://b/run?ACCESS_TOKEN=ya29&Api-Key=k&client_secret=s&pwd=p", "gs://b/run?ACCESS_TOKEN=***&Api-Key=***&"
-                                                                      "client_secret=***&pwd=***"),
-    ("mirror: best is on memory://u:pass@b/r (16.0 MB)", "mirror: best is on memory://***@b/r (16.0 MB)"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("memory://user:s3cr3t@bucket/run", "memory://***@bucket/run"),
+        ("s3://AKIAEXAMPLE:wJalr%2FXUtnFEMI@bucket/run", "s3://***@bucket/run"),
+        ("https://ghp_token123@github.com/org/repo.git", "https://***@github.com/org/repo.git"),
+        (
+            "https://host/f?X-Amz-Credential=AK&X-Amz-Signature=ab12&page=2",
+            "https://host/f?X-Amz-Credential=***&X-Amz-Signature=***&page=2",
+        ),
+        (
+            "https://acct.blob.core.windows.net/c/run?sv=2022&sig=Zm9v%3D#top",
+            "https://acct.blob.core.windows.net/c/run?sv=2022&sig=***#top",
+        ),
+        (
+            "gs://b/run?ACCESS_TOKEN=ya29&Api-Key=k&client_secret=s&pwd=p",
+            "gs://b/run?ACCESS_TOKEN=***&Api-Key=***&client_secret=***&pwd=***",
+        ),
+        ("mirror: best is on memory://u:pass@b/r (16.0 MB)", "mirror: best is on memory://***@b/r (16.0 MB)"),
+    ],
+)
 def test_credentials_in_urls_are_redacted(text, expected):
     assert redact_url(text) == expected
     assert redact_url(expected) == expected
 
 
-@pytest.mark.parametrize("text", [
-    "/home/u/runs/codes",
-    "runs/demo",
-    "nari-labs/Dia-1.6B-0626",
-    "gs://bucket/run",
-    "hf://buckets/user/bucket/run",
-    "https://huggingface.co/org/name?revision=main&download=true",
-    "memory://bucket/run@v2",  # an @ in the path is not userinfo
-    "whisper:openai/whisper-large-v3-turbo",
-    "key=value token: not a URL",
-    "",
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "text",
+    [
+        "/home/u/runs/codes",
+        "runs/demo",
+        "nari-labs/Dia-1.6B-0626",
+        "gs://bucket/run",
+        "hf://buckets/user/bucket/run",
+        "https://huggingface.co/org/name?revision=main&download=true",
+        "memory://bucket/run@v2",  # an @ in the path is not userinfo
+        "whisper:openai/whisper-large-v3-turbo",
+        "key=value token: not a URL",
+        "",
+    ],
+)
 def test_what_carries_no_credentials_stays_as_it_is(text):
     assert redact_url(text) == text
 
 
 def test_a_tree_is_redacted_in_every_string_and_a_backend_message_in_every_copy_of_the_secret():
-    tree = {"output": {"mirror": "s3://K:longsecret@b/run", "dir": "/runs/x"},
-            "prompts": [{"audio": "https://h/a.wav?token=t0k3n"}, 3, None], "lr": 1e-4}  # fmt: skip
-    assert redact_tree(tree) == {"output": {"mirror": "s3://***@b/run", "dir": "/runs/x"},
-                                 "prompts": [{"audio": "https://h/a.wav?token=***"}, 3, None], "lr": 1e-4}  # fmt: skip
+    tree = {
+        "output": {"mirror": "s3://K:longsecret@b/run", "dir": "/runs/x"},
+        "prompts": [{"audio": "https://h/a.wav?token=t0k3n"}, 3, None],
+        "lr": 1e-4,
+    }
+    assert redact_tree(tree) == {
+        "output": {"mirror": "s3://***@b/run", "dir": "/runs/x"},
+        "prompts": [{"audio": "https://h/a.wav?token=***"}, 3, None],
+        "lr": 1e-4,
+    }
     assert tree["output"]["mirror"] == "s3://K:longsecret@b/run"  # the live value is left alone
     # The memory filesystem names its paths with the userinfo but without the scheme.
     message = "[Errno 2] No such file: '/K:longsecret@b/run/.probe'"
@@ -104,8 +122,15 @@ def test_a_mirrored_run_keeps_its_credentials_in_the_process(codes_dir, tmp_path
     printed line, no file `push` would upload and no report page holds the password."""
     secret = f"s3cr3t{uuid.uuid4().hex}"
     bucket = f"bucket-{uuid.uuid4().hex}"
-    cfg = tiny(codes_dir, tmp_path / "run", "train.max_steps=2", "train.save_every=1", "eval.eval_every=1",
-               "train.report_to=tensorboard", f"output.mirror=memory://user:{secret}@{bucket}/run")  # fmt: skip
+    cfg = tiny(
+        codes_dir,
+        tmp_path / "run",
+        "train.max_steps=2",
+        "train.save_every=1",
+        "eval.eval_every=1",
+        "train.report_to=tensorboard",
+        f"output.mirror=memory://user:{secret}@{bucket}/run",
+    )
     assert secret in cfg.output.mirror
     train(cfg)
     printed = capfd.readouterr()
@@ -130,8 +155,11 @@ def test_a_mirrored_run_keeps_its_credentials_in_the_process(codes_dir, tmp_path
         assert files_holding(out, text) == [], text
     assert not (out / ".dia_tpu.json").exists()
     public = read_saved(out / "config.yaml")
-    assert (public.output.dir, public.data.dataset, public.output.mirror) == ("run", codes_dir.name,
-                                                                            f"memory://***@{bucket}/run")  # fmt: skip
+    assert (public.output.dir, public.data.dataset, public.output.mirror) == (
+        "run",
+        codes_dir.name,
+        f"memory://***@{bucket}/run",
+    )
     processor = json.loads((out / "processor_config.json").read_text())
     assert processor["audio_tokenizer"]["audio_tokenizer_name_or_path"] == "codec"
 
@@ -140,23 +168,53 @@ def test_a_mirrored_run_keeps_its_credentials_in_the_process(codes_dir, tmp_path
 
 
 def test_push_names_local_folders_by_their_names(tmp_path):
-    cfg = load(None, ["model.pretrained=/models/dia-base", "data.dataset=/data/codes", "data.source=~/clips",
-                      "eval.audio.asr=whisper:/models/whisper", "eval.audio.speaker=xvector:org/speaker",
-                      "train.resume=auto", "output.dir=relative/run", "output.mirror=gs://bucket/run?token=abc",
-                      "samples.prompts=[{name: a, text: hi, audio: /clips/a.wav, transcript: hi}]"])  # fmt: skip
+    cfg = load(
+        None,
+        [
+            "model.pretrained=/models/dia-base",
+            "data.dataset=/data/codes",
+            "data.source=~/clips",
+            "eval.audio.asr=whisper:/models/whisper",
+            "eval.audio.speaker=xvector:org/speaker",
+            "train.resume=auto",
+            "output.dir=relative/run",
+            "output.mirror=gs://bucket/run?token=abc",
+            "samples.prompts=[{name: a, text: hi, audio: /clips/a.wav, transcript: hi}]",
+        ],
+    )
     assert cfg.output.dir == str(Path.cwd() / "relative/run")
     public = publish.public_config(cfg)
-    keys = [("model", "pretrained"), ("model", "codec"), ("data", "dataset"), ("data", "source"), ("train", "resume"),
-            ("output", "dir"), ("output", "mirror")]  # fmt: skip
+    keys = [
+        ("model", "pretrained"),
+        ("model", "codec"),
+        ("data", "dataset"),
+        ("data", "source"),
+        ("train", "resume"),
+        ("output", "dir"),
+        ("output", "mirror"),
+    ]
     shown = {key: public[section][key] for section, key in keys}
-    assert shown == {"pretrained": "dia-base", "codec": "descript/dac_44khz", "dataset": "codes", "source": "clips",
-                     "resume": "auto", "dir": "run", "mirror": "gs://bucket/run?token=***"}  # fmt: skip
+    assert shown == {
+        "pretrained": "dia-base",
+        "codec": "descript/dac_44khz",
+        "dataset": "codes",
+        "source": "clips",
+        "resume": "auto",
+        "dir": "run",
+        "mirror": "gs://bucket/run?token=***",
+    }
     audio = public["eval"]["audio"]
     assert (audio["asr"], audio["speaker"]) == ("whisper:whisper", "xvector:org/speaker")
     assert public["samples"]["prompts"][0]["audio"] == "a.wav"
 
-    card = publish.model_card(dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, dataset=str(tmp_path))),
-                              RunFolder(tmp_path), "me/model", adapter=True, samples=[], license="mit")  # fmt: skip
+    card = publish.model_card(
+        dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, dataset=str(tmp_path))),
+        RunFolder(tmp_path),
+        "me/model",
+        adapter=True,
+        samples=[],
+        license="mit",
+    )
     assert "A LoRA adapter for `dia-base`" in card and "/models/" not in card
 
     (tmp_path / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": "/models/dia-base"}))

@@ -238,8 +238,10 @@ def test_sidecar_folder(tmp_path):
 
 def test_hf_saved_audio_column_gives_bytes_without_decoding(tmp_path, no_decoding):
     data = [wav_bytes(0.05), wav_bytes(0.06)]
-    rows = {"audio": [{"bytes": data[0], "path": None}, {"bytes": data[1], "path": "b.wav"}, None],
-            "text": ["one", "two", "three"]}  # fmt: skip
+    rows = {
+        "audio": [{"bytes": data[0], "path": None}, {"bytes": data[1], "path": "b.wav"}, None],
+        "text": ["one", "two", "three"],
+    }
     dataset = datasets.Dataset.from_dict(rows).cast_column("audio", datasets.Audio())
     dataset.save_to_disk(str(tmp_path / "saved"))
     assert detect_kind(str(tmp_path / "saved"), PrepareConfig()) == "hf"
@@ -257,12 +259,15 @@ def test_hf_saved_paths_arrays_and_optional_columns(tmp_path):
     wav(folder / "wavs/a.wav")
     none = {"bytes": None, "path": None, "array": None, "sampling_rate": None}
     rows = {
-        "audio": [{**none, "path": "wavs/a.wav"}, {**none, "array": [0.1, -0.2, 0.3], "sampling_rate": 22050},
-                  {**none, "path": "../x.wav"}],
+        "audio": [
+            {**none, "path": "wavs/a.wav"},
+            {**none, "array": [0.1, -0.2, 0.3], "sampling_rate": 22050},
+            {**none, "path": "../x.wav"},
+        ],
         "sentence": ["a", "b", "c"],
         "speaker": [7, 8, 9],
         "segments": [[{"start": 0.0, "end": 0.5, "text": "a"}], [], []],
-    }  # fmt: skip
+    }
     datasets.Dataset.from_dict(rows).save_to_disk(str(folder))
     result = clips(folder, text_column="sentence")
     assert [(c.text, c.speaker, c.problem) for c in result] == [
@@ -316,8 +321,9 @@ def test_hf_jsonl_with_path_column_and_ids(tmp_path):
     (tmp_path / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     assert detect_kind(str(tmp_path / "rows.jsonl"), PrepareConfig()) == "hf"
     # A single data file is all "train", whatever split is asked for.
-    result = clips(tmp_path / "rows.jsonl", audio_column="path", text_column="sentence", language_column="locale",
-                   split="test")  # fmt: skip
+    result = clips(
+        tmp_path / "rows.jsonl", audio_column="path", text_column="sentence", language_column="locale", split="test"
+    )
     assert [(c.source_id, c.text, c.language, c.problem) for c in result] == [
         ("utt-a", "hello", "en", None),
         ("utt-b", "gone", "en", f"missing file: looked for {tmp_path / 'clips/none.wav'}"),

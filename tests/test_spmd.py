@@ -25,9 +25,14 @@ from transformers import DiaForConditionalGeneration  # noqa: E402
 
 
 def run(cmd: list[str], dump: Path, **env: str) -> None:
-    env = {**{k: v for k, v in os.environ.items() if k not in ("CPU_NUM_DEVICES", "XLA_FLAGS")}, "PJRT_DEVICE": "CPU",
-           "LOCAL_RANK": "0", "PYTHONPATH": f"{ROOT}:{ROOT / 'tests'}",
-           "XLA_FLAGS": f"--xla_dump_to={dump} --xla_dump_hlo_as_text", **env}  # fmt: skip
+    env = {
+        **{k: v for k, v in os.environ.items() if k not in ("CPU_NUM_DEVICES", "XLA_FLAGS")},
+        "PJRT_DEVICE": "CPU",
+        "LOCAL_RANK": "0",
+        "PYTHONPATH": f"{ROOT}:{ROOT / 'tests'}",
+        "XLA_FLAGS": f"--xla_dump_to={dump} --xla_dump_hlo_as_text",
+        **env,
+    }
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-4000:]
 
@@ -36,11 +41,26 @@ def run(cmd: list[str], dump: Path, **env: str) -> None:
 def runs(codes_dir, tmp_path_factory) -> Path:
     """The sharded runs and probe (tests/helpers/spmd_run.py) on 4 devices, and the same training on one."""
     out = tmp_path_factory.mktemp("spmd")
-    run([sys.executable, str(ROOT / "tests/helpers/spmd_run.py"), str(codes_dir), str(out)], out / "dump_sharded",
-        CPU_NUM_DEVICES="4")
+    run(
+        [sys.executable, str(ROOT / "tests/helpers/spmd_run.py"), str(codes_dir), str(out)],
+        out / "dump_sharded",
+        CPU_NUM_DEVICES="4",
+    )
     unsharded = [o for o in SHARDED if o != "train.sharding=fsdp"]
-    run([sys.executable, "-m", "dia_tpu.finetune_acc_tpu", "--config", str(ROOT / "configs/demo.yaml"), *TINY,
-         f"data.dataset={codes_dir}", f"output.dir={out / 'one'}", *unsharded], out / "dump_one")  # fmt: skip
+    run(
+        [
+            sys.executable,
+            "-m",
+            "dia_tpu.finetune_acc_tpu",
+            "--config",
+            str(ROOT / "configs/demo.yaml"),
+            *TINY,
+            f"data.dataset={codes_dir}",
+            f"output.dir={out / 'one'}",
+            *unsharded,
+        ],
+        out / "dump_one",
+    )
     return out
 
 
@@ -83,7 +103,10 @@ def test_export_is_the_trained_model_unsharded(runs):
     for key, value in saved.items():
         torch.testing.assert_close(exported[key], value, rtol=0, atol=0, msg=key)
     assert sorted(p.name for p in (runs / "sharded" / "samples" / "step_000008").iterdir()) == [
-        "hi.png", "hi.wav", "index.json"]  # generated from a CPU copy of the sharded weights
+        "hi.png",
+        "hi.wav",
+        "index.json",
+    ]  # generated from a CPU copy of the sharded weights
 
 
 def test_no_compilation_after_warm_up_and_no_host_syncs_in_steps(runs):
@@ -123,10 +146,25 @@ def test_several_processes_per_host_are_refused_before_spmd_starts(monkeypatch):
 
 def test_a_batch_that_does_not_split_over_the_devices_is_one_clear_error(codes_dir, tmp_path):
     env = {**os.environ, "PJRT_DEVICE": "CPU", "CPU_NUM_DEVICES": "4", "LOCAL_RANK": "0", "PYTHONPATH": str(ROOT)}
-    done = subprocess.run([sys.executable, "-m", "dia_tpu.finetune_acc_tpu", "--config",
-                           str(ROOT / "configs/demo.yaml"), *TINY, f"data.dataset={codes_dir}",
-                           f"output.dir={tmp_path / 'run'}", "train.sharding=fsdp", "train.batch_size=2",
-                           "eval.batch_size=4"], env=env, capture_output=True, text=True, timeout=600)  # fmt: skip
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "dia_tpu.finetune_acc_tpu",
+            "--config",
+            str(ROOT / "configs/demo.yaml"),
+            *TINY,
+            f"data.dataset={codes_dir}",
+            f"output.dir={tmp_path / 'run'}",
+            "train.sharding=fsdp",
+            "train.batch_size=2",
+            "eval.batch_size=4",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode != 0 and "Traceback" not in done.stderr
     assert "train.batch_size=2: under SPMD it is the batch of one host, split over its 4 devices" in done.stderr
     assert not (tmp_path / "run").exists()  # refused before the run folder is made

@@ -32,15 +32,23 @@ from dia_tpu.training.recipe import train
 
 def test_resume_continues_exactly(codes_dir, tmp_path):
     straight = tmp_path / "straight"
-    cfg = tiny(codes_dir, straight, "train.max_steps=30", "train.save_every=10", "train.keep_last=3",
-               "eval.eval_every=10")
+    cfg = tiny(
+        codes_dir, straight, "train.max_steps=30", "train.save_every=10", "train.keep_last=3", "eval.eval_every=10"
+    )
     final = train(cfg)
 
     # Checkpoints hold the whole state and the configs that make them loadable.
     ckpt = straight / "checkpoints" / "step_20"
     assert sorted(p.name for p in (straight / "checkpoints").iterdir()) == ["step_10", "step_20", "step_30"]
-    for name in ["optimizer.bin", "scheduler.bin", "random_states_0.pkl", "train_state.json", "checkpoint.json",
-                 "config.json", "config.yaml"]:
+    for name in [
+        "optimizer.bin",
+        "scheduler.bin",
+        "random_states_0.pkl",
+        "train_state.json",
+        "checkpoint.json",
+        "config.json",
+        "config.yaml",
+    ]:
         assert (ckpt / name).is_file(), name
     assert not list(ckpt.glob("custom_checkpoint_*")) and is_complete(ckpt)  # no pickle of dia_tpu's own
     assert json.loads((ckpt / "train_state.json").read_text())["step"] == 20
@@ -51,8 +59,16 @@ def test_resume_continues_exactly(codes_dir, tmp_path):
     # 14 batches per epoch: step 20 is mid-way through the second epoch, with crops and CFG drops in play.
     reset_accelerate()
     resumed = tmp_path / "resumed"
-    train(tiny(codes_dir, resumed, "train.max_steps=30", "train.save_every=10", "eval.eval_every=10",
-               f"train.resume={ckpt}"))
+    train(
+        tiny(
+            codes_dir,
+            resumed,
+            "train.max_steps=30",
+            "train.save_every=10",
+            "eval.eval_every=10",
+            f"train.resume={ckpt}",
+        )
+    )
     expected, got = weights(straight), weights(resumed)
     assert expected.keys() == got.keys()
     for key in expected:
@@ -71,8 +87,13 @@ def test_resume_continues_exactly(codes_dir, tmp_path):
 
 
 def test_accumulation_matches_larger_batch(codes_dir, tmp_path):
-    common = ["train.max_steps=3", "train.save_every=100", "data.eval_size=0", "train.report_to=none",
-              "train.max_grad_norm=1.0"]
+    common = [
+        "train.max_steps=3",
+        "train.save_every=100",
+        "data.eval_size=0",
+        "train.report_to=none",
+        "train.max_grad_norm=1.0",
+    ]
     cfg = tiny(codes_dir, tmp_path / "big", *common, "train.batch_size=4")
     train(cfg)
     reset_accelerate()
@@ -87,22 +108,46 @@ def test_accumulation_matches_larger_batch(codes_dir, tmp_path):
 # Any later evaluation counts as no improvement, so patience 1 stops at the second evaluation.
 STOP_AT_SECOND_EVAL = ["eval.early_stopping_patience=1", "eval.early_stopping_min_delta=100"]
 SAMPLES = [
-    "samples.every=2", "samples.max_seconds=0.3",
+    "samples.every=2",
+    "samples.max_seconds=0.3",
     'samples.prompts=[{name: plan, text: "[S1] Ready to plan the trip?", seed: 3}, '
     '{name: clone, audio: data/sample/audio/utt_001.flac, transcript: "[S2] Yes, I have the map right here.", '
     'text: "[S2] The map again."}]',
-]  # fmt: skip
+]
 SAMPLE_FILES = ["clone.png", "clone.wav", "index.json", "plan.png", "plan.wav"]
 
 
 def test_two_processes_train_evaluate_and_save(codes_dir, tmp_path):
     run_dir = tmp_path / "ddp"
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "USE_TORCH_XLA": "0", "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29541",
-           str(ROOT / "dia_tpu/finetune_acc_tpu.py"), "--config", str(ROOT / "configs/demo.yaml"), *TINY,
-           f"data.dataset={codes_dir}", f"output.dir={run_dir}", "train.max_steps=8", "train.save_every=8",
-           "eval.eval_every=2", "data.eval_size=5", *STOP_AT_SECOND_EVAL, *SAMPLES]
+    cmd = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        "29541",
+        str(ROOT / "dia_tpu/finetune_acc_tpu.py"),
+        "--config",
+        str(ROOT / "configs/demo.yaml"),
+        *TINY,
+        f"data.dataset={codes_dir}",
+        f"output.dir={run_dir}",
+        "train.max_steps=8",
+        "train.save_every=8",
+        "eval.eval_every=2",
+        "data.eval_size=5",
+        *STOP_AT_SECOND_EVAL,
+        *SAMPLES,
+    ]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "on 2 process(es)" in done.stdout
@@ -131,8 +176,7 @@ def test_two_processes_train_evaluate_and_save(codes_dir, tmp_path):
     splits = load_splits(cfg)
     loader = DataLoader(splits.eval, batch_size=2, collate_fn=make_collator(cfg.data, model.config, fill_to=2))
     accelerator = Accelerator(cpu=True)
-    metrics = evaluate(accelerator, accelerator.prepare(model), accelerator.prepare(loader),
-                       codebook_weights([], 9))
+    metrics = evaluate(accelerator, accelerator.prepare(model), accelerator.prepare(loader), codebook_weights([], 9))
     logged = dict(scalars(run_dir)["eval/loss"])
     assert logged[4] == pytest.approx(metrics["eval/loss"], rel=1e-5)
     assert metrics["eval/tokens"] > 0
@@ -143,14 +187,35 @@ def test_two_processes_equal_one_with_accumulation(codes_dir, tmp_path):
     p gets batches p, p + 2, ... of the same seeded order, and the loss is normalised over the whole step."""
     common = [*TINY, f"data.dataset={codes_dir}", "train.max_steps=4", "data.eval_size=0", "train.report_to=none"]
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "USE_TORCH_XLA": "0", "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29542",
-           str(ROOT / "dia_tpu/finetune_acc_tpu.py"), "--config", str(ROOT / "configs/demo.yaml"), *common,
-           f"output.dir={tmp_path / 'ddp'}"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        "29542",
+        str(ROOT / "dia_tpu/finetune_acc_tpu.py"),
+        "--config",
+        str(ROOT / "configs/demo.yaml"),
+        *common,
+        f"output.dir={tmp_path / 'ddp'}",
+    ]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
-    train(load(ROOT / "configs/demo.yaml", [*common, "train.gradient_accumulation_steps=2",
-                                            f"output.dir={tmp_path / 'one'}"]))  # fmt: skip
+    train(
+        load(
+            ROOT / "configs/demo.yaml",
+            [*common, "train.gradient_accumulation_steps=2", f"output.dir={tmp_path / 'one'}"],
+        )
+    )
     two, one = weights(tmp_path / "ddp"), weights(tmp_path / "one")
     for key in one:
         torch.testing.assert_close(two[key], one[key], rtol=1e-4, atol=1e-5, msg=key)
@@ -182,8 +247,14 @@ def test_samples_are_written_logged_and_do_not_change_training(codes_dir, tmp_pa
     cfg = load(run_dir / "config.yaml")
     model, codec = load_for_inference(str(final))
     sampling = cfg.samples
-    settings = GenerationSettings(guidance_scale=sampling.guidance_scale, temperature=sampling.temperature,
-                                  top_p=sampling.top_p, top_k=sampling.top_k, seed=3, max_seconds=0.3)
+    settings = GenerationSettings(
+        guidance_scale=sampling.guidance_scale,
+        temperature=sampling.temperature,
+        top_p=sampling.top_p,
+        top_k=sampling.top_k,
+        seed=3,
+        max_seconds=0.3,
+    )
     [again] = synthesize(model, codec, [cfg.samples.prompts[0].text], settings)
     sf.write(tmp_path / "again.wav", again, codec.config.sampling_rate)
     written, _ = sf.read(run_dir / "samples" / "step_000004" / "plan.wav")
@@ -192,9 +263,19 @@ def test_samples_are_written_logged_and_do_not_change_training(codes_dir, tmp_pa
 
 def test_best_checkpoint_and_early_stopping(codes_dir, tmp_path, capsys):
     run_dir = tmp_path / "stop"
-    train(tiny(codes_dir, run_dir, "train.max_steps=40", "train.save_every=2", "train.keep_last=5",
-               "eval.eval_every=2", "eval.early_stopping_patience=2", "eval.early_stopping_min_delta=100",
-               "eval.eval_on_start=true"))
+    train(
+        tiny(
+            codes_dir,
+            run_dir,
+            "train.max_steps=40",
+            "train.save_every=2",
+            "train.keep_last=5",
+            "eval.eval_every=2",
+            "eval.early_stopping_patience=2",
+            "eval.early_stopping_min_delta=100",
+            "eval.eval_on_start=true",
+        )
+    )
     out = capsys.readouterr().out
     assert "early stop at step 6: no eval-loss improvement in 2 evaluations (best" in out
     assert [p.name for p in RunFolder(run_dir).list_checkpoints()] == ["step_2", "step_4", "step_6"]
@@ -228,10 +309,27 @@ def test_generate_cli_writes_wav(codes_dir, tmp_path):
     def generate(model: Path, wav: Path) -> None:
         # Run from a folder that is neither the repository nor the run's: nothing may depend on the cwd.
         done = subprocess.run(
-            [sys.executable, "-m", "dia_tpu", "generate", "--model", str(model), "--text", "[S1] Hello. [S2] Hi!",
-             "--out", str(wav), "--max-seconds", "0.5", "--seed", "3"],
-            capture_output=True, text=True, timeout=300, cwd=elsewhere,
-        )  # fmt: skip
+            [
+                sys.executable,
+                "-m",
+                "dia_tpu",
+                "generate",
+                "--model",
+                str(model),
+                "--text",
+                "[S1] Hello. [S2] Hi!",
+                "--out",
+                str(wav),
+                "--max-seconds",
+                "0.5",
+                "--seed",
+                "3",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            cwd=elsewhere,
+        )
         assert done.returncode == 0, done.stderr[-3000:]
         if not os.environ.get("PJRT_DEVICE"):  # torch_xla has start-up warnings of its own
             assert done.stderr == "", done.stderr[-3000:]  # no third-party warnings or bars, only dia_tpu's lines
@@ -259,9 +357,19 @@ def test_generate_cli_writes_wav(codes_dir, tmp_path):
     # `export` turns a checkpoint into the same loadable folder.
     exported = tmp_path / "exported"
     done = subprocess.run(
-        [sys.executable, "-m", "dia_tpu", "export", "--checkpoint", str(run_dir / "checkpoints" / "step_2"),
-         "--out", str(exported)],
-        capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "dia_tpu",
+            "export",
+            "--checkpoint",
+            str(run_dir / "checkpoints" / "step_2"),
+            "--out",
+            str(exported),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     a = load_file(exported / "model.safetensors")
@@ -287,9 +395,18 @@ def test_bad_input_fails_before_any_work(codes_dir, tmp_path):
     with pytest.raises(ConfigError, match=r"train.learnig_rate.*valid keys: .*learning_rate"):
         tiny(codes_dir, tmp_path / "c", "train.learnig_rate=1e-4")
     done = subprocess.run(
-        [sys.executable, "-m", "dia_tpu", "train", "--config", str(ROOT / "configs/demo.yaml"),
-         "data.max_audio_frame=3"],
-        capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "dia_tpu",
+            "train",
+            "--config",
+            str(ROOT / "configs/demo.yaml"),
+            "data.max_audio_frame=3",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert done.returncode != 0
     assert "data.max_audio_frame" in done.stderr and "max_audio_frames" in done.stderr
@@ -298,21 +415,30 @@ def test_bad_input_fails_before_any_work(codes_dir, tmp_path):
 def test_speed_options_keep_resume_exact_and_accumulation_equal(codes_dir, tmp_path):
     """Every speed option on (compiled model, fused AdamW, bf16 autocast): a resumed run still ends on the
     straight run's weights bit for bit, and two micro-batches of 2 still make one step of 4."""
-    fast = ["model.compile=true", "train.fused_optimizer=true", "train.mixed_precision=bf16", "data.eval_size=0",
-            "train.report_to=none"]  # fmt: skip
+    fast = [
+        "model.compile=true",
+        "train.fused_optimizer=true",
+        "train.mixed_precision=bf16",
+        "data.eval_size=0",
+        "train.report_to=none",
+    ]
     train(tiny(codes_dir, tmp_path / "straight", *fast, "train.max_steps=4", "train.save_every=2"))
     reset_accelerate()
     ckpt = tmp_path / "straight" / "checkpoints" / "step_2"
-    train(tiny(codes_dir, tmp_path / "resumed", *fast, "train.max_steps=4", "train.save_every=2",
-               f"train.resume={ckpt}"))
+    train(
+        tiny(codes_dir, tmp_path / "resumed", *fast, "train.max_steps=4", "train.save_every=2", f"train.resume={ckpt}")
+    )
     reset_accelerate()
     expected, got = weights(tmp_path / "straight"), weights(tmp_path / "resumed")
     for key in expected:
         torch.testing.assert_close(got[key], expected[key], rtol=0, atol=0, msg=key)
 
     common = [*fast, "train.max_steps=2", "train.save_every=100", "train.max_grad_norm=1.0"]
-    runs = {"big": ["train.batch_size=4"], "acc": ["train.batch_size=2", "train.gradient_accumulation_steps=2"],
-            "second_dropped": ["train.batch_size=2"]}  # each step without its second micro-batch of 2
+    runs = {
+        "big": ["train.batch_size=4"],
+        "acc": ["train.batch_size=2", "train.gradient_accumulation_steps=2"],
+        "second_dropped": ["train.batch_size=2"],
+    }  # each step without its second micro-batch of 2
     for name, batch in runs.items():
         cfg = tiny(codes_dir, tmp_path / name, *common, *batch)
         train(cfg)
@@ -331,8 +457,11 @@ def _distance(a: dict, b: dict) -> float:
     return math.sqrt(sum(float(((a[k].float() - b[k].float()) ** 2).sum()) for k in a))
 
 
-@pytest.mark.skipif(bool(os.environ.get("PJRT_DEVICE")), reason="on XLA the recomputation compiles into other "
-                    "kernels and rounds apart a little: test_xla.py checks it there, within tolerance")
+@pytest.mark.skipif(
+    bool(os.environ.get("PJRT_DEVICE")),
+    reason="on XLA the recomputation compiles into other "
+    "kernels and rounds apart a little: test_xla.py checks it there, within tolerance",
+)
 @pytest.mark.parametrize("adapters", [[], ["model.lora.rank=4", "model.lora.alpha=8", "train.learning_rate=5e-3"]])
 def test_gradient_checkpointing_changes_memory_not_weights(codes_dir, tmp_path, adapters):
     """model.gradient_checkpointing recomputes each layer's activations in the backward pass: the trained weights
@@ -346,9 +475,18 @@ def test_gradient_checkpointing_changes_memory_not_weights(codes_dir, tmp_path, 
     logging.getLogger("transformers").addHandler(catcher)
     try:
         for checkpointing in ("false", "true"):
-            train(tiny(codes_dir, tmp_path / checkpointing, "train.max_steps=3", "train.save_every=100",
-                       "data.eval_size=0", "train.report_to=none", f"model.gradient_checkpointing={checkpointing}",
-                       *adapters))  # fmt: skip
+            train(
+                tiny(
+                    codes_dir,
+                    tmp_path / checkpointing,
+                    "train.max_steps=3",
+                    "train.save_every=100",
+                    "data.eval_size=0",
+                    "train.report_to=none",
+                    f"model.gradient_checkpointing={checkpointing}",
+                    *adapters,
+                )
+            )
             reset_accelerate()
     finally:
         logging.getLogger("transformers").removeHandler(catcher)
@@ -357,4 +495,3 @@ def test_gradient_checkpointing_changes_memory_not_weights(codes_dir, tmp_path, 
     for key in plain:
         torch.testing.assert_close(checkpointed[key], plain[key], rtol=0, atol=0, msg=key)
     assert not [note for note in notes if "input embeddings" in note or "Caching is incompatible" in note], notes
-

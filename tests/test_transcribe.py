@@ -53,8 +53,15 @@ def test_clusters_to_a_count_or_by_threshold_labelled_in_order_of_appearance():
 
 
 def test_segments_are_cut_in_pauses_and_never_longer_than_the_limit():
-    regions = [Region(0.5, 3.0), Region(3.4, 6.0), Region(6.3, 9.5), Region(12.0, 13.0), Region(13.2, 14.0),
-               Region(14.5, 16.0, problem="two voices"), Region(16.4, 18.0)]  # fmt: skip
+    regions = [
+        Region(0.5, 3.0),
+        Region(3.4, 6.0),
+        Region(6.3, 9.5),
+        Region(12.0, 13.0),
+        Region(13.2, 14.0),
+        Region(14.5, 16.0, problem="two voices"),
+        Region(16.4, 18.0),
+    ]
     segments = group(regions, 20.0, max_seconds=8.0, max_pause=1.5)
     spans = [[(r.start, r.end) for r in s.regions] for s in segments]
     # 0.5-6.0 fits 8 s with padding, adding 6.3-9.5 would not; the 2.5 s pause ends a segment; the region with a
@@ -73,7 +80,9 @@ def test_dialogue_text_tags_turns_in_order_of_appearance():
         return [Region(i, i + 1, speaker=k, text=t) for i, (k, t) in enumerate(turns)]
 
     assert dialogue_text(said((4, "Hi."), (4, "How are you?"), (1, "Fine."), (4, "Good."))) == (
-        "[S1] Hi. How are you? [S2] Fine. [S1] Good.", [4, 1])
+        "[S1] Hi. How are you? [S2] Fine. [S1] Good.",
+        [4, 1],
+    )
     assert dialogue_text(said((1, "Fine."), (0, ""), (1, "Yes."))) == ("[S1] Fine. Yes.", [1])
     assert dialogue_text(said((0, "a"), (1, "b"), (2, "c"))) is None
 
@@ -86,12 +95,15 @@ def test_voices_are_named_across_recordings_when_asked():
     assert len({*named["ep1"].values(), *named["ep2"].values()}) == 3
 
 
-@pytest.mark.parametrize(("text", "said"), [
-    ("It costs $5, or 3.5% more.", "It costs five dollars, or three point five percent more."),
-    ("On the 21st of May, 1,205 came.", "On the twenty first of May, one thousand two hundred five came."),
-    ("Tom & Jerry scored 2+2=4 at 10.", "Tom and Jerry scored two plus two equals four at ten."),
-    ("The 3rd, 12th and 40th (laughs)", "The third, twelfth and fortieth (laughs)"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("text", "said"),
+    [
+        ("It costs $5, or 3.5% more.", "It costs five dollars, or three point five percent more."),
+        ("On the 21st of May, 1,205 came.", "On the twenty first of May, one thousand two hundred five came."),
+        ("Tom & Jerry scored 2+2=4 at 10.", "Tom and Jerry scored two plus two equals four at ten."),
+        ("The 3rd, 12th and 40th (laughs)", "The third, twelfth and fortieth (laughs)"),
+    ],
+)
 def test_numbers_and_symbols_are_spoken(text, said):
     assert spoken(text) == said
 
@@ -103,8 +115,13 @@ def test_a_diarizers_turns_decide_who_speaks():
     regions = [Region(0.0, 2.0), Region(3.0, 5.0), Region(5.5, 8.0), Region(9.0, 10.0), Region(11.0, 12.0)]
     voices = np.eye(3)
     windows = [voices[[0, 0]], voices[[1]], voices[[0, 1]], voices[[2]], voices[[1]]]
-    turns = [(6.5, 8.0, "SPEAKER_01"), (0.0, 2.2, "SPEAKER_07"), (2.8, 5.1, "SPEAKER_01"), (5.4, 6.5, "SPEAKER_07"),
-             (10.9, 12.0, "SPEAKER_01")]  # fmt: skip
+    turns = [
+        (6.5, 8.0, "SPEAKER_01"),
+        (0.0, 2.2, "SPEAKER_07"),
+        (2.8, 5.1, "SPEAKER_01"),
+        (5.4, 6.5, "SPEAKER_07"),
+        (10.9, 12.0, "SPEAKER_01"),
+    ]
     centroids = assign_from_turns(regions, windows, turns, 0.5)
     assert [r.speaker for r in regions[:3]] + [regions[4].speaker] == [0, 1, 1, 1]  # numbered by first turn
     assert [r.problem for r in regions[:2]] == [None, None] and regions[4].problem is None
@@ -116,8 +133,15 @@ def test_a_diarizers_turns_decide_who_speaks():
 
 def test_bad_settings_are_named_in_one_error():
     with pytest.raises(ConfigError) as err:
-        load(ROOT / "configs/demo.yaml", ["transcribe.speaker_threshold=1.5", "transcribe.min_seconds=40",
-                                          "transcribe.normalize=digits", "transcribe.diarizer=pyannote"])  # fmt: skip
+        load(
+            ROOT / "configs/demo.yaml",
+            [
+                "transcribe.speaker_threshold=1.5",
+                "transcribe.min_seconds=40",
+                "transcribe.normalize=digits",
+                "transcribe.diarizer=pyannote",
+            ],
+        )
     message = str(err.value)
     assert "transcribe.speaker_threshold" in message and "transcribe.min_seconds" in message
     assert "transcribe.normalize" in message
@@ -129,18 +153,37 @@ def test_the_pyannote_diarizer_without_pyannote_installed_is_one_line(tmp_path):
         pytest.skip("pyannote.audio is installed here")
     spec = "pyannote:pyannote/speaker-diarization-3.1"
     with pytest.raises(SystemExit) as stop:
-        cli(["transcribe", "--config", str(ROOT / "configs/demo.yaml"), "--input",
-             str(recording(tmp_path / "a.wav", 1)),
-             "--output", str(tmp_path / "out"), "transcribe.asr=pocketsphinx",
-             f"transcribe.diarizer={spec}"])  # fmt: skip
-    assert stop.value.code == (f"dia-tpu transcribe: error: transcribe.diarizer={spec} needs pyannote.audio: "
-                               "pip install pyannote.audio")  # fmt: skip
+        cli(
+            [
+                "transcribe",
+                "--config",
+                str(ROOT / "configs/demo.yaml"),
+                "--input",
+                str(recording(tmp_path / "a.wav", 1)),
+                "--output",
+                str(tmp_path / "out"),
+                "transcribe.asr=pocketsphinx",
+                f"transcribe.diarizer={spec}",
+            ]
+        )
+    assert stop.value.code == (
+        f"dia-tpu transcribe: error: transcribe.diarizer={spec} needs pyannote.audio: pip install pyannote.audio"
+    )
 
 
 def test_a_missing_input_is_one_line_naming_it(tmp_path):
     with pytest.raises(SystemExit) as stop:
-        cli(["transcribe", "--config", str(ROOT / "configs/demo.yaml"), "--input", str(tmp_path / "nowhere"),
-             "--output", str(tmp_path / "out")])  # fmt: skip
+        cli(
+            [
+                "transcribe",
+                "--config",
+                str(ROOT / "configs/demo.yaml"),
+                "--input",
+                str(tmp_path / "nowhere"),
+                "--output",
+                str(tmp_path / "out"),
+            ]
+        )
     assert stop.value.code == f"dia-tpu transcribe: error: {tmp_path / 'nowhere'}: no such file or folder"
 
 
@@ -150,13 +193,28 @@ def test_an_output_folder_it_did_not_write_is_refused_untouched(tmp_path):
     (mine / "audio" / "talk" / "talk_0000.flac").write_bytes(b"my own recording")
     (mine / "metadata.csv").write_text("file|text\n")
     with pytest.raises(SystemExit) as stop:
-        cli(["transcribe", "--config", str(ROOT / "configs/demo.yaml"), "--input", str(ROOT / "data/sample/audio"),
-             "--output", str(mine)])  # fmt: skip
-    assert stop.value.code == (f"dia-tpu transcribe: error: --output {mine} exists and is not a dia_tpu transcription "
-                               "(audio/, metadata.csv); dia_tpu replaces only what it wrote: move it away or choose "
-                               "another folder")  # fmt: skip
+        cli(
+            [
+                "transcribe",
+                "--config",
+                str(ROOT / "configs/demo.yaml"),
+                "--input",
+                str(ROOT / "data/sample/audio"),
+                "--output",
+                str(mine),
+            ]
+        )
+    assert stop.value.code == (
+        f"dia-tpu transcribe: error: --output {mine} exists and is not a dia_tpu transcription "
+        "(audio/, metadata.csv); dia_tpu replaces only what it wrote: move it away or choose "
+        "another folder"
+    )
     assert sorted(p.relative_to(mine).as_posix() for p in mine.rglob("*")) == [
-        "audio", "audio/talk", "audio/talk/talk_0000.flac", "metadata.csv"]
+        "audio",
+        "audio/talk",
+        "audio/talk/talk_0000.flac",
+        "metadata.csv",
+    ]
 
 
 def recording(path: Path, *gains: float) -> Path:
@@ -180,8 +238,11 @@ def test_quiet_clipped_and_unsure_speech_is_dropped_with_its_reason(tmp_path, ti
     assert len(reasons) == 2 and reasons[0].startswith("too quiet (") and reasons[1].startswith("clipped (")
     # A random Whisper is unsure of everything it says.
     out = tmp_path / "whisper"
-    report = transcribe(config(f"transcribe.asr=whisper:{tiny_whisper}", "transcribe.min_confidence=0.5",
-                               "transcribe.speakers=1"), [str(source)], out)  # fmt: skip
+    report = transcribe(
+        config(f"transcribe.asr=whisper:{tiny_whisper}", "transcribe.min_confidence=0.5", "transcribe.speakers=1"),
+        [str(source)],
+        out,
+    )
     assert report["segments"] == 0 and report["judges"]["recogniser"].startswith("whisper ")
     assert "recogniser unsure (confidence 0." in (out / "dropped.tsv").read_text()
 
@@ -192,8 +253,21 @@ def test_quiet_clipped_and_unsure_speech_is_dropped_with_its_reason(tmp_path, ti
 @pytest.fixture(scope="module")
 def podcast(tmp_path_factory) -> tuple[Path, list[dict]]:
     folder = tmp_path_factory.mktemp("podcast")
-    subprocess.run([sys.executable, str(ROOT / "scripts/make_podcast.py"), "--out", str(folder), "--episodes", "2",
-                    "--turns", "10"], check=True, capture_output=True, cwd=ROOT / "scripts")  # fmt: skip
+    subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "scripts/make_podcast.py"),
+            "--out",
+            str(folder),
+            "--episodes",
+            "2",
+            "--turns",
+            "10",
+        ],
+        check=True,
+        capture_output=True,
+        cwd=ROOT / "scripts",
+    )
     return folder, json.loads((folder / "truth.json").read_text())
 
 
@@ -211,15 +285,22 @@ def rows_of(out: Path) -> list[dict]:
 
 def sentences(truth: list[dict], episode: str) -> list[dict]:
     """The script's sentences in one episode, each with its turn's speaker."""
-    return [{**sentence, "speaker": turn["speaker"], "episode": episode}
-            for turn in truth if turn["episode"] == episode for sentence in turn["sentences"]]  # fmt: skip
+    return [
+        {**sentence, "speaker": turn["speaker"], "episode": episode}
+        for turn in truth
+        if turn["episode"] == episode
+        for sentence in turn["sentences"]
+    ]
 
 
 def said_in(truth: list[dict], row: dict) -> list[dict]:
     """The script's sentences that a segment holds (more than half of each)."""
     start, end = float(row["start"]), float(row["end"])
-    return [s for s in sentences(truth, Path(row["source"]).name)
-            if min(end, s["end"]) - max(start, s["start"]) > 0.5 * (s["end"] - s["start"])]  # fmt: skip
+    return [
+        s
+        for s in sentences(truth, Path(row["source"]).name)
+        if min(end, s["end"]) - max(start, s["start"]) > 0.5 * (s["end"] - s["start"])
+    ]
 
 
 def test_the_podcast_becomes_segments_cut_between_sentences_with_the_right_speakers(podcast, transcribed):
@@ -309,6 +390,7 @@ def test_an_interrupted_run_resumes_with_the_unfinished_recordings_only(podcast,
     assert (out / "dropped.tsv").read_text() == (straight / "dropped.tsv").read_text()
     for row in rows_of(out):
         assert (out / row["file"]).read_bytes() == (straight / row["file"]).read_bytes()
+
     # Other settings redo every recording, from the first.
     def stops(recording, *args):
         again.append(recording.name)
@@ -324,12 +406,38 @@ def test_an_interrupted_run_resumes_with_the_unfinished_recordings_only(podcast,
 def test_two_processes_share_the_recordings_and_write_the_same(podcast, transcribed, tmp_path):
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "USE_TORCH_XLA": "0", "OMP_NUM_THREADS": "1"}
     done = subprocess.run(
-        [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines",
-         "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29549", "-m", "dia_tpu.cli",
-         "transcribe", "--config", str(ROOT / "configs/demo.yaml"), "--input", str(podcast[0]), "--output",
-         str(tmp_path / "two"), *RANDOM_CODEC, *SETTINGS],
-        env=env, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "accelerate.commands.launch",
+            "--multi_gpu",
+            "--num_processes",
+            "2",
+            "--num_machines",
+            "1",
+            "--mixed_precision",
+            "no",
+            "--dynamo_backend",
+            "no",
+            "--main_process_port",
+            "29549",
+            "-m",
+            "dia_tpu.cli",
+            "transcribe",
+            "--config",
+            str(ROOT / "configs/demo.yaml"),
+            "--input",
+            str(podcast[0]),
+            "--output",
+            str(tmp_path / "two"),
+            *RANDOM_CODEC,
+            *SETTINGS,
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     straight, _ = transcribed
     assert (tmp_path / "two" / "metadata.csv").read_text() == (straight / "metadata.csv").read_text()

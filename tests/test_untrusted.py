@@ -71,11 +71,14 @@ def _rewrite_metadata(folder: Path, change) -> None:
     path.write_bytes(pickle.dumps(metadata))
 
 
-@pytest.mark.parametrize(("where", "message"), [
-    ("../outside.distcp", r"'\.\./outside\.distcp' is not a storage file of the folder"),
-    ("/etc/passwd", r"'/etc/passwd' is not a storage file of the folder"),
-    ("__9_0.distcp", r"__9_0\.distcp is missing or a link"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("where", "message"),
+    [
+        ("../outside.distcp", r"'\.\./outside\.distcp' is not a storage file of the folder"),
+        ("/etc/passwd", r"'/etc/passwd' is not a storage file of the folder"),
+        ("__9_0.distcp", r"__9_0\.distcp is missing or a link"),
+    ],
+)
 def test_a_storage_path_out_of_the_folder_is_refused(tmp_path, where, message):
     folder = sharded_folder(tmp_path / "ckpt")
     (tmp_path / "ckpt" / "outside.distcp").write_bytes(b"x" * 64)
@@ -110,8 +113,11 @@ def test_the_checked_metadata_is_the_one_loaded(tmp_path, monkeypatch):
     monkeypatch.setattr(dcp.FileSystemReader, "read_metadata", second_read)
     assert read_weights(folder / SHARDED_WEIGHTS)
     with pytest.raises(BaseException, match="a second time"):  # torch's own reader (in its CheckpointException)
-        dcp.load({"model.encoder.norm.weight": torch.empty(32)},
-                 storage_reader=dcp.FileSystemReader(folder / SHARDED_WEIGHTS), no_dist=True)  # fmt: skip
+        dcp.load(
+            {"model.encoder.norm.weight": torch.empty(32)},
+            storage_reader=dcp.FileSystemReader(folder / SHARDED_WEIGHTS),
+            no_dist=True,
+        )
 
 
 def _load_as_accelerate_does(folder: Path, state: dict) -> None:
@@ -123,18 +129,24 @@ def _load_as_accelerate_does(folder: Path, state: dict) -> None:
 
 def test_accelerates_fsdp_resume_reads_optimizer_settings_as_plain_data_only(tmp_path):
     groups = [{"lr": 1e-3, "betas": (0.9, 0.99), "params": ["w"], "fused": None}]
-    dcp.save({"optimizer": {"state": {"w": {"exp_avg": torch.arange(4.0)}}, "param_groups": groups}},
-             checkpoint_id=tmp_path / "optimizer_0", no_dist=True)  # fmt: skip
-    loaded = {"optimizer": {"state": {"w": {"exp_avg": torch.zeros(4)}},
-                            "param_groups": [{"lr": 0.0, "betas": (0.0, 0.0), "params": ["w"], "fused": False}]}}
+    dcp.save(
+        {"optimizer": {"state": {"w": {"exp_avg": torch.arange(4.0)}}, "param_groups": groups}},
+        checkpoint_id=tmp_path / "optimizer_0",
+        no_dist=True,
+    )
+    loaded = {
+        "optimizer": {
+            "state": {"w": {"exp_avg": torch.zeros(4)}},
+            "param_groups": [{"lr": 0.0, "betas": (0.0, 0.0), "params": ["w"], "fused": False}],
+        }
+    }
     with checked_loading(tmp_path):
         _load_as_accelerate_does(tmp_path / "optimizer_0", loaded)
     assert loaded["optimizer"]["param_groups"] == groups
     assert torch.equal(loaded["optimizer"]["state"]["w"]["exp_avg"], torch.arange(4.0))
 
     mark = tmp_path / "ran"
-    dcp.save({"optimizer": {"param_groups": [{"lr": Planted(mark)}]}}, checkpoint_id=tmp_path / "planted",
-             no_dist=True)  # fmt: skip
+    dcp.save({"optimizer": {"param_groups": [{"lr": Planted(mark)}]}}, checkpoint_id=tmp_path / "planted", no_dist=True)
     with pytest.raises(ValueError, match=r"entry 'optimizer\.param_groups\.0\.lr' is not plain data, refused"):
         with checked_loading(tmp_path):
             _load_as_accelerate_does(tmp_path / "planted", {"optimizer": {"param_groups": [{"lr": 0.0}]}})
@@ -147,8 +159,23 @@ def test_accelerates_fsdp_resume_reads_optimizer_settings_as_plain_data_only(tmp
 def test_generate_refuses_a_planted_sharded_checkpoint_in_one_line(tmp_path):
     mark = tmp_path / "ran"
     folder = sharded_folder(tmp_path / "ckpt", {"model.extra": Planted(mark)})
-    done = subprocess.run([sys.executable, "-m", "dia_tpu", "generate", "--model", str(folder), "--text", "[S1] Hi.",
-                           "--out", str(tmp_path / "x.wav")], capture_output=True, text=True, timeout=300)  # fmt: skip
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "dia_tpu",
+            "generate",
+            "--model",
+            str(folder),
+            "--text",
+            "[S1] Hi.",
+            "--out",
+            str(tmp_path / "x.wav"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 1
     assert done.stderr.strip().splitlines() == [
         f"dia-tpu generate: error: {folder / SHARDED_WEIGHTS / METADATA_FILE}: refused, entry 'model.extra' is a "
@@ -167,8 +194,10 @@ def test_a_pickle_in_an_exports_weights_is_refused_without_torchs_advice(tmp_pat
     torch.save({**model.state_dict(), "extra": Planted(mark)}, folder / "pytorch_model.bin")
     with pytest.raises(ValueError) as caught:
         load_model(folder)
-    assert str(caught.value) == (f"{folder}: holds a pickle that is not only tensors and plain values (it names "
-                                 "getattr): loading it could run code, so it is not loaded")  # fmt: skip
+    assert str(caught.value) == (
+        f"{folder}: holds a pickle that is not only tensors and plain values (it names "
+        "getattr): loading it could run code, so it is not loaded"
+    )
     assert not mark.exists()
     torch.save(model.state_dict(), folder / "pytorch_model.bin")  # the same folder with weights alone loads
     assert load_model(folder).state_dict().keys() == model.state_dict().keys()
@@ -179,9 +208,11 @@ def test_generate_checks_where_it_writes_before_generating(tmp_path):
     from dia_tpu.generation.synthesize import GenerationSettings
 
     # The model is never opened: each refusal comes first.
-    for out, message in [(tmp_path, r"is a folder: give a file name ending in \.wav"),
-                         (tmp_path / "speech", r"speech: no suffix names no sound format"),
-                         (tmp_path / "speech.txt", r"speech\.txt: \.txt names no sound format")]:  # fmt: skip
+    for out, message in [
+        (tmp_path, r"is a folder: give a file name ending in \.wav"),
+        (tmp_path / "speech", r"speech: no suffix names no sound format"),
+        (tmp_path / "speech.txt", r"speech\.txt: \.txt names no sound format"),
+    ]:
         with pytest.raises(ValueError, match=message):
             write_speech(str(tmp_path / "no-model"), ["[S1] Hi."], [out], GenerationSettings())
     with pytest.raises(FileNotFoundError, match="model not found"):  # a good --out goes on to the model
@@ -216,8 +247,9 @@ def test_check_names_what_would_be_refused_before_anything_is_loaded(tmp_path):
     assert found.notes == ["config.json names code of its own (auto_map): dia_tpu never runs it (no trust_remote_code)"]
     assert not mark.exists()
 
-    done = subprocess.run([sys.executable, "-m", "dia_tpu", "check", str(sent)], capture_output=True, text=True,
-                          timeout=300)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-m", "dia_tpu", "check", str(sent)], capture_output=True, text=True, timeout=300
+    )
     assert done.returncode == 1 and done.stdout.splitlines() == found.lines()
     assert done.stderr.splitlines() == [f"dia-tpu check: error: 5 thing(s) in {sent} would be refused (listed above)"]
     clean = audit(sharded_folder(tmp_path / "clean"))

@@ -37,8 +37,9 @@ def straight_run(codes_dir, tmp_path_factory) -> Path:
     run_dir = tmp_path_factory.mktemp("xla") / "straight"
     before = len(compile_seconds())
     # Evaluations at steps that do not log: the pending step must not run inside the first eval batch's graph.
-    train(tiny(codes_dir, run_dir, "train.max_steps=30", "train.save_every=10", "train.keep_last=3",
-               "eval.eval_every=7"))
+    train(
+        tiny(codes_dir, run_dir, "train.max_steps=30", "train.save_every=10", "train.keep_last=3", "eval.eval_every=7")
+    )
     assert PartialState().distributed_type == DistributedType.XLA
     reset_accelerate()
     (run_dir.parent / "compile_seconds.json").write_text(json.dumps(compile_seconds()[before:]))
@@ -74,8 +75,16 @@ def test_compilations_stop_after_warm_up_and_steps_never_sync(straight_run):
 def test_resume_on_xla_continues_exactly(straight_run, codes_dir, tmp_path):
     ckpt = straight_run / "checkpoints" / "step_20"
     assert (ckpt / "pytorch_model.bin").is_file()
-    train(tiny(codes_dir, tmp_path / "resumed", "train.max_steps=30", "train.save_every=10", "eval.eval_every=7",
-               f"train.resume={ckpt}"))
+    train(
+        tiny(
+            codes_dir,
+            tmp_path / "resumed",
+            "train.max_steps=30",
+            "train.save_every=10",
+            "eval.eval_every=7",
+            f"train.resume={ckpt}",
+        )
+    )
     reset_accelerate()
     expected, got = weights(straight_run), weights(tmp_path / "resumed")
     for key in expected:
@@ -98,8 +107,14 @@ def test_accumulation_and_checkpointing_on_xla_match_one_plain_batch(codes_dir, 
 
 
 def test_bf16_trains_on_xla(codes_dir, tmp_path):
-    cfg = tiny(codes_dir, tmp_path / "bf16", "train.max_steps=6", "train.save_every=100", "train.log_every=3",
-               "train.mixed_precision=bf16")
+    cfg = tiny(
+        codes_dir,
+        tmp_path / "bf16",
+        "train.max_steps=6",
+        "train.save_every=100",
+        "train.log_every=3",
+        "train.mixed_precision=bf16",
+    )
     train(cfg)
     reset_accelerate()
     losses = [v for _, v in scalars(tmp_path / "bf16")["train/loss"]]
@@ -129,10 +144,27 @@ def test_shipped_tpu_accelerate_config_launches(codes_dir, tmp_path):
     """The TPU launcher (one process here: XLA:CPU has one device) runs main() and the main process reports."""
     run_dir = tmp_path / "launched"
     done = subprocess.run(
-        [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(ROOT / "configs/accelerate/tpu.yaml"),
-         "--num_processes", "1", str(ROOT / "dia_tpu/finetune_acc_tpu.py"), "--config", str(ROOT / "configs/demo.yaml"),
-         *TINY, f"data.dataset={codes_dir}", f"output.dir={run_dir}", "train.max_steps=2", "train.report_to=none"],
-        env={k: v for k, v in os.environ.items() if k != "LOCAL_RANK"}, capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            "-m",
+            "accelerate.commands.launch",
+            "--config_file",
+            str(ROOT / "configs/accelerate/tpu.yaml"),
+            "--num_processes",
+            "1",
+            str(ROOT / "dia_tpu/finetune_acc_tpu.py"),
+            "--config",
+            str(ROOT / "configs/demo.yaml"),
+            *TINY,
+            f"data.dataset={codes_dir}",
+            f"output.dir={run_dir}",
+            "train.max_steps=2",
+            "train.report_to=none",
+        ],
+        env={k: v for k, v in os.environ.items() if k != "LOCAL_RANK"},
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "2 optimizer steps on 1 process(es)" in done.stdout
@@ -142,16 +174,36 @@ def test_shipped_tpu_accelerate_config_launches(codes_dir, tmp_path):
 def test_samples_can_be_switched_off_on_xla(codes_dir, tmp_path, capsys):
     # With the default samples.on_xla=cpu, test_train.py's samples test runs here on a CPU copy of the weights.
     run_dir = tmp_path / "quiet"
-    train(tiny(codes_dir, run_dir, "train.max_steps=2", "train.report_to=none", "data.eval_size=0",
-               "samples.every=1", "samples.on_xla=skip", 'samples.prompts=[{name: hi, text: "[S1] Hi."}]'))
+    train(
+        tiny(
+            codes_dir,
+            run_dir,
+            "train.max_steps=2",
+            "train.report_to=none",
+            "data.eval_size=0",
+            "samples.every=1",
+            "samples.on_xla=skip",
+            'samples.prompts=[{name: hi, text: "[S1] Hi."}]',
+        )
+    )
     assert "samples: off on XLA (samples.on_xla=skip)" in capsys.readouterr().out
     assert not (run_dir / "samples").exists()
 
 
 def test_audio_is_judged_on_xla_from_a_cpu_copy(codes_dir, tmp_path):
     run_dir = tmp_path / "judged"
-    train(tiny(codes_dir, run_dir, "train.max_steps=2", "eval.eval_every=2", "eval.audio.every=2",
-               "eval.audio.limit=2", "eval.audio.max_seconds=0.5", "eval.audio.speaker=none"))  # fmt: skip
+    train(
+        tiny(
+            codes_dir,
+            run_dir,
+            "train.max_steps=2",
+            "eval.eval_every=2",
+            "eval.audio.every=2",
+            "eval.audio.limit=2",
+            "eval.audio.max_seconds=0.5",
+            "eval.audio.speaker=none",
+        )
+    )
     logged = scalars(run_dir)
     assert logged["audio/utterances"] == [(2, 2.0)] and "audio/wer" in logged
     rows = (run_dir / "evaluations" / "step_000002" / "rows.jsonl").read_text().splitlines()

@@ -130,8 +130,10 @@ def put_in_place(building: Path, path: Path) -> None:
     is whole; then make the renames durable. The caller has proven `path` dia_tpu's (`dia_tpu.artifacts.owner`);
     a symbolic link is refused here whatever it points at."""
     if path.is_symlink():
-        raise NotOurs(f"{path} is a symbolic link (to {os.readlink(path)}): dia_tpu replaces it by renaming folders "
-                      "and neither follows nor removes links; remove the link, its target is not touched")  # fmt: skip
+        raise NotOurs(
+            f"{path} is a symbolic link (to {os.readlink(path)}): dia_tpu replaces it by renaming folders "
+            "and neither follows nor removes links; remove the link, its target is not touched"
+        )
     if path.exists():
         old = aside(path, "replaced")
         path.rename(old)

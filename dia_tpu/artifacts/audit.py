@@ -36,8 +36,11 @@ class Audit:
     notes: list[str] = field(default_factory=list)  # worth knowing, not refused
 
     def lines(self) -> list[str]:
-        return ([f"{self.folder}: {self.kind}"] + [f"  refused: {line}" for line in self.refused]
-                + [f"  note: {line}" for line in self.notes])  # fmt: skip
+        return (
+            [f"{self.folder}: {self.kind}"]
+            + [f"  refused: {line}" for line in self.refused]
+            + [f"  note: {line}" for line in self.notes]
+        )
 
 
 def audit(folder: str | Path) -> Audit:
@@ -64,8 +67,10 @@ def audit(folder: str | Path) -> Audit:
                 _sharded(found, folder, path)
             saved = here.name == "checkpoints" and STEP_DIR.match(name) or here == folder and name == "best"
             if saved and not path.is_symlink() and completion_mark(path) is None:
-                found.notes.append(f"{_rel(path, folder)}: no valid {COMPLETE_FILE}, so it is an incomplete "
-                                       "checkpoint: never loaded (`--resume auto` sets it aside)")  # fmt: skip
+                found.notes.append(
+                    f"{_rel(path, folder)}: no valid {COMPLETE_FILE}, so it is an incomplete "
+                    "checkpoint: never loaded (`--resume auto` sets it aside)"
+                )
         dirs[:] = [d for d in dirs if not (here / d).is_symlink()]
     return found
 

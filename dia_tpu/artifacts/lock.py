@@ -26,8 +26,7 @@ class FolderLock:
     """`with FolderLock(folder, kind, what, user)`: claim `folder` as dia_tpu's `kind` of folder and hold its lock.
     `what` names the folder in messages ("output.dir"), `user` the kind of writer ("run")."""
 
-    def __init__(self, folder: Path, kind: str, what: str, user: str,
-                 earlier: Callable[[Path], bool] | None = None):  # fmt: skip
+    def __init__(self, folder: Path, kind: str, what: str, user: str, earlier: Callable[[Path], bool] | None = None):
         self.folder, self.kind, self.what, self.user, self.earlier = Path(folder), kind, what, user, earlier
         self.path = self.folder / LOCK_FILE
         self.held = False
@@ -49,9 +48,11 @@ class FolderLock:
             except FileExistsError:
                 holder = _read(self.path)
                 if holder is not None and not _gone(holder):
-                    raise InUse(f"{self.what} {self.folder} is in use by another {self.user} (pid {holder['pid']} on "
-                                f"{holder['host']}, since {holder['started']}); wait for it to end, or use another "
-                                f"folder. If that process is gone, delete {self.path}") from None  # fmt: skip
+                    raise InUse(
+                        f"{self.what} {self.folder} is in use by another {self.user} (pid {holder['pid']} on "
+                        f"{holder['host']}, since {holder['started']}); wait for it to end, or use another "
+                        f"folder. If that process is gone, delete {self.path}"
+                    ) from None
                 self.path.unlink(missing_ok=True)  # stale: its process is gone, or unreadable
                 continue
             except OSError as err:

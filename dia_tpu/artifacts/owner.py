@@ -67,8 +67,10 @@ def claim(folder: Path, kind: str, what: str, earlier: Callable[[Path], bool] | 
     if found is not None:
         raise NotOurs(f"{what} {folder} is a dia_tpu {found} folder, not a {kind} folder; give another folder")
     if any(folder.iterdir()) and not (earlier is not None and earlier(folder)):
-        raise NotOurs(f"{what} {folder} holds files dia_tpu did not write ({listing(folder)}); dia_tpu writes only "
-                      f"into a new or empty folder or its own {kind} folder: give another one")  # fmt: skip
+        raise NotOurs(
+            f"{what} {folder} holds files dia_tpu did not write ({listing(folder)}); dia_tpu writes only "
+            f"into a new or empty folder or its own {kind} folder: give another one"
+        )
     try:
         mark(folder, kind)
     except OSError as err:
@@ -81,14 +83,18 @@ def check_replaceable(path: Path, kind: str, what: str, earlier: Callable[[Path]
     or one `earlier` recognises as written before marks; a symbolic link is refused too (replacing works by
     renames, which would move the link, not what it points at)."""
     if path.is_symlink():
-        raise NotOurs(f"{what} {path} is a symbolic link (to {os.readlink(path)}): dia_tpu replaces it by renaming "
-                      "folders and neither follows nor removes links; remove the link (what it points at is not "
-                      "touched) or choose another folder")  # fmt: skip
+        raise NotOurs(
+            f"{what} {path} is a symbolic link (to {os.readlink(path)}): dia_tpu replaces it by renaming "
+            "folders and neither follows nor removes links; remove the link (what it points at is not "
+            "touched) or choose another folder"
+        )
     if not path.exists() or kind_of(path) == kind or (path.is_dir() and not any(path.iterdir())):
         return
     if not (path.is_dir() and earlier is not None and earlier(path)):
-        raise NotOurs(f"{what} {path} exists and is not a dia_tpu {kind} ({listing(path)}); dia_tpu replaces only "
-                      "what it wrote: move it away or choose another folder")  # fmt: skip
+        raise NotOurs(
+            f"{what} {path} exists and is not a dia_tpu {kind} ({listing(path)}); dia_tpu replaces only "
+            "what it wrote: move it away or choose another folder"
+        )
 
 
 def listing(folder: Path, most: int = 4) -> str:

@@ -34,12 +34,25 @@ _STORAGE_FILE = re.compile(r"__\d+_\d+\.distcp")
 
 # What the metadata of torch's distributed checkpoint is made of; anything else in its pickle is refused.
 _DCP_CLASSES = {
-    ("pathlib", "PosixPath"), ("pathlib", "WindowsPath"), ("torch", "Size"), ("torch.serialization", "_get_layout"),
+    ("pathlib", "PosixPath"),
+    ("pathlib", "WindowsPath"),
+    ("torch", "Size"),
+    ("torch.serialization", "_get_layout"),
     ("torch.distributed.checkpoint.filesystem", "_StorageInfo"),
-    *(("torch.distributed.checkpoint.metadata", name) for name in (
-        "Metadata", "MetadataIndex", "StorageMeta", "TensorProperties", "TensorStorageMetadata",
-        "ChunkStorageMetadata", "BytesStorageMetadata", "_MEM_FORMAT_ENCODING")),
-}  # fmt: skip
+    *(
+        ("torch.distributed.checkpoint.metadata", name)
+        for name in (
+            "Metadata",
+            "MetadataIndex",
+            "StorageMeta",
+            "TensorProperties",
+            "TensorStorageMetadata",
+            "ChunkStorageMetadata",
+            "BytesStorageMetadata",
+            "_MEM_FORMAT_ENCODING",
+        )
+    ),
+}
 
 
 class _MetadataUnpickler(pickle.Unpickler):
@@ -227,5 +240,7 @@ def _unwrapped(folder: Path) -> Iterator[None]:
         cause = failure[0] if isinstance(failure, tuple) else failure
         if isinstance(cause, ValueError):
             raise ValueError(str(cause)) from None
-        raise ValueError(f"{folder}: the sharded checkpoint cannot be read ({type(cause).__name__}: "
-                         f"{str(cause).strip().splitlines()[0] if str(cause).strip() else ''})") from None  # fmt: skip
+        raise ValueError(
+            f"{folder}: the sharded checkpoint cannot be read ({type(cause).__name__}: "
+            f"{str(cause).strip().splitlines()[0] if str(cause).strip() else ''})"
+        ) from None

@@ -29,8 +29,9 @@ def pickle_refusal(err: BaseException) -> str:
     (which would run whatever it holds): a pickle naming code, or bytes that are not tensors at all."""
     text = str(err)
     if found := re.search(r"Unsupported global: GLOBAL ([\w.]+)", text):
-        return (f"holds a pickle that is not only tensors and plain values (it names {found[1]}): loading it could "
-                "run code")  # fmt: skip
+        return (
+            f"holds a pickle that is not only tensors and plain values (it names {found[1]}): loading it could run code"
+        )
     found = re.search(r"WeightsUnpickler error:\s*([^\n]+)", text)
     return f"is not readable as tensors ({found[1].strip()[:120] if found else 'not a pickle torch reads'})"
 
@@ -73,8 +74,10 @@ def read_weights(weights: Path) -> dict[str, torch.Tensor]:
     """A checkpoint's weights on the CPU (torch's format read with weights_only, a sharded checkpoint through
     `dia_tpu.artifacts.sharded`: neither can run code), whole: a sharded checkpoint's parts are put together."""
     if is_sharded(weights):
-        state = {name: torch.empty(tuple(meta.size), dtype=meta.properties.dtype)
-                 for name, meta in _sharded_tensors(weights).items()}  # fmt: skip
+        state = {
+            name: torch.empty(tuple(meta.size), dtype=meta.properties.dtype)
+            for name, meta in _sharded_tensors(weights).items()
+        }
         read_tensors(weights, {"model": state})
         return state
     if weights.suffix == ".bin":

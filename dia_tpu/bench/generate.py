@@ -30,13 +30,16 @@ SCRIPT = "[S1] This is how fast the model speaks. [S2] Measured against the cloc
 DTYPES = {"no": torch.float32, "bf16": torch.bfloat16}
 
 
-def bench_generation(cfg: Config, seconds: float, batch_sizes: list[int], precisions: list[str],
-                     decodings: list[str], repeats: int = 2) -> list[dict]:  # fmt: skip
+def bench_generation(
+    cfg: Config, seconds: float, batch_sizes: list[int], precisions: list[str], decodings: list[str], repeats: int = 2
+) -> list[dict]:
     """One result per (precision, decoding, batch size): the best of `repeats` timed generations after one
     untimed one (which compiles, when compiling)."""
     if seconds <= 0 or repeats < 1 or min(batch_sizes, default=0) < 1:
-        raise ValueError(f"bench --task generate needs seconds > 0, repeats >= 1 and batch sizes >= 1, got "
-                         f"{seconds}, {repeats}, {batch_sizes}")  # fmt: skip
+        raise ValueError(
+            f"bench --task generate needs seconds > 0, repeats >= 1 and batch sizes >= 1, got "
+            f"{seconds}, {repeats}, {batch_sizes}"
+        )
     for precision in precisions:
         if precision not in DTYPES:
             raise ValueError(f"precision {precision!r}: generation is measured in {', '.join(map(repr, DTYPES))}")
@@ -50,8 +53,9 @@ def bench_generation(cfg: Config, seconds: float, batch_sizes: list[int], precis
     return results
 
 
-def run_generation(cfg: Config, seconds: float, batch_sizes: list[int], precision: str, decoding: str,
-                   repeats: int) -> list[dict]:  # fmt: skip
+def run_generation(
+    cfg: Config, seconds: float, batch_sizes: list[int], precision: str, decoding: str, repeats: int
+) -> list[dict]:
     """All batch sizes of one setting in the current process; call it in a fresh one."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = DTYPES[precision]
@@ -60,8 +64,11 @@ def run_generation(cfg: Config, seconds: float, batch_sizes: list[int], precisio
     frame_rate = codec.sampling_rate / codec.hop_length
     settings = GenerationSettings(max_seconds=seconds, decoding=decoding)
     # Every decoder and output-head weight is read once per frame; the embeddings only at the rows looked up.
-    read = sum(p.numel() * p.element_size() for name, p in model.named_parameters()
-               if not name.startswith("model.encoder") and "embeddings" not in name)  # fmt: skip
+    read = sum(
+        p.numel() * p.element_size()
+        for name, p in model.named_parameters()
+        if not name.startswith("model.encoder") and "embeddings" not in name
+    )
     floor = read / copy_bandwidth(device)
     delay = max(model.config.delay_pattern)
     results = []
@@ -81,36 +88,62 @@ def run_generation(cfg: Config, seconds: float, batch_sizes: list[int], precisio
                 best, frames, longest = elapsed, sum(len(c) for c in clips), max(len(c) for c in clips)
         # generate() runs until its longest item's EOS, plus the delayed channels' tail.
         steps = longest + 1 + delay
-        results.append({
-            "precision": precision,
-            "decoding": decoding,
-            "batch_size": batch,
-            "device": str(device),
-            "torch_threads": torch.get_num_threads(),
-            "audio_seconds": frames / frame_rate,
-            "seconds": best,
-            "first_seconds": first,
-            "real_time_factor": frames / frame_rate / best,
-            "ms_per_step": 1000.0 * best / steps,
-            "floor_ms_per_step": 1000.0 * floor,
-            "weight_bytes_per_step": read,
-        })  # fmt: skip
+        results.append(
+            {
+                "precision": precision,
+                "decoding": decoding,
+                "batch_size": batch,
+                "device": str(device),
+                "torch_threads": torch.get_num_threads(),
+                "audio_seconds": frames / frame_rate,
+                "seconds": best,
+                "first_seconds": first,
+                "real_time_factor": frames / frame_rate / best,
+                "ms_per_step": 1000.0 * best / steps,
+                "floor_ms_per_step": 1000.0 * floor,
+                "weight_bytes_per_step": read,
+            }
+        )
     return results
 
 
 def format_generation_table(results: list[dict]) -> str:
-    header = ("precision", "decoding", "batch", "device", "threads", "audio s", "wall s", "x real time",
-              "ms/step", "floor ms/step", "first call s")  # fmt: skip
+    header = (
+        "precision",
+        "decoding",
+        "batch",
+        "device",
+        "threads",
+        "audio s",
+        "wall s",
+        "x real time",
+        "ms/step",
+        "floor ms/step",
+        "first call s",
+    )
     rows = [header]
     for r in results:
-        rows.append((r["precision"], r["decoding"], str(r["batch_size"]), r["device"],
-                     str(r["torch_threads"]), f"{r['audio_seconds']:.1f}", f"{r['seconds']:.2f}",
-                     f"{r['real_time_factor']:.2f}", f"{r['ms_per_step']:.2f}", f"{r['floor_ms_per_step']:.2f}",
-                     f"{r['first_seconds']:.1f}"))  # fmt: skip
+        rows.append(
+            (
+                r["precision"],
+                r["decoding"],
+                str(r["batch_size"]),
+                r["device"],
+                str(r["torch_threads"]),
+                f"{r['audio_seconds']:.1f}",
+                f"{r['seconds']:.2f}",
+                f"{r['real_time_factor']:.2f}",
+                f"{r['ms_per_step']:.2f}",
+                f"{r['floor_ms_per_step']:.2f}",
+                f"{r['first_seconds']:.1f}",
+            )
+        )
     lines = aligned(rows)
     if results:
-        lines.append("x real time: seconds of audio generated per second (codes; the codec's decoding is not "
-                     "included); floor ms/step: the decoder's and output head's weights at the row's precision "
-                     "over the measured copy bandwidth, the least one decoding step can take; first call s: the "
-                     "untimed warm-up generation (compilation included)")  # fmt: skip
+        lines.append(
+            "x real time: seconds of audio generated per second (codes; the codec's decoding is not "
+            "included); floor ms/step: the decoder's and output head's weights at the row's precision "
+            "over the measured copy bandwidth, the least one decoding step can take; first call s: the "
+            "untimed warm-up generation (compilation included)"
+        )
     return "\n".join(lines)

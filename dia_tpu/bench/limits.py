@@ -20,8 +20,11 @@ _PRODUCTS = {
     torch.ops.aten.bmm.default: lambda shapes: 2 * shapes[0][0] * shapes[0][1] * shapes[0][2] * shapes[1][2],
 }
 # Operand positions per product (addmm's first operand is the bias).
-_OPERANDS = {torch.ops.aten.mm.default: (0, 1), torch.ops.aten.addmm.default: (0, 1, 2),
-             torch.ops.aten.bmm.default: (0, 1)}  # fmt: skip
+_OPERANDS = {
+    torch.ops.aten.mm.default: (0, 1),
+    torch.ops.aten.addmm.default: (0, 1, 2),
+    torch.ops.aten.bmm.default: (0, 1),
+}
 
 
 def matmul_rate(device: torch.device, dtype: torch.dtype, seconds: float = 1.0) -> float:

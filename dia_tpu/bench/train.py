@@ -184,8 +184,24 @@ def _finish(accelerator: Accelerator, loss: torch.Tensor) -> float:
 
 def format_table(results: list[dict]) -> str:
     """The results as an aligned text table, one row per precision."""
-    header = ("variant", "precision", "device", "threads", "params", "trainable", "step ms", "steps/s", "frames/s",
-              "GFLOP/step", "GFLOP/s", "matmul GFLOP/s", "of matmul", "products ms", "of step", "peak MiB")  # fmt: skip
+    header = (
+        "variant",
+        "precision",
+        "device",
+        "threads",
+        "params",
+        "trainable",
+        "step ms",
+        "steps/s",
+        "frames/s",
+        "GFLOP/step",
+        "GFLOP/s",
+        "matmul GFLOP/s",
+        "of matmul",
+        "products ms",
+        "of step",
+        "peak MiB",
+    )
     rows = [header]
     for r in results:
         if "error" in r:
@@ -222,9 +238,13 @@ def format_table(results: list[dict]) -> str:
             f"{r['warmup']} warm-up + {r['steps']} timed steps; peak MiB is "
             + ("device memory" if r["peak_device_mib"] is not None else "process RSS")
         )
-        lines.append(f"GFLOP/step: matrix products and attention of a step, forward and backward (torch's "
-                     f"FlopCounterMode); matmul GFLOP/s: a {MATMUL_SIZE}x{MATMUL_SIZE} matmul in the precision's "
-                     "dtype on the same device and threads, the limit the step is a share of")  # fmt: skip
-        lines.append("products ms: the step's own matrix products alone, replayed at their shapes and dtypes on the "
-                     "same threads: the floor of the step time (of step: their share of it)")  # fmt: skip
+        lines.append(
+            f"GFLOP/step: matrix products and attention of a step, forward and backward (torch's "
+            f"FlopCounterMode); matmul GFLOP/s: a {MATMUL_SIZE}x{MATMUL_SIZE} matmul in the precision's "
+            "dtype on the same device and threads, the limit the step is a share of"
+        )
+        lines.append(
+            "products ms: the step's own matrix products alone, replayed at their shapes and dtypes on the "
+            "same threads: the floor of the step time (of step: their share of it)"
+        )
     return "\n".join(lines)

@@ -113,11 +113,15 @@ def _validate_data_extras(d: DataConfig) -> list[str]:
     if not 0.0 <= d.prompt_pairs <= 1.0:
         p.append(f"data.prompt_pairs: must be in [0, 1], got {d.prompt_pairs}")
     if not 0 <= d.prompt_max_frames < d.max_audio_frames:
-        p.append(f"data.prompt_max_frames: must be in [0, data.max_audio_frames={d.max_audio_frames}), "
-                 f"got {d.prompt_max_frames}")  # fmt: skip
+        p.append(
+            f"data.prompt_max_frames: must be in [0, data.max_audio_frames={d.max_audio_frames}), "
+            f"got {d.prompt_max_frames}"
+        )
     if d.prompt_pairs and d.buckets:
-        p.append("data.prompt_pairs: not with data.buckets (a paired item's length changes per epoch, a bucket's "
-                 "cannot); leave data.buckets empty")  # fmt: skip
+        p.append(
+            "data.prompt_pairs: not with data.buckets (a paired item's length changes per epoch, a bucket's "
+            "cannot); leave data.buckets empty"
+        )
     if not 0.0 <= d.tag_dropout < 1.0:
         p.append(f"data.tag_dropout: must be in [0, 1), got {d.tag_dropout}")
     if d.tag_limit < 0:
@@ -156,8 +160,14 @@ def _validate_prepare(r: PrepareConfig) -> list[str]:
 
 def _validate_transcribe(t: TranscribeConfig, r: PrepareConfig) -> list[str]:
     p: list[str] = []
-    for key in ("speaker_threshold", "min_voice_similarity", "match_voices", "vad_threshold", "max_clipped",
-                "min_confidence"):
+    for key in (
+        "speaker_threshold",
+        "min_voice_similarity",
+        "match_voices",
+        "vad_threshold",
+        "max_clipped",
+        "min_confidence",
+    ):
         if not 0.0 <= getattr(t, key) <= 1.0:
             p.append(f"transcribe.{key}: must be in [0, 1], got {getattr(t, key)}")
     for key in ("speakers", "min_silence", "min_seconds", "max_pause"):
@@ -173,8 +183,13 @@ def _validate_transcribe(t: TranscribeConfig, r: PrepareConfig) -> list[str]:
 
 # What eval.select_by may weigh, and where each figure is in an evaluation's metrics (lower is better; a
 # similarity counts negated).
-SELECTABLE = {"loss": "eval/loss", "wer": "audio/wer", "cer": "audio/cer",
-              "speaker_similarity": "audio/speaker_similarity", "mos": "audio/mos"}  # fmt: skip
+SELECTABLE = {
+    "loss": "eval/loss",
+    "wer": "audio/wer",
+    "cer": "audio/cer",
+    "speaker_similarity": "audio/speaker_similarity",
+    "mos": "audio/mos",
+}
 # Figures where higher is better: eval.select_by counts them negated.
 HIGHER_IS_BETTER = ("speaker_similarity", "mos")
 
@@ -201,31 +216,41 @@ def _validate_audio_eval(cfg: Config) -> list[str]:
     if a.every < 0:
         p.append(f"eval.audio.every: must be >= 0, got {a.every}")
     elif a.every and (not e.eval_every or a.every % e.eval_every):
-        p.append(f"eval.audio.every: must be a multiple of eval.eval_every={e.eval_every} (audio is judged after "
-                 f"the loss evaluation of a step), got {a.every}")  # fmt: skip
+        p.append(
+            f"eval.audio.every: must be a multiple of eval.eval_every={e.eval_every} (audio is judged after "
+            f"the loss evaluation of a step), got {a.every}"
+        )
     if a.quality != "none" and (a.quality.partition(":")[0] != "mos" or not a.quality.partition(":")[2]):
         p.append(f"eval.audio.quality: {a.quality!r} is not none or mos:<hub id or folder>")
     if a.limit < 1:
         p.append(f"eval.audio.limit: must be >= 1, got {a.limit}")
     if not (math.isfinite(a.max_seconds) and a.max_seconds > 0):
         p.append(f"eval.audio.max_seconds: must be > 0, got {a.max_seconds}")
-    for key, value, kinds in (("asr", a.asr, ("pocketsphinx", "whisper", "none")),
-                              ("speaker", a.speaker, ("resemblyzer", "xvector", "none"))):  # fmt: skip
+    for key, value, kinds in (
+        ("asr", a.asr, ("pocketsphinx", "whisper", "none")),
+        ("speaker", a.speaker, ("resemblyzer", "xvector", "none")),
+    ):
         if value.partition(":")[0] not in kinds:
-            p.append(f"eval.audio.{key}: {value!r} is not one of {', '.join(kinds)} (whisper and xvector take "
-                     ":<hub id or folder>)")  # fmt: skip
+            p.append(
+                f"eval.audio.{key}: {value!r} is not one of {', '.join(kinds)} (whisper and xvector take "
+                ":<hub id or folder>)"
+            )
     if cfg.data.eval_speakers and cfg.data.eval_dataset is not None:
         p.append("data.eval_speakers: holds out speakers of data.dataset, but data.eval_dataset is set too: pick one")
     if a.every and not cfg.data.eval_size and cfg.data.eval_dataset is None and not cfg.data.eval_speakers:
-        p.append("eval.audio.every: audio is judged at evaluations, and there are none (data.eval_size is 0 and "
-                 "data.eval_dataset is null): hold out items")  # fmt: skip
+        p.append(
+            "eval.audio.every: audio is judged at evaluations, and there are none (data.eval_size is 0 and "
+            "data.eval_dataset is null): hold out items"
+        )
     try:
         terms = selection_terms(e.select_by)
     except ValueError as err:
         return p + [str(err)]
     if set(terms) - {"loss"} and a.every != e.eval_every:
-        p.append(f"eval.select_by: {e.select_by!r} needs audio figures at every evaluation: set eval.audio.every "
-                 f"to eval.eval_every ({e.eval_every}), got {a.every}")  # fmt: skip
+        p.append(
+            f"eval.select_by: {e.select_by!r} needs audio figures at every evaluation: set eval.audio.every "
+            f"to eval.eval_every ({e.eval_every}), got {a.every}"
+        )
     if ("wer" in terms or "cer" in terms) and a.asr == "none":
         p.append("eval.select_by: wer and cer need eval.audio.asr")
     if "speaker_similarity" in terms and a.speaker == "none":

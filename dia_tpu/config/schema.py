@@ -23,7 +23,6 @@ class ConfigError(ValueError):
     """A configuration that cannot be used; the message lists every problem found."""
 
 
-
 # A field's metadata key saying how its value is a path: "path" (always a file or folder), "source" (a
 # local file or folder, or else a Hugging Face Hub id) or "url" (a local folder, or else an fsspec URL).
 PATH_KIND = "path"

@@ -70,8 +70,10 @@ def _redacted(url: str) -> str:
     if userinfo is not None:
         start += f"{HIDDEN}@"
     if query is not None:
-        params = [f"{name}={HIDDEN}" if value and _SECRET_PARAM.search(name) else pair
-                  for pair, (name, value) in zip(query.split("&"), _params(query), strict=True)]  # fmt: skip
+        params = [
+            f"{name}={HIDDEN}" if value and _SECRET_PARAM.search(name) else pair
+            for pair, (name, value) in zip(query.split("&"), _params(query), strict=True)
+        ]
         rest += "?" + "&".join(params)
     return start + rest + end
 
@@ -84,8 +86,13 @@ def _parts(url: str) -> tuple[str, str | None, str, str | None, str]:
     before_query, question, query = url_rest.partition("?")
     authority, slash, path = before_query.partition("/")
     userinfo, at, host = authority.rpartition("@")
-    return (f"{scheme}://", userinfo if at else None, host + slash + path, query if question else None,
-            hash_ + fragment)  # fmt: skip
+    return (
+        f"{scheme}://",
+        userinfo if at else None,
+        host + slash + path,
+        query if question else None,
+        hash_ + fragment,
+    )
 
 
 def _params(query: str | None) -> list[tuple[str, str]]:

@@ -126,8 +126,9 @@ class BucketBatchSampler(torch.utils.data.Sampler[list[int]]):
     (seed, epoch), so every process computes the same one and a resume can skip into it.
     """
 
-    def __init__(self, frames: Sequence[int], lengths: Sequence[int], batch_size: int, seed: int,
-                 num_processes: int = 1):
+    def __init__(
+        self, frames: Sequence[int], lengths: Sequence[int], batch_size: int, seed: int, num_processes: int = 1
+    ):
         self.batch_size = batch_size
         # Read by Accelerate's BatchSamplerShard: never repeat batches to even out the processes.
         self.drop_last = True

@@ -54,27 +54,35 @@ def check_dataset(cfg: Config, min_speaker_seconds: float = 60.0) -> tuple[int, 
     table = load_from_disk(d.dataset)
     texts, frames, ids = table["text"], table["frames"], table["source_id"]
     speakers, durations = table["speaker"], table["duration"]
-    findings = [Finding(problem, "prepare again with model.codec, or fix the model or the limits")
-                for problem in data_model_problems(cfg, read_prepare_info(d.dataset), architecture_config(cfg.model))]
+    findings = [
+        Finding(problem, "prepare again with model.codec, or fix the model or the limits")
+        for problem in data_model_problems(cfg, read_prepare_info(d.dataset), architecture_config(cfg.model))
+    ]
     findings += _checkpoint_findings(cfg)
     limit = max([d.max_audio_frames, *d.buckets])
     cropped = [i for i, n in enumerate(frames) if n > limit]
     if cropped:
         everything = " (all of them: the model will not learn to stop)" if len(cropped) == len(frames) else ""
-        findings.append(Finding(
-            f"{len(cropped)} of {len(frames)} clips are longer than data.max_audio_frames={limit} and are cropped, "
-            f"so they teach no end{everything}",
-            "raise data.max_audio_frames, or prepare with a lower prepare.max_seconds so long clips are split",
-            [f"{ids[i]} ({frames[i]} frames)" for i in cropped]))  # fmt: skip
+        findings.append(
+            Finding(
+                f"{len(cropped)} of {len(frames)} clips are longer than data.max_audio_frames={limit} and are cropped, "
+                f"so they teach no end{everything}",
+                "raise data.max_audio_frames, or prepare with a lower prepare.max_seconds so long clips are split",
+                [f"{ids[i]} ({frames[i]} frames)" for i in cropped],
+            )
+        )
     lengths = [text_tokens(t, d) for t in texts]
     long = [i for i, n in enumerate(lengths) if n > d.max_text_tokens]
     if long:
         wide = sum(len(texts[i].encode()) > 1.5 * len(texts[i]) for i in long)
         script = f"; {wide} of them mostly in a script of 2-3 bytes a character" if wide else ""
-        findings.append(Finding(
-            f"{len(long)} transcripts are longer than data.max_text_tokens={d.max_text_tokens} bytes{script}",
-            f"raise data.max_text_tokens (the longest takes {max(lengths)}) or set data.long_text=skip",
-            [f"{ids[i]} ({lengths[i]} bytes)" for i in long]))  # fmt: skip
+        findings.append(
+            Finding(
+                f"{len(long)} transcripts are longer than data.max_text_tokens={d.max_text_tokens} bytes{script}",
+                f"raise data.max_text_tokens (the longest takes {max(lengths)}) or set data.long_text=skip",
+                [f"{ids[i]} ({lengths[i]} bytes)" for i in long],
+            )
+        )
     if d.prompt_pairs > 0:
         findings += _pair_findings(table, cfg, ids)
     findings += _tag_findings(texts, ids)
@@ -83,20 +91,26 @@ def check_dataset(cfg: Config, min_speaker_seconds: float = 60.0) -> tuple[int, 
         if unseen:
             items = [ids[i] for i, t in enumerate(texts) if any(ord(c) > 127 for c in t)]
             shown = " ".join(f"{c!r}×{n}" for c, n in unseen.most_common(8))
-            findings.append(Finding(
-                f"{len(items)} transcripts hold characters outside ASCII ({shown}), which the pretrained Dia "
-                "(trained on English) has not seen",
-                "transliterate them where the language allows, or expect more steps for the model to learn them",
-                items))  # fmt: skip
+            findings.append(
+                Finding(
+                    f"{len(items)} transcripts hold characters outside ASCII ({shown}), which the pretrained Dia "
+                    "(trained on English) has not seen",
+                    "transliterate them where the language allows, or expect more steps for the model to learn them",
+                    items,
+                )
+            )
     seconds: Counter = Counter()
     for speaker, duration in zip(speakers, durations, strict=True):
         seconds[speaker or "(no speaker)"] += duration
     few = sorted((s for s, total in seconds.items() if total < min_speaker_seconds), key=lambda s: seconds[s])
     if few and len(seconds) > 1:
-        findings.append(Finding(
-            f"{len(few)} of {len(seconds)} speakers have under {min_speaker_seconds:g} s of audio",
-            "record more of them or leave them out: a voice heard this little is learned badly",
-            [f"{s} ({seconds[s]:.1f} s)" for s in few]))  # fmt: skip
+        findings.append(
+            Finding(
+                f"{len(few)} of {len(seconds)} speakers have under {min_speaker_seconds:g} s of audio",
+                "record more of them or leave them out: a voice heard this little is learned badly",
+                [f"{s} ({seconds[s]:.1f} s)" for s in few],
+            )
+        )
     return len(texts), findings
 
 
@@ -110,9 +124,14 @@ def _checkpoint_findings(cfg: Config) -> list[Finding]:
     if source is None or not Path(source).exists() or not is_native(cfg.model):
         return []
     release, problems = checkpoint_problems(source)
-    return [Finding(f"model.pretrained {source}: the weights do not match its config.json (the {release} schema): "
-                    f"{problem}", "put the config.json published with these weights beside them (dia-v0_1.pth: "
-                    "nari-labs/Dia-1.6B's; Dia-1.6B-0626's weights: its own)") for problem in problems]  # fmt: skip
+    return [
+        Finding(
+            f"model.pretrained {source}: the weights do not match its config.json (the {release} schema): {problem}",
+            "put the config.json published with these weights beside them (dia-v0_1.pth: "
+            "nari-labs/Dia-1.6B's; Dia-1.6B-0626's weights: its own)",
+        )
+        for problem in problems
+    ]
 
 
 def data_model_problems(cfg: Config, info: dict, model_config) -> list[str]:
@@ -127,13 +146,17 @@ def data_model_problems(cfg: Config, info: dict, model_config) -> list[str]:
         problems.append(f"{cfg.data.dataset} has {info['num_codebooks']} codebooks but the model has {len(delay)}")
     text_positions = model_config.encoder_config.max_position_embeddings
     if cfg.data.max_text_tokens > text_positions:
-        problems.append(f"data.max_text_tokens={cfg.data.max_text_tokens} is more than the model's encoder reads "
-                        f"({text_positions} positions)")  # fmt: skip
+        problems.append(
+            f"data.max_text_tokens={cfg.data.max_text_tokens} is more than the model's encoder reads "
+            f"({text_positions} positions)"
+        )
     audio_positions = model_config.decoder_config.max_position_embeddings
     if cfg.data.max_audio_frames + 2 + max(delay) > audio_positions:
-        problems.append(f"data.max_audio_frames={cfg.data.max_audio_frames} plus BOS, EOS and the delay "
-                        f"({2 + max(delay)}) is more than the model's decoder holds "
-                        f"({audio_positions} positions)")  # fmt: skip
+        problems.append(
+            f"data.max_audio_frames={cfg.data.max_audio_frames} plus BOS, EOS and the delay "
+            f"({2 + max(delay)}) is more than the model's decoder holds "
+            f"({audio_positions} positions)"
+        )
     return problems
 
 
@@ -143,33 +166,48 @@ def _pair_findings(table, cfg: Config, ids: list[str]) -> list[Finding]:
     partners = prompt_partners(table, d)
     frames = table["frames"]
     alone = [i for i in range(len(frames)) if not [j for j in partners.get(i, ()) if j != i]]
-    crowded = [i for i, found in partners.items()
-               if (others := [frames[j] for j in found if j != i]) and min(others) + frames[i] > d.max_audio_frames]
+    crowded = [
+        i
+        for i, found in partners.items()
+        if (others := [frames[j] for j in found if j != i]) and min(others) + frames[i] > d.max_audio_frames
+    ]
     texts = table["text"]
-    fits = {i: [text_tokens(prompted_text(texts[j], texts[i]), d) <= d.max_text_tokens for j in group if j != i]
-            for i, group in partners.items()}  # fmt: skip
+    fits = {
+        i: [text_tokens(prompted_text(texts[j], texts[i]), d) <= d.max_text_tokens for j in group if j != i]
+        for i, group in partners.items()
+    }
     wordy = [i for i, ok in fits.items() if ok and not any(ok)]
     pairings = [x for ok in fits.values() for x in ok]
     found = []
     if pairings and sum(pairings) < len(pairings):
         longest = max(text_tokens(prompted_text(texts[j], texts[i]), d) for i, group in partners.items() for j in group)
-        found.append(Finding(
-            f"{len(pairings) - sum(pairings)} of {len(pairings)} prompt pairings are never trained: the two "
-            f"transcripts together exceed data.max_text_tokens={d.max_text_tokens}; {len(wordy)} items have no "
-            "pairing that fits",
-            f"raise data.max_text_tokens (the longest pairing takes {longest}) so both transcripts fit",
-            [ids[i] for i in wordy]))  # fmt: skip
+        found.append(
+            Finding(
+                f"{len(pairings) - sum(pairings)} of {len(pairings)} prompt pairings are never trained: the two "
+                f"transcripts together exceed data.max_text_tokens={d.max_text_tokens}; {len(wordy)} items have no "
+                "pairing that fits",
+                f"raise data.max_text_tokens (the longest pairing takes {longest}) so both transcripts fit",
+                [ids[i] for i in wordy],
+            )
+        )
     if alone:
-        found.append(Finding(
-            f"{len(alone)} items can never be trained with a voice prompt (data.prompt_pairs): their speaker has no "
-            f"other clip of at most {prompt_limit(d)} frames, or they have no speaker",
-            "give every clip a speaker, and each speaker some short clips (or raise data.prompt_max_frames)",
-            [ids[i] for i in alone]))  # fmt: skip
+        found.append(
+            Finding(
+                f"{len(alone)} items can never be trained with a voice prompt (data.prompt_pairs): their speaker has "
+                f"no other clip of at most {prompt_limit(d)} frames, or they have no speaker",
+                "give every clip a speaker, and each speaker some short clips (or raise data.prompt_max_frames)",
+                [ids[i] for i in alone],
+            )
+        )
     if crowded:
-        found.append(Finding(
-            f"{len(crowded)} items are cropped whenever they are prompted: even their speaker's shortest other "
-            f"clip and they exceed data.max_audio_frames={d.max_audio_frames}",
-            "raise data.max_audio_frames or lower data.prompt_max_frames", [ids[i] for i in crowded]))  # fmt: skip
+        found.append(
+            Finding(
+                f"{len(crowded)} items are cropped whenever they are prompted: even their speaker's shortest other "
+                f"clip and they exceed data.max_audio_frames={d.max_audio_frames}",
+                "raise data.max_audio_frames or lower data.prompt_max_frames",
+                [ids[i] for i in crowded],
+            )
+        )
     return found
 
 
@@ -186,13 +224,27 @@ def _tag_findings(texts: list[str], ids: list[str]) -> list[Finding]:
             repeated.append(source_id)
     found = []
     if untagged:
-        found.append(Finding(f"{len(untagged)} transcripts have no [S1]/[S2] tag",
-                             "start each with [S1] (Dia reads every line as a dialogue)", untagged))  # fmt: skip
+        found.append(
+            Finding(
+                f"{len(untagged)} transcripts have no [S1]/[S2] tag",
+                "start each with [S1] (Dia reads every line as a dialogue)",
+                untagged,
+            )
+        )
     if second:
-        found.append(Finding(f"{len(second)} transcripts start with [S2] or with text before the first tag",
-                             "start each with [S1]: Dia's data always does, and generation prompts start so",
-                             second))  # fmt: skip
+        found.append(
+            Finding(
+                f"{len(second)} transcripts start with [S2] or with text before the first tag",
+                "start each with [S1]: Dia's data always does, and generation prompts start so",
+                second,
+            )
+        )
     if repeated:
-        found.append(Finding(f"{len(repeated)} transcripts give the same speaker tag twice in a row",
-                             "join the two turns under one tag: tags mark changes of speaker", repeated))  # fmt: skip
+        found.append(
+            Finding(
+                f"{len(repeated)} transcripts give the same speaker tag twice in a row",
+                "join the two turns under one tag: tags mark changes of speaker",
+                repeated,
+            )
+        )
     return found

@@ -31,11 +31,15 @@ def load_codes_file(path: Path, channels: int, layout: str) -> np.ndarray:
     if layout == "auto":
         matches = [axis for axis in (0, 1) if codes.shape[axis] == channels]
         if len(matches) == 2:
-            raise ValueError(f"{path}: shape {codes.shape} is square, so the layout is ambiguous; "
-                             "set prepare.codes_layout to CT or TC")  # fmt: skip
+            raise ValueError(
+                f"{path}: shape {codes.shape} is square, so the layout is ambiguous; "
+                "set prepare.codes_layout to CT or TC"
+            )
         if not matches:
-            raise ValueError(f"{path}: shape {codes.shape} has no axis of {channels} codebooks (the codec's; "
-                             "check prepare.stereo and prepare.codes_layout)")  # fmt: skip
+            raise ValueError(
+                f"{path}: shape {codes.shape} has no axis of {channels} codebooks (the codec's; "
+                "check prepare.stereo and prepare.codes_layout)"
+            )
         layout = "CT" if matches[0] == 0 else "TC"
     if layout not in ("CT", "TC"):
         raise ValueError(f"prepare.codes_layout: {layout!r} is not one of auto, CT, TC")

@@ -39,8 +39,13 @@ def read_hf(input: str, cfg: PrepareConfig) -> Iterator[tuple[str, Clip]]:
             _require_columns(names, cfg, input)
         where = f"{split}/{row_index}"
         source_id = str(row["id"]) if row.get("id") is not None else where
-        clip = Clip(0, source_id, _hf_text(row[cfg.text_column]), _hf_str(row.get(cfg.speaker_column)),
-                    _hf_str(row.get(cfg.language_column)))  # fmt: skip
+        clip = Clip(
+            0,
+            source_id,
+            _hf_text(row[cfg.text_column]),
+            _hf_str(row.get(cfg.speaker_column)),
+            _hf_str(row.get(cfg.language_column)),
+        )
         _attach_hf_audio(clip, row[cfg.audio_column], root)
         if row.get(cfg.segments_column) is not None and clip.problem is None:
             try:
@@ -99,14 +104,19 @@ def _data_format(path: Path) -> str:
     if not formats:
         raise FileNotFoundError(f"{path}: no data files ({', '.join(DATA_FORMATS)}) in it")
     if len(formats) > 1:
-        raise ValueError(f"{path}: holds data files of several formats ({', '.join(formats)}); point the input "
-                         "at the files of one format")  # fmt: skip
+        raise ValueError(
+            f"{path}: holds data files of several formats ({', '.join(formats)}); point the input "
+            "at the files of one format"
+        )
     return formats[0]
 
 
 def _require_columns(names: list[str], cfg, input: str) -> None:
-    missing = [f"{key}={name!r}" for key, name in (("prepare.audio_column", cfg.audio_column),
-               ("prepare.text_column", cfg.text_column)) if name not in names]  # fmt: skip
+    missing = [
+        f"{key}={name!r}"
+        for key, name in (("prepare.audio_column", cfg.audio_column), ("prepare.text_column", cfg.text_column))
+        if name not in names
+    ]
     if missing:
         raise ValueError(f"{input}: no column for {', '.join(missing)}; its columns are {', '.join(names)}")
 

@@ -107,8 +107,9 @@ def prepare(cfg: Config, source: str | Path, output: str | Path, strict: bool | 
     state.wait_for_everyone()
     merged = False
     try:
-        _prepare_shards(cfg, state, source, kind, output, work, itertools.chain([first] if first else [], clips),
-                        strict)  # fmt: skip
+        _prepare_shards(
+            cfg, state, source, kind, output, work, itertools.chain([first] if first else [], clips), strict
+        )
         merged = True
     finally:
         if state.is_main_process:
@@ -117,13 +118,17 @@ def prepare(cfg: Config, source: str | Path, output: str | Path, strict: bool | 
     return read_prepare_info(output)
 
 
-def _prepare_shards(cfg: Config, state: PartialState, source: str, kind: str, output: Path, work: Path, clips,
-                    strict: bool) -> None:  # fmt: skip
+def _prepare_shards(
+    cfg: Config, state: PartialState, source: str, kind: str, output: Path, work: Path, clips, strict: bool
+) -> None:
     p = cfg.prepare
     layout = codes_layout(cfg)
     ctx = Context(cfg, state.process_index, layout, load_cache(output, work, layout.fingerprint))
-    ctx.bar = tqdm(desc=f"prepare [{state.process_index}]" if state.num_processes > 1 else "prepare",
-                   position=state.process_index, bar_format="{desc}: {n:.4f} h of audio encoded [{elapsed}] {postfix}")
+    ctx.bar = tqdm(
+        desc=f"prepare [{state.process_index}]" if state.num_processes > 1 else "prepare",
+        position=state.process_index,
+        bar_format="{desc}: {n:.4f} h of audio encoded [{elapsed}] {postfix}",
+    )
     shards, pending = 0, []
     for clip in clips:
         if pending and clip.index // p.shard_size != shards:
@@ -240,8 +245,10 @@ def _decode(ctx: Context, piece: Piece) -> list[tuple[Piece, list[np.ndarray]]]:
 
 
 def _too_long(seconds: float, limit: float) -> str:
-    return (f"{seconds:.1f} s is longer than prepare.max_seconds={limit:g} and the source gives no word or segment "
-            "timing to split it at")
+    return (
+        f"{seconds:.1f} s is longer than prepare.max_seconds={limit:g} and the source gives no word or segment "
+        "timing to split it at"
+    )
 
 
 def split_at_pauses(segments, total: float, limit: float) -> list[tuple[float, float, str]] | None:
@@ -276,8 +283,10 @@ def _encode_all(ctx: Context, waves: dict[int, list[np.ndarray]]) -> dict[int, n
     if ctx.codec is None:
         ctx.codec = codec_on_accelerator(build_codec(ctx.cfg.model), PartialState().device)
         if ctx.cfg.prepare.compile and ctx.codec.device.type != "xla" and not fuse_snake(ctx.codec):
-            print("prepare: torch cannot compile here (see torch.compile's requirements); the codec runs eagerly, "
-                  "with the same codes")
+            print(
+                "prepare: torch cannot compile here (see torch.compile's requirements); the codec runs eagerly, "
+                "with the same codes"
+            )
     p = ctx.cfg.prepare
     entries = [((slot, c), wave) for slot, channels in waves.items() for c, wave in enumerate(channels)]
     by_length: dict[int, list] = {}
@@ -321,7 +330,6 @@ def _skip(skipped: list, index: int, source_id: str, reason: str, strict: bool) 
 def _clip_key(clip: Clip, fingerprint: str) -> str:
     content = clip.codes_file.read_bytes() if clip.codes_file is not None else clip.audio.content()
     return hash_bytes(content + fingerprint.encode())
-
 
 
 def _cached(ctx: Context, key: str) -> tuple[np.ndarray, float] | None:

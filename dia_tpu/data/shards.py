@@ -49,6 +49,7 @@ def codes_layout(cfg: Config) -> CodesLayout:
 def hash_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()[:32]
 
+
 MANIFEST_FILE = "manifest.json"
 SKIPPED_FILE = "skipped.tsv"
 # Items kept but worth a look (clipped audio, a NUL byte in the transcript), as skipped.tsv lists the skipped.
@@ -119,8 +120,10 @@ def load_cache(output: Path, work: Path, fingerprint: str) -> list[tuple[Dataset
             dataset = load_from_disk(str(folder))
         except (OSError, ValueError) as err:
             if folder == output:
-                raise PrepareError(f"{output}: the earlier dataset cannot be read ({first_line(err)}); give another "
-                                   "--output or move it away") from err  # fmt: skip
+                raise PrepareError(
+                    f"{output}: the earlier dataset cannot be read ({first_line(err)}); give another "
+                    "--output or move it away"
+                ) from err
             continue
         if "key" in dataset.column_names and len(dataset):
             cache.append((dataset, {key: i for i, key in enumerate(dataset["key"])}))
@@ -128,16 +131,18 @@ def load_cache(output: Path, work: Path, fingerprint: str) -> list[tuple[Dataset
 
 
 def _features(channels: int) -> Features:
-    return Features({
-        "text": Value("string"),
-        "codes": Array2D(shape=(None, channels), dtype="int16"),
-        "frames": Value("int32"),
-        "duration": Value("float32"),
-        "source_id": Value("string"),
-        "speaker": Value("string"),
-        "language": Value("string"),
-        "key": Value("string"),
-    })  # fmt: skip
+    return Features(
+        {
+            "text": Value("string"),
+            "codes": Array2D(shape=(None, channels), dtype="int16"),
+            "frames": Value("int32"),
+            "duration": Value("float32"),
+            "source_id": Value("string"),
+            "speaker": Value("string"),
+            "language": Value("string"),
+            "key": Value("string"),
+        }
+    )
 
 
 def write_shard(work: Path, shard: int, rows: list[dict], channels: int, info: dict) -> None:
@@ -159,12 +164,15 @@ def write_shard(work: Path, shard: int, rows: list[dict], channels: int, info: d
     except OSError as err:
         shutil.rmtree(tmp, ignore_errors=True)
         note.unlink(missing_ok=True)
-        raise PrepareError(f"could not write {tmp} ({write_failure(err, tmp)}); the shards finished before it are "
-                           "kept: run prepare again to go on from them") from err  # fmt: skip
+        raise PrepareError(
+            f"could not write {tmp} ({write_failure(err, tmp)}); the shards finished before it are "
+            "kept: run prepare again to go on from them"
+        ) from err
 
 
-def merge_shards(cfg: Config, layout: CodesLayout, source: str, kind: str, output: Path, work: Path, shards: int,
-                 processes: int) -> None:  # fmt: skip
+def merge_shards(
+    cfg: Config, layout: CodesLayout, source: str, kind: str, output: Path, work: Path, shards: int, processes: int
+) -> None:
     """All shards, in order, into one dataset with its manifest and skip report, swapped in whole."""
     parts, skipped, flagged, encoded, seconds = [], [], [], 0, Counter()
     for shard in range(shards):
@@ -221,8 +229,10 @@ def merge_shards(cfg: Config, layout: CodesLayout, source: str, kind: str, outpu
             (tmp / name).write_text("\n".join(lines) + "\n", encoding="utf-8")
     except OSError as err:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise PrepareError(f"could not write the dataset beside {output} ({write_failure(err, tmp)}); every shard is "
-                           f"kept in {work}: run prepare again to merge them") from err  # fmt: skip
+        raise PrepareError(
+            f"could not write the dataset beside {output} ({write_failure(err, tmp)}); every shard is "
+            f"kept in {work}: run prepare again to merge them"
+        ) from err
     output.parent.mkdir(parents=True, exist_ok=True)
     if output.exists():
         output.rename(old)
@@ -254,10 +264,14 @@ def _say_summary(manifest: dict, output: Path) -> None:
         f"{manifest['encoded']} encoded, the rest reused) from {manifest['source']}, skipped {manifest['skipped']}"
         + (f" ({reasons})" if reasons else "")
         + flagged
-        + (f"\n  {long['count']} transcripts are longer than data.max_text_tokens={long['limit']} bytes, e.g. "
-           f"{long['examples'][0]!r}" if long["count"] else "")
+        + (
+            f"\n  {long['count']} transcripts are longer than data.max_text_tokens={long['limit']} bytes, e.g. "
+            f"{long['examples'][0]!r}"
+            if long["count"]
+            else ""
+        )
         + f"\n  dataset: {output}\n  report:  {output / MANIFEST_FILE} (and {SKIPPED_FILE}, {FLAGGED_FILE} beside it)"
-    )  # fmt: skip
+    )
 
 
 def _tsv(value: str) -> str:

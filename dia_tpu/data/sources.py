@@ -165,8 +165,15 @@ def _metadata_fields(first: bytes, root: Path, cfg, csv: Path) -> tuple[_Fields,
             "(set prepare.columns to name them)"
         )
     position = {name: i for i, name in enumerate(names)}
-    layout = _Fields(names, position[cfg.text_column], position[audio], position.get(cfg.speaker_column),
-                     position.get(cfg.language_column), audio == "id", wavs)  # fmt: skip
+    layout = _Fields(
+        names,
+        position[cfg.text_column],
+        position[audio],
+        position.get(cfg.speaker_column),
+        position.get(cfg.language_column),
+        audio == "id",
+        wavs,
+    )
     return layout, header
 
 
@@ -195,10 +202,11 @@ def _metadata_clip(raw: bytes, number: int, fields: _Fields, root: Path, cfg: Pr
 
     name = values[fields.audio]
     if fields.by_id:
-        name = next((f"wavs/{name}{ext}" for ext in AUDIO_EXTENSIONS if (root / f"wavs/{name}{ext}").is_file()),
-                    f"wavs/{name}.wav")  # fmt: skip
-    clip = Clip(0, Path(os.path.normpath(name)).as_posix(), get(fields.text), get(fields.speaker),
-                get(fields.language))  # fmt: skip
+        name = next(
+            (f"wavs/{name}{ext}" for ext in AUDIO_EXTENSIONS if (root / f"wavs/{name}{ext}").is_file()),
+            f"wavs/{name}.wav",
+        )
+    clip = Clip(0, Path(os.path.normpath(name)).as_posix(), get(fields.text), get(fields.speaker), get(fields.language))
     # A bare file name is looked for beside metadata.csv, then under wavs/ as in LJSpeech's layout.
     elsewhere = (f"wavs/{name}",) if fields.wavs and not fields.by_id and len(Path(name).parts) == 1 else ()
     attach_file(clip, root, name, absolute_ok=False, elsewhere=elsewhere)
@@ -240,5 +248,6 @@ def _is_media(path: Path) -> bool:
 
 def _is_companion(path: Path, files: set[Path]) -> bool:
     """A .json with the stem of an audio or codes file beside it: that file's segment timing."""
-    return path.suffix.lower() == ".json" and any(path.with_suffix(ext) in files for ext in
-                                                  AUDIO_EXTENSIONS + CODES_EXTENSIONS)  # fmt: skip
+    return path.suffix.lower() == ".json" and any(
+        path.with_suffix(ext) in files for ext in AUDIO_EXTENSIONS + CODES_EXTENSIONS
+    )

@@ -63,6 +63,7 @@ def augment_tags(text: str, rng: random.Random, cfg: DataConfig) -> str:
     kept = [tag for tag in tags if rng.random() >= cfg.tag_dropout] or [rng.choice(tags)]
     return ", ".join(kept[: cfg.tag_limit or None])
 
+
 def apply_delay(codes: torch.Tensor, delay: list[int], bos: int, pad: int) -> torch.Tensor:
     """Shift channel c right by delay[c]: out[t, c] = codes[t - delay[c], c], BOS before, PAD after.
 

@@ -125,18 +125,21 @@ class Whisper:
         found: list[tuple[str, float | None]] = []
         for start in range(0, len(audio), self.batch_size):
             batch = [a if len(a) else np.zeros(RATE // 10, np.float32) for a in audio[start : start + self.batch_size]]
-            features = self.processor.feature_extractor(batch, sampling_rate=RATE, return_tensors="pt",
-                                                        return_attention_mask=True)  # fmt: skip
+            features = self.processor.feature_extractor(
+                batch, sampling_rate=RATE, return_tensors="pt", return_attention_mask=True
+            )
             with torch.no_grad():
-                out = self.model.generate(features.input_features.to(self.device, self.dtype),
-                                          attention_mask=features.attention_mask.to(self.device),
-                                          **options)  # fmt: skip
+                out = self.model.generate(
+                    features.input_features.to(self.device, self.dtype),
+                    attention_mask=features.attention_mask.to(self.device),
+                    **options,
+                )
             ids = out.sequences if scored else out
             texts = [t.strip() for t in self.processor.batch_decode(ids, skip_special_tokens=True)]
             confidences: list[float | None] = [None] * len(texts)
             if scored:
                 steps = self.model.compute_transition_scores(out.sequences, out.scores, normalize_logits=True)
-                generated = ids[:, -steps.shape[1]:]
+                generated = ids[:, -steps.shape[1] :]
                 special = torch.tensor(self.processor.tokenizer.all_special_ids)
                 keep = ~torch.isin(generated, special) & torch.isfinite(steps)
                 mean = (steps.float() * keep).sum(1) / keep.sum(1).clamp(min=1)

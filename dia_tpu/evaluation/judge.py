@@ -47,17 +47,25 @@ class Judges:
     def load(cls, asr: str, speaker: str, quality: str, device="cpu", language: str | None = "en") -> Judges:
         """The judges named as `dia-tpu evaluate`'s flags and eval.audio name them ("none": absent); each
         backend's package is imported only when it is named."""
-        return cls(None if asr == "none" else load_recogniser(asr, device, language=language),
-                   None if speaker == "none" else load_speaker_encoder(speaker, device),
-                   None if quality == "none" else load_quality_judge(quality, device))  # fmt: skip
+        return cls(
+            None if asr == "none" else load_recogniser(asr, device, language=language),
+            None if speaker == "none" else load_speaker_encoder(speaker, device),
+            None if quality == "none" else load_quality_judge(quality, device),
+        )
 
     def names(self) -> dict[str, str]:
         found = {"recogniser": self.recogniser, "speaker": self.speaker, "quality": self.quality}
         return {role: judge.name for role, judge in found.items() if judge is not None}
 
 
-def judge(prompts: list[Prompt], waves: list[np.ndarray], codes: list[np.ndarray | None], ended: list[bool],
-          rate: int, judges: Judges) -> list[dict]:  # fmt: skip
+def judge(
+    prompts: list[Prompt],
+    waves: list[np.ndarray],
+    codes: list[np.ndarray | None],
+    ended: list[bool],
+    rate: int,
+    judges: Judges,
+) -> list[dict]:
     """Rows for generated `waves` of `prompts`, all audio (theirs, references, voices) at `rate`."""
     rows = []
     for prompt, wave, frames, end in zip(prompts, waves, codes, ended, strict=True):
@@ -72,8 +80,15 @@ def judge(prompts: list[Prompt], waves: list[np.ndarray], codes: list[np.ndarray
         for row, heard in zip(rows, asr.transcribe(waves, rate), strict=True):
             said, got = asr.normalise(spoken_text(row["text"])), asr.normalise(heard)
             words, chars = word_errors(said, got), char_errors(said, got)
-            row.update(transcript=heard, word_errors=words.errors, words=words.length, wer=words.rate,
-                       char_errors=chars.errors, chars=chars.length, cer=chars.rate)  # fmt: skip
+            row.update(
+                transcript=heard,
+                word_errors=words.errors,
+                words=words.length,
+                wer=words.rate,
+                char_errors=chars.errors,
+                chars=chars.length,
+                cer=chars.rate,
+            )
     if judges.speaker is not None:
         _similarities(rows, prompts, waves, rate, judges.speaker)
     if judges.quality is not None:
@@ -83,8 +98,9 @@ def judge(prompts: list[Prompt], waves: list[np.ndarray], codes: list[np.ndarray
     return rows
 
 
-def _similarities(rows: list[dict], prompts: list[Prompt], waves: list[np.ndarray], rate: int,
-                  encoder: SpeakerEncoder) -> None:  # fmt: skip
+def _similarities(
+    rows: list[dict], prompts: list[Prompt], waves: list[np.ndarray], rate: int, encoder: SpeakerEncoder
+) -> None:
     out = encoder.embed(waves, rate)
     for key, attribute in (("similarity_prompt", "voice"), ("similarity_reference", "reference")):
         have = [i for i, p in enumerate(prompts) if getattr(p, attribute) is not None]
@@ -98,8 +114,21 @@ def _similarities(rows: list[dict], prompts: list[Prompt], waves: list[np.ndarra
 
 # What an evaluation's figures are made of, summed over utterances: with several processes each sums its share
 # and the shares are added, so the pooled figures come out the same as from one process.
-SUMS = ("utterances", "word_errors", "words", "char_errors", "chars", "similarity_prompt", "prompted",
-        "similarity_reference", "referenced", "mos", "scored", "ended", "with_problems")  # fmt: skip
+SUMS = (
+    "utterances",
+    "word_errors",
+    "words",
+    "char_errors",
+    "chars",
+    "similarity_prompt",
+    "prompted",
+    "similarity_reference",
+    "referenced",
+    "mos",
+    "scored",
+    "ended",
+    "with_problems",
+)
 # Each averaged figure and the count it is averaged over.
 _MEANS = (("similarity_prompt", "prompted"), ("similarity_reference", "referenced"), ("mos", "scored"))
 

@@ -77,14 +77,18 @@ def held_out_requests(table, pace: dict, frame_rate: float, limit: int | None, c
     voice_frames = round(VOICE_SECONDS * frame_rate)
     requests = []
     for i, row in enumerate(rows):
-        prompt = Prompt(file_name(row["source_id"]), row["text"],
-                        chars_per_second=pace.get(row["speaker"], pace[None]))  # fmt: skip
+        prompt = Prompt(file_name(row["source_id"]), row["text"], chars_per_second=pace.get(row["speaker"], pace[None]))
         others = [j for j in range(i + 1, len(rows)) if rows[j]["speaker"] == row["speaker"]]
         others += [j for j in range(i) if rows[j]["speaker"] == row["speaker"]]
         voice = others[0] if others and clone else None
-        requests.append(Request(prompt, reference_codes=np.asarray(codes[i]["codes"]),
-                                voice_codes=None if voice is None else np.asarray(codes[voice]["codes"])[:voice_frames],
-                                transcript=None if voice is None else rows[voice]["text"]))  # fmt: skip
+        requests.append(
+            Request(
+                prompt,
+                reference_codes=np.asarray(codes[i]["codes"]),
+                voice_codes=None if voice is None else np.asarray(codes[voice]["codes"])[:voice_frames],
+                transcript=None if voice is None else rows[voice]["text"],
+            )
+        )
     return requests
 
 
@@ -186,12 +190,15 @@ def load_request(request: Request, codec, model_config) -> tuple[Prompt, VoicePr
 
 def _check_codebooks(codes: np.ndarray, books: int, item: str) -> None:
     if codes.shape[1] != books:
-        raise ValueError(f"--dataset item {item} has {codes.shape[1]} codebooks but the model has {books}: "
-                         "evaluate with a dataset prepared with the model's codec")  # fmt: skip
+        raise ValueError(
+            f"--dataset item {item} has {codes.shape[1]} codebooks but the model has {books}: "
+            "evaluate with a dataset prepared with the model's codec"
+        )
 
 
-def generate(model, codec, prompts: list[tuple[Prompt, VoicePrompt | None]], settings: GenerationSettings,
-             batch_size: int) -> tuple[list[np.ndarray], list[np.ndarray], list[bool]]:  # fmt: skip
+def generate(
+    model, codec, prompts: list[tuple[Prompt, VoicePrompt | None]], settings: GenerationSettings, batch_size: int
+) -> tuple[list[np.ndarray], list[np.ndarray], list[bool]]:
     """Waves, codes and whether each ended with EOS (before the frame limit). Consecutive prompts with the
     same voice prompt (or none) run together, `batch_size` at a time; prompt i uses seed settings.seed + i,
     so its audio does not depend on the batch it ran in. The frame limit is settings.max_seconds, or less

@@ -46,8 +46,10 @@ class MosPredictor:
             self.features = AutoFeatureExtractor.from_pretrained(model)
             self.model = AutoModelForAudioClassification.from_pretrained(model).to(device).eval()
         if self.model.config.num_labels != 1:
-            raise ValueError(f"quality judge mos:{model}: it has {self.model.config.num_labels} outputs; a MOS "
-                             "predictor has one (a regression head, num_labels=1)")  # fmt: skip
+            raise ValueError(
+                f"quality judge mos:{model}: it has {self.model.config.num_labels} outputs; a MOS "
+                "predictor has one (a regression head, num_labels=1)"
+            )
         self.device, self.torch = device, torch
         self.name = f"mos {model} (transformers {version('transformers')})"
 

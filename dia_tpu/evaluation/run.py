@@ -30,8 +30,15 @@ from dia_tpu.generation.synthesize import GenerationSettings
 from dia_tpu.model.load import language_tags_of, load_for_inference
 
 
-def evaluate_models(models: list[str], requests: list[Request], out: str | Path, settings: GenerationSettings,
-                    judges: Judges, batch_size: int = 4, device: str | None = None) -> dict[str, dict]:  # fmt: skip
+def evaluate_models(
+    models: list[str],
+    requests: list[Request],
+    out: str | Path,
+    settings: GenerationSettings,
+    judges: Judges,
+    batch_size: int = 4,
+    device: str | None = None,
+) -> dict[str, dict]:
     """Generate and judge `requests` with each model; write the files; returns {model label: summary}."""
     check_flags(settings, batch_size)
     out, device = Path(out), device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -67,7 +74,8 @@ def _earlier_evaluation(folder: Path) -> bool:
     """An evaluation written before evaluations were marked: its rows and summaries beside its model folders."""
     names = {p.name for p in folder.iterdir()}
     return {"rows.jsonl", "summary.json", "summary.md"} <= names and all(
-        (folder / name).is_dir() for name in names - {"rows.jsonl", "summary.json", "summary.md"})
+        (folder / name).is_dir() for name in names - {"rows.jsonl", "summary.json", "summary.md"}
+    )
 
 
 def labels(models: list[str]) -> list[str]:
@@ -80,12 +88,17 @@ def labels(models: list[str]) -> list[str]:
     return joined if len(set(joined)) == len(joined) else [f"{i + 1}-{n}" for i, n in enumerate(names)]
 
 
-_ROWS = (("utterances", "utterances", "{:d}"), ("wer", "WER", "{:.3f}"), ("cer", "CER", "{:.3f}"),
-         ("similarity_prompt", "similarity to the voice prompt", "{:.3f}"),
-         ("similarity_reference", "similarity to the reference", "{:.3f}"), ("mos", "predicted MOS", "{:.2f}"),
-         ("ended", "ended with EOS", "{:.0%}"),
-         ("length_ratio", "length / reference (median)", "{:.2f}"),
-         ("with_problems", "with a problem", "{:.0%}"))  # fmt: skip
+_ROWS = (
+    ("utterances", "utterances", "{:d}"),
+    ("wer", "WER", "{:.3f}"),
+    ("cer", "CER", "{:.3f}"),
+    ("similarity_prompt", "similarity to the voice prompt", "{:.3f}"),
+    ("similarity_reference", "similarity to the reference", "{:.3f}"),
+    ("mos", "predicted MOS", "{:.2f}"),
+    ("ended", "ended with EOS", "{:.0%}"),
+    ("length_ratio", "length / reference (median)", "{:.2f}"),
+    ("with_problems", "with a problem", "{:.0%}"),
+)
 
 
 def summary_table(summaries: dict[str, dict], judges: Judges) -> str:

@@ -58,8 +58,14 @@ class SignalMeasures:
         return asdict(self)
 
 
-def measure(wave: np.ndarray, rate: int, ended: bool = True, reference_seconds: float | None = None,
-            codes: np.ndarray | None = None, codebook_size: int = 1024) -> SignalMeasures:  # fmt: skip
+def measure(
+    wave: np.ndarray,
+    rate: int,
+    ended: bool = True,
+    reference_seconds: float | None = None,
+    codes: np.ndarray | None = None,
+    codebook_size: int = 1024,
+) -> SignalMeasures:
     """Measures of one mono clip (`codes`: its undelayed frames [n, C], for the code checks)."""
     wave = np.asarray(wave, dtype=np.float64)
     wave = wave.mean(-1) if wave.ndim == 2 else wave.reshape(-1)  # stereo: both channels
@@ -178,8 +184,9 @@ def _burst_rates(levels: np.ndarray) -> tuple[float, float]:
     return rate(levels[:third]), rate(levels[-third:])
 
 
-def longest_repeat(wave: np.ndarray, rate: int, voiced: np.ndarray, min_period_s: float = 0.2,
-                   max_period_s: float = 5.0) -> float:  # fmt: skip
+def longest_repeat(
+    wave: np.ndarray, rate: int, voiced: np.ndarray, min_period_s: float = 0.2, max_period_s: float = 5.0
+) -> float:
     """Seconds of the longest voiced stretch whose spectrum repeats the one a period earlier (a period between
     `min_period_s` and `max_period_s`), as when generation loops over a segment. A sustained sound would
     repeat too, so the period must exceed a syllable's length."""

@@ -156,8 +156,15 @@ class _OneRow:
             )
         rope = decoder.rotary_emb(hidden, position_ids=positions)
         for layer in decoder.layers:
-            hidden = layer(hidden, rope, self_mask, self.encoded, encoder_attention_mask=self.cross_mask,
-                           cache=self.cache, position_ids=positions)  # fmt: skip
+            hidden = layer(
+                hidden,
+                rope,
+                self_mask,
+                self.encoded,
+                encoder_attention_mask=self.cross_mask,
+                cache=self.cache,
+                position_ids=positions,
+            )
         return self.model.logits_dense(decoder.norm(hidden))[:, -1]
 
 

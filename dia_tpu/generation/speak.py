@@ -43,8 +43,9 @@ def check_output_file(path: Path) -> None:
     if path.is_dir():
         raise ValueError(f"--out {path} is a folder: give a file name ending in .wav (or .flac, .ogg)")
     if path.suffix.lstrip(".").upper() not in sf.available_formats():
-        raise ValueError(f"--out {path}: {path.suffix or 'no suffix'} names no sound format; end it in .wav (or "
-                         ".flac, .ogg)")  # fmt: skip
+        raise ValueError(
+            f"--out {path}: {path.suffix or 'no suffix'} names no sound format; end it in .wav (or .flac, .ogg)"
+        )
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as err:

@@ -54,8 +54,9 @@ class VoicePrompt:
 PROBES = (8, 12)
 
 
-def load_voice_prompt(codec: DacModel, path: str | Path, transcript: str, model_codebooks: int = 0,
-                      model_config=None) -> VoicePrompt:  # fmt: skip
+def load_voice_prompt(
+    codec: DacModel, path: str | Path, transcript: str, model_codebooks: int = 0, model_config=None
+) -> VoicePrompt:
     """Decode `path` (any rate or channel count: resampled to the codec's, downmixed, or for a stereo model,
     whose `model_codebooks` are twice the codec's, split into left and right) and encode it, keeping the frames
     that do not depend on where the audio was cut (`settled_frames`).
@@ -254,9 +255,11 @@ def _prompt_room(config) -> int:
 
 
 def _too_long_prompt(source: str, seconds: float, config, rate: float) -> str:
-    return (f"{source} is {seconds:.1f} s, too long for the model's decoder "
-            f"({config.decoder_config.max_position_embeddings} positions): keep the prompt well under "
-            f"{_prompt_room(config) / rate:.1f} s")  # fmt: skip
+    return (
+        f"{source} is {seconds:.1f} s, too long for the model's decoder "
+        f"({config.decoder_config.max_position_embeddings} positions): keep the prompt well under "
+        f"{_prompt_room(config) / rate:.1f} s"
+    )
 
 
 def _text_batch(

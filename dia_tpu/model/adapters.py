@@ -72,8 +72,11 @@ def lora_target_modules(model: DiaForConditionalGeneration, lora: LoraSettings) 
             if hit:
                 chosen.append(name)
                 break
-    unmatched = [t for t in lora.targets if t not in ("attention", "mlp", "head")
-                 and not any(n == t or n.endswith("." + t) for n in names)]  # fmt: skip
+    unmatched = [
+        t
+        for t in lora.targets
+        if t not in ("attention", "mlp", "head") and not any(n == t or n.endswith("." + t) for n in names)
+    ]
     if unmatched or not chosen:
         raise ConfigError(
             f"model.lora.targets {lora.targets} (parts {lora.parts}) match no Linear layer"

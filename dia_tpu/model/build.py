@@ -29,8 +29,10 @@ def build_model(cfg: ModelConfig, attention: str | None = None) -> DiaForConditi
     elif is_native(cfg):
         from dia_tpu.model.native_files import load_native_model
 
-        with from_hub("model.pretrained", cfg.pretrained, "the folder with config.json and the weights"), \
-                refusing_code(f"model.pretrained {cfg.pretrained}"):
+        with (
+            from_hub("model.pretrained", cfg.pretrained, "the folder with config.json and the weights"),
+            refusing_code(f"model.pretrained {cfg.pretrained}"),
+        ):
             model = load_native_model(cfg.pretrained)
         model.generation_config = default_generation_config(model.config)
     else:
@@ -45,8 +47,9 @@ def build_model(cfg: ModelConfig, attention: str | None = None) -> DiaForConditi
     return model
 
 
-def plain_model(config: DiaConfig, state: dict[str, torch.Tensor],
-                generation_config: GenerationConfig | None = None) -> DiaForConditionalGeneration:  # fmt: skip
+def plain_model(
+    config: DiaConfig, state: dict[str, torch.Tensor], generation_config: GenerationConfig | None = None
+) -> DiaForConditionalGeneration:
     """A plain fp32 CPU model of `config` (attention scale included) holding the weights `state`: for weights
     gathered from a sharded model, whose own modules cannot be saved as they are, or read from a sharded
     checkpoint."""
@@ -112,8 +115,9 @@ def _widens(cfg: ModelConfig, channels: int) -> bool:
     if cfg.stereo and channels != 18:
         raise ConfigError(f"model.stereo: the model has {channels} codebooks; stereo needs 9 (to widen) or 18")
     if cfg.delay_pattern and len(cfg.delay_pattern) != channels:
-        raise ConfigError(f"model.delay_pattern has {len(cfg.delay_pattern)} delays; the model has {channels} "
-                          "codebooks")  # fmt: skip
+        raise ConfigError(
+            f"model.delay_pattern has {len(cfg.delay_pattern)} delays; the model has {channels} codebooks"
+        )
     return False
 
 

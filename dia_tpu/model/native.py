@@ -71,8 +71,15 @@ def layout(config: DiaConfig) -> list[Rule]:
     """Every tensor of a Dia with this config, as native key(s) -> transformers key with both shapes."""
     enc, dec = config.encoder_config, config.decoder_config
     e, d, channels, vocab = enc.hidden_size, dec.hidden_size, dec.num_channels, dec.vocab_size
-    rules = [Rule(COPY, ("encoder.embedding.weight",), (enc.vocab_size, e), "model.encoder.embedding.weight",
-                  (enc.vocab_size, e))]  # fmt: skip
+    rules = [
+        Rule(
+            COPY,
+            ("encoder.embedding.weight",),
+            (enc.vocab_size, e),
+            "model.encoder.embedding.weight",
+            (enc.vocab_size, e),
+        )
+    ]
     for i in range(enc.num_hidden_layers):
         p = f"encoder.layers.{i}"
         rules += [_norm(f"{p}.pre_sa_norm.weight", e), _norm(f"{p}.post_sa_norm.weight", e)]
@@ -128,8 +135,11 @@ def check_state_dict(state: dict[str, Tensor], expected: dict[str, tuple[int, ..
         for k in set(state) & set(expected)
         if tuple(state[k].shape) != expected[k]
     )
-    problems = [f"{name}: {items}" for name, items in (("unmapped", unmapped), ("missing", missing),
-                                                        ("mis-shaped", shapes)) if items]  # fmt: skip
+    problems = [
+        f"{name}: {items}"
+        for name, items in (("unmapped", unmapped), ("missing", missing), ("mis-shaped", shapes))
+        if items
+    ]
     if problems:
         raise NativeFormatError(f"{what} does not match the config's layout; " + "; ".join(problems))
 
@@ -184,6 +194,7 @@ def clean_native_keys(state: dict[str, Tensor]) -> dict[str, Tensor]:
         cleaned[new] = tensor
     changed = sum(old != new for old, new in zip(state, cleaned, strict=True))
     if changed:
-        logger.info("Stripped %r/%r wrappers from %d of %d native keys", COMPILE_PREFIX, DDP_PREFIX, changed,
-                    len(state))  # fmt: skip
+        logger.info(
+            "Stripped %r/%r wrappers from %d of %d native keys", COMPILE_PREFIX, DDP_PREFIX, changed, len(state)
+        )
     return cleaned

@@ -92,8 +92,11 @@ def is_v01(native: object) -> bool:
 def _v01_to_hf(native: dict) -> DiaConfig:
     model, data = native["model"], native["data"]
     enc, dec = model["encoder"], model["decoder"]
-    unknown = [f"{name}.{k}" for name, section in (("model.encoder", enc), ("model.decoder", dec), ("model", model),
-               ("data", data)) for k in sorted(set(section) - _V01_KEYS[name.split(".")[-1]])]  # fmt: skip
+    unknown = [
+        f"{name}.{k}"
+        for name, section in (("model.encoder", enc), ("model.decoder", dec), ("model", model), ("data", data))
+        for k in sorted(set(section) - _V01_KEYS[name.split(".")[-1]])
+    ]
     if unknown:
         raise NativeFormatError(f"native config has keys this converter does not know: {unknown}")
     if model.get("rope_min_timescale", 1) != 1:  # transformers derives rope from one base, native from min and max
@@ -101,22 +104,40 @@ def _v01_to_hf(native: dict) -> DiaConfig:
     rope = {"rope_type": "default", "rope_theta": float(model.get("rope_max_timescale", 10_000))}
     eps = model.get("normalization_layer_epsilon", 1e-5)
     encoder = dict(
-        num_hidden_layers=enc["n_layer"], hidden_size=enc["n_embd"], intermediate_size=enc["n_hidden"],
-        num_attention_heads=enc["n_head"], num_key_value_heads=enc["n_head"], head_dim=enc["head_dim"],
-        vocab_size=model["src_vocab_size"], norm_eps=eps, max_position_embeddings=data["text_length"],
+        num_hidden_layers=enc["n_layer"],
+        hidden_size=enc["n_embd"],
+        intermediate_size=enc["n_hidden"],
+        num_attention_heads=enc["n_head"],
+        num_key_value_heads=enc["n_head"],
+        head_dim=enc["head_dim"],
+        vocab_size=model["src_vocab_size"],
+        norm_eps=eps,
+        max_position_embeddings=data["text_length"],
         rope_parameters=rope,
-    )  # fmt: skip
+    )
     decoder = dict(
-        num_hidden_layers=dec["n_layer"], hidden_size=dec["n_embd"], intermediate_size=dec["n_hidden"],
-        num_attention_heads=dec["gqa_query_heads"], num_key_value_heads=dec["kv_heads"], head_dim=dec["gqa_head_dim"],
-        cross_num_attention_heads=dec["cross_query_heads"], cross_num_key_value_heads=dec["cross_query_heads"],
-        cross_head_dim=dec["cross_head_dim"], cross_hidden_size=enc["n_embd"], vocab_size=model["tgt_vocab_size"],
-        num_channels=data["channels"], norm_eps=eps, max_position_embeddings=data["audio_length"],
-        rope_parameters=dict(rope), pad_token_id=data["audio_pad_value"], eos_token_id=data["audio_eos_value"],
+        num_hidden_layers=dec["n_layer"],
+        hidden_size=dec["n_embd"],
+        intermediate_size=dec["n_hidden"],
+        num_attention_heads=dec["gqa_query_heads"],
+        num_key_value_heads=dec["kv_heads"],
+        head_dim=dec["gqa_head_dim"],
+        cross_num_attention_heads=dec["cross_query_heads"],
+        cross_num_key_value_heads=dec["cross_query_heads"],
+        cross_head_dim=dec["cross_head_dim"],
+        cross_hidden_size=enc["n_embd"],
+        vocab_size=model["tgt_vocab_size"],
+        num_channels=data["channels"],
+        norm_eps=eps,
+        max_position_embeddings=data["audio_length"],
+        rope_parameters=dict(rope),
+        pad_token_id=data["audio_pad_value"],
+        eos_token_id=data["audio_eos_value"],
         bos_token_id=data["audio_bos_value"],
-    )  # fmt: skip
-    return DiaConfig(encoder_config=encoder, decoder_config=decoder, norm_eps=eps,
-                     delay_pattern=list(data["delay_pattern"]))  # fmt: skip
+    )
+    return DiaConfig(
+        encoder_config=encoder, decoder_config=decoder, norm_eps=eps, delay_pattern=list(data["delay_pattern"])
+    )
 
 
 def _0626_problems(native: dict) -> list[str]:
@@ -180,8 +201,10 @@ def _inexpressible(config: DiaConfig, schema: str) -> list[str]:
         ({enc.hidden_act, dec.hidden_act} != {"silu"}, "hidden_act is not silu"),
         (not (_plain_rope(enc) and _plain_rope(dec)), "rope is not the default rope_type with rope_theta alone"),
         # Native attention never scales its logits (Dia's 1.0); a scratch run's own scale would be lost.
-        (getattr(config, "attention_scale", 1.0) != 1.0, f"attention_scale={getattr(config, 'attention_scale', 1.0)} "
-                                                          "(native Dia attention uses 1.0)"),
+        (
+            getattr(config, "attention_scale", 1.0) != 1.0,
+            f"attention_scale={getattr(config, 'attention_scale', 1.0)} (native Dia attention uses 1.0)",
+        ),
     ]
     if schema == V01:
         checks += [
@@ -203,18 +226,41 @@ def _plain_rope(sub_config) -> bool:
 
 def _hf_to_v01(config: DiaConfig) -> dict:
     enc, dec = config.encoder_config, config.decoder_config
-    encoder = {"n_layer": enc.num_hidden_layers, "n_embd": enc.hidden_size, "n_hidden": enc.intermediate_size,
-               "n_head": enc.num_attention_heads, "head_dim": enc.head_dim}  # fmt: skip
-    decoder = {"n_layer": dec.num_hidden_layers, "n_embd": dec.hidden_size, "n_hidden": dec.intermediate_size,
-               "gqa_query_heads": dec.num_attention_heads, "kv_heads": dec.num_key_value_heads,
-               "gqa_head_dim": dec.head_dim, "cross_query_heads": dec.cross_num_attention_heads,
-               "cross_head_dim": dec.cross_head_dim}  # fmt: skip
-    model = {"encoder": encoder, "decoder": decoder, "src_vocab_size": enc.vocab_size,
-             "tgt_vocab_size": dec.vocab_size, "normalization_layer_epsilon": enc.norm_eps, "rope_min_timescale": 1,
-             "rope_max_timescale": dec.rope_parameters["rope_theta"]}  # fmt: skip
-    data = {"text_length": enc.max_position_embeddings, "audio_length": dec.max_position_embeddings,
-            "channels": dec.num_channels, "audio_eos_value": dec.eos_token_id, "audio_pad_value": dec.pad_token_id,
-            "audio_bos_value": dec.bos_token_id, "delay_pattern": list(config.delay_pattern)}  # fmt: skip
+    encoder = {
+        "n_layer": enc.num_hidden_layers,
+        "n_embd": enc.hidden_size,
+        "n_hidden": enc.intermediate_size,
+        "n_head": enc.num_attention_heads,
+        "head_dim": enc.head_dim,
+    }
+    decoder = {
+        "n_layer": dec.num_hidden_layers,
+        "n_embd": dec.hidden_size,
+        "n_hidden": dec.intermediate_size,
+        "gqa_query_heads": dec.num_attention_heads,
+        "kv_heads": dec.num_key_value_heads,
+        "gqa_head_dim": dec.head_dim,
+        "cross_query_heads": dec.cross_num_attention_heads,
+        "cross_head_dim": dec.cross_head_dim,
+    }
+    model = {
+        "encoder": encoder,
+        "decoder": decoder,
+        "src_vocab_size": enc.vocab_size,
+        "tgt_vocab_size": dec.vocab_size,
+        "normalization_layer_epsilon": enc.norm_eps,
+        "rope_min_timescale": 1,
+        "rope_max_timescale": dec.rope_parameters["rope_theta"],
+    }
+    data = {
+        "text_length": enc.max_position_embeddings,
+        "audio_length": dec.max_position_embeddings,
+        "channels": dec.num_channels,
+        "audio_eos_value": dec.eos_token_id,
+        "audio_pad_value": dec.pad_token_id,
+        "audio_bos_value": dec.bos_token_id,
+        "delay_pattern": list(config.delay_pattern),
+    }
     return {"version": "0.1", "model": model, "data": data}
 
 
@@ -224,8 +270,11 @@ def _hf_to_0626(config: DiaConfig) -> dict:
     def sub(sub_config, keys: set[str]) -> dict:
         out = {k: getattr(sub_config, k) for k in keys - _0626_NOT_HF}
         out["num_key_value_heads"] = sub_config.num_key_value_heads or sub_config.num_attention_heads
-        out |= {"model_type": sub_config.model_type, "rope_scaling": None,
-                "rope_theta": sub_config.rope_parameters["rope_theta"]}  # fmt: skip
+        out |= {
+            "model_type": sub_config.model_type,
+            "rope_scaling": None,
+            "rope_theta": sub_config.rope_parameters["rope_theta"],
+        }
         return dict(sorted(out.items()))
 
     return {

@@ -32,6 +32,7 @@ from dia_tpu.model.native_config import (
 
 logger = logging.getLogger(__name__)
 
+
 def load_native(path: str | Path, mmap: bool = False) -> dict[str, Tensor]:
     """A native `.pth` state dict on CPU, unwrapped from a `{"model": ...}` / `{"state_dict": ...}` holder;
     `mmap` maps the file instead of reading it (for looking at shapes)."""

@@ -64,8 +64,10 @@ def _stereo_delays(mono: list[int], given: list[int] | None) -> list[int]:
     pattern = list(mono) * 2 if given is None else list(given)
     bad = [d for d in pattern if not isinstance(d, int) or isinstance(d, bool) or d < 0]
     if len(pattern) != STEREO_CHANNELS or bad:
-        raise ValueError(f"a stereo delay pattern needs {STEREO_CHANNELS} non-negative integers (left "
-                         f"{MONO_CHANNELS} + right {MONO_CHANNELS}); got {len(pattern)}: {pattern}")  # fmt: skip
+        raise ValueError(
+            f"a stereo delay pattern needs {STEREO_CHANNELS} non-negative integers (left "
+            f"{MONO_CHANNELS} + right {MONO_CHANNELS}); got {len(pattern)}: {pattern}"
+        )
     return pattern
 
 
@@ -143,8 +145,10 @@ def _default_scale(model: DiaForConditionalGeneration) -> float:
     """1 / sqrt(head_dim), when every attention module (encoder, decoder, cross) has the same head size."""
     dims = sorted({m.head_dim for m in _attention_modules(model)})
     if len(dims) != 1:
-        raise ValueError(f"attention_scale=None means 1/sqrt(head_dim), but the attention head sizes differ "
-                         f"({dims}); give model.attention_scale explicitly")  # fmt: skip
+        raise ValueError(
+            f"attention_scale=None means 1/sqrt(head_dim), but the attention head sizes differ "
+            f"({dims}); give model.attention_scale explicitly"
+        )
     return 1.0 / math.sqrt(dims[0])
 
 

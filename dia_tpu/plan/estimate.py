@@ -68,8 +68,12 @@ DEVICES = (
 
 # The device counts a sharded run can have: GPUs in any power of two; TPU slices by chip count (v4 and v5p
 # slices are named by TensorCores, two a chip, and start at 4 chips).
-SHARDED_COUNTS = {"cuda": (1, 2, 4, 8, 16, 32, 64), "TPU v5e": (1, 4, 8, 16, 32, 64, 128, 256),
-                  "TPU v4": (4, 8, 16, 32, 64, 128, 256), "TPU v5p": (4, 8, 16, 32, 64, 128, 256)}  # fmt: skip
+SHARDED_COUNTS = {
+    "cuda": (1, 2, 4, 8, 16, 32, 64),
+    "TPU v5e": (1, 4, 8, 16, 32, 64, 128, 256),
+    "TPU v4": (4, 8, 16, 32, 64, 128, 256),
+    "TPU v5p": (4, 8, 16, 32, 64, 128, 256),
+}
 
 
 # bitsandbytes' 8-bit optimizers: tensors below this many elements keep 32-bit moments; above, moments are
@@ -216,11 +220,15 @@ def estimate(cfg: Config, processes: int = 1, device: str = "cuda") -> MemoryPla
         usable = int(memory * (1 - HEADROOM))
         dp, fsdp = parts.totals(on, update_temporaries(on_kind, on, sizes))
         runs = on_kind != "unsupported"
-        fits.append(Fit(name, memory, usable, dp, fsdp, dp <= usable if runs else None,
-                        fsdp <= usable if runs else None))  # fmt: skip
+        fits.append(
+            Fit(name, memory, usable, dp, fsdp, dp <= usable if runs else None, fsdp <= usable if runs else None)
+        )
     total, fsdp_total = parts.totals(device, temporaries)
-    sharded = [_smallest_slice(parts, name, gib * GIB, update_temporaries(optimizer_kind(cfg, on), on, sizes))
-               for name, gib, on in DEVICES if optimizer_kind(cfg, on) != "unsupported"]  # fmt: skip
+    sharded = [
+        _smallest_slice(parts, name, gib * GIB, update_temporaries(optimizer_kind(cfg, on), on, sizes))
+        for name, gib, on in DEVICES
+        if optimizer_kind(cfg, on) != "unsupported"
+    ]
     notes = []
     if kind == "unsupported":
         notes.append(f"train.optimizer={t.optimizer} has no kernels for {device}")
@@ -282,9 +290,18 @@ def _smallest_slice(parts: _Parts, device: str, memory: int, temporaries: int) -
         name = f"{chip}-{at * (2 if chip in ('v4', 'v5p') else 1)}"
     else:
         name = f"{at} GPU{'s' if at > 1 else ''}"
-    return Slice(device, n, name, usable, math.ceil(parts.weights / at), math.ceil(parts.gradients / at),
-                 math.ceil(parts.state / at), parts.sharded_peak(temporaries, at), parts.gathered(at),
-                 parts.sharded_total(temporaries, at))  # fmt: skip
+    return Slice(
+        device,
+        n,
+        name,
+        usable,
+        math.ceil(parts.weights / at),
+        math.ceil(parts.gradients / at),
+        math.ceil(parts.state / at),
+        parts.sharded_peak(temporaries, at),
+        parts.gathered(at),
+        parts.sharded_total(temporaries, at),
+    )
 
 
 @dataclass

@@ -28,8 +28,9 @@ def format_plan(plan: MemoryPlan) -> str:
     ]
     if plan.ddp_buckets:
         rows.append(("DDP gradient buckets", plan.ddp_buckets))
-    rows.append(("total: weights + optimizer state + the larger peak" + (" + buckets" if plan.ddp_buckets else ""),
-                 plan.total))  # fmt: skip
+    rows.append(
+        ("total: weights + optimizer state + the larger peak" + (" + buckets" if plan.ddp_buckets else ""), plan.total)
+    )
     width = max(len(label) for label, _ in rows)
     lines = [
         f"Dia: {plan.params / 1e6:.2f} M parameters, {plan.trainable / 1e6:.2f} M trainable ({share:.2f} %)",
@@ -51,10 +52,15 @@ def format_plan(plan: MemoryPlan) -> str:
             "gradients).",
         ]
     else:
-        lines.append("Several processes in plain data parallel hold all of this on every device; sharding "
-                     "(train.sharding=fsdp) divides weights, gradients and optimizer state among them.")  # fmt: skip
-    lines += ["", f"fits with {HEADROOM:.0%} of each device's memory kept for the framework, allocator and kernel "
-              "workspaces (totals per device use that device's optimizer implementation):"]  # fmt: skip
+        lines.append(
+            "Several processes in plain data parallel hold all of this on every device; sharding "
+            "(train.sharding=fsdp) divides weights, gradients and optimizer state among them."
+        )
+    lines += [
+        "",
+        f"fits with {HEADROOM:.0%} of each device's memory kept for the framework, allocator and kernel "
+        "workspaces (totals per device use that device's optimizer implementation):",
+    ]
     header = ["device", "GiB", "usable", "data parallel" if n > 1 else "needs", "fits"]
     if n > 1:
         header += [f"FSDP x{n}", "fits"]
@@ -86,19 +92,32 @@ def format_sharded(plan: MemoryPlan) -> list[str]:
     def gib(n: float) -> str:
         return f"{n / GIB:.2f}"
 
-    lines = [f"sharded (train.sharding=fsdp), {plan.batch_size} items per device: the fewest devices of each kind "
-             "that hold the step, GiB per device:"]  # fmt: skip
+    lines = [
+        f"sharded (train.sharding=fsdp), {plan.batch_size} items per device: the fewest devices of each kind "
+        "that hold the step, GiB per device:"
+    ]
     table = [["device", "count", "slice", "weights", "grads", "optim", "step peak", "gathered", "total", "usable"]]
     for s in plan.sharded:
         count = str(s.count) if s.count is not None else f">{s.name.split('-')[-1].split()[0]}"
         name = s.name if s.count is not None else "-"
-        table.append([s.device, count, name, *(gib(v) for v in (s.weights, s.gradients, s.optimizer_state,
-                                                                  s.step_peak, s.gathered, s.total, s.usable))])
+        table.append(
+            [
+                s.device,
+                count,
+                name,
+                *(
+                    gib(v)
+                    for v in (s.weights, s.gradients, s.optimizer_state, s.step_peak, s.gathered, s.total, s.usable)
+                ),
+            ]
+        )
     widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
     for row in table:
         pairs = enumerate(zip(row, widths, strict=True))
         cells = [cell.ljust(w) if i in (0, 2) else cell.rjust(w) for i, (cell, w) in pairs]
         lines.append("  " + "  ".join(cells).rstrip())
-    lines.append("step peak: forward+backward or the update, gradients and autocast copies sharded, activations "
-                 "not; gathered: the root unit, two layers' weights and one layer's gradients held whole")
+    lines.append(
+        "step peak: forward+backward or the update, gradients and autocast copies sharded, activations "
+        "not; gathered: the root unit, two layers' weights and one layer's gradients held whole"
+    )
     return lines

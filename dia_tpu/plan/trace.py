@@ -50,8 +50,9 @@ class Trace:
     def peak(self, gradient_share: float = 1.0, copy_share: float = 1.0) -> int:
         """The high-water mark of live bytes, gradients counted at `gradient_share` and weight copies at
         `copy_share` (1/N: sharded over N)."""
-        return int(max(other + copy_share * copies + gradient_share * gradients
-                       for other, copies, gradients in self.timeline))  # fmt: skip
+        return int(
+            max(other + copy_share * copies + gradient_share * gradients for other, copies, gradients in self.timeline)
+        )
 
 
 def fake_trainable(cfg: Config, mode: FakeTensorMode) -> torch.nn.Module:

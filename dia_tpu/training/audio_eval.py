@@ -65,9 +65,14 @@ class AudioEvaluation:
             self.mine = list(range(rank, len(requests), n))
         self.prompts = [load_request(requests[i], self.codec, model_config) for i in self.mine]
         self.settings = GenerationSettings(
-            guidance_scale=cfg.samples.guidance_scale, temperature=cfg.samples.temperature, top_p=cfg.samples.top_p,
-            top_k=cfg.samples.top_k, seed=a.seed, max_seconds=a.max_seconds, language_tags=cfg.data.language_tags,
-        )  # fmt: skip
+            guidance_scale=cfg.samples.guidance_scale,
+            temperature=cfg.samples.temperature,
+            top_p=cfg.samples.top_p,
+            top_k=cfg.samples.top_k,
+            seed=a.seed,
+            max_seconds=a.max_seconds,
+            language_tags=cfg.data.language_tags,
+        )
         # A prompt that does not fit the model at all is an error now, not after the first evaluation's steps;
         # `generate` shortens the limit of one whose voice prompt leaves less room than max_seconds.
         unlimited = dataclasses.replace(self.settings, max_seconds=None)

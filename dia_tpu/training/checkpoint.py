@@ -92,8 +92,9 @@ class TrainState:
             raise ValueError(f"{path}: not a dia_tpu training state ({err})") from err
 
 
-def save_checkpoint(accelerator: Accelerator, runtime: Runtime, model, cfg: Config, state: TrainState,
-                    folder: Path | None = None) -> Path:  # fmt: skip
+def save_checkpoint(
+    accelerator: Accelerator, runtime: Runtime, model, cfg: Config, state: TrainState, folder: Path | None = None
+) -> Path:
     """Save the full training state on every process; side files, the completion mark, the rename into place
     and rotation on the main process.
 
@@ -121,8 +122,9 @@ def save_checkpoint(accelerator: Accelerator, runtime: Runtime, model, cfg: Conf
         # and as SafetensorError from safetensors.
         if accelerator.is_main_process:
             shutil.rmtree(building, ignore_errors=True)  # give the space back
-        raise ValueError(f"could not write checkpoint {path} ({write_failure(err, path)}); "
-                         f"{_last_complete(run)}") from err  # fmt: skip
+        raise ValueError(
+            f"could not write checkpoint {path} ({write_failure(err, path)}); {_last_complete(run)}"
+        ) from err
     if accelerator.is_main_process:
         put_in_place(building, path)
         if folder is None:
@@ -146,9 +148,11 @@ def _check_space(accelerator: Accelerator, run: RunFolder, path: Path, needed: i
         flag = torch.tensor(1.0 if enough else 0.0, device=accelerator.device)
         enough = bool(accelerator.reduce(flag, "min").item())
     if not enough:
-        raise ValueError(f"not enough disk space for checkpoint {path}: it needs about {needed / 2**30:.2f} GiB and "
-                         f"{free / 2**30:.2f} GiB are free on {where} (or on another process's disk); free space or "
-                         f"lower train.keep_last, then resume with --resume auto; {_last_complete(run)}")  # fmt: skip
+        raise ValueError(
+            f"not enough disk space for checkpoint {path}: it needs about {needed / 2**30:.2f} GiB and "
+            f"{free / 2**30:.2f} GiB are free on {where} (or on another process's disk); free space or "
+            f"lower train.keep_last, then resume with --resume auto; {_last_complete(run)}"
+        )
 
 
 def _last_complete(run: RunFolder) -> str:
@@ -156,8 +160,13 @@ def _last_complete(run: RunFolder) -> str:
     return f"the last complete checkpoint is {complete[-1]}" if complete else "no complete checkpoint yet"
 
 
-def load_checkpoint(accelerator: Accelerator, runtime: Runtime, path: Path, state: TrainState,
-                    trained_only: torch.nn.Module | None = None) -> None:  # fmt: skip
+def load_checkpoint(
+    accelerator: Accelerator,
+    runtime: Runtime,
+    path: Path,
+    state: TrainState,
+    trained_only: torch.nn.Module | None = None,
+) -> None:
     """Restore model, optimizer, scheduler, RNG and `state` from a complete checkpoint folder.
 
     `trained_only`: the prepared model, when its checkpoints hold only the trained weights (a LoRA run); the
@@ -183,9 +192,11 @@ def _check_sharding_matches(path: Path, runtime: Runtime) -> None:
     sharded = weights_file(path) is not None and is_sharded(weights_file(path))
     if sharded != runtime.fsdp:
         saved, now = ("FSDP2-sharded", "without FSDP") if sharded else ("unsharded", "with FSDP2")
-        raise ValueError(f"{path} holds an {saved} training state and this run is {now}: resume it with the "
-                         "train.sharding (and launcher) it was saved with, or export it (dia-tpu export) and start "
-                         "a new run from the export")  # fmt: skip
+        raise ValueError(
+            f"{path} holds an {saved} training state and this run is {now}: resume it with the "
+            "train.sharding (and launcher) it was saved with, or export it (dia-tpu export) and start "
+            "a new run from the export"
+        )
 
 
 def _check_loads_no_code(path: Path, process_index: int) -> None:
@@ -194,8 +205,10 @@ def _check_loads_no_code(path: Path, process_index: int) -> None:
     cannot read without a word, and the run would resume with other random numbers."""
     pickles = sorted(p.name for p in path.glob("custom_checkpoint_*.pkl"))
     if pickles:
-        raise ValueError(f"{path} holds {', '.join(pickles)}: dia_tpu never writes these, and loading a pickle "
-                         "can run code, so it is not loaded; delete the file(s) to resume from this checkpoint")
+        raise ValueError(
+            f"{path} holds {', '.join(pickles)}: dia_tpu never writes these, and loading a pickle "
+            "can run code, so it is not loaded; delete the file(s) to resume from this checkpoint"
+        )
     for folder, optimizer in ((path / SHARDED_WEIGHTS, False), (path / "optimizer_0", True)):
         if folder.is_dir():
             checked_metadata(folder, allow_bytes=optimizer)  # early, naming the entry; the load checks again

@@ -38,15 +38,21 @@ def fsdp_plugin(cfg: Config) -> FullyShardedDataParallelPlugin | None:
     if cfg.train.sharding != "fsdp" and not launcher_asks_for_fsdp():
         return None
     if cfg.model.lora.rank:
-        raise ConfigError("train.sharding=fsdp with model.lora: not supported (Accelerate's FSDP2 checkpoints of "
-                          "a peft model keep the frozen base sharded beside the adapters); LoRA trains a small share "
-                          "of the weights, so train it with train.sharding=none, or shard a full fine-tune")
+        raise ConfigError(
+            "train.sharding=fsdp with model.lora: not supported (Accelerate's FSDP2 checkpoints of "
+            "a peft model keep the frozen base sharded beside the adapters); LoRA trains a small share "
+            "of the weights, so train it with train.sharding=none, or shard a full fine-tune"
+        )
     if os.environ.get("FSDP_VERSION", "2") != "2":
-        raise ConfigError(f"FSDP version {os.environ['FSDP_VERSION']} (from the launcher): dia_tpu shards with FSDP2; "
-                          "launch with --fsdp_version 2, or without --use_fsdp and with train.sharding=fsdp")
+        raise ConfigError(
+            f"FSDP version {os.environ['FSDP_VERSION']} (from the launcher): dia_tpu shards with FSDP2; "
+            "launch with --fsdp_version 2, or without --use_fsdp and with train.sharding=fsdp"
+        )
     if os.environ.get("FSDP_ACTIVATION_CHECKPOINTING", "false").lower() == "true":
-        raise ConfigError("FSDP activation checkpointing (from the launcher) renames every layer's weights; set "
-                          "model.gradient_checkpointing=true instead and launch without it")  # fmt: skip
+        raise ConfigError(
+            "FSDP activation checkpointing (from the launcher) renames every layer's weights; set "
+            "model.gradient_checkpointing=true instead and launch without it"
+        )
     return FullyShardedDataParallelPlugin(
         fsdp_version=2,
         auto_wrap_policy="transformer_based_wrap",

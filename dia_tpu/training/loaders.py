@@ -27,9 +27,13 @@ def make_loaders(cfg: Config, splits, model_config, num_processes: int) -> tuple
         within = f" within one of the lengths {lengths} (data.buckets)"
     else:
         train_loader = DataLoader(
-            splits.train, batch_size=batch_size, shuffle=True, drop_last=True, collate_fn=collate,
+            splits.train,
+            batch_size=batch_size,
+            shuffle=True,
+            drop_last=True,
+            collate_fn=collate,
             num_workers=d.num_workers,
-        )  # fmt: skip
+        )
         epoch_seeded = [splits.train]
         within = ""
     if len(train_loader) < num_processes:

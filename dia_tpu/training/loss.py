@@ -32,8 +32,9 @@ class LossParts:
     count: torch.Tensor  # [B, C] counted targets
 
 
-def codebook_loss(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor,
-                  accuracy: bool = True) -> LossParts:  # fmt: skip
+def codebook_loss(
+    logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor, accuracy: bool = True
+) -> LossParts:
     """Masked cross-entropy per codebook.
 
     logits: [B*C, T, V] from DiaForConditionalGeneration (row b*C + c is sample b, codebook c).

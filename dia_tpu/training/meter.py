@@ -57,16 +57,19 @@ def log_train(accelerator: Accelerator, meter: TrainMeter, scheduler, state: Tra
     if xla is not None:
         xla.cut()
     accelerator.log(metrics, step=state.step)
-    bar.set_postfix(loss=f"{metrics['train/loss']:.3f}", lr=f"{metrics['train/lr']:.2e}",
-                    fps=f"{metrics['train/frames_per_s']:.0f}")
+    bar.set_postfix(
+        loss=f"{metrics['train/loss']:.3f}", lr=f"{metrics['train/lr']:.2e}", fps=f"{metrics['train/frames_per_s']:.0f}"
+    )
 
 
 def eval_line(state: TrainState, metrics: dict, channels: int, select_by: str = "loss") -> str:
     losses = " ".join(f"{metrics[f'eval/loss_cb{c}']:.2f}" for c in range(channels))
     accuracy = " ".join(f"{metrics[f'eval/acc_cb{c}']:.2f}" for c in range(channels))
     best = "best" if select_by == "loss" else f"best {select_by}"
-    line = (f"step {state.step}: eval loss {metrics['eval/loss']:.4f} ({best} {state.best_score:.4f} at step "
-            f"{state.best_step})\n  loss per codebook: {losses}\n  accuracy per codebook: {accuracy}")  # fmt: skip
+    line = (
+        f"step {state.step}: eval loss {metrics['eval/loss']:.4f} ({best} {state.best_score:.4f} at step "
+        f"{state.best_step})\n  loss per codebook: {losses}\n  accuracy per codebook: {accuracy}"
+    )
     audio = [f"{name} {metrics[f'audio/{k}']:{fmt}}" for k, name, fmt in AUDIO_FIGURES if f"audio/{k}" in metrics]
     return line + ("\n  audio: " + ", ".join(audio) if audio else "")
 
@@ -76,9 +79,14 @@ def start_line(metrics: dict) -> str:
 
 
 # The automatic evaluation's figures as lines and cards name them: (metric under audio/, name, format).
-AUDIO_FIGURES = (("wer", "WER", ".3f"), ("cer", "CER", ".3f"), ("speaker_similarity", "speaker similarity", ".3f"),
-                  ("mos", "MOS", ".2f"), ("ended", "ended", ".0%"),
-                  ("with_problems", "with problems", ".0%"))  # fmt: skip
+AUDIO_FIGURES = (
+    ("wer", "WER", ".3f"),
+    ("cer", "CER", ".3f"),
+    ("speaker_similarity", "speaker similarity", ".3f"),
+    ("mos", "MOS", ".2f"),
+    ("ended", "ended", ".0%"),
+    ("with_problems", "with problems", ".0%"),
+)
 
 
 def say(accelerator: Accelerator, message: str) -> None:

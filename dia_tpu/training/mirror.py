@@ -80,8 +80,9 @@ class Mirror:
         try:
             self.fs, self.root = fsspec.core.url_to_fs(url)
         except ImportError as err:
-            raise MirrorError(f"output.mirror {self.shown}: {self._why(err)} (pip install "
-                              f"{BACKENDS.get(scheme, scheme)})") from err  # fmt: skip
+            raise MirrorError(
+                f"output.mirror {self.shown}: {self._why(err)} (pip install {BACKENDS.get(scheme, scheme)})"
+            ) from err
         except ValueError as err:
             raise MirrorError(f"output.mirror {self.shown}: {self._why(err)}") from err
         self.root = self.root.rstrip("/")
@@ -127,15 +128,19 @@ class Mirror:
                     kind = None
                 if kind == MIRROR:
                     return
-                raise MirrorError(f"output.mirror {self.shown} is a dia_tpu {kind or 'unknown'} folder, not a "
-                                  "mirror; give another location")  # fmt: skip
+                raise MirrorError(
+                    f"output.mirror {self.shown} is a dia_tpu {kind or 'unknown'} folder, not a "
+                    "mirror; give another location"
+                )
             names = sorted(entry.rstrip("/").rsplit("/", 1)[-1] for entry in self.fs.ls(self.root, detail=False))
             names = [name for name in names if not name.startswith(".probe-")]
             if names and not self._earlier_mirror(names):
                 listed = ", ".join(names[:4]) + (f", ... ({len(names)} entries)" if len(names) > 4 else "")
-                raise MirrorError(f"output.mirror {self.shown} holds files that are not a dia_tpu mirror ({listed}); "
-                                  "uploads would replace and rotation delete them: give an empty or new "
-                                  "location")  # fmt: skip
+                raise MirrorError(
+                    f"output.mirror {self.shown} holds files that are not a dia_tpu mirror ({listed}); "
+                    "uploads would replace and rotation delete them: give an empty or new "
+                    "location"
+                )
             self.fs.pipe_file(marker, json.dumps({"kind": MIRROR}).encode() + b"\n")
 
     def _earlier_mirror(self, names: list[str]) -> bool:
@@ -189,10 +194,12 @@ class Mirror:
         with self._talking("list its checkpoints"):
             newer = self._newer_than(checkpoint)
         if newer and not fork:
-            raise MirrorError(f"train.resume: the mirror {self.shown} holds checkpoints newer than {checkpoint} "
-                              f"({', '.join(newer)}): going on from it would write over them. Use --resume auto to "
-                              "continue the run, or add --fork to branch from it (the mirror's newer checkpoints "
-                              "are then moved to checkpoints/forked-<time>/ there)")  # fmt: skip
+            raise MirrorError(
+                f"train.resume: the mirror {self.shown} holds checkpoints newer than {checkpoint} "
+                f"({', '.join(newer)}): going on from it would write over them. Use --resume auto to "
+                "continue the run, or add --fork to branch from it (the mirror's newer checkpoints "
+                "are then moved to checkpoints/forked-<time>/ there)"
+            )
 
     def start(self, resume_setting: str | None, checkpoint: Path | None) -> None:
         """Bring the mirror and the run folder in line before training (after `check_fork` and the local
@@ -278,8 +285,10 @@ class Mirror:
         self._thread = None
         shutil.rmtree(self.run.staging, ignore_errors=True)
         if self.failed:
-            self.report(f"mirror: {len(self.failed)} upload(s) to {self.shown} failed ({', '.join(self.failed)}); "
-                        f"the run folder {self.run.root} has them")  # fmt: skip
+            self.report(
+                f"mirror: {len(self.failed)} upload(s) to {self.shown} failed ({', '.join(self.failed)}); "
+                f"the run folder {self.run.root} has them"
+            )
 
     def _next(self) -> _Upload | None:
         """The next upload to do (None: closing and nothing left), skipping superseded ones."""
@@ -290,8 +299,11 @@ class Mirror:
             while self._queue:
                 job = self._queue.pop(0)
                 later = [j for j in self._queue if j.name.startswith(f"{CHECKPOINTS}/")]
-                superseded = (len(later) >= self.keep_last if job.name.startswith(f"{CHECKPOINTS}/")
-                              else any(j.name == job.name for j in self._queue))  # fmt: skip
+                superseded = (
+                    len(later) >= self.keep_last
+                    if job.name.startswith(f"{CHECKPOINTS}/")
+                    else any(j.name == job.name for j in self._queue)
+                )
                 if not superseded:
                     self._busy = True
                     return job
@@ -305,12 +317,16 @@ class Mirror:
                 sizes = self._upload(job)
                 if job.name.startswith(f"{CHECKPOINTS}/"):
                     self._rotate()
-                self.report(f"mirror: {job.name} (step {job.step}) is on {self.shown} ({_size(sizes)} in "
-                            f"{time.monotonic() - started:.1f} s)")  # fmt: skip
+                self.report(
+                    f"mirror: {job.name} (step {job.step}) is on {self.shown} ({_size(sizes)} in "
+                    f"{time.monotonic() - started:.1f} s)"
+                )
             except Exception as err:  # any backend's failure; the local copy is whole and training goes on
                 self.failed.append(job.name)
-                self.report(f"mirror: warning: could not upload {job.name} to {self.shown} ({self._why(err)}); "
-                            "the run goes on and the local copy is whole")  # fmt: skip
+                self.report(
+                    f"mirror: warning: could not upload {job.name} to {self.shown} ({self._why(err)}); "
+                    "the run goes on and the local copy is whole"
+                )
             finally:
                 shutil.rmtree(job.staged, ignore_errors=True)
 

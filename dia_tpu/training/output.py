@@ -17,8 +17,20 @@ from dia_tpu.data.shards import earlier_dataset
 from dia_tpu.training.resume import CHANGES_FILE, Resume
 
 # What a run folder holds: a folder that is not marked as a run counts as one only if it holds these alone.
-RUN_ENTRIES = {CONFIG_FILE, "checkpoints", "best", "final", "logs", "samples", "evaluations", LOCK_FILE, ".mirror",
-               CHANGES_FILE, "report.html", MARK_FILE}  # fmt: skip
+RUN_ENTRIES = {
+    CONFIG_FILE,
+    "checkpoints",
+    "best",
+    "final",
+    "logs",
+    "samples",
+    "evaluations",
+    LOCK_FILE,
+    ".mirror",
+    CHANGES_FILE,
+    "report.html",
+    MARK_FILE,
+}
 
 
 def earlier_run(folder: Path) -> bool:
@@ -58,25 +70,34 @@ def check_output(run: RunFolder, t: TrainConfig, resume: Resume) -> None:
         if found not in (None, RUN):
             raise NotOurs(f"output.dir {root} is a dia_tpu {found} folder, not a run's; give another output.dir")
         if found is None and any(root.iterdir()) and not earlier_run(root):
-            raise NotOurs(f"output.dir {root} holds files that are not a dia_tpu run ({listing(root)}); training "
-                          "writes only into a new or empty folder or a run's: give another output.dir")  # fmt: skip
+            raise NotOurs(
+                f"output.dir {root} holds files that are not a dia_tpu run ({listing(root)}); training "
+                "writes only into a new or empty folder or a run's: give another output.dir"
+            )
     steps = [p for p in run.checkpoints.iterdir() if STEP_DIR.match(p.name)] if run.checkpoints.is_dir() else []
     for path in (run.best, run.final, *steps):
         if path.is_symlink():
-            raise NotOurs(f"{path} is a symbolic link: training replaces it by renaming folders and neither follows "
-                          "nor removes links; remove the link (what it points at is not touched), or give "
-                          "output.dir on the disk it points to")  # fmt: skip
+            raise NotOurs(
+                f"{path} is a symbolic link: training replaces it by renaming folders and neither follows "
+                "nor removes links; remove the link (what it points at is not touched), or give "
+                "output.dir on the disk it points to"
+            )
     if run.best.exists() and not is_complete(run.best):
-        raise NotOurs(f"{run.best} is not a complete dia_tpu checkpoint ({listing(run.best)}); training would "
-                      "replace it: move it away")  # fmt: skip
+        raise NotOurs(
+            f"{run.best} is not a complete dia_tpu checkpoint ({listing(run.best)}); training would "
+            "replace it: move it away"
+        )
     if run.final.exists() and kind_of(run.final) != EXPORT and not _earlier_export(run.final):
-        raise NotOurs(f"{run.final} is not a dia_tpu export ({listing(run.final)}); training would replace it: "
-                      "move it away")  # fmt: skip
+        raise NotOurs(
+            f"{run.final} is not a dia_tpu export ({listing(run.final)}); training would replace it: move it away"
+        )
     earlier = [p.name for p in run.list_checkpoints()] + [f"{p.name}/" for p in (run.best, run.final) if p.exists()]
     continues = t.resume == "auto" or (resume.checkpoint is not None and _belongs(resume.checkpoint, run))
     if earlier and not continues and not t.overwrite:
-        how = ("continue it with --resume auto (train.resume=auto), or start over with --overwrite "
-               "(train.overwrite=true), which deletes them first")  # fmt: skip
+        how = (
+            "continue it with --resume auto (train.resume=auto), or start over with --overwrite "
+            "(train.overwrite=true), which deletes them first"
+        )
         if t.resume is not None:
             how = f"train.resume={t.resume} would start a second history in it: give a new output.dir, or {how}"
         raise ValueError(f"output.dir {root} already holds a run ({', '.join(earlier)}): {how}")
@@ -98,8 +119,9 @@ def start(run: RunFolder, t: TrainConfig) -> list[str]:
         for file in (run.root / CHANGES_FILE, run.root / "report.html"):
             file.unlink(missing_ok=True)
         if gone:
-            lines.append(f"train.overwrite: deleted the earlier run's {', '.join(p.name + '/' for p in gone)} in "
-                         f"{run.root}")  # fmt: skip
+            lines.append(
+                f"train.overwrite: deleted the earlier run's {', '.join(p.name + '/' for p in gone)} in {run.root}"
+            )
     if run.final.is_dir() and kind_of(run.final) is None:
         mark(run.final, EXPORT)
     return lines

@@ -108,8 +108,11 @@ def train(cfg: Config) -> Path:
         if problems := data_model_problems(cfg, data_info, model.config):
             raise ConfigError("prepared data does not match the model:\n  - " + "\n  - ".join(problems))
         total, trainable = count_parameters(model)
-        say(accelerator, f"model: {total / 1e6:.2f} M parameters, {trainable / 1e6:.2f} M trainable "
-                         f"({100 * trainable / total:.2f} %)")  # fmt: skip
+        say(
+            accelerator,
+            f"model: {total / 1e6:.2f} M parameters, {trainable / 1e6:.2f} M trainable "
+            f"({100 * trainable / total:.2f} %)",
+        )
         samples = TrainingSamples(accelerator, runtime, cfg, model.config)
         audio = AudioEvaluation(accelerator, runtime, cfg, splits, model.config)
         if runtime.on_xla and cfg.samples.every and not samples.enabled:
@@ -143,8 +146,10 @@ def train(cfg: Config) -> Path:
                 apply_changes(changes, cfg, optimizer, scheduler, state)
                 if accelerator.is_main_process:
                     record_changes(run, state.step, changes)
-                say(accelerator, "resume: going on with " + ", ".join(f"{k}={b!r} (was {a!r})"
-                                                                     for k, (a, b) in changes.items()))
+                say(
+                    accelerator,
+                    "resume: going on with " + ", ".join(f"{k}={b!r} (was {a!r})" for k, (a, b) in changes.items()),
+                )
             logger.info(f"resumed from {resume.checkpoint} at step {state.step}", main_process_only=True)
         elif t.resume == "auto":
             logger.info(f"no checkpoint under {run.root}: starting from step 0", main_process_only=True)
@@ -200,9 +205,12 @@ def train(cfg: Config) -> Path:
                 patience = cfg.eval.early_stopping_patience
                 early = bool(patience) and state.evals_since_best >= patience and not last
                 if early:
-                    say(accelerator, f"early stop at step {state.step}: no {_score_name(cfg)} improvement in "
-                                     f"{patience} evaluations (best {state.best_score:.4f} at step "
-                                     f"{state.best_step})")  # fmt: skip
+                    say(
+                        accelerator,
+                        f"early stop at step {state.step}: no {_score_name(cfg)} improvement in "
+                        f"{patience} evaluations (best {state.best_score:.4f} at step "
+                        f"{state.best_step})",
+                    )
                     if not logged:
                         log_train(accelerator, meter, scheduler, state, xla, bar)
             # With several processes agreeing is a collective and a host sync: it rides on the logging steps,
@@ -235,8 +243,11 @@ def train(cfg: Config) -> Path:
                 mirror.send(run.final, state.step)
         accelerator.wait_for_everyone()
         accelerator.end_training()
-        say(accelerator, f"done: {state.step} steps\n  checkpoints: {run.checkpoints}\n  export:      {run.final}\n"
-                         f"  logs:        {run.logs}")  # fmt: skip
+        say(
+            accelerator,
+            f"done: {state.step} steps\n  checkpoints: {run.checkpoints}\n  export:      {run.final}\n"
+            f"  logs:        {run.logs}",
+        )
         if t.push_to_hub and accelerator.is_main_process:
             # After every process is done: a failed upload is one line, and the export stays for `dia-tpu push`.
             say(accelerator, f"pushed {run.final} to {push_export(run.final, t.hub_model_id, t.hub_private)}")

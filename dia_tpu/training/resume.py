@@ -25,13 +25,35 @@ from dia_tpu.training.checkpoint import TrainState
 from dia_tpu.training.step import group_settings
 
 # Settings that decide what the saved weights are: a checkpoint cannot be resumed with others.
-FIXED = ("model.pretrained", "model.pretrained_format", "model.architecture", "model.codec", "model.codec_architecture",
-         "model.stereo", "model.delay_pattern", "model.attention_scale", "model.lora", "model.freeze")  # fmt: skip
+FIXED = (
+    "model.pretrained",
+    "model.pretrained_format",
+    "model.architecture",
+    "model.codec",
+    "model.codec_architecture",
+    "model.stereo",
+    "model.delay_pattern",
+    "model.attention_scale",
+    "model.lora",
+    "model.freeze",
+)
 # Settings of `train` and `data` that only say how often to log, save or report, how to load, how the work is
 # spread over devices, or where the result is published: free to change.
-FREE = ("train.resume", "train.fork", "train.overwrite", "train.resume_changes", "train.log_every", "train.save_every",
-        "train.keep_last", "train.report_to", "data.num_workers", "train.sharding", "train.mesh_data",
-        "train.push_to_hub", "train.hub_")  # fmt: skip
+FREE = (
+    "train.resume",
+    "train.fork",
+    "train.overwrite",
+    "train.resume_changes",
+    "train.log_every",
+    "train.save_every",
+    "train.keep_last",
+    "train.report_to",
+    "data.num_workers",
+    "train.sharding",
+    "train.mesh_data",
+    "train.push_to_hub",
+    "train.hub_",
+)
 CHANGES_FILE = "resume_changes.jsonl"
 
 
@@ -60,16 +82,20 @@ def resolve_resume(resume: str | None, run_dir: str | Path, fork: bool = False) 
     if weights_file(path) is None:
         raise FileNotFoundError(f"train.resume: {path} holds no saved model state: not a checkpoint folder")
     if not is_complete(path):
-        raise ValueError(f"train.resume: {path} is not a complete checkpoint (no valid {COMPLETE_FILE}): it was "
-                         "cut off while being written, or by an older dia_tpu; use another one")  # fmt: skip
+        raise ValueError(
+            f"train.resume: {path} is not a complete checkpoint (no valid {COMPLETE_FILE}): it was "
+            "cut off while being written, or by an older dia_tpu; use another one"
+        )
     newer = _newer_than(run, path)
     if newer and not fork:
         newest = max(reversed(newer), key=_saved_step)  # a step_N before best/ of the same step
-        raise ValueError(f"train.resume: {path} is older than this run's newest checkpoint {newest.name} (step "
-                         f"{_saved_step(newest)}): going on "
-                         "from it would write over the later checkpoints. Use --resume auto to continue the run, "
-                         "or add --fork (train.fork=true) to branch from it: the newer checkpoints are then moved "
-                         "to checkpoints/forked-<time>/")  # fmt: skip
+        raise ValueError(
+            f"train.resume: {path} is older than this run's newest checkpoint {newest.name} (step "
+            f"{_saved_step(newest)}): going on "
+            "from it would write over the later checkpoints. Use --resume auto to continue the run, "
+            "or add --fork (train.fork=true) to branch from it: the newer checkpoints are then moved "
+            "to checkpoints/forked-<time>/"
+        )
     return Resume(path, forked=newer)
 
 
@@ -110,17 +136,24 @@ def config_changes(cfg: Config, checkpoint: Path) -> dict[str, tuple]:
     if not saved_file.is_file():
         return {}
     before, now = _flat(read_saved(saved_file).to_dict()), _flat(cfg.to_dict())
-    changed = {key: (before.get(key), now.get(key)) for key in sorted(set(before) | set(now))
-               if before.get(key) != now.get(key)}  # fmt: skip
+    changed = {
+        key: (before.get(key), now.get(key))
+        for key in sorted(set(before) | set(now))
+        if before.get(key) != now.get(key)
+    }
     fixed = {k: v for k, v in changed.items() if k.startswith(FIXED)}
     if fixed:
-        raise ConfigError(f"{checkpoint} was trained with other model settings; resume it with the same ones:\n  - "
-                          + "\n  - ".join(f"{k}: {a!r} then, {b!r} now" for k, (a, b) in fixed.items()))
+        raise ConfigError(
+            f"{checkpoint} was trained with other model settings; resume it with the same ones:\n  - "
+            + "\n  - ".join(f"{k}: {a!r} then, {b!r} now" for k, (a, b) in fixed.items())
+        )
     training = {k: v for k, v in changed.items() if k.startswith(("train.", "data.")) and not k.startswith(FREE)}
     if training and cfg.train.resume_changes != "allow":
-        raise ConfigError(f"the config changes how training goes on since {checkpoint} was saved; set "
-                          "train.resume_changes=allow to go on with the new values, or resume with the old ones:\n  - "
-                          + "\n  - ".join(f"{k}: {a!r} then, {b!r} now" for k, (a, b) in training.items()))
+        raise ConfigError(
+            f"the config changes how training goes on since {checkpoint} was saved; set "
+            "train.resume_changes=allow to go on with the new values, or resume with the old ones:\n  - "
+            + "\n  - ".join(f"{k}: {a!r} then, {b!r} now" for k, (a, b) in training.items())
+        )
     return training
 
 
@@ -143,8 +176,16 @@ def apply_changes(changes: dict[str, tuple], cfg: Config, optimizer, scheduler, 
 
 def record_changes(run: RunFolder, step: int, changes: dict[str, tuple]) -> None:
     with open(run.root / CHANGES_FILE, "a") as log:
-        log.write(json.dumps({"step": step, "time": time.strftime("%Y-%m-%d %H:%M:%S"),
-                              "changes": {k: {"then": a, "now": b} for k, (a, b) in changes.items()}}) + "\n")
+        log.write(
+            json.dumps(
+                {
+                    "step": step,
+                    "time": time.strftime("%Y-%m-%d %H:%M:%S"),
+                    "changes": {k: {"then": a, "now": b} for k, (a, b) in changes.items()},
+                }
+            )
+            + "\n"
+        )
 
 
 def _flat(tree: dict, prefix: str = "") -> dict:
@@ -155,4 +196,3 @@ def _flat(tree: dict, prefix: str = "") -> dict:
         else:
             flat[f"{prefix}{key}"] = value
     return flat
-

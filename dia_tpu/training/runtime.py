@@ -28,8 +28,12 @@ class Runtime:
     def of(cls, state: PartialState, cfg: Config) -> Runtime:
         """The runtime of this process; `state` is the Accelerator (or PartialState) it runs under."""
         on_xla = state.distributed_type == DistributedType.XLA
-        return cls.assumed(cfg, "xla" if on_xla else state.device.type, state.device,
-                           fsdp=state.distributed_type == DistributedType.FSDP)  # fmt: skip
+        return cls.assumed(
+            cfg,
+            "xla" if on_xla else state.device.type,
+            state.device,
+            fsdp=state.distributed_type == DistributedType.FSDP,
+        )
 
     @classmethod
     def assumed(cls, cfg: Config, kind: str, device: torch.device | None = None, fsdp: bool = False) -> Runtime:

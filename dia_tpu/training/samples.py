@@ -78,19 +78,30 @@ class TrainingSamples:
             _save_png(folder / f"{prompt.name}.png", image)
             self._log(prompt.name, prompt.text, wave, rate, image, step)
             index.append(
-                {"name": prompt.name, "text": prompt.text, "audio_prompt": prompt.audio,
-                 "transcript": prompt.transcript, "seed": prompt.seed, "seconds": round(len(wave) / rate, 3),
-                 "step": step}
-            )  # fmt: skip
+                {
+                    "name": prompt.name,
+                    "text": prompt.text,
+                    "audio_prompt": prompt.audio,
+                    "transcript": prompt.transcript,
+                    "seed": prompt.seed,
+                    "seconds": round(len(wave) / rate, 3),
+                    "step": step,
+                }
+            )
         (folder / SAMPLES_INDEX).write_text(json.dumps(index, indent=2) + "\n")
         return folder
 
     def _settings(self, prompt) -> GenerationSettings:
         s = self.cfg.samples
         return GenerationSettings(
-            guidance_scale=s.guidance_scale, temperature=s.temperature, top_p=s.top_p, top_k=s.top_k,
-            seed=prompt.seed, max_seconds=s.max_seconds, language_tags=self.cfg.data.language_tags,
-        )  # fmt: skip
+            guidance_scale=s.guidance_scale,
+            temperature=s.temperature,
+            top_p=s.top_p,
+            top_k=s.top_k,
+            seed=prompt.seed,
+            max_seconds=s.max_seconds,
+            language_tags=self.cfg.data.language_tags,
+        )
 
     def _log(self, name: str, text: str, wave: np.ndarray, rate: int, image: np.ndarray, step: int) -> None:
         for tracker in self.accelerator.trackers:

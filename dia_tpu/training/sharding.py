@@ -35,10 +35,12 @@ class Sharding:
                 return cls("none")
             processes = int(os.environ.get("PJRT_LOCAL_PROCESS_COUNT", "1"))  # set by xmp.spawn, per host
             if processes > 1:
-                raise ConfigError(f"train.sharding=fsdp on XLA runs one process per host driving all its chips "
-                                  f"(SPMD), and this host started {processes} (accelerate launch --num_processes "
-                                  f"{processes}): they would train {processes} unrelated copies; start one, with "
-                                  "`python -m dia_tpu.finetune_acc_tpu` or `accelerate launch --num_processes 1`")
+                raise ConfigError(
+                    f"train.sharding=fsdp on XLA runs one process per host driving all its chips "
+                    f"(SPMD), and this host started {processes} (accelerate launch --num_processes "
+                    f"{processes}): they would train {processes} unrelated copies; start one, with "
+                    "`python -m dia_tpu.finetune_acc_tpu` or `accelerate launch --num_processes 1`"
+                )
             from dia_tpu.training import spmd
 
             spmd.start()
@@ -80,8 +82,10 @@ class Sharding:
             return spmd.describe(model, self.mesh)
         if self.kind == "fsdp2":
             held, total = fsdp.local_share(model)
-            return (f"sharding: FSDP2, this process holding {held / 1e6:.2f} M of the {total / 1e6:.2f} M weights "
-                    "and their gradients and optimizer state")  # fmt: skip
+            return (
+                f"sharding: FSDP2, this process holding {held / 1e6:.2f} M of the {total / 1e6:.2f} M weights "
+                "and their gradients and optimizer state"
+            )
         return None
 
     def after_resume(self, optimizer: torch.optim.Optimizer) -> None:

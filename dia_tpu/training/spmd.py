@@ -52,9 +52,12 @@ def build_mesh(cfg: Config) -> xs.Mesh:
     """The (data, fsdp) mesh over every device of the run; every batch must split evenly over it."""
     n, local, data = device_count(), xr.addressable_runtime_device_count(), cfg.train.mesh_data
     problems = [f"train.mesh_data={data} does not divide the {n} devices"] if n % data else []
-    problems += [f"{key}={size}: under SPMD it is the batch of one host, split over its {local} devices; make it a "
-                 f"multiple of {local}" for key, size in (("train.batch_size", cfg.train.batch_size),
-                                                          ("eval.batch_size", cfg.eval.batch_size)) if size % local]
+    problems += [
+        f"{key}={size}: under SPMD it is the batch of one host, split over its {local} devices; make it a "
+        f"multiple of {local}"
+        for key, size in (("train.batch_size", cfg.train.batch_size), ("eval.batch_size", cfg.eval.batch_size))
+        if size % local
+    ]
     if problems:
         raise ConfigError("train.sharding=fsdp on XLA:\n  - " + "\n  - ".join(problems))
     return xs.Mesh(np.arange(n), (data, n // data), AXES)
@@ -75,6 +78,7 @@ def batch_spec(rank: int) -> tuple:
 def shard_model(model: torch.nn.Module, mesh: xs.Mesh) -> None:
     """Annotate a model already on the XLA device (after `accelerator.prepare`): weights, layer outputs and
     logits, and the per-layer backward barriers."""
+
     def shard_gradient(param: torch.Tensor) -> None:
         xs.mark_sharding(param.grad, mesh, weight_spec(param))
 
@@ -127,8 +131,10 @@ def describe(model: torch.nn.Module, mesh: xs.Mesh) -> str:
     data, fsdp = mesh.mesh_shape
     total = sum(p.numel() for p in model.parameters())
     held = sum(p.numel() / (fsdp if sharding_of(p) else 1) for p in model.parameters())
-    return (f"sharding: SPMD over {data * fsdp} devices (mesh data {data} x fsdp {fsdp}), each holding "
-            f"{held / 1e6:.2f} M of the {total / 1e6:.2f} M weights and their gradients and optimizer state")
+    return (
+        f"sharding: SPMD over {data * fsdp} devices (mesh data {data} x fsdp {fsdp}), each holding "
+        f"{held / 1e6:.2f} M of the {total / 1e6:.2f} M weights and their gradients and optimizer state"
+    )
 
 
 def host_copies(tensors: list[torch.Tensor]) -> list[torch.Tensor]:

@@ -116,7 +116,12 @@ def _split(model: torch.nn.Module) -> tuple[list, list]:
 
 
 def train_step(
-    accelerator: Accelerator, model, optimizer, scheduler, batches: list[dict], weights: torch.Tensor,
+    accelerator: Accelerator,
+    model,
+    optimizer,
+    scheduler,
+    batches: list[dict],
+    weights: torch.Tensor,
     max_grad_norm: float,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """One optimizer step over its micro-batches, shared by training and the benchmark.

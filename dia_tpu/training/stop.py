@@ -50,8 +50,12 @@ class StopRequest:
             signal.raise_signal(signum)  # the second one: its default action, now
             return
         self.signum = self.signum or signum
-        print(f"\n{signal.Signals(signum).name}: saving a checkpoint after this step, then stopping "
-              "(Ctrl-C again stops at once)", file=sys.stderr, flush=True)  # fmt: skip
+        print(
+            f"\n{signal.Signals(signum).name}: saving a checkpoint after this step, then stopping "
+            "(Ctrl-C again stops at once)",
+            file=sys.stderr,
+            flush=True,
+        )
 
     def agreed(self, accelerator: Accelerator, check: bool = True) -> int:
         """The signal to stop on, the same on every process (0: go on). With several processes this is a

@@ -38,8 +38,10 @@ class Diarizer:
             except TypeError:  # pyannote.audio 3.x names the token differently
                 pipeline = Pipeline.from_pretrained(model, use_auth_token=token)
         if pipeline is None:  # 3.x returns None for a gated model it may not read
-            raise ValueError(f"transcribe.diarizer: {model} could not be loaded (gated: accept its terms on the "
-                             "hub and set HF_TOKEN)")  # fmt: skip
+            raise ValueError(
+                f"transcribe.diarizer: {model} could not be loaded (gated: accept its terms on the "
+                "hub and set HF_TOKEN)"
+            )
         self.pipeline = pipeline.to(torch.device(device))
         self.torch = torch
         self.name = f"pyannote {model}"
@@ -49,5 +51,7 @@ class Diarizer:
         audio = {"waveform": self.torch.from_numpy(wave[None].astype(np.float32)), "sample_rate": RATE}
         found = self.pipeline(audio, **({"num_speakers": speakers} if speakers else {}))
         annotation = getattr(found, "speaker_diarization", found)  # 4.x wraps the annotation
-        return [(float(turn.start), float(turn.end), str(label))
-                for turn, _, label in annotation.itertracks(yield_label=True)]  # fmt: skip
+        return [
+            (float(turn.start), float(turn.end), str(label))
+            for turn, _, label in annotation.itertracks(yield_label=True)
+        ]

@@ -64,10 +64,14 @@ def speech_regions(wave: np.ndarray, threshold: float, min_silence: float, max_s
     import torch
 
     model, get_speech_timestamps = _vad()
-    found = get_speech_timestamps(torch.from_numpy(np.ascontiguousarray(wave, dtype=np.float32)), model,
-                                  threshold=threshold, sampling_rate=RATE,
-                                  min_silence_duration_ms=int(min_silence * 1000),
-                                  max_speech_duration_s=max(1.0, max_seconds - 2 * PAD))  # fmt: skip
+    found = get_speech_timestamps(
+        torch.from_numpy(np.ascontiguousarray(wave, dtype=np.float32)),
+        model,
+        threshold=threshold,
+        sampling_rate=RATE,
+        min_silence_duration_ms=int(min_silence * 1000),
+        max_speech_duration_s=max(1.0, max_seconds - 2 * PAD),
+    )
     regions = [Region(t["start"] / RATE, t["end"] / RATE) for t in found]
     for before, after in zip(regions, regions[1:], strict=False):
         if after.start - before.end < FORCED_CUT:
@@ -91,8 +95,9 @@ def group(regions: list[Region], total: float, max_seconds: float, max_pause: fl
         if region.problem is not None:
             close()
             continue
-        if current and (region.start - current[-1].end > max_pause
-                        or region.end - current[0].start + 2 * PAD > max_seconds):  # fmt: skip
+        if current and (
+            region.start - current[-1].end > max_pause or region.end - current[0].start + 2 * PAD > max_seconds
+        ):
             close()
         current.append(region)
     close()

@@ -75,8 +75,10 @@ def find_recordings(inputs: list[str]) -> list[Recording]:
         if path.is_file():
             found.append(Recording(path, _safe(path.stem), str(path)))
         elif path.is_dir():
-            files = sorted((f for f in walk_files(path) if f.suffix.lower() in AUDIO_EXTENSIONS),
-                           key=lambda f: f.relative_to(path).parts)  # fmt: skip
+            files = sorted(
+                (f for f in walk_files(path) if f.suffix.lower() in AUDIO_EXTENSIONS),
+                key=lambda f: f.relative_to(path).parts,
+            )
             if not files:
                 raise FileNotFoundError(f"{given}: no audio files ({', '.join(AUDIO_EXTENSIONS)}) under it")
             found += [Recording(f, _safe(f.relative_to(path).with_suffix("").as_posix()), str(f)) for f in files]
@@ -114,8 +116,13 @@ def transcribe(cfg: Config, inputs: list[str], output: str | Path) -> dict:
     if mine:
         judges = _Judges(cfg)
         hours = sum(_seconds(r.path) for r in mine) / 3600
-        with tqdm(total=round(hours, 3), unit="h", desc="transcribe", disable=not state.is_local_main_process,
-                  bar_format="{l_bar}{bar}| {n:.2f}/{total:.2f} h [{elapsed}<{remaining}]") as bar:  # fmt: skip
+        with tqdm(
+            total=round(hours, 3),
+            unit="h",
+            desc="transcribe",
+            disable=not state.is_local_main_process,
+            bar_format="{l_bar}{bar}| {n:.2f}/{total:.2f} h [{elapsed}<{remaining}]",
+        ) as bar:
             for recording in mine:
                 item = transcribe_recording(recording, cfg, judges, output)
                 item["key"] = recording.key(settings)
@@ -148,7 +155,6 @@ class _Judges:
 
             self.diarizer = Diarizer(t.diarizer, t.device)
 
-
     def names(self) -> dict[str, str]:
         names = {"recogniser": self.recogniser.name, "speaker": self.speaker.name}
         return names | ({"diarizer": self.diarizer.name} if self.diarizer is not None else {})
@@ -179,9 +185,17 @@ def transcribe_recording(recording: Recording, cfg: Config, judges: _Judges, out
     """One recording's segments (written under output/audio/<name>/), what was dropped, its speakers'
     centroids and each stage's seconds."""
     t = cfg.transcribe
-    item = {"name": recording.name, "source": recording.source, "seconds": 0.0, "kept": [], "dropped": [],
-            "centroids": [], "timings": dict.fromkeys(STAGES, 0.0), "problem": None,
-            "judges": judges.names()}  # fmt: skip
+    item = {
+        "name": recording.name,
+        "source": recording.source,
+        "seconds": 0.0,
+        "kept": [],
+        "dropped": [],
+        "centroids": [],
+        "timings": dict.fromkeys(STAGES, 0.0),
+        "problem": None,
+        "judges": judges.names(),
+    }
     try:
         data, rate = sf.read(str(recording.path), dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError) as err:
@@ -237,8 +251,7 @@ def transcribe_recording(recording: Recording, cfg: Config, judges: _Judges, out
             continue
         file = folder / f"{recording.name}_{len(item['kept']):04d}.flac"
         sf.write(str(file), np.clip(piece, -1.0, 1.0), rate, subtype="PCM_16")
-        item["kept"].append({**row, "file": file.relative_to(output).as_posix(), "text": said[0],
-                             "speakers": said[1]})  # fmt: skip
+        item["kept"].append({**row, "file": file.relative_to(output).as_posix(), "text": said[0], "speakers": said[1]})
     item["dropped"].sort(key=lambda d: d["start"])
     return item
 
@@ -253,8 +266,12 @@ def _dropped_regions(regions: list[Region]) -> list[dict]:
         elif previous is not None and previous["reason"] == region.problem:
             previous["end"] = round(region.end, 3)
         else:
-            previous = {"start": round(region.start, 3), "end": round(region.end, 3), "reason": region.problem,
-                        "text": region.text}  # fmt: skip
+            previous = {
+                "start": round(region.start, 3),
+                "end": round(region.end, 3),
+                "reason": region.problem,
+                "text": region.text,
+            }
             rows.append(previous)
     return rows
 
@@ -291,8 +308,9 @@ def assemble(output: Path, recordings: list[Recording], settings: str, cfg: Conf
             reasons[item["problem"].split(":")[0]] += 1
         for row in item["kept"]:
             voices = "+".join(names[item["name"]][k] for k in row["speakers"])
-            lines.append("|".join([row["file"], row["text"], voices, item["source"], f"{row['start']:.3f}",
-                                   f"{row['end']:.3f}"]))  # fmt: skip
+            lines.append(
+                "|".join([row["file"], row["text"], voices, item["source"], f"{row['start']:.3f}", f"{row['end']:.3f}"])
+            )
             kept_seconds += row["end"] - row["start"]
         for row in item["dropped"]:
             dropped.append(f"{item['source']}\t{row['start']:.3f}\t{row['end']:.3f}\t{row['reason']}\t{row['text']}")
@@ -307,8 +325,9 @@ def assemble(output: Path, recordings: list[Recording], settings: str, cfg: Conf
         "dropped": dict(reasons.most_common()),
         "speakers": {item["source"]: len(item["centroids"]) for item in items},
         "seconds": {stage: round(v, 2) for stage, v in timings.items()},
-        "real_time_factor": {stage: round(v / max(seconds, 1e-9), 4) for stage, v in
-                             {**timings, "total": sum(timings.values())}.items()},  # fmt: skip
+        "real_time_factor": {
+            stage: round(v / max(seconds, 1e-9), 4) for stage, v in {**timings, "total": sum(timings.values())}.items()
+        },
         "judges": next((item["judges"] for item in items), {}),
         "settings": json.loads(settings),
     }

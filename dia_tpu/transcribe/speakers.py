@@ -73,8 +73,9 @@ def cluster(embeddings: np.ndarray, count: int, threshold: float) -> np.ndarray:
     return np.array([order[label] for label in labels.tolist()])
 
 
-def assign_speakers(regions: list[Region], windows: list[np.ndarray], count: int, threshold: float,
-                    min_similarity: float) -> np.ndarray:  # fmt: skip
+def assign_speakers(
+    regions: list[Region], windows: list[np.ndarray], count: int, threshold: float, min_similarity: float
+) -> np.ndarray:
     """Set each region's speaker and similarity, and the problem of one that is two voices or unclear;
     returns the speakers' unit centroids [k, d]."""
     means = np.stack([_unit(w.mean(0)) for w in windows]) if windows else np.zeros((0, 1))
@@ -98,8 +99,9 @@ def assign_speakers(regions: list[Region], windows: list[np.ndarray], count: int
     return centroids
 
 
-def assign_from_turns(regions: list[Region], windows: list[np.ndarray], turns: list[tuple[float, float, str]],
-                      min_similarity: float) -> np.ndarray:  # fmt: skip
+def assign_from_turns(
+    regions: list[Region], windows: list[np.ndarray], turns: list[tuple[float, float, str]], min_similarity: float
+) -> np.ndarray:
     """Speakers from a diarizer's turns (start, end, label) instead of clustering: each region takes the
     label that covers most of it, and one where a second label covers MIXED_SECONDS or more is two voices.
     The encoder's embeddings still give each speaker's centroid (for voice names across recordings) and each

@@ -26,10 +26,20 @@ class Browser:
         if binary is None:
             pytest.skip("no chromium binary on PATH (Debian package: chromium)")
         websocket = pytest.importorskip("websocket", reason="websocket-client is missing: pip install 'dia-tpu[dev]'")
-        cmd = [binary, "--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run",
-               "--disable-background-networking", "--disable-component-update", "--disable-sync",
-               "--autoplay-policy=no-user-gesture-required", "--remote-debugging-port=0",
-               f"--user-data-dir={profile}", "about:blank"]  # fmt: skip
+        cmd = [
+            binary,
+            "--headless=new",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--autoplay-policy=no-user-gesture-required",
+            "--remote-debugging-port=0",
+            f"--user-data-dir={profile}",
+            "about:blank",
+        ]
         self.process = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         self.events: list[dict] = []
         try:

@@ -36,9 +36,20 @@ from dia_tpu.training.sharding import Sharding  # noqa: E402
 from dia_tpu.training.step import build_trainable, make_optimizer  # noqa: E402
 
 # The sharded run: 4 devices, so every batch is a multiple of 4.
-SHARDED = ["train.sharding=fsdp", "train.batch_size=4", "eval.batch_size=4", "data.eval_size=4", "train.max_steps=8",
-           "train.save_every=2", "train.keep_last=4", "eval.eval_every=4", "train.log_every=1", "samples.every=8",
-           'samples.prompts=[{name: hi, text: "[S1] Hi there."}]', "samples.max_seconds=0.3"]  # fmt: skip
+SHARDED = [
+    "train.sharding=fsdp",
+    "train.batch_size=4",
+    "eval.batch_size=4",
+    "data.eval_size=4",
+    "train.max_steps=8",
+    "train.save_every=2",
+    "train.keep_last=4",
+    "eval.eval_every=4",
+    "train.log_every=1",
+    "samples.every=8",
+    'samples.prompts=[{name: hi, text: "[S1] Hi there."}]',
+    "samples.max_seconds=0.3",
+]
 
 
 def probe(codes: Path, out: Path) -> dict:
@@ -72,8 +83,12 @@ def probe(codes: Path, out: Path) -> dict:
 
 
 def _state_shardings(model, optimizer) -> dict:
-    return {f"{name}.{key}": spmd.sharding_of(value) for name, p in model.named_parameters()
-            for key, value in optimizer.state[p].items() if value.dim()}  # fmt: skip
+    return {
+        f"{name}.{key}": spmd.sharding_of(value)
+        for name, p in model.named_parameters()
+        for key, value in optimizer.state[p].items()
+        if value.dim()
+    }
 
 
 def main(codes: Path, out: Path) -> None:
