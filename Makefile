@@ -17,7 +17,23 @@ XLA_VERSION ?= 2.9.0
 XLA_VENV ?= $(HOME)/.cache/dia_tpu/xla-py311-torch$(XLA_TORCH)-xla$(XLA_VERSION)
 XLA_STAMP := $(XLA_VENV)/.installed
 
-.PHONY: demo test test-cpu test-xla lint bench clean system-packages
+# The project's requirements for `pip install -r`, one a line: the core ones and the dev extra's, with the extras
+# that dev names (dia-tpu[eval,...]) written out, since pip would look for dia-tpu itself on the index otherwise.
+# Names given as arguments are left out.
+REQUIREMENTS := import re, sys, tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; \
+  x = p['optional-dependencies']; \
+  out = lambda r: [q for n in r[8:-1].split(',') for s in x[n] for q in out(s)] if r.startswith('dia-tpu[') else [r]; \
+  found = dict.fromkeys(q for r in p['dependencies'] + x['dev'] for q in out(r)); \
+  print('\n'.join(q for q in found if re.match(r'[\w.-]+', q)[0].lower() not in sys.argv[1:]))
+
+# `make canary`: the suite's model, training and generation tests against the newest transformers and accelerate,
+# outside the ranges pyproject.toml holds them to, in a scratch environment rebuilt on every run. It reports; it
+# is no part of `make test`.
+CANARY_VENV ?= $(HOME)/.cache/dia_tpu/canary
+CANARY_TESTS ?= tests/test_canary.py tests/test_generate.py tests/test_train.py tests/test_loss.py \
+  tests/test_shapes.py tests/test_native.py
+
+.PHONY: demo test test-cpu test-xla lint bench clean system-packages canary
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,7 +47,7 @@ $(XLA_STAMP): pyproject.toml
 	$(PYTHON) -m venv $(XLA_VENV)
 	$(XLA_VENV)/bin/pip install --quiet --upgrade pip
 	$(XLA_VENV)/bin/pip install --quiet "torch==$(XLA_TORCH)" "torch_xla==$(XLA_VERSION)"
-	$(XLA_VENV)/bin/python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; print('\n'.join(p['dependencies'] + p['optional-dependencies']['dev']))" > $(XLA_VENV)/requirements.txt
+	$(XLA_VENV)/bin/python -c "$(REQUIREMENTS)" > $(XLA_VENV)/requirements.txt
 	$(XLA_VENV)/bin/pip install --quiet -r $(XLA_VENV)/requirements.txt
 	touch $(XLA_STAMP)
 
@@ -73,6 +89,22 @@ test-xla: $(XLA_STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check dia_tpu tests scripts
 	$(BIN)/ruff format --check dia_tpu tests scripts
+	$(BIN)/python scripts/layers.py
+
+# torch as the main environment has it, then the newest transformers and accelerate, then everything else the
+# project asks for around them; the tests import dia_tpu from this clone, as in the XLA environment.
+canary:
+	rm -rf $(CANARY_VENV)
+	$(PYTHON) -m venv $(CANARY_VENV)
+	$(CANARY_VENV)/bin/pip install --quiet --upgrade pip
+	$(CANARY_VENV)/bin/pip install --quiet "$(TORCH)"
+	$(CANARY_VENV)/bin/pip install --quiet --upgrade transformers accelerate
+	$(CANARY_VENV)/bin/python -c "$(REQUIREMENTS)" torch transformers accelerate > $(CANARY_VENV)/requirements.txt
+	$(CANARY_VENV)/bin/pip install --quiet -r $(CANARY_VENV)/requirements.txt
+	@$(CANARY_VENV)/bin/python -c "import accelerate, torch, transformers; \
+	  print(f'canary: torch {torch.__version__}, transformers {transformers.__version__}, accelerate {accelerate.__version__}')"
+	PYTHONPATH="$(CURDIR):$(CURDIR)/tests" $(CANARY_VENV)/bin/python -m pytest -q -p no:cacheprovider $(CANARY_TESTS) \
+	  -k "not speed" && echo "canary: passed" || { echo "canary: FAILED (see above)"; exit 1; }
 
 bench: $(STAMP)
 	$(BIN)/dia-tpu bench --config configs/bench.yaml

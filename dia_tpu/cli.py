@@ -9,6 +9,7 @@ from pathlib import Path
 from dia_tpu import finetune_acc_tpu
 from dia_tpu.config import DECODINGS, PRECISIONS, SAMPLING, SOURCE_KINDS
 from dia_tpu.console import quiet_libraries, run_command
+from dia_tpu.errors import UserError
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -317,11 +318,11 @@ def _check_folder(items: list[str]) -> None:
     from dia_tpu.artifacts.audit import audit
 
     if len(items) != 1:
-        raise ValueError("check: give one FOLDER to look at, or --config CONFIG to check the dataset it names")
+        raise UserError("check: give one FOLDER to look at, or --config CONFIG to check the dataset it names")
     found = audit(items[0])
     print("\n".join(found.lines()))
     if found.refused:
-        raise ValueError(f"{len(found.refused)} thing(s) in {items[0]} would be refused (listed above)")
+        raise UserError(f"{len(found.refused)} thing(s) in {items[0]} would be refused (listed above)")
     print(f"nothing in {items[0]} would be refused")
 
 
@@ -395,7 +396,7 @@ def _studio(args: argparse.Namespace) -> None:
     import importlib.util
 
     if importlib.util.find_spec("gradio") is None:
-        raise ValueError("dia-tpu studio needs gradio: pip install 'dia-tpu[studio]'")
+        raise UserError("dia-tpu studio needs gradio: pip install 'dia-tpu[studio]'")
     from dia_tpu.studio import serve
 
     serve(
@@ -435,12 +436,12 @@ def _generate(args: argparse.Namespace) -> None:
 def _evaluate(args: argparse.Namespace) -> None:
     import torch
 
-    from dia_tpu.evaluation.judge import Judges
     from dia_tpu.evaluation.prompts import dataset_prompts, read_prompts
     from dia_tpu.evaluation.run import evaluate_models
+    from dia_tpu.listen.judges import Judges
 
     if args.limit is not None and args.limit < 1:
-        raise ValueError(f"--limit must be >= 1, got {args.limit}")
+        raise UserError(f"--limit must be >= 1, got {args.limit}")
     if args.prompts is not None:
         requests = read_prompts(args.prompts)[: args.limit]
     else:
@@ -479,6 +480,7 @@ def _bench(args: argparse.Namespace) -> None:
             args.batch_size or [1, 4],
             args.precision or ["no", "bf16"],
             args.decoding or list(DECODINGS),
+            skip_slow=not args.precision,
         )
         print(format_generation_table(results))
         if args.json:
@@ -492,7 +494,7 @@ def _bench(args: argparse.Namespace) -> None:
             # Split at commas that start the next KEY=, so values like [attention, mlp] stay whole.
             variants[name] = load(args.config, [*args.overrides, *[x for x in re.split(r",(?=[\w.]+=)", extra) if x]])
         cfg = variants
-    results = bench(cfg, args.steps, args.warmup, args.precision or list(DEFAULT_PRECISIONS))
+    results = bench(cfg, args.steps, args.warmup, args.precision or list(DEFAULT_PRECISIONS), not args.precision)
     print(format_table(results))
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2) + "\n")

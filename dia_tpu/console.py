@@ -12,6 +12,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from dia_tpu.errors import UserError
 from dia_tpu.hub import HubError
 
 
@@ -27,13 +28,14 @@ class DropNote(logging.Filter):
         return self.fragment not in record.getMessage()
 
 
-# Bad input, named by file, key or value.
+# Bad input, named by file, key or value: dia_tpu's own `UserError`, the Hub out of reach, and the operating
+# system's word on a path the user gave. A ValueError from anywhere else is a bug and keeps its traceback.
 USER_ERRORS: tuple[type[BaseException], ...] = (
+    UserError,
+    HubError,
     FileNotFoundError,
     FileExistsError,
     NotADirectoryError,
-    ValueError,
-    HubError,
 )
 
 

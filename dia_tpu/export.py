@@ -14,6 +14,7 @@ from transformers import DacModel
 from dia_tpu.artifacts import ADAPTER_DIR, CODEC_DIR, CONFIG_FILE, open_artifact, put_in_place
 from dia_tpu.artifacts.owner import EXPORT, NotOurs, aside, check_replaceable, mark
 from dia_tpu.config import Config
+from dia_tpu.errors import UserError
 from dia_tpu.model.adapters import is_peft, merged
 from dia_tpu.model.codec import make_processor
 from dia_tpu.model.load import load_for_inference, load_model, load_trained
@@ -78,7 +79,7 @@ def export_checkpoint(
         raise FileNotFoundError(f"{checkpoint} holds no {CONFIG_FILE}: not a dia_tpu checkpoint folder")
     if form == "adapter":
         if artifact.kind != "lora_checkpoint":
-            raise ValueError(f"{checkpoint} is a full fine-tune (model.lora.rank is 0): it has no adapter to export")
+            raise UserError(f"{checkpoint} is a full fine-tune (model.lora.rank is 0): it has no adapter to export")
         with building_beside(out_dir) as building:
             save_adapter(load_trained(artifact), building)
     elif form == "native":

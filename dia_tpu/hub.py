@@ -8,11 +8,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from dia_tpu.errors import UserError
+
 # What a hub repository id looks like: org/name.
 HUB_ID = re.compile(r"[\w.-]+/[\w.-]+")
 
 
-class HubError(ConnectionError):
+class HubError(ConnectionError, UserError):
     """A model, codec or dataset that was to come from the Hub and could not; the message is one line."""
 
 

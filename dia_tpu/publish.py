@@ -30,13 +30,17 @@ from dia_tpu.config import Config, redact_tree
 from dia_tpu.config.schema import PATH_KIND
 from dia_tpu.console import first_line
 from dia_tpu.data.shards import MANIFEST_FILE, read_prepare_info
+from dia_tpu.errors import UserError
+from dia_tpu.evaluation.judge import AUDIO_FIGURES
 from dia_tpu.hub import HubError, is_hub_id, transport_errors
-from dia_tpu.training.meter import AUDIO_FIGURES
 
 # How many of the run's latest samples go with the model, linked from the card.
 CARD_SAMPLES = 3
 # Dia's own license, which a fine-tune of Nari Labs' weights inherits.
 NARI_LICENSE = "apache-2.0"
+
+# The card's words for train.mixed_precision (`auto` chose per machine at the start of each run).
+PRECISION_WORDS = {"no": "fp32", "auto": "bf16 where the device runs it natively, else fp32 (auto)"}
 
 
 def upload_folder(
@@ -54,19 +58,19 @@ def upload_folder(
     source, out = Path(model), Path(out)
     artifact = open_artifact(source)
     if artifact.kind != "export" or artifact.config is None:
-        raise ValueError(
+        raise UserError(
             f"--model {source}: not a dia_tpu export (a run's final/, or `dia-tpu export` of a "
             f"checkpoint); export the checkpoint first"
         )
     if not is_hub_id(repo_id, base=Path("/nonexistent")):
-        raise ValueError(f"--repo {repo_id!r}: a Hub repository id looks like org/name")
+        raise UserError(f"--repo {repo_id!r}: a Hub repository id looks like org/name")
     if out.exists():
         raise FileExistsError(f"{out} exists; give a new folder to write the repository into")
     cfg = artifact.config
     if adapter and not (source / ADAPTER_DIR).is_dir():
-        raise ValueError(f"--adapter: {source} holds no {ADAPTER_DIR}/ (only a LoRA run's export has one)")
+        raise UserError(f"--adapter: {source} holds no {ADAPTER_DIR}/ (only a LoRA run's export has one)")
     if adapter and native:
-        raise ValueError("--adapter and --native: a native checkpoint is a whole model; choose one")
+        raise UserError("--adapter and --native: a native checkpoint is a whole model; choose one")
     out.mkdir(parents=True)
     if native:
         from dia_tpu.model.load import load_model
@@ -147,11 +151,14 @@ def model_card(
     license: str | None = None,
     native: str | None = None,
 ) -> str:
-    """README.md for the repository: the Hub's metadata header, then what the model is and how to use it."""
-    from huggingface_hub import ModelCardData
+    """README.md for the repository: the Hub's metadata header, then what the model is and how to use it, from
+    the package's template (templates/model_card.md)."""
+    import jinja2
+    from huggingface_hub import ModelCard, ModelCardData
+
+    from dia_tpu.model.native_files import SAVE_NAMES
 
     base = cfg.model.pretrained
-    shown = local_name(base) if base else None  # a local base folder by its name: the card is public
     data = _data_summary(cfg)
     metadata = ModelCardData(
         license=license or base_license(base),
@@ -161,54 +168,40 @@ def model_card(
         pipeline_tag="text-to-speech",
         tags=["text-to-speech", "dia", "dia_tpu", "lora" if adapter else "fine-tuned", *(["native"] if native else [])],
     )
-    name = repo_id.split("/")[-1]
-    lines = [f"---\n{metadata.to_yaml()}\n---", f"# {name}", ""]
-    if base:
-        what = "A LoRA adapter for" if adapter else "A fine-tune of"
-        lines.append(f"{what} `{shown}` (Nari Labs' Dia, dialogue text-to-speech), made with dia_tpu.")
-    else:
-        what = "A LoRA adapter on a Dia model" if adapter else "A Dia model"
-        lines.append(
-            f"{what} (Nari Labs' dialogue text-to-speech architecture) trained from random weights with dia_tpu."
-        )
-    if native:
-        lines += ["", f"Stored as a native Nari Labs checkpoint ({native} layout), for their `dia` package and app."]
+    lora = cfg.model.lora
     codec = cfg.model.codec
-    if not adapter and not native and not (codec and is_hub_id(codec)):
-        lines += [
-            "",
-            f"Its audio codec is not a Hub model of its own: it is in `{CODEC_DIR}/` here, and the "
-            "processor names it by that relative path, so load the processor from a downloaded copy "
-            f"(`hf download {repo_id} --local-dir DIR`, then from inside DIR).",
-        ]
-    lines += ["", "## Training data", ""]
-    lines.append(f"- {data['hours']:.2f} h of audio in {data['items']} clips from `{data['source']}`")
-    if data["speakers"]:
-        lines.append(f"- speakers: {data['speakers']}")
-    if data["languages"]:
-        lines.append(f"- languages: {', '.join(data['languages'])}")
-    t = cfg.train
-    lines += ["", "## Training", ""]
-    kind = (
-        f"LoRA rank {cfg.model.lora.rank} ({', '.join(cfg.model.lora.targets)})"
-        if cfg.model.lora.rank
-        else "all weights trained"
+    environment = jinja2.Environment(
+        loader=jinja2.PackageLoader("dia_tpu", "templates"),
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
     )
-    precision = t.mixed_precision if t.mixed_precision != "no" else "fp32"
-    lines.append(
-        f"- {kind}; batch {t.batch_size}, gradient accumulation {t.gradient_accumulation_steps}, learning "
-        f"rate {t.learning_rate:g} ({t.lr_scheduler}), {precision}"
+    environment.filters["python"] = repr  # a string as Python source writes it, for the code blocks
+    text = environment.get_template("model_card.md").render(
+        card_data=metadata.to_yaml(),
+        name=repo_id.split("/")[-1],
+        repo_id=repo_id,
+        base=local_name(base) if base else None,  # a local base folder by its name: the card is public
+        adapter=adapter,
+        native=native,
+        native_weights=SAVE_NAMES[native] if native else None,
+        # Only a whole model in transformers' layout carries the codec, and only one that is not on the Hub.
+        codec_folder=None if adapter or native or (codec and is_hub_id(codec)) else CODEC_DIR,
+        hours=data["hours"],
+        clips=data["items"],
+        source=data["source"],
+        speakers=data["speakers"],
+        languages=data["languages"],
+        trained=f"LoRA rank {lora.rank} ({', '.join(lora.targets)})" if lora.rank else "all weights trained",
+        train=cfg.train,
+        precision=PRECISION_WORDS.get(cfg.train.mixed_precision, cfg.train.mixed_precision),
+        data=cfg.data,
+        results=_results(run),
+        samples=[(Path(sample).stem, sample) for sample in samples],
     )
-    lines.append(
-        f"- clips of up to {cfg.data.max_audio_frames} codec frames and {cfg.data.max_text_tokens} text "
-        "tokens; the run's whole config is `config.yaml` here"
-    )
-    lines += _results(run)
-    if samples:
-        lines += ["", "## Samples", ""]
-        lines += [f"- [{Path(sample).stem}]({sample})" for sample in samples]
-    lines += ["", "## Use", "", *(_native_usage(repo_id, native) if native else _usage(repo_id, shown, adapter))]
-    return "\n".join(lines) + "\n"
+    # Read back as the Hub reads a card: a header that would not parse there fails here.
+    return ModelCard(text).content
 
 
 def base_license(base: str | None) -> str:
@@ -255,17 +248,17 @@ def _results(run: RunFolder) -> list[str]:
     from dia_tpu.report import read_scalars
 
     scalars = read_scalars(run.logs)
-    lines = ["", "## Results", ""]
+    lines = []
     if steps := scalars.get("train/loss"):
-        lines.append(f"- {max(steps)} optimizer steps")
+        lines.append(f"{max(steps)} optimizer steps")
     if evals := scalars.get("eval/loss"):
         last, best = max(evals), min(evals, key=evals.get)
-        lines.append(f"- eval loss {evals[last]:.4f} at the end, best {evals[best]:.4f} at step {best}")
+        lines.append(f"eval loss {evals[last]:.4f} at the end, best {evals[best]:.4f} at step {best}")
     for key, name, fmt in AUDIO_FIGURES:
         if values := scalars.get(f"audio/{key}"):
             step = max(values)
-            lines.append(f"- {name}: {values[step]:{fmt}} (automatic evaluation at step {step})")
-    return lines if len(lines) > 3 else []
+            lines.append(f"{name}: {values[step]:{fmt}} (automatic evaluation at step {step})")
+    return lines
 
 
 def _copy_samples(run: RunFolder, out: Path) -> list[str]:
@@ -351,72 +344,7 @@ def _check_no_local_paths(out: Path, source: Path) -> None:
         if file.is_file() and file.suffix in TEXT_FILES:
             text = file.read_text(encoding="utf-8", errors="replace")
             if found := sorted(folder for folder in folders if folder in text):
-                raise ValueError(
+                raise UserError(
                     f"{file}: names the local folder {found[0]}; it would be published with the "
                     "repository (a dia_tpu bug: please report it)"
                 )
-
-
-def _native_usage(repo_id: str, schema: str) -> list[str]:
-    from dia_tpu.model.native_files import SAVE_NAMES
-
-    return [
-        "With Nari Labs' `dia` package:",
-        "",
-        "```python",
-        "from huggingface_hub import hf_hub_download",
-        "from dia.model import Dia",
-        "",
-        f"config = hf_hub_download({repo_id!r}, 'config.json')",
-        f"weights = hf_hub_download({repo_id!r}, {SAVE_NAMES[schema]!r})",
-        "model = Dia.from_local(config, weights)",
-        "```",
-        "",
-        "With dia_tpu, which reads native checkpoint folders too:",
-        "",
-        "```",
-        f"hf download {repo_id} --local-dir DIR",
-        'dia-tpu generate --model DIR --text "[S1] Hello there. [S2] Hi!" --out hello.wav',
-        "```",
-    ]
-
-
-def _usage(repo_id: str, base: str | None, adapter: bool) -> list[str]:
-    if adapter:
-        return [
-            "With dia_tpu (the adapter folded into its base):",
-            "",
-            "```",
-            f"dia-tpu generate --model {base or 'BASE'} --adapter ADAPTER_DIR "
-            '--text "[S1] Hello there. [S2] Hi!" --out hello.wav',
-            "```",
-            "",
-            f"(ADAPTER_DIR: `hf download {repo_id} --local-dir ADAPTER_DIR`.) With peft:",
-            "",
-            "```python",
-            "from peft import PeftModel",
-            "from transformers import DiaForConditionalGeneration",
-            "",
-            f"base = DiaForConditionalGeneration.from_pretrained({base or 'BASE'!r})",
-            f"model = PeftModel.from_pretrained(base, {repo_id!r}).merge_and_unload()",
-            "```",
-        ]
-    return [
-        "With dia_tpu:",
-        "",
-        "```",
-        f'dia-tpu generate --model {repo_id} --text "[S1] Hello there. [S2] Hi!" --out hello.wav',
-        "```",
-        "",
-        "With transformers:",
-        "",
-        "```python",
-        "from transformers import AutoProcessor, DiaForConditionalGeneration",
-        "",
-        f"model = DiaForConditionalGeneration.from_pretrained({repo_id!r})",
-        f"processor = AutoProcessor.from_pretrained({repo_id!r})",
-        'inputs = processor(text=["[S1] Hello there. [S2] Hi!"], padding=True, return_tensors="pt")',
-        "codes = model.generate(**inputs, max_new_tokens=1024)",
-        'processor.save_audio(processor.batch_decode(codes), "hello.wav")',
-        "```",
-    ]

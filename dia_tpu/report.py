@@ -22,6 +22,7 @@ import yaml
 from dia_tpu.artifacts import SAMPLES_INDEX, RunFolder
 from dia_tpu.artifacts.names import inside
 from dia_tpu.config import redact_tree, redact_url
+from dia_tpu.errors import UserError
 
 CSS = (
     "body{font-family:sans-serif;max-width:60em;margin:2em auto;padding:0 1em}.missing{color:#a40}"
@@ -219,7 +220,7 @@ def _worst(evaluations: Path) -> str:
     try:
         rows = [json.loads(line) for line in (folder / "rows.jsonl").read_text(encoding="utf-8").splitlines()]
     except json.JSONDecodeError as err:
-        raise ValueError(f"{folder / 'rows.jsonl'}: not valid JSON: {err}") from err
+        raise UserError(f"{folder / 'rows.jsonl'}: not valid JSON: {err}") from err
     rows.sort(key=lambda r: (-r.get("wer", 0.0), -len(r["problems"]), r.get("similarity_reference", 1.0)))
     parts = [f"<h3>The worst of step {_step_of(folder)} ({min(WORST, len(rows))} of {len(rows)})</h3>"]
     for row in rows[:WORST]:
@@ -265,7 +266,7 @@ def _samples(samples: Path) -> str:
         try:
             entries = json.loads(index.read_text(encoding="utf-8"))
         except json.JSONDecodeError as err:
-            raise ValueError(f"{index}: not valid JSON: {err}") from err
+            raise UserError(f"{index}: not valid JSON: {err}") from err
         parts += [_sample(folder, entry) for entry in entries]
     return "\n".join(parts)
 
@@ -274,7 +275,7 @@ def _step_of(folder: Path) -> int:
     try:
         return int(folder.name.removeprefix("step_"))
     except ValueError as err:
-        raise ValueError(f"{folder}: expected a samples folder named step_N") from err
+        raise UserError(f"{folder}: expected a samples folder named step_N") from err
 
 
 def _sample(folder: Path, entry: dict) -> str:
@@ -299,7 +300,7 @@ def _wav_base64(path: Path) -> str:
     try:
         wave, rate = sf.read(path, dtype="float32")
     except sf.LibsndfileError as err:
-        raise ValueError(f"{path}: cannot read audio: {err}") from err
+        raise UserError(f"{path}: cannot read audio: {err}") from err
     buf = io.BytesIO()
     sf.write(buf, wave, rate, format="WAV", subtype="PCM_16")
     return base64.b64encode(buf.getvalue()).decode("ascii")

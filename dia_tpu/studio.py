@@ -28,6 +28,7 @@ import numpy as np
 from dia_tpu.artifacts import RunFolder, completion_mark, open_artifact
 from dia_tpu.config import SAMPLING
 from dia_tpu.console import first_line
+from dia_tpu.errors import UserError
 
 # Gradio reads this when imported: no usage reports, no version check against its servers.
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
@@ -58,14 +59,14 @@ class Offer:
 
     def model(self, value: object) -> str:
         if value not in self.models():
-            raise ValueError(refusal("model", value))
+            raise UserError(refusal("model", value))
         return str(value)
 
     def adapter(self, value: object) -> str | None:
         if value in (None, "", NO_ADAPTER):
             return None
         if value not in self.adapters:
-            raise ValueError(refusal("adapter", value))
+            raise UserError(refusal("adapter", value))
         return str(value)
 
 
@@ -86,7 +87,7 @@ class Models:
         self, device: str, offer: Offer, limit: int = 2, load: Callable[[str, str | None, str], tuple] = load_model
     ):
         if limit < 1:
-            raise ValueError(f"--max-models {limit}: the studio needs at least one model loaded to generate")
+            raise UserError(f"--max-models {limit}: the studio needs at least one model loaded to generate")
         self.device, self.offer, self.limit, self.load = device, offer, limit, load
         self._loaded: OrderedDict[tuple[str, str | None], tuple] = OrderedDict()
         self._lock = threading.Lock()
@@ -128,9 +129,9 @@ def speak(
     from dia_tpu.generation.synthesize import GenerationSettings, load_voice_prompt, synthesize
 
     if not source:
-        raise ValueError("choose a model from the list: the studio offers those named with --model and the run's")
+        raise UserError("choose a model from the list: the studio offers those named with --model and the run's")
     if not text or not text.strip():
-        raise ValueError("the script is empty: type what the speakers say, with [S1] and [S2]")
+        raise UserError("the script is empty: type what the speakers say, with [S1] and [S2]")
     model, codec, tags = models.get(source, adapter)
     settings = GenerationSettings(
         guidance_scale=guidance_scale,
@@ -142,7 +143,7 @@ def speak(
         language_tags=tags,
     )
     if problems := sampling_problems(settings, lambda field: field.replace("_", " ")):
-        raise ValueError("; ".join(problems))
+        raise UserError("; ".join(problems))
     prompt = None
     if prompt_audio:
         prompt = load_voice_prompt(codec, prompt_audio, prompt_transcript or "", model_config=model.config)
@@ -280,7 +281,7 @@ def build_app(models: Models, run_dir: str | None = None):
             def compare(chosen, script, seed_value, limit):
                 chosen = list(chosen or [])
                 if not 2 <= len(chosen) <= 4:
-                    raise ValueError(f"pick two to four models to compare, not {len(chosen)}")
+                    raise UserError(f"pick two to four models to compare, not {len(chosen)}")
                 # Every model is checked as offered (in speak) before evaluation_figures reads its folder.
                 sound = [
                     speak(
@@ -345,13 +346,13 @@ def serve(
     import torch
 
     if not sources and run_dir is None:
-        raise ValueError("the studio offers only the models it is started with: give --model, --run or both")
+        raise UserError("the studio offers only the models it is started with: give --model, --run or both")
     if run_dir is not None and not Path(run_dir).is_dir():
         raise FileNotFoundError(f"--run {run_dir}: no such run folder")
     if missing := [a for a in adapters if not Path(a).is_dir()]:
         raise FileNotFoundError(f"--adapter {missing[0]}: no such adapter folder")
     if max_upload_mb < 1:
-        raise ValueError(f"--max-upload-mb {max_upload_mb}: allow at least 1 MiB, or no voice prompt fits")
+        raise UserError(f"--max-upload-mb {max_upload_mb}: allow at least 1 MiB, or no voice prompt fits")
     offer = Offer(tuple(sources), run_dir, tuple(adapters))
     models = Models(device or ("cuda" if torch.cuda.is_available() else "cpu"), offer, max_models)
     app = build_app(models, run_dir)
@@ -372,7 +373,7 @@ def serve(
             max_file_size=max_upload_mb * 1024 * 1024,
         )
     except OSError as err:  # the port is taken, or the address is not this machine's
-        raise ValueError(f"cannot serve on {host}:{port} ({first_line(err)}); give another --port") from err
+        raise UserError(f"cannot serve on {host}:{port} ({first_line(err)}); give another --port") from err
 
 
 def offline_theme():

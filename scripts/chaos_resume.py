@@ -55,6 +55,7 @@ TINY = [
     "data.max_audio_frames=48",
     "data.random_crop=true",
     "train.unconditional_frac=0.3",
+    "train.mixed_precision=no",  # fp32 on every machine, as the tests train
     "train.batch_size=2",
     "train.warmup_steps=3",
     "train.learning_rate=1e-3",

@@ -42,13 +42,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-# (name, config, overrides, processes). Each variant changes one part of the estimate.
+# (name, config, overrides, processes). Each variant changes one part of the estimate. The demo config's
+# precision is `auto`, which a plan takes for bf16 and a CPU may run in fp32: its cases say which they measure.
+FP32 = "train.mixed_precision=no"
 CASES = [
-    ("demo", "configs/demo.yaml", [], 1),
+    ("demo", "configs/demo.yaml", [FP32], 1),
     ("demo-bf16", "configs/demo.yaml", ["train.mixed_precision=bf16"], 1),
-    ("demo-ckpt", "configs/demo.yaml", ["model.gradient_checkpointing=true"], 1),
-    ("demo-8bit", "configs/demo.yaml", ["train.optimizer=adamw_8bit"], 1),
-    ("demo-lora8", "configs/demo.yaml", ["model.lora.rank=8"], 1),
+    ("demo-ckpt", "configs/demo.yaml", [FP32, "model.gradient_checkpointing=true"], 1),
+    ("demo-8bit", "configs/demo.yaml", [FP32, "train.optimizer=adamw_8bit"], 1),
+    ("demo-lora8", "configs/demo.yaml", [FP32, "model.lora.rank=8"], 1),
     ("bench", "configs/bench.yaml", [], 1),
     ("bench-bf16", "configs/bench.yaml", ["train.mixed_precision=bf16"], 1),
     ("bench-ckpt", "configs/bench.yaml", ["model.gradient_checkpointing=true"], 1),

@@ -24,8 +24,8 @@ from transformers import DacModel
 from dia_tpu.config import PrepareConfig
 from dia_tpu.data.audio import load_audio
 from dia_tpu.data.sources import read_clips
-from dia_tpu.evaluation.asr import load_recogniser
 from dia_tpu.evaluation.roundtrip import measure_round_trips
+from dia_tpu.listen.asr import load_recogniser
 
 SAMPLE = Path(__file__).resolve().parent.parent / "data" / "sample"
 

@@ -101,7 +101,7 @@ MUTATIONS = (
     ),
     Mutation(
         "a similarity counted as a cost",
-        "dia_tpu/training/audio_eval.py",
+        "dia_tpu/evaluation/selection.py",
         "score += weight * (-value if name in HIGHER_IS_BETTER and math.isfinite(value) else value)",
         "score += weight * value",
         ("tests/test_evaluation.py::test_selection_weighs_each_figure_and_counts_similarity_negated",),

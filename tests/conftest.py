@@ -78,6 +78,9 @@ TINY = [
     "data.max_audio_frames=48",
     "data.random_crop=true",
     "train.unconditional_frac=0.3",
+    # fp32 on every machine: the demo config's `auto` would train in bf16 where the CPU has it, and the tests'
+    # exact comparisons are of fp32 runs.
+    "train.mixed_precision=no",
     "train.batch_size=2",
     "train.warmup_steps=3",
     "train.learning_rate=1e-3",

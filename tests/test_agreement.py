@@ -23,9 +23,9 @@ from datasets import load_from_disk
 from dia_tpu.config import load
 from dia_tpu.data.audio import decode
 from dia_tpu.data.prepare import prepare
-from dia_tpu.evaluation.asr import load_recogniser
 from dia_tpu.evaluation.text import char_errors, spoken_text
 from dia_tpu.generation.synthesize import GenerationSettings, VoicePrompt, load_voice_prompt, synthesize_codes
+from dia_tpu.listen.asr import load_recogniser
 from dia_tpu.model.load import load_for_inference
 from dia_tpu.training.recipe import train
 

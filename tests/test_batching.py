@@ -23,9 +23,9 @@ from transformers import DiaConfig
 from dia_tpu.config import DataConfig
 from dia_tpu.data.batching import BucketBatchSampler, bucket_lengths, bucket_of, make_collator, padding_report
 from dia_tpu.data.dataset import CodesDataset, load_splits
-from dia_tpu.training.checkpoint import TrainState
 from dia_tpu.training.loaders import make_loaders, micro_batches
 from dia_tpu.training.recipe import train
+from dia_tpu.training.state import TrainState
 
 MAX_FRAMES = 48
 LENGTHS = [8, 16, 32, MAX_FRAMES]  # data.buckets=[8, 16, 32] with max_audio_frames=48

@@ -13,10 +13,10 @@ from transformers import DacModel
 from dia_tpu.config import PrepareConfig
 from dia_tpu.data.audio import load_audio
 from dia_tpu.data.sources import read_clips
-from dia_tpu.evaluation.asr import load_recogniser
 from dia_tpu.evaluation.roundtrip import measure_round_trips
 from dia_tpu.evaluation.spectra import mel_distance
 from dia_tpu.evaluation.text import Errors, char_errors, spoken_text, word_errors
+from dia_tpu.listen.asr import load_recogniser
 
 CODEC = ROOT / "codecs" / "demo-dac"
 # Measured on every fourth bundled clip with the shipped weights (see codecs/demo-dac/README.md), with margin.

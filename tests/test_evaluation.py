@@ -15,10 +15,10 @@ import soundfile as sf
 import torch
 from conftest import ROOT
 
-from dia_tpu.evaluation.asr import load_recogniser
 from dia_tpu.evaluation.signal import frame_levels, measure, problems
-from dia_tpu.evaluation.speaker import load_speaker_encoder, similarity
-from dia_tpu.evaluation.text import Errors, basic_normalise, char_errors, spoken_text, word_errors
+from dia_tpu.evaluation.text import Errors, char_errors, spoken_text, word_errors
+from dia_tpu.listen.asr import basic_normalise, load_recogniser
+from dia_tpu.listen.speaker import load_speaker_encoder, similarity
 
 SAMPLE = ROOT / "data/sample"
 
@@ -52,6 +52,22 @@ def test_error_rates():
     total = word_errors("a b", "a") + word_errors("c d e f", "c d e f")
     assert total.rate == pytest.approx(1 / 6)
     assert Errors(0, 0).rate == 0 and Errors(2, 0).rate == 1
+
+
+def test_errors_tell_truncated_speech_from_babbling():
+    said = "are you ready to plan the trip"
+    truncated = word_errors(said, "are you ready")
+    babbling = word_errors(said, "are you ready to plan the trip to the trip to")
+    # The same error rate, told apart by what kind of errors make it.
+    assert truncated.rate == babbling.rate == 4 / 7
+    assert (truncated.substitutions, truncated.deletions, truncated.insertions) == (0, 4, 0)
+    assert (babbling.substitutions, babbling.deletions, babbling.insertions) == (0, 0, 4)
+    misheard = word_errors(said, "are you steady to plan a trip")
+    assert (misheard.substitutions, misheard.deletions, misheard.insertions) == (2, 0, 0)
+    total = truncated + babbling + misheard
+    assert (total.errors, total.substitutions, total.deletions, total.insertions) == (10, 2, 4, 4)
+    chars = char_errors("abc", "ab")
+    assert (chars.substitutions, chars.deletions, chars.insertions) == (0, 1, 0)
 
 
 def test_clean_speech_has_no_problems_and_each_damage_its_own():
@@ -214,11 +230,11 @@ def tiny_run(codes_dir, tmp_path_factory):
 
 
 def test_evaluate_compares_checkpoints_side_by_side_as_generate_samples(tiny_run, tmp_path):
-    from dia_tpu.evaluation.judge import Judges
     from dia_tpu.evaluation.prompts import read_prompts
     from dia_tpu.evaluation.run import evaluate_models
     from dia_tpu.generation.speak import write_speech
     from dia_tpu.generation.synthesize import GenerationSettings
+    from dia_tpu.listen.judges import Judges
 
     run = tiny_run
     lines = tmp_path / "prompts.txt"
@@ -281,9 +297,10 @@ def test_evaluate_compares_checkpoints_side_by_side_as_generate_samples(tiny_run
 def test_a_model_that_ends_at_once_is_judged_not_crashed(tiny_dia):
     from transformers import DacConfig, DacModel
 
-    from dia_tpu.evaluation.judge import Judges, Prompt, judge, summarise
+    from dia_tpu.evaluation.judge import Prompt, judge, summarise
     from dia_tpu.evaluation.prompts import generate
     from dia_tpu.generation.synthesize import GenerationSettings
+    from dia_tpu.listen.judges import Judges
 
     def eos_first(module, args, output):  # channel 0's EOS logit far above everything else
         output = output.clone()
@@ -307,6 +324,8 @@ def test_a_model_that_ends_at_once_is_judged_not_crashed(tiny_dia):
     assert [len(w) for w in waves] == [0, 0] and ended == [True, True]
     rows = judge(prompts, waves, codes, ended, 44100, Judges(load_recogniser("pocketsphinx")))
     assert [r["problems"] for r in rows] == [["empty"], ["empty"]] and [r["wer"] for r in rows] == [1.0, 1.0]
+    # Nothing said: every word of the script is a deletion.
+    assert [(r["substitutions"], r["deletions"], r["insertions"]) for r in rows] == [(0, 1, 0), (0, 2, 0)]
     assert summarise(rows)["problems"] == {"empty": 2}
 
 
@@ -515,8 +534,9 @@ def tiny_mos(folder, num_labels: int = 1):
 
 
 def test_a_mos_predictor_from_a_folder(tmp_path):
-    from dia_tpu.evaluation.judge import Judges, Prompt, judge, summarise
-    from dia_tpu.evaluation.quality import load_quality_judge
+    from dia_tpu.evaluation.judge import Prompt, judge, summarise
+    from dia_tpu.listen.judges import Judges
+    from dia_tpu.listen.quality import load_quality_judge
 
     mos = load_quality_judge(f"mos:{tiny_mos(tmp_path / 'mos')}")
     assert mos.name.startswith(f"mos {tmp_path / 'mos'} (transformers ")
@@ -544,10 +564,10 @@ def test_a_mos_predictor_from_a_folder(tmp_path):
 
 
 def test_a_prompts_id_names_a_file_inside_the_output_only(tiny_run, tmp_path):
-    from dia_tpu.evaluation.judge import Judges
     from dia_tpu.evaluation.prompts import read_prompts
     from dia_tpu.evaluation.run import evaluate_models
     from dia_tpu.generation.synthesize import GenerationSettings
+    from dia_tpu.listen.judges import Judges
 
     outside = tmp_path / "x"
     prompts = tmp_path / "prompts.jsonl"

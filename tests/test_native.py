@@ -15,9 +15,10 @@ import transformers
 from safetensors.torch import save_file
 from transformers import DiaConfig, DiaForConditionalGeneration
 
+from dia_tpu.artifacts.native import is_native_source
 from dia_tpu.model.native import clean_native_keys, hf_to_native, native_to_hf
 from dia_tpu.model.native_config import NativeFormatError, hf_config_to_native, native_config_to_hf
-from dia_tpu.model.native_files import is_native_source, load_native, load_native_model, read_native, save_native
+from dia_tpu.model.native_files import load_native, load_native_model, read_native, save_native
 
 DELAY_9 = [0, 8, 9, 10, 11, 12, 13, 14, 15]
 # Every width distinct, so a swapped dimension cannot go unnoticed.

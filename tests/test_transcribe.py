@@ -21,7 +21,8 @@ from conftest import RANDOM_CODEC, ROOT, tiny
 from dia_tpu.cli import main as cli
 from dia_tpu.config import ConfigError, load
 from dia_tpu.data.prepare import prepare
-from dia_tpu.evaluation.text import basic_normalise, word_errors
+from dia_tpu.evaluation.text import word_errors
+from dia_tpu.listen.asr import basic_normalise
 from dia_tpu.training.recipe import train
 from dia_tpu.transcribe import run as run_module
 from dia_tpu.transcribe.regions import PAD, Region, group
@@ -50,6 +51,17 @@ def test_clusters_to_a_count_or_by_threshold_labelled_in_order_of_appearance():
     assert (cluster(points, 0, 0.9) == expected).all()  # estimated: within-cluster similarity ~0.99
     assert (cluster(points, 0, -1.0) == 0).all()  # any pair alike enough: one speaker
     assert cluster(points, 2, 0.0).max() == 1
+
+
+def test_clusters_join_by_their_mean_similarity():
+    # Three voices with similarities a-b 0.9, a-c 0.7, b-c 0.5: once a and b are one speaker, c is 0.6 alike to
+    # it on average. Single linkage would take c in at 0.65 (0.7 to a), complete linkage not even at 0.55.
+    points = np.linalg.cholesky(np.array([[1.0, 0.9, 0.7], [0.9, 1.0, 0.5], [0.7, 0.5, 1.0]]))
+    assert cluster(points, 0, 0.95).tolist() == [0, 1, 2]
+    assert cluster(points, 0, 0.65).tolist() == [0, 0, 1]
+    assert cluster(points, 0, 0.55).tolist() == [0, 0, 0]
+    assert cluster(points, 2, 0.0).tolist() == [0, 0, 1] and cluster(points, 5, 0.0).tolist() == [0, 1, 2]
+    assert cluster(points[:1], 0, 0.5).tolist() == [0] and cluster(points[:0], 2, 0.5).tolist() == []
 
 
 def test_segments_are_cut_in_pauses_and_never_longer_than_the_limit():

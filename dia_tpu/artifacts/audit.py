@@ -16,11 +16,13 @@ import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dia_tpu.artifacts import COMPLETE_FILE, CONFIG_FILE, SAMPLES_INDEX, STEP_DIR, completion_mark
+from dia_tpu.artifacts.marks import COMPLETE_FILE, completion_mark
 from dia_tpu.artifacts.names import inside
 from dia_tpu.artifacts.owner import kind_of
+from dia_tpu.artifacts.run_folder import CONFIG_FILE, SAMPLES_INDEX, STEP_DIR
 from dia_tpu.artifacts.sharded import METADATA_FILE, checked_metadata
 from dia_tpu.artifacts.weights import pickle_refusal
+from dia_tpu.config import ConfigError, read_saved
 
 # Files torch writes with pickle (and reads with its weights-only reader).
 TORCH_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
@@ -167,8 +169,6 @@ def _safetensors(found: Audit, rel: str, path: Path) -> None:
 
 
 def _config(found: Audit, rel: str, path: Path) -> None:
-    from dia_tpu.config import ConfigError, read_saved
-
     try:
         read_saved(path)
     except ConfigError as err:

@@ -14,11 +14,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 from dia_tpu.artifacts.owner import MARK_FILE, claim
+from dia_tpu.errors import UserError
 
 LOCK_FILE = ".lock"
 
 
-class InUse(ValueError):
+class InUse(UserError):
     """Another process holds the folder."""
 
 
@@ -56,7 +57,7 @@ class FolderLock:
                 self.path.unlink(missing_ok=True)  # stale: its process is gone, or unreadable
                 continue
             except OSError as err:
-                raise ValueError(f"{self.what} {self.folder} is not writable ({err.strerror or err})") from err
+                raise UserError(f"{self.what} {self.folder} is not writable ({err.strerror or err})") from err
             with os.fdopen(handle, "w") as f:
                 f.write(json.dumps(me) + "\n")
             self.held = True

@@ -8,6 +8,8 @@ import os
 import re
 from pathlib import Path, PurePosixPath
 
+from dia_tpu.errors import UserError
+
 # Longest file name made from a data file's name (most filesystems allow 255 bytes; room is left for suffixes).
 _LONGEST = 120
 
@@ -25,8 +27,8 @@ def inside(folder: Path, name: str, what: str = "a name") -> Path:
     text = str(name)
     parts = PurePosixPath(text).parts
     if not parts or PurePosixPath(text).is_absolute() or ".." in parts or "\\" in text or "\0" in text:
-        raise ValueError(f"{what} {text!r} leads out of {folder}")
+        raise UserError(f"{what} {text!r} leads out of {folder}")
     path = folder.joinpath(*parts)
     if os.path.lexists(path) and not path.resolve().is_relative_to(folder.resolve()):
-        raise ValueError(f"{what} {text!r} is a link out of {folder}")
+        raise UserError(f"{what} {text!r} is a link out of {folder}")
     return path

@@ -19,6 +19,9 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
+from dia_tpu import __version__
+from dia_tpu.errors import UserError, UserFileInTheWay
+
 MARK_FILE = ".dia_tpu.json"
 # The kinds of folder dia_tpu marks: a run's output.dir, an export (any form), a prepared dataset, prepare's work
 # folder beside it, a mirror's root, transcribe's output, evaluate's output.
@@ -26,14 +29,12 @@ RUN, EXPORT, DATASET, PREPARE_WORK, MIRROR = "run", "export", "dataset", "prepar
 TRANSCRIPTION, EVALUATION = "transcription", "evaluation"
 
 
-class NotOurs(FileExistsError):
+class NotOurs(UserFileInTheWay):
     """A folder dia_tpu would write into, replace or delete that it cannot prove it made."""
 
 
 def mark(folder: Path, kind: str) -> None:
     """Mark `folder` as dia_tpu's `kind` of folder."""
-    from dia_tpu import __version__
-
     (folder / MARK_FILE).write_text(json.dumps({"kind": kind, "dia_tpu": __version__}) + "\n")
 
 
@@ -56,7 +57,7 @@ def claim(folder: Path, kind: str, what: str, earlier: Callable[[Path], bool] | 
         try:
             folder.mkdir(parents=True)
         except OSError as err:
-            raise ValueError(f"{what} {folder} cannot be created ({err.strerror or err})") from err
+            raise UserError(f"{what} {folder} cannot be created ({err.strerror or err})") from err
         mark(folder, kind)
         return True
     if not folder.is_dir():
@@ -74,7 +75,7 @@ def claim(folder: Path, kind: str, what: str, earlier: Callable[[Path], bool] | 
     try:
         mark(folder, kind)
     except OSError as err:
-        raise ValueError(f"{what} {folder} is not writable ({err.strerror or err})") from err
+        raise UserError(f"{what} {folder} is not writable ({err.strerror or err})") from err
     return False
 
 

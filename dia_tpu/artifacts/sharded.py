@@ -28,6 +28,8 @@ from pathlib import Path
 
 import torch
 
+from dia_tpu.errors import UserError
+
 METADATA_FILE = ".metadata"
 # The storage files torch writes: __<rank>_<index>.distcp.
 _STORAGE_FILE = re.compile(r"__\d+_\d+\.distcp")
@@ -71,10 +73,10 @@ def checked_metadata(folder: Path, allow_bytes: bool):
         with open(path, "rb") as handle:
             metadata = _MetadataUnpickler(handle).load()
     except (OSError, EOFError, pickle.UnpicklingError, AttributeError, ValueError, TypeError) as err:
-        raise ValueError(f"{path}: not a distributed checkpoint's metadata ({err})") from err
+        raise UserError(f"{path}: not a distributed checkpoint's metadata ({err})") from err
     problem = _metadata_problem(metadata, folder, allow_bytes)
     if problem is not None:
-        raise ValueError(f"{path}: refused, {problem}")
+        raise UserError(f"{path}: refused, {problem}")
     return metadata
 
 
@@ -188,7 +190,7 @@ def _weights_only_planner():
                 torch.load(value, weights_only=True)
             except (pickle.UnpicklingError, RuntimeError, EOFError) as err:
                 problem = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-                raise ValueError(f"entry {read_item.dest_index.fqn!r} is not plain data, refused ({problem})") from err
+                raise UserError(f"entry {read_item.dest_index.fqn!r} is not plain data, refused ({problem})") from err
             value.seek(0)
             super().load_bytes(read_item, value)
 
@@ -239,8 +241,8 @@ def _unwrapped(folder: Path) -> Iterator[None]:
         failure = next(iter(err.failures.values()), None)
         cause = failure[0] if isinstance(failure, tuple) else failure
         if isinstance(cause, ValueError):
-            raise ValueError(str(cause)) from None
-        raise ValueError(
+            raise UserError(str(cause)) from None
+        raise UserError(
             f"{folder}: the sharded checkpoint cannot be read ({type(cause).__name__}: "
             f"{str(cause).strip().splitlines()[0] if str(cause).strip() else ''})"
         ) from None

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from dia_tpu.artifacts.sharded import read_tensors, tensor_entries
+from dia_tpu.errors import UserError
 
 # Where a sharded (FSDP2) checkpoint keeps the model: a folder in torch's distributed checkpoint format, each
 # process's part in a file of its own, with `.metadata` listing every tensor.
@@ -42,7 +43,7 @@ def refusing_code(what: str | Path) -> Iterator[None]:
     try:
         yield
     except pickle.UnpicklingError as err:
-        raise ValueError(f"{what}: {pickle_refusal(err)}, so it is not loaded") from None
+        raise UserError(f"{what}: {pickle_refusal(err)}, so it is not loaded") from None
 
 
 def weights_file(folder: Path) -> Path | None:

@@ -22,32 +22,49 @@ import torch
 from dia_tpu.bench import aligned, in_fresh_process
 from dia_tpu.bench.limits import copy_bandwidth
 from dia_tpu.config import DECODINGS, Config
+from dia_tpu.errors import UserError
 from dia_tpu.generation.synthesize import GenerationSettings, synthesize_codes
 from dia_tpu.model.build import build_model
 from dia_tpu.model.codec import codec_config
+from dia_tpu.precision import choose
 
 SCRIPT = "[S1] This is how fast the model speaks. [S2] Measured against the clock, frame by frame."
 DTYPES = {"no": torch.float32, "bf16": torch.bfloat16}
 
 
 def bench_generation(
-    cfg: Config, seconds: float, batch_sizes: list[int], precisions: list[str], decodings: list[str], repeats: int = 2
+    cfg: Config,
+    seconds: float,
+    batch_sizes: list[int],
+    precisions: list[str],
+    decodings: list[str],
+    repeats: int = 2,
+    skip_slow: bool = False,
 ) -> list[dict]:
     """One result per (precision, decoding, batch size): the best of `repeats` timed generations after one
-    untimed one (which compiles, when compiling)."""
+    untimed one (which compiles, when compiling). A model in bf16 on a CPU without bf16 instructions is a row
+    that says so instead, with `skip_slow`, and is measured after a warning without it."""
     if seconds <= 0 or repeats < 1 or min(batch_sizes, default=0) < 1:
-        raise ValueError(
+        raise UserError(
             f"bench --task generate needs seconds > 0, repeats >= 1 and batch sizes >= 1, got "
             f"{seconds}, {repeats}, {batch_sizes}"
         )
     for precision in precisions:
         if precision not in DTYPES:
-            raise ValueError(f"precision {precision!r}: generation is measured in {', '.join(map(repr, DTYPES))}")
+            raise UserError(f"precision {precision!r}: generation is measured in {', '.join(map(repr, DTYPES))}")
     for decoding in decodings:
         if decoding not in DECODINGS:
-            raise ValueError(f"decoding {decoding!r}: choose among {', '.join(DECODINGS)}")
+            raise UserError(f"decoding {decoding!r}: choose among {', '.join(DECODINGS)}")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
     results = []
     for precision in precisions:
+        choice = choose(precision, device, "--precision")
+        if choice.slow and skip_slow:
+            reason = f"{choice.reason}; --precision {precision} measures it anyway"
+            results += [{"precision": precision, "decoding": d, "skipped": reason} for d in decodings]
+            continue
+        if choice.slow:
+            print(choice.note, flush=True)
         for decoding in decodings:
             results += in_fresh_process(run_generation, cfg, seconds, batch_sizes, precision, decoding, repeats)
     return results
@@ -123,6 +140,9 @@ def format_generation_table(results: list[dict]) -> str:
     )
     rows = [header]
     for r in results:
+        if "skipped" in r:
+            rows.append((r["precision"], r["decoding"], "-", "not measured: see below", *[""] * 7))
+            continue
         rows.append(
             (
                 r["precision"],
@@ -139,7 +159,8 @@ def format_generation_table(results: list[dict]) -> str:
             )
         )
     lines = aligned(rows)
-    if results:
+    lines += sorted({f"{r['precision']} not measured: {r['skipped']}" for r in results if "skipped" in r})
+    if any("skipped" not in r for r in results):
         lines.append(
             "x real time: seconds of audio generated per second (codes; the codec's decoding is not "
             "included); floor ms/step: the decoder's and output head's weights at the row's precision "

@@ -41,7 +41,9 @@ from dia_tpu.bench import aligned, in_fresh_process
 from dia_tpu.bench.limits import MATMUL_SIZE, MatmulRecorder, matmul_rate, products_alone
 from dia_tpu.config import PRECISIONS, Config
 from dia_tpu.data.batching import synthetic_batch
+from dia_tpu.errors import UserError
 from dia_tpu.model.adapters import count_parameters
+from dia_tpu.precision import choose, device_type
 from dia_tpu.training.loss import codebook_weights
 from dia_tpu.training.runtime import Runtime
 from dia_tpu.training.step import build_trainable, make_optimizer, train_step
@@ -52,21 +54,32 @@ DEFAULT_PRECISIONS = ("no", "bf16")
 MATMUL_DTYPES = {"no": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def bench(cfg: Config | dict[str, Config], steps: int, warmup: int, precisions: list[str]) -> list[dict]:
+def bench(
+    cfg: Config | dict[str, Config], steps: int, warmup: int, precisions: list[str], skip_slow: bool = False
+) -> list[dict]:
     """Time `warmup` untimed then `steps` timed training steps per precision, each in its own process.
 
     `cfg` is one config, or named variants of one (e.g. {"base": ..., "checkpointing": ...}), each measured
     at every precision. Measures one process on one device; returns one result dict per run (see `run_one`).
+    A precision this CPU has no instructions for (tens of times slower than fp32) is a row that says so
+    instead, with `skip_slow`, and is measured after a warning without it.
     """
     variants = cfg if isinstance(cfg, dict) else {"": cfg}
     if steps <= 0 or warmup < 0:
-        raise ValueError(f"bench needs steps > 0 and warmup >= 0, got steps={steps}, warmup={warmup}")
+        raise UserError(f"bench needs steps > 0 and warmup >= 0, got steps={steps}, warmup={warmup}")
     for precision in precisions:
         if precision not in PRECISIONS:
-            raise ValueError(f"precision {precision!r} is not one of {', '.join(map(repr, PRECISIONS))}")
+            raise UserError(f"precision {precision!r} is not one of {', '.join(map(repr, PRECISIONS))}")
+    choices = {precision: choose(precision, device_type(), "--precision") for precision in precisions}
     results = []
     for name, variant in variants.items():
         for precision in precisions:
+            if choices[precision].slow and skip_slow:
+                reason = f"{choices[precision].reason}; --precision {precision} measures it anyway"
+                results.append({"variant": name, "precision": precision, "skipped": reason})
+                continue
+            if choices[precision].slow and name == next(iter(variants)):
+                print(choices[precision].note, flush=True)
             try:
                 result = in_fresh_process(run_one, variant, steps, warmup, precision)
             except Exception as err:  # one variant running out of memory must not lose the others
@@ -207,6 +220,9 @@ def format_table(results: list[dict]) -> str:
         if "error" in r:
             rows.append((r.get("variant") or "-", r["precision"], "failed: " + r["error"][:60], *[""] * 13))
             continue
+        if "skipped" in r:
+            rows.append((r.get("variant") or "-", r["precision"], "not measured: see below", *[""] * 13))
+            continue
         limit = r["matmul_flops_per_s"]
         peak = r["peak_device_mib"] if r["peak_device_mib"] is not None else r["peak_rss_mib"]
         rows.append(
@@ -230,7 +246,8 @@ def format_table(results: list[dict]) -> str:
             )
         )
     lines = aligned(rows)
-    done = [r for r in results if "error" not in r]
+    lines += sorted({f"{r['precision']} not measured: {r['skipped']}" for r in results if "skipped" in r})
+    done = [r for r in results if "error" not in r and "skipped" not in r]
     if done:
         r = done[0]
         lines.append(

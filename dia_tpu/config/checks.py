@@ -10,6 +10,7 @@ from pathlib import Path
 
 from dia_tpu.config.schema import Config, DataConfig, ModelConfig, SamplesConfig
 from dia_tpu.config.stages import PrepareConfig, TranscribeConfig
+from dia_tpu.errors import UserError
 from dia_tpu.hub import HUB_ID
 
 
@@ -181,8 +182,8 @@ def _validate_transcribe(t: TranscribeConfig, r: PrepareConfig) -> list[str]:
     return p
 
 
-# What eval.select_by may weigh, and where each figure is in an evaluation's metrics (lower is better; a
-# similarity counts negated).
+# What eval.select_by may weigh, and where each figure is in an evaluation's metrics: the schema of what may be
+# chosen, checked here; `dia_tpu.evaluation.selection` weighs the figures (lower is better, a similarity negated).
 SELECTABLE = {
     "loss": "eval/loss",
     "wer": "audio/wer",
@@ -190,8 +191,6 @@ SELECTABLE = {
     "speaker_similarity": "audio/speaker_similarity",
     "mos": "audio/mos",
 }
-# Figures where higher is better: eval.select_by counts them negated.
-HIGHER_IS_BETTER = ("speaker_similarity", "mos")
 
 
 def selection_terms(spec: str) -> dict[str, float]:
@@ -200,13 +199,13 @@ def selection_terms(spec: str) -> dict[str, float]:
     for part in (x.strip() for x in spec.split(",")):
         name, _, weight = part.partition("=")
         if name not in SELECTABLE:
-            raise ValueError(f"eval.select_by: {name!r} is not one of {', '.join(SELECTABLE)}")
+            raise UserError(f"eval.select_by: {name!r} is not one of {', '.join(SELECTABLE)}")
         try:
             terms[name] = float(weight) if weight else 1.0
         except ValueError:
-            raise ValueError(f"eval.select_by: the weight of {name} must be a number, got {weight!r}") from None
+            raise UserError(f"eval.select_by: the weight of {name} must be a number, got {weight!r}") from None
         if not math.isfinite(terms[name]) or terms[name] <= 0:
-            raise ValueError(f"eval.select_by: the weight of {name} must be > 0, got {weight!r}")
+            raise UserError(f"eval.select_by: the weight of {name} must be > 0, got {weight!r}")
     return terms
 
 

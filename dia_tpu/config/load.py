@@ -210,7 +210,11 @@ def _coerce_items(hint: Any, value: list, key: str, problems: list[str]) -> Any:
 
 def _scalar(kind: Any, value: Any) -> Any:
     if typing.get_origin(kind) is Literal:
-        return value if value in typing.get_args(kind) and not isinstance(value, bool) else _INVALID
+        if isinstance(value, bool):
+            # YAML 1.1 reads a bare `no` (train.mixed_precision=no) as false: the choice was the word.
+            word = "yes" if value else "no"
+            return word if word in typing.get_args(kind) else _INVALID
+        return value if value in typing.get_args(kind) else _INVALID
     if kind is float and not isinstance(value, bool) and isinstance(value, (int, float, str)):
         # YAML 1.1 reads "3e-5" (no dot) as a string; it is still plainly a number.
         try:

@@ -16,10 +16,11 @@ from typing import Literal
 import yaml
 
 from dia_tpu.config.secrets import redact_tree
-from dia_tpu.config.stages import Precision, PrepareConfig, TranscribeConfig
+from dia_tpu.config.stages import PrepareConfig, TrainPrecision, TranscribeConfig
+from dia_tpu.errors import UserError
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError):
     """A configuration that cannot be used; the message lists every problem found."""
 
 
@@ -193,8 +194,10 @@ class TrainConfig:
     warmup_steps: int = 50
     # Gradient clipping by global norm; 0 disables it.
     max_grad_norm: float = 1.0
-    # "no", "bf16" or "fp16": Accelerate's mixed precision (weights stay fp32).
-    mixed_precision: Precision = "no"
+    # "no", "bf16" or "fp16": Accelerate's mixed precision (weights stay fp32); "auto": bf16 where the device
+    # runs it natively (GPUs with bf16, TPUs, CPUs with avx512_bf16 / amx_bf16 or ARM's bf16), fp32 elsewhere.
+    # A CPU without those instructions runs bf16 tens of times slower than fp32: the run says so at its start.
+    mixed_precision: TrainPrecision = "no"
     # Global seed (model dropout, data order).
     seed: int = 42
     # Weights, gradients and optimizer state divided among the devices (fully sharded data parallel), for

@@ -10,6 +10,8 @@ from typing import Literal
 # Accelerate's mixed-precision modes, for training, prepare's codec and `dia-tpu bench`.
 Precision = Literal["no", "bf16", "fp16"]
 PRECISIONS: tuple[str, ...] = typing.get_args(Precision)
+# Training's choices add "auto": bf16 where the device runs it natively, fp32 elsewhere (dia_tpu.precision).
+TrainPrecision = Literal["auto", "no", "bf16", "fp16"]
 # What `dia-tpu prepare` reads: detected, or a folder with metadata.csv, audio with sidecar transcripts, a
 # Hugging Face dataset.
 SourceKind = Literal["auto", "metadata", "sidecar", "hf"]

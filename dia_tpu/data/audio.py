@@ -13,10 +13,11 @@ import torch
 from transformers import DacModel
 
 from dia_tpu.data.clips import AudioRef
+from dia_tpu.errors import UserError
 from dia_tpu.model.codec import encoder_reach
 
 
-class AudioError(ValueError):
+class AudioError(UserError):
     """An audio file that cannot be used; the message names the file."""
 
 
@@ -180,7 +181,7 @@ def decode(codec: DacModel, codes: torch.Tensor) -> np.ndarray:
     if codes.shape[-1] == 2 * books:
         return np.stack([decode(codec, codes[:, :books]), decode(codec, codes[:, books:])], axis=-1)
     if codes.shape[-1] != books:
-        raise ValueError(f"{codes.shape[-1]} codebooks: the codec decodes {books} (mono) or {2 * books} (stereo)")
+        raise UserError(f"{codes.shape[-1]} codebooks: the codec decodes {books} (mono) or {2 * books} (stereo)")
     if len(codes) == 0:
         return np.zeros(0, dtype=np.float32)
     device = next(codec.parameters()).device

@@ -22,6 +22,7 @@ import torch
 from dia_tpu.config import Config, DataConfig
 from dia_tpu.data.dataset import load_splits
 from dia_tpu.data.tokens import TEXT_PAD, apply_delay, unconditional_text
+from dia_tpu.errors import UserError
 
 IGNORE_INDEX = -100
 
@@ -29,7 +30,7 @@ IGNORE_INDEX = -100
 def bucket_lengths(buckets: Sequence[int], max_audio_frames: int) -> list[int]:
     """The audio lengths batches are padded to: the buckets, and max_audio_frames as the last one."""
     if any(b > max_audio_frames for b in buckets):
-        raise ValueError(f"buckets {list(buckets)} hold a length above max_audio_frames={max_audio_frames}")
+        raise UserError(f"buckets {list(buckets)} hold a length above max_audio_frames={max_audio_frames}")
     return sorted({*buckets, max_audio_frames})
 
 
@@ -38,7 +39,7 @@ def bucket_of(frames: int, lengths: Sequence[int]) -> int:
     for length in lengths:
         if frames <= length:
             return length
-    raise ValueError(f"{frames} audio frames exceed the longest padded length {lengths[-1]} (data.max_audio_frames)")
+    raise UserError(f"{frames} audio frames exceed the longest padded length {lengths[-1]} (data.max_audio_frames)")
 
 
 @dataclass
@@ -75,7 +76,7 @@ class Collator:
         for i, item in enumerate(items):
             ids, codes = item["text_ids"], item["codes"]
             if len(ids) > self.max_text_tokens:
-                raise ValueError(f"text of {len(ids)} tokens exceeds data.max_text_tokens={self.max_text_tokens}")
+                raise UserError(f"text of {len(ids)} tokens exceeds data.max_text_tokens={self.max_text_tokens}")
             text[i, : len(ids)] = ids
             text_mask[i, : len(ids)] = 1
             if item["unconditional"]:

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from dia_tpu.data.codes_files import CODES_EXTENSIONS
+from dia_tpu.errors import UserError
 
 
 @dataclass
@@ -101,18 +102,18 @@ def parse_segments(value) -> list[Segment]:
     if isinstance(value, dict):  # a datasets Sequence of structs reads back as a dict of lists
         keys = ("start", "end", "text")
         if not all(isinstance(value.get(k), list) for k in keys) or len({len(value[k]) for k in keys}) != 1:
-            raise ValueError("expected equal-length start, end and text lists")
+            raise UserError("expected equal-length start, end and text lists")
         value = [dict(zip(keys, item, strict=True)) for item in zip(*(value[k] for k in keys), strict=True)]
     if not isinstance(value, list):
-        raise ValueError(f"expected a list of {{start, end, text}}, got {type(value).__name__}")
+        raise UserError(f"expected a list of {{start, end, text}}, got {type(value).__name__}")
     segments = []
     for i, item in enumerate(value):
         if not isinstance(item, dict) or not all(k in item for k in ("start", "end", "text")):
-            raise ValueError(f"item {i} is not a {{start, end, text}} object")
+            raise UserError(f"item {i} is not a {{start, end, text}} object")
         start, end, text = item["start"], item["end"], item["text"]
         numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (start, end))
         if not numbers or not 0 <= start <= end or not isinstance(text, str):
-            raise ValueError(f"item {i}: need 0 <= start <= end (seconds) and a text, got {item}")
+            raise UserError(f"item {i}: need 0 <= start <= end (seconds) and a text, got {item}")
         segments.append(Segment(float(start), float(end), text))
     return segments
 

@@ -14,6 +14,7 @@ from safetensors.numpy import load_file as load_safetensors
 
 from dia_tpu.artifacts.weights import pickle_refusal
 from dia_tpu.console import first_line
+from dia_tpu.errors import UserError
 
 CODES_EXTENSIONS = (".npy", ".pt", ".safetensors")
 CODE_VALUES = 1024  # codebook size: valid codes are 0..1023
@@ -27,39 +28,39 @@ def load_codes_file(path: Path, channels: int, layout: str) -> np.ndarray:
     path = Path(path)
     codes = _read_codes_array(path)
     if codes.ndim != 2:
-        raise ValueError(f"{path}: codes must be 2-D [frames, codebooks] or [codebooks, frames], got {codes.shape}")
+        raise UserError(f"{path}: codes must be 2-D [frames, codebooks] or [codebooks, frames], got {codes.shape}")
     if layout == "auto":
         matches = [axis for axis in (0, 1) if codes.shape[axis] == channels]
         if len(matches) == 2:
-            raise ValueError(
+            raise UserError(
                 f"{path}: shape {codes.shape} is square, so the layout is ambiguous; "
                 "set prepare.codes_layout to CT or TC"
             )
         if not matches:
-            raise ValueError(
+            raise UserError(
                 f"{path}: shape {codes.shape} has no axis of {channels} codebooks (the codec's; "
                 "check prepare.stereo and prepare.codes_layout)"
             )
         layout = "CT" if matches[0] == 0 else "TC"
     if layout not in ("CT", "TC"):
-        raise ValueError(f"prepare.codes_layout: {layout!r} is not one of auto, CT, TC")
+        raise UserError(f"prepare.codes_layout: {layout!r} is not one of auto, CT, TC")
     codes = codes.T if layout == "CT" else codes
     if codes.shape[1] != channels:
-        raise ValueError(f"{path}: {codes.shape[1]} codebooks with codes_layout {layout}, the codec has {channels}")
+        raise UserError(f"{path}: {codes.shape[1]} codebooks with codes_layout {layout}, the codec has {channels}")
     if codes.shape[0] == 0:
-        raise ValueError(f"{path}: no frames")
+        raise UserError(f"{path}: no frames")
     if codes.dtype.kind not in "iu":
-        raise ValueError(f"{path}: codes must be integers, got {codes.dtype}")
+        raise UserError(f"{path}: codes must be integers, got {codes.dtype}")
     low, high = int(codes.min()), int(codes.max())
     if low < 0 or high >= CODE_VALUES:
-        raise ValueError(f"{path}: codes must be in 0..{CODE_VALUES - 1}, got min {low} max {high}")
+        raise UserError(f"{path}: codes must be in 0..{CODE_VALUES - 1}, got min {low} max {high}")
     return np.ascontiguousarray(codes, dtype=np.int16)
 
 
 def _read_codes_array(path: Path) -> np.ndarray:
     suffix = path.suffix.lower()
     if suffix not in CODES_EXTENSIONS:
-        raise ValueError(f"{path}: not a codes file ({', '.join(CODES_EXTENSIONS)})")
+        raise UserError(f"{path}: not a codes file ({', '.join(CODES_EXTENSIONS)})")
     try:
         if suffix == ".npy":
             return np.load(path, allow_pickle=False)
@@ -68,13 +69,13 @@ def _read_codes_array(path: Path) -> np.ndarray:
         else:
             loaded = load_safetensors(path)
     except pickle.UnpicklingError as err:
-        raise ValueError(f"{path}: cannot read codes: it {pickle_refusal(err)}") from None
+        raise UserError(f"{path}: cannot read codes: it {pickle_refusal(err)}") from None
     except (OSError, EOFError, ValueError, RuntimeError, SafetensorError) as err:
-        raise ValueError(f"{path}: cannot read codes: {first_line(err)}") from err
+        raise UserError(f"{path}: cannot read codes: {first_line(err)}") from err
     if isinstance(loaded, torch.Tensor):
         loaded = {"codes": loaded}
     if not isinstance(loaded, dict):
-        raise ValueError(f"{path}: expected a tensor or a dict of tensors, got {type(loaded).__name__}")
+        raise UserError(f"{path}: expected a tensor or a dict of tensors, got {type(loaded).__name__}")
     return _one_array(path, loaded)
 
 
@@ -86,9 +87,9 @@ def _one_array(path: Path, tensors: dict) -> np.ndarray:
     elif len(arrays) == 1:
         value = next(iter(arrays.values()))
     else:
-        raise ValueError(f"{path}: expected one tensor or a 'codes' entry, found {sorted(map(str, tensors)) or 'none'}")
+        raise UserError(f"{path}: expected one tensor or a 'codes' entry, found {sorted(map(str, tensors)) or 'none'}")
     if isinstance(value, torch.Tensor):
         if value.is_floating_point() or value.is_complex():
-            raise ValueError(f"{path}: codes must be integers, got {value.dtype}")
+            raise UserError(f"{path}: codes must be integers, got {value.dtype}")
         return value.numpy()
     return value

@@ -13,6 +13,7 @@ from datasets import Dataset, load_from_disk
 
 from dia_tpu.config import Config, DataConfig
 from dia_tpu.data.tokens import augment_tags, encode_text, split_tags, tags_augmented
+from dia_tpu.errors import UserError
 
 
 def item_random(seed: int, epoch: int, index: int, purpose: str) -> random.Random:
@@ -133,7 +134,7 @@ def split_tables(cfg: Config) -> tuple[Dataset, Dataset | None, int]:
     if d.eval_size == 0:
         return table, None, skipped
     if d.eval_size >= len(table):
-        raise ValueError(f"data.eval_size={d.eval_size} leaves no training items in {d.dataset} ({len(table)} items)")
+        raise UserError(f"data.eval_size={d.eval_size} leaves no training items in {d.dataset} ({len(table)} items)")
     order = np.random.default_rng(d.seed).permutation(len(table))
     return table.select(sorted(order[d.eval_size :])), table.select(sorted(order[: d.eval_size])), skipped
 
@@ -144,11 +145,11 @@ def _speakers_held_out(table: Dataset, d: DataConfig) -> tuple[Dataset, Dataset]
     missing = sorted(set(d.eval_speakers) - set(speakers))
     if missing:
         known = ", ".join(sorted(set(speakers))[:10])
-        raise ValueError(f"data.eval_speakers: {missing} not among the speakers of {d.dataset} ({known})")
+        raise UserError(f"data.eval_speakers: {missing} not among the speakers of {d.dataset} ({known})")
     held = set(d.eval_speakers)
     kept = [i for i, s in enumerate(speakers) if s not in held]
     if not kept:
-        raise ValueError(f"data.eval_speakers: holding out {sorted(held)} leaves no training items in {d.dataset}")
+        raise UserError(f"data.eval_speakers: holding out {sorted(held)} leaves no training items in {d.dataset}")
     return table.select(kept), table.select([i for i, s in enumerate(speakers) if s in held])
 
 
@@ -170,7 +171,7 @@ def _filter_long_text(table: Dataset, cfg: DataConfig, where: str) -> tuple[Data
         return table, 0
     if cfg.long_text == "error":
         shown = ", ".join(f"#{i} ({lengths[i]} tokens)" for i in too_long[:5])
-        raise ValueError(
+        raise UserError(
             f"{where}: {len(too_long)} transcript(s) exceed data.max_text_tokens={cfg.max_text_tokens}: {shown}. "
             "Raise data.max_text_tokens or set data.long_text=skip."
         )

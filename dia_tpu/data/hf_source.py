@@ -16,6 +16,7 @@ from datasets.exceptions import DatasetGenerationError
 from dia_tpu.config import PrepareConfig
 from dia_tpu.console import first_line
 from dia_tpu.data.clips import AudioRef, Clip, attach_file, parse_segments, walk_files
+from dia_tpu.errors import UserError
 from dia_tpu.hub import from_hub
 
 DATA_FORMATS = {".parquet": "parquet", ".jsonl": "json", ".json": "json", ".csv": "csv"}
@@ -67,7 +68,7 @@ def _load_hf(input: str, cfg: PrepareConfig):
             loaded = datasets.load_dataset(fmt, data_files=_data_files(path, fmt), streaming=cfg.streaming)
         except DatasetGenerationError as err:
             cause = first_line(err.__cause__) if err.__cause__ is not None else first_line(err)
-            raise ValueError(f"{input}: its {fmt} files cannot be read as rows ({cause})") from err
+            raise UserError(f"{input}: its {fmt} files cannot be read as rows ({cause})") from err
         root = path.parent if path.is_file() else path
         return (*_pick_split(loaded, cfg.split, input, data_files=True), Path(os.path.abspath(root)))
     with from_hub("--input", input, "the downloaded folder", repo_type="dataset"):
@@ -83,7 +84,7 @@ def _pick_split(loaded, split: str, input: str, data_files: bool):
     # Data files whose names say no split all land in "train", whatever split was asked for.
     if data_files and list(loaded) == ["train"]:
         return loaded["train"], "train"
-    raise ValueError(f"{input}: no split {split!r} (prepare.split); its splits are {', '.join(loaded)}")
+    raise UserError(f"{input}: no split {split!r} (prepare.split); its splits are {', '.join(loaded)}")
 
 
 def _data_files(path: Path, fmt: str):
@@ -104,7 +105,7 @@ def _data_format(path: Path) -> str:
     if not formats:
         raise FileNotFoundError(f"{path}: no data files ({', '.join(DATA_FORMATS)}) in it")
     if len(formats) > 1:
-        raise ValueError(
+        raise UserError(
             f"{path}: holds data files of several formats ({', '.join(formats)}); point the input "
             "at the files of one format"
         )
@@ -118,7 +119,7 @@ def _require_columns(names: list[str], cfg, input: str) -> None:
         if name not in names
     ]
     if missing:
-        raise ValueError(f"{input}: no column for {', '.join(missing)}; its columns are {', '.join(names)}")
+        raise UserError(f"{input}: no column for {', '.join(missing)}; its columns are {', '.join(names)}")
 
 
 def _hf_text(value) -> str:

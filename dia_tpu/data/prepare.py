@@ -49,6 +49,7 @@ from dia_tpu.data.shards import (
 )
 from dia_tpu.data.sources import detect_kind, read_clips
 from dia_tpu.model.codec import build_codec, codec_on_accelerator, fuse_snake
+from dia_tpu.precision import choose
 
 # Audio held back waiting for equal-length partners before it is encoded in smaller batches: only equal
 # lengths can share a batch, and waiting for all of them would hold the whole corpus in memory.
@@ -287,6 +288,9 @@ def _encode_all(ctx: Context, waves: dict[int, list[np.ndarray]]) -> dict[int, n
                 "prepare: torch cannot compile here (see torch.compile's requirements); the codec runs eagerly, "
                 "with the same codes"
             )
+        choice = choose(ctx.cfg.prepare.mixed_precision, ctx.codec.device.type, "prepare.mixed_precision")
+        if choice.slow and ctx.rank == 0:
+            print(f"prepare: {choice.note}", flush=True)
     p = ctx.cfg.prepare
     entries = [((slot, c), wave) for slot, channels in waves.items() for c, wave in enumerate(channels)]
     by_length: dict[int, list] = {}

@@ -23,6 +23,7 @@ from dia_tpu.artifacts.owner import DATASET, aside, mark
 from dia_tpu.config import Config
 from dia_tpu.console import first_line
 from dia_tpu.data.tokens import encode_text
+from dia_tpu.errors import UserError
 from dia_tpu.model.codec import codec_config, codec_identity
 
 
@@ -70,7 +71,7 @@ def _quietly() -> Iterator[None]:
             datasets.enable_progress_bars()
 
 
-class PrepareError(ValueError):
+class PrepareError(UserError):
     """A bad input under `prepare.strict`, or a source with nothing usable; names the item and the reason."""
 
 

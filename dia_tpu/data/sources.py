@@ -24,6 +24,7 @@ from dia_tpu.config import SOURCE_KINDS, PrepareConfig
 from dia_tpu.data.clips import Clip, attach_file, normalize_text, walk_files
 from dia_tpu.data.codes_files import CODES_EXTENSIONS
 from dia_tpu.data.hf_source import DATA_FORMATS, SAVED_MARKERS, read_hf
+from dia_tpu.errors import UserError
 from dia_tpu.hub import is_hub_id
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".mp3", ".ogg", ".opus")
@@ -35,7 +36,7 @@ def detect_kind(input: str, cfg: PrepareConfig) -> str:
     """The kind of `input` ("metadata", "sidecar" or "hf"): `cfg.kind`, or when that is "auto", what it looks like."""
     if cfg.kind != "auto":
         if cfg.kind not in KINDS:
-            raise ValueError(f"prepare.kind: {cfg.kind!r} is not one of auto, {', '.join(KINDS)}")
+            raise UserError(f"prepare.kind: {cfg.kind!r} is not one of auto, {', '.join(KINDS)}")
         return cfg.kind
     path = Path(input)
     if path.is_file():
@@ -43,7 +44,7 @@ def detect_kind(input: str, cfg: PrepareConfig) -> str:
             return "metadata"
         if path.suffix.lower() in DATA_FORMATS:
             return "hf"
-        raise ValueError(f"{input}: a file source must be a metadata.csv or a data file ({', '.join(DATA_FORMATS)})")
+        raise UserError(f"{input}: a file source must be a metadata.csv or a data file ({', '.join(DATA_FORMATS)})")
     if path.is_dir():
         if (path / METADATA_FILE).is_file():
             return "metadata"
@@ -54,7 +55,7 @@ def detect_kind(input: str, cfg: PrepareConfig) -> str:
         # A .json beside an audio file is its segment timing, not a dataset.
         data = [f for f in files if f.suffix.lower() in DATA_FORMATS and not _is_companion(f, files)]
         if paired and data:
-            raise ValueError(
+            raise UserError(
                 f"{input}: holds both audio with .txt transcripts and data files ({data[0].name}); "
                 "set prepare.kind to sidecar or hf"
             )
@@ -135,7 +136,7 @@ def _read_metadata(input: str, cfg: PrepareConfig) -> Iterator[tuple[str, Clip]]
                     continue
             yield _metadata_clip(raw, number, fields, root, cfg)
     if fields is None:
-        raise ValueError(f"{csv} is empty: expected one line per clip")
+        raise UserError(f"{csv} is empty: expected one line per clip")
 
 
 def _metadata_fields(first: bytes, root: Path, cfg, csv: Path) -> tuple[_Fields, bool]:
@@ -160,7 +161,7 @@ def _metadata_fields(first: bytes, root: Path, cfg, csv: Path) -> tuple[_Fields,
     if audio is None:
         missing.append(f"the audio (prepare.audio_column={cfg.audio_column!r}, or a 'file' or 'id' field)")
     if missing:
-        raise ValueError(
+        raise UserError(
             f"{csv}: no field for {' or '.join(missing)}; its fields are {'|'.join(names)} "
             "(set prepare.columns to name them)"
         )

@@ -13,11 +13,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from dia_tpu.evaluation.asr import Recogniser, load_recogniser
-from dia_tpu.evaluation.quality import QualityJudge, load_quality_judge
 from dia_tpu.evaluation.signal import expected_seconds, measure, problems
-from dia_tpu.evaluation.speaker import SpeakerEncoder, load_speaker_encoder, similarity
 from dia_tpu.evaluation.text import char_errors, spoken_text, word_errors
+from dia_tpu.listen.judges import Judges
+from dia_tpu.listen.speaker import SpeakerEncoder, similarity
 
 # Characters per second of spoken words when a prompt has no reference clip: English read speech runs at
 # about 14 (a run's own data gives its speakers' pace instead).
@@ -33,29 +32,6 @@ class Prompt:
     reference: np.ndarray | None = None  # a recording of this text (mono), for its length and its voice
     voice: np.ndarray | None = None  # the voice prompt's audio (mono), when cloning
     chars_per_second: float = DEFAULT_CHARS_PER_SECOND  # the speaker's pace, for an expected length
-
-
-@dataclass
-class Judges:
-    """The models that judge: either may be absent (that column is then left out)."""
-
-    recogniser: Recogniser | None = None
-    speaker: SpeakerEncoder | None = None
-    quality: QualityJudge | None = None
-
-    @classmethod
-    def load(cls, asr: str, speaker: str, quality: str, device="cpu", language: str | None = "en") -> Judges:
-        """The judges named as `dia-tpu evaluate`'s flags and eval.audio name them ("none": absent); each
-        backend's package is imported only when it is named."""
-        return cls(
-            None if asr == "none" else load_recogniser(asr, device, language=language),
-            None if speaker == "none" else load_speaker_encoder(speaker, device),
-            None if quality == "none" else load_quality_judge(quality, device),
-        )
-
-    def names(self) -> dict[str, str]:
-        found = {"recogniser": self.recogniser, "speaker": self.speaker, "quality": self.quality}
-        return {role: judge.name for role, judge in found.items() if judge is not None}
 
 
 def judge(
@@ -84,6 +60,10 @@ def judge(
                 transcript=heard,
                 word_errors=words.errors,
                 words=words.length,
+                # Deletions count what truncated speech lost, insertions what babbling added.
+                substitutions=words.substitutions,
+                deletions=words.deletions,
+                insertions=words.insertions,
                 wer=words.rate,
                 char_errors=chars.errors,
                 chars=chars.length,
@@ -165,6 +145,17 @@ def figures_of(sums: dict[str, float]) -> dict[str, float]:
     if speaker is not None:
         out["speaker_similarity"] = speaker
     return out
+
+
+# The automatic evaluation's figures as lines and cards name them: (metric under audio/, name, format).
+AUDIO_FIGURES = (
+    ("wer", "WER", ".3f"),
+    ("cer", "CER", ".3f"),
+    ("speaker_similarity", "speaker similarity", ".3f"),
+    ("mos", "MOS", ".2f"),
+    ("ended", "ended", ".0%"),
+    ("with_problems", "with problems", ".0%"),
+)
 
 
 def summarise(rows: list[dict]) -> dict:

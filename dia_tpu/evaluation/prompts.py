@@ -20,7 +20,11 @@ import torch
 from dia_tpu.artifacts import open_artifact
 from dia_tpu.artifacts.names import file_name
 from dia_tpu.data.audio import decode, load_audio
+from dia_tpu.data.dataset import split_tables
+from dia_tpu.data.shards import read_prepare_info
+from dia_tpu.errors import UserError
 from dia_tpu.evaluation.judge import Prompt
+from dia_tpu.evaluation.text import spoken_text
 from dia_tpu.generation.synthesize import (
     GenerationSettings,
     VoicePrompt,
@@ -51,9 +55,6 @@ def dataset_prompts(dataset: str | Path, model: str, limit: int | None = None, c
     """The held-out items of a prepared dataset as prompts (see the module's docstring)."""
     from datasets import load_from_disk
 
-    from dia_tpu.data.dataset import split_tables
-    from dia_tpu.data.shards import read_prepare_info
-
     info = read_prepare_info(dataset)  # a clear error when it is not a prepared dataset
     whole = load_from_disk(str(dataset))
     config = open_artifact(model).config
@@ -63,7 +64,7 @@ def dataset_prompts(dataset: str | Path, model: str, limit: int | None = None, c
         table = split_tables(dataclasses.replace(config, data=data))[1]
     requests = held_out_requests(table, chars_per_second(whole), info["frame_rate"], limit, clone)
     if not requests:
-        raise ValueError(f"--dataset {dataset}: no held-out items to evaluate")
+        raise UserError(f"--dataset {dataset}: no held-out items to evaluate")
     _check_unique([r.prompt.id for r in requests], f"--dataset {dataset}: items")
     return requests
 
@@ -119,8 +120,6 @@ def run_pace(artifact) -> dict:
 
 def chars_per_second(table) -> dict:
     """Each speaker's pace in characters of spoken words per second, and everyone's under None."""
-    from dia_tpu.evaluation.text import spoken_text
-
     chars, seconds = {}, {}
     for text, speaker, duration in zip(table["text"], table["speaker"], table["duration"], strict=True):
         for key in (speaker, None):
@@ -135,7 +134,7 @@ def read_prompts(path: str | Path) -> list[Request]:
         raise FileNotFoundError(f"--prompts not found: {source}")
     lines = [line.strip() for line in source.read_text(encoding="utf-8").splitlines() if line.strip()]
     if not lines:
-        raise ValueError(f"--prompts {source} holds no prompts")
+        raise UserError(f"--prompts {source} holds no prompts")
     if source.suffix != ".jsonl":
         return [Request(Prompt(f"line_{i:04d}", text)) for i, text in enumerate(lines, 1)]
     requests = []
@@ -144,9 +143,9 @@ def read_prompts(path: str | Path) -> list[Request]:
             item = json.loads(line)
             text = item["text"]
         except (ValueError, KeyError, TypeError) as err:
-            raise ValueError(f"{source} line {i}: not a JSON object with a 'text' ({err})") from err
+            raise UserError(f"{source} line {i}: not a JSON object with a 'text' ({err})") from err
         if ("audio" in item) != ("transcript" in item):
-            raise ValueError(f"{source} line {i}: 'audio' (a voice prompt) and 'transcript' go together")
+            raise UserError(f"{source} line {i}: 'audio' (a voice prompt) and 'transcript' go together")
         files = {key: str((source.parent / item[key]).resolve()) for key in ("reference", "audio") if key in item}
         for key, file in files.items():
             if not Path(file).is_file():
@@ -163,7 +162,7 @@ def _check_unique(ids: list[str], what: str) -> None:
     seen: dict[str, int] = {}
     for i, name in enumerate(ids, 1):
         if name in seen:
-            raise ValueError(f"{what} {seen[name]} and {i} both give the file name {name!r}; make the ids distinct")
+            raise UserError(f"{what} {seen[name]} and {i} both give the file name {name!r}; make the ids distinct")
         seen[name] = i
 
 
@@ -190,7 +189,7 @@ def load_request(request: Request, codec, model_config) -> tuple[Prompt, VoicePr
 
 def _check_codebooks(codes: np.ndarray, books: int, item: str) -> None:
     if codes.shape[1] != books:
-        raise ValueError(
+        raise UserError(
             f"--dataset item {item} has {codes.shape[1]} codebooks but the model has {books}: "
             "evaluate with a dataset prepared with the model's codec"
         )

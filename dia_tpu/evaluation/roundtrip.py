@@ -11,9 +11,9 @@ import torch
 from transformers import DacModel
 
 from dia_tpu.data.audio import decode, encode
-from dia_tpu.evaluation.asr import Recogniser
 from dia_tpu.evaluation.judge import Judges, Prompt, figures_of, judge, sums_of
 from dia_tpu.evaluation.spectra import mel_distance
+from dia_tpu.listen.asr import Recogniser
 
 
 def round_trip(codec: DacModel, wave: np.ndarray) -> np.ndarray:

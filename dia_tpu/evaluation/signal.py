@@ -15,6 +15,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from dia_tpu.evaluation.text import spoken_text
+
 FRAME_SECONDS = 0.02
 SILENCE_BELOW_PEAK_DB = 40.0
 SILENCE_FLOOR_DBFS = -60.0
@@ -226,6 +228,4 @@ def code_entropy(tokens: np.ndarray, codebook_size: int) -> float:
 
 def expected_seconds(text: str, chars_per_second: float) -> float:
     """How long a text takes at a speaker's pace (characters of its spoken words per second)."""
-    from dia_tpu.evaluation.text import spoken_text
-
     return len(spoken_text(text)) / chars_per_second

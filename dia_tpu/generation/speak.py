@@ -11,6 +11,7 @@ import torch
 
 from dia_tpu.artifacts import open_artifact
 from dia_tpu.config import sampling_problems
+from dia_tpu.errors import UserError
 from dia_tpu.generation.synthesize import GenerationSettings, load_voice_prompt, synthesize
 from dia_tpu.model.load import language_tags_of, load_for_inference
 
@@ -19,12 +20,12 @@ def read_scripts(path: str | Path) -> list[str]:
     """The scripts of a text file, one per non-empty line."""
     source = Path(path)
     if source.is_dir():
-        raise ValueError(f"--text-file {source} is a folder; give a text file with one script per line")
+        raise UserError(f"--text-file {source} is a folder; give a text file with one script per line")
     if not source.is_file():
         raise FileNotFoundError(f"--text-file not found: {source}")
     texts = [line.strip() for line in source.read_text(encoding="utf-8").splitlines() if line.strip()]
     if not texts:
-        raise ValueError(f"--text-file {source} holds no scripts")
+        raise UserError(f"--text-file {source} holds no scripts")
     return texts
 
 
@@ -34,24 +35,24 @@ def check_flags(settings: GenerationSettings, batch_size: int) -> None:
     if batch_size < 1:
         problems.append(f"--batch-size must be >= 1, got {batch_size}")
     if problems:
-        raise ValueError("; ".join(problems))
+        raise UserError("; ".join(problems))
 
 
 def check_output_file(path: Path) -> None:
     """Refuse, before anything is generated, an output the audio could not be written to: a folder, a suffix
     that names no sound format, a folder that cannot be made or written."""
     if path.is_dir():
-        raise ValueError(f"--out {path} is a folder: give a file name ending in .wav (or .flac, .ogg)")
+        raise UserError(f"--out {path} is a folder: give a file name ending in .wav (or .flac, .ogg)")
     if path.suffix.lstrip(".").upper() not in sf.available_formats():
-        raise ValueError(
+        raise UserError(
             f"--out {path}: {path.suffix or 'no suffix'} names no sound format; end it in .wav (or .flac, .ogg)"
         )
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        raise ValueError(f"--out {path}: its folder cannot be made ({err.strerror or err})") from err
+        raise UserError(f"--out {path}: its folder cannot be made ({err.strerror or err})") from err
     if not os.access(path.parent, os.W_OK):
-        raise ValueError(f"--out {path}: its folder {path.parent} is not writable")
+        raise UserError(f"--out {path}: its folder {path.parent} is not writable")
 
 
 def write_speech(
@@ -72,7 +73,7 @@ def write_speech(
     for path in outputs:
         check_output_file(path)
     if (audio_prompt is None) != (prompt_transcript is None):
-        raise ValueError("--audio-prompt and --prompt-transcript go together: the model reads the transcript first")
+        raise UserError("--audio-prompt and --prompt-transcript go together: the model reads the transcript first")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     artifact = open_artifact(model_source)
     model, codec = load_for_inference(artifact, device, adapter=adapter)

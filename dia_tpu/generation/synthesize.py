@@ -20,6 +20,7 @@ from dia_tpu.data.audio import decode, encode, header_seconds, load_channels
 from dia_tpu.data.clips import AudioRef
 from dia_tpu.data.dataset import prompted_text
 from dia_tpu.data.tokens import TEXT_PAD, apply_delay, encode_text, revert_delay
+from dia_tpu.errors import UserError
 from dia_tpu.generation.decode import generate_delayed, processors_beyond_dia
 from dia_tpu.generation.sampling import SeededSampler, appended_to_processors
 
@@ -65,13 +66,13 @@ def load_voice_prompt(
     says it is far too long for the model's decoder is refused before any of it is decoded or encoded; one near
     the limit is judged exactly from its codes, by `check_request`."""
     if not transcript.strip():
-        raise ValueError(f"audio prompt {path}: its transcript is empty; give what is said in it, with [S1]/[S2] tags")
+        raise UserError(f"audio prompt {path}: its transcript is empty; give what is said in it, with [S1]/[S2] tags")
     if model_config is not None:
         model_codebooks = len(model_config.delay_pattern)
         rate = codec.config.sampling_rate / codec.config.hop_length
         seconds = header_seconds(AudioRef(path=Path(path)))
         if seconds is not None and seconds > _prompt_room(model_config) / rate + PROMPT_SLACK_SECONDS:
-            raise ValueError(_too_long_prompt(str(path), seconds, model_config, rate))
+            raise UserError(_too_long_prompt(str(path), seconds, model_config, rate))
     stereo = model_codebooks == 2 * codec.config.n_codebooks
     waves = load_channels(path, codec.config.sampling_rate, stereo)
     codes = np.concatenate(encode(codec, waves), axis=1)
@@ -210,14 +211,14 @@ def check_request(
     `config` is the model's DiaConfig, so a training run checks its sample prompts before its first step.
     """
     if settings.decoding not in DECODINGS:
-        raise ValueError(f"decoding {settings.decoding!r}: choose one of {', '.join(DECODINGS)}")
+        raise UserError(f"decoding {settings.decoding!r}: choose one of {', '.join(DECODINGS)}")
     limit = config.encoder_config.max_position_embeddings
     for script in scripts:
         tokens = len(encode_text(script, settings.language_tags))
         if tokens == 0:
-            raise ValueError("empty text: nothing to synthesize")
+            raise UserError("empty text: nothing to synthesize")
         if tokens > limit:
-            raise ValueError(
+            raise UserError(
                 f"text of {tokens} byte tokens exceeds the model's text length of {limit}: {script[:60]!r}..."
             )
     delay = list(config.delay_pattern)
@@ -226,17 +227,17 @@ def check_request(
         codes = prompt.codes
         if codes.ndim != 2 or codes.shape[1] != len(delay) or len(codes) == 0:
             shape = list(codes.shape)
-            raise ValueError(f"{prompt.source}: expected codes of shape [frames, {len(delay)}], got {shape}")
+            raise UserError(f"{prompt.source}: expected codes of shape [frames, {len(delay)}], got {shape}")
         prompt_frames = len(codes)
     room = _prompt_room(config) - prompt_frames
     if prompt is not None and room < 1:
-        raise ValueError(_too_long_prompt(prompt.source, prompt_frames / rate, config, rate))
+        raise UserError(_too_long_prompt(prompt.source, prompt_frames / rate, config, rate))
     if settings.max_seconds is None:
         return room
     wanted = max(1, round(settings.max_seconds * rate))
     if wanted > room:
         after = f" after the {prompt_frames / rate:.1f} s prompt" if prompt is not None else ""
-        raise ValueError(
+        raise UserError(
             f"max_seconds={settings.max_seconds} needs {wanted} frames but the model's decoder holds at most "
             f"{room} ({room / rate:.1f} s){after}"
         )

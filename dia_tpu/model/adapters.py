@@ -18,6 +18,7 @@ from transformers import DiaForConditionalGeneration
 
 from dia_tpu.config import ConfigError, LoraSettings, ModelConfig
 from dia_tpu.console import DropNote
+from dia_tpu.errors import UserError
 
 # Module names, relative to DiaForConditionalGeneration, that each LoRA target group covers.
 _ATTENTION = re.compile(r"model\.(encoder|decoder)\.layers\.\d+\.(self|cross)_attention\.[qkvo]_proj")
@@ -139,7 +140,7 @@ def check_trained_names(where: Path, saved: set[str], model: torch.nn.Module) ->
     expected = trainable_names(model)
     missing, extra = sorted(expected - saved), sorted(saved - expected)
     if missing or extra:
-        raise ValueError(
+        raise UserError(
             f"{where}: its saved weights do not match this run's trainable parameters (is model.lora or "
             f"model.freeze configured differently?): missing {missing[:5]}{' ...' if len(missing) > 5 else ''}, "
             f"unexpected {extra[:5]}{' ...' if len(extra) > 5 else ''}"

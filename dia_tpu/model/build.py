@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 from transformers import DiaConfig, DiaForConditionalGeneration, GenerationConfig
 
+from dia_tpu.artifacts.native import is_native_source
 from dia_tpu.artifacts.weights import refusing_code
 from dia_tpu.config import SAMPLING, ConfigError, ModelConfig
 from dia_tpu.hub import from_hub, is_hub_id
@@ -91,8 +92,6 @@ def is_native(cfg: ModelConfig) -> bool:
         return False
     if cfg.pretrained_format == "native":
         return True
-    from dia_tpu.model.native_files import is_native_source
-
     return is_native_source(cfg.pretrained)
 
 

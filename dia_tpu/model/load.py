@@ -11,8 +11,11 @@ from transformers import DacModel, DiaConfig, DiaForConditionalGeneration
 from dia_tpu.artifacts import Artifact, open_artifact
 from dia_tpu.artifacts.weights import is_sharded, read_weights, refusing_code
 from dia_tpu.hub import from_hub
-from dia_tpu.model.build import build_model, default_generation_config
+from dia_tpu.model.adapters import check_trained_names, import_bitsandbytes_quietly, merged, setup_training
+from dia_tpu.model.build import build_model, default_generation_config, plain_model
 from dia_tpu.model.codec import build_codec
+from dia_tpu.model.native_files import load_native_model
+from dia_tpu.model.shapes import restore_attention_scale
 
 
 def load_for_inference(
@@ -38,20 +41,12 @@ def load_model(source: str | Path | Artifact, adapter: str | None = None) -> Dia
 
 def _load_weights(artifact: Artifact) -> DiaForConditionalGeneration:
     if artifact.kind == "native":
-        from dia_tpu.model.native_files import load_native_model
-
         model = load_native_model(artifact.source)
     elif artifact.kind == "lora_checkpoint":
-        from dia_tpu.model.adapters import merged
-
         model = merged(load_trained(artifact))
     elif artifact.weights is not None and is_sharded(artifact.weights):
-        from dia_tpu.model.build import plain_model
-
         model = plain_model(DiaConfig.from_pretrained(artifact.source), read_weights(artifact.weights))
     else:
-        from dia_tpu.model.shapes import restore_attention_scale
-
         with from_hub("--model", artifact.source):
             model = DiaForConditionalGeneration.from_pretrained(artifact.source, dtype=torch.float32)
         restore_attention_scale(model)
@@ -62,8 +57,6 @@ def _with_adapter(model: DiaForConditionalGeneration, adapter: str) -> DiaForCon
     """`model` with a peft LoRA adapter folder merged into its weights."""
     if not (Path(adapter) / "adapter_config.json").is_file():
         raise FileNotFoundError(f"{adapter} holds no adapter_config.json: not a LoRA adapter folder")
-    from dia_tpu.model.adapters import import_bitsandbytes_quietly
-
     import_bitsandbytes_quietly()
     import peft
 
@@ -73,8 +66,6 @@ def _with_adapter(model: DiaForConditionalGeneration, adapter: str) -> DiaForCon
 def load_trained(checkpoint: str | Path | Artifact) -> torch.nn.Module:
     """A LoRA run's checkpoint as the PeftModel it trained: the base rebuilt from the run's config, then the
     saved adapter (and modules_to_save) weights, which must be exactly its trainable parameters."""
-    from dia_tpu.model.adapters import check_trained_names, setup_training
-
     artifact = checkpoint if isinstance(checkpoint, Artifact) else open_artifact(checkpoint)
     if artifact.config is None or artifact.weights is None:
         raise FileNotFoundError(f"{artifact.source}: not a dia_tpu training checkpoint (no config.yaml or weights)")

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 from transformers import DiaConfig
 
-from dia_tpu.model.native_config import NativeFormatError
+from dia_tpu.artifacts.native import COMPILE_PREFIX, DDP_PREFIX, NativeFormatError, clean_key
 
 logger = logging.getLogger(__name__)
 
@@ -174,14 +174,6 @@ def hf_to_native(hf: dict[str, Tensor], config: DiaConfig) -> dict[str, Tensor]:
             native.update(zip(r.native, split_channels(hf[r.hf], len(r.native)), strict=True))
     check_state_dict(native, {k: r.native_shape for r in rules for k in r.native}, "converted native state dict")
     return native
-
-
-# Wrappers that community checkpoints carry: torch.compile's module attribute, DDP's leading `module.`.
-COMPILE_PREFIX, DDP_PREFIX = "_orig_mod.", "module."
-
-
-def clean_key(key: str) -> str:
-    return key.replace(COMPILE_PREFIX, "").removeprefix(DDP_PREFIX)
 
 
 def clean_native_keys(state: dict[str, Tensor]) -> dict[str, Tensor]:

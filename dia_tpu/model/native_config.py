@@ -10,10 +10,7 @@ import torch
 import transformers
 from transformers import DiaConfig
 
-
-class NativeFormatError(ValueError):
-    """A state dict that does not match the layout the config implies."""
-
+from dia_tpu.artifacts.native import NativeFormatError, is_v01
 
 V01, V0626 = "v0.1", "0626"
 SCHEMAS = (V01, V0626)
@@ -83,10 +80,6 @@ def _schema(native: object) -> str:
         "not a native Dia config: expected 'model' and 'data' (v0.1) or 'encoder_config' and 'decoder_config' "
         f"(0626), found {found}"
     )
-
-
-def is_v01(native: object) -> bool:
-    return isinstance(native, dict) and {"model", "data"} <= native.keys()
 
 
 def _v01_to_hf(native: dict) -> DiaConfig:

@@ -1,14 +1,14 @@
 """Native Nari Labs checkpoint files: found in a file, a folder or a hub repository, read (either config schema,
 either weights layout, detected from the keys) into a transformers model, and written in either schema.
 
-`dia_tpu.model.native` holds the state-dict mapping these files go through.
+`dia_tpu.model.native` holds the state-dict mapping these files go through; recognising a native checkpoint on
+disk and finding its files locally is `dia_tpu.artifacts.native`'s.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable
 from pathlib import Path
 
 import huggingface_hub
@@ -18,17 +18,19 @@ import torch
 from torch import Tensor
 from transformers import DiaConfig, DiaForConditionalGeneration
 
-from dia_tpu.hub import is_hub_id
-from dia_tpu.model.native import check_state_dict, clean_key, clean_native_keys, hf_to_native, layout, native_to_hf
-from dia_tpu.model.native_config import (
-    V01,
-    V0626,
+from dia_tpu.artifacts.native import (
+    CONFIG_NAME,
+    NATIVE,
+    SAFETENSORS_NAME,
     NativeFormatError,
-    dtype_name,
-    hf_config_to_native,
     is_v01,
-    native_config_to_hf,
+    key_layout,
+    local_native_files,
+    read_json,
 )
+from dia_tpu.hub import is_hub_id
+from dia_tpu.model.native import check_state_dict, clean_native_keys, hf_to_native, layout, native_to_hf
+from dia_tpu.model.native_config import V01, V0626, dtype_name, hf_config_to_native, native_config_to_hf
 
 logger = logging.getLogger(__name__)
 
@@ -47,17 +49,7 @@ def load_native(path: str | Path, mmap: bool = False) -> dict[str, Tensor]:
     return state
 
 
-# Where a checkpoint's files are: `config.json` beside one weights file.
-CONFIG_NAME, SAFETENSORS_NAME = "config.json", "model.safetensors"
-
-
-WEIGHTS_SUFFIXES = (".pth", ".safetensors")
-
-
 SAVE_NAMES = {V01: "dia-v0_1.pth", V0626: "model.pth"}
-
-
-NATIVE, TRANSFORMERS = "native", "transformers"
 
 
 def read_native(source: str | Path, weights_name: str | None = None) -> tuple[DiaConfig, dict[str, Tensor]]:
@@ -80,47 +72,12 @@ def read_native_config(source: str | Path) -> DiaConfig:
     return _read_config(config)
 
 
-def native_weights_file(source: str | Path) -> Path:
-    """The weights file of a local native checkpoint (a file, or the one in a folder)."""
-    return _locate(source, None)[1]
-
-
 def _locate(source: str | Path, weights_name: str | None) -> tuple[Path, Path]:
     """(config.json, weights file) of `source`; a hub id's are downloaded first."""
     path = Path(source)
-    if path.is_file():
-        if weights_name is not None:
-            raise NativeFormatError(f"{path} is a file: weights_name picks a file in a folder or hub repository")
-        weights = path
-    elif path.is_dir():
-        weights = _folder_weights(path, weights_name)
-    elif is_hub_id(str(source)):
+    if not path.is_file() and not path.is_dir() and is_hub_id(str(source)):
         return _download(str(source), weights_name)
-    else:
-        raise NativeFormatError(f"{source}: no such file or folder, and not a hub id (org/name)")
-    if weights.suffix not in WEIGHTS_SUFFIXES:
-        raise NativeFormatError(f"{weights}: not a weights file (expected one of {WEIGHTS_SUFFIXES})")
-    config = weights.parent / CONFIG_NAME
-    if not config.is_file():
-        raise NativeFormatError(f"{weights.parent}: no {CONFIG_NAME} beside {weights.name}")
-    return config, weights
-
-
-def _folder_weights(folder: Path, weights_name: str | None) -> Path:
-    """The folder's one `*.pth` or `model.safetensors`, or `weights_name` when given."""
-    if weights_name is not None:
-        if not (folder / weights_name).is_file():
-            raise NativeFormatError(f"{folder}: no weights file {weights_name!r}")
-        return folder / weights_name
-    found = sorted(p.name for p in folder.iterdir() if p.is_file() and _is_weights_name(p.name))
-    if len(found) == 1:
-        return folder / found[0]
-    problem = f"several weights files {found}; pass weights_name to pick one" if found else "no weights file"
-    raise NativeFormatError(f"{folder}: {problem} (expected one *.pth or {SAFETENSORS_NAME})")
-
-
-def _is_weights_name(name: str) -> bool:
-    return name.endswith(".pth") or name == SAFETENSORS_NAME
+    return local_native_files(source, weights_name)
 
 
 def _download(repo_id: str, weights_name: str | None) -> tuple[Path, Path]:
@@ -143,15 +100,8 @@ def _hub_weights(repo_id: str, files: list[str]) -> str:
     raise NativeFormatError(f"{repo_id}: {problem} (expected one *.pth or {SAFETENSORS_NAME})")
 
 
-def _read_json(path: Path) -> object:
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise NativeFormatError(f"{path}: not JSON ({err})") from err
-
-
 def _read_config(path: Path) -> DiaConfig:
-    native = _read_json(path)
+    native = read_json(path)
     try:
         return native_config_to_hf(native)
     except NativeFormatError as err:
@@ -164,21 +114,9 @@ def _read_weights(path: Path) -> dict[str, Tensor]:
     return clean_native_keys(state)
 
 
-def _key_layout(keys: Iterable[str]) -> str | None:
-    """The layout ("native" or "transformers") of a state dict's cleaned keys, from where they live: native
-    Dia's top modules are `encoder` and `decoder`, transformers' `model` and `logits_dense`; None for neither
-    or a mix."""
-    keys = list(keys)
-    native = any(k.startswith(("encoder.", "decoder.")) for k in keys)
-    hf = any(k.startswith("model.") or k == "logits_dense.weight" for k in keys)
-    if native != hf:
-        return NATIVE if native else TRANSFORMERS
-    return None
-
-
 def _as_transformers(state: dict[str, Tensor], config: DiaConfig, origin: Path) -> dict[str, Tensor]:
     """`state` in transformers' layout, checked strictly against the config whichever layout it came in."""
-    kind = _key_layout(state)
+    kind = key_layout(state)
     if kind is None:
         raise NativeFormatError(f"{origin}: keys are neither native nor transformers Dia ones: {sorted(state)[:5]}")
     logger.info("%s: weights in the %s layout", origin, kind)
@@ -191,29 +129,6 @@ def _as_transformers(state: dict[str, Tensor], config: DiaConfig, origin: Path) 
         raise NativeFormatError(f"{origin}: {err}") from err
 
 
-def is_native_source(path: str | Path) -> bool:
-    """Whether `path` is a native checkpoint rather than a transformers export: a `.pth` file or a folder
-    holding one (transformers never writes `.pth`), a v0.1 `config.json`, or safetensors weights whose keys are
-    native. A path that does not exist (a hub id) is False: hub ids are read as native only when asked."""
-    path = Path(path)
-    if not path.exists():
-        return False
-    folder = path if path.is_dir() else path.parent
-    if path.suffix == ".pth" or (path.is_dir() and any(folder.glob("*.pth"))):
-        return True
-    config = folder / CONFIG_NAME
-    if config.is_file() and is_v01(_read_json(config)):
-        return True
-    weights = path if path.is_file() else folder / SAFETENSORS_NAME
-    return weights.suffix == ".safetensors" and weights.is_file() and _key_layout(_safetensors_keys(weights)) == NATIVE
-
-
-def _safetensors_keys(path: Path) -> list[str]:
-    """The cleaned tensor names of a safetensors file, read from its header alone."""
-    with safetensors.safe_open(path, framework="pt") as f:
-        return [clean_key(k) for k in f.keys()]
-
-
 RELEASES = {V01: "v0.1, nari-labs/Dia-1.6B's", V0626: "0626, nari-labs/Dia-1.6B-0626's"}
 
 
@@ -222,7 +137,7 @@ def checkpoint_problems(source: str | Path) -> tuple[str, list[str]]:
     match that config: unknown, missing or mis-shaped tensors, read from the file's header or a memory map
     without loading the weights."""
     config_path, weights_path = _locate(source, None)
-    release = RELEASES[V01 if is_v01(_read_json(config_path)) else V0626]
+    release = RELEASES[V01 if is_v01(read_json(config_path)) else V0626]
     try:
         config = _read_config(config_path)
     except NativeFormatError as err:
@@ -233,7 +148,7 @@ def checkpoint_problems(source: str | Path) -> tuple[str, list[str]]:
     else:
         shapes = {k: v.shape for k, v in load_native(weights_path, mmap=True).items()}
     state = clean_native_keys({k: torch.empty(shape, device="meta") for k, shape in shapes.items()})
-    kind = _key_layout(state)
+    kind = key_layout(state)
     if kind is None:
         return release, [f"{weights_path}: keys are neither native nor transformers Dia ones: {sorted(state)[:5]}"]
     rules = layout(config)

@@ -17,6 +17,8 @@ from transformers import DiaConfig, DiaForConditionalGeneration
 from transformers.initialization import no_init_weights
 from transformers.models.dia.modeling_dia import DiaCrossAttention, DiaRMSNorm, DiaSelfAttention
 
+from dia_tpu.errors import UserError
+
 MONO_CHANNELS = 9
 STEREO_CHANNELS = 2 * MONO_CHANNELS
 # The two tensors with one block of `vocab_size` rows per codebook, in channel order (the embedding's
@@ -46,7 +48,7 @@ def widen_to_stereo(
     """
     channels = model.config.decoder_config.num_channels
     if channels != MONO_CHANNELS:
-        raise ValueError(f"widen_to_stereo needs a {MONO_CHANNELS}-codebook model; this one has {channels}")
+        raise UserError(f"widen_to_stereo needs a {MONO_CHANNELS}-codebook model; this one has {channels}")
     config = stereo_config(model.config, delay_pattern)
     with no_init_weights():  # every weight is replaced just below
         wide = DiaForConditionalGeneration(config)
@@ -64,7 +66,7 @@ def _stereo_delays(mono: list[int], given: list[int] | None) -> list[int]:
     pattern = list(mono) * 2 if given is None else list(given)
     bad = [d for d in pattern if not isinstance(d, int) or isinstance(d, bool) or d < 0]
     if len(pattern) != STEREO_CHANNELS or bad:
-        raise ValueError(
+        raise UserError(
             f"a stereo delay pattern needs {STEREO_CHANNELS} non-negative integers (left "
             f"{MONO_CHANNELS} + right {MONO_CHANNELS}); got {len(pattern)}: {pattern}"
         )
@@ -145,7 +147,7 @@ def _default_scale(model: DiaForConditionalGeneration) -> float:
     """1 / sqrt(head_dim), when every attention module (encoder, decoder, cross) has the same head size."""
     dims = sorted({m.head_dim for m in _attention_modules(model)})
     if len(dims) != 1:
-        raise ValueError(
+        raise UserError(
             f"attention_scale=None means 1/sqrt(head_dim), but the attention head sizes differ "
             f"({dims}); give model.attention_scale explicitly"
         )
@@ -156,7 +158,7 @@ def set_attention_scale(model: DiaForConditionalGeneration, scale: float) -> Non
     """Multiply attention logits by `scale` in every self- and cross-attention module, and record it as
     `model.config.attention_scale` so that save_pretrained writes it to config.json."""
     if not scale > 0:
-        raise ValueError(f"attention scale must be > 0, got {scale}")
+        raise UserError(f"attention scale must be > 0, got {scale}")
     for module in _attention_modules(model):
         module.scaling = float(scale)
     model.config.attention_scale = float(scale)

@@ -42,7 +42,8 @@ from dataclasses import dataclass, field
 import torch
 
 from dia_tpu.config import Config
-from dia_tpu.plan.trace import Trace, trace_step
+from dia_tpu.errors import UserError
+from dia_tpu.plan.trace import Trace, planned_precision, trace_step
 from dia_tpu.training.runtime import Runtime
 from dia_tpu.training.step import make_optimizer
 
@@ -196,9 +197,9 @@ def estimate(cfg: Config, processes: int = 1, device: str = "cuda") -> MemoryPla
     """The memory plan of `cfg`'s training step on `processes` devices. `device` ("cuda", "xla" or "cpu")
     picks the optimizer implementation that `total` assumes; the fits table uses each device's own."""
     if processes < 1:
-        raise ValueError(f"processes must be >= 1, got {processes}")
+        raise UserError(f"processes must be >= 1, got {processes}")
     if device not in ("cuda", "xla", "cpu"):
-        raise ValueError(f"device must be 'cuda', 'xla' or 'cpu', got {device!r}")
+        raise UserError(f"device must be 'cuda', 'xla' or 'cpu', got {device!r}")
     trace, model = trace_step(cfg)
     params = list(model.parameters())
     sizes = [p.numel() for p in params if p.requires_grad]
@@ -232,6 +233,11 @@ def estimate(cfg: Config, processes: int = 1, device: str = "cuda") -> MemoryPla
     notes = []
     if kind == "unsupported":
         notes.append(f"train.optimizer={t.optimizer} has no kernels for {device}")
+    if t.mixed_precision == "auto":
+        notes.append(
+            "train.mixed_precision=auto: planned as bf16, what it picks on GPUs and TPUs (fp32 on a CPU "
+            "without bf16 instructions)"
+        )
     if cfg.model.compile:
         notes.append("model.compile: the trace is of the eager model; compiled graphs may keep fewer tensors")
     return MemoryPlan(
@@ -243,7 +249,7 @@ def estimate(cfg: Config, processes: int = 1, device: str = "cuda") -> MemoryPla
         text_tokens=cfg.data.max_text_tokens,
         decoder_steps=trace.decoder_steps,
         accumulation=t.gradient_accumulation_steps,
-        mixed_precision=t.mixed_precision,
+        mixed_precision=planned_precision(t.mixed_precision),
         gradient_checkpointing=cfg.model.gradient_checkpointing,
         optimizer=f"{t.optimizer} ({kind})",
         weights=parts.weights,

@@ -36,6 +36,12 @@ from dia_tpu.training.step import set_up_for_training
 _AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
+def planned_precision(asked: str) -> str:
+    """The precision a plan traces: `auto` is planned as bf16, what it picks on the GPUs and TPUs a plan is
+    for."""
+    return "bf16" if asked == "auto" else asked
+
+
 @dataclass
 class Trace:
     """What one traced training step kept live, in bytes (beyond parameters, buffers and the batch)."""
@@ -136,7 +142,7 @@ def trace_step(cfg: Config) -> tuple[Trace, torch.nn.Module]:
     model = fake_trainable(cfg, mode)
     batch = {key: mode.from_tensor(value) for key, value in synthetic_batch(cfg, model.config).items()}
     weights = mode.from_tensor(codebook_weights(cfg.train.codebook_weights, len(model.config.delay_pattern)))
-    precision = cfg.train.mixed_precision
+    precision = planned_precision(cfg.train.mixed_precision)
     if precision in _AUTOCAST:
         # What Accelerate's prepare does to the forward: autocast inside, outputs converted to fp32 after.
         model.forward = convert_outputs_to_fp32(torch.autocast("cpu", dtype=_AUTOCAST[precision])(model.forward))

@@ -1,5 +1,5 @@
 """eval.audio: generated speech judged during training, after the loss evaluation of its steps, and the score
-that best/ and early stopping follow (`eval.select_by`).
+that best/ and early stopping follow (`eval.select_by`, weighed by `dia_tpu.evaluation.selection`).
 
 The prompts (the eval split's items, or a prompts file) are dealt out across processes: each generates its
 share with the live model (generation runs no collective) and judges it. On XLA and under FSDP the main
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 
 import numpy as np
 import soundfile as sf
@@ -23,9 +22,9 @@ from accelerate import Accelerator
 
 from dia_tpu.artifacts import RunFolder
 from dia_tpu.config import Config
-from dia_tpu.config.checks import HIGHER_IS_BETTER, SELECTABLE, selection_terms
 from dia_tpu.data.dataset import Splits
-from dia_tpu.evaluation.judge import SUMS, Judges, figures_of, judge, sums_of
+from dia_tpu.errors import UserError
+from dia_tpu.evaluation.judge import SUMS, figures_of, judge, sums_of
 from dia_tpu.evaluation.prompts import (
     chars_per_second,
     generate,
@@ -34,7 +33,9 @@ from dia_tpu.evaluation.prompts import (
     read_prompts,
     with_pace,
 )
+from dia_tpu.evaluation.selection import selection_score  # noqa: F401 (the recipe imports it from here)
 from dia_tpu.generation.synthesize import GenerationSettings, check_request, script_for
+from dia_tpu.listen.judges import Judges
 from dia_tpu.model.codec import build_codec
 from dia_tpu.training.runtime import Runtime
 from dia_tpu.training.samples import LiveGenerator
@@ -80,7 +81,7 @@ class AudioEvaluation:
             try:
                 check_request(model_config, [script_for(prompt.text, voice)], unlimited, frame_rate, voice)
             except ValueError as err:
-                raise ValueError(f"eval.audio prompt {index + 1} ({prompt.id}): {err}") from err
+                raise UserError(f"eval.audio prompt {index + 1} ({prompt.id}): {err}") from err
         self.judges: Judges | None = None
 
     def due(self, step: int, last: bool) -> bool:
@@ -122,14 +123,3 @@ class AudioEvaluation:
             sf.write(folder / f"{row['id']}.wav", wave, rate)
         with open(folder / "rows.jsonl", "w") as f:
             f.writelines(json.dumps({"step": step, **row}) + "\n" for row in rows)
-
-
-def selection_score(select_by: str, metrics: dict[str, float]) -> float:
-    """What best/ and early stopping follow, lower is better: the weighted sum of eval.select_by's figures
-    (a similarity counts negated). A figure that is missing (no words to recognise, no voice) is infinite, so
-    such an evaluation never counts as the best."""
-    score = 0.0
-    for name, weight in selection_terms(select_by).items():
-        value = metrics.get(SELECTABLE[name], math.inf)
-        score += weight * (-value if name in HIGHER_IS_BETTER and math.isfinite(value) else value)
-    return score

@@ -20,13 +20,10 @@ as plain data only. Where the run folder's parts are is `dia_tpu.artifacts.RunFo
 from __future__ import annotations
 
 import contextlib
-import json
-import math
 import pickle
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import torch
@@ -55,41 +52,10 @@ from dia_tpu.artifacts.weights import (
 )
 from dia_tpu.config import Config
 from dia_tpu.console import first_line
+from dia_tpu.errors import UserError
 from dia_tpu.model.adapters import check_trained_names, trainable_state_dict
 from dia_tpu.training.runtime import Runtime
-
-
-@dataclass
-class TrainState:
-    """Where training stands, in optimizer steps and data position; saved and restored with each checkpoint."""
-
-    step: int = 0
-    epoch: int = 0
-    batches_in_epoch: int = 0  # micro-batches of `epoch` already consumed on this process
-    best_score: float = math.inf  # lowest eval.select_by score so far (the eval loss by default), and its step
-    best_step: int = 0
-    evals_since_best: int = 0  # evaluations in a row without an improvement (early stopping counts these)
-
-    def record_eval(self, score: float, min_delta: float) -> bool:
-        """Track the best score; True when `score` improves on it by more than `min_delta`."""
-        if score < self.best_score - min_delta:
-            self.best_score, self.best_step, self.evals_since_best = score, self.step, 0
-            return True
-        self.evals_since_best += 1
-        return False
-
-    def save(self, path: Path) -> None:
-        path.write_text(json.dumps(asdict(self), indent=2) + "\n")
-
-    @classmethod
-    def read(cls, path: Path) -> TrainState:
-        try:
-            saved = json.loads(path.read_text())
-            if "best_loss" in saved:  # written before eval.select_by, when the score was the eval loss
-                saved.setdefault("best_score", saved.pop("best_loss"))
-            return cls(**{f.name: type(getattr(cls(), f.name))(saved[f.name]) for f in fields(cls)})
-        except (OSError, ValueError, KeyError, TypeError) as err:
-            raise ValueError(f"{path}: not a dia_tpu training state ({err})") from err
+from dia_tpu.training.state import TrainState
 
 
 def save_checkpoint(
@@ -122,7 +88,7 @@ def save_checkpoint(
         # and as SafetensorError from safetensors.
         if accelerator.is_main_process:
             shutil.rmtree(building, ignore_errors=True)  # give the space back
-        raise ValueError(
+        raise UserError(
             f"could not write checkpoint {path} ({write_failure(err, path)}); {_last_complete(run)}"
         ) from err
     if accelerator.is_main_process:
@@ -148,7 +114,7 @@ def _check_space(accelerator: Accelerator, run: RunFolder, path: Path, needed: i
         flag = torch.tensor(1.0 if enough else 0.0, device=accelerator.device)
         enough = bool(accelerator.reduce(flag, "min").item())
     if not enough:
-        raise ValueError(
+        raise UserError(
             f"not enough disk space for checkpoint {path}: it needs about {needed / 2**30:.2f} GiB and "
             f"{free / 2**30:.2f} GiB are free on {where} (or on another process's disk); free space or "
             f"lower train.keep_last, then resume with --resume auto; {_last_complete(run)}"
@@ -164,10 +130,9 @@ def load_checkpoint(
     accelerator: Accelerator,
     runtime: Runtime,
     path: Path,
-    state: TrainState,
     trained_only: torch.nn.Module | None = None,
-) -> None:
-    """Restore model, optimizer, scheduler, RNG and `state` from a complete checkpoint folder.
+) -> TrainState:
+    """Restore model, optimizer, scheduler and RNG from a complete checkpoint folder; returns its training state.
 
     `trained_only`: the prepared model, when its checkpoints hold only the trained weights (a LoRA run); the
     saved names must be exactly its trainable parameters, and the rest keeps the weights it was built with.
@@ -180,10 +145,8 @@ def load_checkpoint(
         with _xla_state_workaround(accelerator, runtime), checked_loading(path), refusing_code(path):
             accelerator.load_state(str(path), **({"strict": False} if trained_only is not None else {}))
     except (RuntimeError, EOFError, KeyError) as err:
-        raise ValueError(f"{path}: the training state cannot be restored ({first_line(err)})") from err
-    saved = TrainState.read(path / STATE_FILE)
-    for f in fields(saved):
-        setattr(state, f.name, getattr(saved, f.name))
+        raise UserError(f"{path}: the training state cannot be restored ({first_line(err)})") from err
+    return TrainState.read(path / STATE_FILE)
 
 
 def _check_sharding_matches(path: Path, runtime: Runtime) -> None:
@@ -192,7 +155,7 @@ def _check_sharding_matches(path: Path, runtime: Runtime) -> None:
     sharded = weights_file(path) is not None and is_sharded(weights_file(path))
     if sharded != runtime.fsdp:
         saved, now = ("FSDP2-sharded", "without FSDP") if sharded else ("unsharded", "with FSDP2")
-        raise ValueError(
+        raise UserError(
             f"{path} holds an {saved} training state and this run is {now}: resume it with the "
             "train.sharding (and launcher) it was saved with, or export it (dia-tpu export) and start "
             "a new run from the export"
@@ -205,7 +168,7 @@ def _check_loads_no_code(path: Path, process_index: int) -> None:
     cannot read without a word, and the run would resume with other random numbers."""
     pickles = sorted(p.name for p in path.glob("custom_checkpoint_*.pkl"))
     if pickles:
-        raise ValueError(
+        raise UserError(
             f"{path} holds {', '.join(pickles)}: dia_tpu never writes these, and loading a pickle "
             "can run code, so it is not loaded; delete the file(s) to resume from this checkpoint"
         )
@@ -216,9 +179,9 @@ def _check_loads_no_code(path: Path, process_index: int) -> None:
     try:
         accelerate_load(rng)
     except pickle.UnpicklingError as err:
-        raise ValueError(f"{rng}: {pickle_refusal(err)}, so it is not loaded") from None
+        raise UserError(f"{rng}: {pickle_refusal(err)}, so it is not loaded") from None
     except (OSError, EOFError, RuntimeError) as err:
-        raise ValueError(f"{rng}: not a random-state file to resume from ({first_line(err)})") from err
+        raise UserError(f"{rng}: not a random-state file to resume from ({first_line(err)})") from err
 
 
 def _expected_bytes(run: RunFolder, model: torch.nn.Module) -> int:

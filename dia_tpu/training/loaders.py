@@ -10,13 +10,14 @@ from torch.utils.data import DataLoader
 
 from dia_tpu.config import Config
 from dia_tpu.data.batching import BucketBatchSampler, bucket_lengths, make_collator
-from dia_tpu.training.checkpoint import TrainState
+from dia_tpu.errors import UserError
+from dia_tpu.training.state import TrainState
 
 
 def make_loaders(cfg: Config, splits, model_config, num_processes: int) -> tuple[DataLoader, DataLoader | None, list]:
     """Fixed-shape loaders: training drops its last partial batch (per length bucket with data.buckets),
     evaluation pads to max_audio_frames and fills its last batch with ignored rows. Also returns what
-    `micro_batches` sets the epoch of: the training dataset, and the bucket batch sampler if any."""
+    `positioned_batches` sets the epoch of: the training dataset, and the bucket batch sampler if any."""
     d, batch_size = cfg.data, cfg.train.batch_size
     collate = make_collator(d, model_config, bucketed=True)
     if d.buckets:
@@ -37,7 +38,7 @@ def make_loaders(cfg: Config, splits, model_config, num_processes: int) -> tuple
         epoch_seeded = [splits.train]
         within = ""
     if len(train_loader) < num_processes:
-        raise ValueError(
+        raise UserError(
             f"{d.dataset}: {len(splits.train)} training items make no full batch of {batch_size}{within} "
             f"on each of {num_processes} processes"
         )
@@ -52,19 +53,29 @@ def make_loaders(cfg: Config, splits, model_config, num_processes: int) -> tuple
     return train_loader, eval_loader, epoch_seeded
 
 
-def micro_batches(accelerator: Accelerator, loader, epoch_seeded: list, state: TrainState) -> Iterator[dict]:
-    """Endless micro-batches in seeded epoch order, starting where `state` says (after a resume, mid-epoch).
+def positioned_batches(
+    accelerator: Accelerator, loader, epoch_seeded: list, start: TrainState
+) -> Iterator[tuple[tuple[int, int], dict]]:
+    """Endless micro-batches in seeded epoch order, starting where `start` says (after a resume, mid-epoch), each
+    with the data position after it: (epoch, micro-batches of that epoch consumed).
 
-    The dataset and the bucket sampler get the epoch here rather than through `loader.set_epoch`: on several
-    processes Accelerate wraps a custom batch sampler in a BatchSamplerShard, which that call does not reach.
+    `start` is only read: the loop advances the training state's position with the batches it takes, so what a
+    checkpoint saves is what the loop has taken. The dataset and the bucket sampler get the epoch here rather than
+    through `loader.set_epoch`: on several processes Accelerate wraps a custom batch sampler in a
+    BatchSamplerShard, which that call does not reach.
     """
+    epoch, skip = start.epoch, start.batches_in_epoch
     while True:
-        loader.set_epoch(state.epoch)
+        loader.set_epoch(epoch)
         for part in epoch_seeded:
-            part.set_epoch(state.epoch)
-        skip = state.batches_in_epoch
-        for batch in accelerator.skip_first_batches(loader, skip) if skip else loader:
-            state.batches_in_epoch += 1
-            yield batch
-        state.epoch += 1
-        state.batches_in_epoch = 0
+            part.set_epoch(epoch)
+        batches = accelerator.skip_first_batches(loader, skip) if skip else loader
+        for consumed, batch in enumerate(batches, start=skip + 1):
+            yield (epoch, consumed), batch
+        epoch, skip = epoch + 1, 0
+
+
+def micro_batches(accelerator: Accelerator, loader, epoch_seeded: list, start: TrainState) -> Iterator[dict]:
+    """The batches of `positioned_batches` without their positions."""
+    for _, batch in positioned_batches(accelerator, loader, epoch_seeded, start):
+        yield batch

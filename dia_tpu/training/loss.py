@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from dia_tpu.data.batching import IGNORE_INDEX
+from dia_tpu.errors import UserError
 
 
 def codebook_weights(weights: list[float], channels: int) -> torch.Tensor:
@@ -15,7 +16,7 @@ def codebook_weights(weights: list[float], channels: int) -> torch.Tensor:
     if not weights:
         weights = [4.0] + [1.0] * (channels - 1)
     if len(weights) != channels:
-        raise ValueError(f"train.codebook_weights has {len(weights)} entries but the model has {channels} codebooks")
+        raise UserError(f"train.codebook_weights has {len(weights)} entries but the model has {channels} codebooks")
     return torch.tensor(weights, dtype=torch.float32)
 
 

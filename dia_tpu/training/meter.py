@@ -9,7 +9,8 @@ import torch
 from accelerate import Accelerator
 
 from dia_tpu.config import Config, redact_tree
-from dia_tpu.training.checkpoint import TrainState
+from dia_tpu.evaluation.judge import AUDIO_FIGURES
+from dia_tpu.training.state import TrainState
 
 
 class TrainMeter:
@@ -76,17 +77,6 @@ def eval_line(state: TrainState, metrics: dict, channels: int, select_by: str = 
 
 def start_line(metrics: dict) -> str:
     return f"step 0: eval loss {metrics['eval/loss']:.4f} before training (eval.eval_on_start)"
-
-
-# The automatic evaluation's figures as lines and cards name them: (metric under audio/, name, format).
-AUDIO_FIGURES = (
-    ("wer", "WER", ".3f"),
-    ("cer", "CER", ".3f"),
-    ("speaker_similarity", "speaker similarity", ".3f"),
-    ("mos", "MOS", ".2f"),
-    ("ended", "ended", ".0%"),
-    ("with_problems", "with problems", ".0%"),
-)
 
 
 def say(accelerator: Accelerator, message: str) -> None:

@@ -50,13 +50,14 @@ from dia_tpu.artifacts.names import inside
 from dia_tpu.artifacts.owner import MARK_FILE, MIRROR
 from dia_tpu.config.secrets import redact_url, scrub
 from dia_tpu.console import first_line
+from dia_tpu.errors import UserError
 
 # The package each remote scheme needs (fsspec's own error says it too, less plainly).
 BACKENDS = {"gs": "gcsfs", "gcs": "gcsfs", "s3": "s3fs", "s3a": "s3fs", "hf": "huggingface_hub"}
 CHECKPOINTS = "checkpoints"
 
 
-class MirrorError(ValueError):
+class MirrorError(UserError):
     """`output.mirror` cannot be used."""
 
 

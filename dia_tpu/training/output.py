@@ -14,6 +14,7 @@ from dia_tpu.artifacts.owner import EXPORT, MARK_FILE, RUN, NotOurs, kind_of, li
 from dia_tpu.artifacts.weights import weights_file
 from dia_tpu.config import ConfigError, TrainConfig, read_saved
 from dia_tpu.data.shards import earlier_dataset
+from dia_tpu.errors import UserError
 from dia_tpu.training.resume import CHANGES_FILE, Resume
 
 # What a run folder holds: a folder that is not marked as a run counts as one only if it holds these alone.
@@ -100,7 +101,7 @@ def check_output(run: RunFolder, t: TrainConfig, resume: Resume) -> None:
         )
         if t.resume is not None:
             how = f"train.resume={t.resume} would start a second history in it: give a new output.dir, or {how}"
-        raise ValueError(f"output.dir {root} already holds a run ({', '.join(earlier)}): {how}")
+        raise UserError(f"output.dir {root} already holds a run ({', '.join(earlier)}): {how}")
 
 
 def _belongs(checkpoint: Path, run: RunFolder) -> bool:

@@ -21,7 +21,8 @@ from pathlib import Path
 from dia_tpu.artifacts import COMPLETE_FILE, CONFIG_FILE, RunFolder, completion_mark, is_complete
 from dia_tpu.artifacts.weights import weights_file
 from dia_tpu.config import Config, ConfigError, read_saved
-from dia_tpu.training.checkpoint import TrainState
+from dia_tpu.errors import UserError
+from dia_tpu.training.state import TrainState
 from dia_tpu.training.step import group_settings
 
 # Settings that decide what the saved weights are: a checkpoint cannot be resumed with others.
@@ -82,14 +83,14 @@ def resolve_resume(resume: str | None, run_dir: str | Path, fork: bool = False) 
     if weights_file(path) is None:
         raise FileNotFoundError(f"train.resume: {path} holds no saved model state: not a checkpoint folder")
     if not is_complete(path):
-        raise ValueError(
+        raise UserError(
             f"train.resume: {path} is not a complete checkpoint (no valid {COMPLETE_FILE}): it was "
             "cut off while being written, or by an older dia_tpu; use another one"
         )
     newer = _newer_than(run, path)
     if newer and not fork:
         newest = max(reversed(newer), key=_saved_step)  # a step_N before best/ of the same step
-        raise ValueError(
+        raise UserError(
             f"train.resume: {path} is older than this run's newest checkpoint {newest.name} (step "
             f"{_saved_step(newest)}): going on "
             "from it would write over the later checkpoints. Use --resume auto to continue the run, "

@@ -21,6 +21,7 @@ from transformers import DiaForConditionalGeneration
 
 from dia_tpu.artifacts import SAMPLES_INDEX, RunFolder
 from dia_tpu.config import Config
+from dia_tpu.errors import UserError
 from dia_tpu.generation.synthesize import GenerationSettings, VoicePrompt, check_request, load_voice_prompt, synthesize
 from dia_tpu.model.adapters import dia_of, is_peft, merged_state_dict
 from dia_tpu.model.codec import build_codec
@@ -53,7 +54,7 @@ class TrainingSamples:
             try:
                 check_request(model_config, [prompt.text], self._settings(prompt), rate, voice)
             except ValueError as err:
-                raise ValueError(f"samples.prompts {prompt.name!r}: {err}") from err
+                raise UserError(f"samples.prompts {prompt.name!r}: {err}") from err
 
     def due(self, step: int, last: bool) -> bool:
         return self.enabled and (step % self.cfg.samples.every == 0 or last)

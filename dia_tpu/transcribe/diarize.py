@@ -13,6 +13,7 @@ import os
 
 import numpy as np
 
+from dia_tpu.errors import UserError
 from dia_tpu.transcribe.regions import RATE
 
 KINDS = ("none", "pyannote")
@@ -22,11 +23,11 @@ class Diarizer:
     def __init__(self, spec: str, device: str = "cpu"):
         kind, _, model = spec.partition(":")
         if kind != "pyannote" or not model:
-            raise ValueError(f"transcribe.diarizer: {spec!r} is not none or pyannote:<hub id or folder>")
+            raise UserError(f"transcribe.diarizer: {spec!r} is not none or pyannote:<hub id or folder>")
         try:
             from pyannote.audio import Pipeline
         except ImportError as err:
-            raise ValueError(f"transcribe.diarizer={spec} needs pyannote.audio: pip install pyannote.audio") from err
+            raise UserError(f"transcribe.diarizer={spec} needs pyannote.audio: pip install pyannote.audio") from err
         import torch
 
         from dia_tpu.hub import from_hub
@@ -38,7 +39,7 @@ class Diarizer:
             except TypeError:  # pyannote.audio 3.x names the token differently
                 pipeline = Pipeline.from_pretrained(model, use_auth_token=token)
         if pipeline is None:  # 3.x returns None for a gated model it may not read
-            raise ValueError(
+            raise UserError(
                 f"transcribe.diarizer: {model} could not be loaded (gated: accept its terms on the "
                 "hub and set HF_TOKEN)"
             )

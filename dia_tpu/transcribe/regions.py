@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from dia_tpu.errors import UserError
+
 RATE = 16000  # what the VAD, the recognisers and the speaker encoders listen at
 # Silence kept before the first and after the last region of a segment (less where the pause is shorter).
 PAD = 0.2
@@ -54,7 +56,7 @@ def _vad():
     try:
         from silero_vad import get_speech_timestamps, load_silero_vad
     except ImportError as err:
-        raise ValueError("dia-tpu transcribe needs silero-vad: pip install 'dia-tpu[transcribe]'") from err
+        raise UserError("dia-tpu transcribe needs silero-vad: pip install 'dia-tpu[transcribe]'") from err
     return load_silero_vad(), get_speech_timestamps
 
 

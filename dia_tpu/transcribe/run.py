@@ -36,8 +36,10 @@ from dia_tpu.artifacts.owner import TRANSCRIPTION, check_replaceable, claim
 from dia_tpu.config import Config
 from dia_tpu.data.clips import walk_files
 from dia_tpu.data.sources import AUDIO_EXTENSIONS, METADATA_FILE
-from dia_tpu.evaluation.asr import load_recogniser, to_16k
-from dia_tpu.evaluation.speaker import load_speaker_encoder
+from dia_tpu.listen.asr import load_recogniser, to_16k
+from dia_tpu.listen.judges import Judges
+from dia_tpu.listen.speaker import load_speaker_encoder
+from dia_tpu.transcribe.diarize import Diarizer
 from dia_tpu.transcribe.regions import RATE, Region, Segment, group, speech_regions
 from dia_tpu.transcribe.speakers import (
     assign_from_turns,
@@ -114,7 +116,7 @@ def transcribe(cfg: Config, inputs: list[str], output: str | Path) -> dict:
     todo = [r for r in recordings if _finished(work, r, settings) is None]
     mine = todo[state.process_index :: state.num_processes]
     if mine:
-        judges = _Judges(cfg)
+        judges, diarizer = _listeners(cfg)
         hours = sum(_seconds(r.path) for r in mine) / 3600
         with tqdm(
             total=round(hours, 3),
@@ -124,7 +126,7 @@ def transcribe(cfg: Config, inputs: list[str], output: str | Path) -> dict:
             bar_format="{l_bar}{bar}| {n:.2f}/{total:.2f} h [{elapsed}<{remaining}]",
         ) as bar:
             for recording in mine:
-                item = transcribe_recording(recording, cfg, judges, output)
+                item = transcribe_recording(recording, cfg, judges, diarizer, output)
                 item["key"] = recording.key(settings)
                 _write_json(work / f"{recording.name}.json", item)
                 bar.update(round(item["seconds"] / 3600, 3))
@@ -142,22 +144,12 @@ def _earlier_output(folder: Path) -> bool:
     return WORK in names and names <= {WORK, "audio", METADATA_FILE, "dropped.tsv", "report.json"}
 
 
-class _Judges:
-    """The recogniser and speaker encoder, loaded once per process."""
-
-    def __init__(self, cfg: Config):
-        t = cfg.transcribe
-        self.recogniser = load_recogniser(t.asr, t.device, language=t.language)
-        self.speaker = load_speaker_encoder(t.speaker, t.device)
-        self.diarizer = None
-        if t.diarizer != "none":
-            from dia_tpu.transcribe.diarize import Diarizer
-
-            self.diarizer = Diarizer(t.diarizer, t.device)
-
-    def names(self) -> dict[str, str]:
-        names = {"recogniser": self.recogniser.name, "speaker": self.speaker.name}
-        return names | ({"diarizer": self.diarizer.name} if self.diarizer is not None else {})
+def _listeners(cfg: Config) -> tuple[Judges, Diarizer | None]:
+    """The recogniser and speaker encoder (both required: neither may be "none" here), and the diarizer when
+    one is named, loaded once per process."""
+    t = cfg.transcribe
+    judges = Judges(load_recogniser(t.asr, t.device, language=t.language), load_speaker_encoder(t.speaker, t.device))
+    return judges, None if t.diarizer == "none" else Diarizer(t.diarizer, t.device)
 
 
 def _seconds(path: Path) -> float:
@@ -181,9 +173,11 @@ def _write_json(path: Path, data: dict) -> None:
     os.replace(partial, path)
 
 
-def transcribe_recording(recording: Recording, cfg: Config, judges: _Judges, output: Path) -> dict:
+def transcribe_recording(
+    recording: Recording, cfg: Config, judges: Judges, diarizer: Diarizer | None, output: Path
+) -> dict:
     """One recording's segments (written under output/audio/<name>/), what was dropped, its speakers'
-    centroids and each stage's seconds."""
+    centroids and each stage's seconds; `diarizer`, when given, decides who speaks instead of clustering."""
     t = cfg.transcribe
     item = {
         "name": recording.name,
@@ -194,7 +188,7 @@ def transcribe_recording(recording: Recording, cfg: Config, judges: _Judges, out
         "centroids": [],
         "timings": dict.fromkeys(STAGES, 0.0),
         "problem": None,
-        "judges": judges.names(),
+        "judges": judges.names() | ({"diarizer": diarizer.name} if diarizer is not None else {}),
     }
     try:
         data, rate = sf.read(str(recording.path), dtype="float32", always_2d=True)
@@ -219,10 +213,10 @@ def transcribe_recording(recording: Recording, cfg: Config, judges: _Judges, out
     lap("vad")
     windows = embed_regions(judges.speaker, wave, regions)
     lap("speaker_embedding")
-    if judges.diarizer is None:
+    if diarizer is None:
         centroids = assign_speakers(regions, windows, t.speakers, t.speaker_threshold, t.min_voice_similarity)
     else:  # its time counts as clustering's
-        centroids = assign_from_turns(regions, windows, judges.diarizer.turns(wave, t.speakers), t.min_voice_similarity)
+        centroids = assign_from_turns(regions, windows, diarizer.turns(wave, t.speakers), t.min_voice_similarity)
     item["centroids"] = centroids.tolist()
     lap("clustering")
     heard = [r for r in regions if r.problem is None]

@@ -3,7 +3,7 @@
 
 Every region is embedded as windows of WINDOW seconds (a region shorter than that is one window); its
 embedding is the mean of its windows'. Regions of at least MIN_CLUSTERED seconds are clustered by average
-linkage on cosine similarity, to a given count or while two clusters are at least `threshold` alike;
+linkage on cosine similarity (scipy's), to a given count or while two clusters are at least `threshold` alike;
 shorter regions take the nearest cluster. A region whose windows change voice is marked (two voices at
 once, or a turn with no pause between), and so is one far from its own speaker (an unclear voice).
 """
@@ -14,12 +14,14 @@ import itertools
 
 import numpy as np
 
-from dia_tpu.evaluation.speaker import SpeakerEncoder
+from dia_tpu.listen.speaker import SpeakerEncoder
 from dia_tpu.transcribe.regions import RATE, Region
 
 WINDOW, HOP = 1.5, 0.75  # seconds
 MIN_CLUSTERED = 1.0  # shorter regions are too short to found a speaker
-MAX_CLUSTERED = 1500  # average linkage is quadratic in memory: the longest regions found the clusters
+# Average linkage holds every pair's distance, so memory grows with the square of the count: 5000 regions take about
+# 0.5 GB and a few seconds. Past it the longest regions found the clusters.
+MAX_CLUSTERED = 5000
 MIXED_RUN = 2  # windows in a row (about 2.25 s) of a second voice that make a region two voices
 MIXED_SECONDS = 0.5  # with a diarizer: a second speaker's turns covering this much of a region
 
@@ -46,30 +48,21 @@ def embed_regions(encoder: SpeakerEncoder, wave: np.ndarray, regions: list[Regio
 def cluster(embeddings: np.ndarray, count: int, threshold: float) -> np.ndarray:
     """Average-linkage clusters of unit embeddings [n, d]: `count` of them, or (count 0) merged while the
     most alike pair's mean cosine similarity is at least `threshold`. Labels 0.. in order of first row."""
+    from scipy.cluster.hierarchy import cut_tree, fcluster, linkage
+    from scipy.spatial.distance import squareform
+
     n = len(embeddings)
-    if n == 0:
-        return np.zeros(0, dtype=int)
-    similarity = embeddings @ embeddings.T
-    np.fill_diagonal(similarity, -np.inf)
-    sizes = np.ones(n)
-    alive = np.ones(n, dtype=bool)
-    members = {i: [i] for i in range(n)}
-    while alive.sum() > max(count, 1):
-        masked = np.where(alive[:, None] & alive[None, :], similarity, -np.inf)
-        a, b = np.unravel_index(np.argmax(masked), masked.shape)
-        if count == 0 and masked[a, b] < threshold:
-            break
-        # Lance-Williams update for average linkage: the merged cluster's mean similarity to every other.
-        merged = (sizes[a] * similarity[a] + sizes[b] * similarity[b]) / (sizes[a] + sizes[b])
-        similarity[a], similarity[:, a] = merged, merged
-        similarity[a, a] = -np.inf
-        sizes[a] += sizes[b]
-        alive[b] = False
-        members[a] += members.pop(b)
-    labels = np.empty(n, dtype=int)
-    for root, rows in members.items():
-        labels[rows] = root
-    order = {root: k for k, root in enumerate(dict.fromkeys(labels.tolist()))}
+    if n < 2:
+        return np.zeros(n, dtype=int)
+    # Distance 1 - similarity: average linkage's distance between two clusters is then 1 - their mean pairwise
+    # similarity, and merging while that similarity is at least `threshold` is cutting the tree at 1 - threshold.
+    distance = np.clip(1.0 - embeddings @ embeddings.T, 0.0, None)
+    tree = linkage(squareform(distance, checks=False), method="average")
+    if count:
+        labels = cut_tree(tree, n_clusters=min(count, n))[:, 0]
+    else:
+        labels = fcluster(tree, 1.0 - threshold, criterion="distance")
+    order = {label: k for k, label in enumerate(dict.fromkeys(labels.tolist()))}
     return np.array([order[label] for label in labels.tolist()])
 
 

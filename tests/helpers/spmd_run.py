@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader  # noqa: E402
 from dia_tpu.data.batching import make_collator  # noqa: E402
 from dia_tpu.data.dataset import load_splits  # noqa: E402
 from dia_tpu.training import spmd  # noqa: E402
-from dia_tpu.training.checkpoint import TrainState, load_checkpoint  # noqa: E402
+from dia_tpu.training.checkpoint import load_checkpoint  # noqa: E402
 from dia_tpu.training.loss import batch_loss, codebook_weights  # noqa: E402
 from dia_tpu.training.recipe import train  # noqa: E402
 from dia_tpu.training.runtime import Runtime  # noqa: E402
@@ -74,7 +74,7 @@ def probe(codes: Path, out: Path) -> dict:
     optimizer.step()
     torch_xla.sync()
     found["optimizer"] = _state_shardings(model, optimizer)
-    load_checkpoint(accelerator, runtime, out / "sharded" / "checkpoints" / "step_4", TrainState())
+    load_checkpoint(accelerator, runtime, out / "sharded" / "checkpoints" / "step_4")
     found["optimizer_loaded"] = _state_shardings(model, optimizer)
     sharding.after_resume(optimizer)
     found["optimizer_resharded"] = _state_shardings(model, optimizer)

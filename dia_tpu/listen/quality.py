@@ -15,7 +15,9 @@ from typing import Protocol
 
 import numpy as np
 
-from dia_tpu.evaluation.asr import RATE, to_16k
+from dia_tpu.errors import UserError
+from dia_tpu.hub import from_hub
+from dia_tpu.listen.asr import RATE, to_16k
 
 
 class QualityJudge(Protocol):
@@ -30,7 +32,7 @@ def load_quality_judge(spec: str, device: str = "cpu") -> QualityJudge:
     kind, _, model = spec.partition(":")
     if kind == "mos" and model:
         return MosPredictor(model, device)
-    raise ValueError(f"quality judge {spec!r}: use mos:<hub id or folder> (an audio model with one regression output)")
+    raise UserError(f"quality judge {spec!r}: use mos:<hub id or folder> (an audio model with one regression output)")
 
 
 class MosPredictor:
@@ -40,13 +42,11 @@ class MosPredictor:
         import torch
         from transformers import AutoFeatureExtractor, AutoModelForAudioClassification
 
-        from dia_tpu.hub import from_hub
-
         with from_hub("the mos quality judge", model):
             self.features = AutoFeatureExtractor.from_pretrained(model)
             self.model = AutoModelForAudioClassification.from_pretrained(model).to(device).eval()
         if self.model.config.num_labels != 1:
-            raise ValueError(
+            raise UserError(
                 f"quality judge mos:{model}: it has {self.model.config.num_labels} outputs; a MOS "
                 "predictor has one (a regression head, num_labels=1)"
             )

@@ -1,4 +1,5 @@
-"""Speech recognisers that judge intelligibility: what a listener would have understood of each utterance.
+"""Speech recognisers: what a listener would have understood of each utterance (evaluation's intelligibility,
+transcribe's transcripts).
 
 - `whisper` (recommended): transformers' Whisper. `openai/whisper-large-v3-turbo` by default, or any Whisper
   checkpoint by hub id or folder (`whisper:openai/whisper-small`, `whisper:/models/my-whisper`). Batched, on
@@ -16,16 +17,20 @@ version and model, written next to every figure so that results are compared lik
 
 from __future__ import annotations
 
+import re
+import unicodedata
 from importlib.metadata import version
 from typing import Protocol
 
 import numpy as np
 import soxr
 
-from dia_tpu.evaluation.text import basic_normalise
+from dia_tpu.errors import UserError
+from dia_tpu.hub import from_hub
 
 DEFAULT_WHISPER = "openai/whisper-large-v3-turbo"
 RATE = 16000  # what both recognisers listen at
+_NOT_WORD = re.compile(r"[^\w\s']")
 
 
 class Recogniser(Protocol):
@@ -48,7 +53,14 @@ def load_recogniser(spec: str, device: str = "cpu", batch_size: int = 8, languag
         return PocketSphinx()
     if kind == "whisper":
         return Whisper(model or DEFAULT_WHISPER, device, batch_size, language)
-    raise ValueError(f"recogniser {spec!r}: use pocketsphinx, whisper or whisper:<hub id or folder>")
+    raise UserError(f"recogniser {spec!r}: use pocketsphinx, whisper or whisper:<hub id or folder>")
+
+
+def basic_normalise(text: str) -> str:
+    """Lower case, accents kept, punctuation (but apostrophes inside words) removed, spaces collapsed."""
+    text = unicodedata.normalize("NFKC", text).lower().replace("\u2019", "'")
+    words = _NOT_WORD.sub(" ", text).split()
+    return " ".join(word.strip("'") for word in words if word.strip("'"))
 
 
 def to_16k(wave: np.ndarray, rate: int) -> np.ndarray:
@@ -64,7 +76,7 @@ class PocketSphinx:
         try:
             from pocketsphinx import Decoder
         except ImportError as err:
-            raise ValueError("the pocketsphinx recogniser needs pocketsphinx: pip install 'dia-tpu[eval]'") from err
+            raise UserError("the pocketsphinx recogniser needs pocketsphinx: pip install 'dia-tpu[eval]'") from err
         self.decoder = Decoder(samprate=RATE, loglevel="FATAL")
         self.name = f"pocketsphinx {version('pocketsphinx')} (its wheel's en-us model; weak: compare, do not quote)"
 
@@ -96,8 +108,6 @@ class Whisper:
     def __init__(self, model: str, device: str = "cpu", batch_size: int = 8, language: str | None = "en"):
         import torch
         from transformers import WhisperForConditionalGeneration, WhisperProcessor
-
-        from dia_tpu.hub import from_hub
 
         with from_hub("the whisper recogniser", model):
             self.processor = WhisperProcessor.from_pretrained(model)

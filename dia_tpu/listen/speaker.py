@@ -17,7 +17,9 @@ from typing import Protocol
 
 import numpy as np
 
-from dia_tpu.evaluation.asr import RATE, to_16k
+from dia_tpu.errors import UserError
+from dia_tpu.hub import from_hub
+from dia_tpu.listen.asr import RATE, to_16k
 
 DEFAULT_XVECTOR = "microsoft/wavlm-base-plus-sv"
 
@@ -36,7 +38,7 @@ def load_speaker_encoder(spec: str, device: str = "cpu") -> SpeakerEncoder:
         return Resemblyzer(device)
     if kind == "xvector":
         return XVector(model or DEFAULT_XVECTOR, device)
-    raise ValueError(f"speaker encoder {spec!r}: use resemblyzer, xvector or xvector:<hub id or folder>")
+    raise UserError(f"speaker encoder {spec!r}: use resemblyzer, xvector or xvector:<hub id or folder>")
 
 
 def similarity(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -52,7 +54,7 @@ class Resemblyzer:
                 warnings.filterwarnings("ignore", message="pkg_resources is deprecated")
                 from resemblyzer import VoiceEncoder
         except ImportError as err:
-            raise ValueError("the resemblyzer speaker encoder needs resemblyzer: pip install 'dia-tpu[eval]'") from err
+            raise UserError("the resemblyzer speaker encoder needs resemblyzer: pip install 'dia-tpu[eval]'") from err
         self.encoder = VoiceEncoder(str(device), verbose=False)
         self.name = f"resemblyzer {version('resemblyzer')} (GE2E encoder in the wheel)"
 
@@ -74,8 +76,6 @@ class XVector:
     def __init__(self, model: str, device: str = "cpu"):
         import torch
         from transformers import AutoFeatureExtractor, AutoModelForAudioXVector
-
-        from dia_tpu.hub import from_hub
 
         with from_hub("the xvector speaker encoder", model):
             self.features = AutoFeatureExtractor.from_pretrained(model)
