@@ -414,7 +414,7 @@ def test_audio_is_judged_during_training(codes_dir, tmp_path, capsys):
 
 
 def test_selection_weighs_each_figure_and_counts_similarity_negated():
-    from dia_tpu.training.audio_eval import selection_score
+    from dia_tpu.evaluation.selection import selection_score
 
     metrics = {"eval/loss": 2.0, "audio/wer": 0.25, "audio/speaker_similarity": 0.75, "audio/mos": 3.0}
     assert selection_score("loss", metrics) == 2.0

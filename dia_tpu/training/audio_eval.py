@@ -33,7 +33,6 @@ from dia_tpu.evaluation.prompts import (
     read_prompts,
     with_pace,
 )
-from dia_tpu.evaluation.selection import selection_score  # noqa: F401 (the recipe imports it from here)
 from dia_tpu.generation.synthesize import GenerationSettings, check_request, script_for
 from dia_tpu.listen.judges import Judges
 from dia_tpu.model.codec import build_codec

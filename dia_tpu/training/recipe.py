@@ -14,7 +14,7 @@ from accelerate.logging import get_logger
 from tqdm.auto import tqdm
 
 from dia_tpu.config import Config
-from dia_tpu.training.audio_eval import selection_score
+from dia_tpu.evaluation.selection import selection_score
 from dia_tpu.training.checkpoint import save_checkpoint
 from dia_tpu.training.evaluate import evaluate
 from dia_tpu.training.loaders import positioned_batches

@@ -109,6 +109,8 @@ def transcribe(cfg: Config, inputs: list[str], output: str | Path) -> dict:
     recordings = [r for r in find_recordings(inputs) if not r.path.resolve().is_relative_to(output.resolve())]
     settings = json.dumps({**asdict(cfg.transcribe), "max_seconds": cfg.prepare.max_seconds}, sort_keys=True)
     work = output / WORK
+    # Every process has looked at the folder before the main one marks it: a mark half written is no mark.
+    state.wait_for_everyone()
     if state.is_main_process:
         claim(output, TRANSCRIPTION, "--output", earlier=_earlier_output)
         work.mkdir(parents=True, exist_ok=True)
