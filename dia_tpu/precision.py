@@ -134,7 +134,7 @@ def choose(asked: str, device_type: str, setting: str, features: CpuFeatures | N
         return Choice("no", f"{setting}=auto: fp32, as {reason}", reason=reason)
     return Choice(
         asked,
-        f"warning: {setting}={asked}, but {reason}: expect the run to be about that much slower; {setting}=no "
+        f"warning: {setting}={asked}, but {reason}: a training step can be slower still; {setting}=no "
         "(or auto) runs in fp32",
         slow=True,
         reason=reason,
