@@ -133,6 +133,27 @@ def fresh_accelerate_state():
     reset_accelerate()
 
 
+def two_process_launch(port: int) -> list[str]:
+    """`accelerate launch` of two CPU processes (gloo), as the README's command runs them, up to the script: the
+    environment adds ACCELERATE_USE_CPU=1."""
+    return [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        str(port),
+    ]
+
+
 def tiny(codes_dir: Path, out: Path, *extra: str):
     return load(ROOT / "configs/demo.yaml", [*TINY, f"data.dataset={codes_dir}", f"output.dir={out}", *extra])
 

@@ -466,26 +466,12 @@ def test_processes_agree_on_best_by_wer_from_gathered_figures(codes_dir, tmp_pat
     WER picks best/ at step 2, where the loss would pick step 4, and both processes stop early at step 4."""
     import os
     import subprocess
-    import sys
 
-    from conftest import TINY, scalars
+    from conftest import TINY, scalars, two_process_launch
 
     run = tmp_path / "ddp"
     argv = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--multi_gpu",
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-        "--main_process_port",
-        "29561",
+        *two_process_launch(29561),
         str(ROOT / "tests/helpers/stub_audio_figures.py"),
         "--config",
         str(ROOT / "configs/demo.yaml"),

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT, TINY, reset_accelerate, tiny, weights
+from conftest import ROOT, TINY, reset_accelerate, tiny, two_process_launch, weights
 
 from dia_tpu.artifacts import RunFolder, is_complete
 from dia_tpu.artifacts.lock import InUse
@@ -96,20 +96,7 @@ def test_sigterm_to_one_of_two_processes_stops_both_at_the_same_step(codes_dir, 
 
     def two_processes(run_dir: Path, port: int, *extra: str) -> list[str]:
         return [
-            sys.executable,
-            "-m",
-            "accelerate.commands.launch",
-            "--multi_gpu",
-            "--num_processes",
-            "2",
-            "--num_machines",
-            "1",
-            "--mixed_precision",
-            "no",
-            "--dynamo_backend",
-            "no",
-            "--main_process_port",
-            str(port),
+            *two_process_launch(port),
             str(ROOT / "dia_tpu/finetune_acc_tpu.py"),
             "--config",
             str(ROOT / "configs/demo.yaml"),

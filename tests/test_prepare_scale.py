@@ -15,7 +15,7 @@ import datasets
 import numpy as np
 import pytest
 import soundfile as sf
-from conftest import RANDOM_CODEC, ROOT, prepare_config
+from conftest import RANDOM_CODEC, ROOT, prepare_config, two_process_launch
 
 from dia_tpu.config import Config
 from dia_tpu.data import prepare as prepare_module
@@ -200,20 +200,7 @@ def test_two_processes_make_the_same_dataset_as_one(tmp_path, cfg):
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "USE_TORCH_XLA": "0", "OMP_NUM_THREADS": "1"}
     done = subprocess.run(
         [
-            sys.executable,
-            "-m",
-            "accelerate.commands.launch",
-            "--multi_gpu",
-            "--num_processes",
-            "2",
-            "--num_machines",
-            "1",
-            "--mixed_precision",
-            "no",
-            "--dynamo_backend",
-            "no",
-            "--main_process_port",
-            "29543",
+            *two_process_launch(29543),
             "-m",
             "dia_tpu.cli",
             "prepare",

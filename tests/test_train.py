@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from conftest import ROOT, TINY, reset_accelerate, scalars, tiny, weights
+from conftest import ROOT, TINY, reset_accelerate, scalars, tiny, two_process_launch, weights
 from safetensors.torch import load_file
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from transformers import AutoProcessor, DiaForConditionalGeneration
@@ -121,20 +121,7 @@ def test_two_processes_train_evaluate_and_save(codes_dir, tmp_path):
     run_dir = tmp_path / "ddp"
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "USE_TORCH_XLA": "0", "OMP_NUM_THREADS": "1"}
     cmd = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--multi_gpu",
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-        "--main_process_port",
-        "29541",
+        *two_process_launch(29541),
         str(ROOT / "dia_tpu/finetune_acc_tpu.py"),
         "--config",
         str(ROOT / "configs/demo.yaml"),
@@ -188,20 +175,7 @@ def test_two_processes_equal_one_with_accumulation(codes_dir, tmp_path):
     common = [*TINY, f"data.dataset={codes_dir}", "train.max_steps=4", "data.eval_size=0", "train.report_to=none"]
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "USE_TORCH_XLA": "0", "OMP_NUM_THREADS": "1"}
     cmd = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--multi_gpu",
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-        "--main_process_port",
-        "29542",
+        *two_process_launch(29542),
         str(ROOT / "dia_tpu/finetune_acc_tpu.py"),
         "--config",
         str(ROOT / "configs/demo.yaml"),

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-from conftest import RANDOM_CODEC, ROOT, tiny
+from conftest import RANDOM_CODEC, ROOT, tiny, two_process_launch
 
 from dia_tpu.cli import main as cli
 from dia_tpu.config import ConfigError, load
@@ -419,20 +419,7 @@ def test_two_processes_share_the_recordings_and_write_the_same(podcast, transcri
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "USE_TORCH_XLA": "0", "OMP_NUM_THREADS": "1"}
     done = subprocess.run(
         [
-            sys.executable,
-            "-m",
-            "accelerate.commands.launch",
-            "--multi_gpu",
-            "--num_processes",
-            "2",
-            "--num_machines",
-            "1",
-            "--mixed_precision",
-            "no",
-            "--dynamo_backend",
-            "no",
-            "--main_process_port",
-            "29549",
+            *two_process_launch(29549),
             "-m",
             "dia_tpu.cli",
             "transcribe",
