@@ -19,14 +19,13 @@ import time
 
 import torch
 
-from dia_tpu.bench import aligned, in_fresh_process
+from dia_tpu.bench import aligned, in_fresh_process, left_out, left_out_lines
 from dia_tpu.bench.limits import copy_bandwidth
 from dia_tpu.config import DECODINGS, Config
 from dia_tpu.errors import UserError
 from dia_tpu.generation.synthesize import GenerationSettings, synthesize_codes
 from dia_tpu.model.build import build_model
 from dia_tpu.model.codec import codec_config
-from dia_tpu.precision import choose
 
 SCRIPT = "[S1] This is how fast the model speaks. [S2] Measured against the clock, frame by frame."
 DTYPES = {"no": torch.float32, "bf16": torch.bfloat16}
@@ -56,15 +55,12 @@ def bench_generation(
         if decoding not in DECODINGS:
             raise UserError(f"decoding {decoding!r}: choose among {', '.join(DECODINGS)}")
     device = "cuda" if torch.cuda.is_available() else "cpu"
+    skipped = left_out(precisions, device, skip_slow)
     results = []
     for precision in precisions:
-        choice = choose(precision, device, "--precision")
-        if choice.slow and skip_slow:
-            reason = f"{choice.reason}; --precision {precision} measures it anyway"
-            results += [{"precision": precision, "decoding": d, "skipped": reason} for d in decodings]
+        if precision in skipped:
+            results += [{"precision": precision, "decoding": d, "skipped": skipped[precision]} for d in decodings]
             continue
-        if choice.slow:
-            print(choice.note, flush=True)
         for decoding in decodings:
             results += in_fresh_process(run_generation, cfg, seconds, batch_sizes, precision, decoding, repeats)
     return results
@@ -159,7 +155,7 @@ def format_generation_table(results: list[dict]) -> str:
             )
         )
     lines = aligned(rows)
-    lines += sorted({f"{r['precision']} not measured: {r['skipped']}" for r in results if "skipped" in r})
+    lines += left_out_lines(results)
     if any("skipped" not in r for r in results):
         lines.append(
             "x real time: seconds of audio generated per second (codes; the codec's decoding is not "

@@ -37,13 +37,13 @@ from accelerate import Accelerator
 from accelerate.utils import send_to_device, set_seed
 from torch.utils.flop_counter import FlopCounterMode
 
-from dia_tpu.bench import aligned, in_fresh_process
+from dia_tpu.bench import aligned, in_fresh_process, left_out, left_out_lines
 from dia_tpu.bench.limits import MATMUL_SIZE, MatmulRecorder, matmul_rate, products_alone
 from dia_tpu.config import PRECISIONS, Config
 from dia_tpu.data.batching import synthetic_batch
 from dia_tpu.errors import UserError
 from dia_tpu.model.adapters import count_parameters
-from dia_tpu.precision import choose, device_type
+from dia_tpu.precision import device_type
 from dia_tpu.training.loss import codebook_weights
 from dia_tpu.training.runtime import Runtime
 from dia_tpu.training.step import build_trainable, make_optimizer, train_step
@@ -70,16 +70,13 @@ def bench(
     for precision in precisions:
         if precision not in PRECISIONS:
             raise UserError(f"precision {precision!r} is not one of {', '.join(map(repr, PRECISIONS))}")
-    choices = {precision: choose(precision, device_type(), "--precision") for precision in precisions}
+    skipped = left_out(precisions, device_type(), skip_slow)
     results = []
     for name, variant in variants.items():
         for precision in precisions:
-            if choices[precision].slow and skip_slow:
-                reason = f"{choices[precision].reason}; --precision {precision} measures it anyway"
-                results.append({"variant": name, "precision": precision, "skipped": reason})
+            if precision in skipped:
+                results.append({"variant": name, "precision": precision, "skipped": skipped[precision]})
                 continue
-            if choices[precision].slow and name == next(iter(variants)):
-                print(choices[precision].note, flush=True)
             try:
                 result = in_fresh_process(run_one, variant, steps, warmup, precision)
             except Exception as err:  # one variant running out of memory must not lose the others
@@ -246,7 +243,7 @@ def format_table(results: list[dict]) -> str:
             )
         )
     lines = aligned(rows)
-    lines += sorted({f"{r['precision']} not measured: {r['skipped']}" for r in results if "skipped" in r})
+    lines += left_out_lines(results)
     done = [r for r in results if "error" not in r and "skipped" not in r]
     if done:
         r = done[0]
