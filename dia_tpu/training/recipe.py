@@ -114,7 +114,7 @@ def _evaluate_and_select(session: Session, built: Setup, state: TrainState, xla,
     # The metrics are gathered, so every process takes the same decisions here.
     score = selection_score(cfg.eval.select_by, metrics)
     improved = state.record_eval(score, cfg.eval.early_stopping_min_delta)
-    say(accelerator, eval_line(state, metrics, built.channels, cfg.eval.select_by))
+    say(accelerator, eval_line(state, metrics, len(built.weights), cfg.eval.select_by))
     if improved and cfg.eval.keep_best:
         save_checkpoint(accelerator, session.runtime, built.model, cfg, state, folder=session.run.best)
         if session.mirror is not None:

@@ -41,8 +41,7 @@ class Setup:
     eval_loader: DataLoader | None
     epoch_seeded: list  # what takes each epoch's seed beside the loader (the dataset, a bucket sampler)
     total_steps: int  # optimizer steps of the whole run
-    channels: int  # codebooks
-    weights: torch.Tensor  # per-codebook loss weights, on the device
+    weights: torch.Tensor  # per-codebook loss weights, on the device: one per codebook
     samples: TrainingSamples
     audio: AudioEvaluation
 
@@ -78,7 +77,6 @@ def set_up(session: Session) -> Setup:
         eval_loader=eval_loader,
         epoch_seeded=epoch_seeded,
         total_steps=total_steps,
-        channels=channels,
         weights=weights,
         samples=samples,
         audio=audio,
