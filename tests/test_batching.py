@@ -23,7 +23,7 @@ from transformers import DiaConfig
 from dia_tpu.config import DataConfig
 from dia_tpu.data.batching import BucketBatchSampler, bucket_lengths, bucket_of, make_collator, padding_report
 from dia_tpu.data.dataset import CodesDataset, load_splits
-from dia_tpu.training.loaders import make_loaders, micro_batches
+from dia_tpu.training.loaders import make_loaders, positioned_batches
 from dia_tpu.training.recipe import train
 from dia_tpu.training.state import TrainState
 
@@ -151,7 +151,7 @@ def test_processes_split_each_epoch_share_each_step_bucket_and_resume_mid_epoch(
         loader = DataLoader(range(len(frames)), batch_sampler=sampler, collate_fn=list)
         shard = prepare_data_loader(loader, num_processes=2, process_index=rank, use_seedable_sampler=True)
         assert len(shard) == len(sampler) // 2
-        return list(islice(micro_batches(accelerator, shard, [sampler], state), 2 * len(shard)))
+        return [batch for _, batch in islice(positioned_batches(accelerator, shard, [sampler], state), 2 * len(shard))]
 
     ranks = [stream(rank, TrainState()) for rank in (0, 1)]
     per_epoch = len(sampler) // 2

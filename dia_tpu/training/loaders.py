@@ -73,9 +73,3 @@ def positioned_batches(
         for consumed, batch in enumerate(batches, start=skip + 1):
             yield (epoch, consumed), batch
         epoch, skip = epoch + 1, 0
-
-
-def micro_batches(accelerator: Accelerator, loader, epoch_seeded: list, start: TrainState) -> Iterator[dict]:
-    """The batches of `positioned_batches` without their positions."""
-    for _, batch in positioned_batches(accelerator, loader, epoch_seeded, start):
-        yield batch
