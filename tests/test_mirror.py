@@ -151,7 +151,10 @@ def test_a_fresh_machine_resumes_from_the_mirror(codes_dir, tmp_path, capsys):
     shutil.rmtree(run_dir / "final")
     reset_accelerate()
     train(tiny(codes_dir, run_dir, *common, "train.resume=auto"))
-    assert "mirror: fetched checkpoints/step_4 from" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "mirror: fetched checkpoints/step_4 from" in out
+    # Every process started from the fetched step 4, so no step was trained again and none saved.
+    assert "mirror: checkpoints/step_4 (step 4) is on" not in out, out
     assert all(weights(run_dir)[key].equal(tensor) for key, tensor in straight.items())
 
 

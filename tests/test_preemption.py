@@ -91,8 +91,12 @@ def test_sigterm_stops_with_a_complete_checkpoint_and_resumes_exactly(codes_dir,
 
 
 def test_sigterm_to_one_of_two_processes_stops_both_at_the_same_step(codes_dir, tmp_path):
-    """Only process 1 gets the signal; both agree at the next step boundary, so neither waits for the other."""
+    """Only process 1 gets the signal; both agree at the next step boundary, so neither waits for the other.
+    The run folder then loses the stop checkpoint: the resumed pair starts from the mirror's copy, which the
+    main process fetches and both load."""
+    bucket = tmp_path / "bucket"
     common = [*TINY, f"data.dataset={codes_dir}", "train.max_steps=60", "data.eval_size=0", *QUICK]
+    common.append(f"output.mirror={bucket}")
 
     def two_processes(run_dir: Path, port: int, *extra: str) -> list[str]:
         return [
@@ -119,6 +123,8 @@ def test_sigterm_to_one_of_two_processes_stops_both_at_the_same_step(codes_dir, 
     step = stopped_at(err)
     ckpt = run_dir / "checkpoints" / f"step_{step}"
     assert (ckpt / "random_states_0.pkl").is_file() and (ckpt / "random_states_1.pkl").is_file()
+    assert is_complete(bucket / "checkpoints" / f"step_{step}")
+    shutil.rmtree(ckpt)
     done = subprocess.run(
         two_processes(run_dir, 29548, "train.resume=auto"),
         capture_output=True,
@@ -127,6 +133,7 @@ def test_sigterm_to_one_of_two_processes_stops_both_at_the_same_step(codes_dir, 
         env=TWO_PROCESSES,
     )
     assert done.returncode == 0, done.stderr[-3000:]
+    assert f"mirror: fetched checkpoints/step_{step} from" in done.stdout, done.stdout[-3000:]
     # Two processes of batch B step like one accumulating 2 x B (tests/test_train.py): the stopped and resumed
     # pair ends where one uninterrupted process does.
     one = tmp_path / "one"

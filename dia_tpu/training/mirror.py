@@ -202,13 +202,15 @@ class Mirror:
                 "are then moved to checkpoints/forked-<time>/ there)"
             )
 
-    def start(self, resume_setting: str | None, checkpoint: Path | None) -> None:
+    def start(self, resume_setting: str | None, checkpoint: Path | None) -> Path | None:
         """Bring the mirror and the run folder in line before training (after `check_fork` and the local
         set-aside): fetch a newer checkpoint for `--resume auto`; move aside the mirror's checkpoints newer than
-        a fork point; queue what the run folder has complete and the mirror lacks (a killed run's last uploads)."""
+        a fork point; queue what the run folder has complete and the mirror lacks (a killed run's last uploads).
+        Returns the checkpoint fetched, which the run then starts from, or None."""
+        fetched = None
         if resume_setting == "auto":
             with self._talking("fetch its newest checkpoint"):
-                self.fetch_newest()
+                fetched = self.fetch_newest()
         with self._talking("move the checkpoints newer than the fork point aside"):
             newer = [] if resume_setting == "auto" else self._newer_than(checkpoint)
             aside = f"{CHECKPOINTS}/forked-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -222,6 +224,7 @@ class Mirror:
                 on_mirror = self.mark(self._name(folder)) if mark is not None else None
                 if mark is not None and (on_mirror is None or on_mirror["step"] != mark["step"]):
                     self.send(folder, mark["step"])
+        return fetched
 
     def fetch_newest(self) -> Path | None:
         """Download the mirror's newest complete checkpoint when the run folder has none as new; returns it."""

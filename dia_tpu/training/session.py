@@ -10,9 +10,15 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 from dataclasses import dataclass
+from pathlib import Path
 
 from accelerate import Accelerator
-from accelerate.utils import DataLoaderConfiguration, GradientAccumulationPlugin, ProjectConfiguration
+from accelerate.utils import (
+    DataLoaderConfiguration,
+    GradientAccumulationPlugin,
+    ProjectConfiguration,
+    broadcast_object_list,
+)
 
 from dia_tpu.artifacts import RunFolder
 from dia_tpu.artifacts.lock import FolderLock
@@ -72,12 +78,15 @@ def open_run(cfg: Config, held: contextlib.ExitStack) -> Session:
     sharding_note = sharding.engage(accelerator)
     runtime = Runtime.of(accelerator, cfg)
     check_optimizer(t, runtime)
-    mirror = _take_folder(cfg, run, resume, accelerator, held) if accelerator.is_main_process else None
+    mirror, fetched = _take_folder(cfg, run, resume, accelerator, held) if accelerator.is_main_process else (None, None)
     accelerator.wait_for_everyone()
     if cfg.output.mirror and t.resume == "auto":
-        # The mirror may have brought a newer checkpoint into the run folder: every process resumes from it.
-        resume = resolve_resume(t.resume, run.root)
-        changes = _changes_since(cfg, resume)
+        # The main process may have fetched a checkpoint newer than the run folder's from the mirror: every
+        # process starts from it.
+        [fetched] = broadcast_object_list([fetched])
+        if fetched is not None:
+            resume = Resume(fetched)
+            changes = _changes_since(cfg, resume)
     stop_request = held.enter_context(StopRequest())
     if runtime.on_xla and cfg.model.compile:
         say(accelerator, "model.compile: off on XLA (torch_xla compiles the traced graphs itself)")
@@ -120,15 +129,15 @@ def _accelerator(cfg: Config, run: RunFolder, sharding: Sharding, precision: str
 
 def _take_folder(
     cfg: Config, run: RunFolder, resume: Resume, accelerator: Accelerator, held: contextlib.ExitStack
-) -> Mirror | None:
+) -> tuple[Mirror | None, Path | None]:
     """On the main process: lock the run folder, start over or mark it, open the mirror and move aside what is
-    not to be loaded, there and here. Returns the mirror, if any."""
+    not to be loaded, there and here. Returns the mirror, if any, and the checkpoint it fetched, if any."""
     t = cfg.train
     # Marks the folder as a run and proves it writable before anything loads.
     held.enter_context(FolderLock(run.root, RUN, "output.dir", "run", earlier=earlier_run))
     for line in start(run, t):
         say(accelerator, line)
-    mirror = None
+    mirror, fetched = None, None
     if cfg.output.mirror:
         # Proves the mirror writable; leaving the run waits for its uploads.
         mirror = held.enter_context(Mirror(cfg.output.mirror, run, t.keep_last))
@@ -137,8 +146,8 @@ def _take_folder(
     for line in set_aside(run, resume):
         say(accelerator, line)
     if mirror is not None:
-        mirror.start(t.resume, resume.checkpoint)
-    return mirror
+        fetched = mirror.start(t.resume, resume.checkpoint)
+    return mirror, fetched
 
 
 def finish(session: Session, model, state: TrainState, stopped: int) -> None:
