@@ -189,6 +189,8 @@ _AUDIO_COLUMNS = {
     "audio/utterances": "utterances",
     "audio/wer": "WER",
     "audio/cer": "CER",
+    "audio/deletion_rate": "words deleted / word",
+    "audio/insertion_rate": "words inserted / word",
     "audio/similarity_prompt": "similarity to prompt",
     "audio/similarity_reference": "similarity to reference",
     "audio/mos": "predicted MOS",

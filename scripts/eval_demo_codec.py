@@ -81,8 +81,8 @@ def main() -> None:
         results[name] = {
             **judged.summary(),
             "seconds": round(time.perf_counter() - began, 1),
-            "original": judged.original,
-            "decoded": judged.decoded,
+            "original": [row.to_dict() for row in judged.original],
+            "decoded": [row.to_dict() for row in judged.decoded],
         }
         print(name, json.dumps(judged.summary()), flush=True)
         for i, ((_, wave), back) in enumerate(zip(items[: args.listen], judged.waves, strict=False)):

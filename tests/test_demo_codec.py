@@ -55,7 +55,7 @@ def test_demo_codec_round_trips_the_bundled_speech(codec):
     # distance 0.61 and more): the limits tell this speech from other speech of the same voices.
     scripts = [text for text, _ in items[1:] + items[:1]]
     pairs = [
-        (recogniser.normalise(spoken_text(script)), recogniser.normalise(row["transcript"]))
+        (recogniser.normalise(spoken_text(script)), recogniser.normalise(row.heard.transcript))
         for script, row in zip(scripts, judged.decoded, strict=True)
     ]
     assert sum((char_errors(*pair) for pair in pairs), Errors(0, 0)).rate > MAX_CER_DECODED

@@ -323,10 +323,15 @@ def test_a_model_that_ends_at_once_is_judged_not_crashed(tiny_dia):
         hook.remove()
     assert [len(w) for w in waves] == [0, 0] and ended == [True, True]
     rows = judge(prompts, waves, codes, ended, 44100, Judges(load_recogniser("pocketsphinx")))
-    assert [r["problems"] for r in rows] == [["empty"], ["empty"]] and [r["wer"] for r in rows] == [1.0, 1.0]
+    assert [r.problems for r in rows] == [["empty"], ["empty"]] and [r.heard.words.rate for r in rows] == [1.0, 1.0]
     # Nothing said: every word of the script is a deletion.
-    assert [(r["substitutions"], r["deletions"], r["insertions"]) for r in rows] == [(0, 1, 0), (0, 2, 0)]
-    assert summarise(rows)["problems"] == {"empty": 2}
+    words = [r.heard.words for r in rows]
+    assert [(w.substitutions, w.deletions, w.insertions) for w in words] == [(0, 1, 0), (0, 2, 0)]
+    summary = summarise(rows)
+    assert summary["problems"] == {"empty": 2}
+    assert (summary["substitution_rate"], summary["deletion_rate"], summary["insertion_rate"]) == (0, 1, 0)
+    line = rows[1].to_dict()
+    assert (line["wer"], line["words"], line["deletions"], line["transcript"]) == (1.0, 2, 2, "")
 
 
 def test_evaluate_on_the_held_out_split_of_a_dataset(tiny_run, codes_dir, tmp_path):
@@ -541,7 +546,7 @@ def test_a_mos_predictor_from_a_folder(tmp_path):
         22050,
         Judges(quality=mos),
     )
-    assert [r["mos"] for r in rows] == pytest.approx(scores[::2])
+    assert [r.mos for r in rows] == pytest.approx(scores[::2])
     assert summarise(rows)["mos"] == pytest.approx(np.mean(scores[::2]))
     with pytest.raises(ValueError, match="it has 2 outputs; a MOS predictor has one"):
         load_quality_judge(f"mos:{tiny_mos(tmp_path / 'two', num_labels=2)}")

@@ -11,7 +11,7 @@ import torch
 from transformers import DacModel
 
 from dia_tpu.data.audio import decode, encode
-from dia_tpu.evaluation.judge import Judges, Prompt, figures_of, judge, sums_of
+from dia_tpu.evaluation.judge import Judges, Prompt, Row, Sums, judge
 from dia_tpu.evaluation.spectra import mel_distance
 from dia_tpu.listen.asr import Recogniser
 
@@ -27,17 +27,17 @@ class RoundTrip:
     """Judged rows of the originals and of their reconstructions (which also hold `mel_distance`), and the
     reconstructions themselves."""
 
-    original: list[dict]
-    decoded: list[dict]
+    original: list[Row]
+    decoded: list[Row]
     waves: list[np.ndarray]
 
     def summary(self) -> dict:
         """Pooled error rates of both sides (errors over all reference words), and the mean mel distance."""
-        before, after = figures_of(sums_of(self.original)), figures_of(sums_of(self.decoded))
+        before, after = Sums.of(self.original).figures(), Sums.of(self.decoded).figures()
         out = {"utterances": len(self.decoded)}
         for key in ("wer", "cer"):
             out[f"{key}_original"], out[f"{key}_decoded"] = round(before[key], 4), round(after[key], 4)
-        out["mel_distance"] = round(float(np.mean([row["mel_distance"] for row in self.decoded])), 4)
+        out["mel_distance"] = round(float(np.mean([row.mel_distance for row in self.decoded])), 4)
         return out
 
 
@@ -52,5 +52,5 @@ def measure_round_trips(codec: DacModel, items: list[tuple[str, np.ndarray]], re
     original = judge(prompts, waves, no_codes, ended, rate, judges)
     back = judge(prompts, decoded, no_codes, ended, rate, judges)
     for row, wave, reconstruction in zip(back, waves, decoded, strict=True):
-        row["mel_distance"] = mel_distance(reconstruction, wave, rate)
+        row.mel_distance = mel_distance(reconstruction, wave, rate)
     return RoundTrip(original, back, decoded)

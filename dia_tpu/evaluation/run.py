@@ -56,8 +56,8 @@ def evaluate_models(
         found = judge([p for p, _ in prompts], waves, codes, ended, rate, judges)
         (out / label).mkdir(exist_ok=True)
         for row, wave in zip(found, waves, strict=True):
-            sf.write(out / label / f"{row['id']}.wav", wave, rate)
-            rows.append({"model": label, "source": source, **row})
+            sf.write(out / label / f"{row.id}.wav", wave, rate)
+            rows.append({"model": label, "source": source, **row.to_dict()})
         summaries[label] = summarise(found)
         print(f"evaluated {source}: {len(found)} utterances")
     with open(out / "rows.jsonl", "w") as f:
@@ -92,6 +92,9 @@ _ROWS = (
     ("utterances", "utterances", "{:d}"),
     ("wer", "WER", "{:.3f}"),
     ("cer", "CER", "{:.3f}"),
+    ("substitution_rate", "words substituted / word", "{:.3f}"),
+    ("deletion_rate", "words deleted / word", "{:.3f}"),
+    ("insertion_rate", "words inserted / word", "{:.3f}"),
     ("similarity_prompt", "similarity to the voice prompt", "{:.3f}"),
     ("similarity_reference", "similarity to the reference", "{:.3f}"),
     ("mos", "predicted MOS", "{:.2f}"),

@@ -24,7 +24,7 @@ from dia_tpu.artifacts import RunFolder
 from dia_tpu.config import Config
 from dia_tpu.data.dataset import Splits
 from dia_tpu.errors import UserError
-from dia_tpu.evaluation.judge import SUMS, figures_of, judge, sums_of
+from dia_tpu.evaluation.judge import Row, Sums, judge
 from dia_tpu.evaluation.prompts import (
     chars_per_second,
     generate,
@@ -90,12 +90,11 @@ class AudioEvaluation:
         """Judge this process's share and gather everyone's: the same figures on every process."""
         generator = self.generator.get(model)
         rows = self._judge(generator, step) if self.prompts and generator is not None else []
-        sums = sums_of(rows)
-        local = torch.tensor([sums[k] for k in SUMS], dtype=torch.float32, device=self.accelerator.device)
-        totals = self.accelerator.reduce(local, "sum")
-        return {f"audio/{k}": v for k, v in figures_of(dict(zip(SUMS, totals.cpu().tolist(), strict=True))).items()}
+        local = torch.tensor(Sums.of(rows).values(), dtype=torch.float32, device=self.accelerator.device)
+        totals = Sums.from_values(self.accelerator.reduce(local, "sum").cpu().tolist())
+        return {f"audio/{k}": v for k, v in totals.figures().items()}
 
-    def _judge(self, generator, step: int) -> list[dict]:
+    def _judge(self, generator, step: int) -> list[Row]:
         if self.judges is None:
             a = self.cfg.eval.audio
             # On the accelerator where generation runs there; on the host beside the CPU copy (XLA, FSDP).
@@ -115,10 +114,10 @@ class AudioEvaluation:
             self._write(rows, waves, step, rate)
         return rows
 
-    def _write(self, rows: list[dict], waves: list[np.ndarray], step: int, rate: int) -> None:
+    def _write(self, rows: list[Row], waves: list[np.ndarray], step: int, rate: int) -> None:
         folder = RunFolder(self.cfg.output.dir).evaluations_at(step)
         folder.mkdir(parents=True, exist_ok=True)
         for row, wave in zip(rows, waves, strict=True):
-            sf.write(folder / f"{row['id']}.wav", wave, rate)
+            sf.write(folder / f"{row.id}.wav", wave, rate)
         with open(folder / "rows.jsonl", "w") as f:
-            f.writelines(json.dumps({"step": step, **row}) + "\n" for row in rows)
+            f.writelines(json.dumps({"step": step, **row.to_dict()}) + "\n" for row in rows)
