@@ -1,0 +1,3 @@
+from dia_tpu.cli import main
+
+main()
