@@ -29,6 +29,7 @@ LAYERS = (
     ("model",),  # building and loading Dia, the codec, adapters
     ("data",),  # audio, prepare, the codes dataset, batches
     ("listen",),  # recognisers, speaker encoders, the MOS predictor: shared by evaluation and transcribe
+    ("families",),  # each model family's own parts (Dia2: config, network, upstream files)
     ("generation",),  # synthesis
     ("evaluation",),  # judging generated speech, and the score checkpoints are selected by
     ("export", "report"),  # the tools training's recipe and publish build on

@@ -1,0 +1,162 @@
+"""Regenerate the Dia2 golden fixtures from an upstream checkout: a tiny random Dia2 in upstream's format, and what
+upstream's own code computes with it.
+
+    python scripts/dia2_golden.py --upstream PATH/TO/nari-labs/dia2 [--out tests/fixtures/dia2]
+
+Run it in an environment where upstream imports (torch, transformers, safetensors, sphn, soundfile). It writes:
+
+- `tiny/config.json` and `tiny/model.safetensors`: the model, in upstream's format. Its shape exercises what a
+  real Dia2 has: grouped-query heads, the low-rank text table, a weights schedule that reuses a stage's weights,
+  `second_stream_ahead`, four codebooks with different delays. Upstream initialises it from a fixed seed; the
+  norms' weights are then drawn too, so that a norm read in the wrong place shows.
+- `steps.safetensors`: a token grid and upstream's logits for it, computed one frame at a time against its cache
+  (`Dia2Model.step_text`) and, per frame, one depformer stage at a time (`step_audio_stage`), as generation
+  computes them; once as given and once with item 1's backbone text blanked as the guidance branch blanks it.
+- `UPSTREAM`: the commit the fixtures came from.
+
+Only these outputs are committed; upstream's code is never copied into dia_tpu.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+ROOT = Path(__file__).resolve().parent.parent
+
+TINY = {
+    "data": {
+        "channels": 6,
+        "text_vocab_size": 48,
+        "audio_vocab_size": 34,
+        "action_vocab_size": 2,
+        "text_pad_token_id": 3,
+        "text_new_word_token_id": 4,
+        "text_zero_token_id": 7,
+        "audio_pad_token_id": 33,
+        "audio_bos_token_id": 32,
+        "action_pad_token_id": 0,
+        "action_new_word_token_id": 1,
+        "delay_pattern": [1, 2, 2, 3],
+        "first_word_min_start": 0,
+        "max_pad": 6,
+        "second_stream_ahead": 1,
+    },
+    "model": {
+        "decoder": {
+            "n_layer": 2,
+            "n_embd": 32,
+            "n_hidden": 48,
+            "gqa_query_heads": 4,
+            "kv_heads": 2,
+            "gqa_head_dim": 8,
+            "low_rank_dim": 16,
+        },
+        "depformer": {
+            "n_layer": 2,
+            "n_embd": 24,
+            "n_hidden": 40,
+            "gqa_query_heads": 2,
+            "kv_heads": 2,
+            "gqa_head_dim": 8,
+            "apply_rope": True,
+            "text_embedding": True,
+            "mlp_activations": ["silu", "linear"],
+        },
+        "linear": {"mlp_activations": ["silu", "linear"]},
+        "dropout": 0.0,
+        "rope_min_timescale": 1,
+        "rope_max_timescale": 10000,
+        "normalization_layer_epsilon": 1e-05,
+    },
+    "runtime": {"weights_schedule": [0, 1, 1], "max_context_steps": 64},
+    "assets": {"tokenizer": None, "mimi": None},
+}
+BATCH, FRAMES = 2, 12
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--upstream", type=Path, required=True, help="a checkout of github.com/nari-labs/dia2")
+    parser.add_argument("--out", type=Path, default=ROOT / "tests/fixtures/dia2")
+    args = parser.parse_args()
+    sys.path.insert(0, str(args.upstream))
+    from dia2.config import load_config
+    from dia2.core.model import Dia2Model
+    from dia2.core.precision import Precision
+
+    commit = subprocess.run(
+        ["git", "-C", str(args.upstream), "rev-parse", "HEAD"], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    tiny = args.out / "tiny"
+    tiny.mkdir(parents=True, exist_ok=True)
+    (tiny / "config.json").write_text(json.dumps(TINY, indent=2) + "\n")
+    config = load_config(tiny / "config.json")
+    torch.manual_seed(0)
+    model = Dia2Model(config, Precision(torch.float32, torch.float32), device=torch.device("cpu")).eval()
+    with torch.no_grad():
+        for name, tensor in model.state_dict().items():
+            if "norm" in name:
+                tensor.copy_(1 + 0.2 * torch.randn_like(tensor))
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, tiny / "model.safetensors")
+
+    tokens = token_grid(config)
+    blanked = torch.tensor([False, True])
+    out = {"tokens": tokens, "unconditional": blanked}
+    for suffix, mask in (("", None), ("_guided", blanked)):
+        action, cb0, depth = stepwise(model, config, tokens, mask)
+        out |= {f"action{suffix}": action, f"cb0{suffix}": cb0, f"depth{suffix}": depth}
+    save_file(out, args.out / "steps.safetensors")
+    (args.out / "UPSTREAM").write_text(f"github.com/nari-labs/dia2 {commit}\n")
+    print(f"wrote {tiny} and {args.out / 'steps.safetensors'} from upstream {commit}")
+
+
+def token_grid(config) -> torch.Tensor:
+    """A random [B, 2 + N, T + 1] grid as generation fills it: text ids, audio ids below the specials, BOS
+    before each codebook's delay, and some pads on the second text stream."""
+    data = config.data
+    generator = torch.Generator().manual_seed(1)
+    steps = FRAMES + 1
+    grid = torch.randint(0, data.text_vocab_size, (BATCH, data.channels, steps), generator=generator)
+    grid[:, 1] = torch.where(torch.rand(BATCH, steps, generator=generator) < 0.4, data.text_pad_token_id, grid[:, 1])
+    limit = min(data.audio_pad_token_id, data.audio_bos_token_id)
+    grid[:, 2:] = torch.randint(0, limit, (BATCH, data.channels - 2, steps), generator=generator)
+    for codebook, delay in enumerate(data.delay_pattern):
+        grid[:, 2 + codebook, :delay] = data.audio_bos_token_id
+    return grid
+
+
+@torch.no_grad()
+def stepwise(model, config, tokens: torch.Tensor, unconditional: torch.Tensor | None):
+    """Upstream's logits for frames 0..T-1 of `tokens`, one frame (and one depformer stage) at a time."""
+    data = config.data
+    state = model.init_state(BATCH, torch.device("cpu"), config.runtime.max_context_steps)
+    actions, firsts, depths = [], [], []
+    for t in range(FRAMES):
+        step = tokens[:, :, t : t + 1].clone()
+        if unconditional is not None:
+            step[unconditional, 0] = data.text_zero_token_id
+            step[unconditional, 1] = data.text_pad_token_id
+        positions = torch.full((BATCH, 1), t, dtype=torch.long)
+        hidden, action, cb0 = model.step_text(step, positions, state)
+        state.depformer.reset()
+        stages = []
+        for stage in range(model.depformer.num_depth):
+            logits = model.step_audio_stage(
+                stage, tokens[:, 2 + stage, t + 1], hidden, state, tokens[:, 0, t + 1], tokens[:, 1, t + 1]
+            )
+            stages.append(logits.reshape(BATCH, -1))
+        actions.append(action[:, 0])
+        firsts.append(cb0[:, 0])
+        depths.append(torch.stack(stages, dim=1))
+    return torch.stack(actions, 1), torch.stack(firsts, 1), torch.stack(depths, 1)
+
+
+if __name__ == "__main__":
+    main()
