@@ -12,6 +12,10 @@ Run it in an environment where upstream imports (torch, transformers, safetensor
 - `steps.safetensors`: a token grid and upstream's logits for it, computed one frame at a time against its cache
   (`Dia2Model.step_text`) and, per frame, one depformer stage at a time (`step_audio_stage`), as generation
   computes them; once as given and once with item 1's backbone text blanked as the guidance branch blanks it.
+- `script.json`: upstream's text-stream rules on a stand-in tokenizer (`stand_in_ids`): a script's entries
+  (`parse_script`), a voice prefix's timed entries (`words_to_entries`, `build_prefix_plan`'s offset), the text
+  streams its forced warm-up writes (`warmup_with_prefix`'s use of the state machine), and the machine run free
+  on given actions after it, with and without the second stream.
 - `UPSTREAM`: the commit the fixtures came from.
 
 Only these outputs are committed; upstream's code is never copied into dia_tpu.
@@ -113,6 +117,7 @@ def main() -> None:
         action, cb0, depth = stepwise(model, config, tokens, mask)
         out |= {f"action{suffix}": action, f"cb0{suffix}": cb0, f"depth{suffix}": depth}
     save_file(out, args.out / "steps.safetensors")
+    (args.out / "script.json").write_text(json.dumps(script_cases()) + "\n")
     (args.out / "UPSTREAM").write_text(f"github.com/nari-labs/dia2 {commit}\n")
     print(f"wrote {tiny} and {args.out / 'steps.safetensors'} from upstream {commit}")
 
@@ -156,6 +161,76 @@ def stepwise(model, config, tokens: torch.Tensor, unconditional: torch.Tensor | 
         firsts.append(cb0[:, 0])
         depths.append(torch.stack(stages, dim=1))
     return torch.stack(actions, 1), torch.stack(firsts, 1), torch.stack(depths, 1)
+
+
+# The stand-in tokenizer's specials: bos, [S1], [S2]; the config's pad, new word and zero are 3, 4, 7.
+IDS = {"bos": 1, "spk1": 5, "spk2": 6, "pad": 3, "new_word": 4, "zero": 7}
+SCRIPT = '[S1] Hello there, friend. <break time="0.4s"/> [S2] Oh: hi! [S1] It’s been ages.'
+WORDS = [("Well", 0.30, 0.52), ("hello", 0.61, 1.02), ("again", 1.10, 1.48), ("everybody", 2.05, 2.71)]
+FRAME_RATE = 12.5
+
+
+def stand_in_ids(text: str) -> list[int]:
+    """Token ids for the rules to work on: a speaker tag is its own id, every other word one id per three
+    characters (so words differ in length), from 10 up."""
+    ids = []
+    for word in text.split():
+        if word in ("[S1]", "[S2]"):
+            ids.append(IDS["spk1"] if word == "[S1]" else IDS["spk2"])
+        else:
+            ids += [10 + (sum(map(ord, word)) + i) % 38 for i in range(0, len(word), 3)]
+    return ids
+
+
+class StandInTokenizer:
+    """`stand_in_ids` as upstream calls a tokenizer; what it was asked is kept for the fixture."""
+
+    asked: dict[str, list[int]] = {}
+
+    def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
+        self.asked[text] = stand_in_ids(text)
+        return stand_in_ids(text)
+
+    def convert_tokens_to_ids(self, token: str) -> int:
+        return {"[S1]": IDS["spk1"], "[S2]": IDS["spk2"]}[token]
+
+
+def script_cases() -> dict:
+    from dia2.runtime.script_parser import parse_script
+    from dia2.runtime.state_machine import StateMachine, TokenIds
+    from dia2.runtime.voice_clone import WhisperWord, words_to_entries
+
+    token_ids = TokenIds(
+        card=48, new_word=4, pad=3, bos=1, zero=7, spk1=5, spk2=6, audio_pad=33, audio_bos=32
+    )
+    entries = parse_script([SCRIPT], StandInTokenizer(), token_ids, FRAME_RATE)
+    timed, starts = words_to_entries(
+        words=[WhisperWord(*w) for w in WORDS], tokenizer=StandInTokenizer(), speaker_token=5, frame_rate=FRAME_RATE
+    )
+    forced_steps = [step + 3 for step in starts]  # build_prefix_plan's offset for the first speaker
+    frames = 40
+    generator = torch.Generator().manual_seed(2)
+    free_actions = torch.randint(0, 2, (60,), generator=generator).tolist()
+    runs = {}
+    for ahead in (0, 1):
+        machine = StateMachine(token_ids, second_stream_ahead=ahead, max_padding=6, initial_padding=2)
+        state = machine.new_state([*timed, *entries])
+        forced = [list(machine.process(t, state, 4 if t in forced_steps else 3, is_forced=True)) for t in range(frames)]
+        free = [list(machine.process(frames + i, state, a)) for i, a in enumerate(free_actions)]
+        runs[str(ahead)] = {"forced": forced, "free": free, "end_step": state.end_step, "said": state.transcript}
+    return {
+        "ids": IDS,
+        "encoded": StandInTokenizer.asked,
+        "frame_rate": FRAME_RATE,
+        "script": SCRIPT,
+        "entries": [[e.tokens, e.text, e.padding] for e in entries],
+        "words": WORDS,
+        "timed": [[e.tokens, e.text, e.padding] for e in timed],
+        "starts": starts,
+        "forced_frames": frames,
+        "free_actions": free_actions,
+        "runs": runs,
+    }
 
 
 if __name__ == "__main__":

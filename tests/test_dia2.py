@@ -15,6 +15,9 @@ from safetensors.torch import load_file, save_file
 
 from dia_tpu.families.dia2.config import Dia2ConfigError, parse_config
 from dia_tpu.families.dia2.files import Dia2WeightsError, read_model, weights_metadata, write_model
+from dia_tpu.families.dia2.layout import make_example
+from dia_tpu.families.dia2.loss import dia2_loss
+from dia_tpu.families.dia2.script import ScriptMachine, TextIds, Word, script_entries, timed_entries
 
 FIXTURES = ROOT / "tests/fixtures/dia2"
 TINY = FIXTURES / "tiny"
@@ -118,3 +121,117 @@ def test_config_problems_are_one_error_naming_every_key():
     expected = ("every delay must be at least 1", "kv_heads=1 must equal gqa_query_heads=2", "weights_schedule [0, 1]")
     for part in expected:
         assert part in message
+
+
+@pytest.fixture(scope="module")
+def script_case():
+    return json.loads((FIXTURES / "script.json").read_text())
+
+
+def _text_ids(case) -> TextIds:
+    return TextIds(**case["ids"])
+
+
+def test_script_and_timed_words_become_upstreams_entries(script_case):
+    case = script_case
+    tokenize = case["encoded"].__getitem__
+    entries = script_entries(case["script"], lambda text: list(tokenize(text)), _text_ids(case), case["frame_rate"])
+    assert [[e.tokens, e.text, e.padding] for e in entries] == case["entries"]
+    words = [Word(*w) for w in case["words"]]
+    timed, starts = timed_entries(words, lambda text: list(tokenize(text)), "[S1]", case["frame_rate"])
+    assert [[e.tokens, e.text, e.padding] for e in timed] == case["timed"] and starts == case["starts"]
+
+
+@pytest.mark.parametrize("ahead", ["0", "1"])
+def test_the_script_machine_writes_upstreams_text_streams(script_case, ahead):
+    """A prefix's forced warm-up, then the machine run free on given actions (its rules overriding them), with
+    and without the second stream: the same text ids every frame, the same end and word frames."""
+    case, run = script_case, script_case["runs"][ahead]
+    tokenize = case["encoded"].__getitem__
+    ids = _text_ids(case)
+    timed, _ = timed_entries([Word(*w) for w in case["words"]], lambda t: list(tokenize(t)), "[S1]", 12.5)
+    script = script_entries(case["script"], lambda t: list(tokenize(t)), ids, 12.5)
+    machine = ScriptMachine(ids, int(ahead))
+    state = machine.start([*timed, *script])
+    forced = {s + 3 for s in case["starts"]}
+    frames = case["forced_frames"]
+    got = [machine.step(t, state, int(t in forced), forced=True) for t in range(frames)]
+    got += [machine.step(frames + i, state, a) for i, a in enumerate(case["free_actions"])]
+    expected = run["forced"] + run["free"]
+    assert [[f.main, f.second] for f in got] == [[main, second] for main, second, _ in expected]
+    assert state.end_step == run["end_step"] and [list(s) for s in state.said] == run["said"]
+    # Control: the same run without the rules' overrides (every free action taken as given) writes other streams.
+    state = machine.start([*timed, *script])
+    loose = [machine.step(t, state, int(t in forced), forced=True) for t in range(frames)]
+    loose += [machine.step(frames + i, state, a, forced=True) for i, a in enumerate(case["free_actions"])]
+    assert [[f.main, f.second] for f in loose] != [[main, second] for main, second, _ in expected]
+
+
+def _example(model, case, frames: int = 40, seed: int = 0):
+    """A recording's example: random codes of `frames` frames and the fixture's timed words."""
+    cfg = model.config
+    codes = torch.randint(0, cfg.audio_limit, (cfg.codebooks, frames), generator=torch.Generator().manual_seed(seed))
+    tokenize = case["encoded"].__getitem__
+    timed, starts = timed_entries([Word(*w) for w in case["words"]], lambda t: list(tokenize(t)), "[S1]", 12.5)
+    return codes, timed, starts, make_example(cfg, _text_ids(case), codes, timed, starts)
+
+
+def test_an_example_lays_codes_and_words_out_as_generation_reads_them(model, script_case):
+    cfg = model.config
+    codes, timed, starts, ex = _example(model, script_case)
+    assert ex.steps == 40 + max(cfg.delays) - 1
+    for c, delay in enumerate(cfg.delays):
+        row = ex.tokens[2 + c]
+        assert (row[:delay] == cfg.audio_bos).all() and (row[delay : delay + 40] == codes[c]).all()
+        assert (row[delay + 40 :] == cfg.audio_pad).all()
+        assert ex.audio_mask[c].sum() == 40 and ex.audio_mask[c, delay - 1]
+    # New words where the timings put them (the prefix offset of 3), then the end after the last word's padding.
+    new_words = ex.actions.nonzero().flatten().tolist()
+    assert new_words == [s + 3 for s in starts] + [starts[-1] + 3 + timed[-1].padding + 1]
+    assert new_words == [6, 10, 16, 28, 36]
+    # The actions generation leaves to the model: the pads after a word's tokens are fed (13-15 after frame 10's
+    # two tokens and their forced padding, 19-22, 32-34) and the new words at 10 and 16. Generation's rules
+    # decide the rest: the word at 6 (the initial padding's budget forces a new word at frame 2) and those at 28
+    # and 36 (more than 6 pads in a row), and every frame while tokens are fed or after the end.
+    assert ex.action_mask.nonzero().flatten().tolist() == [10, 13, 14, 15, 16, 19, 20, 21, 22, 32, 33, 34]
+
+
+def test_the_loss_counts_only_what_the_masks_keep(model, script_case):
+    *_, ex = _example(model, script_case)
+    batch = ex.tokens[None], ex.actions[None], ex.action_mask[None], ex.audio_mask[None]
+    with torch.no_grad():
+        logits = model(batch[0])
+        base = dia2_loss(logits, *batch)
+        assert base.count[0].tolist() == [ex.action_mask.sum()] + ex.audio_mask.sum(1).tolist()
+        # A target nobody counts (an action the rules decide) changes nothing; a counted one changes the loss.
+        hidden = (~ex.action_mask).nonzero()[0, 0]
+        actions = ex.actions.clone()
+        actions[hidden] = 1 - actions[hidden]
+        assert dia2_loss(logits, batch[0], actions[None], *batch[2:]).weighted_sum == base.weighted_sum
+        shown = ex.action_mask.nonzero()[0, 0]
+        actions[shown] = 1 - actions[shown]
+        assert dia2_loss(logits, batch[0], actions[None], *batch[2:]).weighted_sum != base.weighted_sum
+
+
+def test_a_short_fine_tune_lowers_the_loss_and_raises_every_heads_accuracy(script_case):
+    """The tiny model fits two recordings: the loss falls and each head's teacher-forced accuracy rises."""
+    model = read_model(TINY)
+    examples = [_example(model, script_case, seed=s)[-1] for s in (0, 1)]
+    batch = [torch.stack([getattr(e, k) for e in examples]) for k in ("tokens", "actions", "action_mask", "audio_mask")]
+
+    def measure():
+        with torch.no_grad():
+            parts = dia2_loss(model(batch[0]), *batch)
+        return (parts.weighted_sum / parts.weight).item(), (parts.correct.sum(0) / parts.count.sum(0))
+
+    before, accuracy_before = measure()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    torch.manual_seed(0)
+    for _ in range(30):
+        parts = dia2_loss(model(batch[0], torch.rand(2) < 0.1), *batch)
+        (parts.weighted_sum / parts.weight).backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    after, accuracy_after = measure()
+    assert after < 0.5 * before, (before, after)
+    assert (accuracy_after > accuracy_before).all(), (accuracy_before, accuracy_after)
