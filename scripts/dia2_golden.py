@@ -200,9 +200,7 @@ def script_cases() -> dict:
     from dia2.runtime.state_machine import StateMachine, TokenIds
     from dia2.runtime.voice_clone import WhisperWord, words_to_entries
 
-    token_ids = TokenIds(
-        card=48, new_word=4, pad=3, bos=1, zero=7, spk1=5, spk2=6, audio_pad=33, audio_bos=32
-    )
+    token_ids = TokenIds(card=48, new_word=4, pad=3, bos=1, zero=7, spk1=5, spk2=6, audio_pad=33, audio_bos=32)
     entries = parse_script([SCRIPT], StandInTokenizer(), token_ids, FRAME_RATE)
     timed, starts = words_to_entries(
         words=[WhisperWord(*w) for w in WORDS], tokenizer=StandInTokenizer(), speaker_token=5, frame_rate=FRAME_RATE
