@@ -135,7 +135,7 @@ def strike_at(stage: str, at_save: int) -> None:
     from dia_tpu.artifacts import STEP_DIR
     from dia_tpu.artifacts.owner import aside
     from dia_tpu.config import Config
-    from dia_tpu.training.mirror import Mirror
+    from dia_tpu.training.mirror_folder import MirrorFolder
 
     saves, armed = [0, 0], [False]  # rotating saves, best saves; whether this save is the one
 
@@ -181,15 +181,15 @@ def strike_at(stage: str, at_save: int) -> None:
             die()
         real(path, *args, **kwargs)
 
-    def upload(self, job, real=Mirror._upload):
+    def upload(self, staged, name, step, real=MirrorFolder.upload):
         # The first checkpoint upload from save `at_save` on (one that newer saves supersede is skipped).
-        if stage == "mirror upload" and job.name.startswith("checkpoints/") and job.step >= at_save:
-            files = sorted(p for p in job.staged.iterdir() if p.is_file())
+        if stage == "mirror upload" and name.startswith("checkpoints/") and step >= at_save:
+            files = sorted(p for p in staged.iterdir() if p.is_file())
             for file in files[: len(files) // 2]:
-                self.fs.makedirs(self._path(job.name), exist_ok=True)
-                self.fs.put_file(str(file), self._path(f"{job.name}/{file.name}"))
+                self.fs.makedirs(self._path(name), exist_ok=True)
+                self.fs.put_file(str(file), self._path(f"{name}/{file.name}"))
             die()
-        return real(self, job)
+        return real(self, staged, name, step)
 
     recipe.save_checkpoint = counted(recipe.save_checkpoint)
     accelerate_checkpointing.save = writes(accelerate_checkpointing.save, lambda obj, f, **kw: f)
@@ -199,7 +199,7 @@ def strike_at(stage: str, at_save: int) -> None:
     checkpoint.mark_complete = writes(checkpoint.mark_complete, lambda folder, step: folder / "checkpoint.json")
     checkpoint.put_in_place = put_in_place
     shutil.rmtree = rmtree
-    Mirror._upload = upload
+    MirrorFolder.upload = upload
 
 
 # The trials.
