@@ -16,6 +16,9 @@ Run it in an environment where upstream imports (torch, transformers, safetensor
   (`parse_script`), a voice prefix's timed entries (`words_to_entries`, `build_prefix_plan`'s offset), the text
   streams its forced warm-up writes (`warmup_with_prefix`'s use of the state machine), and the machine run free
   on given actions after it, with and without the second stream.
+- `generation.json`: upstream's generation loop (`run_generation_loop`) on the tiny model at temperature 0 for
+  both streams, a short script, with guidance off, at its defaults and with a narrow filter: the codes it
+  writes (undelayed as upstream returns them) and the frame each word started.
 - `UPSTREAM`: the commit the fixtures came from.
 
 Only these outputs are committed; upstream's code is never copied into dia_tpu.
@@ -118,6 +121,7 @@ def main() -> None:
         out |= {f"action{suffix}": action, f"cb0{suffix}": cb0, f"depth{suffix}": depth}
     save_file(out, args.out / "steps.safetensors")
     (args.out / "script.json").write_text(json.dumps(script_cases()) + "\n")
+    (args.out / "generation.json").write_text(json.dumps(generation_cases(model, config)) + "\n")
     (args.out / "UPSTREAM").write_text(f"github.com/nari-labs/dia2 {commit}\n")
     print(f"wrote {tiny} and {args.out / 'steps.safetensors'} from upstream {commit}")
 
@@ -229,6 +233,57 @@ def script_cases() -> dict:
         "free_actions": free_actions,
         "runs": runs,
     }
+
+
+GENERATED = "[S1] Hi there. [S2] Oh, hi!"
+GUIDANCE = {"off": (1.0, 50), "default": (2.0, 50), "narrow": (3.0, 4)}
+
+
+def generation_cases(model, config) -> dict:
+    from dia2.audio.grid import undelay_frames
+    from dia2.generation import GenerationConfig, SamplingConfig
+    from dia2.runtime.context import RuntimeContext
+    from dia2.runtime.generator import build_initial_state, run_generation_loop
+    from dia2.runtime.script_parser import parse_script
+    from dia2.runtime.state_machine import StateMachine, TokenIds
+
+    data = config.data
+    constants = TokenIds(card=48, new_word=4, pad=3, bos=1, zero=7, spk1=5, spk2=6, audio_pad=33, audio_bos=32)
+    delays = list(data.delay_pattern)
+    cases = {}
+    for name, (scale, filter_k) in GUIDANCE.items():
+        machine = StateMachine(constants, second_stream_ahead=data.second_stream_ahead, max_padding=6)
+        runtime = RuntimeContext(
+            config=config,
+            model=model,
+            precision=model.precision,
+            tokenizer=StandInTokenizer(),
+            mimi=None,
+            device=torch.device("cpu"),
+            machine=machine,
+            transformer_step=model.transformer.forward_step,
+            depformer_step=model.depformer.forward_step,
+            constants=constants,
+            audio_delays=delays,
+            audio_delay_tensor=torch.tensor(delays),
+            frame_rate=FRAME_RATE,
+        )
+        greedy = SamplingConfig(temperature=0.0, top_k=50)
+        settings = GenerationConfig(text=greedy, audio=greedy, cfg_scale=scale, cfg_filter_k=filter_k)
+        machine.initial_padding = settings.initial_padding
+        state = machine.new_state(parse_script([GENERATED], runtime.tokenizer, constants, FRAME_RATE))
+        first_word, buffer = run_generation_loop(
+            runtime, state=state, generation=build_initial_state(runtime), config=settings
+        )
+        codes = undelay_frames(buffer[0], delays, constants.audio_pad)
+        cases[name] = {
+            "guidance": [scale, filter_k],
+            "codes": codes.tolist(),
+            "first_word": first_word,
+            "end_step": state.end_step,
+            "said": state.transcript,
+        }
+    return {"script": GENERATED, "encoded": StandInTokenizer.asked, "cases": cases}
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ from conftest import ROOT
 from safetensors.torch import load_file, save_file
 
 from dia_tpu.families.dia2.config import Dia2ConfigError, parse_config
+from dia_tpu.families.dia2.decode import Dia2Sampling, generate
 from dia_tpu.families.dia2.files import Dia2WeightsError, read_model, weights_metadata, write_model
 from dia_tpu.families.dia2.layout import make_example
 from dia_tpu.families.dia2.loss import dia2_loss
@@ -235,3 +236,38 @@ def test_a_short_fine_tune_lowers_the_loss_and_raises_every_heads_accuracy(scrip
     after, accuracy_after = measure()
     assert after < 0.5 * before, (before, after)
     assert (accuracy_after > accuracy_before).all(), (accuracy_before, accuracy_after)
+
+
+@pytest.fixture(scope="module")
+def generation_case():
+    return json.loads((FIXTURES / "generation.json").read_text())
+
+
+def _spoken(model, case, **settings):
+    ids = TextIds(**json.loads((FIXTURES / "script.json").read_text())["ids"])
+    entries = script_entries(case["script"], lambda text: list(case["encoded"][text]), ids, 12.5)
+    return generate(model, entries, ids, Dia2Sampling(**settings))
+
+
+@pytest.mark.parametrize("name", ["off", "default", "narrow"])
+def test_greedy_generation_writes_upstreams_codes(model, generation_case, name):
+    """At temperature 0 for both streams, the codes and the words' frames are upstream's, token for token, with
+    guidance off, at its defaults and with a narrow filter."""
+    case = generation_case["cases"][name]
+    scale, top_k = case["guidance"]
+    spoken = _spoken(
+        model, generation_case, temperature=0, text_temperature=0, guidance_scale=scale, guidance_top_k=top_k
+    )
+    assert spoken.codes.tolist() == case["codes"]
+    assert [list(word) for word in spoken.words] == case["said"]
+
+
+def test_guidance_and_seeds_change_what_is_generated(model, generation_case):
+    """Controls: the narrow filter's case generated without guidance is another output; sampling is seeded."""
+    narrow = generation_case["cases"]["narrow"]["codes"]
+    assert (
+        _spoken(model, generation_case, temperature=0, text_temperature=0, guidance_scale=1.0).codes.tolist() != narrow
+    )
+    first, again = (_spoken(model, generation_case, seed=3).codes for _ in range(2))
+    assert torch.equal(first, again)
+    assert not torch.equal(first, _spoken(model, generation_case, seed=4).codes)
