@@ -82,7 +82,7 @@ TINY = {
         "rope_max_timescale": 10000,
         "normalization_layer_epsilon": 1e-05,
     },
-    "runtime": {"weights_schedule": [0, 1, 1], "max_context_steps": 64},
+    "runtime": {"weights_schedule": [0, 1, 1], "max_context_steps": 96},
     "assets": {"tokenizer": None, "mimi": None},
 }
 BATCH, FRAMES = 2, 12
@@ -283,7 +283,61 @@ def generation_cases(model, config) -> dict:
             "end_step": state.end_step,
             "said": state.transcript,
         }
+    cases["prefix"] = prefix_case(runtime, constants, delays)
     return {"script": GENERATED, "encoded": StandInTokenizer.asked, "cases": cases}
+
+
+SECOND_SPEAKER = [("Yes", 0.20, 0.50), ("indeed", 0.60, 1.10)]
+
+
+def prefix_case(runtime, constants, delays) -> dict:
+    """Greedy generation with guidance after a two-speaker voice prefix (random codes, timed words), as
+    `Dia2.generate` runs one: the plan, the forced warm-up, then the loop from the prefix's last frame."""
+    from dia2.audio.grid import undelay_frames
+    from dia2.generation import GenerationConfig, SamplingConfig
+    from dia2.runtime.generator import build_initial_state, run_generation_loop, warmup_with_prefix
+    from dia2.runtime.script_parser import parse_script
+    from dia2.runtime.voice_clone import PrefixPlan, WhisperWord, words_to_entries
+
+    generator = torch.Generator().manual_seed(5)
+    speakers = []
+    for words, speaker, frames in ((WORDS, constants.spk1, 36), (SECOND_SPEAKER, constants.spk2, 16)):
+        entries, starts = words_to_entries(
+            words=[WhisperWord(*w) for w in words],
+            tokenizer=StandInTokenizer(),
+            speaker_token=speaker,
+            frame_rate=FRAME_RATE,
+        )
+        codes = torch.randint(0, 32, (len(delays), frames), generator=generator)
+        speakers.append((words, entries, starts, codes))
+    (_, entries1, starts1, codes1), (_, entries2, starts2, codes2) = speakers
+    plan = PrefixPlan(
+        entries=[*entries1, *entries2],
+        new_word_steps=[s + 3 for s in starts1] + [s + codes1.shape[1] for s in starts2],
+        aligned_tokens=torch.cat((codes1, codes2), dim=1),
+        aligned_frames=codes1.shape[1] + codes2.shape[1],
+    )
+    greedy = SamplingConfig(temperature=0.0, top_k=50)
+    settings = GenerationConfig(text=greedy, audio=greedy, cfg_scale=2.0, cfg_filter_k=50)
+    runtime.machine.initial_padding = settings.initial_padding
+    state = runtime.machine.new_state(
+        [*plan.entries, *parse_script([GENERATED], runtime.tokenizer, constants, FRAME_RATE)]
+    )
+    generation = build_initial_state(runtime, prefix=plan)
+    start = warmup_with_prefix(runtime, plan, state, generation)
+    first_word, buffer = run_generation_loop(
+        runtime, state=state, generation=generation, config=settings, start_step=start
+    )
+    whole = undelay_frames(buffer[0], delays, constants.audio_pad)
+    crop = max(first_word, 0)
+    cropped = whole[:, crop:] if 0 < crop < whole.shape[-1] else whole
+    return {
+        "speakers": [[words, codes.tolist()] for words, _, _, codes in speakers],
+        "guidance": [2.0, 50],
+        "codes": cropped.tolist(),
+        "whole": whole.tolist(),
+        "said": state.transcript,
+    }
 
 
 if __name__ == "__main__":

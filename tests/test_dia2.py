@@ -14,7 +14,7 @@ from conftest import ROOT
 from safetensors.torch import load_file, save_file
 
 from dia_tpu.families.dia2.config import Dia2ConfigError, parse_config
-from dia_tpu.families.dia2.decode import Dia2Sampling, generate
+from dia_tpu.families.dia2.decode import Dia2Sampling, generate, prefix_plan
 from dia_tpu.families.dia2.files import Dia2WeightsError, read_model, weights_metadata, write_model
 from dia_tpu.families.dia2.layout import make_example
 from dia_tpu.families.dia2.loss import dia2_loss
@@ -271,3 +271,28 @@ def test_guidance_and_seeds_change_what_is_generated(model, generation_case):
     first, again = (_spoken(model, generation_case, seed=3).codes for _ in range(2))
     assert torch.equal(first, again)
     assert not torch.equal(first, _spoken(model, generation_case, seed=4).codes)
+
+
+def test_greedy_generation_after_a_two_speaker_prefix_writes_upstreams_codes(model, generation_case):
+    """A voice prefix of two speakers' recordings (codes and timed words): the warm-up forces their words, then
+    generation goes on from the prefix's last frame; the codes after the prefix, the whole audio and every
+    word's frame are upstream's."""
+    case = generation_case["cases"]["prefix"]
+    encoded = generation_case["encoded"]
+    recordings = []
+    for (words, codes), tag in zip(case["speakers"], ("[S1]", "[S2]"), strict=True):
+        entries, starts = timed_entries([Word(*w) for w in words], lambda t: list(encoded[t]), tag, 12.5)
+        recordings.append((torch.tensor(codes), entries, starts))
+    settings = dict(temperature=0, text_temperature=0, guidance_scale=2.0, guidance_top_k=50)
+    ids = TextIds(**json.loads((FIXTURES / "script.json").read_text())["ids"])
+    script = script_entries(generation_case["script"], lambda text: list(encoded[text]), ids, 12.5)
+    spoken = generate(model, script, ids, Dia2Sampling(**settings), prefix=prefix_plan(recordings))
+    assert spoken.codes.tolist() == case["codes"]
+    assert [list(word) for word in spoken.words] == case["said"]
+    whole = generate(model, script, ids, Dia2Sampling(**settings), prefix=prefix_plan(recordings), keep_prefix=True)
+    assert whole.codes.tolist() == case["whole"]
+    # Control: the second speaker's words forced at their own starts, without the first speaker's audio before
+    # them, line the prefix up differently and change what follows.
+    shifted = prefix_plan(recordings)
+    shifted.new_words = shifted.new_words[:4] + [s - 30 for s in shifted.new_words[4:]]
+    assert generate(model, script, ids, Dia2Sampling(**settings), prefix=shifted).codes.tolist() != case["codes"]

@@ -65,8 +65,8 @@ class _Cache:
 
 
 def _attend_cached(q: torch.Tensor, store: torch.Tensor, k: torch.Tensor, v: torch.Tensor, at: torch.Tensor):
-    """Write this position's k, v [B, Hkv, D] into `store` [2, B, Hkv, L, D] at `at` and attend q [B, H, D]
-    over positions 0..at, unscaled -> [B, H * D]."""
+    """Write k, v [B, Hkv, D] into slot `at` of `store` [2, B, Hkv, L, D] and attend q [B, H, D] over slots
+    0..at, unscaled -> [B, H * D]."""
     length = store.shape[3]
     here = F.one_hot(at, length).to(store.dtype).view(1, 1, 1, length, 1)
     store.mul_(1 - here).add_(torch.stack((k, v))[:, :, :, None] * here)
@@ -80,8 +80,9 @@ def _attend_cached(q: torch.Tensor, store: torch.Tensor, k: torch.Tensor, v: tor
     return out.flatten(1)
 
 
-def backbone_step(model: Dia2Model, tokens: torch.Tensor, at: torch.Tensor, cache: _Cache):
-    """tokens [B, 2 + N] of frame `at` (a 0-d long tensor) -> (normalised hidden [B, D], action, cb0 logits)."""
+def backbone_step(model: Dia2Model, tokens: torch.Tensor, at: torch.Tensor, cache: _Cache, slot: torch.Tensor):
+    """tokens [B, 2 + N] of frame `at`, cached in `slot` (0-d long tensors: the slot is the count of steps run,
+    which a prefix makes one more than the frame) -> (normalised hidden [B, D], action, cb0 logits)."""
     net, cfg = model.transformer, model.config
     x = net.text_embed(tokens[:, 0], tokens[:, 1])
     for index, table in enumerate(net.audio_embeds):
@@ -93,7 +94,7 @@ def backbone_step(model: Dia2Model, tokens: torch.Tensor, at: torch.Tensor, cach
         k = attn.k_norm(attn.k_proj(h).unflatten(-1, (attn.kv_heads, attn.head_dim)))
         v = attn.v_proj(h).unflatten(-1, (attn.kv_heads, attn.head_dim))
         q, k = (rotary(t[:, None], position, attn.head_dim, cfg.rope_min, cfg.rope_max)[:, 0] for t in (q, k))
-        x = x + attn.o_proj(_attend_cached(q, store, k, v, at))
+        x = x + attn.o_proj(_attend_cached(q, store, k, v, slot))
         x = x + layer.mlp(layer.post_norm(x))
     hidden = net.norm(x)
     return hidden, net.action_head(hidden), net.cb0_head(hidden)
@@ -153,6 +154,29 @@ def sample(logits: torch.Tensor, temperature: float, top_k: int, generator: torc
     return (drawn if indices is None else indices.gather(-1, drawn))[..., 0]
 
 
+@dataclass
+class Prefix:
+    """A voice prefix: recordings' codes one after another ([N, F], aligned), their words as entries and the
+    frames the words' new-word actions are forced at (`prefix_plan`)."""
+
+    codes: torch.Tensor
+    entries: list[Entry]
+    new_words: list[int]
+
+
+def prefix_plan(recordings: list[tuple[torch.Tensor, list[Entry], list[int]]]) -> Prefix:
+    """Up to two speakers' recordings, each (codes [N, F], entries and start frames of `script.timed_entries`),
+    as one prefix, lined up as upstream lines them up: the first speaker's new words 3 frames after their starts,
+    the second's at their starts counted from the end of the first's audio."""
+    (codes, entries, starts), *rest = recordings
+    new_words, entries = [s + 3 for s in starts], list(entries)
+    for more_codes, more_entries, more_starts in rest:
+        new_words += [s + codes.shape[1] for s in more_starts]
+        entries += more_entries
+        codes = torch.cat((codes, more_codes), dim=1)
+    return Prefix(codes, entries, new_words)
+
+
 @torch.no_grad()
 def generate(
     model: Dia2Model,
@@ -160,35 +184,55 @@ def generate(
     ids: TextIds,
     sampling: Dia2Sampling = Dia2Sampling(),
     max_frames: int | None = None,
+    prefix: Prefix | None = None,
+    keep_prefix: bool = False,
 ) -> Spoken:
-    """Speak `entries` (`script.script_entries`) with `model`; stops when the words have run out and the delays
-    are flushed, or at `max_frames` (default: the config's `runtime.max_context_steps`)."""
+    """Speak `entries` (`script.script_entries`) with `model`, after `prefix` if given (its audio dropped from
+    the result unless `keep_prefix`). Stops when the words have run out and the delays are flushed, or after
+    `max_frames` (default: the config's `runtime.max_context_steps`)."""
     cfg = model.config
     device = next(model.parameters()).device
     limit = max_frames or cfg.max_context
     generator = torch.Generator(device=device).manual_seed(sampling.seed)
     machine = ScriptMachine(ids, cfg.second_stream_ahead)
-    state = machine.start(entries, sampling.initial_padding)
-    cache = _Cache(model, 2, limit + 1, device)
-    audio = torch.full((cfg.codebooks, limit + 1), UNGENERATED, dtype=torch.long, device=device)
-    delays = torch.tensor(cfg.delays, device=device)
+    state = machine.start([*(prefix.entries if prefix else []), *entries], sampling.initial_padding)
+    prefilled = prefix.codes.shape[1] + max(cfg.delays) if prefix else 0
+    cache = _Cache(model, 2, limit + prefilled + 1, device)
+    audio = torch.full((cfg.codebooks, limit + prefilled + 1), UNGENERATED, dtype=torch.long, device=device)
     step = torch.tensor([[ids.bos, ids.pad], [ids.zero, ids.pad]], device=device)
+    blank = torch.tensor([ids.zero, ids.pad], device=device)
+    slots, start = 0, 0
+    if prefix is not None:
+        audio[:, :prefilled] = _delayed(prefix.codes.to(device), cfg.delays, cfg.audio_pad)
+        # The warm-up: every prefix frame through the backbone, the new words forced where the plan says.
+        for t in range(prefix.codes.shape[1]):
+            tokens = torch.cat((step, _frame_codes(prefix.codes.to(device), cfg, t)[None].expand(2, -1)), dim=1)
+            backbone_step(model, tokens, torch.tensor(t, device=device), cache, torch.tensor(slots, device=device))
+            slots += 1
+            frame = machine.step(t, state, int(t in prefix.new_words), forced=True)
+            step = torch.stack((torch.tensor([frame.main, frame.second], device=device), blank))
+        # Generation starts again at the prefix's last frame, as upstream does (the cache gains one more entry).
+        start = prefix.codes.shape[1] - 1
+    delays = torch.tensor(cfg.delays, device=device)
     audio_specials = torch.tensor([cfg.audio_pad, cfg.audio_bos], device=device)
     flush = max(cfg.delays) + MAX_PADDING
-    last, stop = -1, None
-    for t in range(limit):
-        if stop is not None and t >= stop:
+    last, stop, first_word = start - 1, None, None
+    for t in range(start, start + limit):
+        if (stop is not None and t >= stop) or t + 1 >= audio.shape[1]:
             break
-        at = torch.tensor(t, device=device)
         codes = torch.where(delays > t, cfg.audio_bos, audio[:, t])
         tokens = torch.cat((step, codes[None].expand(2, -1)), dim=1)
-        hidden, action_logits, cb0_logits = backbone_step(model, tokens, at, cache)
+        at, slot = torch.tensor(t, device=device), torch.tensor(slots, device=device)
+        hidden, action_logits, cb0_logits = backbone_step(model, tokens, at, cache, slot)
+        slots += 1
         action = sample(
             guide(action_logits, *_guidance(sampling)), sampling.text_temperature, sampling.text_top_k, generator
         )
         frame = machine.step(t, state, int(action))
+        if first_word is None and frame.main == ids.new_word:
+            first_word = t - sampling.initial_padding
         text = torch.tensor([frame.main, frame.second], device=device)
-        step = torch.stack((text, torch.tensor([ids.zero, ids.pad], device=device)))
+        step = torch.stack((text, blank))
         cb0 = guide(cb0_logits, *_guidance(sampling)).index_fill(-1, audio_specials, float("-inf"))
         token = sample(cb0, sampling.temperature, sampling.top_k, generator)
         audio[0, t + 1] = token
@@ -199,11 +243,27 @@ def generate(
         last = t
         if stop is None and state.end_step is not None:
             stop = state.end_step + flush
-    written = audio[:, : last + 2]
+    written = audio[:, : min(max(last, start - 1) + 2, audio.shape[1])]
     written = torch.where(written == UNGENERATED, cfg.audio_pad, written)
     frames = max(written.shape[1] - max(cfg.delays), 0)
     aligned = torch.stack([written[c, d : d + frames] for c, d in enumerate(cfg.delays)])
+    crop = 0 if keep_prefix else max(start if first_word is None else first_word, 0)
+    if 0 < crop < aligned.shape[1]:
+        aligned = aligned[:, crop:]
     return Spoken(aligned, list(state.said))
+
+
+def _delayed(codes: torch.Tensor, delays: tuple[int, ...], pad: int) -> torch.Tensor:
+    """Aligned codes [N, F] at their delays: [N, F + the largest delay], pad elsewhere."""
+    out = codes.new_full((codes.shape[0], codes.shape[1] + max(delays)), pad)
+    for c, delay in enumerate(delays):
+        out[c, delay : delay + codes.shape[1]] = codes[c]
+    return out
+
+
+def _frame_codes(codes: torch.Tensor, cfg, t: int) -> torch.Tensor:
+    """What frame t of a prefix feeds each codebook: its code `delay` frames back, BOS before."""
+    return torch.stack([codes[c, t - d] if t >= d else torch.tensor(cfg.audio_bos) for c, d in enumerate(cfg.delays)])
 
 
 def _guidance(sampling: Dia2Sampling) -> tuple[float, int]:
