@@ -12,6 +12,7 @@ import torch
 from transformers import DacModel
 
 from dia_tpu.artifacts import ADAPTER_DIR, CODEC_DIR, CONFIG_FILE, open_artifact, put_in_place
+from dia_tpu.artifacts.opening import dia_only
 from dia_tpu.artifacts.owner import EXPORT, NotOurs, aside, check_replaceable, mark
 from dia_tpu.config import Config
 from dia_tpu.errors import UserError
@@ -74,7 +75,7 @@ def export_checkpoint(
     """
     out_dir = Path(out_dir)
     _check_out(Path(checkpoint), out_dir)
-    artifact = open_artifact(checkpoint)
+    artifact = dia_only(open_artifact(checkpoint))
     if artifact.config is None:
         raise FileNotFoundError(f"{checkpoint} holds no {CONFIG_FILE}: not a dia_tpu checkpoint folder")
     if form == "adapter":

@@ -296,3 +296,135 @@ def test_greedy_generation_after_a_two_speaker_prefix_writes_upstreams_codes(mod
     shifted = prefix_plan(recordings)
     shifted.new_words = shifted.new_words[:4] + [s - 30 for s in shifted.new_words[4:]]
     assert generate(model, script, ids, Dia2Sampling(**settings), prefix=shifted).codes.tolist() != case["codes"]
+
+
+VOCAB = {"<unk>": 0, "<bos>": 1, "[S1]": 5, "[S2]": 6, "hello": 10, "there": 11, "hi": 12, "again": 13, "friend": 14}
+
+
+@pytest.fixture(scope="module")
+def dia2_folder(tmp_path_factory):
+    """The tiny Dia2 with its assets inside its folder, as a fine-tune exports it: a word-level tokenizer with
+    [S1]/[S2], and a tiny random Mimi (4 codebooks of 32) whose codebooks are drawn, so codes decode apart."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import MimiConfig, MimiModel, PreTrainedTokenizerFast
+
+    folder = tmp_path_factory.mktemp("dia2") / "model"
+    shutil.copytree(TINY, folder)
+    words = Tokenizer(models.WordLevel(VOCAB, unk_token="<unk>"))
+    words.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    PreTrainedTokenizerFast(tokenizer_object=words, bos_token="<bos>", unk_token="<unk>").save_pretrained(
+        folder / "tokenizer"
+    )
+    torch.manual_seed(0)
+    codec = MimiModel(
+        MimiConfig(
+            hidden_size=16,
+            num_filters=4,
+            num_residual_layers=1,
+            upsampling_ratios=[8, 6, 5, 4],
+            upsample_groups=16,
+            codebook_size=32,
+            codebook_dim=8,
+            vector_quantization_hidden_dimension=8,
+            num_quantizers=4,
+            num_semantic_quantizers=1,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            num_key_value_heads=2,
+            head_dim=8,
+            intermediate_size=32,
+            sliding_window=16,
+            use_cache=False,
+        )
+    )
+    with torch.no_grad():
+        for name, buffer in codec.named_buffers():
+            if name.endswith("embed_sum"):
+                buffer.copy_(torch.randn_like(buffer))
+    codec.save_pretrained(folder / "mimi")
+    config = json.loads((folder / "config.json").read_text())
+    config["assets"] = {"tokenizer": "tokenizer", "mimi": "mimi"}
+    (folder / "config.json").write_text(json.dumps(config))
+    return folder
+
+
+def test_generate_speaks_a_dia2_folder_with_its_own_tokenizer_and_codec(dia2_folder, tmp_path, capsys):
+    """`dia-tpu generate` on a Dia2 folder: the assets are found inside it wherever it is run from, and the wav
+    is the generated codes decoded by its Mimi; seeds give the same audio again."""
+    import soundfile as sf
+
+    from dia_tpu.cli import main
+    from dia_tpu.families.dia2.assets import decode, load_mimi, load_tokenizer, text_ids
+
+    script = "[S1] hello there [S2] hi again friend"
+    flags = ["--temperature", "0", "--text-temperature", "0", "--guidance-top-k", "8", "--seed", "0"]
+    main(["generate", "--model", str(dia2_folder), "--text", script, "--out", str(tmp_path / "a.wav"), *flags])
+    assert "5 of 5 words said" in capsys.readouterr().out
+    written, rate = sf.read(tmp_path / "a.wav")
+    model = read_model(dia2_folder)
+    tokenizer = load_tokenizer(dia2_folder, model.config)
+    ids = text_ids(model.config, tokenizer)
+    assert (ids.bos, ids.spk1, ids.spk2) == (1, 5, 6)
+    entries = script_entries(script, lambda t: tokenizer.encode(t, add_special_tokens=False), ids, 12.5)
+    assert [e.tokens for e in entries][:2] == [[5, 10], [11]]
+    sampling = Dia2Sampling(temperature=0, text_temperature=0, guidance_top_k=8)
+    wave = decode(load_mimi(dia2_folder, model.config), generate(model, entries, ids, sampling).codes).numpy()
+    assert rate == 24000 and len(written) == len(wave) > 0
+    assert abs(written - wave).max() < 1e-4  # the wav's 16-bit samples
+    # Control: another script's audio is far from this one's.
+    other = generate(model, entries[:2], ids, sampling).codes
+    assert not torch.equal(other, generate(model, entries, ids, sampling).codes[:, : other.shape[1]])
+
+
+def test_dia2_and_dia_flags_are_refused_where_they_do_not_apply(dia2_folder, tmp_path):
+    from dia_tpu.cli import main
+
+    out = str(tmp_path / "x.wav")
+    with pytest.raises(SystemExit, match="--top-p: Dia's flags; .* is a Dia2 model"):
+        main(["generate", "--model", str(dia2_folder), "--text", "[S1] hi", "--out", out, "--top-p", "0.9"])
+    with pytest.raises(SystemExit, match="--text-top-k must be >= 1, got 0"):
+        main(["generate", "--model", str(dia2_folder), "--text", "[S1] hi", "--out", out, "--text-top-k", "0"])
+    with pytest.raises(SystemExit, match="--text-temperature: Dia2's flags; .* is a Dia model"):
+        main(
+            [
+                "generate",
+                "--model",
+                "nari-labs/Dia-1.6B-0626",  # a hub id: refused before anything is fetched
+                "--text",
+                "[S1] hi",
+                "--out",
+                out,
+                "--text-temperature",
+                "0",
+            ]
+        )
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["export", "--checkpoint", "{model}", "--out", "{tmp}/x"],
+        [
+            "evaluate",
+            "--model",
+            "{model}",
+            "--prompts",
+            "{prompts}",
+            "--out",
+            "{tmp}/e",
+            "--asr",
+            "none",
+            "--speaker",
+            "none",
+        ],
+    ],
+)
+def test_commands_that_do_not_take_dia2_yet_say_so_in_one_line(dia2_folder, tmp_path, command, capsys):
+    from dia_tpu.cli import main
+
+    (tmp_path / "p.txt").write_text("[S1] hi\n")
+    argv = [a.format(model=dia2_folder, tmp=tmp_path, prompts=tmp_path / "p.txt") for a in command]
+    with pytest.raises(SystemExit) as stop:
+        main(argv)
+    said = str(stop.value)
+    assert "is a Dia2 model" in said and "takes Dia models only so far" in said and len(said.splitlines()) == 1

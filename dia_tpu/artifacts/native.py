@@ -39,7 +39,24 @@ def clean_key(key: str) -> str:
 
 
 def is_v01(native: object) -> bool:
-    return isinstance(native, dict) and {"model", "data"} <= native.keys()
+    return isinstance(native, dict) and {"model", "data"} <= native.keys() and not is_dia2_config(native)
+
+
+def is_dia2_folder(path: str | Path) -> bool:
+    """Whether `path` is a folder holding a Dia2 `config.json`."""
+    config = Path(path) / CONFIG_NAME
+    return config.is_file() and is_dia2_config(read_json(config))
+
+
+def is_dia2_config(config: object) -> bool:
+    """Whether a `config.json` is Nari Labs' Dia2 format: `data`, `model` and `runtime` blocks, the model with a
+    depformer (Dia's native v0.1 config has `model` and `data` too, but neither of the others)."""
+    return (
+        isinstance(config, dict)
+        and {"data", "model", "runtime"} <= config.keys()
+        and isinstance(config["model"], dict)
+        and "depformer" in config["model"]
+    )
 
 
 def is_native_source(path: str | Path) -> bool:

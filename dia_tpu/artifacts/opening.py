@@ -8,13 +8,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from dia_tpu.artifacts.native import is_native_source, native_weights_file
+from dia_tpu.artifacts.native import SAFETENSORS_NAME, is_dia2_folder, is_native_source, native_weights_file
 from dia_tpu.artifacts.run_folder import CODEC_DIR, CONFIG_FILE
 from dia_tpu.artifacts.weights import WEIGHTS_FILES, weight_names, weights_file
 from dia_tpu.config import Config, ModelConfig, read_saved
+from dia_tpu.errors import UserError
 from dia_tpu.hub import is_hub_id
 
-Kind = Literal["export", "checkpoint", "lora_checkpoint", "native", "hub"]
+Kind = Literal["export", "checkpoint", "lora_checkpoint", "native", "dia2", "hub"]
 
 
 @dataclass(frozen=True)
@@ -25,7 +26,8 @@ class Artifact:
     kind: Kind
     # export: a `from_pretrained` folder; checkpoint: a training state (also `from_pretrained`-loadable);
     # lora_checkpoint: a LoRA run's training state, holding the trained weights only; native: a Nari Labs
-    # checkpoint; hub: a repository id, read by transformers.
+    # checkpoint; dia2: a Nari Labs Dia2 folder (upstream's `config.json` and `model.safetensors`); hub: a
+    # repository id, read by transformers.
     config: Config | None  # the run's saved config.yaml, when the folder has one
     weights: Path | None  # the model's weights file, when it is local
     codec: ModelConfig  # what `build_codec` needs to build this model's codec
@@ -45,6 +47,11 @@ def open_artifact(source: str | Path) -> Artifact:
         if is_hub_id(name):
             return Artifact(name, "hub", None, None, ModelConfig())
         raise FileNotFoundError(f"model not found: {name} (neither a file or folder nor a hub id like org/name)")
+    if is_dia2_folder(path):
+        weights = path / SAFETENSORS_NAME
+        if not weights.is_file():
+            raise FileNotFoundError(f"{path} holds a Dia2 config.json but no {SAFETENSORS_NAME}")
+        return Artifact(name, "dia2", None, weights, ModelConfig())
     if is_native_source(path):
         return Artifact(name, "native", None, native_weights_file(path), ModelConfig())
     if not path.is_dir():
@@ -60,6 +67,16 @@ def open_artifact(source: str | Path) -> Artifact:
     else:
         kind = "checkpoint" if is_checkpoint(path) else "export"
     return Artifact(name, kind, config, weights, _codec_of(path, config))
+
+
+def dia_only(artifact: Artifact) -> Artifact:
+    """`artifact`, where a command takes Dia models only: a Dia2 model is refused in words that say so."""
+    if artifact.kind == "dia2":
+        raise UserError(
+            f"{artifact.source} is a Dia2 model (Nari Labs' streaming model, in its upstream format): this command "
+            "takes Dia models only so far; `dia-tpu generate` speaks with Dia2"
+        )
+    return artifact
 
 
 def is_checkpoint(folder: Path) -> bool:

@@ -59,6 +59,15 @@ def add(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--audio-prompt", help="voice cloning: audio to continue (any rate; resampled)")
     p.add_argument("--prompt-transcript", help="what is said in --audio-prompt, with [S1]/[S2] tags")
     _generation_flags(p, "line i of --text-file uses seed + i")
+    dia2 = p.add_argument_group("Dia2", "sampling of Dia2's text stream and guidance (upstream's defaults)")
+    dia2.add_argument("--text-temperature", type=float, help="the action (new word or pad): 0.6; 0 is argmax")
+    dia2.add_argument("--text-top-k", type=int, help="50")
+    dia2.add_argument("--guidance-top-k", type=int, help="guidance keeps the conditional logits among its top k: 50")
+    dia2.add_argument(
+        "--trust-remote-code",
+        action="store_true",
+        help="let a tokenizer that ships its own Python code run it (read it first)",
+    )
     p.set_defaults(func=_generate)
 
     p = sub.add_parser(
@@ -108,10 +117,11 @@ def add(sub: argparse._SubParsersAction) -> None:
 
 def _generation_flags(p: argparse.ArgumentParser, seeds: str) -> None:
     """Sampling flags shared by generate and evaluate, so both sample alike."""
-    p.add_argument("--guidance-scale", type=float, default=SAMPLING.guidance_scale)
-    p.add_argument("--temperature", type=float, default=SAMPLING.temperature)
-    p.add_argument("--top-p", type=float, default=SAMPLING.top_p)
-    p.add_argument("--top-k", type=int, default=SAMPLING.top_k)
+    s = SAMPLING
+    p.add_argument("--guidance-scale", type=float, help=f"Dia: {s.guidance_scale}; Dia2 (cfg_scale): 2.0")
+    p.add_argument("--temperature", type=float, help=f"audio; Dia: {s.temperature}; Dia2: 0.8, 0 is argmax")
+    p.add_argument("--top-p", type=float, help=f"Dia only: {s.top_p}")
+    p.add_argument("--top-k", type=int, help=f"audio; Dia: {s.top_k}; Dia2: 50")
     p.add_argument("--seed", type=int, default=0, help=seeds)
     p.add_argument(
         "--max-seconds",
@@ -143,11 +153,14 @@ def _generation_flags(p: argparse.ArgumentParser, seeds: str) -> None:
 def _settings(args: argparse.Namespace):
     from dia_tpu.generation.synthesize import GenerationSettings
 
+    def given(value, default):
+        return default if value is None else value
+
     return GenerationSettings(
-        guidance_scale=args.guidance_scale,
-        temperature=args.temperature,
-        top_p=args.top_p,
-        top_k=args.top_k,
+        guidance_scale=given(args.guidance_scale, SAMPLING.guidance_scale),
+        temperature=given(args.temperature, SAMPLING.temperature),
+        top_p=given(args.top_p, SAMPLING.top_p),
+        top_k=given(args.top_k, SAMPLING.top_k),
         seed=args.seed,
         max_seconds=args.max_seconds,
         greedy=args.greedy,
@@ -193,7 +206,38 @@ def _generate(args: argparse.Namespace) -> None:
         prompt_transcript=args.prompt_transcript,
         batch_size=args.batch_size,
         device=args.device,
+        dia2=_dia2_sampling(args),
+        dia_flags=[
+            *(["--top-p"] if args.top_p is not None else []),
+            *(["--decoding"] if args.decoding != "dia_tpu" else []),
+        ],
+        dia2_flags=_dia2_flags(args),
+        trust_remote_code=args.trust_remote_code,
     )
+
+
+def _dia2_flags(args: argparse.Namespace) -> list[str]:
+    """The flags given that only Dia2 takes."""
+    values = {"--text-temperature": args.text_temperature, "--text-top-k": args.text_top_k}
+    values["--guidance-top-k"] = args.guidance_top_k
+    given = [flag for flag, value in values.items() if value is not None]
+    return given + (["--trust-remote-code"] if args.trust_remote_code else [])
+
+
+def _dia2_sampling(args: argparse.Namespace):
+    """Dia2's sampling from the flags given; upstream's defaults for the rest (--greedy: argmax for both)."""
+    from dia_tpu.families.dia2.decode import Dia2Sampling
+
+    given = {
+        "temperature": 0.0 if args.greedy else args.temperature,
+        "top_k": args.top_k,
+        "text_temperature": 0.0 if args.greedy else args.text_temperature,
+        "text_top_k": args.text_top_k,
+        "guidance_scale": args.guidance_scale,
+        "guidance_top_k": args.guidance_top_k,
+        "seed": args.seed,
+    }
+    return Dia2Sampling(**{name: value for name, value in given.items() if value is not None})
 
 
 def _evaluate(args: argparse.Namespace) -> None:

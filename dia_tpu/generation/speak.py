@@ -10,8 +10,11 @@ import soundfile as sf
 import torch
 
 from dia_tpu.artifacts import open_artifact
+from dia_tpu.artifacts.native import is_dia2_folder
 from dia_tpu.config import sampling_problems
 from dia_tpu.errors import UserError
+from dia_tpu.families.dia2.decode import Dia2Sampling, dia2_problems
+from dia_tpu.families.dia2.speak import speak as dia2_speak
 from dia_tpu.generation.synthesize import GenerationSettings, load_voice_prompt, synthesize
 from dia_tpu.model.load import language_tags_of, load_for_inference
 
@@ -31,11 +34,15 @@ def read_scripts(path: str | Path) -> list[str]:
 
 def check_flags(settings: GenerationSettings, batch_size: int) -> None:
     """Refuse, naming each flag and what it allows, settings generation cannot use."""
+    if problems := flag_problems(settings, batch_size):
+        raise UserError("; ".join(problems))
+
+
+def flag_problems(settings: GenerationSettings, batch_size: int) -> list[str]:
     problems = sampling_problems(settings, lambda field: "--" + field.replace("_", "-"))
     if batch_size < 1:
         problems.append(f"--batch-size must be >= 1, got {batch_size}")
-    if problems:
-        raise UserError("; ".join(problems))
+    return problems
 
 
 def check_output_file(path: Path) -> None:
@@ -66,15 +73,35 @@ def write_speech(
     prompt_transcript: str | None = None,
     batch_size: int = 4,
     device: str | None = None,
+    dia2: Dia2Sampling | None = None,
+    dia_flags: list[str] = (),
+    dia2_flags: list[str] = (),
+    trust_remote_code: bool = False,
 ) -> None:
     """`dia-tpu generate`: load the model once, synthesize `texts` `batch_size` at a time (text i with seed
-    settings.seed + i) and write each to its wav in `outputs`, printing what was written."""
-    check_flags(settings, batch_size)
+    settings.seed + i) and write each to its wav in `outputs`, printing what was written. A Dia2 model samples
+    with `dia2` (upstream's defaults where not given) instead of `settings`; `dia_flags` and `dia2_flags` are the
+    flags given that only one family takes, refused for the other."""
+    dia2_model = is_dia2_folder(model_source)
+    if dia2_model:
+        dia2 = dia2 or Dia2Sampling()
+        problems = [f"{', '.join(dia_flags)}: Dia's flags; {model_source} is a Dia2 model"] if dia_flags else []
+        problems += dia2_problems(dia2)
+        if adapter is not None or audio_prompt is not None:
+            problems.append("--adapter and --audio-prompt take Dia models only so far, not Dia2")
+    else:
+        problems = [f"{', '.join(dia2_flags)}: Dia2's flags; {model_source} is a Dia model"] if dia2_flags else []
+        problems += flag_problems(settings, batch_size)
+    if problems:
+        raise UserError("; ".join(problems))
     for path in outputs:
         check_output_file(path)
     if (audio_prompt is None) != (prompt_transcript is None):
         raise UserError("--audio-prompt and --prompt-transcript go together: the model reads the transcript first")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if dia2_model:
+        dia2_speak(model_source, texts, outputs, dia2, device, settings.max_seconds, trust_remote_code)
+        return
     artifact = open_artifact(model_source)
     model, codec = load_for_inference(artifact, device, adapter=adapter)
     settings = dataclasses.replace(settings, language_tags=language_tags_of(artifact))

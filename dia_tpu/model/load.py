@@ -9,6 +9,7 @@ import torch
 from transformers import DacModel, DiaConfig, DiaForConditionalGeneration
 
 from dia_tpu.artifacts import Artifact, open_artifact
+from dia_tpu.artifacts.opening import dia_only
 from dia_tpu.artifacts.weights import is_sharded, read_weights, refusing_code
 from dia_tpu.hub import from_hub
 from dia_tpu.model.adapters import check_trained_names, import_bitsandbytes_quietly, merged, setup_training
@@ -40,6 +41,7 @@ def load_model(source: str | Path | Artifact, adapter: str | None = None) -> Dia
 
 
 def _load_weights(artifact: Artifact) -> DiaForConditionalGeneration:
+    dia_only(artifact)
     if artifact.kind == "native":
         model = load_native_model(artifact.source)
     elif artifact.kind == "lora_checkpoint":

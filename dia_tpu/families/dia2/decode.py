@@ -40,6 +40,22 @@ class Dia2Sampling:
     seed: int = 0
 
 
+def dia2_problems(sampling: Dia2Sampling) -> list[str]:
+    """What generation cannot use in `sampling`, each naming its flag."""
+    problems = []
+    for flag, value in (("--temperature", sampling.temperature), ("--text-temperature", sampling.text_temperature)):
+        if not value >= 0:
+            problems.append(f"{flag} must be >= 0 (0 is argmax), got {value}")
+    for flag, value in (("--top-k", sampling.top_k), ("--text-top-k", sampling.text_top_k)):
+        if value < 1:
+            problems.append(f"{flag} must be >= 1, got {value}")
+    if not sampling.guidance_scale > 0:
+        problems.append(f"--guidance-scale must be > 0 (1 is off), got {sampling.guidance_scale}")
+    if sampling.guidance_top_k < 0:
+        problems.append(f"--guidance-top-k must be >= 0 (0 keeps every logit), got {sampling.guidance_top_k}")
+    return problems
+
+
 @dataclass
 class Spoken:
     """A generation's codes, aligned ([N, F], the prefix cropped unless kept), and each word with its frame."""
