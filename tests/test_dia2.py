@@ -428,3 +428,58 @@ def test_commands_that_do_not_take_dia2_yet_say_so_in_one_line(dia2_folder, tmp_
         main(argv)
     said = str(stop.value)
     assert "is a Dia2 model" in said and "takes Dia models only so far" in said and len(said.splitlines()) == 1
+
+
+def test_lora_trains_the_adapters_alone_and_merges_into_upstreams_format(script_case, tmp_path):
+    from dia_tpu.families.dia2.adapters import lora_targets, merged, with_lora
+
+    base = read_model(TINY)
+    examples = [_example(base, script_case, seed=s)[-1] for s in (0, 1)]
+    batch = [torch.stack([getattr(e, k) for e in examples]) for k in ("tokens", "actions", "action_mask", "audio_mask")]
+    targets = lora_targets(base)
+    assert "transformer.layers.0.attn.q_proj" in targets and "depformer.layers.1.self_attention.in_proj.1" in targets
+    assert not any("text_embed" in name or "head" in name or "logits" in name for name in targets)
+    before = {k: v.clone() for k, v in base.state_dict().items()}
+    model = with_lora(base, rank=4, alpha=8)
+    with torch.no_grad():
+        assert torch.equal(model(batch[0]).depth, read_model(TINY)(batch[0]).depth)  # adapters start at zero
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    losses = []
+    for _ in range(15):
+        parts = dia2_loss(model(batch[0]), *batch)
+        losses.append((parts.weighted_sum / parts.weight).item())
+        (parts.weighted_sum / parts.weight).backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    assert losses[-1] < 0.8 * losses[0], losses
+    with torch.no_grad():
+        tuned = model(batch[0])
+        plain = merged(model)
+        assert all(
+            torch.equal(plain.state_dict()[k], v) for k, v in before.items() if "proj" not in k and "mlp" not in k
+        )
+        assert (plain(batch[0]).depth - tuned.depth).abs().max() < 1e-4
+        write_model(plain, tmp_path / "merged")
+        back = read_model(tmp_path / "merged")
+        assert (back(batch[0]).depth - tuned.depth).abs().max() < 1e-4
+        # Control: the base model's logits are far from the tuned ones.
+        assert (read_model(TINY)(batch[0]).depth - tuned.depth).abs().max() > 1e-2
+
+
+def test_gradient_checkpointing_gives_the_same_gradients(script_case):
+    model = read_model(TINY)
+    *_, ex = _example(model, script_case)
+    batch = ex.tokens[None], ex.actions[None], ex.action_mask[None], ex.audio_mask[None]
+
+    def gradients(checkpointing: bool, tokens: torch.Tensor) -> torch.Tensor:
+        model.zero_grad()
+        model.transformer.checkpointing = model.depformer.checkpointing = checkpointing
+        parts = dia2_loss(model(tokens), tokens, *batch[1:])
+        (parts.weighted_sum / parts.weight).backward()
+        return torch.cat([p.grad.flatten() for p in model.parameters()])
+
+    plain, checkpointed = gradients(False, batch[0]), gradients(True, batch[0])
+    assert (plain - checkpointed).abs().max() < 1e-6
+    # Control: another item's gradients are far from these.
+    other = _example(model, script_case, seed=7)[-1].tokens[None]
+    assert (gradients(False, other) - plain).abs().max() > 1e-3
