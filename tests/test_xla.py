@@ -208,3 +208,45 @@ def test_audio_is_judged_on_xla_from_a_cpu_copy(codes_dir, tmp_path):
     assert logged["audio/utterances"] == [(2, 2.0)] and "audio/wer" in logged
     rows = (run_dir / "evaluations" / "step_000002" / "rows.jsonl").read_text().splitlines()
     assert len(rows) == 2  # the main process judged them all
+
+
+def test_dia2_train_step_compiles_once_and_matches_cpu():
+    """Dia2's one-pass training step on XLA: after the first two steps (no optimizer state, then with it) the
+    steps compile nothing new, and the first step's loss is the CPU one's."""
+    import copy
+
+    import torch_xla.core.xla_model as xm
+    from test_dia2 import FIXTURES, _example
+    from test_dia2 import TINY as DIA2
+
+    from dia_tpu.families.dia2.files import read_model
+    from dia_tpu.families.dia2.loss import dia2_loss
+
+    case = json.loads((FIXTURES / "script.json").read_text())
+    cpu = read_model(DIA2)
+    examples = [_example(cpu, case, seed=s)[-1] for s in (0, 1)]
+    batch = [torch.stack([getattr(e, k) for e in examples]) for k in ("tokens", "actions", "action_mask", "audio_mask")]
+    device = torch_xla.device()
+    model = copy.deepcopy(cpu).to(device)
+    on_device = [t.to(device) for t in batch]
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    compiles, losses = [], []
+    for _ in range(6):
+        parts = dia2_loss(model(on_device[0]), *on_device)
+        loss = parts.weighted_sum / parts.weight
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        xm.mark_step()
+        losses.append(loss.item())
+        compiles.append(len(compile_seconds()))
+    assert compiles[2] == compiles[5], compiles
+    # Control: a grid one frame shorter is another shape, and the counter sees its compilation.
+    shorter = [on_device[0][..., :-1], on_device[1][:, :-1], on_device[2][:, :-1], on_device[3][..., :-1]]
+    parts = dia2_loss(model(shorter[0]), *shorter)
+    (parts.weighted_sum / parts.weight).backward()
+    xm.mark_step()
+    assert len(compile_seconds()) > compiles[5]
+    reference = dia2_loss(cpu(batch[0]), *batch)
+    assert abs(losses[0] - (reference.weighted_sum / reference.weight).item()) < 1e-4
+    assert losses[-1] < losses[0]
