@@ -40,23 +40,11 @@ _DATA = {
     "second_stream_ahead": 0,
     "tokenizer_path": None,
 }
-_DECODER = {
-    "n_layer": REQUIRED,
-    "n_embd": REQUIRED,
-    "n_hidden": REQUIRED,
-    "gqa_query_heads": REQUIRED,
-    "kv_heads": REQUIRED,
-    "gqa_head_dim": REQUIRED,
-    "low_rank_dim": None,
-    "dropout": 0.0,
-}
+# Both stacks' shapes.
+_STACK = dict.fromkeys(("n_layer", "n_embd", "n_hidden", "gqa_query_heads", "kv_heads", "gqa_head_dim"), REQUIRED)
+_DECODER = {**_STACK, "low_rank_dim": None, "dropout": 0.0}
 _DEPFORMER = {
-    "n_layer": REQUIRED,
-    "n_embd": REQUIRED,
-    "n_hidden": REQUIRED,
-    "gqa_query_heads": REQUIRED,
-    "kv_heads": REQUIRED,
-    "gqa_head_dim": REQUIRED,
+    **_STACK,
     "apply_rope": True,
     "text_embedding": True,
     "mlp_activations": ["silu", "linear"],
