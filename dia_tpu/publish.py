@@ -25,6 +25,7 @@ from typing import Any
 import yaml
 
 from dia_tpu.artifacts import ADAPTER_DIR, CODEC_DIR, CONFIG_FILE, RunFolder, open_artifact
+from dia_tpu.artifacts.opening import dia_only
 from dia_tpu.artifacts.owner import MARK_FILE
 from dia_tpu.config import Config, redact_tree
 from dia_tpu.config.schema import PATH_KIND
@@ -56,7 +57,7 @@ def upload_folder(
     checkpoint; the processor, generation config and the run's config.yaml; up to CARD_SAMPLES of the run's
     latest samples; and README.md, the model card. Returns `out`."""
     source, out = Path(model), Path(out)
-    artifact = open_artifact(source)
+    artifact = dia_only(open_artifact(source))
     if artifact.kind != "export" or artifact.config is None:
         raise UserError(
             f"--model {source}: not a dia_tpu export (a run's final/, or `dia-tpu export` of a "

@@ -404,30 +404,22 @@ def test_dia2_and_dia_flags_are_refused_where_they_do_not_apply(dia2_folder, tmp
     "command",
     [
         ["export", "--checkpoint", "{model}", "--out", "{tmp}/x"],
-        [
-            "evaluate",
-            "--model",
-            "{model}",
-            "--prompts",
-            "{prompts}",
-            "--out",
-            "{tmp}/e",
-            "--asr",
-            "none",
-            "--speaker",
-            "none",
-        ],
+        ["evaluate", "--model", "{model}", "--prompts", "{prompts}", "--out", "{tmp}/e", "--asr", "none"],
+        ["push", "--model", "{model}", "--repo", "me/x", "--dry-run", "{tmp}/p"],
+        ["plan", "--config", "{demo}", "model.pretrained={model}"],
+        ["train", "--config", "{demo}", "model.pretrained={model}", "output.dir={tmp}/run", "train.mixed_precision=no"],
     ],
 )
 def test_commands_that_do_not_take_dia2_yet_say_so_in_one_line(dia2_folder, tmp_path, command, capsys):
     from dia_tpu.cli import main
 
     (tmp_path / "p.txt").write_text("[S1] hi\n")
-    argv = [a.format(model=dia2_folder, tmp=tmp_path, prompts=tmp_path / "p.txt") for a in command]
+    demo = ROOT / "configs/demo.yaml"
+    argv = [a.format(model=dia2_folder, tmp=tmp_path, prompts=tmp_path / "p.txt", demo=demo) for a in command]
     with pytest.raises(SystemExit) as stop:
         main(argv)
     said = str(stop.value)
-    assert "is a Dia2 model" in said and "takes Dia models only so far" in said and len(said.splitlines()) == 1
+    assert "is a Dia2 model" in said and "Dia models only so far" in said and len(said.splitlines()) == 1
 
 
 def test_lora_trains_the_adapters_alone_and_merges_into_upstreams_format(script_case, tmp_path):

@@ -8,9 +8,10 @@ from pathlib import Path
 import torch
 from transformers import DiaConfig, DiaForConditionalGeneration, GenerationConfig
 
-from dia_tpu.artifacts.native import is_native_source
+from dia_tpu.artifacts.native import is_dia2_folder, is_native_source
 from dia_tpu.artifacts.weights import refusing_code
 from dia_tpu.config import SAMPLING, ConfigError, ModelConfig
+from dia_tpu.errors import UserError
 from dia_tpu.hub import from_hub, is_hub_id
 from dia_tpu.model.attention import attention_for
 
@@ -22,6 +23,7 @@ def build_model(cfg: ModelConfig, attention: str | None = None) -> DiaForConditi
     `attention` is the attention implementation (training's `Runtime` decides it); None: the config's off XLA.
     Weights are loaded before anything else touches the model (compiling comes later, in training).
     """
+    _refuse_dia2(cfg)
     if cfg.pretrained is None:
         from dia_tpu.model.shapes import init_from_scratch
 
@@ -66,6 +68,7 @@ def plain_model(
 
 def architecture_config(cfg: ModelConfig) -> DiaConfig:
     """The configuration of the model `build_model` returns, without loading weights (for planning)."""
+    _refuse_dia2(cfg)
     if cfg.pretrained is None:
         config = DiaConfig(**cfg.architecture)
     elif is_native(cfg):
@@ -84,6 +87,16 @@ def architecture_config(cfg: ModelConfig) -> DiaConfig:
     if cfg.delay_pattern:
         config.delay_pattern = list(cfg.delay_pattern)
     return config
+
+
+def _refuse_dia2(cfg: ModelConfig) -> None:
+    """A Dia2 folder as `model.pretrained`: refused in words that say so (transformers would read its config as
+    a Dia one of default shape)."""
+    if cfg.pretrained is not None and is_dia2_folder(cfg.pretrained):
+        raise UserError(
+            f"model.pretrained {cfg.pretrained} is a Dia2 model (Nari Labs' streaming model, in its upstream "
+            "format): training, plan and bench take Dia models only so far; `dia-tpu generate` speaks with Dia2"
+        )
 
 
 def is_native(cfg: ModelConfig) -> bool:
