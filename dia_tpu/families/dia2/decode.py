@@ -161,13 +161,13 @@ def sample(logits: torch.Tensor, temperature: float, top_k: int, generator: torc
     """One id per row of logits [..., V]: argmax at temperature 0, else drawn from the top `top_k`."""
     if temperature <= 0:
         return logits.argmax(-1)
-    probs = torch.softmax(logits.float() / temperature, dim=-1).nan_to_num(0.0)
+    probs = torch.softmax(logits.float().to(generator.device) / temperature, dim=-1).nan_to_num(0.0)
     indices = None
     if 0 < top_k < probs.shape[-1]:
         probs, indices = torch.topk(probs, top_k, dim=-1)
     rows = probs.reshape(-1, probs.shape[-1]) + 1e-12
     drawn = torch.multinomial(rows, 1, generator=generator).view(*probs.shape[:-1], 1)
-    return (drawn if indices is None else indices.gather(-1, drawn))[..., 0]
+    return (drawn if indices is None else indices.gather(-1, drawn))[..., 0].to(logits.device)
 
 
 @dataclass
@@ -209,7 +209,8 @@ def generate(
     cfg = model.config
     device = next(model.parameters()).device
     limit = max_frames or cfg.max_context
-    generator = torch.Generator(device=device).manual_seed(sampling.seed)
+    # Draws happen where torch keeps generators (CPU, CUDA); on other devices the few logits go to the CPU.
+    generator = torch.Generator(device=device if device.type in ("cpu", "cuda") else "cpu").manual_seed(sampling.seed)
     machine = ScriptMachine(ids, cfg.second_stream_ahead)
     state = machine.start([*(prefix.entries if prefix else []), *entries], sampling.initial_padding)
     prefilled = prefix.codes.shape[1] + max(cfg.delays) if prefix else 0
@@ -279,7 +280,9 @@ def _delayed(codes: torch.Tensor, delays: tuple[int, ...], pad: int) -> torch.Te
 
 def _frame_codes(codes: torch.Tensor, cfg, t: int) -> torch.Tensor:
     """What frame t of a prefix feeds each codebook: its code `delay` frames back, BOS before."""
-    return torch.stack([codes[c, t - d] if t >= d else torch.tensor(cfg.audio_bos) for c, d in enumerate(cfg.delays)])
+    return torch.stack(
+        [codes[c, t - d] if t >= d else codes.new_tensor(cfg.audio_bos) for c, d in enumerate(cfg.delays)]
+    )
 
 
 def _guidance(sampling: Dia2Sampling) -> tuple[float, int]:
