@@ -49,7 +49,9 @@ def add(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("generate", help="synthesize speech from text")
     p.add_argument(
-        "--model", required=True, help="export folder, checkpoint folder, native .pth (or folder), or hub id"
+        "--model",
+        required=True,
+        help="export folder, checkpoint folder, native .pth (or folder), hub id, or a Dia2 folder (upstream's format)",
     )
     p.add_argument("--adapter", help="a LoRA adapter folder (peft format) to apply to --model")
     text = p.add_mutually_exclusive_group(required=True)
