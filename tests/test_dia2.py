@@ -407,15 +407,16 @@ def test_dia2_and_dia_flags_are_refused_where_they_do_not_apply(dia2_folder, tmp
         ["evaluate", "--model", "{model}", "--prompts", "{prompts}", "--out", "{tmp}/e", "--asr", "none"],
         ["push", "--model", "{model}", "--repo", "me/x", "--dry-run", "{tmp}/p"],
         ["plan", "--config", "{demo}", "model.pretrained={model}"],
-        ["train", "--config", "{demo}", "model.pretrained={model}", "output.dir={tmp}/run", "train.mixed_precision=no"],
+        ["train", "--config", "{demo}", "model.pretrained={model}", "data.dataset={codes}", "output.dir={tmp}/run"],
     ],
 )
-def test_commands_that_do_not_take_dia2_yet_say_so_in_one_line(dia2_folder, tmp_path, command, capsys):
+def test_commands_that_do_not_take_dia2_yet_say_so_in_one_line(dia2_folder, codes_dir, tmp_path, command):
     from dia_tpu.cli import main
 
     (tmp_path / "p.txt").write_text("[S1] hi\n")
     demo = ROOT / "configs/demo.yaml"
-    argv = [a.format(model=dia2_folder, tmp=tmp_path, prompts=tmp_path / "p.txt", demo=demo) for a in command]
+    values = dict(model=dia2_folder, tmp=tmp_path, prompts=tmp_path / "p.txt", demo=demo, codes=codes_dir)
+    argv = [a.format(**values) for a in command]
     with pytest.raises(SystemExit) as stop:
         main(argv)
     said = str(stop.value)
