@@ -11,8 +11,7 @@ from pathlib import Path
 import torch
 from transformers import DacModel
 
-from dia_tpu.artifacts import ADAPTER_DIR, CODEC_DIR, CONFIG_FILE, open_artifact, put_in_place
-from dia_tpu.artifacts.opening import dia_only
+from dia_tpu.artifacts import ADAPTER_DIR, CODEC_DIR, CONFIG_FILE, dia_only, open_artifact, put_in_place
 from dia_tpu.artifacts.owner import EXPORT, NotOurs, aside, check_replaceable, mark
 from dia_tpu.config import Config
 from dia_tpu.errors import UserError

@@ -24,8 +24,7 @@ from typing import Any
 
 import yaml
 
-from dia_tpu.artifacts import ADAPTER_DIR, CODEC_DIR, CONFIG_FILE, RunFolder, open_artifact
-from dia_tpu.artifacts.opening import dia_only
+from dia_tpu.artifacts import ADAPTER_DIR, CODEC_DIR, CONFIG_FILE, RunFolder, dia_only, open_artifact
 from dia_tpu.artifacts.owner import MARK_FILE
 from dia_tpu.config import Config, redact_tree
 from dia_tpu.config.schema import PATH_KIND

@@ -32,7 +32,7 @@ from dia_tpu.artifacts.marks import (
     mark_text,
     valid_mark,
 )
-from dia_tpu.artifacts.opening import Artifact, Kind, is_checkpoint, open_artifact
+from dia_tpu.artifacts.opening import Artifact, Kind, dia_only, is_checkpoint, open_artifact
 from dia_tpu.artifacts.run_folder import (
     ADAPTER_DIR,
     CODEC_DIR,
@@ -63,6 +63,7 @@ __all__ = [
     "mark_complete",
     "mark_text",
     "open_artifact",
+    "dia_only",
     "put_in_place",
     "sync_dir",
     "valid_mark",

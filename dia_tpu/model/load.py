@@ -8,8 +8,7 @@ from pathlib import Path
 import torch
 from transformers import DacModel, DiaConfig, DiaForConditionalGeneration
 
-from dia_tpu.artifacts import Artifact, open_artifact
-from dia_tpu.artifacts.opening import dia_only
+from dia_tpu.artifacts import Artifact, dia_only, open_artifact
 from dia_tpu.artifacts.weights import is_sharded, read_weights, refusing_code
 from dia_tpu.hub import from_hub
 from dia_tpu.model.adapters import check_trained_names, import_bitsandbytes_quietly, merged, setup_training
