@@ -218,29 +218,32 @@ def generate(
     audio = torch.full((cfg.codebooks, limit + prefilled + 1), UNGENERATED, dtype=torch.long, device=device)
     step = torch.tensor([[ids.bos, ids.pad], [ids.zero, ids.pad]], device=device)
     blank = torch.tensor([ids.zero, ids.pad], device=device)
+    delays = torch.tensor(cfg.delays, device=device)
+
+    def inputs(t: int) -> torch.Tensor:
+        """Both branches' tokens at frame t: their text, and each codebook's code or BOS before its delay."""
+        codes = torch.where(delays > t, cfg.audio_bos, audio[:, t])
+        return torch.cat((step, codes[None].expand(2, -1)), dim=1)
+
     slots, start = 0, 0
     if prefix is not None:
         audio[:, :prefilled] = _delayed(prefix.codes.to(device), cfg.delays, cfg.audio_pad)
         # The warm-up: every prefix frame through the backbone, the new words forced where the plan says.
         for t in range(prefix.codes.shape[1]):
-            tokens = torch.cat((step, _frame_codes(prefix.codes.to(device), cfg, t)[None].expand(2, -1)), dim=1)
-            backbone_step(model, tokens, torch.tensor(t, device=device), cache, torch.tensor(slots, device=device))
+            backbone_step(model, inputs(t), torch.tensor(t, device=device), cache, torch.tensor(slots, device=device))
             slots += 1
             frame = machine.step(t, state, int(t in prefix.new_words), forced=True)
             step = torch.stack((torch.tensor([frame.main, frame.second], device=device), blank))
         # Generation starts again at the prefix's last frame, as upstream does (the cache gains one more entry).
         start = prefix.codes.shape[1] - 1
-    delays = torch.tensor(cfg.delays, device=device)
     audio_specials = torch.tensor([cfg.audio_pad, cfg.audio_bos], device=device)
     flush = max(cfg.delays) + MAX_PADDING
     last, stop, first_word = start - 1, None, None
     for t in range(start, start + limit):
         if (stop is not None and t >= stop) or t + 1 >= audio.shape[1]:
             break
-        codes = torch.where(delays > t, cfg.audio_bos, audio[:, t])
-        tokens = torch.cat((step, codes[None].expand(2, -1)), dim=1)
         at, slot = torch.tensor(t, device=device), torch.tensor(slots, device=device)
-        hidden, action_logits, cb0_logits = backbone_step(model, tokens, at, cache, slot)
+        hidden, action_logits, cb0_logits = backbone_step(model, inputs(t), at, cache, slot)
         slots += 1
         action = sample(
             guide(action_logits, *_guidance(sampling)), sampling.text_temperature, sampling.text_top_k, generator
@@ -276,13 +279,6 @@ def _delayed(codes: torch.Tensor, delays: tuple[int, ...], pad: int) -> torch.Te
     for c, delay in enumerate(delays):
         out[c, delay : delay + codes.shape[1]] = codes[c]
     return out
-
-
-def _frame_codes(codes: torch.Tensor, cfg, t: int) -> torch.Tensor:
-    """What frame t of a prefix feeds each codebook: its code `delay` frames back, BOS before."""
-    return torch.stack(
-        [codes[c, t - d] if t >= d else codes.new_tensor(cfg.audio_bos) for c, d in enumerate(cfg.delays)]
-    )
 
 
 def _guidance(sampling: Dia2Sampling) -> tuple[float, int]:
