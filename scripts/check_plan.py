@@ -203,8 +203,8 @@ def measure(cfg, steps: int, warm_up: bool) -> dict:
     from accelerate.utils import send_to_device, set_seed
 
     from dia_tpu.data.batching import synthetic_batch
+    from dia_tpu.families.dia.loss import DiaScorer, codebook_weights
     from dia_tpu.model.build import architecture_config
-    from dia_tpu.training.loss import codebook_weights
     from dia_tpu.training.sharding import Sharding
 
     t = cfg.train
@@ -219,7 +219,7 @@ def measure(cfg, steps: int, warm_up: bool) -> dict:
     set_seed(t.seed)
     config = architecture_config(cfg.model)
     batch = send_to_device(synthetic_batch(cfg, config), accelerator.device)
-    weights = codebook_weights(t.codebook_weights, len(config.delay_pattern)).to(accelerator.device)
+    weights = DiaScorer(codebook_weights(t.codebook_weights, len(config.delay_pattern))).to(accelerator.device)
     if warm_up:
         _steps(accelerator, _one_layer(cfg), 1, batch, weights, sharding)
     accelerator.free_memory()

@@ -28,11 +28,12 @@ LAYERS = (
     ("artifacts",),  # what is saved on disk, and the one reader of saved models
     ("model",),  # building and loading Dia, the codec, adapters
     ("data",),  # audio, prepare, the codes dataset, batches
+    ("export",),  # writing a trained Dia as a loadable folder (families build their exports on it)
     ("listen",),  # recognisers, speaker encoders, the MOS predictor: shared by evaluation and transcribe
     ("families",),  # each model family's own parts (Dia2: config, network, upstream files)
     ("generation",),  # synthesis
     ("evaluation",),  # judging generated speech, and the score checkpoints are selected by
-    ("export", "report"),  # the tools training's recipe and publish build on
+    ("report",),  # the run report training and publish build on
     ("publish",),  # the Hub upload and its model card
     ("training",),  # the recipe and its parts
     ("transcribe", "studio", "bench", "plan"),  # commands built on the layers below

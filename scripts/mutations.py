@@ -94,7 +94,7 @@ MUTATIONS = (
     ),
     Mutation(
         "the loss in the logits' precision",
-        "dia_tpu/training/loss.py",
+        "dia_tpu/families/dia/loss.py",
         "logits = logits.float().reshape(size, channels, steps, -1)",
         "logits = logits.reshape(size, channels, steps, -1)",
         ("tests/test_loss.py::test_loss_is_computed_in_fp32_for_bf16_logits",),

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 from accelerate.state import AcceleratorState, GradientState
+from helpers.dia2_data import dia2_folder, write_dataset
 from safetensors.torch import load_file
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from transformers import DiaConfig, DiaForConditionalGeneration
@@ -119,6 +120,18 @@ def codes_dir(tmp_path_factory) -> Path:
     else:
         prepare(load(ROOT / "configs/demo.yaml", RANDOM_CODEC), ROOT / "data/sample", out)
     return out
+
+
+@pytest.fixture(scope="session")
+def dia2_model(tmp_path_factory) -> Path:
+    """The tiny Dia2 fixture with a tokenizer and a Mimi inside its folder."""
+    return dia2_folder(ROOT / "tests/fixtures/dia2/tiny", tmp_path_factory.mktemp("dia2") / "model")
+
+
+@pytest.fixture(scope="session")
+def dia2_codes(tmp_path_factory) -> Path:
+    """A prepared Dia2 dataset: 24 recordings of codes and timed words."""
+    return write_dataset(tmp_path_factory.mktemp("dia2") / "codes", 24, seed=0)
 
 
 def reset_accelerate() -> None:

@@ -190,19 +190,27 @@ def short_codes(codes_dir, tmp_path_factory) -> Path:
 BUCKETS = "data.buckets=[16, 32]"
 
 
+def _collators(cfg, model_config) -> tuple:
+    return make_collator(cfg.data, model_config, bucketed=True), make_collator(
+        cfg.data, model_config, cfg.eval.batch_size
+    )
+
+
 def test_training_loader_counts_bucket_batches(short_codes, tmp_path):
     cfg = tiny(short_codes, tmp_path, BUCKETS)
     splits = load_splits(cfg)
     model_config = DiaConfig(**cfg.model.architecture)
     for processes in (1, 2):
-        loader, eval_loader, seeded = make_loaders(cfg, splits, model_config, processes)
+        loader, eval_loader, seeded = make_loaders(cfg, splits, _collators(cfg, model_config), processes)
         [sampler] = [part for part in seeded if isinstance(part, BucketBatchSampler)]
         assert seeded[0] is splits.train
         assert len(loader) == len(sampler) and len(loader) % processes == 0
         # Evaluation keeps one shape, max_audio_frames.
         assert {b["labels"].shape[1] for b in eval_loader} == {MAX_FRAMES + DELAY_ROWS}
     with pytest.raises(ValueError, match=r"no full batch of 20 within one of the lengths \[16, 32, 48\]"):
-        make_loaders(tiny(short_codes, tmp_path, BUCKETS, "train.batch_size=20"), splits, model_config, 1)
+        make_loaders(
+            tiny(short_codes, tmp_path, BUCKETS, "train.batch_size=20"), splits, _collators(cfg, model_config), 1
+        )
 
 
 def test_padding_report_script(short_codes):

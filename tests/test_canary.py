@@ -17,7 +17,7 @@ from conftest import tiny_dia_config
 from transformers import DiaForConditionalGeneration
 
 from dia_tpu.data.batching import Collator
-from dia_tpu.training.loss import batch_loss, codebook_weights
+from dia_tpu.families.dia.loss import batch_loss, codebook_weights
 
 SEED = 1234
 STEPS = 3

@@ -223,14 +223,14 @@ def test_a_short_fine_tune_lowers_the_loss_and_raises_every_heads_accuracy(scrip
     def measure():
         with torch.no_grad():
             parts = dia2_loss(model(batch[0]), *batch)
-        return (parts.weighted_sum / parts.weight).item(), (parts.correct.sum(0) / parts.count.sum(0))
+        return (parts.weighted_sum / parts.total_weight).item(), (parts.correct.sum(0) / parts.count.sum(0))
 
     before, accuracy_before = measure()
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
     torch.manual_seed(0)
     for _ in range(30):
         parts = dia2_loss(model(batch[0], torch.rand(2) < 0.1), *batch)
-        (parts.weighted_sum / parts.weight).backward()
+        (parts.weighted_sum / parts.total_weight).backward()
         optimizer.step()
         optimizer.zero_grad()
     after, accuracy_after = measure()
@@ -298,57 +298,7 @@ def test_greedy_generation_after_a_two_speaker_prefix_writes_upstreams_codes(mod
     assert generate(model, script, ids, Dia2Sampling(**settings), prefix=shifted).codes.tolist() != case["codes"]
 
 
-VOCAB = {"<unk>": 0, "<bos>": 1, "[S1]": 5, "[S2]": 6, "hello": 10, "there": 11, "hi": 12, "again": 13, "friend": 14}
-
-
-@pytest.fixture(scope="module")
-def dia2_folder(tmp_path_factory):
-    """The tiny Dia2 with its assets inside its folder, as a fine-tune exports it: a word-level tokenizer with
-    [S1]/[S2], and a tiny random Mimi (4 codebooks of 32) whose codebooks are drawn, so codes decode apart."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import MimiConfig, MimiModel, PreTrainedTokenizerFast
-
-    folder = tmp_path_factory.mktemp("dia2") / "model"
-    shutil.copytree(TINY, folder)
-    words = Tokenizer(models.WordLevel(VOCAB, unk_token="<unk>"))
-    words.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    PreTrainedTokenizerFast(tokenizer_object=words, bos_token="<bos>", unk_token="<unk>").save_pretrained(
-        folder / "tokenizer"
-    )
-    torch.manual_seed(0)
-    codec = MimiModel(
-        MimiConfig(
-            hidden_size=16,
-            num_filters=4,
-            num_residual_layers=1,
-            upsampling_ratios=[8, 6, 5, 4],
-            upsample_groups=16,
-            codebook_size=32,
-            codebook_dim=8,
-            vector_quantization_hidden_dimension=8,
-            num_quantizers=4,
-            num_semantic_quantizers=1,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-            num_key_value_heads=2,
-            head_dim=8,
-            intermediate_size=32,
-            sliding_window=16,
-            use_cache=False,
-        )
-    )
-    with torch.no_grad():
-        for name, buffer in codec.named_buffers():
-            if name.endswith("embed_sum"):
-                buffer.copy_(torch.randn_like(buffer))
-    codec.save_pretrained(folder / "mimi")
-    config = json.loads((folder / "config.json").read_text())
-    config["assets"] = {"tokenizer": "tokenizer", "mimi": "mimi"}
-    (folder / "config.json").write_text(json.dumps(config))
-    return folder
-
-
-def test_generate_speaks_a_dia2_folder_with_its_own_tokenizer_and_codec(dia2_folder, tmp_path, capsys):
+def test_generate_speaks_a_dia2_model_with_its_own_tokenizer_and_codec(dia2_model, tmp_path, capsys):
     """`dia-tpu generate` on a Dia2 folder: the assets are found inside it wherever it is run from, and the wav
     is the generated codes decoded by its Mimi; seeds give the same audio again."""
     import soundfile as sf
@@ -358,17 +308,17 @@ def test_generate_speaks_a_dia2_folder_with_its_own_tokenizer_and_codec(dia2_fol
 
     script = "[S1] hello there [S2] hi again friend"
     flags = ["--temperature", "0", "--text-temperature", "0", "--guidance-top-k", "8", "--seed", "0"]
-    main(["generate", "--model", str(dia2_folder), "--text", script, "--out", str(tmp_path / "a.wav"), *flags])
+    main(["generate", "--model", str(dia2_model), "--text", script, "--out", str(tmp_path / "a.wav"), *flags])
     assert "5 of 5 words said" in capsys.readouterr().out
     written, rate = sf.read(tmp_path / "a.wav")
-    model = read_model(dia2_folder)
-    tokenizer = load_tokenizer(dia2_folder, model.config)
+    model = read_model(dia2_model)
+    tokenizer = load_tokenizer(dia2_model, model.config)
     ids = text_ids(model.config, tokenizer)
     assert (ids.bos, ids.spk1, ids.spk2) == (1, 5, 6)
     entries = script_entries(script, lambda t: tokenizer.encode(t, add_special_tokens=False), ids, 12.5)
     assert [e.tokens for e in entries][:2] == [[5, 10], [11]]
     sampling = Dia2Sampling(temperature=0, text_temperature=0, guidance_top_k=8)
-    wave = decode(load_mimi(dia2_folder, model.config), generate(model, entries, ids, sampling).codes).numpy()
+    wave = decode(load_mimi(dia2_model, model.config), generate(model, entries, ids, sampling).codes).numpy()
     assert rate == 24000 and len(written) == len(wave) > 0
     assert abs(written - wave).max() < 1e-4  # the wav's 16-bit samples
     # Control: another script's audio is far from this one's.
@@ -376,14 +326,14 @@ def test_generate_speaks_a_dia2_folder_with_its_own_tokenizer_and_codec(dia2_fol
     assert not torch.equal(other, generate(model, entries, ids, sampling).codes[:, : other.shape[1]])
 
 
-def test_dia2_and_dia_flags_are_refused_where_they_do_not_apply(dia2_folder, tmp_path):
+def test_dia2_and_dia_flags_are_refused_where_they_do_not_apply(dia2_model, tmp_path):
     from dia_tpu.cli import main
 
     out = str(tmp_path / "x.wav")
     with pytest.raises(SystemExit, match="--top-p: Dia's flags; .* is a Dia2 model"):
-        main(["generate", "--model", str(dia2_folder), "--text", "[S1] hi", "--out", out, "--top-p", "0.9"])
+        main(["generate", "--model", str(dia2_model), "--text", "[S1] hi", "--out", out, "--top-p", "0.9"])
     with pytest.raises(SystemExit, match="--text-top-k must be >= 1, got 0"):
-        main(["generate", "--model", str(dia2_folder), "--text", "[S1] hi", "--out", out, "--text-top-k", "0"])
+        main(["generate", "--model", str(dia2_model), "--text", "[S1] hi", "--out", out, "--text-top-k", "0"])
     with pytest.raises(SystemExit, match="--text-temperature: Dia2's flags; .* is a Dia model"):
         main(
             [
@@ -407,15 +357,14 @@ def test_dia2_and_dia_flags_are_refused_where_they_do_not_apply(dia2_folder, tmp
         ["evaluate", "--model", "{model}", "--prompts", "{prompts}", "--out", "{tmp}/e", "--asr", "none"],
         ["push", "--model", "{model}", "--repo", "me/x", "--dry-run", "{tmp}/p"],
         ["plan", "--config", "{demo}", "model.pretrained={model}"],
-        ["train", "--config", "{demo}", "model.pretrained={model}", "data.dataset={codes}", "output.dir={tmp}/run"],
     ],
 )
-def test_commands_that_do_not_take_dia2_yet_say_so_in_one_line(dia2_folder, codes_dir, tmp_path, command):
+def test_commands_that_do_not_take_dia2_yet_say_so_in_one_line(dia2_model, codes_dir, tmp_path, command):
     from dia_tpu.cli import main
 
     (tmp_path / "p.txt").write_text("[S1] hi\n")
     demo = ROOT / "configs/demo.yaml"
-    values = dict(model=dia2_folder, tmp=tmp_path, prompts=tmp_path / "p.txt", demo=demo, codes=codes_dir)
+    values = dict(model=dia2_model, tmp=tmp_path, prompts=tmp_path / "p.txt", demo=demo, codes=codes_dir)
     argv = [a.format(**values) for a in command]
     with pytest.raises(SystemExit) as stop:
         main(argv)
@@ -440,8 +389,8 @@ def test_lora_trains_the_adapters_alone_and_merges_into_upstreams_format(script_
     losses = []
     for _ in range(15):
         parts = dia2_loss(model(batch[0]), *batch)
-        losses.append((parts.weighted_sum / parts.weight).item())
-        (parts.weighted_sum / parts.weight).backward()
+        losses.append((parts.weighted_sum / parts.total_weight).item())
+        (parts.weighted_sum / parts.total_weight).backward()
         optimizer.step()
         optimizer.zero_grad()
     assert losses[-1] < 0.8 * losses[0], losses
@@ -468,7 +417,7 @@ def test_gradient_checkpointing_gives_the_same_gradients(script_case):
         model.zero_grad()
         model.transformer.checkpointing = model.depformer.checkpointing = checkpointing
         parts = dia2_loss(model(tokens), tokens, *batch[1:])
-        (parts.weighted_sum / parts.weight).backward()
+        (parts.weighted_sum / parts.total_weight).backward()
         return torch.cat([p.grad.flatten() for p in model.parameters()])
 
     plain, checkpointed = gradients(False, batch[0]), gradients(True, batch[0])

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from dia_tpu.data.batching import IGNORE_INDEX
-from dia_tpu.training.loss import codebook_loss, codebook_weights, target_weight
+from dia_tpu.families.dia.loss import codebook_loss, codebook_weights, target_weight
 
 SIZE, STEPS, CHANNELS, VOCAB = 2, 7, 3, 11
 WEIGHTS = torch.tensor([4.0, 1.0, 0.5])

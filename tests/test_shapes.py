@@ -12,6 +12,7 @@ from transformers import DiaForConditionalGeneration
 from dia_tpu.config import load
 from dia_tpu.data.batching import synthetic_batch
 from dia_tpu.data.tokens import apply_delay
+from dia_tpu.families.dia.loss import batch_loss, codebook_weights, target_weight
 from dia_tpu.model.shapes import (
     CODE_EMBEDDING,
     HEAD,
@@ -20,7 +21,6 @@ from dia_tpu.model.shapes import (
     set_attention_scale,
     widen_to_stereo,
 )
-from dia_tpu.training.loss import batch_loss, codebook_weights, target_weight
 
 VOCAB = 1028
 

@@ -155,15 +155,17 @@ def test_two_processes_train_evaluate_and_save(codes_dir, tmp_path):
 
     from dia_tpu.data.batching import make_collator
     from dia_tpu.data.dataset import load_splits
+    from dia_tpu.families.dia.loss import DiaScorer, codebook_weights
     from dia_tpu.training.evaluate import evaluate
-    from dia_tpu.training.loss import codebook_weights
 
     cfg = load(ckpt / "config.yaml")
     model = DiaForConditionalGeneration.from_pretrained(ckpt)
     splits = load_splits(cfg)
     loader = DataLoader(splits.eval, batch_size=2, collate_fn=make_collator(cfg.data, model.config, fill_to=2))
     accelerator = Accelerator(cpu=True)
-    metrics = evaluate(accelerator, accelerator.prepare(model), accelerator.prepare(loader), codebook_weights([], 9))
+    metrics = evaluate(
+        accelerator, accelerator.prepare(model), accelerator.prepare(loader), DiaScorer(codebook_weights([], 9))
+    )
     logged = dict(scalars(run_dir)["eval/loss"])
     assert logged[4] == pytest.approx(metrics["eval/loss"], rel=1e-5)
     assert metrics["eval/tokens"] > 0

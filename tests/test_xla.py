@@ -233,7 +233,7 @@ def test_dia2_train_step_compiles_once_and_matches_cpu():
     compiles, losses = [], []
     for _ in range(6):
         parts = dia2_loss(model(on_device[0]), *on_device)
-        loss = parts.weighted_sum / parts.weight
+        loss = parts.weighted_sum / parts.total_weight
         loss.backward()
         optimizer.step()
         optimizer.zero_grad()
@@ -244,9 +244,9 @@ def test_dia2_train_step_compiles_once_and_matches_cpu():
     # Control: a grid one frame shorter is another shape, and the counter sees its compilation.
     shorter = [on_device[0][..., :-1], on_device[1][:, :-1], on_device[2][:, :-1], on_device[3][..., :-1]]
     parts = dia2_loss(model(shorter[0]), *shorter)
-    (parts.weighted_sum / parts.weight).backward()
+    (parts.weighted_sum / parts.total_weight).backward()
     xm.mark_step()
     assert len(compile_seconds()) > compiles[5]
     reference = dia2_loss(cpu(batch[0]), *batch)
-    assert abs(losses[0] - (reference.weighted_sum / reference.weight).item()) < 1e-4
+    assert abs(losses[0] - (reference.weighted_sum / reference.total_weight).item()) < 1e-4
     assert losses[-1] < losses[0]

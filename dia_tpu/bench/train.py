@@ -42,9 +42,9 @@ from dia_tpu.bench.limits import MATMUL_SIZE, MatmulRecorder, matmul_rate, produ
 from dia_tpu.config import PRECISIONS, Config
 from dia_tpu.data.batching import synthetic_batch
 from dia_tpu.errors import UserError
+from dia_tpu.families.dia.loss import DiaScorer, codebook_weights
 from dia_tpu.model.adapters import count_parameters
 from dia_tpu.precision import device_type
-from dia_tpu.training.loss import codebook_weights
 from dia_tpu.training.runtime import Runtime
 from dia_tpu.training.step import build_trainable, make_optimizer, train_step
 
@@ -100,11 +100,11 @@ def run_one(cfg: Config, steps: int, warmup: int, precision: str) -> dict:
     params, trainable = count_parameters(model)
     model, optimizer = accelerator.prepare(model, make_optimizer(t, model, runtime))
     batch = send_to_device(synthetic_batch(cfg, model_config), accelerator.device)
-    weights = codebook_weights(t.codebook_weights, len(model_config.delay_pattern)).to(accelerator.device)
+    scorer = DiaScorer(codebook_weights(t.codebook_weights, len(model_config.delay_pattern))).to(accelerator.device)
     model.train()
 
     def step() -> torch.Tensor:
-        totals, _ = train_step(accelerator, model, optimizer, None, [batch], weights, t.max_grad_norm)
+        totals, _ = train_step(accelerator, model, optimizer, None, [batch], scorer, t.max_grad_norm)
         if on_xla:
             # No prepared dataloader cuts the lazy graph here, so each step would otherwise extend the last.
             import torch_xla.core.xla_model as xm

@@ -90,6 +90,9 @@ class ModelConfig:
     pretrained: str | None = path_field(None, "source")
     # "auto" (a native checkpoint when the file or config says so), "hf" or "native".
     pretrained_format: Literal["auto", "hf", "native"] = "auto"
+    # Which model family `pretrained` is: "auto" reads its config.json (a Dia2 folder or hub repository in
+    # Nari Labs' upstream format is Dia2, anything else Dia), "dia" or "dia2" says so.
+    family: Literal["auto", "dia", "dia2"] = "auto"
     # DiaConfig keyword arguments for a randomly initialised model (encoder_config, decoder_config,
     # delay_pattern). Ignored when `pretrained` is set.
     architecture: dict = field(default_factory=dict)

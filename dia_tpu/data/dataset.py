@@ -5,6 +5,7 @@ by (seed, epoch, item) so every process and worker agrees."""
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -107,27 +108,40 @@ class Splits:
     skipped_long_text: int  # items dropped because their text exceeds max_text_tokens
 
 
-def load_splits(cfg: Config) -> Splits:
-    """Load the prepared dataset(s), hold out the eval split, apply the long-text policy."""
+# A table's rows as training items: (table, train) -> dataset. Dia's are `CodesDataset`s.
+MakeItems = Callable[[Dataset, bool], torch.utils.data.Dataset]
+
+
+def load_splits(cfg: Config, make_items: MakeItems | None = None, byte_text: bool = True) -> Splits:
+    """Load the prepared dataset(s), hold out the eval split, apply the long-text policy (to `byte_text`,
+    Dia's text, only) and make each table's items (default: Dia's)."""
     d = cfg.data
-    train_table, eval_table, skipped = split_tables(cfg)
+    train_table, eval_table, skipped = split_tables(cfg, byte_text)
+    if make_items is None:
+        frac = cfg.train.unconditional_frac
+        make_items = lambda table, train: CodesDataset(table, d, frac if train else 0.0, train=train)  # noqa: E731
     cropped = int(sum(f > d.max_audio_frames for f in train_table["frames"]))
     return Splits(
-        train=CodesDataset(train_table, d, cfg.train.unconditional_frac, train=True),
-        eval=None if eval_table is None else CodesDataset(eval_table, d, 0.0, train=False),
+        train=make_items(train_table, True),
+        eval=None if eval_table is None else make_items(eval_table, False),
         cropped=cropped,
         skipped_long_text=skipped,
     )
 
 
-def split_tables(cfg: Config) -> tuple[Dataset, Dataset | None, int]:
-    """The training and held-out tables as training makes them (the long-text policy applied, then
-    data.eval_size items drawn with data.seed, every item of data.eval_speakers, or data.eval_dataset), and how
-    many items were skipped."""
+def split_tables(cfg: Config, byte_text: bool = True) -> tuple[Dataset, Dataset | None, int]:
+    """The training and held-out tables as training makes them (the long-text policy applied to byte text,
+    then data.eval_size items drawn with data.seed, every item of data.eval_speakers, or data.eval_dataset), and
+    how many items were skipped."""
     d = cfg.data
-    table, skipped = _filter_long_text(load_from_disk(d.dataset), d, d.dataset)
+
+    def read(path: str) -> tuple[Dataset, int]:
+        table = load_from_disk(path)
+        return _filter_long_text(table, d, path) if byte_text else (table, 0)
+
+    table, skipped = read(d.dataset)
     if d.eval_dataset is not None:
-        eval_table, eval_skipped = _filter_long_text(load_from_disk(d.eval_dataset), d, d.eval_dataset)
+        eval_table, eval_skipped = read(d.eval_dataset)
         return table, eval_table, skipped + eval_skipped
     if d.eval_speakers:
         return (*_speakers_held_out(table, d), skipped)

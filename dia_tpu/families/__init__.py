@@ -1,1 +1,91 @@
-"""Model families dia_tpu trains: each a package offering the same few names, the shared code asking for them."""
+"""Model families dia_tpu trains, in one table: each a package offering the same few names (`Family`), the
+shared code (the loop, checkpoints, resume, sharding, evaluation's sums) asking for them and never testing
+which family it holds.
+
+- `dia`: transformers' `DiaForConditionalGeneration` over DAC codes; byte text and a delayed code grid with
+  BOS/EOS; a loss head per codebook.
+- `dia2`: `families.dia2.model.Dia2Model` (upstream's parameter names) over Mimi codes; two text streams and
+  the actions made from timed words; loss heads for the action and each codebook.
+
+A family is told from `model.family`, or with `auto` from the `config.json` of `model.pretrained`: Nari Labs'
+Dia2 format (`data`, `model` with a depformer, `runtime`) is Dia2, anything else Dia. A third family is a new
+package offering the same names and one line in `FAMILIES`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+from pathlib import Path
+from typing import Protocol
+
+import torch
+
+from dia_tpu.artifacts.native import is_dia2_config, is_dia2_folder
+from dia_tpu.config import Config, DataConfig, ModelConfig, TrainConfig
+from dia_tpu.families.heads import Scorer
+from dia_tpu.hub import is_hub_id
+
+# Family name -> the module whose FAMILY it is (imported when first asked for).
+FAMILIES = {"dia": "dia_tpu.families.dia.family", "dia2": "dia_tpu.families.dia2.family"}
+
+
+class Family(Protocol):
+    """What the shared training code asks of a model family."""
+
+    name: str
+    # Whether training's samples and `eval.audio` can speak with this family's models yet.
+    speaks_in_training: bool
+    # Whether `dia-tpu push` (and `train.push_to_hub`) publishes its exports yet.
+    publishes: bool
+    # Whether its text is Dia's bytes, limited by `data.max_text_tokens` (`data.long_text` applies).
+    byte_text: bool
+
+    def build(self, cfg: ModelConfig, attention: str | None) -> torch.nn.Module:
+        """The model of `cfg`, its weights loaded, in fp32 on the CPU."""
+
+    def set_up_for_training(self, model: torch.nn.Module, cfg: Config, on_xla: bool) -> torch.nn.Module:
+        """No generation cache, activation checkpointing, frozen parts and LoRA adapters, as `cfg` asks."""
+
+    def data_problems(self, cfg: Config, info: dict, model: torch.nn.Module) -> list[str]:
+        """Why the prepared dataset (its manifest `info`) does not fit the model: one line each."""
+
+    def items(self, table, cfg: Config, model: torch.nn.Module, *, train: bool) -> torch.utils.data.Dataset:
+        """A prepared table's rows as the items the collator stacks."""
+
+    def collator(self, cfg: DataConfig, model: torch.nn.Module, fill_to: int = 0, *, bucketed: bool = False):
+        """Stacks items into fixed-shape batches (`fill_to`: complete short batches with rows that count nothing)."""
+
+    def scorer(self, cfg: TrainConfig, model: torch.nn.Module) -> Scorer:
+        """The family's loss, weighted as `cfg` says."""
+
+    def export(self, model: torch.nn.Module, cfg: Config, folder: Path, weights: dict | None = None) -> None:
+        """Write the trained model as the family's loadable folder; `weights`: a sharded model's gathered ones."""
+
+
+def family_named(name: str) -> Family:
+    return importlib.import_module(FAMILIES[name]).FAMILY
+
+
+def family_of(cfg: ModelConfig) -> Family:
+    """The family `cfg` names, or (with `family: auto`) the one its `pretrained` model's config.json says."""
+    if cfg.family != "auto":
+        return family_named(cfg.family)
+    return family_named("dia2" if cfg.pretrained is not None and is_dia2_source(cfg.pretrained) else "dia")
+
+
+def is_dia2_source(source: str) -> bool:
+    """Whether a folder or hub repository holds a Dia2 model: its config.json, read (from the hub: that file
+    alone); a repository that cannot be read is left to the Dia loader to report."""
+    if not is_hub_id(source):
+        return is_dia2_folder(source)
+    from huggingface_hub import hf_hub_download
+
+    try:
+        path = hf_hub_download(source, "config.json")
+    except Exception:  # noqa: BLE001 - unreachable, missing, gated: Dia's loader says which, in one line
+        return False
+    try:
+        return is_dia2_config(json.loads(Path(path).read_text()))
+    except ValueError:
+        return False

@@ -28,10 +28,10 @@ from transformers import DiaForConditionalGeneration
 
 from dia_tpu.config import Config
 from dia_tpu.data.batching import synthetic_batch
+from dia_tpu.families.dia.loss import batch_loss, codebook_weights, target_weight
+from dia_tpu.families.dia.training import set_up_for_training
 from dia_tpu.model.build import architecture_config
-from dia_tpu.training.loss import batch_loss, codebook_weights, target_weight
 from dia_tpu.training.runtime import Runtime
-from dia_tpu.training.step import set_up_for_training
 
 _AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
 

@@ -1,16 +1,17 @@
-"""Evaluation loss and accuracy per codebook, exact across processes."""
+"""Evaluation loss and accuracy per head (Dia: each codebook; Dia2: the action and each codebook), exact across
+processes."""
 
 from __future__ import annotations
 
 import torch
 from accelerate import Accelerator
 
-from dia_tpu.training.loss import batch_loss
+from dia_tpu.families.heads import Scorer
 
 
 @torch.no_grad()
-def evaluate(accelerator: Accelerator, model, loader, weights: torch.Tensor) -> dict[str, float]:
-    """Weighted loss (as trained) plus per-codebook loss and accuracy over the whole eval set.
+def evaluate(accelerator: Accelerator, model, loader, scorer: Scorer) -> dict[str, float]:
+    """Weighted loss (as trained) plus each head's loss and accuracy over the whole eval set.
 
     Per-sample (sum, count) rows go through `gather_for_metrics`, which drops the samples Accelerate
     repeats to even out the last batch, so the result is the exact global mean on any process count.
@@ -19,16 +20,16 @@ def evaluate(accelerator: Accelerator, model, loader, weights: torch.Tensor) -> 
     model.eval()
     totals = None
     for batch in loader:
-        parts = batch_loss(model, batch, weights)
-        rows = accelerator.gather_for_metrics((parts.ce_sum, parts.correct, parts.count))
-        sums = torch.stack([r.sum(0) for r in rows])  # [3, C]
-        totals = sums if totals is None else totals + sums
+        parts = scorer(model, batch)
+        weighted = torch.stack([parts.weighted, parts.weight], 1)  # [B, 2]
+        rows = accelerator.gather_for_metrics((parts.ce_sum, parts.correct, parts.count, weighted))
+        sums = [r.double().sum(0) for r in rows]
+        totals = sums if totals is None else [a + b for a, b in zip(totals, sums, strict=True)]
     model.train(was_training)
-    ce, correct, count = totals.double().cpu()
-    w = weights.double()
-    metrics = {"eval/loss": float((ce * w).sum() / (count * w).sum())}
-    for c in range(len(ce)):
-        metrics[f"eval/loss_cb{c}"] = float(ce[c] / count[c])
-        metrics[f"eval/acc_cb{c}"] = float(correct[c] / count[c])
+    ce, correct, count, (weighted_sum, weight) = (t.cpu() for t in totals)
+    metrics = {"eval/loss": float(weighted_sum / weight)}
+    for h, head in enumerate(scorer.heads):
+        metrics[f"eval/loss_{head}"] = float(ce[h] / count[h])
+        metrics[f"eval/acc_{head}"] = float(correct[h] / count[h])
     metrics["eval/tokens"] = float(count.sum())
     return metrics

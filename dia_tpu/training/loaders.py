@@ -9,17 +9,20 @@ from accelerate import Accelerator
 from torch.utils.data import DataLoader
 
 from dia_tpu.config import Config
-from dia_tpu.data.batching import BucketBatchSampler, bucket_lengths, make_collator
+from dia_tpu.data.batching import BucketBatchSampler, bucket_lengths
 from dia_tpu.errors import UserError
 from dia_tpu.training.state import TrainState
 
 
-def make_loaders(cfg: Config, splits, model_config, num_processes: int) -> tuple[DataLoader, DataLoader | None, list]:
+def make_loaders(
+    cfg: Config, splits, collators: tuple, num_processes: int
+) -> tuple[DataLoader, DataLoader | None, list]:
     """Fixed-shape loaders: training drops its last partial batch (per length bucket with data.buckets),
-    evaluation pads to max_audio_frames and fills its last batch with ignored rows. Also returns what
+    evaluation pads to max_audio_frames and fills its last batch with ignored rows. `collators`: the family's
+    for training (bucketed) and for evaluation (filled to eval.batch_size). Also returns what
     `positioned_batches` sets the epoch of: the training dataset, and the bucket batch sampler if any."""
     d, batch_size = cfg.data, cfg.train.batch_size
-    collate = make_collator(d, model_config, bucketed=True)
+    collate, eval_collate = collators
     if d.buckets:
         lengths = bucket_lengths(d.buckets, d.max_audio_frames)
         sampler = BucketBatchSampler(splits.train.frames(), lengths, batch_size, d.seed, num_processes)
@@ -47,7 +50,7 @@ def make_loaders(cfg: Config, splits, model_config, num_processes: int) -> tuple
     eval_loader = DataLoader(
         splits.eval,
         batch_size=cfg.eval.batch_size,
-        collate_fn=make_collator(d, model_config, fill_to=cfg.eval.batch_size),
+        collate_fn=eval_collate,
         num_workers=d.num_workers,
     )
     return train_loader, eval_loader, epoch_seeded

@@ -63,13 +63,16 @@ def log_train(accelerator: Accelerator, meter: TrainMeter, scheduler, state: Tra
     )
 
 
-def eval_line(state: TrainState, metrics: dict, channels: int, select_by: str = "loss") -> str:
-    losses = " ".join(f"{metrics[f'eval/loss_cb{c}']:.2f}" for c in range(channels))
-    accuracy = " ".join(f"{metrics[f'eval/acc_cb{c}']:.2f}" for c in range(channels))
+def eval_line(state: TrainState, metrics: dict, heads: tuple[str, ...], select_by: str = "loss") -> str:
+    """The evaluation's lines: the loss against the best, then each head's loss and accuracy (heads other than
+    codebooks, Dia2's action, are named)."""
+    losses = " ".join(f"{metrics[f'eval/loss_{h}']:.2f}" for h in heads)
+    accuracy = " ".join(f"{metrics[f'eval/acc_{h}']:.2f}" for h in heads)
+    per = "codebook" if all(h.startswith("cb") for h in heads) else f"head ({' '.join(heads)})"
     best = "best" if select_by == "loss" else f"best {select_by}"
     line = (
         f"step {state.step}: eval loss {metrics['eval/loss']:.4f} ({best} {state.best_score:.4f} at step "
-        f"{state.best_step})\n  loss per codebook: {losses}\n  accuracy per codebook: {accuracy}"
+        f"{state.best_step})\n  loss per {per}: {losses}\n  accuracy per {per}: {accuracy}"
     )
     audio = [f"{name} {metrics[f'audio/{k}']:{fmt}}" for k, name, fmt in AUDIO_FIGURES if f"audio/{k}" in metrics]
     return line + ("\n  audio: " + ", ".join(audio) if audio else "")

@@ -58,7 +58,7 @@ def train_loop(session: Session, built: Setup, state: TrainState) -> int:
         taken = [next(stream) for _ in range(t.gradient_accumulation_steps)]
         state.epoch, state.batches_in_epoch = taken[-1][0]  # the data position after this step's batches
         batches = [batch for _, batch in taken]
-        meter.add(*train_step(accelerator, model, optimizer, scheduler, batches, built.weights, t.max_grad_norm))
+        meter.add(*train_step(accelerator, model, optimizer, scheduler, batches, built.scorer, t.max_grad_norm))
         if xla is not None:
             xla.step_ends()
         state.step += 1
@@ -92,7 +92,7 @@ def _xla_watch(runtime: Runtime):
 
 
 def _evaluate_on_start(accelerator, built: Setup) -> None:
-    metrics = evaluate(accelerator, built.model, built.eval_loader, built.weights)
+    metrics = evaluate(accelerator, built.model, built.eval_loader, built.scorer)
     accelerator.log(metrics, step=0)
     say(accelerator, start_line(metrics))
 
@@ -107,14 +107,14 @@ def _evaluate_and_select(session: Session, built: Setup, state: TrainState, xla,
     cfg, accelerator = session.cfg, session.accelerator
     if xla is not None:
         xla.cut()  # where a step's graph always ends, or the first eval batch would extend it
-    metrics = evaluate(accelerator, built.model, built.eval_loader, built.weights)
+    metrics = evaluate(accelerator, built.model, built.eval_loader, built.scorer)
     if built.audio.due(state.step, last):
         metrics |= built.audio.run(built.model, state.step)
     accelerator.log(metrics, step=state.step)
     # The metrics are gathered, so every process takes the same decisions here.
     score = selection_score(cfg.eval.select_by, metrics)
     improved = state.record_eval(score, cfg.eval.early_stopping_min_delta)
-    say(accelerator, eval_line(state, metrics, len(built.weights), cfg.eval.select_by))
+    say(accelerator, eval_line(state, metrics, built.scorer.heads, cfg.eval.select_by))
     if improved and cfg.eval.keep_best:
         save_checkpoint(accelerator, session.runtime, built.model, cfg, state, folder=session.run.best)
         if session.mirror is not None:

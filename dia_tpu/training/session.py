@@ -26,9 +26,7 @@ from dia_tpu.artifacts.owner import RUN
 from dia_tpu.config import Config, ConfigError, check_run_files
 from dia_tpu.console import TrainingStopped
 from dia_tpu.data.shards import read_prepare_info
-from dia_tpu.export import export
-from dia_tpu.model.build import plain_model
-from dia_tpu.model.codec import build_codec
+from dia_tpu.families import family_of
 from dia_tpu.precision import choose, device_type
 from dia_tpu.publish import check_token, push_export
 from dia_tpu.training.meter import say
@@ -108,6 +106,11 @@ def _check_before_work(cfg: Config) -> None:
     if t.report_to in ("wandb", "all") and importlib.util.find_spec("wandb") is None:
         raise ConfigError(f"train.report_to={t.report_to} needs wandb: pip install 'dia-tpu[wandb]'")
     if t.push_to_hub:
+        if not (family := family_of(cfg.model)).publishes:
+            raise ConfigError(
+                f"train.push_to_hub: {family.name} exports are not published by dia_tpu yet; upload "
+                f"{cfg.output.dir}/final yourself or leave push_to_hub off"
+            )
         check_token()
 
 
@@ -160,10 +163,7 @@ def finish(session: Session, model, state: TrainState, stopped: int) -> None:
     # Sharded weights are put together on the main process's host first: under FSDP2 every process takes part.
     gathered = whole_weights(accelerator, session.runtime, model)
     if accelerator.is_main_process:
-        final = accelerator.unwrap_model(model)
-        if gathered is not None:
-            final = plain_model(final.config, gathered, final.generation_config)
-        export(final, build_codec(session.cfg.model), session.cfg, run.final)
+        family_of(session.cfg.model).export(accelerator.unwrap_model(model), session.cfg, run.final, gathered)
         if session.mirror is not None:
             session.mirror.send(run.final, state.step)
     accelerator.wait_for_everyone()

@@ -3,7 +3,7 @@ the training state restored from the checkpoint the run starts from; the run's c
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from accelerate.logging import get_logger
@@ -11,13 +11,13 @@ from accelerate.utils import set_seed
 from torch.utils.data import DataLoader
 
 from dia_tpu.config import ConfigError
-from dia_tpu.data.check import data_model_problems
 from dia_tpu.data.dataset import load_splits
+from dia_tpu.families import Family, family_of
+from dia_tpu.families.heads import Scorer
 from dia_tpu.model.adapters import count_parameters, is_peft
 from dia_tpu.training.audio_eval import AudioEvaluation
 from dia_tpu.training.checkpoint import keep_trainable, load_checkpoint
 from dia_tpu.training.loaders import make_loaders
-from dia_tpu.training.loss import codebook_weights
 from dia_tpu.training.meter import flat_hparams, report_data, say
 from dia_tpu.training.resume import apply_changes, record_changes
 from dia_tpu.training.samples import TrainingSamples
@@ -41,7 +41,7 @@ class Setup:
     eval_loader: DataLoader | None
     epoch_seeded: list  # what takes each epoch's seed beside the loader (the dataset, a bucket sampler)
     total_steps: int  # optimizer steps of the whole run
-    weights: torch.Tensor  # per-codebook loss weights, on the device: one per codebook
+    scorer: Scorer  # the family's loss, its weights on the device
     samples: TrainingSamples
     audio: AudioEvaluation
 
@@ -50,15 +50,13 @@ def set_up(session: Session) -> Setup:
     """Seed, load the data, build the model and what trains it, and prepare them with Accelerate."""
     cfg, accelerator, runtime = session.cfg, session.accelerator, session.runtime
     set_seed(cfg.train.seed)
+    family = family_of(cfg.model)
+    model = build_model(session, family)
     with accelerator.main_process_first():
-        splits = load_splits(cfg)
-    model = build_model(session)
-    samples = TrainingSamples(accelerator, runtime, cfg, model.config)
-    audio = AudioEvaluation(accelerator, runtime, cfg, splits, model.config)
-    if runtime.on_xla and cfg.samples.every and not samples.enabled:
-        say(accelerator, "samples: off on XLA (samples.on_xla=skip)")
-    channels = len(model.config.delay_pattern)
-    train_loader, eval_loader, epoch_seeded = make_loaders(cfg, splits, model.config, accelerator.num_processes)
+        splits = load_splits(cfg, lambda table, train: family.items(table, cfg, model, train=train), family.byte_text)
+    samples, audio = _judging(session, family, splits, model)
+    collators = family.collator(cfg.data, model, bucketed=True), family.collator(cfg.data, model, cfg.eval.batch_size)
+    train_loader, eval_loader, epoch_seeded = make_loaders(cfg, splits, collators, accelerator.num_processes)
     optimizer = make_optimizer(cfg.train, model, runtime)
     scheduler, total_steps = make_schedule(session, optimizer, train_loader)
     session.sharding.before_prepare(model)
@@ -67,7 +65,7 @@ def set_up(session: Session) -> Setup:
         eval_loader = accelerator.prepare(eval_loader)
     if line := session.sharding.after_prepare(cfg, model, [train_loader, eval_loader]):
         say(accelerator, line)
-    weights = codebook_weights(cfg.train.codebook_weights, channels).to(accelerator.device)
+    scorer = family.scorer(cfg.train, model).to(accelerator.device)
     return Setup(
         splits=splits,
         model=model,
@@ -77,16 +75,34 @@ def set_up(session: Session) -> Setup:
         eval_loader=eval_loader,
         epoch_seeded=epoch_seeded,
         total_steps=total_steps,
-        weights=weights,
+        scorer=scorer,
         samples=samples,
         audio=audio,
     )
 
 
-def build_model(session: Session) -> torch.nn.Module:
+def _judging(session: Session, family: Family, splits, model) -> tuple[TrainingSamples, AudioEvaluation]:
+    """Training's samples and audio evaluation, off (saying so) where the family does not speak in training yet."""
+    cfg, accelerator, runtime = session.cfg, session.accelerator, session.runtime
+    if not family.speaks_in_training and cfg.eval.select_by != "loss":
+        raise ConfigError(
+            f"eval.select_by={cfg.eval.select_by}: {family.name} models are selected by eval loss so far (they do not "
+            "speak during training yet); set eval.select_by=loss"
+        )
+    if not family.speaks_in_training and (cfg.samples.every or cfg.eval.audio.every):
+        say(accelerator, f"samples and eval.audio: off, as {family.name} models do not speak during training yet")
+        quiet = replace(cfg.eval, audio=replace(cfg.eval.audio, every=0))
+        cfg = replace(cfg, samples=replace(cfg.samples, every=0), eval=quiet)
+    samples = TrainingSamples(accelerator, runtime, cfg, model.config)
+    if runtime.on_xla and cfg.samples.every and not samples.enabled:
+        say(accelerator, "samples: off on XLA (samples.on_xla=skip)")
+    return samples, AudioEvaluation(accelerator, runtime, cfg, splits, model.config)
+
+
+def build_model(session: Session, family: Family) -> torch.nn.Module:
     """The model to train, checked against the prepared data; its size is reported."""
     model = build_trainable(session.cfg, session.runtime)
-    if problems := data_model_problems(session.cfg, session.data_info, model.config):
+    if problems := family.data_problems(session.cfg, session.data_info, model):
         raise ConfigError("prepared data does not match the model:\n  - " + "\n  - ".join(problems))
     total, trainable = count_parameters(model)
     say(

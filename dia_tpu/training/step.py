@@ -7,26 +7,23 @@ import importlib.util
 
 import torch
 from accelerate import Accelerator
-from transformers.utils import logging as hf_logging
 
 from dia_tpu.config import Config, ConfigError, TrainConfig
-from dia_tpu.console import DropNote
-from dia_tpu.model.adapters import dia_of, import_bitsandbytes_quietly, setup_training
-from dia_tpu.model.build import build_model
-from dia_tpu.training.loss import batch_loss, target_weight
+from dia_tpu.families import family_of
+from dia_tpu.families.heads import Scorer
+from dia_tpu.model.adapters import import_bitsandbytes_quietly
 from dia_tpu.training.runtime import Runtime
 
 
 def build_trainable(cfg: Config, runtime: Runtime) -> torch.nn.Module:
-    """The model set up for training: weights loaded, no generation cache, optional non-reentrant
+    """The model of the config's family set up for training: weights loaded, no generation cache, optional
     checkpointing, frozen parts and LoRA adapters, then (off XLA) compiled in place.
 
     `Module.compile` compiles the forward without wrapping the module, so state-dict names stay the
     model's own (no `_orig_mod.` prefixes in checkpoints). XLA traces and compiles graphs itself.
     """
-    model = set_up_for_training(build_model(cfg.model, runtime.attention), cfg)
-    if runtime.on_xla and cfg.model.gradient_checkpointing:
-        checkpoint_with_torch_xla(model)
+    family = family_of(cfg.model)
+    model = family.set_up_for_training(family.build(cfg.model, runtime.attention), cfg, runtime.on_xla)
     if runtime.compile:
         # Compiled backward kernels accumulate embedding gradients with parallel atomic adds, so two runs (a
         # straight one and a resumed one) differ in the last bits; deterministic mode has them use torch's own
@@ -34,49 +31,6 @@ def build_trainable(cfg: Config, runtime: Runtime) -> torch.nn.Module:
         torch.use_deterministic_algorithms(True, warn_only=True)
         model.compile()
     return model
-
-
-def checkpoint_with_torch_xla(model: torch.nn.Module) -> None:
-    """Give the checkpointed layers torch_xla's checkpoint instead of torch's. torch's fails on XLA tensors (it
-    looks for a `torch.xla` device module), and in one traced graph XLA would merge the recomputation with the
-    forward anyway; torch_xla's puts optimization barriers around it, so it is recomputed for real. It is
-    reentrant, which passes gradients only through inputs that need them: the embeddings' outputs are made to
-    need them, for adapters trained on a frozen model."""
-    from torch_xla.utils.checkpoint import checkpoint
-
-    for module in model.modules():
-        if getattr(module, "gradient_checkpointing", False):
-            module._gradient_checkpointing_func = checkpoint  # what transformers' checkpointed layers call
-    dia = dia_of(model)
-    for embedding in (dia.model.encoder.embedding, dia.model.decoder.embeddings):
-        embedding.register_forward_hook(lambda module, inputs, output: output.requires_grad_(True))
-
-
-def set_up_for_training(model: torch.nn.Module, cfg: Config) -> torch.nn.Module:
-    """No generation cache, optional non-reentrant checkpointing, frozen parts and LoRA adapters (`dia-tpu
-    plan` sets up its meta-device model with this too)."""
-    model.config.use_cache = False
-    if cfg.model.gradient_checkpointing:
-        checkpoint_layers(model)
-    return setup_training(model, cfg.model)
-
-
-def checkpoint_layers(model: torch.nn.Module) -> None:
-    """Non-reentrant activation checkpointing of every layer, through transformers' current method where it has
-    it (the older name warns that it is deprecated).
-
-    transformers then warns that Dia exposes no input embeddings to make require gradients, which reentrant
-    checkpointing would need; the non-reentrant checkpointing used here passes gradients to every parameter
-    inside a layer without them (and on XLA `checkpoint_with_torch_xla` hooks the embeddings itself)."""
-    log, note = hf_logging.get_logger("transformers.modeling_utils"), DropNote("does not expose input embeddings")
-    log.addFilter(note)
-    try:
-        if hasattr(model, "activation_checkpointing_enable"):
-            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-        else:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    finally:
-        log.removeFilter(note)
 
 
 def check_optimizer(t: TrainConfig, runtime: Runtime) -> None:
@@ -121,7 +75,7 @@ def train_step(
     optimizer,
     scheduler,
     batches: list[dict],
-    weights: torch.Tensor,
+    scorer: Scorer,
     max_grad_norm: float,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """One optimizer step over its micro-batches, shared by training and the benchmark.
@@ -130,7 +84,7 @@ def train_step(
     B equal one batch of kB. Returns this process's [weighted CE sum, target weight, audio frames] for the
     step, and the gradient norm before clipping (None when clipping is off).
     """
-    denominator = sum(target_weight(b["labels"], weights) for b in batches)
+    denominator = sum(scorer.target_weight(b) for b in batches)
     if accelerator.num_processes > 1:
         # On XLA the reduction cuts the graph (a second, small execution per step): only when it matters.
         denominator = accelerator.reduce(denominator, "sum")
@@ -140,7 +94,7 @@ def train_step(
     totals, grad_norm = [], None
     for batch in batches:
         with accelerator.accumulate(model):
-            parts = batch_loss(model, batch, weights, accuracy=False)
+            parts = scorer(model, batch, accuracy=False)
             accelerator.backward(parts.weighted_sum / denominator * scale)
             if accelerator.sync_gradients and max_grad_norm > 0:
                 grad_norm = accelerator.clip_grad_norm_(model.parameters(), max_grad_norm)
@@ -148,7 +102,5 @@ def train_step(
             if scheduler is not None:
                 scheduler.step()
             optimizer.zero_grad()
-        totals.append(
-            torch.stack([parts.weighted_sum.detach(), (parts.count * weights).sum(), parts.count[:, 0].sum()])
-        )
+        totals.append(torch.stack([parts.weighted_sum.detach(), parts.total_weight, parts.frames]))
     return torch.stack(totals).sum(0), grad_norm

@@ -27,9 +27,9 @@ from torch.utils.data import DataLoader  # noqa: E402
 
 from dia_tpu.data.batching import make_collator  # noqa: E402
 from dia_tpu.data.dataset import load_splits  # noqa: E402
+from dia_tpu.families.dia.loss import batch_loss, codebook_weights  # noqa: E402
 from dia_tpu.training import spmd  # noqa: E402
 from dia_tpu.training.checkpoint import load_checkpoint  # noqa: E402
-from dia_tpu.training.loss import batch_loss, codebook_weights  # noqa: E402
 from dia_tpu.training.recipe import train  # noqa: E402
 from dia_tpu.training.runtime import Runtime  # noqa: E402
 from dia_tpu.training.sharding import Sharding  # noqa: E402

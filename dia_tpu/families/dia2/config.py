@@ -120,6 +120,11 @@ class Dia2Config:
         """The depformer's logits keep the ids below both specials (the codec's codebook size)."""
         return min(self.audio_pad, self.audio_bos)
 
+    def save_pretrained(self, folder: str | Path) -> None:
+        """Write the config as read into `folder` (a checkpoint keeps it beside its weights, as Dia's does)."""
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        (Path(folder) / "config.json").write_text(json.dumps(self.raw, indent=2) + "\n")
+
 
 def read_config(path: str | Path) -> Dia2Config:
     """A Dia2 `config.json` file -> Dia2Config; a file that is not one is an error naming it."""

@@ -1,4 +1,4 @@
-"""The one loss: per-codebook masked cross-entropy in fp32, shared by training and evaluation."""
+"""Dia's loss: per-codebook masked cross-entropy in fp32, shared by training, evaluation and the benchmark."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 from dia_tpu.data.batching import IGNORE_INDEX
 from dia_tpu.errors import UserError
+from dia_tpu.families.heads import LossParts
 
 
 def codebook_weights(weights: list[float], channels: int) -> torch.Tensor:
@@ -23,14 +24,6 @@ def codebook_weights(weights: list[float], channels: int) -> torch.Tensor:
 def target_weight(labels: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     """Total weight of the counted targets in `labels` [B, T, C]: the denominator of the loss."""
     return ((labels != IGNORE_INDEX).float() * weights.to(labels.device)).sum()
-
-
-@dataclass
-class LossParts:
-    weighted_sum: torch.Tensor  # scalar: sum over targets of weight[c] * CE
-    ce_sum: torch.Tensor  # [B, C] unweighted CE summed over time, per sample and codebook
-    correct: torch.Tensor | None  # [B, C] argmax hits; None when not asked for (training: only metrics use it)
-    count: torch.Tensor  # [B, C] counted targets
 
 
 def codebook_loss(
@@ -53,12 +46,13 @@ def codebook_loss(
     vocab = logits.shape[-1]
     ce = F.cross_entropy(logits.reshape(-1, vocab), targets.clamp(min=0).reshape(-1), reduction="none")
     ce = ce.view(size, channels, steps) * mask
-    ce_sum = ce.sum(-1)
+    ce_sum, count, weights = ce.sum(-1), mask.sum(-1), weights.to(ce.device)
     return LossParts(
-        weighted_sum=(ce_sum * weights.to(ce_sum.device)).sum(),
+        weighted=(ce_sum * weights).sum(-1),
+        weight=(count * weights).sum(-1),
         ce_sum=ce_sum,
         correct=((logits.argmax(-1) == targets).float() * mask).sum(-1) if accuracy else None,
-        count=mask.sum(-1),
+        count=count,
     )
 
 
@@ -72,3 +66,23 @@ def batch_loss(model, batch: dict, weights: torch.Tensor, accuracy: bool = True)
         use_cache=False,  # the decoder's own config asks for a cache, which checkpointed layers refuse with a warning
     )
     return codebook_loss(out.logits, batch["labels"], weights, accuracy)
+
+
+@dataclass
+class DiaScorer:
+    """Dia's loss as the shared loop calls it: each codebook a head, weighted by `train.codebook_weights`."""
+
+    weights: torch.Tensor  # [C]
+
+    @property
+    def heads(self) -> tuple[str, ...]:
+        return tuple(f"cb{c}" for c in range(len(self.weights)))
+
+    def __call__(self, model, batch: dict, accuracy: bool = True) -> LossParts:
+        return batch_loss(model, batch, self.weights, accuracy)
+
+    def target_weight(self, batch: dict) -> torch.Tensor:
+        return target_weight(batch["labels"], self.weights)
+
+    def to(self, device) -> DiaScorer:
+        return DiaScorer(self.weights.to(device))

@@ -1,0 +1,51 @@
+"""Dia as a family of the table in `dia_tpu.families`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from datasets import Dataset
+
+from dia_tpu.config import Config, DataConfig, ModelConfig, TrainConfig
+from dia_tpu.data.batching import make_collator
+from dia_tpu.data.check import data_model_problems
+from dia_tpu.data.dataset import CodesDataset
+from dia_tpu.export import export
+from dia_tpu.families.dia.loss import DiaScorer, codebook_weights
+from dia_tpu.families.dia.training import set_up_for_training
+from dia_tpu.model.build import build_model, plain_model
+from dia_tpu.model.codec import build_codec
+
+
+class DiaFamily:
+    name = "dia"
+    speaks_in_training = True
+    byte_text = True
+    publishes = True
+
+    def build(self, cfg: ModelConfig, attention: str | None) -> torch.nn.Module:
+        return build_model(cfg, attention)
+
+    def set_up_for_training(self, model: torch.nn.Module, cfg: Config, on_xla: bool) -> torch.nn.Module:
+        return set_up_for_training(model, cfg, on_xla)
+
+    def data_problems(self, cfg: Config, info: dict, model: torch.nn.Module) -> list[str]:
+        return data_model_problems(cfg, info, model.config)
+
+    def items(self, table: Dataset, cfg: Config, model: torch.nn.Module, *, train: bool) -> CodesDataset:
+        return CodesDataset(table, cfg.data, cfg.train.unconditional_frac, train=train)
+
+    def collator(self, cfg: DataConfig, model: torch.nn.Module, fill_to: int = 0, *, bucketed: bool = False):
+        return make_collator(cfg, model.config, fill_to, bucketed=bucketed)
+
+    def scorer(self, cfg: TrainConfig, model: torch.nn.Module) -> DiaScorer:
+        return DiaScorer(codebook_weights(cfg.codebook_weights, len(model.config.delay_pattern)))
+
+    def export(self, model: torch.nn.Module, cfg: Config, folder: Path, weights: dict | None = None) -> None:
+        if weights is not None:
+            model = plain_model(model.config, weights, model.generation_config)
+        export(model, build_codec(cfg.model), cfg, folder)
+
+
+FAMILY = DiaFamily()

@@ -1,0 +1,136 @@
+"""Dia2's training items and batches, from a prepared dataset whose rows hold Mimi codes and timed words.
+
+A row's `codes` are the recording's Mimi codes, int16 [frames, codebooks] (undelayed, the model's codebooks), and
+its `words` the words said, in order, each `{"word": str, "start": int, "end": int, "speaker": int}` with start and
+end in codec frames (at the manifest's `frame_rate`) and the speaker 1 or 2 ([S1], [S2]). A word whose speaker
+differs from the word before carries that speaker's tag, as a script's `[S2] word` does; the first word always
+carries one.
+
+Each item becomes the example `layout.make_example` lays out (the grid generation would have read, and its
+targets); a recording longer than `data.max_audio_frames` is cut there, keeping the words that end before the cut
+and counting no action after the last of them (the recording goes on with words its text no longer has).
+Batches pad every example to one fixed length (or a few, with `data.buckets`), so shapes never depend on the data.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from datasets import Dataset
+
+from dia_tpu.config import DataConfig
+from dia_tpu.data.batching import bucket_lengths, bucket_of
+from dia_tpu.data.dataset import item_random
+from dia_tpu.errors import UserError
+from dia_tpu.families.dia2.config import Dia2Config
+from dia_tpu.families.dia2.layout import make_example
+from dia_tpu.families.dia2.script import TextIds, Tokenize, Word, timed_entries
+
+WORDS_COLUMN = "words"
+SPEAKER_TAGS = {1: "[S1]", 2: "[S2]"}
+
+
+def tagged_words(words: Sequence[dict], frame_rate: float) -> list[Word]:
+    """A row's words as `Word`s in seconds, with a speaker tag where the speaker changes (and on the first)."""
+    said, speaker = [], None
+    for word in words:
+        tag = SPEAKER_TAGS.get(int(word["speaker"]))
+        if tag is None:
+            raise UserError(f"a word's speaker is {word['speaker']!r}; Dia2 has speakers 1 and 2 ([S1], [S2])")
+        text = f"{tag} {word['word']}" if tag != speaker else str(word["word"])
+        said.append(Word(text, int(word["start"]) / frame_rate, int(word["end"]) / frame_rate))
+        speaker = tag
+    return said
+
+
+class Dia2Items(torch.utils.data.Dataset):
+    """A prepared Dia2 dataset's rows as examples; the guidance dropout (`train.unconditional_frac`) is drawn per
+    item from (seed, epoch, item), so every process and worker agrees."""
+
+    def __init__(
+        self,
+        table: Dataset,
+        cfg: DataConfig,
+        model: Dia2Config,
+        tokenize: Tokenize,
+        ids: TextIds,
+        frame_rate: float,
+        unconditional_frac: float,
+        *,
+        train: bool,
+    ):
+        if WORDS_COLUMN not in table.column_names:
+            raise UserError(
+                f"{cfg.dataset}: its rows hold no word timings (a '{WORDS_COLUMN}' column): Dia2 trains on "
+                "codes and timed words"
+            )
+        self.table = table.with_format("numpy", columns=["codes", "frames"])
+        self.words = table[WORDS_COLUMN]
+        self.cfg, self.model, self.tokenize, self.ids, self.frame_rate = cfg, model, tokenize, ids, frame_rate
+        self.unconditional_frac = unconditional_frac if train else 0.0
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+    def frames(self) -> list[int]:
+        """Each item's length after cutting to max_audio_frames, without reading the codes."""
+        return [min(int(n), self.cfg.max_audio_frames) for n in self.table["frames"]]
+
+    def __getitem__(self, index: int) -> dict:
+        codes = torch.from_numpy(np.asarray(self.table[index]["codes"], dtype=np.int64)).T  # [N, F]
+        words, limit = self.words[index], self.cfg.max_audio_frames
+        cut = codes.shape[1] > limit
+        if cut:
+            codes, words = codes[:, :limit], [w for w in words if int(w["end"]) <= limit]
+        timed, starts = timed_entries(tagged_words(words, self.frame_rate), self.tokenize, None, self.frame_rate)
+        example = make_example(self.model, self.ids, codes, timed, starts)
+        if cut and starts:
+            # The recording goes on past the last kept word: neither its end nor the pads after it are taught.
+            example.action_mask[starts[-1] + 4 :] = False
+        dropped = item_random(self.cfg.seed, self.epoch, index, "cfg").random() < self.unconditional_frac
+        return {**vars(example), "frames": codes.shape[1], "unconditional": dropped}
+
+
+@dataclass
+class Dia2Collator:
+    """Stacks examples to [B, 2 + N, L + max(delay)] tokens (L: max_audio_frames, or the bucket that holds the
+    batch's longest item), text streams padded with the text pad id, audio with the audio pad id, masks off."""
+
+    model: Dia2Config
+    max_audio_frames: int
+    fill_to: int = 0  # complete short batches with copies of the first item whose targets all count nothing
+    buckets: tuple[int, ...] = ()
+
+    def __call__(self, items: list[dict]) -> dict:
+        real = len(items)
+        items = items + [items[0]] * (self.fill_to - real)
+        cfg = self.model
+        frames = bucket_of(max(item["frames"] for item in items), bucket_lengths(self.buckets, self.max_audio_frames))
+        length = frames + max(cfg.delays)
+        tokens = torch.full((len(items), cfg.channels, length), cfg.audio_pad, dtype=torch.long)
+        tokens[:, :2] = cfg.text_pad
+        actions = torch.zeros((len(items), length - 1), dtype=torch.long)
+        action_mask = torch.zeros((len(items), length - 1), dtype=torch.bool)
+        audio_mask = torch.zeros((len(items), cfg.codebooks, length - 1), dtype=torch.bool)
+        for i, item in enumerate(items):
+            size = item["tokens"].shape[1]
+            tokens[i, :, :size] = item["tokens"]
+            actions[i, : size - 1] = item["actions"]
+            if i < real:
+                action_mask[i, : size - 1] = item["action_mask"]
+                audio_mask[i, :, : size - 1] = item["audio_mask"]
+        unconditional = torch.tensor([bool(item["unconditional"]) for item in items])
+        return {
+            "tokens": tokens,
+            "actions": actions,
+            "action_mask": action_mask,
+            "audio_mask": audio_mask,
+            "unconditional": unconditional,
+        }

@@ -1,0 +1,120 @@
+"""Dia2 as a family of the table in `dia_tpu.families`: the model read from an upstream-format folder or hub
+repository, its items made from Mimi codes and timed words, its loss over the action and codebook heads, and its
+export in upstream's format."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from datasets import Dataset
+
+from dia_tpu.config import Config, ConfigError, DataConfig, ModelConfig, TrainConfig
+from dia_tpu.data.shards import read_prepare_info
+from dia_tpu.families.dia2.adapters import with_lora
+from dia_tpu.families.dia2.assets import load_tokenizer, text_ids
+from dia_tpu.families.dia2.data import Dia2Collator, Dia2Items
+from dia_tpu.families.dia2.export import export_dia2
+from dia_tpu.families.dia2.files import read_model
+from dia_tpu.families.dia2.loss import Dia2Scorer, HeadWeights
+from dia_tpu.families.dia2.model import Dia2Model
+from dia_tpu.families.dia2.source import source_folder
+
+
+class Dia2Family:
+    name = "dia2"
+    speaks_in_training = False
+    byte_text = False
+    publishes = False
+
+    def build(self, cfg: ModelConfig, attention: str | None) -> Dia2Model:
+        if cfg.pretrained is None:
+            raise ConfigError("model.family=dia2 needs model.pretrained: a Dia2 folder or hub id (nari-labs/Dia2-1B)")
+        return read_model(source_folder(cfg.pretrained))
+
+    def set_up_for_training(self, model: Dia2Model, cfg: Config, on_xla: bool) -> torch.nn.Module:
+        m = cfg.model
+        if m.gradient_checkpointing and on_xla:
+            raise ConfigError(
+                "model.gradient_checkpointing with a Dia2 model runs on CPUs and GPUs so far, not on XLA: turn it off"
+            )
+        model.transformer.checkpointing = model.depformer.checkpointing = m.gradient_checkpointing
+        backbone = model.transformer
+        if m.freeze.decoder_layers > len(backbone.layers):
+            raise ConfigError(
+                f"model.freeze.decoder_layers={m.freeze.decoder_layers}, but the backbone has {len(backbone.layers)} "
+                "layers"
+            )
+        parts = [backbone.text_embed, model.depformer.text_embed] if m.freeze.text_encoder else []
+        parts += [backbone.audio_embeds, model.depformer.audio_embeds] if m.freeze.audio_embeddings else []
+        parts += list(backbone.layers[: m.freeze.decoder_layers])
+        for part in parts:
+            if part is not None:
+                part.requires_grad_(False)
+        if m.lora.rank:
+            return with_lora(model, m.lora.rank, m.lora.alpha, m.lora.dropout)
+        if not any(p.requires_grad for p in model.parameters()):
+            raise ConfigError("model.freeze leaves no parameter to train")
+        return model
+
+    def data_problems(self, cfg: Config, info: dict, model: torch.nn.Module) -> list[str]:
+        config, problems = _config(model), []
+        if info.get("num_codebooks") != config.codebooks:
+            problems.append(
+                f"{cfg.data.dataset} holds {info.get('num_codebooks')} codebooks a frame; the Dia2 model reads "
+                f"{config.codebooks} (prepare it with the model's Mimi codebook count)"
+            )
+        if not info.get("frame_rate"):
+            problems.append(f"{cfg.data.dataset}: its manifest gives no frame_rate, which word timings are read at")
+        longest = cfg.data.max_audio_frames + max(config.delays)
+        if longest > config.max_context:
+            problems.append(
+                f"data.max_audio_frames={cfg.data.max_audio_frames} makes {longest} frames with the delays; the "
+                f"model's context is {config.max_context} (runtime.max_context_steps)"
+            )
+        return problems
+
+    def items(self, table: Dataset, cfg: Config, model: torch.nn.Module, *, train: bool) -> Dia2Items:
+        config = _config(model)
+        tokenizer = load_tokenizer(source_folder(cfg.model.pretrained), config)
+        rate = float(read_prepare_info(cfg.data.dataset)["frame_rate"])
+        return Dia2Items(
+            table,
+            cfg.data,
+            config,
+            lambda words: tokenizer.encode(words, add_special_tokens=False),
+            text_ids(config, tokenizer),
+            rate,
+            cfg.train.unconditional_frac,
+            train=train,
+        )
+
+    def collator(self, cfg: DataConfig, model: torch.nn.Module, fill_to: int = 0, *, bucketed: bool = False):
+        buckets = tuple(cfg.buckets) if bucketed else ()
+        return Dia2Collator(_config(model), cfg.max_audio_frames, fill_to, buckets)
+
+    def scorer(self, cfg: TrainConfig, model: torch.nn.Module) -> Dia2Scorer:
+        codebooks = _config(model).codebooks
+        if cfg.codebook_weights and len(cfg.codebook_weights) != codebooks:
+            raise ConfigError(
+                f"train.codebook_weights has {len(cfg.codebook_weights)} entries but the model has {codebooks} "
+                "codebooks"
+            )
+        return Dia2Scorer(HeadWeights(codebooks=tuple(cfg.codebook_weights)), codebooks)
+
+    def export(self, model: torch.nn.Module, cfg: Config, folder: Path, weights: dict | None = None) -> None:
+        if weights is not None:
+            plain = Dia2Model(_config(model))
+            plain.load_state_dict({k: v.detach().cpu().float() for k, v in weights.items()})
+            model = plain
+        export_dia2(model, cfg, source_folder(cfg.model.pretrained), folder)
+
+
+def _config(model: torch.nn.Module):
+    """The Dia2 config of a model as training holds it (plain, with adapters, or wrapped)."""
+    while not isinstance(model, Dia2Model):
+        model = model.get_base_model() if hasattr(model, "get_base_model") else model.module
+    return model.config
+
+
+FAMILY = Dia2Family()

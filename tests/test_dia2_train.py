@@ -1,0 +1,126 @@
+"""Dia2 through dia_tpu's one training entry point: `configs/dia2-1b.yaml` with the tiny fixture model and a
+prepared dataset of codes and timed words (tests/helpers/dia2_data.py), trained, evaluated, checkpointed,
+resumed, run on two gloo processes and exported in upstream's format."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+
+import torch
+from conftest import ROOT, reset_accelerate, scalars, two_process_launch
+from safetensors.torch import load_file
+
+from dia_tpu.config import load
+from dia_tpu.families.dia2.files import read_model
+from dia_tpu.training.recipe import train
+
+CONFIG = ROOT / "configs/dia2-1b.yaml"
+HEADS = ["action", "cb0", "cb1", "cb2", "cb3"]
+
+
+def dia2_config(model, codes, out, *extra: str):
+    """The shipped Dia2-1B config, pointed at the tiny model and data, sized for a CPU test."""
+    tiny = [
+        f"model.pretrained={model}",
+        "model.gradient_checkpointing=false",
+        f"data.dataset={codes}",
+        "data.max_audio_frames=40",
+        "data.buckets=[]",
+        "data.eval_size=4",
+        "data.num_workers=0",
+        "train.batch_size=4",
+        "train.gradient_accumulation_steps=1",
+        "train.learning_rate=3e-3",
+        "train.warmup_steps=2",
+        "train.lr_scheduler=constant",
+        "train.mixed_precision=no",
+        "train.unconditional_frac=0.2",
+        "train.log_every=5",
+        "train.report_to=tensorboard",
+        "eval.batch_size=4",
+        f"output.dir={out}",
+    ]
+    return load(CONFIG, [*tiny, *extra])
+
+
+def test_dia2_fine_tunes_evaluates_and_exports_in_upstreams_format(dia2_model, dia2_codes, tmp_path, capsys):
+    run = tmp_path / "run"
+    cfg = dia2_config(
+        dia2_model,
+        dia2_codes,
+        run,
+        "train.max_steps=40",
+        "train.save_every=20",
+        "eval.eval_every=20",
+        "eval.eval_on_start=true",
+        "eval.audio.every=20",
+    )
+    final = train(cfg)
+    said = capsys.readouterr().out
+    assert "samples and eval.audio: off, as dia2 models do not speak during training yet" in said
+    assert "loss per head (action cb0 cb1 cb2 cb3)" in said
+    logged = scalars(run)
+    before = {head: dict(logged[f"eval/acc_{head}"])[0] for head in HEADS}
+    after = {head: dict(logged[f"eval/acc_{head}"])[40] for head in HEADS}
+    losses = dict(logged["eval/loss"])
+    assert losses[40] < 0.5 * losses[0], losses
+    # Every head's held-out accuracy rises (the recordings follow a rule the model can learn).
+    assert all(after[h] > before[h] + 0.1 for h in HEADS), (before, after)
+    # The checkpoint keeps the upstream config beside the weights.
+    assert json.loads((run / "checkpoints/step_40/config.json").read_text())["runtime"]["weights_schedule"]
+    # The export: upstream's files, the tokenizer at its root, the codec inside, the asset manifest, and the
+    # trained weights under upstream's names (unchanged keys, changed values).
+    names = {p.name for p in final.iterdir()}
+    assert {"config.json", "model.safetensors", "dia2_assets.json", "tokenizer.json", "mimi", "config.yaml"} <= names
+    config = json.loads((final / "config.json").read_text())
+    assert config["assets"] == {"tokenizer": None, "mimi": "mimi"}
+    assert json.loads((final / "dia2_assets.json").read_text()) == {
+        "config": "config.json",
+        "weights": "model.safetensors",
+        "tokenizer": None,
+    }
+    trained, base = load_file(final / "model.safetensors"), load_file(dia2_model / "model.safetensors")
+    assert trained.keys() == base.keys()
+    assert not torch.equal(trained["transformer.cb0_head.weight"], base["transformer.cb0_head.weight"])
+    read_model(final)  # loads as is
+
+
+def test_dia2_lora_resumes_exactly_and_exports_the_adapter_beside_the_merged_model(dia2_model, dia2_codes, tmp_path):
+    lora = ["model.lora.rank=4", "model.lora.alpha=8", "train.save_every=6", "eval.eval_every=6"]
+    straight = train(dia2_config(dia2_model, dia2_codes, tmp_path / "straight", "train.max_steps=12", *lora))
+    reset_accelerate()
+    # From the straight run's step 6 (mid-epoch: 5 batches an epoch), into a run folder of its own.
+    middle = f"train.resume={tmp_path / 'straight/checkpoints/step_6'}"
+    resumed = train(dia2_config(dia2_model, dia2_codes, tmp_path / "resumed", "train.max_steps=12", middle, *lora))
+    a, b = load_file(straight / "model.safetensors"), load_file(resumed / "model.safetensors")
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    adapter = load_file(straight / "adapter/adapter_model.safetensors")
+    assert adapter and all("lora_" in key for key in adapter)
+    base = load_file(dia2_model / "model.safetensors")
+    assert not torch.equal(
+        a["transformer.layers.0.attn.q_proj.weight"], base["transformer.layers.0.attn.q_proj.weight"]
+    )
+    # Only the adapted layers moved: the heads are the base model's.
+    assert torch.equal(a["transformer.cb0_head.weight"], base["transformer.cb0_head.weight"])
+
+
+def test_two_gloo_processes_equal_one_with_accumulation_on_dia2(dia2_model, dia2_codes, tmp_path):
+    common = ["train.max_steps=3", "data.eval_size=0", "train.report_to=none", "train.unconditional_frac=0.3"]
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "USE_TORCH_XLA": "0", "OMP_NUM_THREADS": "1"}
+    cfg = dia2_config(dia2_model, dia2_codes, tmp_path / "ddp", *common)
+    cfg.save(tmp_path / "ddp.yaml")
+    cmd = [
+        *two_process_launch(29547),
+        str(ROOT / "dia_tpu/finetune_acc_tpu.py"),
+        "--config",
+        str(tmp_path / "ddp.yaml"),
+    ]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    one = train(dia2_config(dia2_model, dia2_codes, tmp_path / "one", *common, "train.gradient_accumulation_steps=2"))
+    two, one = load_file(tmp_path / "ddp/final/model.safetensors"), load_file(one / "model.safetensors")
+    for key in one:
+        torch.testing.assert_close(two[key], one[key], rtol=1e-4, atol=1e-5, msg=key)
