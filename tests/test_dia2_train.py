@@ -8,10 +8,13 @@ import json
 import os
 import subprocess
 
+import pytest
 import torch
 from conftest import ROOT, reset_accelerate, scalars, two_process_launch
+from peft import PeftModel
 from safetensors.torch import load_file
 
+from dia_tpu.cli import main
 from dia_tpu.config import load
 from dia_tpu.families.dia2.files import read_model
 from dia_tpu.training.recipe import train
@@ -105,6 +108,17 @@ def test_dia2_lora_resumes_exactly_and_exports_the_adapter_beside_the_merged_mod
     )
     # Only the adapted layers moved: the heads are the base model's.
     assert torch.equal(a["transformer.cb0_head.weight"], base["transformer.cb0_head.weight"])
+    # `dia-tpu export` of the LoRA checkpoint: the merged model equals the run's own export; the adapter alone
+    # loads onto the base with peft and gives the same model.
+    step = str(tmp_path / "straight/checkpoints/step_12")
+    main(["export", "--checkpoint", step, "--out", str(tmp_path / "merged")])
+    main(["export", "--checkpoint", step, "--out", str(tmp_path / "adapter"), "--adapter"])
+    merged = load_file(tmp_path / "merged/model.safetensors")
+    assert all(torch.equal(merged[key], a[key]) for key in a)
+    with_adapter = PeftModel.from_pretrained(read_model(dia2_model), str(tmp_path / "adapter")).merge_and_unload()
+    assert all(torch.allclose(with_adapter.state_dict()[key], a[key], atol=1e-6) for key in a)
+    with pytest.raises(SystemExit, match="its export is upstream's format already"):
+        main(["export", "--checkpoint", step, "--out", str(tmp_path / "n"), "--native"])
 
 
 def test_two_gloo_processes_equal_one_with_accumulation_on_dia2(dia2_model, dia2_codes, tmp_path):
@@ -124,3 +138,24 @@ def test_two_gloo_processes_equal_one_with_accumulation_on_dia2(dia2_model, dia2
     two, one = load_file(tmp_path / "ddp/final/model.safetensors"), load_file(one / "model.safetensors")
     for key in one:
         torch.testing.assert_close(two[key], one[key], rtol=1e-4, atol=1e-5, msg=key)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "said"),
+    [
+        (["train.sharding=fsdp"], "sharding Dia2 (FSDP2, SPMD) is not built yet"),
+        (["eval.select_by=wer", "eval.audio.every=5", "eval.eval_every=5"], "dia2 models are selected by eval loss so far"),
+        (["train.push_to_hub=true", "train.hub_model_id=me/x"], "dia2 exports are not published by dia_tpu yet"),
+        (["data.max_audio_frames=200"], "makes 203 frames with the delays; the model's context is 96"),
+        (["train.codebook_weights=[1, 1]"], "train.codebook_weights has 2 entries but the model has 4"),
+    ],
+)
+def test_what_dia2_training_cannot_do_yet_is_one_line_before_any_step(
+    dia2_model, dia2_codes, tmp_path, overrides, said
+):
+    cfg = dia2_config(dia2_model, dia2_codes, tmp_path / "run", "train.max_steps=2", *overrides)
+    cfg.save(tmp_path / "c.yaml")
+    with pytest.raises(SystemExit) as stop:
+        main(["train", "--config", str(tmp_path / "c.yaml")])
+    assert said in str(stop.value) and len(str(stop.value).splitlines()) <= 2, str(stop.value)
+    assert not (tmp_path / "run/checkpoints").exists()

@@ -126,8 +126,9 @@ def add(sub: argparse._SubParsersAction) -> None:
 
 
 def _export(args: argparse.Namespace) -> None:
-    from dia_tpu.export import export_checkpoint
+    from dia_tpu.families import family_of_folder
 
+    export_checkpoint = family_of_folder(args.checkpoint).export_checkpoint
     print(f"exported to {export_checkpoint(args.checkpoint, args.out, args.form, args.native_schema)}")
 
 

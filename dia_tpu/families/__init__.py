@@ -62,6 +62,9 @@ class Family(Protocol):
     def export(self, model: torch.nn.Module, cfg: Config, folder: Path, weights: dict | None = None) -> None:
         """Write the trained model as the family's loadable folder; `weights`: a sharded model's gathered ones."""
 
+    def export_checkpoint(self, checkpoint: str | Path, out: str | Path, form: str, native_schema: str) -> Path:
+        """`dia-tpu export`: a training checkpoint written out as `form` (merge, adapter, native)."""
+
 
 def family_named(name: str) -> Family:
     return importlib.import_module(FAMILIES[name]).FAMILY
@@ -72,6 +75,11 @@ def family_of(cfg: ModelConfig) -> Family:
     if cfg.family != "auto":
         return family_named(cfg.family)
     return family_named("dia2" if cfg.pretrained is not None and is_dia2_source(cfg.pretrained) else "dia")
+
+
+def family_of_folder(path: str | Path) -> Family:
+    """The family of a saved model folder (an export, a checkpoint): Dia2 when its config.json says so."""
+    return family_named("dia2" if is_dia2_folder(path) else "dia")
 
 
 def is_dia2_source(source: str) -> bool:

@@ -57,6 +57,7 @@ def set_up(session: Session) -> Setup:
     samples, audio = _judging(session, family, splits, model)
     collators = family.collator(cfg.data, model, bucketed=True), family.collator(cfg.data, model, cfg.eval.batch_size)
     train_loader, eval_loader, epoch_seeded = make_loaders(cfg, splits, collators, accelerator.num_processes)
+    scorer = family.scorer(cfg.train, model).to(accelerator.device)
     optimizer = make_optimizer(cfg.train, model, runtime)
     scheduler, total_steps = make_schedule(session, optimizer, train_loader)
     session.sharding.before_prepare(model)
@@ -65,7 +66,6 @@ def set_up(session: Session) -> Setup:
         eval_loader = accelerator.prepare(eval_loader)
     if line := session.sharding.after_prepare(cfg, model, [train_loader, eval_loader]):
         say(accelerator, line)
-    scorer = family.scorer(cfg.train, model).to(accelerator.device)
     return Setup(
         splits=splits,
         model=model,

@@ -11,7 +11,7 @@ from dia_tpu.config import Config, DataConfig, ModelConfig, TrainConfig
 from dia_tpu.data.batching import make_collator
 from dia_tpu.data.check import data_model_problems
 from dia_tpu.data.dataset import CodesDataset
-from dia_tpu.export import export
+from dia_tpu.export import export, export_checkpoint
 from dia_tpu.families.dia.loss import DiaScorer, codebook_weights
 from dia_tpu.families.dia.training import set_up_for_training
 from dia_tpu.model.build import build_model, plain_model
@@ -46,6 +46,9 @@ class DiaFamily:
         if weights is not None:
             model = plain_model(model.config, weights, model.generation_config)
         export(model, build_codec(cfg.model), cfg, folder)
+
+    def export_checkpoint(self, checkpoint: str | Path, out: str | Path, form: str, native_schema: str) -> Path:
+        return export_checkpoint(checkpoint, out, form, native_schema)
 
 
 FAMILY = DiaFamily()

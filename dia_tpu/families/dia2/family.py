@@ -13,6 +13,7 @@ from dia_tpu.config import Config, ConfigError, DataConfig, ModelConfig, TrainCo
 from dia_tpu.data.shards import read_prepare_info
 from dia_tpu.families.dia2.adapters import with_lora
 from dia_tpu.families.dia2.assets import load_tokenizer, text_ids
+from dia_tpu.families.dia2.checkpoint import export_checkpoint
 from dia_tpu.families.dia2.data import Dia2Collator, Dia2Items
 from dia_tpu.families.dia2.export import export_dia2
 from dia_tpu.families.dia2.files import read_model
@@ -34,6 +35,11 @@ class Dia2Family:
 
     def set_up_for_training(self, model: Dia2Model, cfg: Config, on_xla: bool) -> torch.nn.Module:
         m = cfg.model
+        if cfg.train.sharding != "none":
+            raise ConfigError(
+                f"train.sharding={cfg.train.sharding} with a Dia2 model: sharding Dia2 (FSDP2, SPMD) is not built yet; "
+                "use train.sharding=none (data parallel), or LoRA where one device cannot hold the model"
+            )
         if m.gradient_checkpointing and on_xla:
             raise ConfigError(
                 "model.gradient_checkpointing with a Dia2 model runs on CPUs and GPUs so far, not on XLA: turn it off"
@@ -108,6 +114,9 @@ class Dia2Family:
             plain.load_state_dict({k: v.detach().cpu().float() for k, v in weights.items()})
             model = plain
         export_dia2(model, cfg, source_folder(cfg.model.pretrained), folder)
+
+    def export_checkpoint(self, checkpoint: str | Path, out: str | Path, form: str, native_schema: str) -> Path:
+        return export_checkpoint(checkpoint, out, form, native_schema)
 
 
 def _config(model: torch.nn.Module):
