@@ -144,7 +144,10 @@ def test_two_gloo_processes_equal_one_with_accumulation_on_dia2(dia2_model, dia2
     ("overrides", "said"),
     [
         (["train.sharding=fsdp"], "sharding Dia2 (FSDP2, SPMD) is not built yet"),
-        (["eval.select_by=wer", "eval.audio.every=5", "eval.eval_every=5"], "dia2 models are selected by eval loss so far"),
+        (
+            ["eval.select_by=wer", "eval.audio.every=5", "eval.eval_every=5"],
+            "dia2 models are selected by eval loss so far",
+        ),
         (["train.push_to_hub=true", "train.hub_model_id=me/x"], "dia2 exports are not published by dia_tpu yet"),
         (["data.max_audio_frames=200"], "makes 203 frames with the delays; the model's context is 96"),
         (["train.codebook_weights=[1, 1]"], "train.codebook_weights has 2 entries but the model has 4"),

@@ -49,7 +49,9 @@ def export_checkpoint(
     (peft's format); upstream's format is Dia2's native one, so there is no other."""
     checkpoint, out_dir = Path(checkpoint), Path(out_dir)
     if form == "native":
-        raise UserError(f"{checkpoint} is a Dia2 checkpoint: its export is upstream's format already (--merge, the default)")
+        raise UserError(
+            f"{checkpoint} is a Dia2 checkpoint: its export is upstream's format already (--merge, the default)"
+        )
     source, target = checkpoint.resolve(), out_dir.resolve()
     if source.is_relative_to(target) or target.is_relative_to(source):
         raise NotOurs(f"--out {out_dir} overlaps the checkpoint {checkpoint} it exports; give a folder of its own")
