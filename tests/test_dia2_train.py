@@ -16,6 +16,7 @@ from safetensors.torch import load_file
 
 from dia_tpu.cli import main
 from dia_tpu.config import load
+from dia_tpu.errors import UserError
 from dia_tpu.families.dia2.files import read_model
 from dia_tpu.training.recipe import train
 
@@ -88,6 +89,11 @@ def test_dia2_fine_tunes_evaluates_and_exports_in_upstreams_format(dia2_model, d
     assert trained.keys() == base.keys()
     assert not torch.equal(trained["transformer.cb0_head.weight"], base["transformer.cb0_head.weight"])
     read_model(final)  # loads as is
+    # ... and speaks: `dia-tpu generate` finds the tokenizer and the codec inside the export.
+    main(
+        ["generate", "--model", str(final), "--text", "[S1] hello there", "--out", str(tmp_path / "a.wav"), "--greedy"]
+    )
+    assert "wrote" in capsys.readouterr().out and (tmp_path / "a.wav").stat().st_size > 44
 
 
 def test_dia2_lora_resumes_exactly_and_exports_the_adapter_beside_the_merged_model(dia2_model, dia2_codes, tmp_path):
@@ -162,3 +168,22 @@ def test_what_dia2_training_cannot_do_yet_is_one_line_before_any_step(
         main(["train", "--config", str(tmp_path / "c.yaml")])
     assert said in str(stop.value) and len(str(stop.value).splitlines()) <= 2, str(stop.value)
     assert not (tmp_path / "run/checkpoints").exists()
+
+
+def test_a_folder_may_name_its_tokenizer_and_codec_in_upstreams_asset_manifest(dia2_model, tmp_path):
+    """Released repositories name their assets in dia2_assets.json; the config's `assets` come first."""
+    import shutil
+
+    from dia_tpu.families.dia2.assets import load_mimi, load_tokenizer
+
+    folder = tmp_path / "model"
+    shutil.copytree(dia2_model, folder)
+    config = json.loads((folder / "config.json").read_text())
+    config["assets"] = {"tokenizer": None, "mimi": None}
+    (folder / "config.json").write_text(json.dumps(config))
+    cfg = read_model(folder).config
+    with pytest.raises(UserError, match="names no tokenizer"):
+        load_tokenizer(folder, cfg)
+    (folder / "dia2_assets.json").write_text(json.dumps({"tokenizer": "tokenizer", "mimi": "mimi"}))
+    assert load_tokenizer(folder, cfg).get_vocab()["hello"] == 10
+    assert load_mimi(folder, cfg).config.num_quantizers == 4

@@ -14,6 +14,7 @@ package offering the same names and one line in `FAMILIES`.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import json
 from pathlib import Path
@@ -84,9 +85,14 @@ def family_of_folder(path: str | Path) -> Family:
 
 def is_dia2_source(source: str) -> bool:
     """Whether a folder or hub repository holds a Dia2 model: its config.json, read (from the hub: that file
-    alone); a repository that cannot be read is left to the Dia loader to report."""
+    alone, once a process); a repository that cannot be read is left to the Dia loader to report."""
     if not is_hub_id(source):
         return is_dia2_folder(source)
+    return _is_dia2_repository(source)
+
+
+@functools.cache
+def _is_dia2_repository(source: str) -> bool:
     from huggingface_hub import hf_hub_download
 
     try:

@@ -10,10 +10,11 @@ import soundfile as sf
 import torch
 
 from dia_tpu.artifacts import open_artifact
-from dia_tpu.artifacts.native import is_dia2_folder
 from dia_tpu.config import sampling_problems
 from dia_tpu.errors import UserError
+from dia_tpu.families import is_dia2_source
 from dia_tpu.families.dia2.decode import Dia2Sampling, dia2_problems
+from dia_tpu.families.dia2.source import source_folder
 from dia_tpu.families.dia2.speak import speak as dia2_speak
 from dia_tpu.generation.synthesize import GenerationSettings, load_voice_prompt, synthesize
 from dia_tpu.model.load import language_tags_of, load_for_inference
@@ -82,7 +83,7 @@ def write_speech(
     settings.seed + i) and write each to its wav in `outputs`, printing what was written. A Dia2 model samples
     with `dia2` (upstream's defaults where not given) instead of `settings`; `dia_flags` and `dia2_flags` are the
     flags given that only one family takes, refused for the other."""
-    dia2_model = is_dia2_folder(model_source)
+    dia2_model = is_dia2_source(str(model_source))
     if dia2_model:
         dia2 = dia2 or Dia2Sampling()
         problems = [f"{', '.join(dia_flags)}: Dia's flags; {model_source} is a Dia2 model"] if dia_flags else []
@@ -100,7 +101,8 @@ def write_speech(
         raise UserError("--audio-prompt and --prompt-transcript go together: the model reads the transcript first")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if dia2_model:
-        dia2_speak(model_source, texts, outputs, dia2, device, settings.max_seconds, trust_remote_code)
+        folder = source_folder(str(model_source))
+        dia2_speak(folder, texts, outputs, dia2, device, settings.max_seconds, trust_remote_code)
         return
     artifact = open_artifact(model_source)
     model, codec = load_for_inference(artifact, device, adapter=adapter)

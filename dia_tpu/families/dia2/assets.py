@@ -11,6 +11,7 @@ tokenizer that needs its own code is refused with the flag that allows it, which
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -22,6 +23,7 @@ from dia_tpu.families.dia2.script import TextIds
 from dia_tpu.hub import from_hub
 
 DEFAULT_MIMI = "kyutai/mimi"
+ASSETS_FILE = "dia2_assets.json"  # upstream's asset manifest
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
 
 
@@ -33,11 +35,23 @@ def resolve(folder: Path, name: str) -> str:
     return name
 
 
+def manifest_entry(folder: Path, key: str) -> str | None:
+    """What the folder's `dia2_assets.json` (upstream's asset manifest, in released repositories) names for
+    `key`, if anything."""
+    try:
+        value = json.loads((folder / ASSETS_FILE).read_text()).get(key)
+    except (OSError, ValueError, AttributeError):
+        return None
+    return value if isinstance(value, str) and value else None
+
+
 def tokenizer_source(folder: Path, cfg: Dia2Config) -> str:
     if cfg.tokenizer:
         return resolve(folder, cfg.tokenizer)
     if any((folder / name).is_file() for name in _TOKENIZER_FILES):
         return str(folder)
+    if named := manifest_entry(folder, "tokenizer"):
+        return resolve(folder, named)
     raise UserError(
         f"{folder}/config.json names no tokenizer (assets.tokenizer) and the folder holds none: name one there"
     )
@@ -73,7 +87,7 @@ def text_ids(cfg: Dia2Config, tokenizer: PreTrainedTokenizerBase) -> TextIds:
 
 
 def load_mimi(folder: Path, cfg: Dia2Config, device: str | torch.device = "cpu") -> MimiModel:
-    source = resolve(folder, cfg.mimi or DEFAULT_MIMI)
+    source = resolve(folder, cfg.mimi or manifest_entry(folder, "mimi") or DEFAULT_MIMI)
     with from_hub("Dia2's codec (assets.mimi)", source):
         codec = MimiModel.from_pretrained(source, dtype=torch.float32)
     if codec.config.num_quantizers < cfg.codebooks or codec.config.codebook_size < cfg.audio_limit:

@@ -24,11 +24,10 @@ from dia_tpu.artifacts.owner import EXPORT, check_replaceable
 from dia_tpu.config import Config
 from dia_tpu.export import building_beside, save_adapter
 from dia_tpu.families.dia2.adapters import merged
-from dia_tpu.families.dia2.assets import DEFAULT_MIMI, resolve, tokenizer_source
+from dia_tpu.families.dia2.assets import ASSETS_FILE, DEFAULT_MIMI, manifest_entry, resolve, tokenizer_source
 from dia_tpu.families.dia2.files import WEIGHTS_FILE, weights_metadata, write_model
 from dia_tpu.hub import is_hub_id
 
-ASSETS_FILE = "dia2_assets.json"
 MIMI_DIR = "mimi"
 
 
@@ -52,7 +51,7 @@ def export_dia2(model: torch.nn.Module, cfg: Config, source: Path, out_dir: Path
             assets["tokenizer"] = None
             raw.get("data", {}).pop("tokenizer_path", None)
         manifest = {"config": "config.json", "weights": WEIGHTS_FILE, "tokenizer": assets["tokenizer"]}
-        mimi = resolve(source, plain.config.mimi or DEFAULT_MIMI)
+        mimi = resolve(source, plain.config.mimi or manifest_entry(source, "mimi") or DEFAULT_MIMI)
         if is_hub_id(mimi):
             manifest["mimi"] = mimi
         else:
