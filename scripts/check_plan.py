@@ -244,7 +244,7 @@ def _steps(accelerator, cfg, steps: int, batch: dict, weights, sharding) -> None
     runtime = Runtime.of(accelerator, cfg)
     model = build_trainable(cfg, runtime)
     optimizer = make_optimizer(cfg.train, model, runtime)
-    sharding.before_prepare(model)
+    sharding.before_prepare(cfg, model)
     model, optimizer = accelerator.prepare(model, optimizer)
     model.train()
     for _ in range(steps):

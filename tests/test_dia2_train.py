@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 
 import pytest
@@ -146,10 +147,34 @@ def test_two_gloo_processes_equal_one_with_accumulation_on_dia2(dia2_model, dia2
         torch.testing.assert_close(two[key], one[key], rtol=1e-4, atol=1e-5, msg=key)
 
 
+def test_fsdp2_shards_dia2_over_two_gloo_processes_as_one_process_trains(dia2_model, dia2_codes, tmp_path):
+    """FSDP2 on Dia2: each process holds about half, checkpoints are sharded, and the run takes the steps one
+    process takes with the same global batch; the export and `dia-tpu export` put the shards together."""
+    # 16 training items: 4 batches an epoch, which two processes split evenly (an odd count would have Accelerate
+    # repeat a batch on one of them, which one process does not see).
+    steps = ["train.max_steps=4", "train.save_every=2", "eval.eval_every=2", "data.eval_size=8", "train.report_to=none"]
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "USE_TORCH_XLA": "0", "OMP_NUM_THREADS": "1"}
+    dia2_config(dia2_model, dia2_codes, tmp_path / "fsdp", *steps, "train.sharding=fsdp").save(tmp_path / "f.yaml")
+    cmd = [*two_process_launch(29548), str(ROOT / "dia_tpu/finetune_acc_tpu.py"), "--config", str(tmp_path / "f.yaml")]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    line = re.search(r"sharding: FSDP2, this process holding ([\d.]+) M of the ([\d.]+) M", done.stdout)
+    assert 0.4 < float(line[1]) / float(line[2]) < 0.6, line[0]
+    assert (tmp_path / "fsdp/checkpoints/step_4/pytorch_model_fsdp_0").is_dir()
+    assert not (tmp_path / "fsdp/checkpoints/step_4/model.safetensors").exists()
+    one = train(dia2_config(dia2_model, dia2_codes, tmp_path / "one", *steps, "train.gradient_accumulation_steps=2"))
+    sharded, whole = load_file(tmp_path / "fsdp/final/model.safetensors"), load_file(one / "model.safetensors")
+    for key in whole:
+        torch.testing.assert_close(sharded[key], whole[key], rtol=1e-4, atol=1e-5, msg=key)
+    main(["export", "--checkpoint", str(tmp_path / "fsdp/checkpoints/step_4"), "--out", str(tmp_path / "x")])
+    exported = load_file(tmp_path / "x/model.safetensors")
+    assert all(torch.equal(exported[key], sharded[key]) for key in sharded)
+
+
 @pytest.mark.parametrize(
     ("overrides", "said"),
     [
-        (["train.sharding=fsdp"], "sharding Dia2 (FSDP2, SPMD) is not built yet"),
+        (["train.sharding=fsdp", "model.lora.rank=4"], "train.sharding=fsdp with model.lora: not supported"),
         (
             ["eval.select_by=wer", "eval.audio.every=5", "eval.eval_every=5"],
             "dia2 models are selected by eval loss so far",

@@ -39,6 +39,8 @@ class Family(Protocol):
     speaks_in_training: bool
     # Whether `dia-tpu push` (and `train.push_to_hub`) publishes its exports yet.
     publishes: bool
+    # The class names of its repeated layers: FSDP2's units, each gathered whole for its forward and backward.
+    shard_units: tuple[str, ...]
     # Whether its text is Dia's bytes, limited by `data.max_text_tokens` (`data.long_text` applies).
     byte_text: bool
 
@@ -59,6 +61,9 @@ class Family(Protocol):
 
     def scorer(self, cfg: TrainConfig, model: torch.nn.Module) -> Scorer:
         """The family's loss, weighted as `cfg` says."""
+
+    def expose_input_embeddings(self, model: torch.nn.Module) -> None:
+        """Before FSDP2 wraps the model: give it the `get_input_embeddings` Accelerate asks for, where it lacks one."""
 
     def export(self, model: torch.nn.Module, cfg: Config, folder: Path, weights: dict | None = None) -> None:
         """Write the trained model as the family's loadable folder; `weights`: a sharded model's gathered ones."""

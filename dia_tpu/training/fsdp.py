@@ -1,5 +1,6 @@
 """FSDP2 on GPUs and CPU processes (`train.sharding: fsdp` off XLA): torch's `fully_shard` through Accelerate's
-plugin, each encoder and decoder layer a unit of its own, so a process holds 1/N of the weights, gradients and
+plugin, each of the model family's repeated layers a unit of its own (Dia: encoder and decoder layers; Dia2:
+backbone and depformer layers), so a process holds 1/N of the weights, gradients and
 AdamW state and gathers one layer's weights at a time.
 
     accelerate launch --multi_gpu --num_processes 4 dia_tpu/finetune_acc_tpu.py --config C train.sharding=fsdp
@@ -21,9 +22,8 @@ from accelerate.state import PartialState
 from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
 
 from dia_tpu.config import Config, ConfigError
+from dia_tpu.families import family_of
 
-# The modules that become FSDP units: the repeated layers, whose weights are gathered one layer at a time.
-LAYERS = ["DiaEncoderLayer", "DiaDecoderLayer"]
 # Where Accelerate's sharded checkpoint keeps the model (torch's distributed checkpoint format).
 SHARDED_MODEL_DIR = "pytorch_model_fsdp_0"
 
@@ -56,7 +56,8 @@ def fsdp_plugin(cfg: Config) -> FullyShardedDataParallelPlugin | None:
     return FullyShardedDataParallelPlugin(
         fsdp_version=2,
         auto_wrap_policy="transformer_based_wrap",
-        transformer_cls_names_to_wrap=LAYERS,
+        # The family's repeated layers, whose weights are gathered one layer at a time.
+        transformer_cls_names_to_wrap=list(family_of(cfg.model).shard_units),
         # Every process writes its own part; a resume may run on another number of processes.
         state_dict_type="SHARDED_STATE_DICT",
         activation_checkpointing=False,  # model.gradient_checkpointing checkpoints the same layers
@@ -74,16 +75,6 @@ def engage_on_cpu(accelerator: Accelerator, plugin: FullyShardedDataParallelPlug
     state.distributed_type = DistributedType.FSDP
     PartialState._shared_state["distributed_type"] = DistributedType.FSDP
     state.fsdp_plugin = plugin
-
-
-def expose_input_embeddings(model: torch.nn.Module) -> None:
-    """Give Dia the `get_input_embeddings` transformers' Dia lacks (5.x raises NotImplementedError), which
-    Accelerate's FSDP2 preparation calls to make the input embedding a unit of its own: the encoder's text
-    embedding. (The decoder's audio embeddings stay with the root unit.)"""
-    dia = model.get_base_model() if hasattr(model, "get_base_model") else model
-    embedding = dia.model.encoder.embedding
-    for owner in {model, dia}:
-        owner.get_input_embeddings = lambda: embedding
 
 
 def local_share(model: torch.nn.Module) -> tuple[int, int]:

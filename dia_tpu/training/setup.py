@@ -60,7 +60,7 @@ def set_up(session: Session) -> Setup:
     scorer = family.scorer(cfg.train, model).to(accelerator.device)
     optimizer = make_optimizer(cfg.train, model, runtime)
     scheduler, total_steps = make_schedule(session, optimizer, train_loader)
-    session.sharding.before_prepare(model)
+    session.sharding.before_prepare(cfg, model)
     model, optimizer, train_loader, scheduler = accelerator.prepare(model, optimizer, train_loader, scheduler)
     if eval_loader is not None:
         eval_loader = accelerator.prepare(eval_loader)

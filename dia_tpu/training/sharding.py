@@ -13,6 +13,7 @@ from accelerate import Accelerator
 from accelerate.utils import DistributedType, is_torch_xla_available
 
 from dia_tpu.config import Config, ConfigError
+from dia_tpu.families import family_of
 from dia_tpu.model.adapters import is_peft
 from dia_tpu.training import fsdp
 from dia_tpu.training.runtime import Runtime
@@ -66,9 +67,9 @@ class Sharding:
             return "train.sharding=fsdp: one process, nothing to shard; training unsharded"
         return None
 
-    def before_prepare(self, model: torch.nn.Module) -> None:
+    def before_prepare(self, cfg: Config, model: torch.nn.Module) -> None:
         if self.kind == "fsdp2":
-            fsdp.expose_input_embeddings(model)
+            family_of(cfg.model).expose_input_embeddings(model)
 
     def after_prepare(self, cfg: Config, model: torch.nn.Module, loaders: list) -> str | None:
         """Annotate the prepared model and loaders (SPMD); returns the log line saying how the run is sharded."""

@@ -13,7 +13,7 @@ from dia_tpu.data.check import data_model_problems
 from dia_tpu.data.dataset import CodesDataset
 from dia_tpu.export import export, export_checkpoint
 from dia_tpu.families.dia.loss import DiaScorer, codebook_weights
-from dia_tpu.families.dia.training import set_up_for_training
+from dia_tpu.families.dia.training import expose_input_embeddings, set_up_for_training
 from dia_tpu.model.build import build_model, plain_model
 from dia_tpu.model.codec import build_codec
 
@@ -23,6 +23,7 @@ class DiaFamily:
     speaks_in_training = True
     byte_text = True
     publishes = True
+    shard_units = ("DiaEncoderLayer", "DiaDecoderLayer")
 
     def build(self, cfg: ModelConfig, attention: str | None) -> torch.nn.Module:
         return build_model(cfg, attention)
@@ -41,6 +42,9 @@ class DiaFamily:
 
     def scorer(self, cfg: TrainConfig, model: torch.nn.Module) -> DiaScorer:
         return DiaScorer(codebook_weights(cfg.codebook_weights, len(model.config.delay_pattern)))
+
+    def expose_input_embeddings(self, model: torch.nn.Module) -> None:
+        expose_input_embeddings(model)
 
     def export(self, model: torch.nn.Module, cfg: Config, folder: Path, weights: dict | None = None) -> None:
         if weights is not None:

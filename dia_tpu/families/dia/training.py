@@ -23,6 +23,16 @@ def set_up_for_training(model: torch.nn.Module, cfg: Config, on_xla: bool = Fals
     return model
 
 
+def expose_input_embeddings(model: torch.nn.Module) -> None:
+    """Give Dia the `get_input_embeddings` transformers' Dia lacks (5.x raises NotImplementedError), which
+    Accelerate's FSDP2 preparation calls to make the input embedding a unit of its own: the encoder's text
+    embedding. (The decoder's audio embeddings stay with the root unit.)"""
+    dia = model.get_base_model() if hasattr(model, "get_base_model") else model
+    embedding = dia.model.encoder.embedding
+    for owner in {model, dia}:
+        owner.get_input_embeddings = lambda: embedding
+
+
 def checkpoint_with_torch_xla(model: torch.nn.Module) -> None:
     """Give the checkpointed layers torch_xla's checkpoint instead of torch's. torch's fails on XLA tensors (it
     looks for a `torch.xla` device module), and in one traced graph XLA would merge the recomputation with the

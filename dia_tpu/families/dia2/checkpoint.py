@@ -16,7 +16,7 @@ from dia_tpu.config import read_saved
 from dia_tpu.errors import UserError
 from dia_tpu.export import building_beside, save_adapter
 from dia_tpu.families.dia2.export import export_dia2
-from dia_tpu.families.dia2.files import load_weights
+from dia_tpu.families.dia2.files import WEIGHTS_FILE, load_weights
 from dia_tpu.families.dia2.source import source_folder
 from dia_tpu.model.adapters import check_trained_names
 
@@ -33,12 +33,15 @@ def load_trained(folder: Path) -> torch.nn.Module:
     if weights is None:
         raise FileNotFoundError(f"{folder} holds no model weights")
     model = FAMILY.set_up_for_training(FAMILY.build(cfg.model, None), cfg, on_xla=False)
+    if weights.name == WEIGHTS_FILE and not isinstance(model, peft.PeftModel):
+        load_weights(model, weights)  # names every key that does not fit
+        return model.eval()
+    state = {key.removeprefix("module."): value for key, value in read_weights(weights).items()}
     if isinstance(model, peft.PeftModel):
-        state = {key.removeprefix("module."): value for key, value in read_weights(weights).items()}
         check_trained_names(folder, set(state), model)
         model.load_state_dict(state, strict=False)
-    else:
-        load_weights(model, weights)
+    else:  # a sharded run's checkpoint, put together
+        model.load_state_dict(state)
     return model.eval()
 
 

@@ -27,6 +27,7 @@ class Dia2Family:
     speaks_in_training = False
     byte_text = False
     publishes = False
+    shard_units = ("DecoderLayer", "DepformerLayer")
 
     def build(self, cfg: ModelConfig, attention: str | None) -> Dia2Model:
         if cfg.pretrained is None:
@@ -35,10 +36,10 @@ class Dia2Family:
 
     def set_up_for_training(self, model: Dia2Model, cfg: Config, on_xla: bool) -> torch.nn.Module:
         m = cfg.model
-        if cfg.train.sharding != "none":
+        if cfg.train.sharding != "none" and on_xla:
             raise ConfigError(
-                f"train.sharding={cfg.train.sharding} with a Dia2 model: sharding Dia2 (FSDP2, SPMD) is not built yet; "
-                "use train.sharding=none (data parallel), or LoRA where one device cannot hold the model"
+                f"train.sharding={cfg.train.sharding} with a Dia2 model on XLA: SPMD sharding of Dia2 is not built "
+                "yet; on XLA use train.sharding=none, or LoRA where one chip cannot hold the model"
             )
         if m.gradient_checkpointing and on_xla:
             raise ConfigError(
@@ -107,6 +108,9 @@ class Dia2Family:
                 "codebooks"
             )
         return Dia2Scorer(HeadWeights(codebooks=tuple(cfg.codebook_weights)), codebooks)
+
+    def expose_input_embeddings(self, model: torch.nn.Module) -> None:
+        """Dia2's tables are summed, not one input embedding: they stay with the root unit."""
 
     def export(self, model: torch.nn.Module, cfg: Config, folder: Path, weights: dict | None = None) -> None:
         if weights is not None:
