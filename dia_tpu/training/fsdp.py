@@ -1,7 +1,7 @@
 """FSDP2 on GPUs and CPU processes (`train.sharding: fsdp` off XLA): torch's `fully_shard` through Accelerate's
 plugin, each of the model family's repeated layers a unit of its own (Dia: encoder and decoder layers; Dia2:
-backbone and depformer layers), so a process holds 1/N of the weights, gradients and
-AdamW state and gathers one layer's weights at a time.
+backbone and depformer layers), so a process holds 1/N of the weights, gradients and AdamW state and gathers
+one layer's weights at a time.
 
     accelerate launch --multi_gpu --num_processes 4 dia_tpu/finetune_acc_tpu.py --config C train.sharding=fsdp
     accelerate launch --config_file configs/accelerate/fsdp.yaml dia_tpu/finetune_acc_tpu.py --config C
