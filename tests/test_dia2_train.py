@@ -212,3 +212,12 @@ def test_a_folder_may_name_its_tokenizer_and_codec_in_upstreams_asset_manifest(d
     (folder / "dia2_assets.json").write_text(json.dumps({"tokenizer": "tokenizer", "mimi": "mimi"}))
     assert load_tokenizer(folder, cfg).get_vocab()["hello"] == 10
     assert load_mimi(folder, cfg).config.num_quantizers == 4
+
+
+def test_dia2_trains_in_bf16_with_fp32_master_weights(dia2_model, dia2_codes, tmp_path):
+    steps = ["train.max_steps=6", "train.save_every=100", "eval.eval_every=6", "eval.eval_on_start=true"]
+    final = train(dia2_config(dia2_model, dia2_codes, tmp_path / "bf16", *steps, "train.mixed_precision=bf16"))
+    losses = dict(scalars(tmp_path / "bf16")["eval/loss"])
+    assert losses[6] < losses[0], losses
+    exported = load_file(final / "model.safetensors")
+    assert all(t.dtype == torch.float32 for t in exported.values())

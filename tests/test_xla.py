@@ -254,7 +254,8 @@ def test_dia2_train_step_compiles_once_and_matches_cpu():
 
 def test_dia2_trains_through_the_entry_point_on_xla_as_on_the_cpu(dia2_model, dia2_codes, tmp_path):
     """Dia2 through `train` on XLA: the same weights as the same run on the CPU (in a process where Accelerate
-    ignores torch_xla), and no compilation after the first steps (fixed shapes, as for Dia)."""
+    ignores torch_xla), few compilations (fixed shapes, as for Dia), and with gradient checkpointing the same
+    steps again."""
     from test_dia2_train import dia2_config
 
     from dia_tpu.families.dia2.files import read_model
@@ -282,3 +283,9 @@ def test_dia2_trains_through_the_entry_point_on_xla_as_on_the_cpu(dia2_model, di
     losses = [v for _, v in scalars(tmp_path / "xla")["eval/loss"]]
     assert losses[-1] < losses[0]
     assert len(compile_seconds()) - before <= 12
+    # Gradient checkpointing (torch_xla's) recomputes the same steps.
+    train(dia2_config(dia2_model, dia2_codes, tmp_path / "ckpt", *common, "model.gradient_checkpointing=true"))
+    reset_accelerate()
+    recomputed = weights(tmp_path / "ckpt")
+    for key in on_xla:
+        torch.testing.assert_close(recomputed[key], on_xla[key], rtol=1e-4, atol=1e-5, msg=key)

@@ -41,11 +41,9 @@ class Dia2Family:
                 f"train.sharding={cfg.train.sharding} with a Dia2 model on XLA: SPMD sharding of Dia2 is not built "
                 "yet; on XLA use train.sharding=none, or LoRA where one chip cannot hold the model"
             )
-        if m.gradient_checkpointing and on_xla:
-            raise ConfigError(
-                "model.gradient_checkpointing with a Dia2 model runs on CPUs and GPUs so far, not on XLA: turn it off"
-            )
         model.transformer.checkpointing = model.depformer.checkpointing = m.gradient_checkpointing
+        if m.gradient_checkpointing and on_xla:
+            checkpoint_with_torch_xla(model)
         backbone = model.transformer
         if m.freeze.decoder_layers > len(backbone.layers):
             raise ConfigError(
@@ -121,6 +119,16 @@ class Dia2Family:
 
     def export_checkpoint(self, checkpoint: str | Path, out: str | Path, form: str, native_schema: str) -> Path:
         return export_checkpoint(checkpoint, out, form, native_schema)
+
+
+def checkpoint_with_torch_xla(model: Dia2Model) -> None:
+    """torch_xla's checkpoint for the layers (torch's fails on XLA tensors; torch_xla's puts optimization barriers
+    around the recomputation, which XLA would otherwise merge away). It is reentrant, passing gradients only
+    through inputs that need them: the backbone's summed embeddings are made to, for adapters on frozen tables."""
+    from torch_xla.utils.checkpoint import checkpoint
+
+    model.transformer.checkpoint_function = model.depformer.checkpoint_function = checkpoint
+    model.transformer.text_embed.register_forward_hook(lambda module, inputs, output: output.requires_grad_(True))
 
 
 def _config(model: torch.nn.Module):

@@ -69,6 +69,14 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     return out.transpose(1, 2).flatten(2)
 
 
+class RMSNorm(nn.RMSNorm):
+    """RMSNorm computed in fp32 and returned in its input's precision: under bf16 autocast the normalisation keeps
+    fp32's accuracy (and torch's fused kernel, which wants input and weight of one dtype)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x.float()).to(x.dtype)
+
+
 class TextEmbedding(nn.Module):
     """The two text streams' shared table (optionally low-rank), projected per stream; the second stream adds
     nothing where it holds the pad id."""
@@ -111,8 +119,8 @@ class Attention(nn.Module):
         self.k_proj = nn.Linear(s.n_embd, s.kv_heads * s.head_dim, bias=False)
         self.v_proj = nn.Linear(s.n_embd, s.kv_heads * s.head_dim, bias=False)
         self.o_proj = nn.Linear(s.heads * s.head_dim, s.n_embd, bias=False)
-        self.q_norm = nn.RMSNorm(s.head_dim, eps=cfg.eps)
-        self.k_norm = nn.RMSNorm(s.head_dim, eps=cfg.eps)
+        self.q_norm = RMSNorm(s.head_dim, eps=cfg.eps)
+        self.k_norm = RMSNorm(s.head_dim, eps=cfg.eps)
 
     def forward(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         q = self.q_norm(self.q_proj(x).unflatten(-1, (self.heads, self.head_dim)))
@@ -125,9 +133,9 @@ class Attention(nn.Module):
 class DecoderLayer(nn.Module):
     def __init__(self, cfg: Dia2Config):
         super().__init__()
-        self.pre_norm = nn.RMSNorm(cfg.backbone.n_embd, eps=cfg.eps)
+        self.pre_norm = RMSNorm(cfg.backbone.n_embd, eps=cfg.eps)
         self.attn = Attention(cfg)
-        self.post_norm = nn.RMSNorm(cfg.backbone.n_embd, eps=cfg.eps)
+        self.post_norm = RMSNorm(cfg.backbone.n_embd, eps=cfg.eps)
         self.mlp = GatedMlp(cfg.backbone)
 
     def forward(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
@@ -144,10 +152,11 @@ class Backbone(nn.Module):
         self.audio_embeds = nn.ModuleList(nn.Embedding(cfg.audio_vocab, d) for _ in range(cfg.codebooks))
         self.text_embed = TextEmbedding(cfg.text_vocab, d, cfg.text_pad, cfg.low_rank_dim)
         self.layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.backbone.n_layer))
-        self.norm = nn.RMSNorm(d, eps=cfg.eps)
+        self.norm = RMSNorm(d, eps=cfg.eps)
         self.action_head = nn.Linear(d, cfg.action_vocab, bias=False)
         self.cb0_head = nn.Linear(d, cfg.audio_vocab, bias=False)
         self.checkpointing = False
+        self.checkpoint_function = None  # None: torch's, non-reentrant; on XLA torch_xla's (set by training)
 
     def forward(self, tokens: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """tokens [B, 2 + N, L] at `positions` [L] -> (normalised hidden [B, L, D], action, cb0 logits)."""
@@ -155,7 +164,7 @@ class Backbone(nn.Module):
         for index, table in enumerate(self.audio_embeds):
             x = x + table(tokens[:, 2 + index])
         for layer in self.layers:
-            x = _run(layer, self.checkpointing, x, positions)
+            x = _run(layer, self.checkpointing, self.checkpoint_function, x, positions)
         hidden = self.norm(x)
         return hidden, self.action_head(hidden), self.cb0_head(hidden)
 
@@ -173,8 +182,8 @@ class StageAttention(nn.Module):
         sets = sorted(set(cfg.schedule))
         self.in_proj = nn.ModuleDict({str(i): nn.Linear(s.n_embd, 3 * inner, bias=False) for i in sets})
         self.out_proj = nn.ModuleDict({str(i): nn.Linear(inner, s.n_embd, bias=False) for i in sets})
-        self.q_norm = nn.RMSNorm(s.head_dim, eps=cfg.eps)
-        self.k_norm = nn.RMSNorm(s.head_dim, eps=cfg.eps)
+        self.q_norm = RMSNorm(s.head_dim, eps=cfg.eps)
+        self.k_norm = RMSNorm(s.head_dim, eps=cfg.eps)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x [M, S, D], the S stages of M frames -> [M, S, D]."""
@@ -189,8 +198,8 @@ class StageAttention(nn.Module):
 class DepformerLayer(nn.Module):
     def __init__(self, cfg: Dia2Config):
         super().__init__()
-        self.pre_norm = nn.RMSNorm(cfg.depformer.n_embd, eps=cfg.eps)
-        self.post_norm = nn.RMSNorm(cfg.depformer.n_embd, eps=cfg.eps)
+        self.pre_norm = RMSNorm(cfg.depformer.n_embd, eps=cfg.eps)
+        self.post_norm = RMSNorm(cfg.depformer.n_embd, eps=cfg.eps)
         self.self_attention = StageAttention(cfg)
         self.mlp = GatedMlp(cfg.depformer)
 
@@ -211,9 +220,10 @@ class Depformer(nn.Module):
         sets = sorted(set(cfg.schedule))
         self.depformer_in = nn.ModuleDict({str(i): nn.Linear(cfg.backbone.n_embd, d, bias=False) for i in sets})
         self.layers = nn.ModuleList(DepformerLayer(cfg) for _ in range(cfg.depformer.n_layer))
-        self.norm = nn.RMSNorm(d, eps=cfg.eps)
+        self.norm = RMSNorm(d, eps=cfg.eps)
         self.logits = nn.ModuleList(nn.Linear(d, cfg.audio_vocab, bias=False) for _ in range(stages))
         self.checkpointing = False
+        self.checkpoint_function = None
 
     def forward(self, hidden: torch.Tensor, audio: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
         """hidden [M, D_backbone], the tokens stages read: audio [M, S] (codebooks 0..S-1), text [M, 2]
@@ -226,7 +236,7 @@ class Depformer(nn.Module):
             tokens = torch.cat((tokens[:, :1] + first[:, None], tokens[:, 1:]), dim=1)
         x = x + tokens
         for layer in self.layers:
-            x = _run(layer, self.checkpointing, x)
+            x = _run(layer, self.checkpointing, self.checkpoint_function, x)
         x = self.norm(x)
         return torch.stack([head(x[:, s]) for s, head in enumerate(self.logits)], dim=1)[..., : self.limit]
 
@@ -262,7 +272,9 @@ def _per_stage(modules: nn.ModuleDict, schedule: tuple[int, ...], x: torch.Tenso
     return torch.stack([modules[str(schedule[s])](x[:, s]) for s in range(x.shape[1])], dim=1)
 
 
-def _run(layer: nn.Module, checkpointing: bool, *args):
+def _run(layer: nn.Module, checkpointing: bool, function, *args):
+    if checkpointing and torch.is_grad_enabled() and function is not None:
+        return function(layer, *args)
     if checkpointing and torch.is_grad_enabled():
         return torch.utils.checkpoint.checkpoint(layer, *args, use_reentrant=False)
     return layer(*args)
