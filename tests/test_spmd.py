@@ -24,7 +24,7 @@ from safetensors.torch import load_file  # noqa: E402
 from transformers import DiaForConditionalGeneration  # noqa: E402
 
 
-def run(cmd: list[str], dump: Path, **env: str) -> None:
+def run(cmd: list[str], dump: Path, **env: str) -> str:
     env = {
         **{k: v for k, v in os.environ.items() if k not in ("CPU_NUM_DEVICES", "XLA_FLAGS")},
         "PJRT_DEVICE": "CPU",
@@ -35,6 +35,7 @@ def run(cmd: list[str], dump: Path, **env: str) -> None:
     }
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-4000:]
+    return done.stdout
 
 
 @pytest.fixture(scope="module")
@@ -168,3 +169,27 @@ def test_a_batch_that_does_not_split_over_the_devices_is_one_clear_error(codes_d
     assert done.returncode != 0 and "Traceback" not in done.stderr
     assert "train.batch_size=2: under SPMD it is the batch of one host, split over its 4 devices" in done.stderr
     assert not (tmp_path / "run").exists()  # refused before the run folder is made
+
+
+def test_dia2_sharded_over_four_devices_takes_the_steps_of_one_device(dia2_model, dia2_codes, tmp_path):
+    """SPMD on Dia2: the backbone and depformer layers the units, parameters split over the 4 devices, the same
+    weights as one device after four steps with checkpoints and evaluations between them."""
+    from test_dia2_train import dia2_config
+
+    from dia_tpu.families.dia2.files import read_model
+
+    steps = ["train.max_steps=4", "train.save_every=2", "eval.eval_every=2", "data.eval_size=8", "train.log_every=1"]
+    for name, extra in (("sharded", ["train.sharding=fsdp"]), ("one", [])):
+        dia2_config(dia2_model, dia2_codes, tmp_path / name, *steps, *extra).save(tmp_path / f"{name}.yaml")
+    command = [sys.executable, "-m", "dia_tpu.finetune_acc_tpu", "--config"]
+    said = run([*command, str(tmp_path / "sharded.yaml")], tmp_path / "dump_sharded", CPU_NUM_DEVICES="4")
+    line = re.search(r"sharding: SPMD over 4 devices .* each holding ([\d.]+) M of the ([\d.]+) M", said)
+    assert line and float(line[1]) < 0.3 * float(line[2]), said[-2000:]
+    run([*command, str(tmp_path / "one.yaml")], tmp_path / "dump_one")
+    sharded, one = weights(tmp_path / "sharded"), weights(tmp_path / "one")
+    for key in one:
+        torch.testing.assert_close(sharded[key], one[key], rtol=1e-4, atol=1e-5, msg=key)
+    base = read_model(dia2_model).state_dict()
+    assert max((one[k] - base[k]).abs().max().item() for k in base) > 1e-3  # the steps moved the weights
+    assert (tmp_path / "sharded/checkpoints/step_2").is_dir()
+    assert [s for s, _ in scalars(tmp_path / "sharded")["eval/loss"]] == [2, 4]

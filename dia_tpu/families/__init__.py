@@ -41,6 +41,8 @@ class Family(Protocol):
     publishes: bool
     # The class names of its repeated layers: FSDP2's units, each gathered whole for its forward and backward.
     shard_units: tuple[str, ...]
+    # Its batches' tensors and their ranks, all batch-first: what sharded training splits along the batch.
+    batch_ranks: dict[str, int]
     # Whether its text is Dia's bytes, limited by `data.max_text_tokens` (`data.long_text` applies).
     byte_text: bool
 

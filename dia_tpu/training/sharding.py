@@ -76,10 +76,11 @@ class Sharding:
         if self.kind == "spmd":
             from dia_tpu.training import spmd
 
-            spmd.shard_model(model, self.mesh)
+            family = family_of(cfg.model)
+            spmd.shard_model(model, self.mesh, family.shard_units)
             for loader in loaders:
                 if loader is not None:
-                    spmd.shard_batches(loader, self.mesh)
+                    spmd.shard_batches(loader, self.mesh, family.batch_ranks)
             return spmd.describe(model, self.mesh)
         if self.kind == "fsdp2":
             held, total = fsdp.local_share(model)

@@ -8,7 +8,8 @@ CPU copy for samples read as on one device:
 
 - every parameter and its gradient: the largest dimension split over `fsdp` (replicated over `data`), so the
   gradients are reduce-scattered rather than all-reduced; AdamW's moments take their parameter's sharding;
-- the output of every encoder and decoder layer and the logits: the batch dimension over both axes, which makes
+- the output of every repeated layer of the model's family (Dia: encoder and decoder layers; Dia2: backbone
+  and depformer layers) and the logits: the batch dimension over both axes, which makes
   the compiler gather a layer's weights for that layer (FSDP) rather than split its activations; plus a
   backward optimization barrier per layer, so gradient reductions are not fused across layers;
 - every batch from the prepared loaders: its batch dimension over both axes.
@@ -27,10 +28,8 @@ import torch
 import torch_xla
 import torch_xla.distributed.spmd as xs
 import torch_xla.runtime as xr
-from transformers.models.dia.modeling_dia import DiaDecoderLayer, DiaEncoderLayer
 
 from dia_tpu.config import Config, ConfigError
-from dia_tpu.data.batching import BATCH_RANKS
 
 AXES = ("data", "fsdp")
 BATCH = (AXES,)  # the batch dimension split over both axes
@@ -75,9 +74,9 @@ def batch_spec(rank: int) -> tuple:
     return BATCH + (None,) * (rank - 1)
 
 
-def shard_model(model: torch.nn.Module, mesh: xs.Mesh) -> None:
-    """Annotate a model already on the XLA device (after `accelerator.prepare`): weights, layer outputs and
-    logits, and the per-layer backward barriers."""
+def shard_model(model: torch.nn.Module, mesh: xs.Mesh, units: tuple[str, ...]) -> None:
+    """Annotate a model already on the XLA device (after `accelerator.prepare`): weights, the outputs of the
+    layers whose class names are `units` and the logits, and the per-layer backward barriers."""
 
     def shard_gradient(param: torch.Tensor) -> None:
         xs.mark_sharding(param.grad, mesh, weight_spec(param))
@@ -89,24 +88,39 @@ def shard_model(model: torch.nn.Module, mesh: xs.Mesh) -> None:
             param.register_post_accumulate_grad_hook(shard_gradient)
 
     def batch_sharded(module, inputs, output):
-        found = output if isinstance(output, torch.Tensor) else getattr(output, "logits", None)
-        if found is None and isinstance(output, tuple):
-            found = output[0]
-        xs.mark_sharding(found, mesh, batch_spec(found.dim()))
+        for found in _batch_first(output):
+            xs.mark_sharding(found, mesh, batch_spec(found.dim()))
 
     for module in model.modules():
-        if isinstance(module, (DiaEncoderLayer, DiaDecoderLayer)):
+        if type(module).__name__ in units:
             module.register_forward_hook(batch_sharded)
             xs.xla_sharding.apply_backward_optimization_barrier(module)
     model.register_forward_hook(batch_sharded)
 
 
-def shard_batches(loader, mesh: xs.Mesh) -> None:
-    """Split every batch a prepared XLA loader sends to the device over the mesh, along the batch dimension. On
-    a pod each host loads its own part of the global batch (`minibatch`)."""
+def _batch_first(output) -> list[torch.Tensor]:
+    """The batch-first tensors of a layer's or model's output: itself, its `logits` (transformers), the first of a
+    tuple, or every tensor field of a dataclass (Dia2's logits)."""
+    if isinstance(output, torch.Tensor):
+        return [output]
+    if isinstance(getattr(output, "logits", None), torch.Tensor):
+        return [output.logits]
+    if isinstance(output, tuple) and output and isinstance(output[0], torch.Tensor):
+        return [output[0]]
+    return (
+        [value for value in vars(output).values() if isinstance(value, torch.Tensor)]
+        if hasattr(output, "__dict__")
+        else []
+    )
+
+
+def shard_batches(loader, mesh: xs.Mesh, ranks: dict[str, int]) -> None:
+    """Split every batch a prepared XLA loader sends to the device over the mesh, along the batch dimension (each
+    of the family's batch tensors by its rank, `ranks`). On a pod each host loads its own part of the global
+    batch (`minibatch`)."""
     minibatch = xr.process_count() > 1
     loader._parallel_loader_kwargs["input_sharding"] = {
-        key: xs.ShardingSpec(mesh, batch_spec(rank), minibatch=minibatch) for key, rank in BATCH_RANKS.items()
+        key: xs.ShardingSpec(mesh, batch_spec(rank), minibatch=minibatch) for key, rank in ranks.items()
     }
 
 

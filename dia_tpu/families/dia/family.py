@@ -8,7 +8,7 @@ import torch
 from datasets import Dataset
 
 from dia_tpu.config import Config, DataConfig, ModelConfig, TrainConfig
-from dia_tpu.data.batching import make_collator
+from dia_tpu.data.batching import BATCH_RANKS, make_collator
 from dia_tpu.data.check import data_model_problems
 from dia_tpu.data.dataset import CodesDataset
 from dia_tpu.export import export, export_checkpoint
@@ -24,6 +24,7 @@ class DiaFamily:
     byte_text = True
     publishes = True
     shard_units = ("DiaEncoderLayer", "DiaDecoderLayer")
+    batch_ranks = BATCH_RANKS
 
     def build(self, cfg: ModelConfig, attention: str | None) -> torch.nn.Module:
         return build_model(cfg, attention)

@@ -98,6 +98,10 @@ class Dia2Items(torch.utils.data.Dataset):
         return {**vars(example), "frames": codes.shape[1], "unconditional": dropped}
 
 
+# The collator's tensors and their ranks, all batch-first: what sharded training splits along the batch.
+BATCH_RANKS = {"tokens": 3, "actions": 2, "action_mask": 2, "audio_mask": 3, "unconditional": 1}
+
+
 @dataclass
 class Dia2Collator:
     """Stacks examples to [B, 2 + N, L + max(delay)] tokens (L: max_audio_frames, or the bucket that holds the

@@ -14,7 +14,7 @@ from dia_tpu.data.shards import read_prepare_info
 from dia_tpu.families.dia2.adapters import with_lora
 from dia_tpu.families.dia2.assets import load_tokenizer, text_ids
 from dia_tpu.families.dia2.checkpoint import export_checkpoint
-from dia_tpu.families.dia2.data import Dia2Collator, Dia2Items
+from dia_tpu.families.dia2.data import BATCH_RANKS, Dia2Collator, Dia2Items
 from dia_tpu.families.dia2.export import export_dia2
 from dia_tpu.families.dia2.files import read_model
 from dia_tpu.families.dia2.loss import Dia2Scorer, HeadWeights
@@ -28,6 +28,7 @@ class Dia2Family:
     byte_text = False
     publishes = False
     shard_units = ("DecoderLayer", "DepformerLayer")
+    batch_ranks = BATCH_RANKS
 
     def build(self, cfg: ModelConfig, attention: str | None) -> Dia2Model:
         if cfg.pretrained is None:
@@ -36,11 +37,6 @@ class Dia2Family:
 
     def set_up_for_training(self, model: Dia2Model, cfg: Config, on_xla: bool) -> torch.nn.Module:
         m = cfg.model
-        if cfg.train.sharding != "none" and on_xla:
-            raise ConfigError(
-                f"train.sharding={cfg.train.sharding} with a Dia2 model on XLA: SPMD sharding of Dia2 is not built "
-                "yet; on XLA use train.sharding=none, or LoRA where one chip cannot hold the model"
-            )
         model.transformer.checkpointing = model.depformer.checkpointing = m.gradient_checkpointing
         if m.gradient_checkpointing and on_xla:
             checkpoint_with_torch_xla(model)
