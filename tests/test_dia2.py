@@ -326,8 +326,54 @@ def test_generate_speaks_a_dia2_model_with_its_own_tokenizer_and_codec(dia2_mode
     assert not torch.equal(other, generate(model, entries, ids, sampling).codes[:, : other.shape[1]])
 
 
-def test_dia2_and_dia_flags_are_refused_where_they_do_not_apply(dia2_model, tmp_path):
+def test_generate_after_voice_prefixes_read_from_recordings_and_their_word_times(dia2_model, tmp_path, capsys):
+    """`--prefix-speaker-1/2`: each recording is encoded with the model's Mimi, its words' times read from the
+    .json beside it; the wav is what generation after that prefix writes, and another than without it."""
+    import soundfile as sf
+
     from dia_tpu.cli import main
+    from dia_tpu.families.dia2.assets import decode, load_mimi, load_tokenizer, text_ids
+    from dia_tpu.families.dia2.prefix import load_prefix
+
+    model = read_model(dia2_model)
+    codec = load_mimi(dia2_model, model.config)
+    recordings = []
+    for speaker, words in ((1, ["hello", "there"]), (2, ["hi", "friend"])):
+        codes = torch.randint(0, 32, (4, 20), generator=torch.Generator().manual_seed(speaker))
+        path = tmp_path / f"s{speaker}.wav"
+        sf.write(path, decode(codec, codes).numpy(), 24000)
+        times = [[word, [0.2 + 0.5 * i, 0.6 + 0.5 * i], f"SPEAKER_{speaker}"] for i, word in enumerate(words)]
+        path.with_suffix(".json").write_text(json.dumps({"alignments": times}))
+        recordings.append(path)
+    script, out = "[S1] hi again", tmp_path / "a.wav"
+    flags = ["--greedy", "--prefix-speaker-1", str(recordings[0]), "--prefix-speaker-2", str(recordings[1])]
+    main(["generate", "--model", str(dia2_model), "--text", script, "--out", str(out), *flags])
+    written, _ = sf.read(out)
+    tokenizer = load_tokenizer(dia2_model, model.config)
+    ids = text_ids(model.config, tokenizer)
+    tokenize = lambda t: tokenizer.encode(t, add_special_tokens=False)  # noqa: E731
+    prefix = load_prefix(codec, recordings, tokenize, model.config.codebooks)
+    assert prefix.codes.shape == (4, 40) and len(prefix.entries) == 4
+    entries = script_entries(script, tokenize, ids, 12.5)
+    greedy = Dia2Sampling(temperature=0, text_temperature=0)
+    after = generate(model, entries, ids, greedy, prefix=prefix).codes
+    assert abs(written - decode(codec, after).numpy()).max() < 1e-4
+    # Control: without the prefix the same script gives other codes.
+    alone = generate(model, entries, ids, greedy).codes
+    assert alone.shape != after.shape or not torch.equal(alone, after)
+    # A recording without its word times is one line naming the file it looked for.
+    recordings[1].with_suffix(".json").unlink()
+    with pytest.raises(SystemExit, match=r"s2\.json"):
+        main(["generate", "--model", str(dia2_model), "--text", script, "--out", str(out), *flags])
+
+
+def test_dia2_and_dia_flags_are_refused_where_they_do_not_apply(dia2_model, tmp_path, monkeypatch):
+    import huggingface_hub
+
+    from dia_tpu.cli import main
+
+    # Offline, as the tests run: a hub id's config.json cannot be read, so the Dia loader's rules apply to it.
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
 
     out = str(tmp_path / "x.wav")
     with pytest.raises(SystemExit, match="--top-p: Dia's flags; .* is a Dia2 model"):
@@ -339,7 +385,7 @@ def test_dia2_and_dia_flags_are_refused_where_they_do_not_apply(dia2_model, tmp_
             [
                 "generate",
                 "--model",
-                "nari-labs/Dia-1.6B-0626",  # a hub id: refused before anything is fetched
+                "nari-labs/Dia-1.6B-0626",  # a hub id: refused before the model is fetched
                 "--text",
                 "[S1] hi",
                 "--out",

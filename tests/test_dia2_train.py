@@ -221,3 +221,26 @@ def test_dia2_trains_in_bf16_with_fp32_master_weights(dia2_model, dia2_codes, tm
     assert losses[6] < losses[0], losses
     exported = load_file(final / "model.safetensors")
     assert all(t.dtype == torch.float32 for t in exported.values())
+
+
+def test_a_hub_repositorys_family_is_read_from_its_config_json(tmp_path, monkeypatch):
+    """`model.family: auto` with a hub id reads the repository's config.json (the cached copy without a request);
+    a repository that cannot be read is left to Dia's loader, which says why in one line."""
+    import huggingface_hub
+
+    from dia_tpu.config import ModelConfig
+    from dia_tpu.families import family_of
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    for repo, config in (("someone/dia2-tuned", ROOT / "tests/fixtures/dia2/tiny/config.json"), ("someone/dia", None)):
+        folder = tmp_path / f"models--{repo.replace('/', '--')}"
+        (folder / "refs").mkdir(parents=True)
+        (folder / "refs/main").write_text("0" * 40)
+        (folder / "snapshots" / ("0" * 40)).mkdir(parents=True)
+        text = config.read_text() if config else json.dumps({"model_type": "dia"})
+        (folder / "snapshots" / ("0" * 40) / "config.json").write_text(text)
+    assert family_of(ModelConfig(pretrained="someone/dia2-tuned")).name == "dia2"
+    assert family_of(ModelConfig(pretrained="someone/dia")).name == "dia"
+    assert family_of(ModelConfig(pretrained="someone/not-cached")).name == "dia"
+    assert family_of(ModelConfig(pretrained="someone/dia", family="dia2")).name == "dia2"

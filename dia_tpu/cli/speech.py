@@ -66,6 +66,11 @@ def add(sub: argparse._SubParsersAction) -> None:
     dia2.add_argument("--text-top-k", type=int, help="50")
     dia2.add_argument("--guidance-top-k", type=int, help="guidance keeps the conditional logits among its top k: 50")
     dia2.add_argument(
+        "--prefix-speaker-1",
+        help="voice prefix: a recording of speaker 1, with its words' times in the .json beside it (README)",
+    )
+    dia2.add_argument("--prefix-speaker-2", help="voice prefix: a recording of speaker 2 (after speaker 1's)")
+    dia2.add_argument(
         "--trust-remote-code",
         action="store_true",
         help="let a tokenizer that ships its own Python code run it (read it first)",
@@ -215,13 +220,21 @@ def _generate(args: argparse.Namespace) -> None:
         ],
         dia2_flags=_dia2_flags(args),
         trust_remote_code=args.trust_remote_code,
+        prefixes=_prefixes(args),
     )
+
+
+def _prefixes(args: argparse.Namespace) -> list[str]:
+    if args.prefix_speaker_2 and not args.prefix_speaker_1:
+        raise UserError("--prefix-speaker-2 follows --prefix-speaker-1: give speaker 1's recording too")
+    return [path for path in (args.prefix_speaker_1, args.prefix_speaker_2) if path]
 
 
 def _dia2_flags(args: argparse.Namespace) -> list[str]:
     """The flags given that only Dia2 takes."""
     values = {"--text-temperature": args.text_temperature, "--text-top-k": args.text_top_k}
     values["--guidance-top-k"] = args.guidance_top_k
+    values |= {"--prefix-speaker-1": args.prefix_speaker_1, "--prefix-speaker-2": args.prefix_speaker_2}
     given = [flag for flag, value in values.items() if value is not None]
     return given + (["--trust-remote-code"] if args.trust_remote_code else [])
 

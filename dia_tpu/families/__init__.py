@@ -100,12 +100,14 @@ def is_dia2_source(source: str) -> bool:
 
 @functools.cache
 def _is_dia2_repository(source: str) -> bool:
-    from huggingface_hub import hf_hub_download
+    from huggingface_hub import hf_hub_download, try_to_load_from_cache
 
-    try:
-        path = hf_hub_download(source, "config.json")
-    except Exception:  # noqa: BLE001 - unreachable, missing, gated: Dia's loader says which, in one line
-        return False
+    path = try_to_load_from_cache(source, "config.json")  # a cached copy first: no request, no wait offline
+    if not isinstance(path, str):
+        try:
+            path = hf_hub_download(source, "config.json")
+        except Exception:  # noqa: BLE001 - unreachable, missing, gated: Dia's loader says which, in one line
+            return False
     try:
         return is_dia2_config(json.loads(Path(path).read_text()))
     except ValueError:

@@ -78,6 +78,7 @@ def write_speech(
     dia_flags: list[str] = (),
     dia2_flags: list[str] = (),
     trust_remote_code: bool = False,
+    prefixes: list[str] = (),
 ) -> None:
     """`dia-tpu generate`: load the model once, synthesize `texts` `batch_size` at a time (text i with seed
     settings.seed + i) and write each to its wav in `outputs`, printing what was written. A Dia2 model samples
@@ -102,7 +103,7 @@ def write_speech(
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if dia2_model:
         folder = source_folder(str(model_source))
-        dia2_speak(folder, texts, outputs, dia2, device, settings.max_seconds, trust_remote_code)
+        dia2_speak(folder, texts, outputs, dia2, device, settings.max_seconds, trust_remote_code, prefixes)
         return
     artifact = open_artifact(model_source)
     model, codec = load_for_inference(artifact, device, adapter=adapter)

@@ -1,0 +1,62 @@
+"""Voice prefixes for Dia2 generation from files: a recording per speaker, each with its words' times.
+
+Upstream transcribes a prefix's audio to find when each word starts; dia_tpu reads the times from a file beside
+the audio: `CLIP.json` next to `CLIP.wav`, in moshi-finetune's form
+`{"alignments": [[word, [start, end], speaker], ...]}` (seconds; the speaker is not read, the flag says whose
+voice it is). The audio is encoded with the model's Mimi and lined up as upstream lines up its prefixes
+(`decode.prefix_plan`): speaker 1's recording, then speaker 2's.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers import MimiModel
+
+from dia_tpu.data.audio import load_audio
+from dia_tpu.errors import UserError
+from dia_tpu.families.dia2.decode import Prefix, prefix_plan
+from dia_tpu.families.dia2.script import Tokenize, Word, timed_entries
+
+SPEAKER_TAGS = ("[S1]", "[S2]")
+
+
+def read_alignments(audio: Path) -> list[Word]:
+    """The timed words of `audio` from the JSON beside it; a missing or malformed file is one error naming it."""
+    path = audio.with_suffix(".json")
+    form = '{"alignments": [[word, [start, end], speaker], ...]} in seconds'
+    if not path.is_file():
+        raise UserError(f"{audio}: a voice prefix needs its words' times in {path} ({form})")
+    try:
+        rows = json.loads(path.read_text())["alignments"]
+        words = [Word(str(word), float(start), float(end)) for word, (start, end), *_ in rows]
+    except (ValueError, KeyError, TypeError) as err:
+        raise UserError(f"{path}: not word alignments ({form}): {err}") from err
+    if not words:
+        raise UserError(f"{path}: no words; a voice prefix needs at least one")
+    if any(b.start < a.start for a, b in zip(words, words[1:], strict=False)) or any(w.end < w.start for w in words):
+        raise UserError(f"{path}: the words' times are not in order")
+    return words
+
+
+def encode(codec: MimiModel, wave: np.ndarray, codebooks: int) -> torch.Tensor:
+    """Mono audio at the codec's rate -> the model's codebooks of its Mimi codes, [N, F]."""
+    with torch.no_grad():
+        codes = codec.encode(torch.from_numpy(wave)[None, None].to(codec.device)).audio_codes
+    return codes[0, :codebooks].cpu()
+
+
+def load_prefix(codec: MimiModel, recordings: list[Path], tokenize: Tokenize, codebooks: int) -> Prefix:
+    """Speaker 1's recording (and speaker 2's, if given) as one prefix: encoded, their words lined up."""
+    rate, frame_rate = codec.config.sampling_rate, codec.config.frame_rate
+    planned = []
+    for path, tag in zip(recordings, SPEAKER_TAGS, strict=False):
+        words = read_alignments(path)
+        codes = encode(codec, load_audio(path, rate), codebooks)
+        if words[-1].end * frame_rate > codes.shape[1] + 1:
+            raise UserError(f"{path.with_suffix('.json')}: words end at {words[-1].end:.2f} s, after the audio")
+        planned.append((codes, *timed_entries(words, tokenize, tag, frame_rate)))
+    return prefix_plan(planned)
