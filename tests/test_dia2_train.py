@@ -5,6 +5,7 @@ resumed, run on two gloo processes and exported in upstream's format."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import subprocess
@@ -244,3 +245,19 @@ def test_a_hub_repositorys_family_is_read_from_its_config_json(tmp_path, monkeyp
     assert family_of(ModelConfig(pretrained="someone/dia")).name == "dia"
     assert family_of(ModelConfig(pretrained="someone/not-cached")).name == "dia"
     assert family_of(ModelConfig(pretrained="someone/dia", family="dia2")).name == "dia2"
+
+
+def test_bench_times_a_dia2_training_step_on_its_synthetic_batch(dia2_model):
+    from dia_tpu.bench.train import bench
+    from dia_tpu.families.dia2.data import synthetic_batch
+
+    cfg = dia2_config(dia2_model, "unused", "unused", "train.batch_size=2", "data.max_audio_frames=24")
+    model = read_model(dia2_model)
+    batch = synthetic_batch(cfg, model.config)
+    # Every codebook of every frame is a target: 2 items x 4 codebooks x 24 frames.
+    assert batch["tokens"].shape == (2, 6, 24 + 3) and batch["audio_mask"].sum() == 2 * 4 * 24
+    assert batch["actions"].sum() > 2 * 2 and batch["action_mask"].any()  # words start, some actions are free
+    (result,) = bench(cfg, steps=2, warmup=1, precisions=["no"])
+    assert result["frames"] == 2 * 24 * 2 and result["max_text_tokens"] is None
+    assert result["params"] == sum(p.numel() for p in model.parameters()) and math.isfinite(result["final_loss"])
+    assert 0 < result["share_of_matmul"] < 1

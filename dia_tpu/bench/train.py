@@ -1,9 +1,10 @@
 """`dia-tpu bench` (training): throughput of a config's model, in audio frames per second, per mixed precision,
 and how close the step comes to what the device's matrix units can do.
 
-The model is the config's (random or pretrained); the data is one synthetic batch of the config's fixed shape
-(full `max_audio_frames`-long clips, `max_text_tokens - 10` text tokens), so no dataset or codec is needed and
-the numbers measure the training step alone: forward, the shared loss, backward, clipping, AdamW.
+The model is the config's (random or pretrained, of either family); the data is one synthetic batch of the
+config's fixed shape (full `max_audio_frames`-long clips; Dia's with `max_text_tokens - 10` text tokens, Dia2's
+with a word every 6 frames), so no dataset or codec is needed and the numbers measure the training step alone:
+forward, the family's loss, backward, clipping, AdamW.
 
 Two limits are measured in the same process (`limits`), on the same device and threads:
 - the rate of a square MATMUL_SIZE matmul in the precision's dtype (fp32, or bf16 / fp16 under autocast). The
@@ -40,9 +41,8 @@ from torch.utils.flop_counter import FlopCounterMode
 from dia_tpu.bench import aligned, in_fresh_process, left_out, left_out_lines
 from dia_tpu.bench.limits import MATMUL_SIZE, MatmulRecorder, matmul_rate, products_alone
 from dia_tpu.config import PRECISIONS, Config
-from dia_tpu.data.batching import synthetic_batch
 from dia_tpu.errors import UserError
-from dia_tpu.families.dia.loss import DiaScorer, codebook_weights
+from dia_tpu.families import family_of
 from dia_tpu.model.adapters import count_parameters
 from dia_tpu.precision import device_type
 from dia_tpu.training.runtime import Runtime
@@ -95,12 +95,12 @@ def run_one(cfg: Config, steps: int, warmup: int, precision: str) -> dict:
     runtime = Runtime.of(accelerator, cfg)
     on_xla = runtime.on_xla
     baseline_rss = _current_rss_mib()
+    family = family_of(cfg.model)
     model = build_trainable(cfg, runtime)
-    model_config = model.config
     params, trainable = count_parameters(model)
+    batch = send_to_device(family.synthetic_batch(cfg, model), accelerator.device)
+    scorer = family.scorer(t, model).to(accelerator.device)
     model, optimizer = accelerator.prepare(model, make_optimizer(t, model, runtime))
-    batch = send_to_device(synthetic_batch(cfg, model_config), accelerator.device)
-    scorer = DiaScorer(codebook_weights(t.codebook_weights, len(model_config.delay_pattern))).to(accelerator.device)
     model.train()
 
     def step() -> torch.Tensor:
@@ -154,7 +154,8 @@ def run_one(cfg: Config, steps: int, warmup: int, precision: str) -> dict:
         "trainable": trainable,
         "batch_size": t.batch_size,
         "max_audio_frames": cfg.data.max_audio_frames,
-        "max_text_tokens": cfg.data.max_text_tokens,
+        # Dia reads its text apart from the audio; Dia2's text rides in the audio frames.
+        "max_text_tokens": cfg.data.max_text_tokens if family.byte_text else None,
         "warmup": warmup,
         "steps": steps,
         "seconds": seconds,
@@ -248,7 +249,9 @@ def format_table(results: list[dict]) -> str:
     if done:
         r = done[0]
         lines.append(
-            f"batch {r['batch_size']} x {r['max_audio_frames']} audio frames, {r['max_text_tokens']} text tokens; "
+            f"batch {r['batch_size']} x {r['max_audio_frames']} audio frames"
+            + (f", {r['max_text_tokens']} text tokens" if r["max_text_tokens"] else " (the text in them)")
+            + "; "
             f"{r['warmup']} warm-up + {r['steps']} timed steps; peak MiB is "
             + ("device memory" if r["peak_device_mib"] is not None else "process RSS")
         )

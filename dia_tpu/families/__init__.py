@@ -61,6 +61,9 @@ class Family(Protocol):
     def collator(self, cfg: DataConfig, model: torch.nn.Module, fill_to: int = 0, *, bucketed: bool = False):
         """Stacks items into fixed-shape batches (`fill_to`: complete short batches with rows that count nothing)."""
 
+    def synthetic_batch(self, cfg: Config, model: torch.nn.Module) -> dict:
+        """One collated batch of `train.batch_size` full-length random items (seeded), for `dia-tpu bench`."""
+
     def scorer(self, cfg: TrainConfig, model: torch.nn.Module) -> Scorer:
         """The family's loss, weighted as `cfg` says."""
 

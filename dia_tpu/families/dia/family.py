@@ -8,7 +8,7 @@ import torch
 from datasets import Dataset
 
 from dia_tpu.config import Config, DataConfig, ModelConfig, TrainConfig
-from dia_tpu.data.batching import BATCH_RANKS, make_collator
+from dia_tpu.data.batching import BATCH_RANKS, make_collator, synthetic_batch
 from dia_tpu.data.check import data_model_problems
 from dia_tpu.data.dataset import CodesDataset
 from dia_tpu.export import export, export_checkpoint
@@ -40,6 +40,9 @@ class DiaFamily:
 
     def collator(self, cfg: DataConfig, model: torch.nn.Module, fill_to: int = 0, *, bucketed: bool = False):
         return make_collator(cfg, model.config, fill_to, bucketed=bucketed)
+
+    def synthetic_batch(self, cfg: Config, model: torch.nn.Module) -> dict:
+        return synthetic_batch(cfg, model.config)
 
     def scorer(self, cfg: TrainConfig, model: torch.nn.Module) -> DiaScorer:
         return DiaScorer(codebook_weights(cfg.codebook_weights, len(model.config.delay_pattern)))

@@ -21,13 +21,13 @@ import numpy as np
 import torch
 from datasets import Dataset
 
-from dia_tpu.config import DataConfig
+from dia_tpu.config import Config, DataConfig
 from dia_tpu.data.batching import bucket_lengths, bucket_of
 from dia_tpu.data.dataset import item_random
 from dia_tpu.errors import UserError
 from dia_tpu.families.dia2.config import Dia2Config
 from dia_tpu.families.dia2.layout import make_example
-from dia_tpu.families.dia2.script import TextIds, Tokenize, Word, timed_entries
+from dia_tpu.families.dia2.script import Entry, TextIds, Tokenize, Word, timed_entries
 
 WORDS_COLUMN = "words"
 SPEAKER_TAGS = {1: "[S1]", 2: "[S2]"}
@@ -138,3 +138,21 @@ class Dia2Collator:
             "audio_mask": audio_mask,
             "unconditional": unconditional,
         }
+
+
+def synthetic_batch(cfg: Config, model: Dia2Config) -> dict:
+    """One collated batch of `train.batch_size` full-length recordings with random codes and a word of two
+    random tokens every 6 frames (seeded): the shapes and the masks' share of a real batch, for `dia-tpu bench`."""
+    generator = torch.Generator().manual_seed(cfg.data.seed)
+    frames = cfg.data.max_audio_frames
+    ids = TextIds(model.text_pad, model.text_new_word, model.text_zero, 1, model.text_new_word, model.text_new_word)
+    first = max(ids.pad, ids.new_word, ids.zero) + 1  # word tokens above the special ids
+    items = []
+    for _ in range(cfg.train.batch_size):
+        codes = torch.randint(0, model.audio_limit, (model.codebooks, frames), generator=generator)
+        starts = list(range(2, max(frames - 8, 3), 6))
+        words = [torch.randint(first, model.text_vocab, (2,), generator=generator).tolist() for _ in starts]
+        entries = [Entry(tokens, "", padding=5) for tokens in words]
+        example = make_example(model, ids, codes, entries, starts)
+        items.append({**vars(example), "frames": frames, "unconditional": False})
+    return Dia2Collator(model, frames)(items)

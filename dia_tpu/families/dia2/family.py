@@ -14,7 +14,7 @@ from dia_tpu.data.shards import read_prepare_info
 from dia_tpu.families.dia2.adapters import with_lora
 from dia_tpu.families.dia2.assets import load_tokenizer, text_ids
 from dia_tpu.families.dia2.checkpoint import export_checkpoint
-from dia_tpu.families.dia2.data import BATCH_RANKS, Dia2Collator, Dia2Items
+from dia_tpu.families.dia2.data import BATCH_RANKS, Dia2Collator, Dia2Items, synthetic_batch
 from dia_tpu.families.dia2.export import export_dia2
 from dia_tpu.families.dia2.files import read_model
 from dia_tpu.families.dia2.loss import Dia2Scorer, HeadWeights
@@ -93,6 +93,9 @@ class Dia2Family:
     def collator(self, cfg: DataConfig, model: torch.nn.Module, fill_to: int = 0, *, bucketed: bool = False):
         buckets = tuple(cfg.buckets) if bucketed else ()
         return Dia2Collator(_config(model), cfg.max_audio_frames, fill_to, buckets)
+
+    def synthetic_batch(self, cfg: Config, model: torch.nn.Module) -> dict:
+        return synthetic_batch(cfg, _config(model))
 
     def scorer(self, cfg: TrainConfig, model: torch.nn.Module) -> Dia2Scorer:
         codebooks = _config(model).codebooks
