@@ -261,3 +261,33 @@ def test_bench_times_a_dia2_training_step_on_its_synthetic_batch(dia2_model):
     assert result["frames"] == 2 * 24 * 2 and result["max_text_tokens"] is None
     assert result["params"] == sum(p.numel() for p in model.parameters()) and math.isfinite(result["final_loss"])
     assert 0 < result["share_of_matmul"] < 1
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [[], ["model.freeze.text_encoder=true", "model.freeze.decoder_layers=1"], ["model.lora.rank=4"]],
+    ids=["full", "frozen", "lora"],
+)
+def test_plan_counts_the_dia2_model_training_builds_from_its_config_alone(dia2_model, tmp_path, extra):
+    """`dia-tpu plan` on Dia2 reads config.json only (a folder without weights plans), and counts what training
+    builds; the positions are the collator's; checkpointing keeps fewer activations."""
+    import shutil
+
+    from dia_tpu.plan import estimate
+    from dia_tpu.training.runtime import Runtime
+    from dia_tpu.training.step import build_trainable
+
+    config_only = tmp_path / "config_only"
+    config_only.mkdir()
+    shutil.copy(dia2_model / "config.json", config_only)
+    shape = ["data.max_audio_frames=40", "train.batch_size=2", "model.gradient_checkpointing=false", *extra]
+    plan = estimate(dia2_config(config_only, "unused", tmp_path, *shape))
+    cfg = dia2_config(dia2_model, "unused", tmp_path, *shape)
+    built = build_trainable(cfg, Runtime.assumed(cfg, "cpu"))
+    params = sum(p.numel() for p in built.parameters())
+    trainable = sum(p.numel() for p in built.parameters() if p.requires_grad)
+    assert (plan.params, plan.trainable) == (params, trainable) and (trainable < params) == bool(extra)
+    assert plan.weights == 4 * params and plan.gradients == 4 * trainable
+    assert plan.decoder_steps == 40 + 3 - 1 and plan.text_tokens is None and plan.family == "dia2"
+    recomputed = estimate(dia2_config(config_only, "unused", tmp_path, *shape, "model.gradient_checkpointing=true"))
+    assert 0 < recomputed.activations < plan.activations

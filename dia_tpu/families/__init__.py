@@ -49,6 +49,13 @@ class Family(Protocol):
     def build(self, cfg: ModelConfig, attention: str | None) -> torch.nn.Module:
         """The model of `cfg`, its weights loaded, in fp32 on the CPU."""
 
+    def architecture(self, cfg: ModelConfig, attention: str | None) -> torch.nn.Module:
+        """The model of `cfg` built from its config alone, no weights read (`dia-tpu plan` builds it on the meta
+        device)."""
+
+    def positions(self, batch: dict) -> int:
+        """The sequence positions the model runs over for a collated batch."""
+
     def set_up_for_training(self, model: torch.nn.Module, cfg: Config, on_xla: bool) -> torch.nn.Module:
         """No generation cache, activation checkpointing, frozen parts and LoRA adapters, as `cfg` asks."""
 

@@ -41,6 +41,7 @@ import torch
 
 from dia_tpu.config import Config
 from dia_tpu.errors import UserError
+from dia_tpu.families import Family, family_of
 from dia_tpu.plan.optimizer import optimizer_kind, optimizer_state_bytes, update_temporaries
 from dia_tpu.plan.trace import Trace, planned_precision, trace_step
 
@@ -113,8 +114,9 @@ class MemoryPlan:
     processes: int
     device: str  # "cuda", "xla" or "cpu": whose optimizer implementation `total` assumes
     batch_size: int
-    text_tokens: int
-    decoder_steps: int  # decoder positions: audio frames + BOS + EOS + the delay, as the collator pads
+    family: str  # the model family, "dia" or "dia2"
+    text_tokens: int | None  # Dia's text encoder's tokens; None for Dia2, whose text rides in the frames
+    decoder_steps: int  # positions the model runs over: audio frames + BOS/EOS + the delay, as the collator pads
     accumulation: int  # micro-batches per optimizer step
     mixed_precision: str
     gradient_checkpointing: bool
@@ -159,7 +161,7 @@ def estimate(cfg: Config, processes: int = 1, device: str = "cuda") -> MemoryPla
         trace=trace,
         accumulation=t.gradient_accumulation_steps,
         processes=processes,
-        units=_units(model),
+        units=_units(model, family_of(cfg.model)),
     )
     kind = optimizer_kind(cfg, device)
     temporaries = update_temporaries(kind, device, sizes)
@@ -194,7 +196,8 @@ def estimate(cfg: Config, processes: int = 1, device: str = "cuda") -> MemoryPla
         processes=processes,
         device=device,
         batch_size=t.batch_size,
-        text_tokens=cfg.data.max_text_tokens,
+        family=family_of(cfg.model).name,
+        text_tokens=cfg.data.max_text_tokens if family_of(cfg.model).byte_text else None,
         decoder_steps=trace.decoder_steps,
         accumulation=t.gradient_accumulation_steps,
         mixed_precision=planned_precision(t.mixed_precision),
@@ -218,16 +221,19 @@ def estimate(cfg: Config, processes: int = 1, device: str = "cuda") -> MemoryPla
     )
 
 
-def _units(model: torch.nn.Module) -> tuple[int, int, int]:
+def _units(model: torch.nn.Module, family: Family) -> tuple[int, int, int]:
     """Bytes of (the root unit's weights, the largest layer's weights, the largest layer's trainable weights):
-    the units a sharded run gathers whole, one at a time. The layers are the encoder's and decoder's; the text
-    embedding is a unit of its own under FSDP2 and small; the root holds the rest."""
-    layers = [m for m in model.modules() if type(m).__name__ in ("DiaEncoderLayer", "DiaDecoderLayer")]
+    the units a sharded run gathers whole, one at a time. The layers are the family's repeated ones (Dia: the
+    encoder's and decoder's; Dia2: the backbone's and depformer's); an input embedding the family exposes (Dia's
+    text embedding) is a unit of its own under FSDP2 and small; the root holds the rest."""
+    layers = [m for m in model.modules() if type(m).__name__ in family.shard_units]
     sizes = [sum(p.untyped_storage().nbytes() for p in layer.parameters()) for layer in layers]
     trainable = [sum(4 * p.numel() for p in layer.parameters() if p.requires_grad) for layer in layers]
-    embedding = [m for m in model.modules() if type(m).__name__ == "DiaEncoder"][0].embedding.weight
     root = sum(p.untyped_storage().nbytes() for p in model.parameters()) - sum(sizes)
-    return root - embedding.untyped_storage().nbytes(), max(sizes, default=0), max(trainable, default=0)
+    family.expose_input_embeddings(model)
+    embedding = getattr(model, "get_input_embeddings", lambda: None)()
+    own = embedding.weight.untyped_storage().nbytes() if embedding is not None else 0
+    return root - own, max(sizes, default=0), max(trainable, default=0)
 
 
 def _smallest_slice(parts: _Parts, device: str, memory: int, temporaries: int) -> Slice:

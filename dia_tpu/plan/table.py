@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from dia_tpu.plan.estimate import GIB, HEADROOM, MemoryPlan
 
+# How each family is named at the head of a plan.
+NAMES = {"dia": "Dia", "dia2": "Dia2"}
+
 
 def format_plan(plan: MemoryPlan) -> str:
     """The plan as a text table, sizes in GiB."""
@@ -33,9 +36,11 @@ def format_plan(plan: MemoryPlan) -> str:
     )
     width = max(len(label) for label, _ in rows)
     lines = [
-        f"Dia: {plan.params / 1e6:.2f} M parameters, {plan.trainable / 1e6:.2f} M trainable ({share:.2f} %)",
-        f"step: {plan.accumulation} x batch {plan.batch_size} of {plan.text_tokens} text tokens and "
-        f"{plan.decoder_steps} decoder positions; {precision}, "
+        f"{NAMES[plan.family]}: {plan.params / 1e6:.2f} M parameters, {plan.trainable / 1e6:.2f} M trainable "
+        f"({share:.2f} %)",
+        f"step: {plan.accumulation} x batch {plan.batch_size} of "
+        + (f"{plan.text_tokens} text tokens and " if plan.text_tokens is not None else "")
+        + f"{plan.decoder_steps} {'decoder positions' if plan.text_tokens is not None else 'frames'}; {precision}, "
         f"{'gradient checkpointing' if plan.gradient_checkpointing else 'no gradient checkpointing'}, "
         f"{plan.optimizer} as on {plan.device}",
         "",

@@ -24,13 +24,9 @@ from accelerate.utils import convert_outputs_to_fp32
 from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
-from transformers import DiaForConditionalGeneration
 
 from dia_tpu.config import Config
-from dia_tpu.data.batching import synthetic_batch
-from dia_tpu.families.dia.loss import batch_loss, codebook_weights, target_weight
-from dia_tpu.families.dia.training import set_up_for_training
-from dia_tpu.model.build import architecture_config
+from dia_tpu.families import family_of
 from dia_tpu.training.runtime import Runtime
 
 _AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -67,10 +63,10 @@ def fake_trainable(cfg: Config, mode: FakeTensorMode) -> torch.nn.Module:
     It is built on the meta device, where peft can add its adapters (under FakeTensorMode, peft's move of
     each adapter to its base layer's device fails), then every tensor is replaced by a fake one.
     """
+    family = family_of(cfg.model)
     with torch.device("meta"):
-        model = DiaForConditionalGeneration(architecture_config(cfg.model))
-    model.set_attn_implementation(Runtime.assumed(cfg, "cpu").attention)
-    model = set_up_for_training(model, cfg)
+        model = family.architecture(cfg.model, Runtime.assumed(cfg, "cpu").attention)
+    model = family.set_up_for_training(model, cfg, on_xla=False)
     made: dict[int, torch.Tensor] = {}  # a parameter shared by two modules stays shared
     with mode:
         for module in model.modules():
@@ -138,23 +134,25 @@ class _LiveBytes(TorchDispatchMode):
 
 def trace_step(cfg: Config) -> tuple[Trace, torch.nn.Module]:
     """Trace forward, loss and backward of one micro-batch of `cfg`'s shape without allocating it."""
-    mode = FakeTensorMode()
+    family = family_of(cfg.model)
+    # Non-fake inputs allowed: a family's loss may hold small constant tensors (its weights), taken as they are.
+    mode = FakeTensorMode(allow_non_fake_inputs=True)
     model = fake_trainable(cfg, mode)
-    batch = {key: mode.from_tensor(value) for key, value in synthetic_batch(cfg, model.config).items()}
-    weights = mode.from_tensor(codebook_weights(cfg.train.codebook_weights, len(model.config.delay_pattern)))
+    batch = {key: mode.from_tensor(value) for key, value in family.synthetic_batch(cfg, model).items()}
+    scorer = family.scorer(cfg.train, model)
     precision = planned_precision(cfg.train.mixed_precision)
     if precision in _AUTOCAST:
         # What Accelerate's prepare does to the forward: autocast inside, outputs converted to fp32 after.
         model.forward = convert_outputs_to_fp32(torch.autocast("cpu", dtype=_AUTOCAST[precision])(model.forward))
     params = list(model.parameters())
-    tracker = _LiveBytes(params, list(model.buffers()) + list(batch.values()) + [weights])
+    tracker = _LiveBytes(params, list(model.buffers()) + list(batch.values()))
     for param in params:
         if param.requires_grad:
             param.register_post_accumulate_grad_hook(tracker.count_gradient)
     with mode, tracker:
-        parts = batch_loss(model, batch, weights, accuracy=False)
-        loss = parts.weighted_sum / target_weight(batch["labels"], weights)
+        parts = scorer(model, batch, accuracy=False)
+        loss = parts.weighted_sum / scorer.target_weight(batch)
         activations = tracker.live
         loss.backward()
-    trace = Trace(activations, tracker.copies_peak, batch["decoder_input_ids"].shape[1], tracker.timeline)
+    trace = Trace(activations, tracker.copies_peak, family.positions(batch), tracker.timeline)
     return trace, model

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import torch
 from datasets import Dataset
+from transformers import DiaForConditionalGeneration
 
 from dia_tpu.config import Config, DataConfig, ModelConfig, TrainConfig
 from dia_tpu.data.batching import BATCH_RANKS, make_collator, synthetic_batch
@@ -14,7 +15,7 @@ from dia_tpu.data.dataset import CodesDataset
 from dia_tpu.export import export, export_checkpoint
 from dia_tpu.families.dia.loss import DiaScorer, codebook_weights
 from dia_tpu.families.dia.training import expose_input_embeddings, set_up_for_training
-from dia_tpu.model.build import build_model, plain_model
+from dia_tpu.model.build import architecture_config, build_model, plain_model
 from dia_tpu.model.codec import build_codec
 
 
@@ -28,6 +29,15 @@ class DiaFamily:
 
     def build(self, cfg: ModelConfig, attention: str | None) -> torch.nn.Module:
         return build_model(cfg, attention)
+
+    def architecture(self, cfg: ModelConfig, attention: str | None) -> torch.nn.Module:
+        model = DiaForConditionalGeneration(architecture_config(cfg))
+        if attention is not None:
+            model.set_attn_implementation(attention)
+        return model
+
+    def positions(self, batch: dict) -> int:
+        return batch["decoder_input_ids"].shape[1]
 
     def set_up_for_training(self, model: torch.nn.Module, cfg: Config, on_xla: bool) -> torch.nn.Module:
         return set_up_for_training(model, cfg, on_xla)

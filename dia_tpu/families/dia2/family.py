@@ -14,12 +14,13 @@ from dia_tpu.data.shards import read_prepare_info
 from dia_tpu.families.dia2.adapters import with_lora
 from dia_tpu.families.dia2.assets import load_tokenizer, text_ids
 from dia_tpu.families.dia2.checkpoint import export_checkpoint
+from dia_tpu.families.dia2.config import read_config
 from dia_tpu.families.dia2.data import BATCH_RANKS, Dia2Collator, Dia2Items, synthetic_batch
 from dia_tpu.families.dia2.export import export_dia2
 from dia_tpu.families.dia2.files import read_model
 from dia_tpu.families.dia2.loss import Dia2Scorer, HeadWeights
 from dia_tpu.families.dia2.model import Dia2Model
-from dia_tpu.families.dia2.source import source_folder
+from dia_tpu.families.dia2.source import source_config, source_folder
 
 
 class Dia2Family:
@@ -34,6 +35,14 @@ class Dia2Family:
         if cfg.pretrained is None:
             raise ConfigError("model.family=dia2 needs model.pretrained: a Dia2 folder or hub id (nari-labs/Dia2-1B)")
         return read_model(source_folder(cfg.pretrained))
+
+    def architecture(self, cfg: ModelConfig, attention: str | None) -> Dia2Model:
+        if cfg.pretrained is None:
+            raise ConfigError("model.family=dia2 needs model.pretrained: a Dia2 folder or hub id (nari-labs/Dia2-1B)")
+        return Dia2Model(read_config(source_config(cfg.pretrained)))
+
+    def positions(self, batch: dict) -> int:
+        return batch["actions"].shape[1]
 
     def set_up_for_training(self, model: Dia2Model, cfg: Config, on_xla: bool) -> torch.nn.Module:
         m = cfg.model

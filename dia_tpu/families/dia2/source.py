@@ -19,6 +19,16 @@ REPOSITORY_FILES = [
 ]
 
 
+def source_config(source: str) -> Path:
+    """The config.json of `source`, alone: a local folder's, or the hub repository's file (no weights)."""
+    if not is_hub_id(source):
+        return Path(source) / "config.json"
+    from huggingface_hub import hf_hub_download
+
+    with from_hub("model.pretrained", source, "a Dia2 folder (config.json and model.safetensors)"):
+        return Path(hf_hub_download(source, "config.json"))
+
+
 def source_folder(source: str) -> Path:
     """The local folder of `source`: itself, or the hub repository's files in the local cache."""
     if not is_hub_id(source):
