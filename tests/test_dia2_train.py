@@ -291,3 +291,22 @@ def test_plan_counts_the_dia2_model_training_builds_from_its_config_alone(dia2_m
     assert plan.decoder_steps == 40 + 3 - 1 and plan.text_tokens is None and plan.family == "dia2"
     recomputed = estimate(dia2_config(config_only, "unused", tmp_path, *shape, "model.gradient_checkpointing=true"))
     assert 0 < recomputed.activations < plan.activations
+
+
+def test_word_timings_that_do_not_fit_their_recordings_are_one_line_naming_them(dia2_model, tmp_path):
+    import random
+
+    from helpers.dia2_data import recording, write_rows
+
+    rng = random.Random(5)
+    rows = [recording(rng) for _ in range(6)]
+    rows[1]["words"][0]["speaker"] = 3
+    rows[4]["words"][-1]["end"] = rows[4]["frames"] + 7
+    codes = write_rows(tmp_path / "codes", rows, "bad")
+    dia2_config(dia2_model, codes, tmp_path / "run", "train.max_steps=2", "data.eval_size=0").save(tmp_path / "c.yaml")
+    with pytest.raises(SystemExit) as stop:
+        main(["train", "--config", str(tmp_path / "c.yaml")])
+    said = str(stop.value)
+    assert len(said.splitlines()) == 1 and "word timings that do not fit their recordings" in said, said
+    assert "dialogue_001: word" in said and "speaker 3 (1 or 2)" in said
+    assert f"dialogue_004: word {rows[4]['words'][-1]['word']!r} ends at frame {rows[4]['frames'] + 7}" in said

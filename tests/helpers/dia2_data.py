@@ -87,7 +87,11 @@ def recording(rng: random.Random) -> dict:
 def write_dataset(folder: Path, count: int, seed: int) -> Path:
     """A prepared Dia2 dataset of `count` recordings: the table, its manifest and the dataset mark."""
     rng = random.Random(seed)
-    rows = [recording(rng) for _ in range(count)]
+    return write_rows(folder, [recording(rng) for _ in range(count)], f"dia2-{seed}")
+
+
+def write_rows(folder: Path, rows: list[dict], fingerprint: str) -> Path:
+    """`rows` (text, codes, frames, words) as a prepared Dia2 dataset."""
     for i, row in enumerate(rows):
         row |= {"duration": row["frames"] / FRAME_RATE, "source_id": f"dialogue_{i:03d}", "speaker": ""}
         row["key"], row["language"] = row["source_id"], "en"
@@ -110,11 +114,11 @@ def write_dataset(folder: Path, count: int, seed: int) -> Path:
     Dataset.from_list(rows, features=features).save_to_disk(str(folder))
     manifest = {
         "codec": {"name": "tiny random Mimi"},
-        "fingerprint": f"dia2-{seed}",
+        "fingerprint": fingerprint,
         "sample_rate": 24000,
         "frame_rate": FRAME_RATE,
         "num_codebooks": CODEBOOKS,
-        "kept": count,
+        "kept": len(rows),
         "frames": sum(row["frames"] for row in rows),
     }
     (folder / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")

@@ -34,16 +34,41 @@ SPEAKER_TAGS = {1: "[S1]", 2: "[S2]"}
 
 
 def tagged_words(words: Sequence[dict], frame_rate: float) -> list[Word]:
-    """A row's words as `Word`s in seconds, with a speaker tag where the speaker changes (and on the first)."""
+    """A row's words as `Word`s in seconds, with a speaker tag where the speaker changes (and on the first); the
+    speakers were checked (`timing_problems`)."""
     said, speaker = [], None
     for word in words:
-        tag = SPEAKER_TAGS.get(int(word["speaker"]))
-        if tag is None:
-            raise UserError(f"a word's speaker is {word['speaker']!r}; Dia2 has speakers 1 and 2 ([S1], [S2])")
+        tag = SPEAKER_TAGS[int(word["speaker"])]
         text = f"{tag} {word['word']}" if tag != speaker else str(word["word"])
         said.append(Word(text, int(word["start"]) / frame_rate, int(word["end"]) / frame_rate))
         speaker = tag
     return said
+
+
+def timing_problems(words: Sequence[list], frames: Sequence[int], ids: Sequence[str]) -> list[str]:
+    """Each recording whose words do not fit it, named with why: a speaker other than 1 or 2, an end before its
+    start, a word starting before the one before it, a word outside the recording's frames."""
+    problems = []
+    for said, length, source in zip(words, frames, ids, strict=True):
+        previous = 0
+        for word in said:
+            start, end, speaker = int(word["start"]), int(word["end"]), word["speaker"]
+            why = (
+                f"speaker {speaker!r} (1 or 2)"
+                if speaker not in SPEAKER_TAGS
+                else f"ends at frame {end} before it starts ({start})"
+                if end < start
+                else f"starts at frame {start}, before the word before it ({previous})"
+                if start < previous
+                else f"ends at frame {end}, after the recording's {int(length)} frames"
+                if end > int(length) or start < 0
+                else None
+            )
+            if why:
+                problems.append(f"{source}: word {word['word']!r} {why}")
+                break
+            previous = start
+    return problems
 
 
 class Dia2Items(torch.utils.data.Dataset):
@@ -69,6 +94,10 @@ class Dia2Items(torch.utils.data.Dataset):
             )
         self.table = table.with_format("numpy", columns=["codes", "frames"])
         self.words = table[WORDS_COLUMN]
+        names = table["source_id"] if "source_id" in table.column_names else [f"#{i}" for i in range(len(table))]
+        if problems := timing_problems(self.words, self.table["frames"], names):
+            shown = "; ".join(problems[:3]) + (f" (and {len(problems) - 3} more)" if len(problems) > 3 else "")
+            raise UserError(f"{cfg.dataset}: word timings that do not fit their recordings: {shown}")
         self.cfg, self.model, self.tokenize, self.ids, self.frame_rate = cfg, model, tokenize, ids, frame_rate
         self.unconditional_frac = unconditional_frac if train else 0.0
         self.epoch = 0
