@@ -22,16 +22,13 @@ def item_random(seed: int, epoch: int, index: int, purpose: str) -> random.Rando
     return random.Random(f"{seed}:{epoch}:{index}:{purpose}")
 
 
-class CodesDataset(torch.utils.data.Dataset):
-    """Items of a prepared dataset, with the per-item random decisions (crop window, CFG text dropout, tags)."""
+class PreparedItems(torch.utils.data.Dataset):
+    """A prepared dataset's rows as items of one family's kind: what every family's items share (the table, the
+    data config, the epoch the per-item random decisions are drawn for, each item's length)."""
 
-    def __init__(self, table: Dataset, cfg: DataConfig, unconditional_frac: float, *, train: bool):
-        self.table = table.with_format("numpy", columns=["text", "codes", "frames"])
-        self.cfg = cfg
-        self.unconditional_frac = unconditional_frac if train else 0.0
-        self.train = train
-        self.epoch = 0
-        self.partners = prompt_partners(table, cfg) if train and cfg.prompt_pairs > 0 else {}
+    table: Dataset  # formatted to the columns the items read
+    cfg: DataConfig
+    epoch: int = 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -42,6 +39,19 @@ class CodesDataset(torch.utils.data.Dataset):
     def frames(self) -> list[int]:
         """Each item's audio length after cropping to max_audio_frames, without reading the codes."""
         return [min(int(n), self.cfg.max_audio_frames) for n in self.table["frames"]]
+
+
+class CodesDataset(PreparedItems):
+    """Dia's items of a prepared dataset, with the per-item random decisions (crop window, CFG text dropout,
+    tags)."""
+
+    def __init__(self, table: Dataset, cfg: DataConfig, unconditional_frac: float, *, train: bool):
+        self.table = table.with_format("numpy", columns=["text", "codes", "frames"])
+        self.cfg = cfg
+        self.unconditional_frac = unconditional_frac if train else 0.0
+        self.train = train
+        self.epoch = 0
+        self.partners = prompt_partners(table, cfg) if train and cfg.prompt_pairs > 0 else {}
 
     def __getitem__(self, index: int) -> dict:
         row = self.table[index]

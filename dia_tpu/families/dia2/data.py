@@ -23,7 +23,7 @@ from datasets import Dataset
 
 from dia_tpu.config import Config, DataConfig
 from dia_tpu.data.batching import bucket_lengths, bucket_of
-from dia_tpu.data.dataset import item_random
+from dia_tpu.data.dataset import PreparedItems, item_random
 from dia_tpu.errors import UserError
 from dia_tpu.families.dia2.config import Dia2Config
 from dia_tpu.families.dia2.layout import make_example
@@ -71,7 +71,7 @@ def timing_problems(words: Sequence[list], frames: Sequence[int], ids: Sequence[
     return problems
 
 
-class Dia2Items(torch.utils.data.Dataset):
+class Dia2Items(PreparedItems):
     """A prepared Dia2 dataset's rows as examples; the guidance dropout (`train.unconditional_frac`) is drawn per
     item from (seed, epoch, item), so every process and worker agrees."""
 
@@ -101,16 +101,6 @@ class Dia2Items(torch.utils.data.Dataset):
         self.cfg, self.model, self.tokenize, self.ids, self.frame_rate = cfg, model, tokenize, ids, frame_rate
         self.unconditional_frac = unconditional_frac if train else 0.0
         self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return len(self.table)
-
-    def frames(self) -> list[int]:
-        """Each item's length after cutting to max_audio_frames, without reading the codes."""
-        return [min(int(n), self.cfg.max_audio_frames) for n in self.table["frames"]]
 
     def __getitem__(self, index: int) -> dict:
         codes = torch.from_numpy(np.asarray(self.table[index]["codes"], dtype=np.int64)).T  # [N, F]
