@@ -23,10 +23,10 @@ def evaluate(accelerator: Accelerator, model, loader, scorer: Scorer) -> dict[st
         parts = scorer(model, batch)
         weighted = torch.stack([parts.weighted, parts.weight], 1)  # [B, 2]
         rows = accelerator.gather_for_metrics((parts.ce_sum, parts.correct, parts.count, weighted))
-        sums = [r.double().sum(0) for r in rows]
+        sums = [r.sum(0) for r in rows]
         totals = sums if totals is None else [a + b for a, b in zip(totals, sums, strict=True)]
     model.train(was_training)
-    ce, correct, count, (weighted_sum, weight) = (t.cpu() for t in totals)
+    ce, correct, count, (weighted_sum, weight) = (t.double().cpu() for t in totals)
     metrics = {"eval/loss": float(weighted_sum / weight)}
     for h, head in enumerate(scorer.heads):
         metrics[f"eval/loss_{head}"] = float(ce[h] / count[h])

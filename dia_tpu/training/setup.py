@@ -84,11 +84,6 @@ def set_up(session: Session) -> Setup:
 def _judging(session: Session, family: Family, splits, model) -> tuple[TrainingSamples, AudioEvaluation]:
     """Training's samples and audio evaluation, off (saying so) where the family does not speak in training yet."""
     cfg, accelerator, runtime = session.cfg, session.accelerator, session.runtime
-    if not family.speaks_in_training and cfg.eval.select_by != "loss":
-        raise ConfigError(
-            f"eval.select_by={cfg.eval.select_by}: {family.name} models are selected by eval loss so far (they do not "
-            "speak during training yet); set eval.select_by=loss"
-        )
     if not family.speaks_in_training and (cfg.samples.every or cfg.eval.audio.every):
         say(accelerator, f"samples and eval.audio: off, as {family.name} models do not speak during training yet")
         quiet = replace(cfg.eval, audio=replace(cfg.eval.audio, every=0))
