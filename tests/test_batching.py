@@ -23,6 +23,7 @@ from transformers import DiaConfig
 from dia_tpu.config import DataConfig
 from dia_tpu.data.batching import BucketBatchSampler, bucket_lengths, bucket_of, make_collator, padding_report
 from dia_tpu.data.dataset import CodesDataset, load_splits
+from dia_tpu.errors import UserError
 from dia_tpu.training.loaders import make_loaders, positioned_batches
 from dia_tpu.training.recipe import train
 from dia_tpu.training.state import TrainState
@@ -264,3 +265,18 @@ def test_bucketed_training_resumes_exactly(short_codes, tmp_path):
     expected, got = weights(straight), weights(resumed)
     for key in expected:
         torch.testing.assert_close(got[key], expected[key], rtol=0, atol=0, msg=key)
+
+
+def test_an_epoch_that_gives_no_batch_stops_the_run_in_one_line():
+    """What an XLA loader whose thread died on a bad item gives: an empty epoch, which must not start another."""
+    from accelerate import Accelerator
+
+    from dia_tpu.training.state import TrainState
+
+    class Empty(list):
+        def set_epoch(self, epoch: int) -> None:
+            pass
+
+    stream = positioned_batches(Accelerator(cpu=True), Empty(), [], TrainState())
+    with pytest.raises(UserError, match="epoch 0 gave no training batch"):
+        next(stream)

@@ -73,6 +73,11 @@ def positioned_batches(
         for part in epoch_seeded:
             part.set_epoch(epoch)
         batches = accelerator.skip_first_batches(loader, skip) if skip else loader
+        consumed = skip
         for consumed, batch in enumerate(batches, start=skip + 1):
             yield (epoch, consumed), batch
+        if consumed == 0:
+            # On XLA an item that fails to load ends the loader's thread (its error printed above) and the epoch
+            # comes out empty; going on would start epoch after empty epoch for ever.
+            raise UserError(f"epoch {epoch} gave no training batch: loading the data failed (see above)")
         epoch, skip = epoch + 1, 0
