@@ -52,7 +52,7 @@ def dia2_folder(tiny: Path, folder: Path) -> Path:
             head_dim=8,
             intermediate_size=32,
             sliding_window=16,
-            use_cache=False,
+            use_cache=True,  # as upstream decodes: Mimi returning its cache beside the audio
         )
     )
     with torch.no_grad():
