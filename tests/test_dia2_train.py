@@ -114,8 +114,13 @@ def test_dia2_lora_resumes_exactly_and_exports_the_adapter_beside_the_merged_mod
     assert not torch.equal(
         a["transformer.layers.0.attn.q_proj.weight"], base["transformer.layers.0.attn.q_proj.weight"]
     )
-    # Only the adapted layers moved: the heads are the base model's.
+    # Only the adapted layers moved (model.lora.targets: attention, the default): the MLPs and heads are the base's.
     assert torch.equal(a["transformer.cb0_head.weight"], base["transformer.cb0_head.weight"])
+    assert torch.equal(a["transformer.layers.0.mlp.wi.weight"], base["transformer.layers.0.mlp.wi.weight"])
+    assert not torch.equal(
+        a["depformer.layers.0.self_attention.in_proj.0.weight"],
+        base["depformer.layers.0.self_attention.in_proj.0.weight"],
+    )
     # `dia-tpu export` of the LoRA checkpoint: the merged model equals the run's own export; the adapter alone
     # loads onto the base with peft and gives the same model.
     step = str(tmp_path / "straight/checkpoints/step_12")
@@ -182,6 +187,10 @@ def test_fsdp2_shards_dia2_over_two_gloo_processes_as_one_process_trains(dia2_mo
         ),
         (["train.push_to_hub=true", "train.hub_model_id=me/x"], "dia2 exports are not published by dia_tpu yet"),
         (["data.max_audio_frames=200"], "makes 203 frames with the delays; the model's context is 96"),
+        (
+            ["model.lora.rank=4", "model.lora.modules_to_save=[logits]", "model.lora.targets=[attention, head]"],
+            "model.lora.modules_to_save, model.lora.targets=head (Dia2 takes attention and mlp): Dia's settings",
+        ),
         (["train.codebook_weights=[1, 1]"], "train.codebook_weights has 2 entries but the model has 4"),
     ],
 )

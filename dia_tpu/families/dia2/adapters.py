@@ -8,25 +8,38 @@ import torch
 
 from dia_tpu.families.dia2.model import Dia2Model
 
-# The Linear layers that get adapters, by where they sit: the backbone's attention, the depformer's per-stage
-# projections, and both stacks' MLPs. Embeddings, the text tables' projections and the heads stay as they are.
-LORA_TARGETS = ("attn.q_proj", "attn.k_proj", "attn.v_proj", "attn.o_proj", "mlp.wi", "mlp.wo")
-LORA_STAGE_TARGETS = ("self_attention.in_proj.", "self_attention.out_proj.")
+# The Linear layers that get adapters, by group (`model.lora.targets`): the attention projections (the backbone's,
+# and the depformer's per-stage ones) and both stacks' MLPs. Embeddings, the text tables' projections and the
+# heads stay as they are.
+GROUPS = {
+    "attention": (
+        "attn.q_proj",
+        "attn.k_proj",
+        "attn.v_proj",
+        "attn.o_proj",
+        "self_attention.in_proj.",
+        "self_attention.out_proj.",
+    ),
+    "mlp": ("mlp.wi", "mlp.wo"),
+}
 
 
-def lora_targets(model: Dia2Model) -> list[str]:
-    """The full names of the Linear layers LoRA adapts."""
+def lora_targets(model: Dia2Model, groups: tuple[str, ...] = ("attention", "mlp")) -> list[str]:
+    """The full names of the Linear layers LoRA adapts in `groups`."""
+    wanted = [part for group in groups for part in GROUPS[group]]
     return [
         name
         for name, module in model.named_modules()
-        if isinstance(module, torch.nn.Linear)
-        and (name.endswith(LORA_TARGETS) or any(target in name for target in LORA_STAGE_TARGETS))
+        if isinstance(module, torch.nn.Linear) and any(part in name + "." for part in wanted)
     ]
 
 
-def with_lora(model: Dia2Model, rank: int, alpha: float, dropout: float = 0.0) -> peft.PeftModel:
-    """`model` with LoRA adapters of `rank`; only the adapters train."""
-    config = peft.LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=lora_targets(model))
+def with_lora(
+    model: Dia2Model, rank: int, alpha: float, dropout: float = 0.0, groups: tuple[str, ...] = ("attention", "mlp")
+) -> peft.PeftModel:
+    """`model` with LoRA adapters of `rank` on the layers of `groups`; only the adapters train."""
+    targets = lora_targets(model, groups)
+    config = peft.LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets)
     return peft.get_peft_model(model, config)
 
 

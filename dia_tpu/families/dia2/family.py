@@ -11,7 +11,7 @@ from datasets import Dataset
 
 from dia_tpu.config import Config, ConfigError, DataConfig, ModelConfig, TrainConfig
 from dia_tpu.data.shards import read_prepare_info
-from dia_tpu.families.dia2.adapters import with_lora
+from dia_tpu.families.dia2.adapters import GROUPS, with_lora
 from dia_tpu.families.dia2.assets import load_tokenizer, text_ids
 from dia_tpu.families.dia2.checkpoint import export_checkpoint
 from dia_tpu.families.dia2.config import read_config
@@ -61,8 +61,10 @@ class Dia2Family:
         for part in parts:
             if part is not None:
                 part.requires_grad_(False)
+        if unused := dia_settings(m):
+            raise ConfigError(f"{', '.join(unused)}: Dia's settings, which a Dia2 model has no use for; leave them out")
         if m.lora.rank:
-            return with_lora(model, m.lora.rank, m.lora.alpha, m.lora.dropout)
+            return with_lora(model, m.lora.rank, m.lora.alpha, m.lora.dropout, tuple(m.lora.targets))
         if not any(p.requires_grad for p in model.parameters()):
             raise ConfigError("model.freeze leaves no parameter to train")
         return model
@@ -127,6 +129,22 @@ class Dia2Family:
 
     def export_checkpoint(self, checkpoint: str | Path, out: str | Path, form: str, native_schema: str) -> Path:
         return export_checkpoint(checkpoint, out, form, native_schema)
+
+
+def dia_settings(m: ModelConfig) -> list[str]:
+    """The settings given that only Dia reads (a Dia2 model would silently ignore them), named."""
+    default = ModelConfig()
+    named = [
+        f"model.{key}"
+        for key in ("stereo", "delay_pattern", "attention_scale")
+        if getattr(m, key) != getattr(default, key)
+    ]
+    if m.lora.modules_to_save:
+        named.append("model.lora.modules_to_save")
+    if m.lora.parts != default.lora.parts:
+        named.append("model.lora.parts")
+    named += [f"model.lora.targets={t} (Dia2 takes attention and mlp)" for t in m.lora.targets if t not in GROUPS]
+    return named
 
 
 def checkpoint_with_torch_xla(model: Dia2Model) -> None:
