@@ -73,7 +73,7 @@ def export_checkpoint(
     Returns the folder written.
     """
     out_dir = Path(out_dir)
-    _check_out(Path(checkpoint), out_dir)
+    check_out(Path(checkpoint), out_dir)
     artifact = dia_only(open_artifact(checkpoint))
     if artifact.config is None:
         raise FileNotFoundError(f"{checkpoint} holds no {CONFIG_FILE}: not a dia_tpu checkpoint folder")
@@ -93,7 +93,7 @@ def export_checkpoint(
     return out_dir
 
 
-def _check_out(checkpoint: Path, out_dir: Path) -> None:
+def check_out(checkpoint: Path, out_dir: Path) -> None:
     """Refuse, before anything is read, an --out that is or holds the checkpoint, or lies inside it (the export
     would replace it, or change the files its completion mark lists), or that is not new, empty or an export."""
     source, target = checkpoint.resolve(), out_dir.resolve()

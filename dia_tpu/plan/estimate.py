@@ -151,6 +151,7 @@ def estimate(cfg: Config, processes: int = 1, device: str = "cuda") -> MemoryPla
     if device not in ("cuda", "xla", "cpu"):
         raise UserError(f"device must be 'cuda', 'xla' or 'cpu', got {device!r}")
     trace, model = trace_step(cfg)
+    family = family_of(cfg.model)
     params = list(model.parameters())
     sizes = [p.numel() for p in params if p.requires_grad]
     t = cfg.train
@@ -161,7 +162,7 @@ def estimate(cfg: Config, processes: int = 1, device: str = "cuda") -> MemoryPla
         trace=trace,
         accumulation=t.gradient_accumulation_steps,
         processes=processes,
-        units=_units(model, family_of(cfg.model)),
+        units=_units(model, family),
     )
     kind = optimizer_kind(cfg, device)
     temporaries = update_temporaries(kind, device, sizes)
@@ -196,8 +197,8 @@ def estimate(cfg: Config, processes: int = 1, device: str = "cuda") -> MemoryPla
         processes=processes,
         device=device,
         batch_size=t.batch_size,
-        family=family_of(cfg.model).name,
-        text_tokens=cfg.data.max_text_tokens if family_of(cfg.model).byte_text else None,
+        family=family.name,
+        text_tokens=cfg.data.max_text_tokens if family.byte_text else None,
         decoder_steps=trace.decoder_steps,
         accumulation=t.gradient_accumulation_steps,
         mixed_precision=planned_precision(t.mixed_precision),

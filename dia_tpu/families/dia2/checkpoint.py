@@ -10,11 +10,10 @@ import peft
 import torch
 
 from dia_tpu.artifacts import CONFIG_FILE
-from dia_tpu.artifacts.owner import EXPORT, NotOurs, check_replaceable
 from dia_tpu.artifacts.weights import read_weights, weights_file
 from dia_tpu.config import read_saved
 from dia_tpu.errors import UserError
-from dia_tpu.export import building_beside, save_adapter
+from dia_tpu.export import building_beside, check_out, save_adapter
 from dia_tpu.families.dia2.export import export_dia2
 from dia_tpu.families.dia2.files import WEIGHTS_FILE, load_weights
 from dia_tpu.families.dia2.source import source_folder
@@ -55,10 +54,7 @@ def export_checkpoint(
         raise UserError(
             f"{checkpoint} is a Dia2 checkpoint: its export is upstream's format already (--merge, the default)"
         )
-    source, target = checkpoint.resolve(), out_dir.resolve()
-    if source.is_relative_to(target) or target.is_relative_to(source):
-        raise NotOurs(f"--out {out_dir} overlaps the checkpoint {checkpoint} it exports; give a folder of its own")
-    check_replaceable(out_dir, EXPORT, "--out")
+    check_out(checkpoint, out_dir)
     model = load_trained(checkpoint)
     cfg = read_saved(checkpoint / CONFIG_FILE)
     if form == "adapter":

@@ -32,14 +32,10 @@ class Dia2Family:
     batch_ranks = BATCH_RANKS
 
     def build(self, cfg: ModelConfig, attention: str | None) -> Dia2Model:
-        if cfg.pretrained is None:
-            raise ConfigError("model.family=dia2 needs model.pretrained: a Dia2 folder or hub id (nari-labs/Dia2-1B)")
-        return read_model(source_folder(cfg.pretrained))
+        return read_model(source_folder(_pretrained(cfg)))
 
     def architecture(self, cfg: ModelConfig, attention: str | None) -> Dia2Model:
-        if cfg.pretrained is None:
-            raise ConfigError("model.family=dia2 needs model.pretrained: a Dia2 folder or hub id (nari-labs/Dia2-1B)")
-        return Dia2Model(read_config(source_config(cfg.pretrained)))
+        return Dia2Model(read_config(source_config(_pretrained(cfg))))
 
     def positions(self, batch: dict) -> int:
         return batch["actions"].shape[1]
@@ -155,6 +151,12 @@ def checkpoint_with_torch_xla(model: Dia2Model) -> None:
 
     model.transformer.checkpoint_function = model.depformer.checkpoint_function = checkpoint
     model.transformer.text_embed.register_forward_hook(lambda module, inputs, output: output.requires_grad_(True))
+
+
+def _pretrained(cfg: ModelConfig) -> str:
+    if cfg.pretrained is None:
+        raise ConfigError("model.family=dia2 needs model.pretrained: a Dia2 folder or hub id (nari-labs/Dia2-1B)")
+    return cfg.pretrained
 
 
 def _config(model: torch.nn.Module):

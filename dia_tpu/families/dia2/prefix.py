@@ -18,10 +18,9 @@ from transformers import MimiModel
 
 from dia_tpu.data.audio import load_audio
 from dia_tpu.errors import UserError
+from dia_tpu.families.dia2.data import SPEAKER_TAGS
 from dia_tpu.families.dia2.decode import Prefix, prefix_plan
 from dia_tpu.families.dia2.script import Tokenize, Word, timed_entries
-
-SPEAKER_TAGS = ("[S1]", "[S2]")
 
 
 def read_alignments(audio: Path) -> list[Word]:
@@ -53,7 +52,7 @@ def load_prefix(codec: MimiModel, recordings: list[Path], tokenize: Tokenize, co
     """Speaker 1's recording (and speaker 2's, if given) as one prefix: encoded, their words lined up."""
     rate, frame_rate = codec.config.sampling_rate, codec.config.frame_rate
     planned = []
-    for path, tag in zip(recordings, SPEAKER_TAGS, strict=False):
+    for path, tag in zip(recordings, SPEAKER_TAGS.values(), strict=False):
         words = read_alignments(path)
         codes = encode(codec, load_audio(path, rate), codebooks)
         if words[-1].end * frame_rate > codes.shape[1] + 1:
