@@ -10,11 +10,14 @@ import os
 import re
 import subprocess
 
+import numpy as np
 import pytest
+import soundfile as sf
 import torch
 from conftest import ROOT, reset_accelerate, scalars, two_process_launch
 from peft import PeftModel
 from safetensors.torch import load_file
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from dia_tpu.cli import main
 from dia_tpu.config import load
@@ -24,6 +27,7 @@ from dia_tpu.training.recipe import train
 
 CONFIG = ROOT / "configs/dia2-1b.yaml"
 HEADS = ["action", "cb0", "cb1", "cb2", "cb3"]
+TALK = "[S1] hello there [S2] hi again friend"
 
 
 def dia2_config(model, codes, out, *extra: str):
@@ -46,6 +50,9 @@ def dia2_config(model, codes, out, *extra: str):
         "train.log_every=5",
         "train.report_to=tensorboard",
         "eval.batch_size=4",
+        "samples.every=0",
+        "samples.max_seconds=2",
+        f"samples.prompts=[{{name: talk, text: '{TALK}'}}]",
         f"output.dir={out}",
     ]
     return load(CONFIG, [*tiny, *extra])
@@ -62,10 +69,11 @@ def test_dia2_fine_tunes_evaluates_and_exports_in_upstreams_format(dia2_model, d
         "eval.eval_every=20",
         "eval.eval_on_start=true",
         "eval.audio.every=20",
+        "eval.select_by=wer",
+        "samples.every=20",
     )
     final = train(cfg)
     said = capsys.readouterr().out
-    assert "samples and eval.audio: off, as dia2 models do not speak during training yet" in said
     assert "loss per head (action cb0 cb1 cb2 cb3)" in said
     logged = scalars(run)
     before = {head: dict(logged[f"eval/acc_{head}"])[0] for head in HEADS}
@@ -91,11 +99,28 @@ def test_dia2_fine_tunes_evaluates_and_exports_in_upstreams_format(dia2_model, d
     assert trained.keys() == base.keys()
     assert not torch.equal(trained["transformer.cb0_head.weight"], base["transformer.cb0_head.weight"])
     read_model(final)  # loads as is
-    # ... and speaks: `dia-tpu generate` finds the tokenizer and the codec inside the export.
-    main(
-        ["generate", "--model", str(final), "--text", "[S1] hello there", "--out", str(tmp_path / "a.wav"), "--greedy"]
-    )
-    assert "wrote" in capsys.readouterr().out and (tmp_path / "a.wav").stat().st_size > 44
+    # It spoke while training: samples written and logged, the held-out items generated, judged and logged, and
+    # best/ chosen by their word error rate.
+    assert [e.step for e in samples_logged(run, "samples/talk")] == [20, 40]
+    rows = [json.loads(line) for line in (run / "evaluations/step_000040/rows.jsonl").read_text().splitlines()]
+    assert len(rows) == 4 and all(row["seconds"] > 0 and "wer" in row and "similarity_prompt" in row for row in rows)
+    assert [step for step, _ in logged["audio/wer"]] == [20, 40]
+    assert (run / "best").is_dir()
+    # ... and a sample is a function of the weights, the prompt and its seed: `dia-tpu generate` on the export
+    # (its tokenizer and codec inside it) at the same settings writes step 40's sample again.
+    again = tmp_path / "again.wav"
+    main(["generate", "--model", str(final), "--text", TALK, "--out", str(again), "--max-seconds", "2"])
+    assert "wrote" in capsys.readouterr().out
+    written, rate = sf.read(run / "samples/step_000040/talk.wav")
+    assert rate == 24000 and len(written) > 0 and np.array_equal(sf.read(again)[0], written)
+    # The weights decide it: step 20's sample, from other weights, differs.
+    assert not np.array_equal(sf.read(run / "samples/step_000020/talk.wav")[0][: len(written)], written)
+
+
+def samples_logged(run, tag: str):
+    acc = EventAccumulator(str(next((run / "logs").iterdir())), size_guidance={"audio": 0})
+    acc.Reload()
+    return acc.Audio(tag)
 
 
 def test_dia2_lora_resumes_exactly_and_exports_the_adapter_beside_the_merged_model(dia2_model, dia2_codes, tmp_path):
@@ -181,10 +206,8 @@ def test_fsdp2_shards_dia2_over_two_gloo_processes_as_one_process_trains(dia2_mo
     ("overrides", "said"),
     [
         (["train.sharding=fsdp", "model.lora.rank=4"], "train.sharding=fsdp with model.lora: not supported"),
-        (
-            ["eval.select_by=wer", "eval.audio.every=5", "eval.eval_every=5"],
-            "dia2 models are selected by eval loss so far",
-        ),
+        (["samples.every=1", "samples.top_p=0.9"], "samples.top_p=0.9: Dia2 samples by top-k alone"),
+        (["samples.every=1", "samples.max_seconds=60"], "samples.prompts 'talk': max_seconds=60.0 needs 750 frames but the model's context holds 92"),
         (["train.push_to_hub=true", "train.hub_model_id=me/x"], "dia2 exports are not published by dia_tpu yet"),
         (["data.max_audio_frames=200"], "makes 203 frames with the delays; the model's context is 96"),
         (

@@ -222,15 +222,10 @@ def test_samples_are_written_logged_and_do_not_change_training(codes_dir, tmp_pa
     # A sample is a function of the weights, the prompt and its seed: the export regenerates step 4's.
     cfg = load(run_dir / "config.yaml")
     model, codec = load_for_inference(str(final))
-    sampling = cfg.samples
-    settings = GenerationSettings(
-        guidance_scale=sampling.guidance_scale,
-        temperature=sampling.temperature,
-        top_p=sampling.top_p,
-        top_k=sampling.top_k,
-        seed=3,
-        max_seconds=0.3,
-    )
+    # The demo's guidance and temperature; top_p and top_k unset, so Dia's published ones, generate's defaults.
+    s = cfg.samples
+    assert s.top_p is None and s.top_k is None
+    settings = GenerationSettings(guidance_scale=s.guidance_scale, temperature=s.temperature, seed=3, max_seconds=0.3)
     [again] = synthesize(model, codec, [cfg.samples.prompts[0].text], settings)
     sf.write(tmp_path / "again.wav", again, codec.config.sampling_rate)
     written, _ = sf.read(run_dir / "samples" / "step_000004" / "plan.wav")

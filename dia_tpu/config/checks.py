@@ -282,16 +282,16 @@ def _validate_samples(s: SamplesConfig) -> list[str]:
 
 def sampling_problems(s, name) -> list[str]:
     """Sampling settings generation cannot use, for samples.* and `dia-tpu generate`'s flags alike. `s` has
-    guidance_scale, temperature, top_p, top_k and max_seconds (None: no limit); `name(field)` is how the
-    message names a field."""
+    guidance_scale, temperature, top_p, top_k (None: the model's defaults) and max_seconds (None: no limit);
+    `name(field)` is how the message names a field."""
     p: list[str] = []
-    if not (math.isfinite(s.guidance_scale) and s.guidance_scale >= 1):
+    if s.guidance_scale is not None and not (math.isfinite(s.guidance_scale) and s.guidance_scale >= 1):
         p.append(f"{name('guidance_scale')} must be a number >= 1 (1 turns guidance off), got {s.guidance_scale}")
-    if not (math.isfinite(s.temperature) and s.temperature > 0):
+    if s.temperature is not None and not (math.isfinite(s.temperature) and s.temperature > 0):
         p.append(f"{name('temperature')} must be a number > 0, got {s.temperature}")
-    if not 0 < s.top_p <= 1:
+    if s.top_p is not None and not 0 < s.top_p <= 1:
         p.append(f"{name('top_p')} must be in (0, 1], got {s.top_p}")
-    if s.top_k < 1:
+    if s.top_k is not None and s.top_k < 1:
         p.append(f"{name('top_k')} must be >= 1, got {s.top_k}")
     if s.max_seconds is not None and not (math.isfinite(s.max_seconds) and s.max_seconds > 0):
         p.append(f"{name('max_seconds')} must be a number of seconds > 0, got {s.max_seconds}")

@@ -307,10 +307,12 @@ class SamplesConfig:
     # Generate the prompts every N optimizer steps and at the end (0: never).
     every: int = 0
     prompts: list[SamplePrompt] = field(default_factory=list)
-    guidance_scale: float = SAMPLING.guidance_scale
-    temperature: float = SAMPLING.temperature
-    top_p: float = SAMPLING.top_p
-    top_k: int = SAMPLING.top_k
+    # Sampling of samples and eval.audio; null: the model family's published defaults (Dia-1.6B's `SAMPLING` for
+    # Dia; upstream's for Dia2, which has no top_p).
+    guidance_scale: float | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
     # Length limit of each sample, in seconds.
     max_seconds: float = 5.0
     # On XLA devices: "cpu" generates on the main process from a CPU copy of the weights (step-by-step

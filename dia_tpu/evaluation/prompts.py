@@ -45,6 +45,7 @@ class Request:
     transcript: str | None = None  # of the voice prompt
     reference_codes: np.ndarray | None = None  # codes from a prepared dataset, decoded with each model's codec
     voice_codes: np.ndarray | None = None
+    voice_words: list[dict] | None = None  # the voice clip's timed words, where the dataset has them (Dia2's)
 
 
 # The most of a held-out clip used as another item's voice prompt.
@@ -73,7 +74,8 @@ def held_out_requests(table, pace: dict, frame_rate: float, limit: int | None, c
     """Prompts from a table of prepared items: each item's codes as its reference and, with `clone`, the first
     `VOICE_SECONDS` of the next item of the same speaker as its voice prompt."""
     table = table.with_format(None)
-    rows = list(table.select_columns(["text", "speaker", "source_id"]))[:limit]
+    timed = "words" in table.column_names
+    rows = list(table.select_columns(["text", "speaker", "source_id", *(["words"] if timed else [])]))[:limit]
     codes = table.with_format("numpy", columns=["codes"])
     voice_frames = round(VOICE_SECONDS * frame_rate)
     requests = []
@@ -88,6 +90,7 @@ def held_out_requests(table, pace: dict, frame_rate: float, limit: int | None, c
                 reference_codes=np.asarray(codes[i]["codes"]),
                 voice_codes=None if voice is None else np.asarray(codes[voice]["codes"])[:voice_frames],
                 transcript=None if voice is None else rows[voice]["text"],
+                voice_words=None if voice is None or not timed else rows[voice]["words"],
             )
         )
     return requests

@@ -35,8 +35,6 @@ class Family(Protocol):
     """What the shared training code asks of a model family."""
 
     name: str
-    # Whether training's samples and `eval.audio` can speak with this family's models yet.
-    speaks_in_training: bool
     # Whether `dia-tpu push` (and `train.push_to_hub`) publishes its exports yet.
     publishes: bool
     # The class names of its repeated layers: FSDP2's units, each gathered whole for its forward and backward.

@@ -12,7 +12,6 @@ with its wavs, for the report.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 
 import numpy as np
@@ -25,60 +24,44 @@ from dia_tpu.config import Config
 from dia_tpu.data.dataset import Splits
 from dia_tpu.errors import UserError
 from dia_tpu.evaluation.judge import Row, Sums, judge
-from dia_tpu.evaluation.prompts import (
-    chars_per_second,
-    generate,
-    held_out_requests,
-    load_request,
-    read_prompts,
-    with_pace,
-)
-from dia_tpu.generation.synthesize import GenerationSettings, check_request, script_for
+from dia_tpu.evaluation.prompts import chars_per_second, held_out_requests, read_prompts, with_pace
+from dia_tpu.evaluation.speech import speech_for
 from dia_tpu.listen.judges import Judges
-from dia_tpu.model.codec import build_codec
 from dia_tpu.training.runtime import Runtime
 from dia_tpu.training.samples import LiveGenerator
 
 
 class AudioEvaluation:
-    def __init__(self, accelerator: Accelerator, runtime: Runtime, cfg: Config, splits: Splits, model_config):
+    def __init__(
+        self, accelerator: Accelerator, runtime: Runtime, cfg: Config, splits: Splits, family: str, model_config
+    ):
         a = cfg.eval.audio
         self.accelerator, self.cfg = accelerator, cfg
         self.enabled = a.every > 0
         if not self.enabled:
             return
-        self.generator = LiveGenerator(accelerator, runtime)
-        self.codec = build_codec(cfg.model)
-        if not self.generator.copy_weights:
-            self.codec = self.codec.to(accelerator.device)
-        frame_rate = self.codec.config.sampling_rate / self.codec.config.hop_length
+        device = "cpu" if LiveGenerator.copies(runtime) else accelerator.device
+        self.speech = speech_for(family, cfg, model_config, device)
+        self.generator = LiveGenerator(accelerator, runtime, self.speech)
         # Expected lengths at the pace of the training data's speakers.
         pace = chars_per_second(splits.train.table.with_format(None))
         if a.prompts is not None:
             requests = with_pace(read_prompts(a.prompts)[: a.limit], pace)
         else:
-            requests = held_out_requests(splits.eval.table, pace, frame_rate, a.limit, a.clone)
+            requests = held_out_requests(splits.eval.table, pace, self.speech.frame_rate, a.limit, a.clone)
         n, rank = accelerator.num_processes, accelerator.process_index
         if self.generator.copy_weights:
             self.mine = list(range(len(requests))) if accelerator.is_main_process else []
         else:
             self.mine = list(range(rank, len(requests), n))
-        self.prompts = [load_request(requests[i], self.codec, model_config) for i in self.mine]
-        self.settings = GenerationSettings(
-            guidance_scale=cfg.samples.guidance_scale,
-            temperature=cfg.samples.temperature,
-            top_p=cfg.samples.top_p,
-            top_k=cfg.samples.top_k,
-            seed=a.seed,
-            max_seconds=a.max_seconds,
-            language_tags=cfg.data.language_tags,
-        )
+        self.prompts = [self.speech.load(requests[i]) for i in self.mine]
+        self.settings = self.speech.settings(cfg.samples, a.max_seconds)
         # A prompt that does not fit the model at all is an error now, not after the first evaluation's steps;
-        # `generate` shortens the limit of one whose voice prompt leaves less room than max_seconds.
-        unlimited = dataclasses.replace(self.settings, max_seconds=None)
+        # generation shortens the limit of one whose voice leaves less room than max_seconds.
+        unlimited = self.speech.settings(cfg.samples, None)
         for index, (prompt, voice) in zip(self.mine, self.prompts, strict=True):
             try:
-                check_request(model_config, [script_for(prompt.text, voice)], unlimited, frame_rate, voice)
+                self.speech.check(prompt, voice, unlimited)
             except ValueError as err:
                 raise UserError(f"eval.audio prompt {index + 1} ({prompt.id}): {err}") from err
         self.judges: Judges | None = None
@@ -101,14 +84,12 @@ class AudioEvaluation:
             device = "cpu" if self.generator.copy_weights else self.accelerator.device
             self.judges = Judges.load(a.asr, a.speaker, a.quality, device, a.language)
         # Prompt i of the whole list keeps seed + i whichever process generates it.
-        waves, codes, ended = [], [], []
-        for index, prompt in zip(self.mine, self.prompts, strict=True):
-            settings = dataclasses.replace(self.settings, seed=self.settings.seed + index)
-            w, c, e = generate(generator, self.codec, [prompt], settings, batch_size=1)
-            waves += w
-            codes += c
-            ended += e
-        rate = self.codec.config.sampling_rate
+        spoken = [
+            self.speech.generate(generator, prompt, voice, self.settings, self.cfg.eval.audio.seed + index)
+            for index, (prompt, voice) in zip(self.mine, self.prompts, strict=True)
+        ]
+        waves, codes, ended = (list(part) for part in zip(*spoken, strict=True))
+        rate = self.speech.rate
         rows = judge([p for p, _ in self.prompts], waves, codes, ended, rate, self.judges)
         if self.accelerator.is_main_process:
             self._write(rows, waves, step, rate)

@@ -17,15 +17,14 @@ import numpy as np
 import soundfile as sf
 import torch
 from accelerate import Accelerator
-from transformers import DiaForConditionalGeneration
 
 from dia_tpu.artifacts import SAMPLES_INDEX, RunFolder
 from dia_tpu.config import Config
 from dia_tpu.errors import UserError
-from dia_tpu.generation.synthesize import GenerationSettings, VoicePrompt, check_request, load_voice_prompt, synthesize
-from dia_tpu.model.adapters import dia_of, is_peft, merged_state_dict
-from dia_tpu.model.codec import build_codec
-from dia_tpu.model.shapes import restore_attention_scale
+from dia_tpu.evaluation.judge import Prompt
+from dia_tpu.evaluation.prompts import Request
+from dia_tpu.evaluation.speech import Speech, speech_for
+from dia_tpu.model.adapters import is_peft, merged_state_dict
 from dia_tpu.training.runtime import Runtime
 from dia_tpu.training.sharding import whole_weights
 
@@ -33,26 +32,25 @@ from dia_tpu.training.sharding import whole_weights
 class TrainingSamples:
     """The sample prompts of a run, checked against the model before the first step."""
 
-    def __init__(self, accelerator: Accelerator, runtime: Runtime, cfg: Config, model_config):
+    def __init__(self, accelerator: Accelerator, runtime: Runtime, cfg: Config, family: str, model_config):
         s = cfg.samples
         self.accelerator, self.cfg = accelerator, cfg
         self.enabled = s.every > 0 and not (runtime.on_xla and s.on_xla == "skip")
-        self.generator = LiveGenerator(accelerator, runtime)
-        self.codec = None
-        self.voice: dict[str, VoicePrompt] = {}
+        self.speech: Speech | None = None
+        self.voice: dict[str, object] = {}
         if not self.enabled or not accelerator.is_main_process:
+            self.generator = LiveGenerator(accelerator, runtime, None)
             return
-        self.codec = build_codec(cfg.model)
-        if not self.generator.copy_weights:
-            self.codec = self.codec.to(accelerator.device)
-        rate = self.codec.config.sampling_rate / self.codec.config.hop_length
+        device = "cpu" if LiveGenerator.copies(runtime) else accelerator.device
+        self.speech = speech_for(family, cfg, model_config, device)
+        self.generator = LiveGenerator(accelerator, runtime, self.speech)
+        self.settings = self.speech.settings(s, s.max_seconds)
+        self.prompts = {}
         for prompt in s.prompts:
-            voice = None
-            if prompt.audio is not None:
-                voice = load_voice_prompt(self.codec, prompt.audio, prompt.transcript, model_config=model_config)
-                self.voice[prompt.name] = voice
+            request = Request(Prompt(prompt.name, prompt.text), audio=prompt.audio, transcript=prompt.transcript)
             try:
-                check_request(model_config, [prompt.text], self._settings(prompt), rate, voice)
+                self.prompts[prompt.name] = loaded = self.speech.load(request)
+                self.speech.check(*loaded, self.settings)
             except ValueError as err:
                 raise UserError(f"samples.prompts {prompt.name!r}: {err}") from err
 
@@ -66,14 +64,13 @@ class TrainingSamples:
         self.accelerator.wait_for_everyone()
         return out
 
-    def _generate_all(self, model: DiaForConditionalGeneration, step: int) -> Path:
+    def _generate_all(self, model: torch.nn.Module, step: int) -> Path:
         folder = RunFolder(self.cfg.output.dir).samples_at(step)
         folder.mkdir(parents=True, exist_ok=True)
-        rate = self.codec.config.sampling_rate
+        rate = self.speech.rate
         index = []
         for prompt in self.cfg.samples.prompts:
-            voice = self.voice.get(prompt.name)
-            wave = synthesize(model, self.codec, [prompt.text], self._settings(prompt), voice)[0]
+            wave, _, _ = self.speech.generate(model, *self.prompts[prompt.name], self.settings, prompt.seed)
             sf.write(folder / f"{prompt.name}.wav", wave, rate)
             image = spectrogram_image(wave, rate)
             _save_png(folder / f"{prompt.name}.png", image)
@@ -91,18 +88,6 @@ class TrainingSamples:
             )
         (folder / SAMPLES_INDEX).write_text(json.dumps(index, indent=2) + "\n")
         return folder
-
-    def _settings(self, prompt) -> GenerationSettings:
-        s = self.cfg.samples
-        return GenerationSettings(
-            guidance_scale=s.guidance_scale,
-            temperature=s.temperature,
-            top_p=s.top_p,
-            top_k=s.top_k,
-            seed=prompt.seed,
-            max_seconds=s.max_seconds,
-            language_tags=self.cfg.data.language_tags,
-        )
 
     def _log(self, name: str, text: str, wave: np.ndarray, rate: int, image: np.ndarray, step: int) -> None:
         for tracker in self.accelerator.trackers:
@@ -126,29 +111,34 @@ class LiveGenerator:
     weights cannot generate in place, a CPU copy on the main process only (None elsewhere): XLA would compile
     every step of the decode loop, and FSDP holds only a shard of the weights on each process."""
 
-    def __init__(self, accelerator: Accelerator, runtime: Runtime):
-        self.accelerator, self.runtime = accelerator, runtime
-        self.copy_weights = runtime.on_xla or runtime.fsdp
-        self._cpu_model: DiaForConditionalGeneration | None = None
+    def __init__(self, accelerator: Accelerator, runtime: Runtime, speech: Speech | None):
+        self.accelerator, self.runtime, self.speech = accelerator, runtime, speech
+        self.copy_weights = self.copies(runtime)
+        self._cpu_model: torch.nn.Module | None = None
 
-    def get(self, model) -> DiaForConditionalGeneration | None:
+    @staticmethod
+    def copies(runtime: Runtime) -> bool:
+        return runtime.on_xla or runtime.fsdp
+
+    def get(self, model) -> torch.nn.Module | None:
         """Every process calls this at the same step (under FSDP gathering the weights is a collective)."""
         accelerator = self.accelerator
         state = whole_weights(accelerator, self.runtime, model)
         live = accelerator.unwrap_model(model)
+        if self.speech is None:  # a process that does not generate
+            return None
         if not self.copy_weights:
-            return dia_of(live)
+            return self.speech.plain(live)
         if not accelerator.is_main_process:
             return None
         if is_peft(live):
             state = merged_state_dict(live)
-        return self._cpu_copy(dia_of(live), state)
+        return self._cpu_copy(self.speech.plain(live), state)
 
-    def _cpu_copy(self, live: DiaForConditionalGeneration, state: dict | None) -> DiaForConditionalGeneration:
+    def _cpu_copy(self, live: torch.nn.Module, state: dict | None) -> torch.nn.Module:
         """The live weights in a CPU model built once per run (fp32, like the master weights)."""
         if self._cpu_model is None:
-            self._cpu_model = DiaForConditionalGeneration(live.config).eval()
-            restore_attention_scale(self._cpu_model)  # a model built from a config starts at scale 1
+            self._cpu_model = self.speech.blank(live)
         weights = state if state is not None else live.state_dict()
         self._cpu_model.load_state_dict({k: v.detach().cpu().float() for k, v in weights.items()})
         return self._cpu_model

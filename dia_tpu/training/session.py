@@ -106,11 +106,6 @@ def _check_before_work(cfg: Config) -> None:
     if t.report_to in ("wandb", "all") and importlib.util.find_spec("wandb") is None:
         raise ConfigError(f"train.report_to={t.report_to} needs wandb: pip install 'dia-tpu[wandb]'")
     family = family_of(cfg.model)
-    if not family.speaks_in_training and cfg.eval.select_by != "loss":
-        raise ConfigError(
-            f"eval.select_by={cfg.eval.select_by}: {family.name} models are selected by eval loss so far (they do not "
-            "speak during training yet); set eval.select_by=loss"
-        )
     if t.push_to_hub:
         if not family.publishes:
             raise ConfigError(

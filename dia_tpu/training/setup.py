@@ -3,7 +3,7 @@ the training state restored from the checkpoint the run starts from; the run's c
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
 from accelerate.logging import get_logger
@@ -82,16 +82,12 @@ def set_up(session: Session) -> Setup:
 
 
 def _judging(session: Session, family: Family, splits, model) -> tuple[TrainingSamples, AudioEvaluation]:
-    """Training's samples and audio evaluation, off (saying so) where the family does not speak in training yet."""
+    """Training's samples and audio evaluation, speaking as the model's family speaks."""
     cfg, accelerator, runtime = session.cfg, session.accelerator, session.runtime
-    if not family.speaks_in_training and (cfg.samples.every or cfg.eval.audio.every):
-        say(accelerator, f"samples and eval.audio: off, as {family.name} models do not speak during training yet")
-        quiet = replace(cfg.eval, audio=replace(cfg.eval.audio, every=0))
-        cfg = replace(cfg, samples=replace(cfg.samples, every=0), eval=quiet)
-    samples = TrainingSamples(accelerator, runtime, cfg, model.config)
+    samples = TrainingSamples(accelerator, runtime, cfg, family.name, model.config)
     if runtime.on_xla and cfg.samples.every and not samples.enabled:
         say(accelerator, "samples: off on XLA (samples.on_xla=skip)")
-    return samples, AudioEvaluation(accelerator, runtime, cfg, splits, model.config)
+    return samples, AudioEvaluation(accelerator, runtime, cfg, splits, family.name, model.config)
 
 
 def build_model(session: Session, family: Family) -> torch.nn.Module:

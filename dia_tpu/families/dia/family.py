@@ -21,7 +21,6 @@ from dia_tpu.model.codec import build_codec
 
 class DiaFamily:
     name = "dia"
-    speaks_in_training = True
     byte_text = True
     publishes = True
     shard_units = ("DiaEncoderLayer", "DiaDecoderLayer")

@@ -25,7 +25,6 @@ from dia_tpu.families.dia2.source import source_config, source_folder
 
 class Dia2Family:
     name = "dia2"
-    speaks_in_training = False
     byte_text = False
     publishes = False
     shard_units = ("DecoderLayer", "DepformerLayer")
