@@ -207,7 +207,10 @@ def test_fsdp2_shards_dia2_over_two_gloo_processes_as_one_process_trains(dia2_mo
     [
         (["train.sharding=fsdp", "model.lora.rank=4"], "train.sharding=fsdp with model.lora: not supported"),
         (["samples.every=1", "samples.top_p=0.9"], "samples.top_p=0.9: Dia2 samples by top-k alone"),
-        (["samples.every=1", "samples.max_seconds=60"], "samples.prompts 'talk': max_seconds=60.0 needs 750 frames but the model's context holds 92"),
+        (
+            ["samples.every=1", "samples.max_seconds=60"],
+            "samples.prompts 'talk': max_seconds=60.0 needs 750 frames but the model's context holds 92",
+        ),
         (["train.push_to_hub=true", "train.hub_model_id=me/x"], "dia2 exports are not published by dia_tpu yet"),
         (["data.max_audio_frames=200"], "makes 203 frames with the delays; the model's context is 96"),
         (
