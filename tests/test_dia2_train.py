@@ -124,7 +124,7 @@ def samples_logged(run, tag: str):
 
 
 def test_dia2_lora_resumes_exactly_and_exports_the_adapter_beside_the_merged_model(dia2_model, dia2_codes, tmp_path):
-    lora = ["model.lora.rank=4", "model.lora.alpha=8", "train.save_every=6", "eval.eval_every=6"]
+    lora = ["model.lora.rank=4", "model.lora.alpha=8", "train.save_every=6", "eval.eval_every=6", "samples.every=12"]
     straight = train(dia2_config(dia2_model, dia2_codes, tmp_path / "straight", "train.max_steps=12", *lora))
     reset_accelerate()
     # From the straight run's step 6 (mid-epoch: 5 batches an epoch), into a run folder of its own.
@@ -133,6 +133,9 @@ def test_dia2_lora_resumes_exactly_and_exports_the_adapter_beside_the_merged_mod
     a, b = load_file(straight / "model.safetensors"), load_file(resumed / "model.safetensors")
     for key in a:
         assert torch.equal(a[key], b[key]), key
+    # The last sample, spoken with the adapters on: the same from both runs.
+    said = [sf.read(run / "samples/step_000012/talk.wav")[0] for run in (straight.parent, resumed.parent)]
+    assert len(said[0]) > 0 and np.array_equal(*said)
     adapter = load_file(straight / "adapter/adapter_model.safetensors")
     assert adapter and all("lora_" in key for key in adapter)
     base = load_file(dia2_model / "model.safetensors")
@@ -184,6 +187,7 @@ def test_fsdp2_shards_dia2_over_two_gloo_processes_as_one_process_trains(dia2_mo
     # 16 training items: 4 batches an epoch, which two processes split evenly (an odd count would have Accelerate
     # repeat a batch on one of them, which one process does not see).
     steps = ["train.max_steps=4", "train.save_every=2", "eval.eval_every=2", "data.eval_size=8", "train.report_to=none"]
+    steps.append("samples.every=4")  # generated on the main process from the gathered weights
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "USE_TORCH_XLA": "0", "OMP_NUM_THREADS": "1"}
     dia2_config(dia2_model, dia2_codes, tmp_path / "fsdp", *steps, "train.sharding=fsdp").save(tmp_path / "f.yaml")
     cmd = [*two_process_launch(29548), str(ROOT / "dia_tpu/finetune_acc_tpu.py"), "--config", str(tmp_path / "f.yaml")]
@@ -192,6 +196,7 @@ def test_fsdp2_shards_dia2_over_two_gloo_processes_as_one_process_trains(dia2_mo
     line = re.search(r"sharding: FSDP2, this process holding ([\d.]+) M of the ([\d.]+) M", done.stdout)
     assert 0.4 < float(line[1]) / float(line[2]) < 0.6, line[0]
     assert (tmp_path / "fsdp/checkpoints/step_4/pytorch_model_fsdp_0").is_dir()
+    assert sf.info(tmp_path / "fsdp/samples/step_000004/talk.wav").frames > 0
     assert not (tmp_path / "fsdp/checkpoints/step_4/model.safetensors").exists()
     one = train(dia2_config(dia2_model, dia2_codes, tmp_path / "one", *steps, "train.gradient_accumulation_steps=2"))
     sharded, whole = load_file(tmp_path / "fsdp/final/model.safetensors"), load_file(one / "model.safetensors")

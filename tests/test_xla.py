@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import soundfile as sf
 import torch
 
 torch_xla = pytest.importorskip("torch_xla")
@@ -261,7 +262,7 @@ def test_dia2_trains_through_the_entry_point_on_xla_as_on_the_cpu(dia2_model, di
     from dia_tpu.families.dia2.files import read_model
 
     common = ["train.max_steps=8", "train.save_every=100", "eval.eval_every=4", "train.log_every=4"]
-    cfg = dia2_config(dia2_model, dia2_codes, tmp_path / "cpu", *common)
+    cfg = dia2_config(dia2_model, dia2_codes, tmp_path / "cpu", *common, "samples.every=8")
     cfg.save(tmp_path / "cpu.yaml")
     subprocess.run(
         [sys.executable, "-m", "dia_tpu.cli", "train", "--config", str(tmp_path / "cpu.yaml")],
@@ -270,8 +271,10 @@ def test_dia2_trains_through_the_entry_point_on_xla_as_on_the_cpu(dia2_model, di
         capture_output=True,
     )
     before = len(compile_seconds())
-    train(dia2_config(dia2_model, dia2_codes, tmp_path / "xla", *common))
+    # With a sample at the end, generated from a CPU copy of the weights: no step of it compiles on XLA.
+    train(dia2_config(dia2_model, dia2_codes, tmp_path / "xla", *common, "samples.every=8"))
     assert PartialState().distributed_type == DistributedType.XLA
+    assert sf.info(tmp_path / "xla/samples/step_000008/talk.wav").frames > 0
     reset_accelerate()
     on_xla, on_cpu = weights(tmp_path / "xla"), weights(tmp_path / "cpu")
     assert on_xla.keys() == on_cpu.keys()
