@@ -9,8 +9,9 @@ through the script machine; codebook 0 (never the audio pad or BOS id) and then 
 with the audio ones. Temperature 0 is argmax. When the words run out, generation goes on for the largest delay
 plus `MAX_PADDING` frames, so every codebook's last frame is written.
 
-Shapes are fixed for a run (a cache as long as the frame limit, masked past the current frame), so XLA traces one
-graph for the backbone's step and one per depformer stage.
+Shapes are fixed for a run (a cache as long as the frame limit, masked past the current frame, frames read and
+written at tensor indices) and on XLA each frame's work runs at its end, so XLA compiles a fixed set of graphs once
+(the backbone's step, each depformer stage, the sampler's cuts) and every later frame and script reuses them.
 """
 
 from __future__ import annotations
@@ -58,7 +59,8 @@ def dia2_problems(sampling: Dia2Sampling) -> list[str]:
 
 @dataclass
 class Spoken:
-    """A generation's codes, aligned ([N, F], the prefix cropped unless kept), and each word with its frame."""
+    """A generation's codes, aligned ([N, F] on the host, the prefix cropped unless kept), and each word with its
+    frame."""
 
     codes: torch.Tensor
     words: list[tuple[str, int]]
@@ -220,20 +222,24 @@ def generate(
     blank = torch.tensor([ids.zero, ids.pad], device=device)
     delays = torch.tensor(cfg.delays, device=device)
 
-    def inputs(t: int) -> torch.Tensor:
-        """Both branches' tokens at frame t: their text, and each codebook's code or BOS before its delay."""
-        codes = torch.where(delays > t, cfg.audio_bos, audio[:, t])
+    def inputs(at: torch.Tensor) -> torch.Tensor:
+        """Both branches' tokens at frame `at` (a tensor, so that every frame runs the same graph): their text,
+        and each codebook's code or BOS before its delay."""
+        codes = torch.where(delays > at, cfg.audio_bos, audio.index_select(1, at.view(1))[:, 0])
         return torch.cat((step, codes[None].expand(2, -1)), dim=1)
 
+    sync = _frame_end(device)
     slots, start = 0, 0
     if prefix is not None:
         audio[:, :prefilled] = _delayed(prefix.codes.to(device), cfg.delays, cfg.audio_pad)
         # The warm-up: every prefix frame through the backbone, the new words forced where the plan says.
         for t in range(prefix.codes.shape[1]):
-            backbone_step(model, inputs(t), torch.tensor(t, device=device), cache, torch.tensor(slots, device=device))
+            at = torch.tensor(t, device=device)
+            backbone_step(model, inputs(at), at, cache, torch.tensor(slots, device=device))
             slots += 1
             frame = machine.step(t, state, int(t in prefix.new_words), forced=True)
             step = torch.stack((torch.tensor([frame.main, frame.second], device=device), blank))
+            sync()
         # Generation starts again at the prefix's last frame, as upstream does (the cache gains one more entry).
         start = prefix.codes.shape[1] - 1
     audio_specials = torch.tensor([cfg.audio_pad, cfg.audio_bos], device=device)
@@ -243,7 +249,7 @@ def generate(
         if (stop is not None and t >= stop) or t + 1 >= audio.shape[1]:
             break
         at, slot = torch.tensor(t, device=device), torch.tensor(slots, device=device)
-        hidden, action_logits, cb0_logits = backbone_step(model, inputs(t), at, cache, slot)
+        hidden, action_logits, cb0_logits = backbone_step(model, inputs(at), at, cache, slot)
         slots += 1
         action = sample(
             guide(action_logits, *_guidance(sampling)), sampling.text_temperature, sampling.text_top_k, generator
@@ -254,16 +260,17 @@ def generate(
         text = torch.tensor([frame.main, frame.second], device=device)
         step = torch.stack((text, blank))
         cb0 = guide(cb0_logits, *_guidance(sampling)).index_fill(-1, audio_specials, float("-inf"))
-        token = sample(cb0, sampling.temperature, sampling.top_k, generator)
-        audio[0, t + 1] = token
+        tokens = [sample(cb0, sampling.temperature, sampling.top_k, generator)]
         for stage in range(cfg.stages):
-            logits = depformer_stage(model, stage, hidden, token.expand(2), text[None].expand(2, -1), cache)
-            token = sample(guide(logits, *_guidance(sampling)), sampling.temperature, sampling.top_k, generator)
-            audio[stage + 1, t + 1] = token
+            logits = depformer_stage(model, stage, hidden, tokens[-1].expand(2), text[None].expand(2, -1), cache)
+            tokens.append(sample(guide(logits, *_guidance(sampling)), sampling.temperature, sampling.top_k, generator))
+        audio.index_copy_(1, (at + 1).view(1), torch.stack(tokens)[:, None])
+        sync()
         last = t
         if stop is None and state.end_step is not None:
             stop = state.end_step + flush
-    written = audio[:, : min(max(last, start - 1) + 2, audio.shape[1])]
+    # Cut on the host: on XLA, every length would be a graph of its own.
+    written = audio.cpu()[:, : min(max(last, start - 1) + 2, audio.shape[1])]
     written = torch.where(written == UNGENERATED, cfg.audio_pad, written)
     frames = max(written.shape[1] - max(cfg.delays), 0)
     aligned = torch.stack([written[c, d : d + frames] for c, d in enumerate(cfg.delays)])
@@ -271,6 +278,16 @@ def generate(
     if 0 < crop < aligned.shape[1]:
         aligned = aligned[:, crop:]
     return Spoken(aligned, list(state.said))
+
+
+def _frame_end(device: torch.device):
+    """What ends a frame: on XLA, running what the frame traced (else the next frame's graph would hold every
+    frame before it); elsewhere nothing."""
+    if device.type != "xla":
+        return lambda: None
+    import torch_xla
+
+    return torch_xla.sync
 
 
 def _delayed(codes: torch.Tensor, delays: tuple[int, ...], pad: int) -> torch.Tensor:
