@@ -399,7 +399,6 @@ def test_dia2_and_dia_flags_are_refused_where_they_do_not_apply(dia2_model, tmp_
 @pytest.mark.parametrize(
     "command",
     [
-        ["evaluate", "--model", "{model}", "--prompts", "{prompts}", "--out", "{tmp}/e", "--asr", "none"],
         ["push", "--model", "{model}", "--repo", "me/x", "--dry-run", "{tmp}/p"],
         ["check", "--config", "{demo}", "model.pretrained={model}", "data.dataset={codes}"],
     ],

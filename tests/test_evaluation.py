@@ -583,3 +583,47 @@ def test_a_prompts_id_names_a_file_inside_the_output_only(tiny_run, tmp_path):
     prompts.write_text(json.dumps({"id": "a b", "text": "x"}) + "\n" + json.dumps({"id": "a_b", "text": "y"}) + "\n")
     with pytest.raises(ValueError, match=r"prompts.jsonl: ids 1 and 2 both give the file name 'a_b'"):
         read_prompts(prompts)
+
+
+def test_evaluate_judges_a_dia2_model_beside_a_dia_one_as_generate_speaks_it(
+    tiny_run, dia2_model, dia2_codes, tmp_path
+):
+    """A Dia2 model in `dia-tpu evaluate`: judged beside a Dia model on the same prompts, each utterance the one
+    `dia-tpu generate` writes for its text and seed; on a prepared Dia2 dataset, its held-out items as references
+    and each cloned from another item's first seconds."""
+    from dia_tpu.cli import main
+
+    lines = tmp_path / "prompts.txt"
+    lines.write_text("[S1] hello there\n[S2] hi again friend\n")
+    out = tmp_path / "out"
+    flags = ["--max-seconds", "1", "--seed", "3", "--speaker", "none"]
+    main(
+        ["evaluate", "--model", str(tiny_run / "final"), "--model", str(dia2_model), "--prompts", str(lines)]
+        + ["--out", str(out), *flags]
+    )
+    summaries = json.loads((out / "summary.json").read_text())["models"]
+    assert list(summaries) == ["final", "model"] and all(s["utterances"] == 2 for s in summaries.values())
+    rows = [json.loads(line) for line in (out / "rows.jsonl").read_text().splitlines()]
+    dia2_rows = [r for r in rows if r["model"] == "model"]
+    assert [r["id"] for r in dia2_rows] == ["line_0001", "line_0002"]
+    assert all(0 < r["seconds"] <= 1.0 and "wer" in r for r in dia2_rows)
+    # Prompt 2 uses seed 3 + 1: `dia-tpu generate` with that seed writes the same audio.
+    main(
+        ["generate", "--model", str(dia2_model), "--text", "[S2] hi again friend", "--out", str(tmp_path / "g.wav")]
+        + ["--max-seconds", "1", "--seed", "4"]
+    )
+    generated = sf.read(tmp_path / "g.wav")[0]
+    assert np.array_equal(sf.read(out / "model/line_0002.wav")[0], generated)
+    # Control: prompt 1's audio (another text and seed) is not it.
+    first = sf.read(out / "model/line_0001.wav")[0]
+    assert len(first) != len(generated) or not np.array_equal(first, generated)
+
+    # --dataset: the held-out items of a prepared Dia2 dataset, their clips as references, cloned.
+    main(
+        ["evaluate", "--model", str(dia2_model), "--dataset", str(dia2_codes), "--limit", "3"]
+        + ["--out", str(tmp_path / "held"), "--asr", "none", "--speaker", "resemblyzer", "--max-seconds", "2"]
+    )
+    held = [json.loads(line) for line in (tmp_path / "held/rows.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in held] == ["dialogue_000", "dialogue_001", "dialogue_002"]
+    assert all(r["reference_seconds"] > 0 and r["similarity_reference"] is not None for r in held)
+    assert sum(r.get("similarity_prompt") is not None for r in held) >= 2

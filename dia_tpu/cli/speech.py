@@ -243,13 +243,15 @@ def _dia2_sampling(args: argparse.Namespace):
     """Dia2's sampling from the flags given; upstream's defaults for the rest (--greedy: argmax for both)."""
     from dia_tpu.families.dia2.decode import Dia2Sampling
 
+    # evaluate has the shared flags only: its Dia2 models sample the text stream at upstream's defaults.
+    text_temperature, text_top_k = getattr(args, "text_temperature", None), getattr(args, "text_top_k", None)
     given = {
         "temperature": 0.0 if args.greedy else args.temperature,
         "top_k": args.top_k,
-        "text_temperature": 0.0 if args.greedy else args.text_temperature,
-        "text_top_k": args.text_top_k,
+        "text_temperature": 0.0 if args.greedy else text_temperature,
+        "text_top_k": text_top_k,
         "guidance_scale": args.guidance_scale,
-        "guidance_top_k": args.guidance_top_k,
+        "guidance_top_k": getattr(args, "guidance_top_k", None),
         "seed": args.seed,
     }
     return Dia2Sampling(**{name: value for name, value in given.items() if value is not None})
@@ -270,4 +272,5 @@ def _evaluate(args: argparse.Namespace) -> None:
         requests = dataset_prompts(args.dataset, args.model[0], args.limit, clone=not args.no_clone)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     judges = Judges.load(args.asr, args.speaker, args.quality, device, args.language)
-    evaluate_models(args.model, requests, args.out, _settings(args), judges, args.batch_size, device)
+    settings = _settings(args)
+    evaluate_models(args.model, requests, args.out, settings, judges, args.batch_size, device, _dia2_sampling(args))

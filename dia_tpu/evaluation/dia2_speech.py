@@ -36,9 +36,13 @@ class Dia2Settings:
     max_seconds: float | None  # None: all the model's context holds
 
 
+def for_training(cfg: Config, model_config: Dia2Config, device: torch.device | str) -> Dia2Speech:
+    """The speech of the run's model, its tokenizer and codec named by `model.pretrained`'s folder."""
+    return Dia2Speech(source_folder(cfg.model.pretrained), model_config, device)
+
+
 class Dia2Speech:
-    def __init__(self, cfg: Config, model_config: Dia2Config, device: torch.device | str):
-        folder = source_folder(cfg.model.pretrained)
+    def __init__(self, folder: Path, model_config: Dia2Config, device: torch.device | str):
         self.config = model_config
         tokenizer = load_tokenizer(folder, model_config)
         self.tokenize = lambda words: tokenizer.encode(words, add_special_tokens=False)
@@ -117,6 +121,3 @@ class Dia2Speech:
         if codes.shape[1] != self.config.codebooks:
             raise UserError(f"item {item} has {codes.shape[1]} codebooks; the Dia2 model has {self.config.codebooks}")
         return decode(self.codec, torch.from_numpy(codes.astype(np.int64)).T).numpy()
-
-
-FamilySpeech = Dia2Speech

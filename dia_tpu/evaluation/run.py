@@ -3,7 +3,8 @@ models, judged side by side.
 
     dia-tpu evaluate --model runs/x/best --model runs/x/final --prompts prompts.txt --out results/
 
-The prompts (`dia_tpu.evaluation.prompts`) are a prompts file, or with `--dataset DIR` a prepared dataset
+Dia and Dia2 models may stand side by side: each speaks as its family does (`dia_tpu.evaluation.speech`), judged
+alike. The prompts (`dia_tpu.evaluation.prompts`) are a prompts file, or with `--dataset DIR` a prepared dataset
 encoded with the models' codec: its held-out items as the first model's run held them out (`data.eval_size`,
 `data.seed`; all items for a model without a run config).
 
@@ -23,8 +24,14 @@ import torch
 from dia_tpu.artifacts import open_artifact
 from dia_tpu.artifacts.names import file_name
 from dia_tpu.artifacts.owner import EVALUATION, claim
+from dia_tpu.errors import UserError
+from dia_tpu.evaluation.dia2_speech import Dia2Settings, Dia2Speech
 from dia_tpu.evaluation.judge import Judges, judge, summarise
 from dia_tpu.evaluation.prompts import Request, generate, load_request, run_pace, with_pace
+from dia_tpu.families import is_dia2_source
+from dia_tpu.families.dia2.decode import Dia2Sampling
+from dia_tpu.families.dia2.files import read_model
+from dia_tpu.families.dia2.source import source_folder
 from dia_tpu.generation.speak import check_flags
 from dia_tpu.generation.synthesize import GenerationSettings
 from dia_tpu.model.load import language_tags_of, load_for_inference
@@ -38,22 +45,28 @@ def evaluate_models(
     judges: Judges,
     batch_size: int = 4,
     device: str | None = None,
+    dia2=None,
 ) -> dict[str, dict]:
-    """Generate and judge `requests` with each model; write the files; returns {model label: summary}."""
+    """Generate and judge `requests` with each model; write the files; returns {model label: summary}. A Dia2
+    model samples with `dia2` (a `Dia2Sampling`; upstream's defaults when None), one prompt at a time."""
     check_flags(settings, batch_size)
     out, device = Path(out), device or ("cuda" if torch.cuda.is_available() else "cpu")
     # Rows, summaries and wavs are written over: only into a new or empty folder, or an earlier evaluation.
     claim(out, EVALUATION, "--out", earlier=_earlier_evaluation)
     summaries, rows = {}, []
     for label, source in zip(labels(models), models, strict=True):
-        artifact = open_artifact(source)
-        model, codec = load_for_inference(artifact, device)
-        rate = codec.config.sampling_rate
-        paced = with_pace(requests, run_pace(artifact))
-        prompts = [load_request(r, codec, model.config) for r in paced]
-        model_settings = dataclasses.replace(settings, language_tags=language_tags_of(artifact))
-        waves, codes, ended = generate(model, codec, prompts, model_settings, batch_size)
-        found = judge([p for p, _ in prompts], waves, codes, ended, rate, judges)
+        if is_dia2_source(source):
+            prompts, waves, codes, ended, rate = _speak_dia2(source, requests, settings, dia2 or Dia2Sampling(), device)
+        else:
+            artifact = open_artifact(source)
+            model, codec = load_for_inference(artifact, device)
+            rate = codec.config.sampling_rate
+            paced = with_pace(requests, run_pace(artifact))
+            voiced = [load_request(r, codec, model.config) for r in paced]
+            prompts = [p for p, _ in voiced]
+            model_settings = dataclasses.replace(settings, language_tags=language_tags_of(artifact))
+            waves, codes, ended = generate(model, codec, voiced, model_settings, batch_size)
+        found = judge(prompts, waves, codes, ended, rate, judges)
         (out / label).mkdir(exist_ok=True)
         for row, wave in zip(found, waves, strict=True):
             sf.write(out / label / f"{row.id}.wav", wave, rate)
@@ -68,6 +81,27 @@ def evaluate_models(
     print(table)
     print(f"wrote {out / 'rows.jsonl'}, {out / 'summary.json'}, {out / 'summary.md'}")
     return summaries
+
+
+def _speak_dia2(source: str, requests: list[Request], settings: GenerationSettings, sampling, device: str):
+    """A Dia2 model's prompts, waves, codes, whether each said all its words, and the audio rate: prompt i with
+    seed `sampling.seed` + i, cut at `settings.max_seconds` (or where a held-out clip's prefix leaves less room)."""
+    folder = source_folder(source)
+    model = read_model(folder).to(device).eval()
+    speech = Dia2Speech(folder, model.config, device)
+    loaded = [speech.load(r) for r in requests]
+    spoken_settings = Dia2Settings(sampling, settings.max_seconds)
+    for prompt, voice in loaded:
+        try:
+            speech.check(prompt, voice, Dia2Settings(sampling, None))
+        except ValueError as err:
+            raise UserError(f"prompt {prompt.id}: {err}") from err
+    spoken = [
+        speech.generate(model, prompt, voice, spoken_settings, sampling.seed + index)
+        for index, (prompt, voice) in enumerate(loaded)
+    ]
+    waves, codes, ended = (list(part) for part in zip(*spoken, strict=True))
+    return [prompt for prompt, _ in loaded], waves, codes, ended, speech.rate
 
 
 def _earlier_evaluation(folder: Path) -> bool:

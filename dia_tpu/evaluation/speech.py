@@ -47,13 +47,17 @@ class Speech(Protocol):
         """A new CPU model of `plain`'s config, to copy live weights into."""
 
 
-# Family name -> the module whose `Speech` class speaks for it.
+# Family name -> the module whose `for_training` gives its speech for a run.
 SPEECH = {"dia": "dia_tpu.evaluation.speech", "dia2": "dia_tpu.evaluation.dia2_speech"}
 
 
 def speech_for(family: str, cfg: Config, model_config, device: torch.device | str) -> Speech:
-    """How `family`'s models speak, their codec on `device`."""
-    return importlib.import_module(SPEECH[family]).FamilySpeech(cfg, model_config, device)
+    """How a run's model of `family` speaks, its codec on `device`."""
+    return importlib.import_module(SPEECH[family]).for_training(cfg, model_config, device)
+
+
+def for_training(cfg: Config, model_config, device: torch.device | str) -> DiaSpeech:
+    return DiaSpeech(cfg, model_config, device)
 
 
 class DiaSpeech:
@@ -95,6 +99,3 @@ class DiaSpeech:
         model = DiaForConditionalGeneration(plain.config).eval()
         restore_attention_scale(model)  # a model built from a config starts at scale 1
         return model
-
-
-FamilySpeech = DiaSpeech
