@@ -400,7 +400,6 @@ def test_dia2_and_dia_flags_are_refused_where_they_do_not_apply(dia2_model, tmp_
     "command",
     [
         ["push", "--model", "{model}", "--repo", "me/x", "--dry-run", "{tmp}/p"],
-        ["check", "--config", "{demo}", "model.pretrained={model}", "data.dataset={codes}"],
     ],
 )
 def test_commands_that_do_not_take_dia2_yet_say_so_in_one_line(dia2_model, codes_dir, tmp_path, command):

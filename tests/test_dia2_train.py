@@ -350,3 +350,34 @@ def test_word_timings_that_do_not_fit_their_recordings_are_one_line_naming_them(
     assert len(said.splitlines()) == 1 and "word timings that do not fit their recordings" in said, said
     assert "dialogue_001: word" in said and "speaker 3 (1 or 2)" in said
     assert f"dialogue_004: word {rows[4]['words'][-1]['word']!r} ends at frame {rows[4]['frames'] + 7}" in said
+
+
+def test_check_finds_what_will_train_badly_in_a_dia2_dataset(dia2_model, tmp_path, capsys):
+    """`dia-tpu check` on a Dia2 run's dataset: recordings cut at the frame limit, words said before the word
+    before them is fed, and (in another dataset) timings outside their recording, each named."""
+    from helpers.dia2_data import CODEBOOKS, write_rows
+
+    def row(frames: int, *words: tuple[str, int, int, int]) -> dict:
+        said = [{"word": w, "start": s, "end": e, "speaker": k} for w, s, e, k in words]
+        text = " ".join(f"[S{k}] {w}" for w, _, _, k in words)
+        return {"text": text, "codes": [[0] * CODEBOOKS] * frames, "frames": frames, "words": said}
+
+    fine = row(20, ("hello", 3, 8, 1), ("there", 10, 15, 1))
+    long = row(60, ("hi", 3, 8, 1), ("friend", 50, 55, 2))
+    hurried = row(20, ("hello", 3, 4, 1), ("there", 4, 9, 1))  # "[S1] hello" is 2 tokens: "there" is fed late
+    good = write_rows(tmp_path / "good", [fine, long, hurried], "check-good")
+    cfg = dia2_config(dia2_model, good, tmp_path / "run")
+    cfg.save(tmp_path / "c.yaml")
+    main(["check", "--config", str(tmp_path / "c.yaml"), "--min-speaker-seconds", "0"])
+    said = capsys.readouterr().out
+    assert f"{good}: 3 items, 2 findings" in said, said
+    assert "1 of 3 recordings are longer than data.max_audio_frames=40 and are cut there" in said
+    assert "never trained (e.g. dialogue_001 (60 frames))" in said
+    assert "1 words start before the word before them has been fed (one token a frame), up to 2 frames late" in said
+    assert "(e.g. dialogue_002)" in said
+
+    outside = write_rows(tmp_path / "bad", [fine, row(20, ("hi", 3, 25, 1))], "check-bad")
+    main(["check", "--config", str(tmp_path / "c.yaml"), f"data.dataset={outside}"])
+    said = capsys.readouterr().out
+    assert "1 recordings have word timings that do not fit them" in said
+    assert "dialogue_001: word 'hi' ends at frame 25, after the recording's 20 frames" in said

@@ -88,13 +88,13 @@ def _transcribe(args: argparse.Namespace) -> None:
 
 def _check(args: argparse.Namespace) -> None:
     from dia_tpu.config import load
-    from dia_tpu.data.check import check_dataset
+    from dia_tpu.families import family_of
 
     if args.config is None:
         _check_folder(args.items)
         return
     cfg = load(args.config, args.items)
-    items, findings = check_dataset(cfg, args.min_speaker_seconds)
+    items, findings = family_of(cfg.model).check(cfg, args.min_speaker_seconds)
     print(f"{cfg.data.dataset}: {items} items, {len(findings) or 'no'} finding{'s' * (len(findings) != 1)}")
     for finding in findings:
         print(f"  - {finding}")

@@ -99,19 +99,25 @@ def check_dataset(cfg: Config, min_speaker_seconds: float = 60.0) -> tuple[int, 
                     items,
                 )
             )
+    findings += speaker_findings(speakers, durations, min_speaker_seconds)
+    return len(texts), findings
+
+
+def speaker_findings(speakers: list[str], durations: list[float], min_speaker_seconds: float) -> list[Finding]:
+    """Speakers with less audio than `min_speaker_seconds` (where there is more than one speaker)."""
     seconds: Counter = Counter()
     for speaker, duration in zip(speakers, durations, strict=True):
         seconds[speaker or "(no speaker)"] += duration
     few = sorted((s for s, total in seconds.items() if total < min_speaker_seconds), key=lambda s: seconds[s])
-    if few and len(seconds) > 1:
-        findings.append(
-            Finding(
-                f"{len(few)} of {len(seconds)} speakers have under {min_speaker_seconds:g} s of audio",
-                "record more of them or leave them out: a voice heard this little is learned badly",
-                [f"{s} ({seconds[s]:.1f} s)" for s in few],
-            )
+    if not few or len(seconds) < 2:
+        return []
+    return [
+        Finding(
+            f"{len(few)} of {len(seconds)} speakers have under {min_speaker_seconds:g} s of audio",
+            "record more of them or leave them out: a voice heard this little is learned badly",
+            [f"{s} ({seconds[s]:.1f} s)" for s in few],
         )
-    return len(texts), findings
+    ]
 
 
 def _checkpoint_findings(cfg: Config) -> list[Finding]:

@@ -60,6 +60,9 @@ class Family(Protocol):
     def data_problems(self, cfg: Config, info: dict, model: torch.nn.Module) -> list[str]:
         """Why the prepared dataset (its manifest `info`) does not fit the model: one line each."""
 
+    def check(self, cfg: Config, min_speaker_seconds: float) -> tuple[int, list]:
+        """`dia-tpu check`: the prepared dataset's item count and what in it will train badly (`Finding`s)."""
+
     def items(self, table, cfg: Config, model: torch.nn.Module, *, train: bool) -> torch.utils.data.Dataset:
         """A prepared table's rows as the items the collator stacks."""
 

@@ -10,7 +10,7 @@ from transformers import DiaForConditionalGeneration
 
 from dia_tpu.config import Config, DataConfig, ModelConfig, TrainConfig
 from dia_tpu.data.batching import BATCH_RANKS, make_collator, synthetic_batch
-from dia_tpu.data.check import data_model_problems
+from dia_tpu.data.check import check_dataset, data_model_problems
 from dia_tpu.data.dataset import CodesDataset
 from dia_tpu.export import export, export_checkpoint
 from dia_tpu.families.dia.loss import DiaScorer, codebook_weights
@@ -43,6 +43,9 @@ class DiaFamily:
 
     def data_problems(self, cfg: Config, info: dict, model: torch.nn.Module) -> list[str]:
         return data_model_problems(cfg, info, model.config)
+
+    def check(self, cfg: Config, min_speaker_seconds: float) -> tuple[int, list]:
+        return check_dataset(cfg, min_speaker_seconds)
 
     def items(self, table: Dataset, cfg: Config, model: torch.nn.Module, *, train: bool) -> CodesDataset:
         return CodesDataset(table, cfg.data, cfg.train.unconditional_frac, train=train)

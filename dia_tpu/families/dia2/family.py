@@ -13,6 +13,7 @@ from dia_tpu.config import Config, ConfigError, DataConfig, ModelConfig, TrainCo
 from dia_tpu.data.shards import read_prepare_info
 from dia_tpu.families.dia2.adapters import GROUPS, with_lora
 from dia_tpu.families.dia2.assets import load_tokenizer, text_ids
+from dia_tpu.families.dia2.check import check_dataset, config_problems
 from dia_tpu.families.dia2.checkpoint import export_checkpoint
 from dia_tpu.families.dia2.config import read_config
 from dia_tpu.families.dia2.data import BATCH_RANKS, Dia2Collator, Dia2Items, synthetic_batch
@@ -65,21 +66,10 @@ class Dia2Family:
         return model
 
     def data_problems(self, cfg: Config, info: dict, model: torch.nn.Module) -> list[str]:
-        config, problems = _config(model), []
-        if info.get("num_codebooks") != config.codebooks:
-            problems.append(
-                f"{cfg.data.dataset} holds {info.get('num_codebooks')} codebooks a frame; the Dia2 model reads "
-                f"{config.codebooks} (prepare it with the model's Mimi codebook count)"
-            )
-        if not info.get("frame_rate"):
-            problems.append(f"{cfg.data.dataset}: its manifest gives no frame_rate, which word timings are read at")
-        longest = cfg.data.max_audio_frames + max(config.delays)
-        if longest > config.max_context:
-            problems.append(
-                f"data.max_audio_frames={cfg.data.max_audio_frames} makes {longest} frames with the delays; the "
-                f"model's context is {config.max_context} (runtime.max_context_steps)"
-            )
-        return problems
+        return config_problems(cfg, info, _config(model))
+
+    def check(self, cfg: Config, min_speaker_seconds: float) -> tuple[int, list]:
+        return check_dataset(cfg, min_speaker_seconds)
 
     def items(self, table: Dataset, cfg: Config, model: torch.nn.Module, *, train: bool) -> Dia2Items:
         config = _config(model)
