@@ -37,7 +37,6 @@ class TrainingSamples:
         self.accelerator, self.cfg = accelerator, cfg
         self.enabled = s.every > 0 and not (runtime.on_xla and s.on_xla == "skip")
         self.speech: Speech | None = None
-        self.voice: dict[str, object] = {}
         if not self.enabled or not accelerator.is_main_process:
             self.generator = LiveGenerator(accelerator, runtime, None)
             return
