@@ -23,6 +23,7 @@ from dia_tpu.data.audio import encode, to_codec_input
 from dia_tpu.data.clips import Segment
 from dia_tpu.data.prepare import prepare, split_at_pauses
 from dia_tpu.data.shards import PrepareError, read_prepare_info
+from dia_tpu.errors import UserError
 from dia_tpu.model.codec import build_codec
 
 RATE = 44100
@@ -250,6 +251,19 @@ def test_split_at_pauses_cuts_between_segments_only():
     assert split_at_pauses(None, 9.5, 6.0) is None
 
 
+def test_moshi_word_alignments_are_segments_whose_speakers_become_tags():
+    from dia_tpu.data.clips import parse_segments
+
+    moshi = {"alignments": [["Hi", [0.1, 0.4], "SPEAKER_MAIN"], ["there", [0.5, 0.9], "SPEAKER_MAIN"]]}
+    moshi["alignments"] += [["Hello", [2.0, 2.6], "SPEAKER_1"], ["again", [2.7, 3.0], "SPEAKER_MAIN"]]
+    words = parse_segments(moshi)
+    assert [(w.text, w.start, w.end, w.speaker) for w in words][:1] == [("Hi", 0.1, 0.4, "SPEAKER_MAIN")]
+    assert split_at_pauses(words, 3.2, 10.0) == [(0.0, 3.2, "[S1] Hi there [S2] Hello [S1] again")]
+    assert split_at_pauses(words, 3.2, 2.0) == [(0.0, 1.45, "[S1] Hi there"), (1.45, 3.2, "[S2] Hello [S1] again")]
+    with pytest.raises(UserError, match="alignments item 0 is not"):
+        parse_segments({"alignments": [["Hi", 0.1]]})
+
+
 def test_long_clips_split_at_timed_pauses_or_are_skipped(tmp_path, cfg):
     source = tmp_path / "src"
     source.mkdir()
@@ -262,15 +276,22 @@ def test_long_clips_split_at_timed_pauses_or_are_skipped(tmp_path, cfg):
         {"start": 2.0, "end": 2.8, "text": "[S2] Three."},
     ]
     (source / "timed.json").write_text(json.dumps(timing))
+    # moshi-finetune's word timings beside a clip split it as well, their speakers tagged.
+    sf.write(source / "words.wav", noise(3.0, seed=7), RATE)
+    (source / "words.txt").write_text("[S1] One two. [S2] Three.")
+    said = [["One", [0.1, 0.5], "A"], ["two", [0.6, 0.9], "A"], ["Three", [2.0, 2.8], "B"]]
+    (source / "words.json").write_text(json.dumps({"alignments": said}))
     cfg.prepare.max_seconds = 1.8
     manifest = prepare(cfg, source, tmp_path / "out")
     kept = rows(tmp_path / "out")
     assert [(r["source_id"], r["text"]) for r in kept] == [
         ("timed.wav#0", "[S1] One. Two."),
         ("timed.wav#1", "[S2] Three."),
+        ("words.wav#0", "[S1] One two"),
+        ("words.wav#1", "[S2] Three"),
     ]
     assert kept[0]["duration"] == pytest.approx(1.8, abs=1e-3) and kept[1]["duration"] == pytest.approx(1.2, abs=1e-3)
-    assert manifest["split_pieces"] == 2
+    assert manifest["split_pieces"] == 4
     reason = (tmp_path / "out" / "skipped.tsv").read_text().splitlines()[1].split("\t")[2]
     assert "longer than prepare.max_seconds=1.8" in reason and "no word or segment timing" in reason
 

@@ -23,6 +23,7 @@ class Segment:
     start: float  # seconds
     end: float
     text: str
+    speaker: str = ""  # as the timing file names them (moshi-finetune's alignments), else ""
 
 
 @dataclass
@@ -96,7 +97,10 @@ def attach_file(clip: Clip, root: Path, name: str, absolute_ok: bool, elsewhere:
 
 
 def parse_segments(value) -> list[Segment]:
-    """[{start, end, text}, ...] (or a dict of such lists, or Whisper's {"segments": [...]}) as Segments."""
+    """[{start, end, text}, ...] (or a dict of such lists, or Whisper's {"segments": [...]}) as Segments; or
+    moshi-finetune's word timings, {"alignments": [[word, [start, end], speaker], ...]}, a Segment a word."""
+    if isinstance(value, dict) and "alignments" in value:
+        return _alignments(value["alignments"])
     if isinstance(value, dict) and "segments" in value:
         value = value["segments"]
     if isinstance(value, dict):  # a datasets Sequence of structs reads back as a dict of lists
@@ -115,6 +119,22 @@ def parse_segments(value) -> list[Segment]:
         if not numbers or not 0 <= start <= end or not isinstance(text, str):
             raise UserError(f"item {i}: need 0 <= start <= end (seconds) and a text, got {item}")
         segments.append(Segment(float(start), float(end), text))
+    return segments
+
+
+def _alignments(value) -> list[Segment]:
+    if not isinstance(value, list):
+        raise UserError(f"alignments: expected a list of [word, [start, end], speaker], got {type(value).__name__}")
+    segments = []
+    for i, item in enumerate(value):
+        try:
+            word, (start, end), *speaker = item
+            start, end = float(start), float(end)
+        except (TypeError, ValueError) as err:
+            raise UserError(f"alignments item {i} is not [word, [start, end], speaker]: {item!r}") from err
+        if not isinstance(word, str) or not 0 <= start <= end:
+            raise UserError(f"alignments item {i}: need a word and 0 <= start <= end (seconds), got {item!r}")
+        segments.append(Segment(start, end, word, str(speaker[0]) if speaker else ""))
     return segments
 
 

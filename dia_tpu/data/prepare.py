@@ -263,13 +263,18 @@ def split_at_pauses(segments, total: float, limit: float) -> list[tuple[float, f
     ordered = sorted(segments, key=lambda s: s.start)
     if any(s.end - s.start > limit for s in ordered):
         return None
-    spans, start, texts = [], 0.0, []
+    # Timings naming two speakers (moshi-finetune's): [S1], [S2] in order met, where the speaker changes in a span.
+    names = list(dict.fromkeys(s.speaker for s in ordered if s.speaker))
+    tags = {name: f"[S{k + 1}]" for k, name in enumerate(names)} if len(names) <= 2 else {}
+    spans, start, texts, speaker = [], 0.0, [], None
     for i, segment in enumerate(ordered):
         if texts and segment.end - start > limit:
             cut = (ordered[i - 1].end + segment.start) / 2
             spans.append((start, cut, " ".join(texts)))
-            start, texts = cut, []
-        texts.append(segment.text.strip())
+            start, texts, speaker = cut, [], None
+        tag = tags.get(segment.speaker)
+        texts.append(f"{tag} {segment.text.strip()}" if tag and tag != speaker else segment.text.strip())
+        speaker = tag or speaker
     end = total if total - start <= limit else ordered[-1].end + min((total - ordered[-1].end) / 2, 0.25)
     spans.append((start, end, " ".join(texts)))
     if any(e - s > limit for s, e, _ in spans):

@@ -17,6 +17,7 @@ import torch
 from transformers import MimiModel
 
 from dia_tpu.data.audio import load_audio
+from dia_tpu.data.clips import parse_segments
 from dia_tpu.errors import UserError
 from dia_tpu.families.dia2.data import SPEAKER_TAGS
 from dia_tpu.families.dia2.decode import Prefix, prefix_plan
@@ -30,9 +31,11 @@ def read_alignments(audio: Path) -> list[Word]:
     if not path.is_file():
         raise UserError(f"{audio}: a voice prefix needs its words' times in {path} ({form})")
     try:
-        rows = json.loads(path.read_text())["alignments"]
-        words = [Word(str(word), float(start), float(end)) for word, (start, end), *_ in rows]
-    except (ValueError, KeyError, TypeError) as err:
+        value = json.loads(path.read_text())
+        if not isinstance(value, dict) or "alignments" not in value:
+            raise UserError("no 'alignments'")
+        words = [Word(s.text, s.start, s.end) for s in parse_segments(value)]
+    except ValueError as err:  # UserError is one
         raise UserError(f"{path}: not word alignments ({form}): {err}") from err
     if not words:
         raise UserError(f"{path}: no words; a voice prefix needs at least one")
