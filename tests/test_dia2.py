@@ -18,7 +18,8 @@ from dia_tpu.families.dia2.decode import Dia2Sampling, generate, prefix_plan
 from dia_tpu.families.dia2.files import Dia2WeightsError, read_model, weights_metadata, write_model
 from dia_tpu.families.dia2.layout import make_example
 from dia_tpu.families.dia2.loss import dia2_loss
-from dia_tpu.families.dia2.script import ScriptMachine, TextIds, Word, script_entries, timed_entries
+from dia_tpu.families.dia2.script import ScriptMachine, TextIds, script_entries, timed_entries
+from dia_tpu.listen.align import TimedWord
 
 FIXTURES = ROOT / "tests/fixtures/dia2"
 TINY = FIXTURES / "tiny"
@@ -138,7 +139,7 @@ def test_script_and_timed_words_become_upstreams_entries(script_case):
     tokenize = case["encoded"].__getitem__
     entries = script_entries(case["script"], lambda text: list(tokenize(text)), _text_ids(case), case["frame_rate"])
     assert [[e.tokens, e.text, e.padding] for e in entries] == case["entries"]
-    words = [Word(*w) for w in case["words"]]
+    words = [TimedWord(*w) for w in case["words"]]
     timed, starts = timed_entries(words, lambda text: list(tokenize(text)), "[S1]", case["frame_rate"])
     assert [[e.tokens, e.text, e.padding] for e in timed] == case["timed"] and starts == case["starts"]
 
@@ -150,7 +151,7 @@ def test_the_script_machine_writes_upstreams_text_streams(script_case, ahead):
     case, run = script_case, script_case["runs"][ahead]
     tokenize = case["encoded"].__getitem__
     ids = _text_ids(case)
-    timed, _ = timed_entries([Word(*w) for w in case["words"]], lambda t: list(tokenize(t)), "[S1]", 12.5)
+    timed, _ = timed_entries([TimedWord(*w) for w in case["words"]], lambda t: list(tokenize(t)), "[S1]", 12.5)
     script = script_entries(case["script"], lambda t: list(tokenize(t)), ids, 12.5)
     machine = ScriptMachine(ids, int(ahead))
     state = machine.start([*timed, *script])
@@ -173,7 +174,7 @@ def _example(model, case, frames: int = 40, seed: int = 0):
     cfg = model.config
     codes = torch.randint(0, cfg.audio_limit, (cfg.codebooks, frames), generator=torch.Generator().manual_seed(seed))
     tokenize = case["encoded"].__getitem__
-    timed, starts = timed_entries([Word(*w) for w in case["words"]], lambda t: list(tokenize(t)), "[S1]", 12.5)
+    timed, starts = timed_entries([TimedWord(*w) for w in case["words"]], lambda t: list(tokenize(t)), "[S1]", 12.5)
     return codes, timed, starts, make_example(cfg, _text_ids(case), codes, timed, starts)
 
 
@@ -281,7 +282,7 @@ def test_greedy_generation_after_a_two_speaker_prefix_writes_upstreams_codes(mod
     encoded = generation_case["encoded"]
     recordings = []
     for (words, codes), tag in zip(case["speakers"], ("[S1]", "[S2]"), strict=True):
-        entries, starts = timed_entries([Word(*w) for w in words], lambda t: list(encoded[t]), tag, 12.5)
+        entries, starts = timed_entries([TimedWord(*w) for w in words], lambda t: list(encoded[t]), tag, 12.5)
         recordings.append((torch.tensor(codes), entries, starts))
     settings = dict(temperature=0, text_temperature=0, guidance_scale=2.0, guidance_top_k=50)
     ids = TextIds(**json.loads((FIXTURES / "script.json").read_text())["ids"])

@@ -19,7 +19,7 @@ from dia_tpu.config import Config, SamplesConfig
 from dia_tpu.data.audio import load_audio
 from dia_tpu.errors import UserError
 from dia_tpu.evaluation.judge import Prompt
-from dia_tpu.evaluation.prompts import Request
+from dia_tpu.evaluation.prompts import Request, check_codebooks
 from dia_tpu.families.dia2.assets import decode, load_mimi, load_tokenizer, text_ids
 from dia_tpu.families.dia2.config import Dia2Config
 from dia_tpu.families.dia2.data import tagged_words
@@ -53,13 +53,8 @@ class Dia2Speech:
     def settings(self, s: SamplesConfig, max_seconds: float | None) -> Dia2Settings:
         if s.top_p is not None:
             raise UserError(f"samples.top_p={s.top_p}: Dia2 samples by top-k alone; leave top_p out")
-        default = Dia2Sampling()
-        sampling = Dia2Sampling(
-            temperature=default.temperature if s.temperature is None else s.temperature,
-            top_k=default.top_k if s.top_k is None else s.top_k,
-            guidance_scale=default.guidance_scale if s.guidance_scale is None else s.guidance_scale,
-        )
-        return Dia2Settings(sampling, max_seconds)
+        given = {key: getattr(s, key) for key in ("temperature", "top_k", "guidance_scale")}
+        return Dia2Settings(Dia2Sampling(**{k: v for k, v in given.items() if v is not None}), max_seconds)
 
     def load(self, request: Request) -> tuple[Prompt, Prefix | None]:
         prompt, voice = dataclasses.replace(request.prompt), None
@@ -93,9 +88,6 @@ class Dia2Speech:
         words = sum(1 for entry in [*(voice.entries if voice else ()), *entries] if entry.tokens)
         return decode(self.codec, spoken.codes).numpy(), spoken.codes.T.numpy(), len(spoken.words) >= words
 
-    def plain(self, live: torch.nn.Module) -> Dia2Model:
-        return live.get_base_model() if hasattr(live, "get_base_model") else live
-
     def blank(self, plain: Dia2Model) -> Dia2Model:
         return Dia2Model(plain.config).eval()
 
@@ -118,6 +110,5 @@ class Dia2Speech:
         return min(wanted, room)
 
     def _decode(self, codes: np.ndarray, item: str) -> np.ndarray:
-        if codes.shape[1] != self.config.codebooks:
-            raise UserError(f"item {item} has {codes.shape[1]} codebooks; the Dia2 model has {self.config.codebooks}")
+        check_codebooks(codes, self.config.codebooks, item)
         return decode(self.codec, torch.from_numpy(codes.astype(np.int64)).T).numpy()

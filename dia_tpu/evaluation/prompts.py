@@ -177,7 +177,7 @@ def load_request(request: Request, codec, model_config) -> tuple[Prompt, VoicePr
     if request.reference is not None:
         prompt.reference = load_audio(request.reference, rate)
     if request.reference_codes is not None:
-        _check_codebooks(request.reference_codes, books, prompt.id)
+        check_codebooks(request.reference_codes, books, prompt.id)
         prompt.reference = decode(codec, torch.from_numpy(request.reference_codes.astype(np.int64)))
     voice = None
     if request.audio is not None:
@@ -190,7 +190,8 @@ def load_request(request: Request, codec, model_config) -> tuple[Prompt, VoicePr
     return prompt, voice
 
 
-def _check_codebooks(codes: np.ndarray, books: int, item: str) -> None:
+def check_codebooks(codes: np.ndarray, books: int, item: str) -> None:
+    """A dataset item's codes must have the model's codebook count."""
     if codes.shape[1] != books:
         raise UserError(
             f"--dataset item {item} has {codes.shape[1]} codebooks but the model has {books}: "

@@ -28,6 +28,7 @@ from dia_tpu.errors import UserError
 from dia_tpu.evaluation.dia2_speech import Dia2Settings, Dia2Speech
 from dia_tpu.evaluation.judge import Judges, judge, summarise
 from dia_tpu.evaluation.prompts import Request, generate, load_request, run_pace, with_pace
+from dia_tpu.evaluation.speech import speak_each
 from dia_tpu.families import is_dia2_source
 from dia_tpu.families.dia2.decode import Dia2Sampling
 from dia_tpu.families.dia2.files import read_model
@@ -96,11 +97,8 @@ def _speak_dia2(source: str, requests: list[Request], settings: GenerationSettin
             speech.check(prompt, voice, Dia2Settings(sampling, None))
         except ValueError as err:
             raise UserError(f"prompt {prompt.id}: {err}") from err
-    spoken = [
-        speech.generate(model, prompt, voice, spoken_settings, sampling.seed + index)
-        for index, (prompt, voice) in enumerate(loaded)
-    ]
-    waves, codes, ended = (list(part) for part in zip(*spoken, strict=True))
+    seeds = [sampling.seed + index for index in range(len(loaded))]
+    waves, codes, ended = speak_each(speech, model, loaded, spoken_settings, seeds)
     return [prompt for prompt, _ in loaded], waves, codes, ended, speech.rate
 
 

@@ -19,7 +19,6 @@ from dia_tpu.config import SAMPLING, Config, SamplesConfig
 from dia_tpu.evaluation.judge import Prompt
 from dia_tpu.evaluation.prompts import Request, generate, load_request
 from dia_tpu.generation.synthesize import GenerationSettings, check_request, script_for
-from dia_tpu.model.adapters import dia_of
 from dia_tpu.model.codec import build_codec
 from dia_tpu.model.shapes import restore_attention_scale
 
@@ -40,9 +39,6 @@ class Speech(Protocol):
     def generate(self, model: torch.nn.Module, prompt: Prompt, voice, settings, seed: int):
         """(wave, codes [frames, codebooks], whether it ended before the limit) for one prompt."""
 
-    def plain(self, live: torch.nn.Module) -> torch.nn.Module:
-        """The model that generates from the model training holds (unwrapped; adapters active)."""
-
     def blank(self, plain: torch.nn.Module) -> torch.nn.Module:
         """A new CPU model of `plain`'s config, to copy live weights into."""
 
@@ -54,6 +50,15 @@ SPEECH = {"dia": "dia_tpu.evaluation.speech", "dia2": "dia_tpu.evaluation.dia2_s
 def speech_for(family: str, cfg: Config, model_config, device: torch.device | str) -> Speech:
     """How a run's model of `family` speaks, its codec on `device`."""
     return importlib.import_module(SPEECH[family]).for_training(cfg, model_config, device)
+
+
+def speak_each(speech: Speech, model: torch.nn.Module, prompts: list, settings, seeds: list[int]):
+    """Waves, codes and endings of each (prompt, voice) of `prompts`, one at a time, prompt i with `seeds[i]`."""
+    spoken = [
+        speech.generate(model, prompt, voice, settings, seed)
+        for (prompt, voice), seed in zip(prompts, seeds, strict=True)
+    ]
+    return tuple(list(part) for part in zip(*spoken, strict=True)) if spoken else ([], [], [])
 
 
 def for_training(cfg: Config, model_config, device: torch.device | str) -> DiaSpeech:
@@ -91,9 +96,6 @@ class DiaSpeech:
         seeded = dataclasses.replace(settings, seed=seed)
         waves, codes, ended = generate(model, self.codec, [(prompt, voice)], seeded, batch_size=1)
         return waves[0], codes[0], ended[0]
-
-    def plain(self, live: torch.nn.Module) -> DiaForConditionalGeneration:
-        return dia_of(live)
 
     def blank(self, plain: DiaForConditionalGeneration) -> DiaForConditionalGeneration:
         model = DiaForConditionalGeneration(plain.config).eval()

@@ -25,7 +25,7 @@ from dia_tpu.data.dataset import Splits
 from dia_tpu.errors import UserError
 from dia_tpu.evaluation.judge import Row, Sums, judge
 from dia_tpu.evaluation.prompts import chars_per_second, held_out_requests, read_prompts, with_pace
-from dia_tpu.evaluation.speech import speech_for
+from dia_tpu.evaluation.speech import speak_each, speech_for
 from dia_tpu.listen.judges import Judges
 from dia_tpu.training.runtime import Runtime
 from dia_tpu.training.samples import LiveGenerator
@@ -40,9 +40,8 @@ class AudioEvaluation:
         self.enabled = a.every > 0
         if not self.enabled:
             return
-        device = "cpu" if LiveGenerator.copies(runtime) else accelerator.device
-        self.speech = speech_for(family, cfg, model_config, device)
-        self.generator = LiveGenerator(accelerator, runtime, self.speech)
+        self.generator = LiveGenerator(accelerator, runtime)
+        self.speech = speech_for(family, cfg, model_config, self.generator.device)
         # Expected lengths at the pace of the training data's speakers.
         pace = chars_per_second(splits.train.table.with_format(None))
         if a.prompts is not None:
@@ -71,7 +70,7 @@ class AudioEvaluation:
 
     def run(self, model, step: int) -> dict[str, float]:
         """Judge this process's share and gather everyone's: the same figures on every process."""
-        generator = self.generator.get(model)
+        generator = self.generator.get(model, self.speech)
         rows = self._judge(generator, step) if self.prompts and generator is not None else []
         local = torch.tensor(Sums.of(rows).values(), dtype=torch.float32, device=self.accelerator.device)
         totals = Sums.from_values(self.accelerator.reduce(local, "sum").cpu().tolist())
@@ -80,15 +79,11 @@ class AudioEvaluation:
     def _judge(self, generator, step: int) -> list[Row]:
         if self.judges is None:
             a = self.cfg.eval.audio
-            # On the accelerator where generation runs there; on the host beside the CPU copy (XLA, FSDP).
-            device = "cpu" if self.generator.copy_weights else self.accelerator.device
-            self.judges = Judges.load(a.asr, a.speaker, a.quality, device, a.language)
+            # Where generation runs: the accelerator, or the host beside the CPU copy (XLA, FSDP).
+            self.judges = Judges.load(a.asr, a.speaker, a.quality, self.generator.device, a.language)
         # Prompt i of the whole list keeps seed + i whichever process generates it.
-        spoken = [
-            self.speech.generate(generator, prompt, voice, self.settings, self.cfg.eval.audio.seed + index)
-            for index, (prompt, voice) in zip(self.mine, self.prompts, strict=True)
-        ]
-        waves, codes, ended = (list(part) for part in zip(*spoken, strict=True))
+        seeds = [self.cfg.eval.audio.seed + index for index in self.mine]
+        waves, codes, ended = speak_each(self.speech, generator, self.prompts, self.settings, seeds)
         rate = self.speech.rate
         rows = judge([p for p, _ in self.prompts], waves, codes, ended, rate, self.judges)
         if self.accelerator.is_main_process:

@@ -24,7 +24,7 @@ from dia_tpu.errors import UserError
 from dia_tpu.evaluation.judge import Prompt
 from dia_tpu.evaluation.prompts import Request
 from dia_tpu.evaluation.speech import Speech, speech_for
-from dia_tpu.model.adapters import is_peft, merged_state_dict
+from dia_tpu.model.adapters import dia_of, is_peft, merged_state_dict
 from dia_tpu.training.runtime import Runtime
 from dia_tpu.training.sharding import whole_weights
 
@@ -36,13 +36,11 @@ class TrainingSamples:
         s = cfg.samples
         self.accelerator, self.cfg = accelerator, cfg
         self.enabled = s.every > 0 and not (runtime.on_xla and s.on_xla == "skip")
+        self.generator = LiveGenerator(accelerator, runtime)
         self.speech: Speech | None = None
         if not self.enabled or not accelerator.is_main_process:
-            self.generator = LiveGenerator(accelerator, runtime, None)
             return
-        device = "cpu" if LiveGenerator.copies(runtime) else accelerator.device
-        self.speech = speech_for(family, cfg, model_config, device)
-        self.generator = LiveGenerator(accelerator, runtime, self.speech)
+        self.speech = speech_for(family, cfg, model_config, self.generator.device)
         self.settings = self.speech.settings(s, s.max_seconds)
         self.prompts = {}
         for prompt in s.prompts:
@@ -58,7 +56,7 @@ class TrainingSamples:
 
     def write(self, model, step: int) -> Path | None:
         """Generate every prompt on the main process; returns its folder there (None elsewhere)."""
-        generator = self.generator.get(model)
+        generator = self.generator.get(model, self.speech)
         out = self._generate_all(generator, step) if self.accelerator.is_main_process else None
         self.accelerator.wait_for_everyone()
         return out
@@ -106,38 +104,32 @@ class TrainingSamples:
 
 
 class LiveGenerator:
-    """The model to generate with during training. The live one (unwrapped) on every process, or where its
-    weights cannot generate in place, a CPU copy on the main process only (None elsewhere): XLA would compile
-    every step of the decode loop, and FSDP holds only a shard of the weights on each process."""
+    """The model to generate with during training. The live one (unwrapped, adapters active) on every process, or
+    where its weights cannot generate in place, a CPU copy on the main process only (None elsewhere): XLA would
+    compile every step of the decode loop, and FSDP holds only a shard of the weights on each process."""
 
-    def __init__(self, accelerator: Accelerator, runtime: Runtime, speech: Speech | None):
-        self.accelerator, self.runtime, self.speech = accelerator, runtime, speech
-        self.copy_weights = self.copies(runtime)
+    def __init__(self, accelerator: Accelerator, runtime: Runtime):
+        self.accelerator, self.runtime = accelerator, runtime
+        self.copy_weights = runtime.on_xla or runtime.fsdp
+        # Where generation (and so the codec and the judges) runs.
+        self.device = torch.device("cpu") if self.copy_weights else accelerator.device
         self._cpu_model: torch.nn.Module | None = None
 
-    @staticmethod
-    def copies(runtime: Runtime) -> bool:
-        return runtime.on_xla or runtime.fsdp
-
-    def get(self, model) -> torch.nn.Module | None:
-        """Every process calls this at the same step (under FSDP gathering the weights is a collective)."""
+    def get(self, model, speech: Speech | None) -> torch.nn.Module | None:
+        """Every process calls this at the same step (under FSDP gathering the weights is a collective); one that
+        does not generate gives no `speech`."""
         accelerator = self.accelerator
         state = whole_weights(accelerator, self.runtime, model)
-        live = accelerator.unwrap_model(model)
-        if self.speech is None:  # a process that does not generate
+        unwrapped = accelerator.unwrap_model(model)
+        live = dia_of(unwrapped)  # any family's PeftModel gives its base, the adapters on
+        if speech is None or (self.copy_weights and not accelerator.is_main_process):
             return None
         if not self.copy_weights:
-            return self.speech.plain(live)
-        if not accelerator.is_main_process:
-            return None
-        if is_peft(live):
-            state = merged_state_dict(live)
-        return self._cpu_copy(self.speech.plain(live), state)
-
-    def _cpu_copy(self, live: torch.nn.Module, state: dict | None) -> torch.nn.Module:
-        """The live weights in a CPU model built once per run (fp32, like the master weights)."""
+            return live
         if self._cpu_model is None:
-            self._cpu_model = self.speech.blank(live)
+            self._cpu_model = speech.blank(live)
+        if is_peft(unwrapped):
+            state = merged_state_dict(unwrapped)
         weights = state if state is not None else live.state_dict()
         self._cpu_model.load_state_dict({k: v.detach().cpu().float() for k, v in weights.items()})
         return self._cpu_model

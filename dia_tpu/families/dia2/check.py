@@ -10,13 +10,11 @@ it (`dia_tpu.data.check`), for codes and timed words:
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from datasets import load_from_disk
 
 from dia_tpu.config import Config
 from dia_tpu.data.check import Finding, speaker_findings
-from dia_tpu.data.shards import MANIFEST_FILE, read_prepare_info
+from dia_tpu.data.shards import read_prepare_info
 from dia_tpu.families.dia2.assets import load_tokenizer
 from dia_tpu.families.dia2.config import Dia2Config, read_config
 from dia_tpu.families.dia2.data import WORDS_COLUMN, tagged_words, timing_problems
@@ -46,9 +44,8 @@ def config_problems(cfg: Config, info: dict, config: Dia2Config) -> list[str]:
 def check_dataset(cfg: Config, min_speaker_seconds: float = 60.0) -> tuple[int, list[Finding]]:
     """The number of recordings in `data.dataset`, and every finding about them under `cfg`."""
     d = cfg.data
-    if not (Path(d.dataset) / MANIFEST_FILE).is_file():
-        raise FileNotFoundError(f"data.dataset: {d.dataset} is not a prepared dataset; run dia-tpu prepare first")
-    table, info = load_from_disk(d.dataset), read_prepare_info(d.dataset)
+    info = read_prepare_info(d.dataset)  # not a prepared dataset: a clear error
+    table = load_from_disk(d.dataset)
     config = read_config(source_config(cfg.model.pretrained))
     findings = [
         Finding(p, "prepare again with the model's Mimi, or fix the limits") for p in config_problems(cfg, info, config)

@@ -27,20 +27,21 @@ from dia_tpu.data.dataset import PreparedItems, item_random
 from dia_tpu.errors import UserError
 from dia_tpu.families.dia2.config import Dia2Config
 from dia_tpu.families.dia2.layout import make_example
-from dia_tpu.families.dia2.script import Entry, TextIds, Tokenize, Word, timed_entries
+from dia_tpu.families.dia2.script import Entry, TextIds, Tokenize, timed_entries
+from dia_tpu.listen.align import TimedWord
 
 WORDS_COLUMN = "words"
 SPEAKER_TAGS = {1: "[S1]", 2: "[S2]"}
 
 
-def tagged_words(words: Sequence[dict], frame_rate: float) -> list[Word]:
-    """A row's words as `Word`s in seconds, with a speaker tag where the speaker changes (and on the first); the
+def tagged_words(words: Sequence[dict], frame_rate: float) -> list[TimedWord]:
+    """A row's words as `TimedWord`s in seconds, with a speaker tag where the speaker changes (and on the first); the
     speakers were checked (`timing_problems`)."""
     said, speaker = [], None
     for word in words:
         tag = SPEAKER_TAGS[int(word["speaker"])]
         text = f"{tag} {word['word']}" if tag != speaker else str(word["word"])
-        said.append(Word(text, int(word["start"]) / frame_rate, int(word["end"]) / frame_rate))
+        said.append(TimedWord(text, int(word["start"]) / frame_rate, int(word["end"]) / frame_rate))
         speaker = tag
     return said
 

@@ -21,10 +21,11 @@ from dia_tpu.data.clips import parse_segments
 from dia_tpu.errors import UserError
 from dia_tpu.families.dia2.data import SPEAKER_TAGS
 from dia_tpu.families.dia2.decode import Prefix, prefix_plan
-from dia_tpu.families.dia2.script import Tokenize, Word, timed_entries
+from dia_tpu.families.dia2.script import Tokenize, timed_entries
+from dia_tpu.listen.align import TimedWord
 
 
-def read_alignments(audio: Path) -> list[Word]:
+def read_alignments(audio: Path) -> list[TimedWord]:
     """The timed words of `audio` from the JSON beside it; a missing or malformed file is one error naming it."""
     path = audio.with_suffix(".json")
     form = '{"alignments": [[word, [start, end], speaker], ...]} in seconds'
@@ -34,7 +35,7 @@ def read_alignments(audio: Path) -> list[Word]:
         value = json.loads(path.read_text())
         if not isinstance(value, dict) or "alignments" not in value:
             raise UserError("no 'alignments'")
-        words = [Word(s.text, s.start, s.end) for s in parse_segments(value)]
+        words = [TimedWord(s.text, s.start, s.end) for s in parse_segments(value)]
     except ValueError as err:  # UserError is one
         raise UserError(f"{path}: not word alignments ({form}): {err}") from err
     if not words:

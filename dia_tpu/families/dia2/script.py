@@ -19,6 +19,8 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from dia_tpu.listen.align import TimedWord
+
 PAD_ACTION, NEW_WORD_ACTION = 0, 1
 MAX_PADDING = 6  # pads in a row before a new word is forced
 INITIAL_PADDING = 2  # forced pads before the first word, so its start is never cut
@@ -44,15 +46,6 @@ class Entry:
     tokens: list[int]
     text: str
     padding: int = 0
-
-
-@dataclass
-class Word:
-    """A word of a recording with its time span, in seconds."""
-
-    text: str
-    start: float
-    end: float
 
 
 @dataclass(frozen=True)
@@ -171,7 +164,7 @@ def script_entries(script: str, tokenize: Tokenize, ids: TextIds, frame_rate: fl
 
 
 def timed_entries(
-    words: Sequence[Word], tokenize: Tokenize, speaker: str | None, frame_rate: float
+    words: Sequence[TimedWord], tokenize: Tokenize, speaker: str | None, frame_rate: float
 ) -> tuple[list[Entry], list[int]]:
     """A recording's timed words as entries and the frames their new-word actions fall on (before any offset),
     as upstream lines up a voice prefix: a word starts at its time's frame, never before the previous word's

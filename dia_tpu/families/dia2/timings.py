@@ -13,8 +13,10 @@ import re
 from collections.abc import Callable, Sequence
 
 from dia_tpu.data.clips import Segment
+from dia_tpu.families.dia2.data import SPEAKER_TAGS
 from dia_tpu.listen.align import TimedWord, spoken_words
 
+SPEAKER_OF = {tag: number for number, tag in SPEAKER_TAGS.items()}
 _OTHER_TAG = re.compile(r"\[[^\]]*\]|<[^>]*>")
 
 
@@ -36,8 +38,8 @@ def script_words(text: str) -> list[tuple[str, int, list[str]]]:
     two, a lone dash none)."""
     out, speaker = [], 1
     for token in text.replace("\u2019", "'").split():
-        if token in ("[S1]", "[S2]"):
-            speaker = int(token[2])
+        if token in SPEAKER_OF:
+            speaker = SPEAKER_OF[token]
         elif not _OTHER_TAG.fullmatch(token):
             out.append((token, speaker, spoken_words(token)))
     return out
