@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import io
+import re
 import shutil
 import subprocess
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ WINDOW = 400  # 25 ms
 GAP_SECONDS = 0.08  # silence between the reference's words, where the recording's pauses land
 QUIET = 1e-3  # what counts as silence when a synthesised word is trimmed
 DITHER = 3e-4  # the noise PocketSphinx's input gets (-70 dB of full scale)
+_TAGS = re.compile(r"\[[^\]]*\]|<[^>]*>|\([^)]*\)")  # speaker, language and break tags; (laughs)
 
 
 @dataclass(frozen=True)
@@ -66,9 +68,7 @@ def load_aligner(spec: str, language: str = "en") -> Aligner:
 def spoken_words(text: str) -> list[str]:
     """The words of a transcript as the aligners take them: speaker and other tags removed, lower case, no
     punctuation (apostrophes inside words kept)."""
-    import re
-
-    return basic_normalise(re.sub(r"\[[^\]]*\]|<[^>]*>|\([^)]*\)", " ", text)).split()
+    return basic_normalise(_TAGS.sub(" ", text)).split()
 
 
 class EspeakAligner:
@@ -85,7 +85,7 @@ class EspeakAligner:
         clip = _at_16k(wave, rate)
         if len(clip) < WINDOW or float(np.abs(clip).max()) < QUIET:
             raise Unaligned("no speech")
-        pieces, spans, at = [np.zeros(round(2 * GAP_SECONDS * RATE), np.float32)], [], 0
+        pieces, spans = [np.zeros(round(2 * GAP_SECONDS * RATE), np.float32)], []
         at = len(pieces[0])
         for word in words:
             sound = _synthesised(word, self.voice)
