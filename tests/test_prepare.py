@@ -13,6 +13,7 @@ import soundfile as sf
 from conftest import prepare_config
 
 from dia_tpu.config import Config
+from dia_tpu.data import coder as coder_module
 from dia_tpu.data import prepare as prepare_module
 from dia_tpu.data.audio import encode, load_audio
 from dia_tpu.data.prepare import prepare
@@ -144,7 +145,7 @@ def test_equal_lengths_are_batched_without_changing_codes(tmp_path, cfg, codec, 
         sizes.append(len(waves))
         return encode(codec, waves, *args)
 
-    monkeypatch.setattr(prepare_module, "encode", spy)
+    monkeypatch.setattr(coder_module, "encode", spy)
     # With no room to wait for equal-length partners every clip is encoded as soon as it is decoded.
     monkeypatch.setattr(prepare_module, "PENDING_SECONDS", pending_seconds)
     audio = tmp_path / "src" / "audio"

@@ -18,10 +18,10 @@ import soundfile as sf
 from conftest import RANDOM_CODEC, ROOT, prepare_config, two_process_launch
 
 from dia_tpu.config import Config
-from dia_tpu.data import prepare as prepare_module
+from dia_tpu.data import coder as coder_module
 from dia_tpu.data.audio import encode, to_codec_input
-from dia_tpu.data.clips import Segment
-from dia_tpu.data.prepare import prepare, split_at_pauses
+from dia_tpu.data.clips import Segment, split_at_pauses
+from dia_tpu.data.prepare import prepare
 from dia_tpu.data.shards import PrepareError, read_prepare_info
 from dia_tpu.errors import UserError
 from dia_tpu.model.codec import build_codec
@@ -179,14 +179,14 @@ def test_an_interrupted_run_resumes_from_its_finished_shards(tmp_path, cfg, monk
             raise KeyboardInterrupt
         return encode(codec, waves, *args)
 
-    monkeypatch.setattr(prepare_module, "encode", dies_in_the_second_shard)
+    monkeypatch.setattr(coder_module, "encode", dies_in_the_second_shard)
     out = tmp_path / "out"
     with pytest.raises(KeyboardInterrupt):
         prepare(cfg, source, out)
     assert not out.exists()
     work = sorted(p.name for p in (tmp_path / "out.work").iterdir())
     assert work == [".dia_tpu.json", "shard_00000", "shard_00000.json"]
-    monkeypatch.setattr(prepare_module, "encode", encode)
+    monkeypatch.setattr(coder_module, "encode", encode)
     manifest = prepare(cfg, source, out)
     assert manifest["encoded"] == 5  # shard 0 was kept; shards 1 and 2 were encoded
     assert_same_dataset(out, straight)
@@ -308,7 +308,7 @@ def test_codes_files_are_imported_without_the_codec(tmp_path, cfg, monkeypatch):
     def no_codec(*args, **kwargs):
         raise AssertionError("the codec was loaded")
 
-    monkeypatch.setattr(prepare_module, "build_codec", no_codec)
+    monkeypatch.setattr(coder_module, "build_codec", no_codec)
     manifest = prepare(cfg, source, tmp_path / "out")
     a, b = rows(tmp_path / "out")
     assert a["codes"].shape == (40, 9) and b["codes"].shape == (30, 9) and a["frames"] == 40

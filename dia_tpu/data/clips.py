@@ -138,6 +138,49 @@ def _alignments(value) -> list[Segment]:
     return segments
 
 
+def speaker_tags(segments: list[Segment]) -> dict[str, str]:
+    """Timings naming two speakers (moshi-finetune's): the first named is `[S1]`, the second `[S2]`; none for
+    timings that name more, or none."""
+    names = list(dict.fromkeys(s.speaker for s in segments if s.speaker))
+    return {name: f"[S{k + 1}]" for k, name in enumerate(names)} if len(names) <= 2 else {}
+
+
+def tagged_text(segments: list[Segment], tags: dict[str, str]) -> str:
+    """The segments' text, a speaker's tag before it wherever the speaker changes (and first)."""
+    texts, speaker = [], None
+    for segment in segments:
+        tag = tags.get(segment.speaker)
+        texts.append(f"{tag} {segment.text.strip()}" if tag and tag != speaker else segment.text.strip())
+        speaker = tag or speaker
+    return " ".join(texts)
+
+
+def split_at_pauses(segments: list[Segment], total: float, limit: float) -> list[tuple[float, float, str]] | None:
+    """Cut a long clip into spans no longer than `limit` seconds, each with its own segments' text (speakers
+    tagged as `tagged_text` does).
+
+    Cuts fall in the middle of pauses between timed segments (never inside one), as late as the limit
+    allows. None when there is no timing, or when one segment alone is longer than the limit.
+    """
+    if not segments:
+        return None
+    ordered = sorted(segments, key=lambda s: s.start)
+    if any(s.end - s.start > limit for s in ordered):
+        return None
+    tags = speaker_tags(ordered)
+    spans, start, first = [], 0.0, 0
+    for i, segment in enumerate(ordered):
+        if i > first and segment.end - start > limit:
+            cut = (ordered[i - 1].end + segment.start) / 2
+            spans.append((start, cut, tagged_text(ordered[first:i], tags)))
+            start, first = cut, i
+    end = total if total - start <= limit else ordered[-1].end + min((total - ordered[-1].end) / 2, 0.25)
+    spans.append((start, end, tagged_text(ordered[first:], tags)))
+    if any(e - s > limit for s, e, _ in spans):
+        return None
+    return spans
+
+
 def walk_files(root: Path) -> set[Path]:
     """Every file under `root`, following linked folders, leaving out hidden ones (`.git`, macOS `._x.wav`)."""
     found = set()

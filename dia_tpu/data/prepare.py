@@ -14,16 +14,14 @@ shard, so after fixing some inputs only those are encoded. Training reads only `
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import json
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
-import torch
 from accelerate import PartialState
 from accelerate.utils import parse_flag_from_env
 from datasets import Dataset
@@ -32,13 +30,13 @@ from tqdm import tqdm
 from dia_tpu.artifacts.lock import FolderLock
 from dia_tpu.artifacts.owner import DATASET, PREPARE_WORK, check_replaceable
 from dia_tpu.config import Config
-from dia_tpu.data.audio import AudioError, encode, header_seconds, read_audio, to_codec_input
-from dia_tpu.data.clips import Clip
+from dia_tpu.data.audio import AudioError, header_seconds, read_audio, to_codec_input
+from dia_tpu.data.clips import Clip, Segment, split_at_pauses
+from dia_tpu.data.coder import Coder, DacCoder
 from dia_tpu.data.codes_files import load_codes_file
 from dia_tpu.data.shards import (
     CodesLayout,
     PrepareError,
-    codes_layout,
     earlier_dataset,
     earlier_work,
     hash_bytes,
@@ -48,8 +46,6 @@ from dia_tpu.data.shards import (
     write_shard,
 )
 from dia_tpu.data.sources import detect_kind, read_clips
-from dia_tpu.model.codec import build_codec, codec_on_accelerator, fuse_snake
-from dia_tpu.precision import choose
 
 # Audio held back waiting for equal-length partners before it is encoded in smaller batches: only equal
 # lengths can share a batch, and waiting for all of them would hold the whole corpus in memory.
@@ -64,6 +60,7 @@ class Piece:
     source_id: str
     text: str
     key: str
+    segments: list[Segment] | None  # its timing, in seconds from its own start
 
 
 @dataclass
@@ -71,8 +68,8 @@ class Context:
     cfg: Config
     rank: int
     layout: CodesLayout
+    coder: Coder
     cache: list[tuple[Dataset, dict[str, int]]]  # earlier rows by key: the old dataset, old work shards
-    codec: object = None  # built on first use, so importing codes files never loads it
     seconds: Counter = field(default_factory=Counter)  # decode / resample / encode time on this process
     encoded: int = 0  # items this process encoded in this run
     flagged: list = field(default_factory=list)  # (index, source_id, why) of the shard's items kept but doubtful
@@ -80,12 +77,18 @@ class Context:
     started: float = field(default_factory=time.perf_counter)
 
 
-def prepare(cfg: Config, source: str | Path, output: str | Path, strict: bool | None = None) -> dict:
-    """Encode every usable item of `source` into `output`; returns the manifest.
+def prepare(
+    cfg: Config, source: str | Path, output: str | Path, strict: bool | None = None, coder: Coder | None = None
+) -> dict:
+    """Encode every usable item of `source` into `output` with `coder` (the model family's: `Family.coder`;
+    Dia's DAC by default); returns the manifest.
 
     Runs on every process of an `accelerate launch`; each encodes its share of the shards and the main
     process merges. A failed run never leaves half a dataset and never removes an earlier good one.
     """
+    if coder is None and cfg.model.family == "dia2":
+        raise PrepareError("model.family=dia2: prepare with the family's coder (dia-tpu prepare picks it)")
+    coder = coder or DacCoder(cfg)
     p = cfg.prepare
     strict = p.strict if strict is None else strict
     source, output = str(source), Path(output)
@@ -108,9 +111,8 @@ def prepare(cfg: Config, source: str | Path, output: str | Path, strict: bool | 
     state.wait_for_everyone()
     merged = False
     try:
-        _prepare_shards(
-            cfg, state, source, kind, output, work, itertools.chain([first] if first else [], clips), strict
-        )
+        clips = itertools.chain([first] if first else [], clips)
+        _prepare_shards(cfg, coder, state, source, kind, output, work, clips, strict)
         merged = True
     finally:
         if state.is_main_process:
@@ -120,11 +122,11 @@ def prepare(cfg: Config, source: str | Path, output: str | Path, strict: bool | 
 
 
 def _prepare_shards(
-    cfg: Config, state: PartialState, source: str, kind: str, output: Path, work: Path, clips, strict: bool
+    cfg: Config, coder: Coder, state: PartialState, source: str, kind: str, output: Path, work: Path, clips, strict
 ) -> None:
     p = cfg.prepare
-    layout = codes_layout(cfg)
-    ctx = Context(cfg, state.process_index, layout, load_cache(output, work, layout.fingerprint))
+    layout = coder.layout
+    ctx = Context(cfg, state.process_index, layout, coder, load_cache(output, work, layout.fingerprint))
     ctx.bar = tqdm(
         desc=f"prepare [{state.process_index}]" if state.num_processes > 1 else "prepare",
         position=state.process_index,
@@ -145,7 +147,7 @@ def _prepare_shards(
     (work / f"run_{state.process_index}.json").write_text(json.dumps(run) + "\n")
     state.wait_for_everyone()
     if state.is_main_process:
-        merge_shards(cfg, layout, source, kind, output, work, shards, state.num_processes)
+        merge_shards(cfg, layout, coder.described, source, kind, output, work, shards, state.num_processes)
 
 
 def _run_shard(ctx: Context, work: Path, shard: int, clips: list[Clip], processes: int, strict: bool) -> None:
@@ -160,7 +162,8 @@ def _run_shard(ctx: Context, work: Path, shard: int, clips: list[Clip], processe
             continue
         if "\0" in clip.text:
             ctx.flagged.append((clip.index, clip.source_id, "transcript holds a NUL byte"))
-        pieces.append(Piece(clip, clip.source_id, clip.text, _clip_key(clip, ctx.layout.fingerprint)))
+        key = _clip_key(clip, ctx.layout.fingerprint, ctx.coder.key(clip.text, clip.segments))
+        pieces.append(Piece(clip, clip.source_id, clip.text, key, clip.segments))
     keys = [piece.key for piece in pieces] + [f"skip:{index}:{reason}" for index, _, reason in skipped]
     done = work / f"shard_{shard:05d}.json"
     if done.is_file() and json.loads(done.read_text())["keys"] == keys:
@@ -169,7 +172,7 @@ def _run_shard(ctx: Context, work: Path, shard: int, clips: list[Clip], processe
     ctx.encoded += encoded
     skipped.sort()
     info = {"keys": keys, "skipped": skipped, "flagged": sorted(ctx.flagged)}
-    write_shard(work, shard, rows, ctx.layout.channels, info)
+    write_shard(work, shard, rows, ctx.layout.channels, info, ctx.coder.columns)
 
 
 def _encode_pieces(ctx: Context, pieces: list[Piece], skipped: list, strict: bool) -> tuple[list[dict], int]:
@@ -182,18 +185,20 @@ def _encode_pieces(ctx: Context, pieces: list[Piece], skipped: list, strict: boo
         try:
             if piece.clip.codes_file is not None:
                 codes = load_codes_file(piece.clip.codes_file, ctx.layout.channels, p.codes_layout)
-                rows.append(_row(piece, codes, len(codes) * ctx.layout.hop / ctx.layout.sample_rate))
+                seconds = len(codes) * ctx.layout.hop / ctx.layout.sample_rate
+                rows.append(_row(piece, codes, seconds, _annotate(ctx, piece, None, seconds)))
                 continue
             if (cached := _cached(ctx, piece.key)) is not None:
-                rows.append(_row(piece, *cached))
+                rows.append(_row(piece, **cached))
                 continue
             for part, channels in _decode(ctx, piece):
                 seconds = len(channels[0]) / ctx.layout.sample_rate
                 if (cached := _cached(ctx, part.key)) is not None:
-                    rows.append(_row(part, *cached))
+                    rows.append(_row(part, **cached))
                     continue
+                extra = _annotate(ctx, part, channels, seconds)
                 waves[len(rows)] = channels
-                rows.append(_row(part, None, seconds))
+                rows.append(_row(part, None, seconds, extra))
                 encoded += 1
                 if sum(len(c[0]) for c in waves.values()) > PENDING_SECONDS * ctx.layout.sample_rate:
                     _fill(ctx, rows, _encode_all(ctx, waves))
@@ -240,7 +245,10 @@ def _decode(ctx: Context, piece: Piece) -> list[tuple[Piece, list[np.ndarray]]]:
     parts = []
     for k, (start, end, text) in enumerate(spans):
         a, b = round(start * rate), round(end * rate)
-        part = Piece(piece.clip, f"{piece.source_id}#{k}", text, f"{piece.key}@{start:.3f}-{end:.3f}")
+        inside = [
+            replace(s, start=s.start - start, end=s.end - start) for s in piece.segments if start <= s.start < end
+        ]
+        part = Piece(piece.clip, f"{piece.source_id}#{k}", text, f"{piece.key}@{start:.3f}-{end:.3f}", inside)
         parts.append((part, [c[a:b] for c in channels]))
     return parts
 
@@ -252,77 +260,42 @@ def _too_long(seconds: float, limit: float) -> str:
     )
 
 
-def split_at_pauses(segments, total: float, limit: float) -> list[tuple[float, float, str]] | None:
-    """Cut a long clip into spans no longer than `limit` seconds, each with its own segments' text.
-
-    Cuts fall in the middle of pauses between timed segments (never inside one), as late as the limit
-    allows. None when there is no timing, or when one segment alone is longer than the limit.
-    """
-    if not segments:
-        return None
-    ordered = sorted(segments, key=lambda s: s.start)
-    if any(s.end - s.start > limit for s in ordered):
-        return None
-    # Timings naming two speakers (moshi-finetune's): [S1], [S2] in order met, where the speaker changes in a span.
-    names = list(dict.fromkeys(s.speaker for s in ordered if s.speaker))
-    tags = {name: f"[S{k + 1}]" for k, name in enumerate(names)} if len(names) <= 2 else {}
-    spans, start, texts, speaker = [], 0.0, [], None
-    for i, segment in enumerate(ordered):
-        if texts and segment.end - start > limit:
-            cut = (ordered[i - 1].end + segment.start) / 2
-            spans.append((start, cut, " ".join(texts)))
-            start, texts, speaker = cut, [], None
-        tag = tags.get(segment.speaker)
-        texts.append(f"{tag} {segment.text.strip()}" if tag and tag != speaker else segment.text.strip())
-        speaker = tag or speaker
-    end = total if total - start <= limit else ordered[-1].end + min((total - ordered[-1].end) / 2, 0.25)
-    spans.append((start, end, " ".join(texts)))
-    if any(e - s > limit for s, e, _ in spans):
-        return None
-    return spans
-
-
 def _encode_all(ctx: Context, waves: dict[int, list[np.ndarray]]) -> dict[int, np.ndarray]:
     """Codes [T, C] per slot; equal lengths share codec batches (exact), stereo channels side by side."""
-    if not waves:
-        return {}
-    if ctx.codec is None:
-        ctx.codec = codec_on_accelerator(build_codec(ctx.cfg.model), PartialState().device)
-        if ctx.cfg.prepare.compile and ctx.codec.device.type != "xla" and not fuse_snake(ctx.codec):
-            print(
-                "prepare: torch cannot compile here (see torch.compile's requirements); the codec runs eagerly, "
-                "with the same codes"
-            )
-        choice = choose(ctx.cfg.prepare.mixed_precision, ctx.codec.device.type, "prepare.mixed_precision")
-        if choice.slow and ctx.rank == 0:
-            print(f"prepare: {choice.note}", flush=True)
-    p = ctx.cfg.prepare
     entries = [((slot, c), wave) for slot, channels in waves.items() for c, wave in enumerate(channels)]
     by_length: dict[int, list] = {}
     for entry in entries:
         by_length.setdefault(len(entry[1]), []).append(entry)
     codes: dict[tuple[int, int], np.ndarray] = {}
     tick = time.perf_counter()
-    precision = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(p.mixed_precision)
-    device = next(ctx.codec.parameters()).device
-    autocast = torch.autocast(device.type, dtype=precision) if precision else contextlib.nullcontext()
-    with autocast:
-        for group in by_length.values():
-            for i in range(0, len(group), p.batch_size):
-                batch = group[i : i + p.batch_size]
-                results = encode(ctx.codec, [w for _, w in batch], p.window_seconds)
-                for (name, _), result in zip(batch, results, strict=True):
-                    codes[name] = result
-    ctx.seconds["encode"] += time.perf_counter() - tick
+    for group in by_length.values():
+        for i in range(0, len(group), ctx.cfg.prepare.batch_size):
+            batch = group[i : i + ctx.cfg.prepare.batch_size]
+            for (name, _), result in zip(batch, ctx.coder.encode([w for _, w in batch]), strict=True):
+                codes[name] = result
+    if codes:
+        ctx.seconds["encode"] += time.perf_counter() - tick
     return {slot: np.concatenate([codes[(slot, c)] for c in range(len(chs))], axis=1) for slot, chs in waves.items()}
 
 
-def _row(piece: Piece, codes: np.ndarray | None, seconds: float) -> dict:
+def _annotate(ctx: Context, piece: Piece, channels: list[np.ndarray] | None, seconds: float) -> dict:
+    """The coder's extra columns for a piece (none for Dia), timed."""
+    if not ctx.coder.columns:
+        return {}
+    tick = time.perf_counter()
+    try:
+        return ctx.coder.annotate(piece.text, piece.segments, channels, seconds, piece.clip.language)
+    finally:
+        ctx.seconds["annotate"] += time.perf_counter() - tick
+
+
+def _row(piece: Piece, codes: np.ndarray | None, duration: float, extra: dict) -> dict:
     return {
+        **extra,
         "text": piece.text,
         "codes": codes,
         "frames": 0 if codes is None else len(codes),
-        "duration": round(seconds, 4),
+        "duration": round(duration, 4),
         "source_id": piece.source_id,
         "speaker": piece.clip.speaker,
         "language": piece.clip.language,
@@ -336,15 +309,17 @@ def _skip(skipped: list, index: int, source_id: str, reason: str, strict: bool) 
     skipped.append((index, source_id, reason))
 
 
-def _clip_key(clip: Clip, fingerprint: str) -> str:
+def _clip_key(clip: Clip, fingerprint: str, extra: bytes) -> str:
     content = clip.codes_file.read_bytes() if clip.codes_file is not None else clip.audio.content()
-    return hash_bytes(content + fingerprint.encode())
+    return hash_bytes(content + fingerprint.encode() + extra)
 
 
-def _cached(ctx: Context, key: str) -> tuple[np.ndarray, float] | None:
-    """(codes, seconds of audio) encoded earlier for this key (same audio, codec and layout), or None."""
+def _cached(ctx: Context, key: str) -> dict | None:
+    """What was made earlier for this key (same audio, codec and layout, and what the coder adds to keys): the
+    codes, the seconds of audio and the coder's columns, or None."""
     for dataset, rows in ctx.cache:
         if key in rows:
             row = dataset[rows[key]]
-            return np.asarray(row["codes"], dtype=np.int16), row["duration"]
+            codes = np.asarray(row["codes"], dtype=np.int16)
+            return {"codes": codes, "duration": row["duration"], "extra": {k: row[k] for k in ctx.coder.columns}}
     return None

@@ -131,9 +131,10 @@ def load_cache(output: Path, work: Path, fingerprint: str) -> list[tuple[Dataset
     return cache
 
 
-def _features(channels: int) -> Features:
+def _features(channels: int, columns: dict) -> Features:
     return Features(
-        {
+        columns
+        | {
             "text": Value("string"),
             "codes": Array2D(shape=(None, channels), dtype="int16"),
             "frames": Value("int32"),
@@ -146,9 +147,10 @@ def _features(channels: int) -> Features:
     )
 
 
-def write_shard(work: Path, shard: int, rows: list[dict], channels: int, info: dict) -> None:
-    """The shard's rows, then its json (the mark of a finished shard), each written then renamed; a failed
-    write (a full disk) is a PrepareError saying so, with the part written removed."""
+def write_shard(work: Path, shard: int, rows: list[dict], channels: int, info: dict, columns: dict) -> None:
+    """The shard's rows (prepare's columns and the coder's `columns`, name -> feature), then its json (the mark
+    of a finished shard), each written then renamed; a failed write (a full disk) is a PrepareError saying so,
+    with the part written removed."""
     folder, tmp = work / f"shard_{shard:05d}", work / f"shard_{shard:05d}.tmp"
     for stale in (tmp, folder):
         if stale.exists():
@@ -156,9 +158,9 @@ def write_shard(work: Path, shard: int, rows: list[dict], channels: int, info: d
     note = work / f"shard_{shard:05d}.json.tmp"
     try:
         if rows:  # `datasets` cannot load a saved empty table back: a shard with every item skipped has none
-            table = {name: [row[name] for row in rows] for name in _COLUMNS}
+            table = {name: [row[name] for row in rows] for name in (*_COLUMNS, *columns)}
             with _quietly():
-                Dataset.from_dict(table, features=_features(channels)).save_to_disk(str(tmp))
+                Dataset.from_dict(table, features=_features(channels, columns)).save_to_disk(str(tmp))
             tmp.rename(folder)
         note.write_text(json.dumps(info) + "\n")
         note.rename(work / f"shard_{shard:05d}.json")
@@ -172,9 +174,18 @@ def write_shard(work: Path, shard: int, rows: list[dict], channels: int, info: d
 
 
 def merge_shards(
-    cfg: Config, layout: CodesLayout, source: str, kind: str, output: Path, work: Path, shards: int, processes: int
+    cfg: Config,
+    layout: CodesLayout,
+    described: dict,
+    source: str,
+    kind: str,
+    output: Path,
+    work: Path,
+    shards: int,
+    processes: int,
 ) -> None:
-    """All shards, in order, into one dataset with its manifest and skip report, swapped in whole."""
+    """All shards, in order, into one dataset with its manifest (the coder `described` in it) and skip report,
+    swapped in whole."""
     parts, skipped, flagged, encoded, seconds = [], [], [], 0, Counter()
     for shard in range(shards):
         info = json.loads((work / f"shard_{shard:05d}.json").read_text())
@@ -195,6 +206,7 @@ def merge_shards(
     durations = np.asarray(dataset["duration"], dtype=np.float64)
     manifest = {
         "codec": layout.identity,
+        **described,
         "fingerprint": layout.fingerprint,
         "sample_rate": rate,
         "frame_rate": rate / hop,
