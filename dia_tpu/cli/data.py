@@ -16,7 +16,7 @@ def add(sub: argparse._SubParsersAction) -> None:
         help="encode audio + transcripts into a codes dataset (resumable; "
         "`accelerate launch -m dia_tpu prepare ...` splits it across processes)",
     )
-    p.add_argument("--config", required=True, help="YAML config: model.codec, prepare.* and data.* are used")
+    p.add_argument("--config", required=True, help="YAML config: the model (its codec), prepare.* and data.* are used")
     p.add_argument(
         "--input",
         help="a folder with metadata.csv, a folder of audio + .txt, a Hugging Face dataset "
@@ -66,10 +66,12 @@ def add(sub: argparse._SubParsersAction) -> None:
 def _prepare(args: argparse.Namespace) -> None:
     from dia_tpu.config import load
     from dia_tpu.data.prepare import prepare
+    from dia_tpu.families import family_of
 
     overrides = [*args.overrides, *([f"prepare.kind={args.kind}"] if args.kind else [])]
     cfg = load(args.config, overrides)
-    prepare(cfg, args.input or cfg.data.source, args.output or cfg.data.dataset, strict=args.strict or None)
+    coder = family_of(cfg.model).coder(cfg)
+    prepare(cfg, args.input or cfg.data.source, args.output or cfg.data.dataset, args.strict or None, coder)
 
 
 def _transcribe(args: argparse.Namespace) -> None:

@@ -3,7 +3,8 @@
 Kinds (`prepare.kind`, or detected):
 - metadata: a folder with `metadata.csv` (UTF-8, no quoting): LJSpeech's `id|text|normalized_text` with a
   `wavs/` folder, `file|text[|speaker]`, a header line naming the fields, or `prepare.columns`.
-- sidecar: a folder tree of audio (or codes) files, each with a same-stem `.txt` transcript.
+- sidecar: a folder tree of audio (or codes) files, each with a same-stem `.txt` transcript, or a same-stem
+  `.json` of timed words alone (moshi-finetune's folders: the transcript is its words, speakers tagged).
 - hf: a Hugging Face dataset: a `save_to_disk` folder, `.parquet`/`.jsonl`/`.json`/`.csv` files, or a
   hub id (`org/name`); read by `dia_tpu.data.hf_source`.
 
@@ -21,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dia_tpu.config import SOURCE_KINDS, PrepareConfig
-from dia_tpu.data.clips import Clip, attach_file, normalize_text, walk_files
+from dia_tpu.data.clips import Clip, attach_file, normalize_text, speaker_tags, tagged_text, walk_files
 from dia_tpu.data.codes_files import CODES_EXTENSIONS
 from dia_tpu.data.hf_source import DATA_FORMATS, SAVED_MARKERS, read_hf
 from dia_tpu.errors import UserError
@@ -230,7 +231,10 @@ def _read_sidecar(input: str, cfg: PrepareConfig) -> Iterator[tuple[str, Clip]]:
         clip = Clip(0, source_id, "")
         attach_file(clip, root, source_id, absolute_ok=False)
         transcript = path.with_suffix(".txt")
-        if transcript not in files:
+        if transcript not in files and clip.segments:
+            # moshi-finetune's folders: the words are in the timing file alone.
+            clip.text = tagged_text(clip.segments, speaker_tags(clip.segments))
+        elif transcript not in files:
             clip.problem = clip.problem or "no transcript (.txt) beside it"
         else:
             try:

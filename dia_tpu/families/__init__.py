@@ -24,6 +24,7 @@ import torch
 
 from dia_tpu.artifacts.native import is_dia2_config, is_dia2_folder
 from dia_tpu.config import Config, DataConfig, ModelConfig, TrainConfig
+from dia_tpu.data.coder import Coder
 from dia_tpu.families.heads import Scorer
 from dia_tpu.hub import is_hub_id
 
@@ -59,6 +60,9 @@ class Family(Protocol):
 
     def data_problems(self, cfg: Config, info: dict, model: torch.nn.Module) -> list[str]:
         """Why the prepared dataset (its manifest `info`) does not fit the model: one line each."""
+
+    def coder(self, cfg: Config) -> Coder:
+        """What `prepare` makes of each clip for this family: its codec's codes and any columns its rows add."""
 
     def check(self, cfg: Config, min_speaker_seconds: float) -> tuple[int, list]:
         """`dia-tpu check`: the prepared dataset's item count and what in it will train badly (`Finding`s)."""

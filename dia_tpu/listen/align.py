@@ -76,6 +76,8 @@ class EspeakAligner:
         if shutil.which("espeak-ng") is None:
             raise UserError("the espeak aligner needs the espeak-ng program (apt-get install espeak-ng)")
         self.voice = "en-us" if language == "en" else language
+        if subprocess.run(["espeak-ng", "-v", self.voice, "-q", "x"], capture_output=True).returncode:
+            raise UserError(f"espeak-ng has no voice for language {language!r} to align with")
         version = subprocess.run(["espeak-ng", "--version"], capture_output=True, text=True).stdout.split()
         self.name = f"espeak-ng {version[3] if len(version) > 3 else ''} DTW ({self.voice})".replace("  ", " ")
 

@@ -11,6 +11,7 @@ from transformers import DiaForConditionalGeneration
 from dia_tpu.config import Config, DataConfig, ModelConfig, TrainConfig
 from dia_tpu.data.batching import BATCH_RANKS, make_collator, synthetic_batch
 from dia_tpu.data.check import check_dataset, data_model_problems
+from dia_tpu.data.coder import DacCoder
 from dia_tpu.data.dataset import CodesDataset
 from dia_tpu.export import export, export_checkpoint
 from dia_tpu.families.dia.loss import DiaScorer, codebook_weights
@@ -43,6 +44,9 @@ class DiaFamily:
 
     def data_problems(self, cfg: Config, info: dict, model: torch.nn.Module) -> list[str]:
         return data_model_problems(cfg, info, model.config)
+
+    def coder(self, cfg: Config) -> DacCoder:
+        return DacCoder(cfg)
 
     def check(self, cfg: Config, min_speaker_seconds: float) -> tuple[int, list]:
         return check_dataset(cfg, min_speaker_seconds)

@@ -86,8 +86,12 @@ def text_ids(cfg: Dia2Config, tokenizer: PreTrainedTokenizerBase) -> TextIds:
     )
 
 
+def mimi_source(folder: Path, cfg: Dia2Config) -> str:
+    return resolve(folder, cfg.mimi or manifest_entry(folder, "mimi") or DEFAULT_MIMI)
+
+
 def load_mimi(folder: Path, cfg: Dia2Config, device: str | torch.device = "cpu") -> MimiModel:
-    source = resolve(folder, cfg.mimi or manifest_entry(folder, "mimi") or DEFAULT_MIMI)
+    source = mimi_source(folder, cfg)
     with from_hub("Dia2's codec (assets.mimi)", source):
         codec = MimiModel.from_pretrained(source, dtype=torch.float32)
     if codec.config.num_quantizers < cfg.codebooks or codec.config.codebook_size < cfg.audio_limit:

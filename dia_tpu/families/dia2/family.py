@@ -21,6 +21,7 @@ from dia_tpu.families.dia2.export import export_dia2
 from dia_tpu.families.dia2.files import read_model
 from dia_tpu.families.dia2.loss import Dia2Scorer, HeadWeights
 from dia_tpu.families.dia2.model import Dia2Model
+from dia_tpu.families.dia2.prepare import Dia2Coder
 from dia_tpu.families.dia2.source import source_config, source_folder
 
 
@@ -57,8 +58,7 @@ class Dia2Family:
         for part in parts:
             if part is not None:
                 part.requires_grad_(False)
-        if unused := dia_settings(m):
-            raise ConfigError(f"{', '.join(unused)}: Dia's settings, which a Dia2 model has no use for; leave them out")
+        refuse_dia_settings(m)
         if m.lora.rank:
             return with_lora(model, m.lora.rank, m.lora.alpha, m.lora.dropout, tuple(m.lora.targets))
         if not any(p.requires_grad for p in model.parameters()):
@@ -67,6 +67,11 @@ class Dia2Family:
 
     def data_problems(self, cfg: Config, info: dict, model: torch.nn.Module) -> list[str]:
         return config_problems(cfg, info, _config(model))
+
+    def coder(self, cfg: Config) -> Dia2Coder:
+        _pretrained(cfg.model)
+        refuse_dia_settings(cfg.model)
+        return Dia2Coder(cfg)
 
     def check(self, cfg: Config, min_speaker_seconds: float) -> tuple[int, list]:
         return check_dataset(cfg, min_speaker_seconds)
@@ -116,6 +121,11 @@ class Dia2Family:
         return export_checkpoint(checkpoint, out, form, native_schema)
 
 
+def refuse_dia_settings(m: ModelConfig) -> None:
+    if unused := dia_settings(m):
+        raise ConfigError(f"{', '.join(unused)}: Dia's settings, which a Dia2 model has no use for; leave them out")
+
+
 def dia_settings(m: ModelConfig) -> list[str]:
     """The settings given that only Dia reads (a Dia2 model would silently ignore them), named."""
     default = ModelConfig()
@@ -124,6 +134,8 @@ def dia_settings(m: ModelConfig) -> list[str]:
         for key in ("stereo", "delay_pattern", "attention_scale")
         if getattr(m, key) != getattr(default, key)
     ]
+    if m.codec != default.codec:
+        named.append(f"model.codec={m.codec} (Dia2 speaks with its own Mimi, config.json's assets.mimi)")
     if m.lora.modules_to_save:
         named.append("model.lora.modules_to_save")
     if m.lora.parts != default.lora.parts:

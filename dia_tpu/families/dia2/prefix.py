@@ -45,11 +45,12 @@ def read_alignments(audio: Path) -> list[TimedWord]:
     return words
 
 
-def encode(codec: MimiModel, wave: np.ndarray, codebooks: int) -> torch.Tensor:
-    """Mono audio at the codec's rate -> the model's codebooks of its Mimi codes, [N, F]."""
+def encode(codec: MimiModel, waves: np.ndarray, codebooks: int) -> torch.Tensor:
+    """Equal-length mono audio [B, samples] at the codec's rate -> the first `codebooks` codebooks of its Mimi
+    codes, [B, N, F] (residual quantizers: the same as the first N of all of them)."""
     with torch.no_grad():
-        codes = codec.encode(torch.from_numpy(wave)[None, None].to(codec.device)).audio_codes
-    return codes[0, :codebooks].cpu()
+        codes = codec.encode(torch.from_numpy(waves)[:, None].to(codec.device), num_quantizers=codebooks)
+    return codes.audio_codes.cpu()
 
 
 def load_prefix(codec: MimiModel, recordings: list[Path], tokenize: Tokenize, codebooks: int) -> Prefix:
@@ -58,7 +59,7 @@ def load_prefix(codec: MimiModel, recordings: list[Path], tokenize: Tokenize, co
     planned = []
     for path, tag in zip(recordings, SPEAKER_TAGS.values(), strict=False):
         words = read_alignments(path)
-        codes = encode(codec, load_audio(path, rate), codebooks)
+        codes = encode(codec, load_audio(path, rate)[None], codebooks)[0]
         if words[-1].end * frame_rate > codes.shape[1] + 1:
             raise UserError(f"{path.with_suffix('.json')}: words end at {words[-1].end:.2f} s, after the audio")
         planned.append((codes, *timed_entries(words, tokenize, tag, frame_rate)))
