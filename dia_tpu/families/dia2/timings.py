@@ -83,9 +83,11 @@ def in_frames(said: Sequence[Said], seconds: float, frame_rate: float) -> list[d
     words, previous = [], None
     for word in said:
         if word.start < 0 or word.end > seconds + slack:
-            raise Untimed(f"word {word.text!r} at {word.start:.2f}-{word.end:.2f} s, outside the {seconds:.2f} s clip")
+            raise Untimed(
+                f"a word outside the clip: {word.text!r} at {word.start:.2f}-{word.end:.2f} s, the clip {seconds:.2f} s"
+            )
         if previous is not None and word.start < previous.start:
-            raise Untimed(f"word {word.text!r} starts before the word before it")
+            raise Untimed(f"words out of order: {word.text!r} starts before the word before it")
         if previous is not None and word.speaker != previous.speaker and word.start < previous.end - slack:
             raise Untimed(f"overlapping turns: {word.text!r} starts before {previous.text!r} ends")
         start = min(round(word.start * frame_rate), max(frames - 1, 0))
