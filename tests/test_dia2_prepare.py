@@ -23,7 +23,8 @@ CONFIG = str(ROOT / "configs/dia2-1b.yaml")
 
 
 def prepare(model, source, out, *overrides: str) -> dict:
-    main(["prepare", "--config", CONFIG, "--input", str(source), "--output", str(out), f"model.pretrained={model}", *overrides])
+    paths = ["--input", str(source), "--output", str(out)]
+    main(["prepare", "--config", CONFIG, *paths, f"model.pretrained={model}", *overrides])
     return json.loads((out / "manifest.json").read_text())
 
 
@@ -111,7 +112,8 @@ def test_word_timings_from_the_source_are_read_as_they_are_and_what_cannot_be_ti
 def test_a_word_the_aligner_cannot_place_skips_its_clip_with_the_aligners_reason(dia2_model, tmp_path):
     source = tmp_path / "words"
     source.mkdir()
-    for name, text in (("known", "[S1] Great. Where should we camp this weekend?"), ("unknown", "[S1] Great. Zorblax?")):
+    texts = {"known": "[S1] Great. Where should we camp this weekend?", "unknown": "[S1] Great. Zorblax?"}
+    for name, text in texts.items():
         shutil.copy(ROOT / "data/sample/audio/utt_002.flac", source / f"{name}.flac")
         (source / f"{name}.txt").write_text(text)
     manifest = prepare(dia2_model, source, tmp_path / "codes", "prepare.aligner=pocketsphinx")

@@ -61,7 +61,7 @@ def test_a_timing_files_speakers_are_numbered_in_the_order_it_names_them():
     ("said", "why"),
     [
         ([Said("hi", 0.1, 2.5, 1)], "a word outside the clip: 'hi' at 0.10-2.50 s, the clip 2.00 s"),
-        ([Said("hi", 0.8, 1.0, 1), Said("there", 0.5, 0.7, 1)], "words out of order: 'there' starts before the word before it"),
+        ([Said("hi", 0.8, 1.0, 1), Said("there", 0.5, 0.7, 1)], "words out of order: 'there' starts before the word"),
         ([Said("hi", 0.1, 1.0, 1), Said("yes", 0.6, 0.9, 2)], "overlapping turns: 'yes' starts before 'hi' ends"),
     ],
 )

@@ -79,11 +79,12 @@ class Dia2Coder:
             # One token a frame, and a frame for the new word: a word whose tokens outrun the frames before the
             # next delays it, and delays add up. Upstream lines prefixes up the same way, however late; a clip is
             # kept up to two frames (160 ms) late.
-            if starts[k] + 1 - words[k]["start"] > MAX_LATE_FRAMES:
-                gap = words[k]["start"] - words[k - 1]["start"]
+            late, before = starts[k] + 1 - words[k]["start"], words[k - 1]
+            if late > MAX_LATE_FRAMES:
                 raise Untimed(
-                    f"too many tokens for the frames: {words[k]['word']!r} would be fed {starts[k] + 1 - words[k]['start']} "
-                    f"frames late ({words[k - 1]['word']!r} before it takes {len(entries[k - 1].tokens)} tokens in {gap})"
+                    f"too many tokens for the frames: {words[k]['word']!r} would be fed {late} frames late "
+                    f"({before['word']!r} before it takes {len(entries[k - 1].tokens)} tokens in "
+                    f"{words[k]['start'] - before['start']})"
                 )
         return {WORDS_COLUMN: words}
 
