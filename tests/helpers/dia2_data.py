@@ -9,10 +9,10 @@ import random
 import shutil
 from pathlib import Path
 
-import torch
 from datasets import Array2D, Dataset, Features, List, Value
 
 from dia_tpu.artifacts.owner import DATASET, mark
+from dia_tpu.families.dia2.tiny import write_mimi, write_tokenizer
 
 VOCAB = {"<unk>": 0, "<bos>": 1, "[S1]": 5, "[S2]": 6, "hello": 10, "there": 11, "hi": 12, "again": 13, "friend": 14}
 SAID = ["hello", "there", "hi", "again", "friend"]
@@ -24,42 +24,9 @@ def dia2_folder(tiny: Path, folder: Path) -> Path:
     """The tiny Dia2 of `tiny` copied to `folder` with its assets inside, as a fine-tune exports it: a word-level
     tokenizer with [S1]/[S2], and a tiny random Mimi (4 codebooks of 32) whose codebooks are drawn, so codes
     decode apart."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import MimiConfig, MimiModel, PreTrainedTokenizerFast
-
     shutil.copytree(tiny, folder)
-    words = Tokenizer(models.WordLevel(VOCAB, unk_token="<unk>"))
-    words.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    PreTrainedTokenizerFast(tokenizer_object=words, bos_token="<bos>", unk_token="<unk>").save_pretrained(
-        folder / "tokenizer"
-    )
-    torch.manual_seed(0)
-    codec = MimiModel(
-        MimiConfig(
-            hidden_size=16,
-            num_filters=4,
-            num_residual_layers=1,
-            upsampling_ratios=[8, 6, 5, 4],
-            upsample_groups=16,
-            codebook_size=CODES,
-            codebook_dim=8,
-            vector_quantization_hidden_dimension=8,
-            num_quantizers=CODEBOOKS,
-            num_semantic_quantizers=1,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-            num_key_value_heads=2,
-            head_dim=8,
-            intermediate_size=32,
-            sliding_window=16,
-            use_cache=True,  # as upstream decodes: Mimi returning its cache beside the audio
-        )
-    )
-    with torch.no_grad():
-        for name, buffer in codec.named_buffers():
-            if name.endswith("embed_sum"):
-                buffer.copy_(torch.randn_like(buffer))
-    codec.save_pretrained(folder / "mimi")
+    write_tokenizer(VOCAB, folder / "tokenizer")
+    write_mimi(CODEBOOKS, CODES, folder / "mimi")
     config = json.loads((folder / "config.json").read_text())
     config["assets"] = {"tokenizer": "tokenizer", "mimi": "mimi"}
     (folder / "config.json").write_text(json.dumps(config))
