@@ -1,15 +1,16 @@
-"""Measure `dia-tpu prepare` throughput with the real-size DAC architecture (random weights, no download).
+"""Measure `dia-tpu prepare` throughput with the real-size DAC architecture (random weights, no download), and
+with --dia2 Dia2's: the real-size Mimi architecture (random weights) and the espeak aligner, on the same corpus.
 
     .venv/bin/python scripts/bench_prepare.py [--minutes 2] [--join 1] [--processes 1 2]
-        [--variant NAME:KEY=VALUE,...] [--json out.json]
+        [--variant NAME:KEY=VALUE,...] [--dia2] [--json out.json]
 
 Builds a corpus from the bundled sample (its clips repeated, so decode and resample work as on real files;
 each copy a few samples shorter than the last, so that no two clips share a length, as in a real corpus;
 with --join N every file holds N consecutive clips, about N x 2.3 s),
 prepares it once per variant and process count (2 processes run through `accelerate launch`, gloo on CPU),
 and prints audio seconds per wall second and the time spent decoding, resampling and encoding, summed over
-processes, from each run's manifest. Each variant's codes are compared with the first variant's: the share of
-code values that agree, per codebook's worst.
+processes, from each run's manifest (for Dia2, aligning too). Each Dia variant's codes are compared with the
+first variant's: the share of code values that agree, per codebook's worst.
 
 The default variants: the codec eager (`prepare.compile=false`), with its Snake activations compiled (the
 default), and that in bf16 autocast.
@@ -57,17 +58,35 @@ def make_corpus(folder: Path, minutes: float, join: int = 1) -> float:
     return seconds
 
 
-def run(corpus: Path, output: Path, processes: int, overrides: list[str]) -> dict:
+def dia2_model(folder: Path) -> Path:
+    """A Dia2 folder whose codec is the real-size Mimi architecture (transformers' `MimiConfig` defaults, Kyutai's
+    Mimi; random weights) and whose model reads 32 codebooks of 2048, as the released Dia2 models do."""
+    import shutil
+
+    import torch
+    from transformers import MimiConfig, MimiModel
+
+    from dia_tpu.families.dia2.tiny import transcript_words, write_demo_model
+
+    write_demo_model(folder, transcript_words([SAMPLE / "metadata.csv"]), codebooks=32, codebook_size=2048)
+    shutil.rmtree(folder / "mimi")
+    torch.manual_seed(0)
+    MimiModel(MimiConfig()).save_pretrained(folder / "mimi")
+    return folder
+
+
+def run(corpus: Path, output: Path, processes: int, overrides: list[str], dia2: Path | None = None) -> dict:
     # Small shards, so that every process gets its share of a small corpus.
+    config = ["configs/dia2-1b.yaml", f"model.pretrained={dia2}"] if dia2 else ["configs/demo.yaml", *REAL_DAC]
     prepare = [
         "prepare",
         "--config",
-        str(ROOT / "configs/demo.yaml"),
+        str(ROOT / config[0]),
         "--input",
         str(corpus),
         "--output",
         str(output),
-        *REAL_DAC,
+        *config[1:],
         "prepare.shard_size=8",
         *overrides,
     ]
@@ -131,6 +150,7 @@ def main() -> None:
         metavar="NAME:KEY=VALUE,...",
         help="repeatable; default: eager:prepare.compile=false, compiled:, compiled-bf16:prepare.mixed_precision=bf16",
     )
+    parser.add_argument("--dia2", action="store_true", help="also prepare the corpus for Dia2 (Mimi, aligned)")
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args()
     variants = args.variant or [
@@ -152,13 +172,18 @@ def main() -> None:
                 reference = reference or output
                 result["codes_agreement"] = agreement(output, reference)
                 results.append(result)
-    print("| variant | processes | audio s | wall s | audio s / s | decode s | resample s | encode s | codes agree |")
-    print("|---|---|---|---|---|---|---|---|---|")
+        model = dia2_model(Path(tmp) / "dia2") if args.dia2 else None
+        for n in args.processes if args.dia2 else ():
+            results.append({"variant": "dia2", **run(corpus, Path(tmp) / f"out_dia2_{n}", n, [], model)})
+    columns = "audio s | wall s | audio s / s | decode s | resample s | align s | encode s | codes agree"
+    print(f"| variant | processes | {columns} |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in results:
+        agree = f"{100 * r['codes_agreement']:.1f} %" if "codes_agreement" in r else "-"
         print(
             f"| {r['variant']} | {r['processes']} | {r['audio_seconds']:.0f} | {r['wall_seconds']:.1f} | "
             f"{r['audio_seconds_per_second']:.3f} | {r.get('decode', 0):.2f} | {r.get('resample', 0):.2f} | "
-            f"{r.get('encode', 0):.1f} | {100 * r['codes_agreement']:.1f} % |"
+            f"{r.get('annotate', 0):.1f} | {r.get('encode', 0):.1f} | {agree} |"
         )
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
