@@ -8,6 +8,7 @@ import shutil
 
 import datasets
 import numpy as np
+import pytest
 import soundfile as sf
 from conftest import ROOT
 
@@ -145,3 +146,20 @@ def test_the_dia2_demo_runs_from_the_bundled_sample_to_judged_audio(tmp_path):
     main(["evaluate", "--model", str(run / "final"), "--prompts", str(prompts), "--out", str(tmp_path / "judged")])
     rows = [json.loads(line) for line in (tmp_path / "judged" / "rows.jsonl").read_text().splitlines()]
     assert [row["id"] for row in rows] == ["camp", "clone"] and all(row["wer"] is not None for row in rows)
+
+    # Published in upstream's format, with a card that says how to load it; nothing of this machine in it.
+    repo = tmp_path / "repo"
+    main(["push", "--model", str(run / "final"), "--repo", "me/demo-dia2", "--dry-run", str(repo), "--license", "mit"])
+    assert {"config.json", "model.safetensors", "dia2_assets.json", "tokenizer.json", "config.yaml"} <= {
+        p.name for p in repo.iterdir()
+    }
+    assert (repo / "mimi" / "config.json").is_file() and sorted(p.name for p in (repo / "samples").iterdir()) == [
+        "clone.wav",
+        "plan.wav",
+    ]
+    card = (repo / "README.md").read_text()
+    assert 'Dia2.from_repo(\'me/demo-dia2\', device="cuda", dtype="bfloat16", mimi_id="DIR/mimi")' in card
+    assert "dia-tpu generate --model me/demo-dia2" in card and "espeak-ng" in card and "license: mit" in card
+    assert str(tmp_path) not in (repo / "config.yaml").read_text() + card
+    with pytest.raises(SystemExit):
+        main(["push", "--model", str(run / "final"), "--repo", "me/x", "--dry-run", str(tmp_path / "r2"), "--adapter"])

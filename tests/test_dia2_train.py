@@ -216,7 +216,10 @@ def test_fsdp2_shards_dia2_over_two_gloo_processes_as_one_process_trains(dia2_mo
             ["samples.every=1", "samples.max_seconds=60"],
             "samples.prompts 'talk': max_seconds=60.0 needs 750 frames but the model's context holds 92",
         ),
-        (["train.push_to_hub=true", "train.hub_model_id=me/x"], "dia2 exports are not published by dia_tpu yet"),
+        (
+            ["model.codec=kyutai/mimi"],
+            "model.codec=kyutai/mimi (Dia2 speaks with its own Mimi, config.json's assets.mimi)",
+        ),
         (["data.max_audio_frames=200"], "makes 203 frames with the delays; the model's context is 96"),
         (
             ["model.lora.rank=4", "model.lora.modules_to_save=[logits]", "model.lora.targets=[attention, head]"],

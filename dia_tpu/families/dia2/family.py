@@ -28,7 +28,7 @@ from dia_tpu.families.dia2.source import source_config, source_folder
 class Dia2Family:
     name = "dia2"
     byte_text = False
-    publishes = False
+    publishes = True
     shard_units = ("DecoderLayer", "DepformerLayer")
     batch_ranks = BATCH_RANKS
 

@@ -16,6 +16,7 @@ REPOSITORY_FILES = [
     "tokenizer_config.json",
     "special_tokens_map.json",
     "tokenizer.model",
+    "mimi/*",  # a codec that is not a Hub model of its own, saved beside the model (`dia-tpu push` of a demo)
 ]
 
 

@@ -60,6 +60,16 @@ DEMO = {
 }
 
 
+# The base's card: what it is, and the license a fine-tune of it is published under (`dia-tpu push` reads it).
+CARD = """---
+license: apache-2.0
+---
+# A tiny random Dia2
+
+Written by dia_tpu (`python -m dia_tpu.families.dia2.tiny`) for its demo: randomly initialised, not a trained model.
+"""
+
+
 def write_tokenizer(vocab: dict[str, int], folder: Path) -> None:
     """A word-level tokenizer of `vocab` (with `<unk>` and `<bos>`), split on spaces, saved for `AutoTokenizer`."""
     from tokenizers import Tokenizer, models, pre_tokenizers
@@ -123,6 +133,7 @@ def write_demo_model(folder: Path, words: list[str], codebooks: int = 8, codeboo
         torch.manual_seed(0)
         model = Dia2Model(parse_config(raw))
     write_model(model, folder)
+    (folder / "README.md").write_text(CARD)
     write_tokenizer(vocab, folder / "tokenizer")
     write_mimi(codebooks, codebook_size, folder / "mimi")
     return folder

@@ -1,6 +1,7 @@
 """`dia-tpu push`: an export made into a Hugging Face Hub model repository: the transformers-format model (or a
 LoRA run's adapter alone) with its processor and generation config, a few of the run's samples, and a model card
-written from what the run left behind (its config, the prepared data's manifest, its logged evaluations).
+written from what the run left behind (its config, the prepared data's manifest, its logged evaluations). A Dia2
+export goes up in upstream's format (`dia_tpu.publish.dia2`).
 
 `upload_folder` writes the repository's files into a folder (all `--dry-run` does); `push` uploads such a folder
 with `huggingface_hub.HfApi` (`create_repo`, then `upload_folder`), which reads the token that `hf auth login`
@@ -14,25 +15,22 @@ names the export's folder stops the push before anything is uploaded.
 
 from __future__ import annotations
 
-import dataclasses
 import json
-import re
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
 
 import yaml
 
-from dia_tpu.artifacts import ADAPTER_DIR, CODEC_DIR, CONFIG_FILE, RunFolder, dia_only, open_artifact
+from dia_tpu.artifacts import ADAPTER_DIR, CODEC_DIR, CONFIG_FILE, RunFolder, open_artifact
 from dia_tpu.artifacts.owner import MARK_FILE
-from dia_tpu.config import Config, redact_tree
-from dia_tpu.config.schema import PATH_KIND
+from dia_tpu.config import Config
 from dia_tpu.console import first_line
 from dia_tpu.data.shards import MANIFEST_FILE, read_prepare_info
 from dia_tpu.errors import UserError
 from dia_tpu.evaluation.judge import AUDIO_FIGURES
 from dia_tpu.hub import HubError, is_hub_id, transport_errors
+from dia_tpu.publish.paths import check_no_local_paths, local_name, public_config
 
 # How many of the run's latest samples go with the model, linked from the card.
 CARD_SAMPLES = 3
@@ -56,16 +54,17 @@ def upload_folder(
     checkpoint; the processor, generation config and the run's config.yaml; up to CARD_SAMPLES of the run's
     latest samples; and README.md, the model card. Returns `out`."""
     source, out = Path(model), Path(out)
-    artifact = dia_only(open_artifact(source))
+    artifact = open_artifact(source)
+    if artifact.kind == "dia2":
+        from dia_tpu.publish.dia2 import upload_dia2
+
+        return upload_dia2(source, out, repo_id, adapter, license, native)
     if artifact.kind != "export" or artifact.config is None:
         raise UserError(
             f"--model {source}: not a dia_tpu export (a run's final/, or `dia-tpu export` of a "
             f"checkpoint); export the checkpoint first"
         )
-    if not is_hub_id(repo_id, base=Path("/nonexistent")):
-        raise UserError(f"--repo {repo_id!r}: a Hub repository id looks like org/name")
-    if out.exists():
-        raise FileExistsError(f"{out} exists; give a new folder to write the repository into")
+    check_target(repo_id, out)
     cfg = artifact.config
     if adapter and not (source / ADAPTER_DIR).is_dir():
         raise UserError(f"--adapter: {source} holds no {ADAPTER_DIR}/ (only a LoRA run's export has one)")
@@ -92,10 +91,17 @@ def upload_folder(
         _point_processor_at_codec(out, cfg)
     (out / CONFIG_FILE).write_text(yaml.safe_dump(public_config(cfg), sort_keys=False), encoding="utf-8")
     run = RunFolder.holding(source)
-    card = model_card(cfg, run, repo_id, adapter, _copy_samples(run, out), license, native)
+    card = model_card(cfg, run, repo_id, adapter, copy_samples(run, out), license, native)
     (out / "README.md").write_text(card, encoding="utf-8")
-    _check_no_local_paths(out, source)
+    check_no_local_paths(out, source)
     return out
+
+
+def check_target(repo_id: str, out: Path) -> None:
+    if not is_hub_id(repo_id, base=Path("/nonexistent")):
+        raise UserError(f"--repo {repo_id!r}: a Hub repository id looks like org/name")
+    if out.exists():
+        raise FileExistsError(f"{out} exists; give a new folder to write the repository into")
 
 
 def push_export(
@@ -132,7 +138,7 @@ def push(folder: str | Path, repo_id: str, private: bool = False) -> str:
             folder_path=str(folder),
             repo_id=repo_id,
             repo_type="model",
-            commit_message="Upload a Dia fine-tune made with dia_tpu",
+            commit_message="Upload a fine-tune made with dia_tpu",
         )
     except (HfHubHTTPError, OSError, *transport_errors()) as err:
         raise HubError(
@@ -159,7 +165,7 @@ def model_card(
     from dia_tpu.model.native_files import SAVE_NAMES
 
     base = cfg.model.pretrained
-    data = _data_summary(cfg)
+    data = data_summary(cfg)
     metadata = ModelCardData(
         license=license or base_license(base),
         base_model=base if base and is_hub_id(base) else None,
@@ -197,7 +203,7 @@ def model_card(
         train=cfg.train,
         precision=PRECISION_WORDS.get(cfg.train.mixed_precision, cfg.train.mixed_precision),
         data=cfg.data,
-        results=_results(run),
+        results=results_lines(run),
         samples=[(Path(sample).stem, sample) for sample in samples],
     )
     # Read back as the Hub reads a card: a header that would not parse there fails here.
@@ -221,7 +227,7 @@ def base_license(base: str | None) -> str:
     return found or "other"
 
 
-def _data_summary(cfg: Config) -> dict:
+def data_summary(cfg: Config) -> dict:
     """Hours and clips from the prepared dataset's manifest; speakers and languages from its columns."""
     from datasets import load_from_disk
 
@@ -231,6 +237,7 @@ def _data_summary(cfg: Config) -> dict:
         "hours": manifest.get("audio_hours", 0.0),
         "items": manifest.get("kept", 0),
         "source": Path(str(manifest.get("source", folder))).name,
+        "aligner": manifest.get("aligner"),
         "speakers": 0,
         "languages": [],
     }
@@ -243,7 +250,7 @@ def _data_summary(cfg: Config) -> dict:
     return summary
 
 
-def _results(run: RunFolder) -> list[str]:
+def results_lines(run: RunFolder) -> list[str]:
     """The card's results: last step, final and best eval loss, and the automatic evaluation's last figures."""
     from dia_tpu.report import read_scalars
 
@@ -261,7 +268,7 @@ def _results(run: RunFolder) -> list[str]:
     return lines
 
 
-def _copy_samples(run: RunFolder, out: Path) -> list[str]:
+def copy_samples(run: RunFolder, out: Path) -> list[str]:
     """The latest sample step's wavs (up to CARD_SAMPLES) as samples/NAME.wav; their paths in the repo."""
     steps = sorted(p for p in run.samples.glob("step_*") if p.is_dir()) if run.samples.is_dir() else []
     if not steps:
@@ -286,40 +293,6 @@ def _point_processor_at_codec(out: Path, cfg: Config) -> None:
     file.write_text(json.dumps(processor, indent=2) + "\n")
 
 
-def public_config(cfg: Config) -> dict:
-    """The config as the repository shows it: the credentials in its URLs redacted, and every absolute local path
-    (a path field's value, or a judge's `whisper:/path/to/folder`) cut to its last component; hub ids, remote URLs
-    and relative paths stay. The machine's paths mean nothing elsewhere and tell where and by whom it was trained."""
-    return redact_tree(_without_local_paths(cfg))
-
-
-def local_name(value: str) -> str:
-    """An absolute local path as its last component (`/home/u/runs/codes` -> `codes`); anything else as it is."""
-    path = Path(value).expanduser()
-    return path.name if path.is_absolute() and "://" not in value else value
-
-
-# A setting that names a model by kind and folder (`eval.audio.asr: whisper:/models/whisper`): the folder is cut to
-# its name like a path field's; the hub id form (`whisper:org/name`) does not match.
-_KIND_AND_PATH = re.compile(r"(\w+):([/~]\S*)")
-
-
-def _without_local_paths(node: Any, is_path: bool = False) -> Any:
-    """`node` (the config or a part of it) as plain data with its absolute local paths cut to their names."""
-    if dataclasses.is_dataclass(node):
-        return {
-            f.name: _without_local_paths(getattr(node, f.name), PATH_KIND in f.metadata)
-            for f in dataclasses.fields(node)
-        }
-    if isinstance(node, list):
-        return [_without_local_paths(item) for item in node]
-    if isinstance(node, str) and is_path:
-        return local_name(node)
-    if isinstance(node, str) and (match := _KIND_AND_PATH.fullmatch(node)):
-        return f"{match[1]}:{local_name(match[2])}"
-    return node
-
-
 def _point_adapter_at_base(out: Path) -> None:
     """peft names the base model by the path it was loaded from; a local base folder is named by its name here, as
     the card does (loading the adapter takes the base model itself, not this name)."""
@@ -330,21 +303,3 @@ def _point_adapter_at_base(out: Path) -> None:
     if isinstance(adapter.get("base_model_name_or_path"), str):
         adapter["base_model_name_or_path"] = local_name(adapter["base_model_name_or_path"])
         file.write_text(json.dumps(adapter, indent=2) + "\n")
-
-
-# The repository's files that are text and so could name a local folder (weights and audio are not read).
-TEXT_FILES = (".json", ".yaml", ".md", ".txt")
-
-
-def _check_no_local_paths(out: Path, source: Path) -> None:
-    """Refuse a repository whose text files still name the export's folder: a library that starts writing its load
-    path into a file it saves (as the processor does with its codec's) would otherwise publish it unnoticed."""
-    folders = {str(source.resolve()), str(source.absolute())}
-    for file in sorted(out.rglob("*")):
-        if file.is_file() and file.suffix in TEXT_FILES:
-            text = file.read_text(encoding="utf-8", errors="replace")
-            if found := sorted(folder for folder in folders if folder in text):
-                raise UserError(
-                    f"{file}: names the local folder {found[0]}; it would be published with the "
-                    "repository (a dia_tpu bug: please report it)"
-                )
