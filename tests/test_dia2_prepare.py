@@ -14,12 +14,14 @@ from conftest import ROOT
 
 from dia_tpu.cli import main
 from dia_tpu.data.audio import load_audio
+from dia_tpu.errors import UserError
 from dia_tpu.families.dia2.assets import load_mimi
 from dia_tpu.families.dia2.config import read_config
 from dia_tpu.families.dia2.data import timing_problems
 from dia_tpu.families.dia2.prefix import encode
 from dia_tpu.families.dia2.timings import script_words
 from dia_tpu.families.dia2.tiny import transcript_words, write_demo_model
+from dia_tpu.studio import Models, Offer, speak
 
 CONFIG = str(ROOT / "configs/dia2-1b.yaml")
 
@@ -146,6 +148,23 @@ def test_the_dia2_demo_runs_from_the_bundled_sample_to_judged_audio(tmp_path):
     main(["evaluate", "--model", str(run / "final"), "--prompts", str(prompts), "--out", str(tmp_path / "judged")])
     rows = [json.loads(line) for line in (tmp_path / "judged" / "rows.jsonl").read_text().splitlines()]
     assert [row["id"] for row in rows] == ["camp", "clone"] and all(row["wer"] is not None for row in rows)
+
+    # The studio speaks a run's Dia2 checkpoints as generate does, and continues an uploaded voice.
+    models = Models("cpu", Offer(run_dir=str(run)))
+    final, first = str(run / "final"), str(run / "checkpoints" / "step_10")
+    assert {final, first} <= set(models.offer.models())
+    line, flags = "[S1] Hello there.", ["--temperature", "0.9", "--top-k", "20", "--seed", "3", "--max-seconds", "1"]
+    main(["generate", "--model", final, "--text", line, "--out", str(tmp_path / "g.wav"), *flags])
+    rate, wave = speak(models, final, None, line, None, "", None, 0.9, None, 20, 3, 1.0)
+    # Within the wav writer's rounding and scaling (libsndfile's, 2 steps of 65536); another checkpoint is far off.
+    assert rate == 24000 and np.abs(wave - sf.read(tmp_path / "g.wav", dtype="int16")[0].astype(int)).max() <= 2
+    _, earlier = speak(models, first, None, line, None, "", None, 0.9, None, 20, 3, 1.0)
+    assert len(earlier) != len(wave) or np.abs(earlier - wave.astype(int)).max() > 1000
+    clip = str(ROOT / "data/sample/prompts/utt_000_hello_there.flac")
+    _, continued = speak(models, final, None, line, clip, "[S1] Hello there,", None, 0.9, None, 20, 3, 1.0)
+    assert not np.array_equal(continued, wave)
+    with pytest.raises(UserError, match="needs what is said in it"):
+        speak(models, final, None, line, clip, "", None, 0.9, None, 20, 3, 1.0)
 
     # Published in upstream's format, with a card that says how to load it; nothing of this machine in it.
     repo = tmp_path / "repo"

@@ -60,9 +60,9 @@ def build_app(models: Models, run_dir: str | None = None):
                 prompt_audio = gr.Audio(type="filepath", sources=["upload", "microphone"], label="voice to continue")
                 prompt_transcript = gr.Textbox(label="what is said in it, with [S1]/[S2]")
             with gr.Accordion("sampling", open=False):
-                guidance = gr.Slider(1.0, 6.0, SAMPLING.guidance_scale, step=0.1, label="guidance scale")
-                temperature = gr.Slider(1.0, 2.5, SAMPLING.temperature, step=0.05, label="temperature")
-                top_p = gr.Slider(0.1, 1.0, SAMPLING.top_p, step=0.01, label="top p")
+                guidance = gr.Slider(1.0, 6.0, SAMPLING.guidance_scale, step=0.1, label="guidance scale (Dia2: 2.0)")
+                temperature = gr.Slider(0.0, 2.5, SAMPLING.temperature, step=0.05, label="temperature (Dia2: 0.8)")
+                top_p = gr.Slider(0.1, 1.0, SAMPLING.top_p, step=0.01, label="top p (Dia only)")
                 top_k = gr.Slider(1, 200, SAMPLING.top_k, step=1, label="top k")
             go = gr.Button("Generate", variant="primary", elem_id="generate")
             audio = gr.Audio(label="speech", type="numpy", interactive=False, elem_id="speech")
@@ -128,10 +128,10 @@ def build_app(models: Models, run_dir: str | None = None):
                         script,
                         None,
                         "",
-                        SAMPLING.guidance_scale,
-                        SAMPLING.temperature,
-                        SAMPLING.top_p,
-                        SAMPLING.top_k,
+                        None,  # each model at its family's published sampling
+                        None,
+                        None,
+                        None,
                         seed_value,
                         limit,
                     )

@@ -14,7 +14,9 @@ from pathlib import Path
 import numpy as np
 
 from dia_tpu.artifacts import RunFolder, completion_mark, open_artifact
+from dia_tpu.config import SAMPLING
 from dia_tpu.errors import UserError
+from dia_tpu.studio.dia2 import Dia2Voice
 
 NO_ADAPTER = "none"
 
@@ -52,10 +54,17 @@ class Offer:
         return str(value)
 
 
-def load_model(source: str, adapter: str | None, device: str) -> tuple:
-    """(model, codec, language tags) through `dia-tpu generate`'s own loader."""
+def load_model(source: str, adapter: str | None, device: str) -> tuple | Dia2Voice:
+    """(model, codec, language tags) through `dia-tpu generate`'s own loader; a Dia2 model as a `Dia2Voice`."""
+    from dia_tpu.families import is_dia2_source
     from dia_tpu.model.load import language_tags_of, load_for_inference
 
+    if is_dia2_source(source):
+        if adapter is not None:
+            raise UserError(
+                f"{source} is a Dia2 model: --adapter applies to Dia models (a Dia2 run's checkpoint has its own)"
+            )
+        return Dia2Voice(source, device)
     artifact = open_artifact(source)
     model, codec = load_for_inference(artifact, device, adapter=adapter)
     return model, codec, language_tags_of(artifact)
@@ -98,15 +107,16 @@ def speak(
     text: str,
     prompt_audio: str | None,
     prompt_transcript: str,
-    guidance_scale: float,
-    temperature: float,
-    top_p: float,
-    top_k: int,
+    guidance_scale: float | None,
+    temperature: float | None,
+    top_p: float | None,
+    top_k: int | None,
     seed: int,
     max_seconds: float | None,
 ) -> tuple[int, np.ndarray]:
     """One script to (rate, wave) as `dia-tpu generate --seed SEED` writes it; ValueError/FileNotFoundError name
-    what is wrong."""
+    what is wrong. Sampling left None is the model family's published settings (Dia2 has no top-p: it is not read
+    for a Dia2 model)."""
     from dia_tpu.config import sampling_problems
     from dia_tpu.generation.synthesize import GenerationSettings, load_voice_prompt, synthesize
 
@@ -114,12 +124,16 @@ def speak(
         raise UserError("choose a model from the list: the studio offers those named with --model and the run's")
     if not text or not text.strip():
         raise UserError("the script is empty: type what the speakers say, with [S1] and [S2]")
-    model, codec, tags = models.get(source, adapter)
+    loaded = models.get(source, adapter)
+    if isinstance(loaded, Dia2Voice):
+        given = {"guidance_scale": guidance_scale, "temperature": temperature, "top_k": top_k}
+        return loaded.speak(text.strip(), prompt_audio, prompt_transcript or "", given, int(seed), max_seconds or None)
+    model, codec, tags = loaded
     settings = GenerationSettings(
-        guidance_scale=guidance_scale,
-        temperature=temperature,
-        top_p=top_p,
-        top_k=int(top_k),
+        guidance_scale=SAMPLING.guidance_scale if guidance_scale is None else guidance_scale,
+        temperature=SAMPLING.temperature if temperature is None else temperature,
+        top_p=SAMPLING.top_p if top_p is None else top_p,
+        top_k=int(SAMPLING.top_k if top_k is None else top_k),
         seed=int(seed),
         max_seconds=max_seconds or None,
         language_tags=tags,

@@ -55,12 +55,18 @@ def encode(codec: MimiModel, waves: np.ndarray, codebooks: int) -> torch.Tensor:
 
 def load_prefix(codec: MimiModel, recordings: list[Path], tokenize: Tokenize, codebooks: int) -> Prefix:
     """Speaker 1's recording (and speaker 2's, if given) as one prefix: encoded, their words lined up."""
-    rate, frame_rate = codec.config.sampling_rate, codec.config.frame_rate
     planned = []
     for path, tag in zip(recordings, SPEAKER_TAGS.values(), strict=False):
-        words = read_alignments(path)
-        codes = encode(codec, load_audio(path, rate)[None], codebooks)[0]
-        if words[-1].end * frame_rate > codes.shape[1] + 1:
-            raise UserError(f"{path.with_suffix('.json')}: words end at {words[-1].end:.2f} s, after the audio")
-        planned.append((codes, *timed_entries(words, tokenize, tag, frame_rate)))
+        wave = load_audio(path, codec.config.sampling_rate)
+        planned.append(recording_plan(codec, wave, read_alignments(path), tokenize, codebooks, tag, path))
     return prefix_plan(planned)
+
+
+def recording_plan(
+    codec: MimiModel, wave: np.ndarray, words: list[TimedWord], tokenize: Tokenize, codebooks: int, tag: str, where
+) -> tuple:
+    """One speaker's recording (mono at the codec's rate) and its timed words, as `decode.prefix_plan` takes it."""
+    codes = encode(codec, wave[None], codebooks)[0]
+    if words[-1].end * codec.config.frame_rate > codes.shape[1] + 1:
+        raise UserError(f"{where}: its words end at {words[-1].end:.2f} s, after the audio")
+    return (codes, *timed_entries(words, tokenize, tag, codec.config.frame_rate))
