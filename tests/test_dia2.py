@@ -397,23 +397,14 @@ def test_dia2_and_dia_flags_are_refused_where_they_do_not_apply(dia2_model, tmp_
         )
 
 
-@pytest.mark.parametrize(
-    "command",
-    [
-        ["push", "--model", "{model}", "--repo", "me/x", "--dry-run", "{tmp}/p"],
-    ],
-)
-def test_commands_that_do_not_take_dia2_yet_say_so_in_one_line(dia2_model, codes_dir, tmp_path, command):
+def test_a_dia2_folder_that_is_not_an_export_is_not_pushed(dia2_model, tmp_path):
     from dia_tpu.cli import main
 
-    (tmp_path / "p.txt").write_text("[S1] hi\n")
-    demo = ROOT / "configs/demo.yaml"
-    values = dict(model=dia2_model, tmp=tmp_path, prompts=tmp_path / "p.txt", demo=demo, codes=codes_dir)
-    argv = [a.format(**values) for a in command]
     with pytest.raises(SystemExit) as stop:
-        main(argv)
+        main(["push", "--model", str(dia2_model), "--repo", "me/x", "--dry-run", str(tmp_path / "p")])
     said = str(stop.value)
-    assert "is a Dia2 model" in said and "Dia models only so far" in said and len(said.splitlines()) == 1
+    assert "a Dia2 model but not a dia_tpu export" in said and len(said.splitlines()) == 1
+    assert not (tmp_path / "p").exists()
 
 
 def test_lora_trains_the_adapters_alone_and_merges_into_upstreams_format(script_case, tmp_path):

@@ -74,7 +74,7 @@ def dia_only(artifact: Artifact) -> Artifact:
     if artifact.kind == "dia2":
         raise UserError(
             f"{artifact.source} is a Dia2 model (Nari Labs' streaming model, in its upstream format): this command "
-            "takes Dia models only so far (`dia-tpu train`, `export`, `generate` and `evaluate` take Dia2)"
+            "takes Dia models only (`prepare`, `train`, `export`, `generate`, `evaluate`, `studio`, `push` take Dia2)"
         )
     return artifact
 

@@ -95,8 +95,8 @@ def _refuse_dia2(cfg: ModelConfig) -> None:
     if cfg.pretrained is not None and is_dia2_folder(cfg.pretrained):
         raise UserError(
             f"model.pretrained {cfg.pretrained} is a Dia2 model (Nari Labs' streaming model, in its upstream "
-            "format): this command takes Dia models only so far (`dia-tpu train`, `export`, `generate` and "
-            "`evaluate` take Dia2)"
+            "format): this command takes Dia models only (`prepare`, `train`, `export`, `generate`, `evaluate`, "
+            "`studio` and `push` take Dia2)"
         )
 
 
