@@ -355,6 +355,55 @@ def test_word_timings_that_do_not_fit_their_recordings_are_one_line_naming_them(
     assert f"dialogue_004: word {rows[4]['words'][-1]['word']!r} ends at frame {rows[4]['frames'] + 7}" in said
 
 
+def test_a_voice_prefix_before_an_item_is_laid_out_as_generation_after_it_and_only_the_item_is_taught(
+    dia2_model, tmp_path
+):
+    import dataclasses
+    import random
+
+    from datasets import load_from_disk
+    from helpers.dia2_data import recording, write_rows
+
+    from dia_tpu.families import family_named
+
+    rng = random.Random(3)
+    rows = [recording(rng) | {"speaker": "AB"[i % 2]} for i in range(6)]
+    codes = write_rows(tmp_path / "codes", rows, "pairs")
+    cfg = dia2_config(dia2_model, codes, tmp_path / "run", "data.prompt_pairs=1.0", "data.max_audio_frames=80")
+    family, table = family_named("dia2"), load_from_disk(str(codes))
+    model = family.build(cfg.model, None)
+    paired = family.items(table, cfg, model, train=True)
+    plain = family.items(
+        table, dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, prompt_pairs=0.0)), model, train=True
+    )
+    delays = model.config.delays
+    for i in range(len(table)):
+        j = paired.partner(i)
+        assert j != i and table[j]["speaker"] == table[i]["speaker"]
+        a, b, frames, prefix = paired[i], plain[i], table[i]["frames"], table[j]["frames"]
+        assert a["frames"] == prefix + frames
+        for c, delay in enumerate(delays):
+            # The prefix's codes, then the item's; its targets are the plain item's, shifted by the prefix.
+            assert a["tokens"][2 + c, delay : delay + prefix].tolist() == [f[c] for f in table[j]["codes"]]
+            assert torch.equal(
+                a["tokens"][2 + c, delay + prefix : delay + prefix + frames], b["tokens"][2 + c, delay : delay + frames]
+            )
+            assert (
+                torch.equal(a["audio_mask"][c, prefix:], b["audio_mask"][c]) and not a["audio_mask"][c, :prefix].any()
+            )
+        # Nothing of the prefix is taught; the item's new words (and its end) fall where they fall without it, and
+        # from its first word on the same actions are the model's (before it, the script machine's state after the
+        # prefix decides, not a script's start).
+        new_words, alone = a["actions"].nonzero().flatten().tolist(), b["actions"].nonzero().flatten().tolist()
+        assert new_words[-len(alone) :] == [t + prefix for t in alone]
+        first = alone[0]
+        assert not a["action_mask"][:prefix].any()
+        assert torch.equal(a["action_mask"][prefix + first :], b["action_mask"][first:])
+        # The prefix's words at their frames, as upstream lines a prefix up (the frame before, plus 3).
+        assert new_words[: len(table[j]["words"])] == [w["start"] - 1 + 3 for w in table[j]["words"]]
+    assert family.items(table, cfg, model, train=False).partners == {}  # held-out items are never prompted
+
+
 def test_check_finds_what_will_train_badly_in_a_dia2_dataset(dia2_model, tmp_path, capsys):
     """`dia-tpu check` on a Dia2 run's dataset: recordings cut at the frame limit, words said before the word
     before them is fed, and (in another dataset) timings outside their recording, each named."""

@@ -155,7 +155,7 @@ class DataConfig:
     # graph per bucket). Empty: every batch is max_audio_frames long.
     buckets: list[int] = field(default_factory=list)
     # Voice-cloning pairs: this fraction of training items (per epoch, seeded) is preceded by another clip of
-    # the same speaker (the dataset's speaker column) as an audio prompt, exactly as `generate --audio-prompt`
+    # the same speaker (the dataset's speaker column) as an audio prompt (Dia2: a voice prefix), as generation
     # builds one: the text is the prompt's transcript then the item's, the audio the prompt's codes then the
     # item's, and only the item's frames (and its EOS) carry loss. A prompt is a whole clip of at most
     # `prompt_max_frames` (0: half of max_audio_frames); prompt and item share max_audio_frames, the item

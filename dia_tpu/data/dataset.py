@@ -29,6 +29,7 @@ class PreparedItems(torch.utils.data.Dataset):
     table: Dataset  # formatted to the columns the items read
     cfg: DataConfig
     epoch: int = 0
+    partners: dict[int, list[int]] = {}  # with data.prompt_pairs: each item's speaker's clips short enough to prompt it
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -39,6 +40,17 @@ class PreparedItems(torch.utils.data.Dataset):
     def frames(self) -> list[int]:
         """Each item's audio length after cropping to max_audio_frames, without reading the codes."""
         return [min(int(n), self.cfg.max_audio_frames) for n in self.table["frames"]]
+
+    def partner(self, index: int) -> int | None:
+        """The item whose clip prompts item `index` this epoch (`data.prompt_pairs` of the items, seeded; another
+        clip of its speaker), or None."""
+        group = self.partners.get(index, [])
+        rng = item_random(self.cfg.seed, self.epoch, index, "prompt")
+        if len(group) - (index in group) == 0 or rng.random() >= self.cfg.prompt_pairs:
+            return None
+        # One draw from the speaker's short clips, stepping past the item itself: no list built per item.
+        k = rng.randrange(len(group))
+        return group[(k + 1) % len(group)] if group[k] == index else group[k]
 
 
 class CodesDataset(PreparedItems):
@@ -76,13 +88,9 @@ class CodesDataset(PreparedItems):
     def _prompt(self, index: int, text: str, channels: int) -> tuple[torch.Tensor, str]:
         """The voice prompt this item gets this epoch (codes [P, C], P = 0 for none) and the text then read."""
         none = torch.zeros((0, channels), dtype=torch.long)
-        group = self.partners.get(index, [])
-        rng = item_random(self.cfg.seed, self.epoch, index, "prompt")
-        if len(group) - (index in group) == 0 or rng.random() >= self.cfg.prompt_pairs:
+        if (partner := self.partner(index)) is None:
             return none, text
-        # One draw from the speaker's short clips, stepping past the item itself: no list built per item.
-        k = rng.randrange(len(group))
-        row = self.table[group[(k + 1) % len(group)] if group[k] == index else group[k]]
+        row = self.table[partner]
         script = prompted_text(str(row["text"]), text)
         if text_tokens(script, self.cfg) > self.cfg.max_text_tokens:
             return none, text

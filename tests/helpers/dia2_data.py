@@ -60,7 +60,8 @@ def write_dataset(folder: Path, count: int, seed: int) -> Path:
 def write_rows(folder: Path, rows: list[dict], fingerprint: str) -> Path:
     """`rows` (text, codes, frames, words) as a prepared Dia2 dataset."""
     for i, row in enumerate(rows):
-        row |= {"duration": row["frames"] / FRAME_RATE, "source_id": f"dialogue_{i:03d}", "speaker": ""}
+        row |= {"duration": row["frames"] / FRAME_RATE, "source_id": f"dialogue_{i:03d}"}
+        row.setdefault("speaker", "")
         row["key"], row["language"] = row["source_id"], "en"
     folder.mkdir(parents=True)
     mark(folder, DATASET)

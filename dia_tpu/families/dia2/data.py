@@ -9,6 +9,12 @@ carries one.
 Each item becomes the example `layout.make_example` lays out (the grid generation would have read, and its
 targets); a recording longer than `data.max_audio_frames` is cut there, keeping the words that end before the cut
 and counting no action after the last of them (the recording goes on with words its text no longer has).
+
+With `data.prompt_pairs`, that share of training items (per epoch, seeded) is preceded by another recording of its
+speaker (the `speaker` column) as a voice prefix, laid out as generation after that prefix reads it: the prefix's
+codes and words, then the item's, its words' frames counted after the prefix. Only the item's frames carry loss
+(generation forces a prefix's codes and actions); prefix and item share `data.max_audio_frames`, the item cut to
+what the prefix leaves.
 Batches pad every example to one fixed length (or a few, with `data.buckets`), so shapes never depend on the data.
 """
 
@@ -23,7 +29,7 @@ from datasets import Dataset
 
 from dia_tpu.config import Config, DataConfig
 from dia_tpu.data.batching import bucket_lengths, bucket_of
-from dia_tpu.data.dataset import PreparedItems, item_random
+from dia_tpu.data.dataset import PreparedItems, item_random, prompt_partners
 from dia_tpu.errors import UserError
 from dia_tpu.families.dia2.config import Dia2Config
 from dia_tpu.families.dia2.layout import make_example
@@ -102,20 +108,35 @@ class Dia2Items(PreparedItems):
         self.cfg, self.model, self.tokenize, self.ids, self.frame_rate = cfg, model, tokenize, ids, frame_rate
         self.unconditional_frac = unconditional_frac if train else 0.0
         self.epoch = 0
+        self.partners = prompt_partners(table, cfg) if train and cfg.prompt_pairs > 0 else {}
 
     def __getitem__(self, index: int) -> dict:
-        codes = torch.from_numpy(np.asarray(self.table[index]["codes"], dtype=np.int64)).T  # [N, F]
-        words, limit = self.words[index], self.cfg.max_audio_frames
+        codes, words = self._codes(index)
+        partner = self.partner(index)
+        prefix, said = self._codes(partner) if partner is not None else (codes[:, :0], [])
+        limit = self.cfg.max_audio_frames - prefix.shape[1]
         cut = codes.shape[1] > limit
         if cut:
             codes, words = codes[:, :limit], [w for w in words if int(w["end"]) <= limit]
-        timed, starts = timed_entries(tagged_words(words, self.frame_rate), self.tokenize, None, self.frame_rate)
-        example = make_example(self.model, self.ids, codes, timed, starts)
+        late = prefix.shape[1] / self.frame_rate  # the item's words after the prefix's frames
+        timed_words = tagged_words(said, self.frame_rate) + [
+            TimedWord(w.text, w.start + late, w.end + late) for w in tagged_words(words, self.frame_rate)
+        ]
+        timed, starts = timed_entries(timed_words, self.tokenize, None, self.frame_rate)
+        example = make_example(self.model, self.ids, torch.cat([prefix, codes], dim=1), timed, starts)
         if cut and starts:
             # The recording goes on past the last kept word: neither its end nor the pads after it are taught.
             example.action_mask[starts[-1] + 4 :] = False
+        if prefix.shape[1]:  # generation forces the prefix's codes and actions: nothing there is taught
+            example.action_mask[: prefix.shape[1]] = False
+            for c, delay in enumerate(self.model.delays):
+                example.audio_mask[c, : prefix.shape[1] + delay - 1] = False
         dropped = item_random(self.cfg.seed, self.epoch, index, "cfg").random() < self.unconditional_frac
-        return {**vars(example), "frames": codes.shape[1], "unconditional": dropped}
+        return {**vars(example), "frames": prefix.shape[1] + codes.shape[1], "unconditional": dropped}
+
+    def _codes(self, index: int) -> tuple[torch.Tensor, list]:
+        """A row's codes [N, F] and words."""
+        return torch.from_numpy(np.asarray(self.table[index]["codes"], dtype=np.int64)).T, self.words[index]
 
 
 # The collator's tensors and their ranks, all batch-first: what sharded training splits along the batch.
