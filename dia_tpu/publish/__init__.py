@@ -159,23 +159,65 @@ def model_card(
 ) -> str:
     """README.md for the repository: the Hub's metadata header, then what the model is and how to use it, from
     the package's template (templates/model_card.md)."""
-    import jinja2
-    from huggingface_hub import ModelCard, ModelCardData
-
     from dia_tpu.model.native_files import SAVE_NAMES
 
-    base = cfg.model.pretrained
+    tags = ["dia", "lora" if adapter else "fine-tuned", *(["native"] if native else [])]
+    library = None if native else "peft" if adapter else "transformers"
+    values = card_values(cfg, run, repo_id, samples, license, tags, library)
+    codec = cfg.model.codec
+    return render_card(
+        "model_card.md",
+        **values,
+        adapter=adapter,
+        native=native,
+        native_weights=SAVE_NAMES[native] if native else None,
+        # Only a whole model in transformers' layout carries the codec, and only one that is not on the Hub.
+        codec_folder=None if adapter or native or (codec and is_hub_id(codec)) else CODEC_DIR,
+    )
+
+
+def card_values(
+    cfg: Config, run: RunFolder, repo_id: str, samples: list[str], license: str | None, tags: list, library: str | None
+) -> dict:
+    """What every family's card says: the Hub's metadata header, the base, the data, the training and its results."""
+    from huggingface_hub import ModelCardData
+
+    base, lora = cfg.model.pretrained, cfg.model.lora
     data = data_summary(cfg)
     metadata = ModelCardData(
         license=license or base_license(base),
         base_model=base if base and is_hub_id(base) else None,
         language=data["languages"] or None,
-        library_name=None if native else "peft" if adapter else "transformers",
+        library_name=library,
         pipeline_tag="text-to-speech",
-        tags=["text-to-speech", "dia", "dia_tpu", "lora" if adapter else "fine-tuned", *(["native"] if native else [])],
+        tags=["text-to-speech", "dia_tpu", *tags],
     )
-    lora = cfg.model.lora
-    codec = cfg.model.codec
+    return {
+        "card_data": metadata.to_yaml(),
+        "name": repo_id.split("/")[-1],
+        "repo_id": repo_id,
+        "base": local_name(base) if base else None,  # a local base folder by its name: the card is public
+        "aligner": data["aligner"],
+        "hours": data["hours"],
+        "clips": data["items"],
+        "source": data["source"],
+        "speakers": data["speakers"],
+        "languages": data["languages"],
+        "trained": f"LoRA rank {lora.rank} ({', '.join(lora.targets)})" if lora.rank else "all weights trained",
+        "train": cfg.train,
+        "precision": PRECISION_WORDS.get(cfg.train.mixed_precision, cfg.train.mixed_precision),
+        "data": cfg.data,
+        "results": results_lines(run),
+        "samples": [(Path(sample).stem, sample) for sample in samples],
+    }
+
+
+def render_card(template: str, **values) -> str:
+    """The package's card `template` (in templates/) rendered, and read back as the Hub reads a card: a header that
+    would not parse there fails here."""
+    import jinja2
+    from huggingface_hub import ModelCard
+
     environment = jinja2.Environment(
         loader=jinja2.PackageLoader("dia_tpu", "templates"),
         undefined=jinja2.StrictUndefined,
@@ -184,30 +226,7 @@ def model_card(
         keep_trailing_newline=True,
     )
     environment.filters["python"] = repr  # a string as Python source writes it, for the code blocks
-    text = environment.get_template("model_card.md").render(
-        card_data=metadata.to_yaml(),
-        name=repo_id.split("/")[-1],
-        repo_id=repo_id,
-        base=local_name(base) if base else None,  # a local base folder by its name: the card is public
-        adapter=adapter,
-        native=native,
-        native_weights=SAVE_NAMES[native] if native else None,
-        # Only a whole model in transformers' layout carries the codec, and only one that is not on the Hub.
-        codec_folder=None if adapter or native or (codec and is_hub_id(codec)) else CODEC_DIR,
-        hours=data["hours"],
-        clips=data["items"],
-        source=data["source"],
-        speakers=data["speakers"],
-        languages=data["languages"],
-        trained=f"LoRA rank {lora.rank} ({', '.join(lora.targets)})" if lora.rank else "all weights trained",
-        train=cfg.train,
-        precision=PRECISION_WORDS.get(cfg.train.mixed_precision, cfg.train.mixed_precision),
-        data=cfg.data,
-        results=results_lines(run),
-        samples=[(Path(sample).stem, sample) for sample in samples],
-    )
-    # Read back as the Hub reads a card: a header that would not parse there fails here.
-    return ModelCard(text).content
+    return ModelCard(environment.get_template(template).render(**values)).content
 
 
 def base_license(base: str | None) -> str:

@@ -15,8 +15,7 @@ from dia_tpu.artifacts.opening import is_checkpoint
 from dia_tpu.artifacts.owner import MARK_FILE
 from dia_tpu.config import Config, read_saved
 from dia_tpu.errors import UserError
-from dia_tpu.hub import is_hub_id
-from dia_tpu.publish.paths import check_no_local_paths, local_name, public_config
+from dia_tpu.publish.paths import check_no_local_paths, public_config
 
 
 def upload_dia2(source: Path, out: Path, repo_id: str, adapter: bool, license: str | None, native: str | None) -> Path:
@@ -49,48 +48,16 @@ def upload_dia2(source: Path, out: Path, repo_id: str, adapter: bool, license: s
 
 
 def dia2_card(cfg: Config, run: RunFolder, out: Path, repo_id: str, samples: list[str], license: str | None) -> str:
-    import jinja2
-    from huggingface_hub import ModelCard, ModelCardData
-
     from dia_tpu import publish
 
-    base = cfg.model.pretrained
-    data = publish.data_summary(cfg)
-    metadata = ModelCardData(
-        license=license or publish.base_license(base),
-        base_model=base if base and is_hub_id(base) else None,
-        language=data["languages"] or None,
-        pipeline_tag="text-to-speech",
-        tags=["text-to-speech", "dia2", "dia_tpu", "lora" if cfg.model.lora.rank else "fine-tuned"],
-    )
+    tags = ["dia2", "lora" if cfg.model.lora.rank else "fine-tuned"]
+    values = publish.card_values(cfg, run, repo_id, samples, license, tags, None)
+    if cfg.model.lora.rank:
+        values["trained"] += ", merged"
     assets = json.loads((out / "dia2_assets.json").read_text()) if (out / "dia2_assets.json").is_file() else {}
-    environment = jinja2.Environment(
-        loader=jinja2.PackageLoader("dia_tpu", "templates"),
-        undefined=jinja2.StrictUndefined,
-        trim_blocks=True,
-        lstrip_blocks=True,
-        keep_trailing_newline=True,
-    )
-    environment.filters["python"] = repr
-    lora = cfg.model.lora
-    text = environment.get_template("model_card_dia2.md").render(
-        card_data=metadata.to_yaml(),
-        name=repo_id.split("/")[-1],
-        repo_id=repo_id,
-        base=local_name(base) if base else None,
+    return publish.render_card(
+        "model_card_dia2.md",
+        **values,
         tokenizer_here=(out / "tokenizer.json").is_file() or (out / "tokenizer_config.json").is_file(),
         mimi_folder="mimi" if (out / "mimi").is_dir() and "mimi" not in assets else None,
-        aligner=data.get("aligner"),
-        hours=data["hours"],
-        clips=data["items"],
-        source=data["source"],
-        speakers=data["speakers"],
-        languages=data["languages"],
-        trained=f"LoRA rank {lora.rank} ({', '.join(lora.targets)}), merged" if lora.rank else "all weights trained",
-        train=cfg.train,
-        precision=publish.PRECISION_WORDS.get(cfg.train.mixed_precision, cfg.train.mixed_precision),
-        data=cfg.data,
-        results=publish.results_lines(run),
-        samples=[(Path(sample).stem, sample) for sample in samples],
     )
-    return ModelCard(text).content
