@@ -40,14 +40,15 @@ WORDS_COLUMN = "words"
 SPEAKER_TAGS = {1: "[S1]", 2: "[S2]"}
 
 
-def tagged_words(words: Sequence[dict], frame_rate: float) -> list[TimedWord]:
-    """A row's words as `TimedWord`s in seconds, with a speaker tag where the speaker changes (and on the first); the
-    speakers were checked (`timing_problems`)."""
+def tagged_words(words: Sequence[dict], frame_rate: float, offset: int = 0) -> list[TimedWord]:
+    """A row's words as `TimedWord`s in seconds (`offset` frames later), with a speaker tag where the speaker
+    changes (and on the first); the speakers were checked (`timing_problems`)."""
     said, speaker = [], None
     for word in words:
         tag = SPEAKER_TAGS[int(word["speaker"])]
         text = f"{tag} {word['word']}" if tag != speaker else str(word["word"])
-        said.append(TimedWord(text, int(word["start"]) / frame_rate, int(word["end"]) / frame_rate))
+        start, end = int(word["start"]) + offset, int(word["end"]) + offset
+        said.append(TimedWord(text, start / frame_rate, end / frame_rate))
         speaker = tag
     return said
 
@@ -118,10 +119,8 @@ class Dia2Items(PreparedItems):
         cut = codes.shape[1] > limit
         if cut:
             codes, words = codes[:, :limit], [w for w in words if int(w["end"]) <= limit]
-        late = prefix.shape[1] / self.frame_rate  # the item's words after the prefix's frames
-        timed_words = tagged_words(said, self.frame_rate) + [
-            TimedWord(w.text, w.start + late, w.end + late) for w in tagged_words(words, self.frame_rate)
-        ]
+        # The item's words after the prefix's frames.
+        timed_words = tagged_words(said, self.frame_rate) + tagged_words(words, self.frame_rate, prefix.shape[1])
         timed, starts = timed_entries(timed_words, self.tokenize, None, self.frame_rate)
         example = make_example(self.model, self.ids, torch.cat([prefix, codes], dim=1), timed, starts)
         if cut and starts:
