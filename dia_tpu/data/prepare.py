@@ -67,7 +67,6 @@ class Piece:
 class Context:
     cfg: Config
     rank: int
-    layout: CodesLayout
     coder: Coder
     cache: list[tuple[Dataset, dict[str, int]]]  # earlier rows by key: the old dataset, old work shards
     seconds: Counter = field(default_factory=Counter)  # decode / resample / encode time on this process
@@ -75,6 +74,10 @@ class Context:
     flagged: list = field(default_factory=list)  # (index, source_id, why) of the shard's items kept but doubtful
     bar: tqdm | None = None  # hours of audio encoded by this process, and hours per second
     started: float = field(default_factory=time.perf_counter)
+
+    @property
+    def layout(self) -> CodesLayout:
+        return self.coder.layout
 
 
 def prepare(
@@ -125,8 +128,7 @@ def _prepare_shards(
     cfg: Config, coder: Coder, state: PartialState, source: str, kind: str, output: Path, work: Path, clips, strict
 ) -> None:
     p = cfg.prepare
-    layout = coder.layout
-    ctx = Context(cfg, state.process_index, layout, coder, load_cache(output, work, layout.fingerprint))
+    ctx = Context(cfg, state.process_index, coder, load_cache(output, work, coder.layout.fingerprint))
     ctx.bar = tqdm(
         desc=f"prepare [{state.process_index}]" if state.num_processes > 1 else "prepare",
         position=state.process_index,
@@ -147,7 +149,7 @@ def _prepare_shards(
     (work / f"run_{state.process_index}.json").write_text(json.dumps(run) + "\n")
     state.wait_for_everyone()
     if state.is_main_process:
-        merge_shards(cfg, layout, coder.described, source, kind, output, work, shards, state.num_processes)
+        merge_shards(cfg, coder.layout, coder.described, source, kind, output, work, shards, state.num_processes)
 
 
 def _run_shard(ctx: Context, work: Path, shard: int, clips: list[Clip], processes: int, strict: bool) -> None:
@@ -262,6 +264,8 @@ def _too_long(seconds: float, limit: float) -> str:
 
 def _encode_all(ctx: Context, waves: dict[int, list[np.ndarray]]) -> dict[int, np.ndarray]:
     """Codes [T, C] per slot; equal lengths share codec batches (exact), stereo channels side by side."""
+    if not waves:
+        return {}
     entries = [((slot, c), wave) for slot, channels in waves.items() for c, wave in enumerate(channels)]
     by_length: dict[int, list] = {}
     for entry in entries:
@@ -273,8 +277,7 @@ def _encode_all(ctx: Context, waves: dict[int, list[np.ndarray]]) -> dict[int, n
             batch = group[i : i + ctx.cfg.prepare.batch_size]
             for (name, _), result in zip(batch, ctx.coder.encode([w for _, w in batch]), strict=True):
                 codes[name] = result
-    if codes:
-        ctx.seconds["encode"] += time.perf_counter() - tick
+    ctx.seconds["encode"] += time.perf_counter() - tick
     return {slot: np.concatenate([codes[(slot, c)] for c in range(len(chs))], axis=1) for slot, chs in waves.items()}
 
 
