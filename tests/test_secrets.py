@@ -15,6 +15,7 @@ from conftest import ROOT, tiny
 from dia_tpu import publish
 from dia_tpu.artifacts import RunFolder, mark_complete
 from dia_tpu.config import load, read_saved, redact_tree, redact_url, scrub
+from dia_tpu.publish.paths import public_config
 from dia_tpu.report import render
 from dia_tpu.training.meter import flat_hparams
 from dia_tpu.training.mirror import Mirror, MirrorError
@@ -183,7 +184,7 @@ def test_push_names_local_folders_by_their_names(tmp_path):
         ],
     )
     assert cfg.output.dir == str(Path.cwd() / "relative/run")
-    public = publish.public_config(cfg)
+    public = public_config(cfg)
     keys = [
         ("model", "pretrained"),
         ("model", "codec"),

@@ -20,8 +20,6 @@ import shutil
 import tempfile
 from pathlib import Path
 
-import yaml
-
 from dia_tpu.artifacts import ADAPTER_DIR, CODEC_DIR, CONFIG_FILE, RunFolder, open_artifact
 from dia_tpu.artifacts.owner import MARK_FILE
 from dia_tpu.config import Config
@@ -30,7 +28,7 @@ from dia_tpu.data.shards import MANIFEST_FILE, read_prepare_info
 from dia_tpu.errors import UserError
 from dia_tpu.evaluation.judge import AUDIO_FIGURES
 from dia_tpu.hub import HubError, is_hub_id, transport_errors
-from dia_tpu.publish.paths import check_no_local_paths, local_name, public_config
+from dia_tpu.publish.paths import check_no_local_paths, local_name, write_public_config
 
 # How many of the run's latest samples go with the model, linked from the card.
 CARD_SAMPLES = 3
@@ -89,7 +87,7 @@ def upload_folder(
         if (source / CODEC_DIR).is_dir():
             shutil.copytree(source / CODEC_DIR, out / CODEC_DIR)
         _point_processor_at_codec(out, cfg)
-    (out / CONFIG_FILE).write_text(yaml.safe_dump(public_config(cfg), sort_keys=False), encoding="utf-8")
+    write_public_config(out, cfg)
     run = RunFolder.holding(source)
     card = model_card(cfg, run, repo_id, adapter, copy_samples(run, out), license, native)
     (out / "README.md").write_text(card, encoding="utf-8")

@@ -8,6 +8,9 @@ import re
 from pathlib import Path
 from typing import Any
 
+import yaml
+
+from dia_tpu.artifacts import CONFIG_FILE
 from dia_tpu.config import Config, redact_tree
 from dia_tpu.config.schema import PATH_KIND
 from dia_tpu.errors import UserError
@@ -18,6 +21,11 @@ def public_config(cfg: Config) -> dict:
     (a path field's value, or a judge's `whisper:/path/to/folder`) cut to its last component; hub ids, remote URLs
     and relative paths stay. The machine's paths mean nothing elsewhere and tell where and by whom it was trained."""
     return redact_tree(_without_local_paths(cfg))
+
+
+def write_public_config(out: Path, cfg: Config) -> None:
+    """The run's config as the repository's config.yaml, in its public form."""
+    (out / CONFIG_FILE).write_text(yaml.safe_dump(public_config(cfg), sort_keys=False), encoding="utf-8")
 
 
 def local_name(value: str) -> str:
