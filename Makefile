@@ -64,7 +64,7 @@ demo: $(STAMP)
 # the codes), the words timed by the espeak aligner, trained, exported in upstream's format, generated, judged.
 demo-dia2: $(STAMP)
 	rm -rf runs/demo-dia2 runs/demo-dia2-base
-	$(BIN)/python -m dia_tpu.families.dia2.tiny runs/demo-dia2-base --words data/sample/metadata.csv
+	$(BIN)/python -m dia_tpu.families.dia2.tiny runs/demo-dia2-base --words data/sample
 	$(BIN)/dia-tpu prepare --config configs/demo-dia2.yaml
 	$(BIN)/dia-tpu train --config configs/demo-dia2.yaml
 	$(BIN)/dia-tpu generate --model runs/demo-dia2/final --text "$(DEMO_TEXT)" --out runs/demo-dia2/sample.wav --max-seconds 4 $(DEMO_SAMPLING)

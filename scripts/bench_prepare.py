@@ -68,7 +68,7 @@ def dia2_model(folder: Path) -> Path:
 
     from dia_tpu.families.dia2.tiny import transcript_words, write_demo_model
 
-    write_demo_model(folder, transcript_words([SAMPLE / "metadata.csv"]), codebooks=32, codebook_size=2048)
+    write_demo_model(folder, transcript_words(SAMPLE), codebooks=32, codebook_size=2048)
     shutil.rmtree(folder / "mimi")
     torch.manual_seed(0)
     MimiModel(MimiConfig()).save_pretrained(folder / "mimi")

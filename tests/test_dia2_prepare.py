@@ -129,7 +129,7 @@ def test_the_dia2_demo_runs_from_the_bundled_sample_to_judged_audio(tmp_path):
     """`make demo-dia2`'s commands, shortened: a tiny random Dia2, the sample aligned and encoded, trained with
     samples and evaluation, exported in upstream's format, spoken, reported and judged."""
     base, run = tmp_path / "base", tmp_path / "run"
-    write_demo_model(base, transcript_words([ROOT / "data/sample/metadata.csv"]))
+    write_demo_model(base, transcript_words(ROOT / "data/sample"))
     config = str(ROOT / "configs/demo-dia2.yaml")
     paths = [f"model.pretrained={base}", f"data.dataset={tmp_path / 'codes'}", f"output.dir={run}"]
     main(["prepare", "--config", config, *paths])

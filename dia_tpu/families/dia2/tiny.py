@@ -7,7 +7,7 @@
   far apart, so that different codes decode to different sounds; its codes mean nothing;
 - the model: `config.json` in upstream's layout and seeded random weights.
 
-    python -m dia_tpu.families.dia2.tiny OUT --words FILE...   (the words of the transcripts in FILEs)
+    python -m dia_tpu.families.dia2.tiny OUT --words SOURCE   (the words of SOURCE's transcripts, as prepare reads it)
 """
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ from pathlib import Path
 
 import torch
 
+from dia_tpu.config import PrepareConfig
+from dia_tpu.data.sources import read_clips
 from dia_tpu.families.dia2.config import parse_config
 from dia_tpu.families.dia2.files import write_model
 from dia_tpu.families.dia2.model import Dia2Model
@@ -139,22 +141,17 @@ def write_demo_model(folder: Path, words: list[str], codebooks: int = 8, codeboo
     return folder
 
 
-def transcript_words(paths: list[Path]) -> list[str]:
-    """Every word of the transcripts in `paths` (a metadata.csv's text field, or whole text files), in order
+def transcript_words(source: str | Path) -> list[str]:
+    """Every word of the transcripts of `source` (anything `dia-tpu prepare` reads, read as it reads it), in order
     first met, speaker tags left out."""
-    words = []
-    for path in paths:
-        for line in Path(path).read_text(encoding="utf-8").splitlines():
-            text = line.split("|")[1] if path.name == "metadata.csv" and "|" in line else line
-            if text != "text":  # a metadata.csv's header
-                words += [w for w in text.split() if w not in SPECIAL]
+    words = [w for clip in read_clips(str(source), PrepareConfig()) for w in clip.text.split() if w not in SPECIAL]
     return list(dict.fromkeys(words))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("out", type=Path)
-    parser.add_argument("--words", type=Path, nargs="+", required=True)
+    parser.add_argument("--words", required=True, help="a source whose transcripts' words the tokenizer knows")
     args = parser.parse_args()
     if args.out.exists():
         raise SystemExit(f"{args.out} exists: give a new folder")
