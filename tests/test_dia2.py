@@ -19,7 +19,7 @@ from dia_tpu.families.dia2.files import Dia2WeightsError, read_model, weights_me
 from dia_tpu.families.dia2.layout import make_example
 from dia_tpu.families.dia2.loss import dia2_loss
 from dia_tpu.families.dia2.script import ScriptMachine, TextIds, script_entries, timed_entries
-from dia_tpu.listen.align import TimedWord
+from dia_tpu.listen.asr import TimedWord
 
 FIXTURES = ROOT / "tests/fixtures/dia2"
 TINY = FIXTURES / "tiny"

@@ -11,7 +11,8 @@ from conftest import ROOT
 from dia_tpu.data.clips import Segment
 from dia_tpu.families.dia2.data import timing_problems
 from dia_tpu.families.dia2.timings import Said, Untimed, aligned, from_segments, in_frames, script_words
-from dia_tpu.listen.align import TimedWord, load_aligner
+from dia_tpu.listen.align import load_aligner
+from dia_tpu.listen.asr import TimedWord
 
 
 def test_a_transcript_splits_into_the_words_generation_reads_with_what_an_aligner_hears():

@@ -173,9 +173,18 @@ def test_whisper_transcribes_in_batches_from_a_folder(tiny_whisper):
     assert [asr.transcribe([w], 22050)[0] for w in waves] == texts
     assert asr.normalise("Hello, World!") == "hello world"
     # With confidences (what `dia-tpu transcribe` filters on): the same texts, each with a probability.
-    scored = asr.transcribe_scored(waves, 22050)
-    assert [text for text, _ in scored] == texts and scored[1] == ("", None)
-    assert [0 < c <= 1 for t, c in scored if t] == [True, True, True]
+    heard = asr.hear(waves, 22050)
+    assert [h.text for h in heard] == texts and (heard[1].text, heard[1].confidence) == ("", None)
+    assert [0 < h.confidence <= 1 for h in heard if h.text] == [True, True, True]
+    # Word times need the checkpoint's alignment heads (OpenAI's name theirs): without them, none.
+    assert all(h.words is None for h in heard)
+    asr.model.generation_config.alignment_heads = [[0, 0], [0, 1]]
+    timed = asr.hear(waves, 22050)
+    assert [h.text for h in timed] == texts and timed[1].words == []
+    for h, wave in zip(timed, waves, strict=True):
+        assert " ".join(w.text for w in h.words).split() == h.text.split()
+        edges = [t for w in h.words for t in (w.start, w.end)]
+        assert edges == sorted(edges) and all(0 <= t <= len(wave) / 22050 for t in edges), edges
 
 
 def test_xvector_embeddings_from_a_folder(tmp_path):

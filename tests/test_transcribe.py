@@ -13,6 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import datasets
 import numpy as np
 import pytest
 import soundfile as sf
@@ -350,6 +351,24 @@ def test_the_podcast_becomes_segments_cut_between_sentences_with_the_right_speak
         for voice, speaker in zip(row["speaker"].split("+"), order, strict=True):
             assert voice_of.setdefault(voice, speaker) == speaker
 
+    # Word times (PocketSphinx's own) beside every segment: the row's words in order inside the clip, each said
+    # (its middle within 0.15 s of a sentence) by the voice its tag names.
+    assert report["segments_with_word_times"] == len(rows)
+    placed = total = 0
+    for row in rows:
+        timed = json.loads((out / row["file"]).with_suffix(".json").read_text())["alignments"]
+        assert [word for word, _, _ in timed] == [w for w in row["text"].split() if w not in ("[S1]", "[S2]")]
+        edges = [t for _, span, _ in timed for t in span]
+        assert edges == sorted(edges) and 0 <= edges[0] and edges[-1] <= float(row["end"]) - float(row["start"])
+        order = list(dict.fromkeys(s["speaker"] for s in said_in(truth, row)))
+        for _, (start, end), tag in timed:
+            middle, voice = float(row["start"]) + (start + end) / 2, order[min(int(tag[1:]), len(order)) - 1]
+            near = [
+                s for s in sentences(truth, Path(row["source"]).name) if s["start"] - 0.15 <= middle <= s["end"] + 0.15
+            ]
+            placed, total = placed + any(s["speaker"] == voice for s in near), total + 1
+    assert placed >= 0.9 * total, f"{placed} of {total} words inside a sentence of their voice"
+
     # Words: PocketSphinx on espeak-ng speech is weak (its WER on the bundled sample's originals is 0.82).
     errors = words = 0
     for row in rows:
@@ -363,11 +382,20 @@ def test_the_podcast_becomes_segments_cut_between_sentences_with_the_right_speak
     assert set(report["real_time_factor"]) == {"vad", "speaker_embedding", "clustering", "recogniser", "total"}
 
 
-def test_the_output_prepares_and_trains_as_it_is(transcribed, tmp_path):
+def test_the_output_prepares_and_trains_as_it_is(transcribed, dia2_model, tmp_path):
     out, _ = transcribed
     codes = tmp_path / "codes"
     manifest = prepare(config(), out, codes)
     assert manifest["skipped"] == 0 and manifest["encoded"] == len(rows_of(out))
+    # For Dia2, its words are timed by the recogniser: no aligner needed, the times as transcribe wrote them.
+    dia2 = ["--config", str(ROOT / "configs/dia2-1b.yaml"), "--input", str(out), "--output", str(tmp_path / "dia2")]
+    cli(["prepare", *dia2, f"model.pretrained={dia2_model}", "prepare.aligner=none"])
+    rows = datasets.load_from_disk(str(tmp_path / "dia2"))
+    assert len(rows) == len(rows_of(out))
+    first = json.loads((out / rows[0]["source_id"]).with_suffix(".json").read_text())["alignments"]
+    assert [(w["word"], w["start"], w["speaker"]) for w in rows[0]["words"]] == [
+        (word, round(start * 12.5), int(tag[1:])) for word, (start, _), tag in first
+    ]
     run = tmp_path / "run"
     train(tiny(codes, run, "train.max_steps=2", "data.eval_size=2", "eval.eval_every=2", "data.max_text_tokens=256"))
     assert (run / "final" / "model.safetensors").is_file()

@@ -19,7 +19,6 @@ import io
 import re
 import shutil
 import subprocess
-from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
@@ -27,7 +26,7 @@ import soundfile as sf
 import soxr
 
 from dia_tpu.errors import UserError
-from dia_tpu.listen.asr import RATE, basic_normalise
+from dia_tpu.listen.asr import RATE, TimedWord, basic_normalise
 
 HOP = RATE // 100  # 10 ms frames
 WINDOW = 400  # 25 ms
@@ -35,13 +34,6 @@ GAP_SECONDS = 0.08  # silence between the reference's words, where the recording
 QUIET = 1e-3  # what counts as silence when a synthesised word is trimmed
 DITHER = 3e-4  # the noise PocketSphinx's input gets (-70 dB of full scale)
 _TAGS = re.compile(r"\[[^\]]*\]|<[^>]*>|\([^)]*\)")  # speaker, language and break tags; (laughs)
-
-
-@dataclass(frozen=True)
-class TimedWord:
-    text: str
-    start: float  # seconds
-    end: float
 
 
 class Unaligned(ValueError):

@@ -12,13 +12,17 @@ transcribe's transcripts).
   result. (Decoding against a loop over the prompts' own words was tried: no better, and nine times slower.)
 
 A recogniser is built by `load_recogniser` and imported only then; each has a `name` with its package
-version and model, written next to every figure so that results are compared like with like.
+version and model, written next to every figure so that results are compared like with like. `hear` also gives
+when each word was said where the recogniser knows: PocketSphinx always (its search's word segments), Whisper
+where its checkpoint names the cross-attention heads that follow the audio (`alignment_heads` in its generation
+config, as OpenAI's checkpoints do: the times come from those heads by dynamic time warping).
 """
 
 from __future__ import annotations
 
 import re
 import unicodedata
+from dataclasses import dataclass
 from importlib.metadata import version
 from typing import Protocol
 
@@ -31,6 +35,24 @@ from dia_tpu.hub import from_hub
 DEFAULT_WHISPER = "openai/whisper-large-v3-turbo"
 RATE = 16000  # what both recognisers listen at
 _NOT_WORD = re.compile(r"[^\w\s']")
+POCKETSPHINX_FRAMES = 100  # its frames a second
+
+
+@dataclass(frozen=True)
+class TimedWord:
+    text: str
+    start: float  # seconds
+    end: float
+
+
+@dataclass(frozen=True)
+class Heard:
+    """What a recogniser made of one waveform: its transcript, its confidence in it (0..1, None where it gives
+    none) and each word's span in seconds from the start of the waveform (None where it does not know them)."""
+
+    text: str
+    confidence: float | None = None
+    words: list[TimedWord] | None = None
 
 
 class Recogniser(Protocol):
@@ -42,8 +64,8 @@ class Recogniser(Protocol):
     def normalise(self, text: str) -> str:
         """`text` as this recogniser's transcripts are compared."""
 
-    def transcribe_scored(self, waves: list[np.ndarray], rate: int) -> list[tuple[str, float | None]]:
-        """Transcripts with the recogniser's confidence in each (0..1), or None where it gives none."""
+    def hear(self, waves: list[np.ndarray], rate: int) -> list[Heard]:
+        """Transcripts with the recogniser's confidence in each and, where it knows them, its words' times."""
 
 
 def load_recogniser(spec: str, device: str = "cpu", batch_size: int = 8, language: str | None = "en") -> Recogniser:
@@ -81,22 +103,29 @@ class PocketSphinx:
         self.name = f"pocketsphinx {version('pocketsphinx')} (its wheel's en-us model; weak: compare, do not quote)"
 
     def transcribe(self, waves: list[np.ndarray], rate: int) -> list[str]:
-        texts = []
+        return [heard.text for heard in self.hear(waves, rate)]
+
+    def hear(self, waves: list[np.ndarray], rate: int) -> list[Heard]:
+        # Its hypothesis "probability" is not calibrated per utterance, so it reports no confidence.
+        found = []
         for wave in waves:
             pcm = (np.clip(to_16k(wave, rate), -1.0, 1.0) * 32767).astype(np.int16)
             if len(pcm) < RATE // 10:
-                texts.append("")
+                found.append(Heard("", None, []))
                 continue
             self.decoder.start_utt()
             self.decoder.process_raw(pcm.tobytes(), full_utt=True)
             self.decoder.end_utt()
-            hyp = self.decoder.hyp()
-            texts.append(hyp.hypstr if hyp is not None else "")
-        return texts
-
-    def transcribe_scored(self, waves: list[np.ndarray], rate: int) -> list[tuple[str, float | None]]:
-        # Its hypothesis "probability" is not calibrated per utterance, so it reports none.
-        return [(text, None) for text in self.transcribe(waves, rate)]
+            words = [
+                # Alternative pronunciations are named word(2), word(3), ...; fillers are <sil>, [NOISE], ...
+                TimedWord(
+                    s.word.split("(")[0], s.start_frame / POCKETSPHINX_FRAMES, (s.end_frame + 1) / POCKETSPHINX_FRAMES
+                )
+                for s in self.decoder.seg() or ()
+                if s.word[:1] not in "<[+"
+            ]
+            found.append(Heard(" ".join(w.text for w in words), None, words))
+        return found
 
     def normalise(self, text: str) -> str:
         return basic_normalise(text)
@@ -117,22 +146,23 @@ class Whisper:
         self.name = f"whisper {model} (transformers {version('transformers')})"
 
     def transcribe(self, waves: list[np.ndarray], rate: int) -> list[str]:
-        return [text for text, _ in self._generate(waves, rate, scored=False)]
+        return [heard.text for heard in self._generate(waves, rate, scored=False)]
 
-    def transcribe_scored(self, waves: list[np.ndarray], rate: int) -> list[tuple[str, float | None]]:
+    def hear(self, waves: list[np.ndarray], rate: int) -> list[Heard]:
         """Confidence: the geometric mean of the transcript's token probabilities."""
         return self._generate(waves, rate, scored=True)
 
-    def _generate(self, waves: list[np.ndarray], rate: int, scored: bool) -> list[tuple[str, float | None]]:
+    def _generate(self, waves: list[np.ndarray], rate: int, scored: bool) -> list[Heard]:
         import torch
 
         audio = [to_16k(wave, rate) for wave in waves]
         # A checkpoint without language tokens (English-only, or a test's tiny one) takes no language.
         multilingual = getattr(self.model.generation_config, "lang_to_id", None)
         options = {"language": self.language, "task": "transcribe"} if multilingual else {}
+        timed = scored and getattr(self.model.generation_config, "alignment_heads", None) is not None
         if scored:
-            options |= {"return_dict_in_generate": True, "output_scores": True}
-        found: list[tuple[str, float | None]] = []
+            options |= {"return_dict_in_generate": True, "output_scores": True, "return_token_timestamps": timed}
+        found: list[Heard] = []
         for start in range(0, len(audio), self.batch_size):
             batch = [a if len(a) else np.zeros(RATE // 10, np.float32) for a in audio[start : start + self.batch_size]]
             features = self.processor.feature_extractor(
@@ -144,18 +174,47 @@ class Whisper:
                     attention_mask=features.attention_mask.to(self.device),
                     **options,
                 )
-            ids = out.sequences if scored else out
+            ids = out["sequences"] if scored else out
             texts = [t.strip() for t in self.processor.batch_decode(ids, skip_special_tokens=True)]
-            confidences: list[float | None] = [None] * len(texts)
-            if scored:
-                steps = self.model.compute_transition_scores(out.sequences, out.scores, normalize_logits=True)
-                generated = ids[:, -steps.shape[1] :]
-                special = torch.tensor(self.processor.tokenizer.all_special_ids)
-                keep = ~torch.isin(generated, special) & torch.isfinite(steps)
-                mean = (steps.float() * keep).sum(1) / keep.sum(1).clamp(min=1)
-                confidences = [float(torch.exp(m)) if k.any() else None for m, k in zip(mean, keep, strict=True)]
-            found += list(zip(texts, confidences, strict=True))
-        return [(text, c) if len(a) else ("", None) for (text, c), a in zip(found, audio, strict=True)]
+            if not scored:
+                found += [Heard(text) for text in texts]
+                continue
+            steps = self.model.compute_transition_scores(out["sequences"], out["scores"], normalize_logits=True)
+            generated = ids[:, -steps.shape[1] :]
+            special = torch.tensor(self.processor.tokenizer.all_special_ids)
+            keep = ~torch.isin(generated, special) & torch.isfinite(steps)
+            mean = (steps.float() * keep).sum(1) / keep.sum(1).clamp(min=1)
+            for row, (text, m, k) in enumerate(zip(texts, mean, keep, strict=True)):
+                words = None
+                if timed:
+                    ends = out["token_timestamps"][row].tolist()
+                    words = self._words(ids[row].tolist(), ends, len(batch[row]) / RATE)
+                found.append(Heard(text, float(torch.exp(m)) if k.any() else None, words))
+        return [
+            heard if len(a) else Heard("", None, [] if heard.words is not None else None)
+            for heard, a in zip(found, audio, strict=True)
+        ]
+
+    def _words(self, ids: list[int], ends: list[float], seconds: float) -> list[TimedWord]:
+        """Tokens grouped into words (a word starts at a token that begins with a space), each spanning from the
+        end of the token before its first to the end of its last, inside the waveform's `seconds`."""
+        tokenizer = self.processor.tokenizer
+        special = set(tokenizer.all_special_ids)
+        groups: list[list[int]] = []  # token positions
+        for i, token in enumerate(ids):
+            piece = tokenizer.convert_ids_to_tokens(token)
+            if token in special or (piece.startswith("<|") and piece.endswith("|>")):  # and timestamp tokens
+                continue
+            if not groups or piece.startswith("\u0120"):  # byte-level BPE's space
+                groups.append([])
+            groups[-1].append(i)
+        words = []
+        for group in groups:
+            text = tokenizer.decode([ids[i] for i in group]).strip()
+            start = min(ends[group[0] - 1] if group[0] else 0.0, seconds)
+            if text:
+                words.append(TimedWord(text, start, min(max(ends[group[-1]], start), seconds)))
+        return words
 
     def normalise(self, text: str) -> str:
         tokenizer = self.processor.tokenizer

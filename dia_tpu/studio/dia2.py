@@ -28,7 +28,8 @@ from dia_tpu.families.dia2.files import read_model
 from dia_tpu.families.dia2.prefix import recording_plan
 from dia_tpu.families.dia2.source import source_folder
 from dia_tpu.families.dia2.timings import aligned
-from dia_tpu.listen.align import TimedWord, load_aligner
+from dia_tpu.listen.align import load_aligner
+from dia_tpu.listen.asr import TimedWord
 
 
 class Dia2Voice:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from dia_tpu.errors import UserError
+from dia_tpu.listen.asr import TimedWord
 
 RATE = 16000  # what the VAD, the recognisers and the speaker encoders listen at
 # Silence kept before the first and after the last region of a segment (less where the pause is shorter).
@@ -32,6 +33,7 @@ class Region:
     similarity: float = 1.0  # to its speaker's centroid
     text: str = ""
     confidence: float = 1.0
+    words: list[TimedWord] | None = None  # in the recording's time, where the recogniser gives them
     problem: str | None = None  # why it cannot be used, whatever segment it falls in
 
     @property

@@ -9,6 +9,9 @@ OUTPUT/
   metadata.csv   file|text|speaker|source|start|end: one kept segment a line (speaker: its voices in tag
                  order, joined by +)
   audio/<recording>/<recording>_NNNN.flac   the segments, mono, at the recording's own rate
+  audio/<recording>/<recording>_NNNN.json   each word's time in its segment and its speaker, where the recogniser
+                 gives word times (moshi-finetune's {"alignments": [[word, [start, end], "S1"], ...]}): prepare
+                 reads them for Dia2 instead of aligning the text
   dropped.tsv    source, start, end, reason and text of everything left out
   report.json    hours in and kept, reasons, speakers per recording, seconds and real-time factor per stage
   .work/         one finished recording a file: a re-run skips every recording finished with the same
@@ -36,7 +39,7 @@ from dia_tpu.artifacts.owner import TRANSCRIPTION, check_replaceable, claim
 from dia_tpu.config import Config
 from dia_tpu.data.clips import walk_files
 from dia_tpu.data.sources import AUDIO_EXTENSIONS, METADATA_FILE
-from dia_tpu.listen.asr import load_recogniser, to_16k
+from dia_tpu.listen.asr import TimedWord, load_recogniser, to_16k
 from dia_tpu.listen.judges import Judges
 from dia_tpu.listen.speaker import load_speaker_encoder
 from dia_tpu.transcribe.diarize import Diarizer
@@ -222,10 +225,16 @@ def transcribe_recording(
     item["centroids"] = centroids.tolist()
     lap("clustering")
     heard = [r for r in regions if r.problem is None]
-    scored = judges.recogniser.transcribe_scored([wave[int(r.start * RATE) : int(r.end * RATE)] for r in heard], RATE)
-    for region, (text, confidence) in zip(heard, scored, strict=True):
-        region.text = (spoken(text) if t.normalize == "numbers" else " ".join(text.split())).replace("|", " ")
-        region.confidence = 1.0 if confidence is None else confidence
+    found = judges.recogniser.hear([wave[int(r.start * RATE) : int(r.end * RATE)] for r in heard], RATE)
+    for region, said in zip(heard, found, strict=True):
+        region.words = None if said.words is None else _words(said.words, region.start, t.normalize)
+        if region.words is not None:
+            region.text = " ".join(w.text for w in region.words)
+        else:
+            region.text = (spoken(said.text) if t.normalize == "numbers" else " ".join(said.text.split())).replace(
+                "|", " "
+            )
+        region.confidence = 1.0 if said.confidence is None else said.confidence
         if not region.text and region.seconds >= WORDLESS:
             region.problem = "speech in which the recogniser heard no words"
         elif t.min_confidence and region.confidence < t.min_confidence:
@@ -235,8 +244,8 @@ def transcribe_recording(
     item["dropped"] = _dropped_regions(regions)
     folder = output / "audio" / recording.name
     folder.mkdir(parents=True, exist_ok=True)
-    for stale in folder.glob("*.flac"):  # an earlier run's, with other settings or another version of the file
-        stale.unlink()
+    for stale in [*folder.glob("*.flac"), *folder.glob("*.json")]:  # an earlier run's, with other settings or
+        stale.unlink()  # another version of the file
     for segment in group(regions, total, cfg.prepare.max_seconds, t.max_pause):
         row = {"start": round(segment.start, 3), "end": round(segment.end, 3)}
         piece = mono[int(segment.start * rate) : int(segment.end * rate)]
@@ -247,9 +256,44 @@ def transcribe_recording(
             continue
         file = folder / f"{recording.name}_{len(item['kept']):04d}.flac"
         sf.write(str(file), np.clip(piece, -1.0, 1.0), rate, subtype="PCM_16")
-        item["kept"].append({**row, "file": file.relative_to(output).as_posix(), "text": said[0], "speakers": said[1]})
+        timed = _alignments(segment, said[1])
+        if timed is not None:
+            _write_json(file.with_suffix(".json"), {"alignments": timed})
+        kept = {**row, "file": file.relative_to(output).as_posix(), "text": said[0], "speakers": said[1]}
+        item["kept"].append({**kept, "timed": timed is not None})
     item["dropped"].sort(key=lambda d: d["start"])
     return item
+
+
+def _words(words: list[TimedWord], offset: float, normalize: str) -> list[TimedWord]:
+    """The recogniser's words in the recording's time (`offset`: where the region starts), as the transcript
+    writes them: numbers spoken (several words sharing the number's span evenly) where asked."""
+    out = []
+    for word in words:
+        parts = (spoken(word.text) if normalize == "numbers" else word.text).replace("|", " ").split()
+        step = (word.end - word.start) / max(len(parts), 1)
+        out += [
+            TimedWord(part, offset + word.start + k * step, offset + word.start + (k + 1) * step)
+            for k, part in enumerate(parts)
+        ]
+    return out
+
+
+def _alignments(segment: Segment, speakers: list[int]) -> list | None:
+    """A segment's words as moshi-finetune's alignments, [word, [start, end], speaker] with times from the start of
+    the segment's file and speakers named by the segment's tags (S1, S2); None unless every word has its time."""
+    regions = [r for r in segment.regions if r.text]
+    if any(r.words is None for r in regions):
+        return None
+
+    def inside(t: float) -> float:
+        return round(min(max(t - segment.start, 0.0), segment.seconds), 3)
+
+    return [
+        [w.text, [inside(w.start), inside(w.end)], f"S{speakers.index(r.speaker) + 1}"]
+        for r in regions
+        for w in r.words
+    ]
 
 
 def _dropped_regions(regions: list[Region]) -> list[dict]:
@@ -318,6 +362,7 @@ def assemble(output: Path, recordings: list[Recording], settings: str, cfg: Conf
         "hours": round(seconds / 3600, 4),
         "kept_hours": round(kept_seconds / 3600, 4),
         "segments": len(lines) - 1,
+        "segments_with_word_times": sum(row.get("timed", False) for item in items for row in item["kept"]),
         "dropped": dict(reasons.most_common()),
         "speakers": {item["source"]: len(item["centroids"]) for item in items},
         "seconds": {stage: round(v, 2) for stage, v in timings.items()},

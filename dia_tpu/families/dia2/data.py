@@ -34,7 +34,7 @@ from dia_tpu.errors import UserError
 from dia_tpu.families.dia2.config import Dia2Config
 from dia_tpu.families.dia2.layout import make_example
 from dia_tpu.families.dia2.script import Entry, TextIds, Tokenize, timed_entries
-from dia_tpu.listen.align import TimedWord
+from dia_tpu.listen.asr import TimedWord
 
 WORDS_COLUMN = "words"
 SPEAKER_TAGS = {1: "[S1]", 2: "[S2]"}

@@ -22,7 +22,7 @@ from dia_tpu.errors import UserError
 from dia_tpu.families.dia2.data import SPEAKER_TAGS
 from dia_tpu.families.dia2.decode import Prefix, prefix_plan
 from dia_tpu.families.dia2.script import Tokenize, timed_entries
-from dia_tpu.listen.align import TimedWord
+from dia_tpu.listen.asr import TimedWord
 
 
 def read_alignments(audio: Path) -> list[TimedWord]:

@@ -19,7 +19,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from dia_tpu.listen.align import TimedWord
+from dia_tpu.listen.asr import TimedWord
 
 PAD_ACTION, NEW_WORD_ACTION = 0, 1
 MAX_PADDING = 6  # pads in a row before a new word is forced

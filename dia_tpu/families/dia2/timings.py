@@ -14,7 +14,8 @@ from collections.abc import Callable, Sequence
 
 from dia_tpu.data.clips import Segment
 from dia_tpu.families.dia2.data import SPEAKER_TAGS
-from dia_tpu.listen.align import TimedWord, spoken_words
+from dia_tpu.listen.align import spoken_words
+from dia_tpu.listen.asr import TimedWord
 
 SPEAKER_OF = {tag: number for number, tag in SPEAKER_TAGS.items()}
 _OTHER_TAG = re.compile(r"\[[^\]]*\]|<[^>]*>")
