@@ -17,6 +17,7 @@ from conftest import ROOT, tiny_dia_config
 from transformers import DacConfig, DacModel, DiaForConditionalGeneration
 
 import dia_tpu.generation.synthesize as synthesis
+from dia_tpu.cli import main
 from dia_tpu.config import load
 from dia_tpu.data.tokens import encode_text
 from dia_tpu.generation.decode import generate_delayed, processors_beyond_dia
@@ -332,7 +333,16 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
     )
 
 
+def _refused(*args: str) -> str:
+    """`dia-tpu generate` run in this process, expected to stop with a one-line error: the error."""
+    with pytest.raises(SystemExit) as stop:
+        main(["generate", *args])
+    assert isinstance(stop.value.code, str) and "\n" not in stop.value.code, stop.value.code
+    return stop.value.code
+
+
 def test_generate_cli_text_file_voice_prompt_and_batching(tiny_dia, codec, tmp_path):
+    # In this process (test_train.py runs `generate` as its own process): what a user sees is the same.
     model_dir = tmp_path / "model"
     tiny_dia.save_pretrained(model_dir)
     codec.save_pretrained(model_dir / "codec")
@@ -343,9 +353,10 @@ def test_generate_cli_text_file_voice_prompt_and_batching(tiny_dia, codec, tmp_p
     common = ["--model", str(model_dir), "--text-file", str(lines), "--max-seconds", "0.2", "--seed", "3"]
     voice = ["--audio-prompt", str(tmp_path / "voice.wav"), "--prompt-transcript", "[S1] Hm."]
 
-    one = _cli(*common, *voice, "--out", str(tmp_path / "one"), "--batch-size", "1")
-    two = _cli(*common, *voice, "--out", str(tmp_path / "two"), "--batch-size", "2", "--decoding", "transformers")
-    assert one.returncode == 0 and two.returncode == 0, one.stderr[-2000:] + two.stderr[-2000:]
+    main(["generate", *common, *voice, "--out", str(tmp_path / "one"), "--batch-size", "1"])
+    main(
+        ["generate", *common, *voice, "--out", str(tmp_path / "two"), "--batch-size", "2", "--decoding", "transformers"]
+    )
     names = sorted(p.name for p in (tmp_path / "one").iterdir())
     assert names == ["line_0001.wav", "line_0002.wav", "line_0003.wav"]
     for name in names:
@@ -354,12 +365,12 @@ def test_generate_cli_text_file_voice_prompt_and_batching(tiny_dia, codec, tmp_p
         assert rate == 44100 and 0 < len(a) <= round(0.2 * RATE) * 512 and len(a) % 512 == 0
         assert np.array_equal(a, b), name  # line i uses seed + i, whatever the batch size and decoding loop
 
-    missing = _cli("--model", str(tmp_path / "nope"), "--text", "[S1] Hi.", "--out", str(tmp_path / "x.wav"))
-    assert missing.returncode != 0 and "model not found" in missing.stderr and "nope" in missing.stderr
-    alone = _cli(*common, "--out", str(tmp_path / "x"), "--audio-prompt", str(tmp_path / "voice.wav"))
-    assert alone.returncode != 0 and "--prompt-transcript" in alone.stderr
-    too_long = _cli("--model", str(model_dir), "--text", "[S1] " + "x" * 2000, "--out", str(tmp_path / "y.wav"))
-    assert too_long.returncode != 0 and "exceeds the model's text length" in too_long.stderr
+    missing = _refused("--model", str(tmp_path / "nope"), "--text", "[S1] Hi.", "--out", str(tmp_path / "x.wav"))
+    assert "model not found" in missing and "nope" in missing
+    alone = _refused(*common, "--out", str(tmp_path / "x"), "--audio-prompt", str(tmp_path / "voice.wav"))
+    assert "--prompt-transcript" in alone
+    too_long = _refused("--model", str(model_dir), "--text", "[S1] " + "x" * 2000, "--out", str(tmp_path / "y.wav"))
+    assert "exceeds the model's text length" in too_long
     assert not Path(tmp_path / "y.wav").exists()
 
 

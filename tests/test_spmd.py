@@ -173,7 +173,8 @@ def test_a_batch_that_does_not_split_over_the_devices_is_one_clear_error(codes_d
 
 def test_dia2_sharded_over_four_devices_takes_the_steps_of_one_device(dia2_model, dia2_codes, tmp_path):
     """SPMD on Dia2: the backbone and depformer layers the units, parameters split over the 4 devices, the same
-    weights as one device after four steps with checkpoints and evaluations between them."""
+    weights after four steps with checkpoints and evaluations between them as one device: the CPU, without
+    torch_xla (test_xla.py shows one XLA device training Dia2 as the CPU does)."""
     from test_dia2_train import dia2_config
 
     from dia_tpu.families.dia2.files import read_model
@@ -185,10 +186,14 @@ def test_dia2_sharded_over_four_devices_takes_the_steps_of_one_device(dia2_model
     said = run([*command, str(tmp_path / "sharded.yaml")], tmp_path / "dump_sharded", CPU_NUM_DEVICES="4")
     line = re.search(r"sharding: SPMD over 4 devices .* each holding ([\d.]+) M of the ([\d.]+) M", said)
     assert line and float(line[1]) < 0.3 * float(line[2]), said[-2000:]
-    run([*command, str(tmp_path / "one.yaml")], tmp_path / "dump_one")
+    plain = {k: v for k, v in os.environ.items() if k not in ("CPU_NUM_DEVICES", "XLA_FLAGS", "LOCAL_RANK")}
+    done = subprocess.run(
+        [*command, str(tmp_path / "one.yaml")], env={**plain, "USE_TORCH_XLA": "0"}, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
     sharded, one = weights(tmp_path / "sharded"), weights(tmp_path / "one")
     for key in one:
-        torch.testing.assert_close(sharded[key], one[key], rtol=1e-4, atol=1e-5, msg=key)
+        torch.testing.assert_close(sharded[key], one[key], rtol=1e-4, atol=1e-4, msg=key)
     base = read_model(dia2_model).state_dict()
     assert max((one[k] - base[k]).abs().max().item() for k in base) > 1e-3  # the steps moved the weights
     assert (tmp_path / "sharded/checkpoints/step_2").is_dir()

@@ -156,6 +156,9 @@ def _validate_prepare(r: PrepareConfig) -> list[str]:
         p.append(f"prepare.min_sample_rate: must be > 0, got {r.min_sample_rate}")
     if r.window_seconds is not None and r.window_seconds < 0:
         p.append(f"prepare.window_seconds: must be >= 0 (0: whole clips), got {r.window_seconds}")
+    kind, colon, model = r.aligner.partition(":")
+    if not (r.aligner in ("espeak", "pocketsphinx", "none") or (kind == "ctc" and (model or not colon))):
+        p.append(f"prepare.aligner: {r.aligner!r} is not espeak, pocketsphinx, none, ctc or ctc:<hub id or folder>")
     return p
 
 

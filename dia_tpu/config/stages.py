@@ -69,9 +69,11 @@ class PrepareConfig:
     # Stop at the first bad input, naming it, instead of skipping it with a reason.
     strict: bool = False
     # Dia2: what times the words of a clip the source gives no word timings for (`dia_tpu.listen.align`):
-    # "espeak" (espeak-ng's speech warped onto the clip, any language it speaks), "pocketsphinx" (English), or
-    # "none" (such clips are skipped with that reason). Word timings from the source are read as they are.
-    aligner: Literal["espeak", "pocketsphinx", "none"] = "espeak"
+    # "espeak" (espeak-ng's speech warped onto the clip, any language it speaks), "pocketsphinx" (English),
+    # "ctc" / "ctc:<hub id or folder>" (a wav2vec2-style CTC model, facebook/wav2vec2-base-960h by default, on a
+    # GPU where there is one), or "none" (such clips are skipped with that reason). Word timings from the source
+    # are read as they are.
+    aligner: str = "espeak"
 
 
 @dataclass

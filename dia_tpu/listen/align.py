@@ -7,6 +7,8 @@
 - `pocketsphinx`: CMU PocketSphinx decoding against a grammar of the transcript alone, English, from its wheel.
   Words missing from its dictionary cannot be aligned, and where its search does not reach the last word the
   recording is not aligned.
+- `ctc` (`dia_tpu.listen.ctc`): a wav2vec2-style CTC model's letter probabilities, the best path through the
+  transcript's letters; downloaded from the Hub, fast on a GPU.
 
 `align` returns a `TimedWord` per word, in order, inside the recording, or raises `Unaligned` with the reason
 (no speech, a word it cannot place): prepare skips such a recording and counts the reason.
@@ -47,14 +49,19 @@ class Aligner(Protocol):
 
 
 def load_aligner(spec: str, language: str = "en") -> Aligner:
-    """`espeak` or `pocketsphinx` (English only)."""
+    """`espeak`, `pocketsphinx` (English only), or `ctc` / `ctc:<hub id or folder>` (`dia_tpu.listen.ctc`)."""
+    kind, _, model = spec.partition(":")
+    if kind == "ctc":
+        from dia_tpu.listen.ctc import DEFAULT_CTC, CtcAligner
+
+        return CtcAligner(model or DEFAULT_CTC, language)
     if spec == "espeak":
         return EspeakAligner(language)
     if spec == "pocketsphinx":
         if language != "en":
             raise UserError(f"aligner pocketsphinx: English only, not {language!r}; use espeak")
         return PocketSphinxAligner()
-    raise UserError(f"aligner {spec!r}: use espeak or pocketsphinx")
+    raise UserError(f"aligner {spec!r}: use espeak, pocketsphinx, ctc or ctc:<hub id or folder>")
 
 
 def spoken_words(text: str) -> list[str]:
