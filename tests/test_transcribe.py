@@ -275,7 +275,7 @@ def podcast(tmp_path_factory) -> tuple[Path, list[dict]]:
             "--episodes",
             "2",
             "--turns",
-            "10",
+            "6",
         ],
         check=True,
         capture_output=True,
