@@ -44,6 +44,7 @@ def test_the_bundled_sample_prepares_with_every_word_timed_and_codes_as_the_whol
     assert manifest["codec"] == {"codec": str(dia2_model / "mimi"), "codebooks": 4}
     assert manifest["aligner"].startswith("espeak-ng") and manifest["frame_rate"] == 12.5
     assert (manifest["kept"], manifest["skipped"], manifest["num_codebooks"]) == (32, 0, 4)
+    assert "long_text" not in manifest  # Dia2 reads its text word by word: no limit on a transcript's length
     rows = datasets.load_from_disk(str(tmp_path / "codes"))
     assert timing_problems(rows["words"], rows["frames"], rows["source_id"]) == []
     for row in rows:

@@ -30,6 +30,9 @@ class Coder(Protocol):
     columns: dict
     # What the manifest records of it besides the codec (Dia2: the aligner that timed the words).
     described: dict
+    # Whether a transcript must fit data.max_text_tokens (Dia's encoder reads it whole; Dia2 reads it word by
+    # word as it speaks): the manifest counts those that do not.
+    text_limit: bool
 
     def key(self, text: str, segments: list[Segment] | None) -> bytes:
         """What besides the audio decides a row's extra columns (Dia2: the transcript and its timings), hashed
@@ -57,6 +60,7 @@ class DacCoder:
 
     columns: dict = {}
     described: dict = {}
+    text_limit = True
 
     def __init__(self, cfg: Config):
         self.cfg, self.layout, self.codec = cfg, codes_layout(cfg), None

@@ -149,7 +149,7 @@ def _prepare_shards(
     (work / f"run_{state.process_index}.json").write_text(json.dumps(run) + "\n")
     state.wait_for_everyone()
     if state.is_main_process:
-        merge_shards(cfg, coder.layout, coder.described, source, kind, output, work, shards, state.num_processes)
+        merge_shards(cfg, coder, source, kind, output, work, shards, state.num_processes)
 
 
 def _run_shard(ctx: Context, work: Path, shard: int, clips: list[Clip], processes: int, strict: bool) -> None:

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import datasets
 import numpy as np
@@ -25,6 +26,9 @@ from dia_tpu.console import first_line
 from dia_tpu.data.tokens import encode_text
 from dia_tpu.errors import UserError
 from dia_tpu.model.codec import codec_config, codec_identity
+
+if TYPE_CHECKING:
+    from dia_tpu.data.coder import Coder
 
 
 @dataclass(frozen=True)
@@ -175,8 +179,7 @@ def write_shard(work: Path, shard: int, rows: list[dict], channels: int, info: d
 
 def merge_shards(
     cfg: Config,
-    layout: CodesLayout,
-    described: dict,
+    coder: Coder,
     source: str,
     kind: str,
     output: Path,
@@ -184,8 +187,8 @@ def merge_shards(
     shards: int,
     processes: int,
 ) -> None:
-    """All shards, in order, into one dataset with its manifest (the coder `described` in it) and skip report,
-    swapped in whole."""
+    """All shards, in order, into one dataset with its manifest (what the coder describes of itself in it) and
+    skip report, swapped in whole."""
     parts, skipped, flagged, encoded, seconds = [], [], [], 0, Counter()
     for shard in range(shards):
         info = json.loads((work / f"shard_{shard:05d}.json").read_text())
@@ -202,11 +205,12 @@ def merge_shards(
         reasons = "; ".join(f"{source_id}: {reason}" for _, source_id, reason in skipped[:5])
         more = f" (and {len(skipped) - 5} more)" if len(skipped) > 5 else ""
         raise PrepareError(f"{source}: no usable items, {len(skipped)} skipped: {reasons}{more}")
+    layout = coder.layout
     rate, hop = layout.sample_rate, layout.hop
     durations = np.asarray(dataset["duration"], dtype=np.float64)
     manifest = {
         "codec": layout.identity,
-        **described,
+        **coder.described,
         "fingerprint": layout.fingerprint,
         "sample_rate": rate,
         "frame_rate": rate / hop,
@@ -224,7 +228,7 @@ def merge_shards(
         "audio_seconds": round(float(durations.sum()), 3),
         "audio_hours": round(float(durations.sum()) / 3600, 4),
         "frames": int(np.sum(dataset["frames"])),
-        "long_text": _long_text(cfg, dataset["text"]),
+        **({"long_text": _long_text(cfg, dataset["text"])} if coder.text_limit else {}),
         "processes": processes,
         "seconds": {name: round(value, 3) for name, value in seconds.items()},
         "config": {"prepare": asdict(cfg.prepare), "model.codec": cfg.model.codec},
@@ -271,7 +275,7 @@ def _say_summary(manifest: dict, output: Path) -> None:
     reasons = ", ".join(f"{n} {kind}" for kind, n in sorted(manifest["skipped_by_reason"].items()))
     flags = ", ".join(f"{n} {kind}" for kind, n in sorted(manifest["flagged_by_reason"].items()))
     flagged = f"\n  {manifest['flagged']} items kept but flagged ({flags}): see {FLAGGED_FILE}" if flags else ""
-    long = manifest["long_text"]
+    long = manifest.get("long_text", {"count": 0})
     print(
         f"prepared {manifest['kept']} items ({manifest['audio_hours']:.3f} h, {manifest['frames']} frames; "
         f"{manifest['encoded']} encoded, the rest reused) from {manifest['source']}, skipped {manifest['skipped']}"

@@ -58,6 +58,7 @@ class Dia2Coder:
         hop, codebooks = round(self.rate / self.frame_rate), self.config.codebooks
         self.layout = CodesLayout(identity, hash_bytes(fingerprint.encode()), self.rate, hop, codebooks, False)
         self.columns = {WORDS_COLUMN: List(WORD)}
+        self.text_limit = False
         self.codec = None
 
     def key(self, text: str, segments: list[Segment] | None) -> bytes:
