@@ -46,7 +46,7 @@ class TimedWord:
 
 
 @dataclass(frozen=True)
-class Heard:
+class Recognised:
     """What a recogniser made of one waveform: its transcript, its confidence in it (0..1, None where it gives
     none) and each word's span in seconds from the start of the waveform (None where it does not know them)."""
 
@@ -64,7 +64,7 @@ class Recogniser(Protocol):
     def normalise(self, text: str) -> str:
         """`text` as this recogniser's transcripts are compared."""
 
-    def hear(self, waves: list[np.ndarray], rate: int) -> list[Heard]:
+    def hear(self, waves: list[np.ndarray], rate: int) -> list[Recognised]:
         """Transcripts with the recogniser's confidence in each and, where it knows them, its words' times."""
 
 
@@ -105,13 +105,13 @@ class PocketSphinx:
     def transcribe(self, waves: list[np.ndarray], rate: int) -> list[str]:
         return [heard.text for heard in self.hear(waves, rate)]
 
-    def hear(self, waves: list[np.ndarray], rate: int) -> list[Heard]:
+    def hear(self, waves: list[np.ndarray], rate: int) -> list[Recognised]:
         # Its hypothesis "probability" is not calibrated per utterance, so it reports no confidence.
         found = []
         for wave in waves:
             pcm = (np.clip(to_16k(wave, rate), -1.0, 1.0) * 32767).astype(np.int16)
             if len(pcm) < RATE // 10:
-                found.append(Heard("", None, []))
+                found.append(Recognised("", None, []))
                 continue
             self.decoder.start_utt()
             self.decoder.process_raw(pcm.tobytes(), full_utt=True)
@@ -124,7 +124,7 @@ class PocketSphinx:
                 for s in self.decoder.seg() or ()
                 if s.word[:1] not in "<[+"
             ]
-            found.append(Heard(" ".join(w.text for w in words), None, words))
+            found.append(Recognised(" ".join(w.text for w in words), None, words))
         return found
 
     def normalise(self, text: str) -> str:
@@ -148,11 +148,11 @@ class Whisper:
     def transcribe(self, waves: list[np.ndarray], rate: int) -> list[str]:
         return [heard.text for heard in self._generate(waves, rate, scored=False)]
 
-    def hear(self, waves: list[np.ndarray], rate: int) -> list[Heard]:
+    def hear(self, waves: list[np.ndarray], rate: int) -> list[Recognised]:
         """Confidence: the geometric mean of the transcript's token probabilities."""
         return self._generate(waves, rate, scored=True)
 
-    def _generate(self, waves: list[np.ndarray], rate: int, scored: bool) -> list[Heard]:
+    def _generate(self, waves: list[np.ndarray], rate: int, scored: bool) -> list[Recognised]:
         import torch
 
         audio = [to_16k(wave, rate) for wave in waves]
@@ -162,7 +162,7 @@ class Whisper:
         timed = scored and getattr(self.model.generation_config, "alignment_heads", None) is not None
         if scored:
             options |= {"return_dict_in_generate": True, "output_scores": True, "return_token_timestamps": timed}
-        found: list[Heard] = []
+        found: list[Recognised] = []
         for start in range(0, len(audio), self.batch_size):
             batch = [a if len(a) else np.zeros(RATE // 10, np.float32) for a in audio[start : start + self.batch_size]]
             features = self.processor.feature_extractor(
@@ -177,7 +177,7 @@ class Whisper:
             ids = out["sequences"] if scored else out
             texts = [t.strip() for t in self.processor.batch_decode(ids, skip_special_tokens=True)]
             if not scored:
-                found += [Heard(text) for text in texts]
+                found += [Recognised(text) for text in texts]
                 continue
             steps = self.model.compute_transition_scores(out["sequences"], out["scores"], normalize_logits=True)
             generated = ids[:, -steps.shape[1] :]
@@ -189,9 +189,9 @@ class Whisper:
                 if timed:
                     ends = out["token_timestamps"][row].tolist()
                     words = self._words(ids[row].tolist(), ends, len(batch[row]) / RATE)
-                found.append(Heard(text, float(torch.exp(m)) if k.any() else None, words))
+                found.append(Recognised(text, float(torch.exp(m)) if k.any() else None, words))
         return [
-            heard if len(a) else Heard("", None, [] if heard.words is not None else None)
+            heard if len(a) else Recognised("", None, [] if heard.words is not None else None)
             for heard, a in zip(found, audio, strict=True)
         ]
 
