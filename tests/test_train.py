@@ -23,6 +23,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from transformers import AutoProcessor, DiaForConditionalGeneration
 
 from dia_tpu.artifacts import RunFolder, is_complete
+from dia_tpu.cli import main
 from dia_tpu.config import ConfigError, load
 from dia_tpu.generation.synthesize import GenerationSettings, synthesize
 from dia_tpu.model.build import build_model
@@ -330,22 +331,7 @@ def test_generate_cli_writes_wav(codes_dir, tmp_path):
 
     # `export` turns a checkpoint into the same loadable folder.
     exported = tmp_path / "exported"
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "dia_tpu",
-            "export",
-            "--checkpoint",
-            str(run_dir / "checkpoints" / "step_2"),
-            "--out",
-            str(exported),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
+    main(["export", "--checkpoint", str(run_dir / "checkpoints" / "step_2"), "--out", str(exported)])
     a = load_file(exported / "model.safetensors")
     b = load_file(Path(moved) / "model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in b)
@@ -393,7 +379,9 @@ def test_bad_input_fails_before_any_work(codes_dir, tmp_path):
 )
 def test_speed_options_keep_resume_exact_and_accumulation_equal(codes_dir, tmp_path):
     """Every speed option on (compiled model, fused AdamW, bf16 autocast): a resumed run still ends on the
-    straight run's weights bit for bit, and two micro-batches of 2 still make one step of 4."""
+    straight run's weights bit for bit; and with fused AdamW and bf16, the options that change how micro-batches
+    add up, two micro-batches of 2 still make one step of 4 (those three runs uncompiled: compiling is most of
+    this test's time)."""
     fast = [
         "model.compile=true",
         "train.fused_optimizer=true",
@@ -412,7 +400,7 @@ def test_speed_options_keep_resume_exact_and_accumulation_equal(codes_dir, tmp_p
     for key in expected:
         torch.testing.assert_close(got[key], expected[key], rtol=0, atol=0, msg=key)
 
-    common = [*fast, "train.max_steps=2", "train.save_every=100", "train.max_grad_norm=1.0"]
+    common = [*fast[1:], "train.max_steps=2", "train.save_every=100", "train.max_grad_norm=1.0"]
     runs = {
         "big": ["train.batch_size=4"],
         "acc": ["train.batch_size=2", "train.gradient_accumulation_steps=2"],
