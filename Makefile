@@ -76,8 +76,9 @@ demo-dia2: $(STAMP)
 # processes run on the CPU in either environment: once is enough).
 test: test-cpu test-xla
 
+# The slowest tests are listed at the end, to see where the suite's time goes.
 test-cpu: $(STAMP) system-packages
-	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q --durations=15 $(PYTEST_ARGS)
 
 # Debian packages the tests use, installed when missing: Chromium (tests/test_report.py opens the report in it)
 # and espeak-ng (tests/test_transcribe.py speaks its synthetic podcast with it).
