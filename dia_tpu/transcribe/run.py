@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass
@@ -39,23 +38,21 @@ from dia_tpu.artifacts.owner import TRANSCRIPTION, check_replaceable, claim
 from dia_tpu.config import Config
 from dia_tpu.data.clips import walk_files
 from dia_tpu.data.sources import AUDIO_EXTENSIONS, METADATA_FILE
-from dia_tpu.listen.asr import TimedWord, load_recogniser, to_16k
+from dia_tpu.listen.asr import load_recogniser, to_16k
 from dia_tpu.listen.judges import Judges
 from dia_tpu.listen.speaker import load_speaker_encoder
 from dia_tpu.transcribe.diarize import Diarizer
+from dia_tpu.transcribe.output import STAGES, WORK, assemble, write_whole
 from dia_tpu.transcribe.regions import RATE, Region, Segment, group, speech_regions
 from dia_tpu.transcribe.speakers import (
     assign_from_turns,
     assign_speakers,
     dialogue_text,
     embed_regions,
-    name_voices,
 )
 from dia_tpu.transcribe.spoken import spoken
+from dia_tpu.transcribe.words import alignments, recognised_words
 
-WORK = ".work"
-STAGES = ("vad", "speaker_embedding", "clustering", "recogniser")
-COLUMNS = ("file", "text", "speaker", "source", "start", "end")
 # A stretch of at least this long in which the recogniser heard no words: the text would miss speech.
 WORDLESS = 1.0
 
@@ -138,7 +135,7 @@ def transcribe(cfg: Config, inputs: list[str], output: str | Path) -> dict:
     state.wait_for_everyone()
     report = {}
     if state.is_main_process:
-        report = assemble(output, recordings, settings, cfg)
+        report = assemble(output, [r.name for r in recordings], settings, cfg)
     state.wait_for_everyone()
     return report
 
@@ -173,9 +170,7 @@ def _finished(work: Path, recording: Recording, settings: str) -> dict | None:
 
 
 def _write_json(path: Path, data: dict) -> None:
-    partial = path.with_suffix(".partial")
-    partial.write_text(json.dumps(data))
-    os.replace(partial, path)
+    write_whole(path, json.dumps(data))
 
 
 def transcribe_recording(
@@ -227,7 +222,7 @@ def transcribe_recording(
     heard = [r for r in regions if r.problem is None]
     found = judges.recogniser.hear([wave[int(r.start * RATE) : int(r.end * RATE)] for r in heard], RATE)
     for region, said in zip(heard, found, strict=True):
-        region.words = None if said.words is None else _words(said.words, region.start, t.normalize)
+        region.words = None if said.words is None else recognised_words(said.words, region.start, t.normalize)
         if region.words is not None:
             region.text = " ".join(w.text for w in region.words)
         else:
@@ -256,44 +251,13 @@ def transcribe_recording(
             continue
         file = folder / f"{recording.name}_{len(item['kept']):04d}.flac"
         sf.write(str(file), np.clip(piece, -1.0, 1.0), rate, subtype="PCM_16")
-        timed = _alignments(segment, said[1])
+        timed = alignments(segment, said[1])
         if timed is not None:
             _write_json(file.with_suffix(".json"), {"alignments": timed})
         kept = {**row, "file": file.relative_to(output).as_posix(), "text": said[0], "speakers": said[1]}
         item["kept"].append({**kept, "timed": timed is not None})
     item["dropped"].sort(key=lambda d: d["start"])
     return item
-
-
-def _words(words: list[TimedWord], offset: float, normalize: str) -> list[TimedWord]:
-    """The recogniser's words in the recording's time (`offset`: where the region starts), as the transcript
-    writes them: numbers spoken (several words sharing the number's span evenly) where asked."""
-    out = []
-    for word in words:
-        parts = (spoken(word.text) if normalize == "numbers" else word.text).replace("|", " ").split()
-        step = (word.end - word.start) / max(len(parts), 1)
-        out += [
-            TimedWord(part, offset + word.start + k * step, offset + word.start + (k + 1) * step)
-            for k, part in enumerate(parts)
-        ]
-    return out
-
-
-def _alignments(segment: Segment, speakers: list[int]) -> list | None:
-    """A segment's words as moshi-finetune's alignments, [word, [start, end], speaker] with times from the start of
-    the segment's file and speakers named by the segment's tags (S1, S2); None unless every word has its time."""
-    regions = [r for r in segment.regions if r.text]
-    if any(r.words is None for r in regions):
-        return None
-
-    def inside(t: float) -> float:
-        return round(min(max(t - segment.start, 0.0), segment.seconds), 3)
-
-    return [
-        [w.text, [inside(w.start), inside(w.end)], f"S{speakers.index(r.speaker) + 1}"]
-        for r in regions
-        for w in r.words
-    ]
 
 
 def _dropped_regions(regions: list[Region]) -> list[dict]:
@@ -332,53 +296,3 @@ def _segment_problem(segment: Segment, piece: np.ndarray, said, cfg: Config) -> 
     if clipped > t.max_clipped:
         return f"clipped ({clipped:.2%} of samples at full scale)"
     return None
-
-
-def assemble(output: Path, recordings: list[Recording], settings: str, cfg: Config) -> dict:
-    """metadata.csv, dropped.tsv and report.json from every finished recording, each written whole."""
-    work = output / WORK
-    items = [json.loads((work / f"{r.name}.json").read_text()) for r in recordings]
-    names = name_voices({item["name"]: np.array(item["centroids"]) for item in items}, cfg.transcribe.match_voices)
-    lines, dropped = ["|".join(COLUMNS)], ["source\tstart\tend\treason\ttext"]
-    reasons: Counter = Counter()
-    kept_seconds = 0.0
-    for item in items:
-        if item["problem"]:
-            dropped.append(f"{item['source']}\t0\t{item['seconds']:.3f}\t{item['problem']}\t")
-            reasons[item["problem"].split(":")[0]] += 1
-        for row in item["kept"]:
-            voices = "+".join(names[item["name"]][k] for k in row["speakers"])
-            lines.append(
-                "|".join([row["file"], row["text"], voices, item["source"], f"{row['start']:.3f}", f"{row['end']:.3f}"])
-            )
-            kept_seconds += row["end"] - row["start"]
-        for row in item["dropped"]:
-            dropped.append(f"{item['source']}\t{row['start']:.3f}\t{row['end']:.3f}\t{row['reason']}\t{row['text']}")
-            reasons[row["reason"].split(" (")[0]] += 1
-    seconds = sum(item["seconds"] for item in items)
-    timings = {stage: sum(item["timings"][stage] for item in items) for stage in STAGES}
-    report = {
-        "recordings": len(items),
-        "hours": round(seconds / 3600, 4),
-        "kept_hours": round(kept_seconds / 3600, 4),
-        "segments": len(lines) - 1,
-        "segments_with_word_times": sum(row.get("timed", False) for item in items for row in item["kept"]),
-        "dropped": dict(reasons.most_common()),
-        "speakers": {item["source"]: len(item["centroids"]) for item in items},
-        "seconds": {stage: round(v, 2) for stage, v in timings.items()},
-        "real_time_factor": {
-            stage: round(v / max(seconds, 1e-9), 4) for stage, v in {**timings, "total": sum(timings.values())}.items()
-        },
-        "judges": next((item["judges"] for item in items), {}),
-        "settings": json.loads(settings),
-    }
-    _write_text(output / METADATA_FILE, "\n".join(lines) + "\n")
-    _write_text(output / "dropped.tsv", "\n".join(dropped) + "\n")
-    _write_text(output / "report.json", json.dumps(report, indent=1) + "\n")
-    return report
-
-
-def _write_text(path: Path, text: str) -> None:
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(text, encoding="utf-8")
-    os.replace(partial, path)
