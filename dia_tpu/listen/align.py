@@ -28,7 +28,7 @@ import soundfile as sf
 import soxr
 
 from dia_tpu.errors import UserError
-from dia_tpu.listen.asr import RATE, TimedWord, basic_normalise
+from dia_tpu.listen.asr import RATE, TimedWord, basic_normalise, sphinx_words
 
 HOP = RATE // 100  # 10 ms frames
 WINDOW = 400  # 25 ms
@@ -131,10 +131,10 @@ class PocketSphinxAligner:
         self.decoder.start_utt()
         self.decoder.process_raw((np.clip(clip, -1, 1) * 32767).astype(np.int16).tobytes(), full_utt=True)
         self.decoder.end_utt()
-        placed = [s for s in self.decoder.seg() or () if s.word not in ("<s>", "</s>", "<sil>", "[NOISE]")]
+        placed = sphinx_words(self.decoder)
         if len(placed) != len(words):
             raise Unaligned(f"pocketsphinx placed {len(placed)} of {len(words)} words")
-        return [TimedWord(w, s.start_frame / 100, (s.end_frame + 1) / 100) for w, s in zip(words, placed, strict=True)]
+        return [TimedWord(w, s.start, s.end) for w, s in zip(words, placed, strict=True)]
 
 
 def _at_16k(wave: np.ndarray, rate: int) -> np.ndarray:

@@ -91,6 +91,16 @@ def to_16k(wave: np.ndarray, rate: int) -> np.ndarray:
     return soxr.resample(wave, rate, RATE) if rate != RATE and len(wave) else wave
 
 
+def sphinx_words(decoder) -> list[TimedWord]:
+    """The words of a PocketSphinx decoder's last search, in order, timed: its fillers (<s>, </s>, <sil>, [NOISE],
+    ...) left out, its alternative pronunciations (word(2), word(3), ...) named as the word."""
+    return [
+        TimedWord(s.word.split("(")[0], s.start_frame / POCKETSPHINX_FRAMES, (s.end_frame + 1) / POCKETSPHINX_FRAMES)
+        for s in decoder.seg() or ()
+        if s.word[:1] not in "<[+"
+    ]
+
+
 class PocketSphinx:
     """CMU PocketSphinx, English, offline."""
 
@@ -116,14 +126,7 @@ class PocketSphinx:
             self.decoder.start_utt()
             self.decoder.process_raw(pcm.tobytes(), full_utt=True)
             self.decoder.end_utt()
-            words = [
-                # Alternative pronunciations are named word(2), word(3), ...; fillers are <sil>, [NOISE], ...
-                TimedWord(
-                    s.word.split("(")[0], s.start_frame / POCKETSPHINX_FRAMES, (s.end_frame + 1) / POCKETSPHINX_FRAMES
-                )
-                for s in self.decoder.seg() or ()
-                if s.word[:1] not in "<[+"
-            ]
+            words = sphinx_words(self.decoder)
             found.append(Recognised(" ".join(w.text for w in words), None, words))
         return found
 

@@ -107,10 +107,10 @@ def ctc_path(emissions: torch.Tensor, targets: torch.Tensor, blank: int) -> list
         best, move = torch.stack([stay, advance, jump]).max(0)
         score = best + emissions[t, states]
         moves[t] = move.to(torch.uint8)
-    ends = score[-2:] if size > 1 else score[-1:]
+    ends = score[-2:]  # the last target's state or the blank after it (targets are never empty)
     if not torch.isfinite(ends).any():
         return None
-    state = size - 2 + int(ends.argmax()) if size > 1 else 0
+    state = size - 2 + int(ends.argmax())
     path = [0] * frames
     moves = moves.cpu().numpy()
     for t in range(frames - 1, -1, -1):
