@@ -7,8 +7,6 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-0.1.0
 # A transcript the demo trains on: the tiny model has memorised it, so the recogniser can check the speech.
 DEMO_TEXT ?= [S1] Hello there, are you ready to plan the trip?
-# Sampling as configs/demo.yaml's samples: no guidance, low temperature (a tiny model that has memorised its clips).
-DEMO_SAMPLING ?= --guidance-scale 1 --temperature 0.7
 
 # torch_xla needs exactly its own torch release (PyPI's is a CUDA build, ~7 GB installed). The environment
 # lives outside the clone, keyed on the versions, so every clone and CI run on this machine reuses it.
@@ -55,9 +53,9 @@ demo: $(STAMP)
 	rm -rf runs/demo
 	$(BIN)/dia-tpu prepare --config configs/demo.yaml
 	$(BIN)/dia-tpu train --config configs/demo.yaml
-	$(BIN)/dia-tpu generate --model runs/demo/final --text "$(DEMO_TEXT)" --out runs/demo/sample.wav --max-seconds 4 $(DEMO_SAMPLING)
+	$(BIN)/dia-tpu generate --model runs/demo/final --text "$(DEMO_TEXT)" --out runs/demo/sample.wav --max-seconds 4
 	$(BIN)/dia-tpu report runs/demo
-	$(BIN)/dia-tpu evaluate --model runs/demo/final --prompts configs/demo-prompts.jsonl --out runs/demo/evaluation --max-seconds 5 $(DEMO_SAMPLING)
+	$(BIN)/dia-tpu evaluate --model runs/demo/final --prompts configs/demo-prompts.jsonl --out runs/demo/evaluation --max-seconds 5
 	@echo "demo outputs: codes runs/demo/codes | checkpoints runs/demo/checkpoints (best: runs/demo/best) | export runs/demo/final | samples runs/demo/samples | wav runs/demo/sample.wav | report runs/demo/report.html | evaluation runs/demo/evaluation/summary.md | tensorboard --logdir runs/demo/logs"
 
 # The Dia2 pipeline on the bundled sample: a tiny random Dia2 (its Mimi random too: the audio is noise that follows
@@ -67,9 +65,9 @@ demo-dia2: $(STAMP)
 	$(BIN)/python -m dia_tpu.families.dia2.tiny runs/demo-dia2-base --words data/sample
 	$(BIN)/dia-tpu prepare --config configs/demo-dia2.yaml
 	$(BIN)/dia-tpu train --config configs/demo-dia2.yaml
-	$(BIN)/dia-tpu generate --model runs/demo-dia2/final --text "$(DEMO_TEXT)" --out runs/demo-dia2/sample.wav --max-seconds 4 $(DEMO_SAMPLING)
+	$(BIN)/dia-tpu generate --model runs/demo-dia2/final --text "$(DEMO_TEXT)" --out runs/demo-dia2/sample.wav --max-seconds 4
 	$(BIN)/dia-tpu report runs/demo-dia2
-	$(BIN)/dia-tpu evaluate --model runs/demo-dia2/final --prompts configs/demo-prompts.jsonl --out runs/demo-dia2/evaluation --max-seconds 5 $(DEMO_SAMPLING)
+	$(BIN)/dia-tpu evaluate --model runs/demo-dia2/final --prompts configs/demo-prompts.jsonl --out runs/demo-dia2/evaluation --max-seconds 5
 	@echo "demo-dia2 outputs: base model runs/demo-dia2-base | codes and word timings runs/demo-dia2/codes | checkpoints runs/demo-dia2/checkpoints | export runs/demo-dia2/final | samples runs/demo-dia2/samples | wav runs/demo-dia2/sample.wav | report runs/demo-dia2/report.html | evaluation runs/demo-dia2/evaluation/summary.md"
 
 # The whole suite on CPU, then the training tests again on torch_xla's CPU device (those of several gloo

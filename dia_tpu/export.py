@@ -13,15 +13,17 @@ from transformers import DacModel
 
 from dia_tpu.artifacts import ADAPTER_DIR, CODEC_DIR, CONFIG_FILE, dia_only, open_artifact, put_in_place
 from dia_tpu.artifacts.owner import EXPORT, NotOurs, aside, check_replaceable, mark
-from dia_tpu.config import Config
+from dia_tpu.config import Config, run_sampling
 from dia_tpu.errors import UserError
 from dia_tpu.model.adapters import is_peft, merged
+from dia_tpu.model.build import carrying
 from dia_tpu.model.codec import make_processor
 from dia_tpu.model.load import load_for_inference, load_model, load_trained
 
 
 def export(model: torch.nn.Module, codec: DacModel, cfg: Config, out_dir: Path) -> None:
-    """Write a `from_pretrained`-loadable model directory with processor, generation config and run config; for
+    """Write a `from_pretrained`-loadable model directory with processor, generation config (the run's sampling,
+    `run_sampling`) and run config; for
     a LoRA model (a PeftModel) also its adapter alone in `adapter/`, then the model with the adapters folded in.
 
     `out_dir` must be new, empty or an earlier export (`check_replaceable`). The export is written beside it
@@ -40,6 +42,8 @@ def _write_export(model: torch.nn.Module, codec: DacModel, cfg: Config, out_dir:
         model = merged(model)
     # safetensors reads storage pointers, which XLA tensors do not have: write host copies.
     weights = {name: tensor.detach().to("cpu") for name, tensor in model.state_dict().items()}
+    # generation_config.json: the run's sampling, which generate, evaluate and the studio then default to.
+    model.generation_config = carrying(model.generation_config, run_sampling(cfg, "dia"))
     model.save_pretrained(building, state_dict=weights, safe_serialization=True)
     if cfg.model.codec is None or Path(cfg.model.codec).exists():
         codec.save_pretrained(building / CODEC_DIR)

@@ -1,6 +1,6 @@
-"""Judge the demo codec: encode -> decode held-out espeak-ng sentences (voices and texts the codec never
-heard) and the bundled sample, then compare the offline recogniser's errors on the originals and on
-the reconstructions, and the log-mel distance.
+"""Judge a demo codec (the demo DAC, or a Mimi from train_demo_mimi.py): encode -> decode held-out espeak-ng
+sentences (voices and texts the codec never heard) and the bundled sample, then compare the offline
+recogniser's errors on the originals and on the reconstructions, and the log-mel distance.
 
     python scripts/eval_demo_codec.py --codec codecs/demo-dac --recipe runs/demo-codec/recipe.json
 
@@ -17,9 +17,10 @@ from pathlib import Path
 
 import numpy as np
 import soundfile as sf
+import soxr
 import torch
 from speech_corpus import RATE, bundled_sentences, held_out_utterances
-from transformers import DacModel
+from transformers import DacModel, MimiModel
 
 from dia_tpu.config import PrepareConfig
 from dia_tpu.data.audio import load_audio
@@ -32,8 +33,9 @@ SAMPLE = Path(__file__).resolve().parent.parent / "data" / "sample"
 
 def parse() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--codec", type=Path, default=Path("codecs/demo-dac"), help="a DacModel folder")
+    p.add_argument("--codec", type=Path, default=Path("codecs/demo-dac"), help="a DacModel or MimiModel folder")
     p.add_argument("--checkpoint", type=Path, default=None, help="a training checkpoint folder instead of --codec")
+    p.add_argument("--mimi", action="store_true", help="the checkpoint is train_demo_mimi.py's")
     p.add_argument(
         "--recipe",
         type=Path,
@@ -47,20 +49,27 @@ def parse() -> argparse.Namespace:
     return p.parse_args()
 
 
-def load_codec(args: argparse.Namespace) -> DacModel:
+def load_codec(args: argparse.Namespace) -> DacModel | MimiModel:
     if args.checkpoint is None:
-        return DacModel.from_pretrained(args.codec, dtype=torch.float32).eval()
-    from train_demo_codec import ARCHITECTURE
-    from transformers import DacConfig
+        kind = json.loads((args.codec / "config.json").read_text()).get("model_type")
+        return (MimiModel if kind == "mimi" else DacModel).from_pretrained(args.codec, dtype=torch.float32).eval()
+    if args.mimi:
+        from train_demo_mimi import ARCHITECTURE
+        from transformers import MimiConfig
 
-    codec = DacModel(DacConfig(**ARCHITECTURE))
+        codec = MimiModel(MimiConfig(**ARCHITECTURE))
+    else:
+        from train_demo_codec import ARCHITECTURE
+        from transformers import DacConfig
+
+        codec = DacModel(DacConfig(**ARCHITECTURE))
     codec.load_state_dict(torch.load(args.checkpoint / "state.pt", weights_only=True)["model"])
     return codec.eval()
 
 
-def bundled() -> list[tuple[str, np.ndarray]]:
+def bundled(rate: int) -> list[tuple[str, np.ndarray]]:
     """The bundled sample's clips as prepare reads them."""
-    return [(clip.text, load_audio(clip.audio.path, RATE)) for clip in read_clips(str(SAMPLE), PrepareConfig())]
+    return [(clip.text, load_audio(clip.audio.path, rate)) for clip in read_clips(str(SAMPLE), PrepareConfig())]
 
 
 def main() -> None:
@@ -68,10 +77,12 @@ def main() -> None:
     torch.set_grad_enabled(False)
     codec = load_codec(args)
     trained = {s for p in json.loads(args.recipe.read_text())["passages"] for s in p["sentences"]}
+    rate = codec.config.sampling_rate
     held_out = [
-        (text, wave) for text, _, wave in held_out_utterances(args.seed, args.held_out, trained | bundled_sentences())
+        (text, soxr.resample(wave, RATE, rate).astype(np.float32))
+        for text, _, wave in held_out_utterances(args.seed, args.held_out, trained | bundled_sentences())
     ]
-    sets = {"held_out": held_out, "bundled_sample": bundled()}
+    sets = {"held_out": held_out, "bundled_sample": bundled(rate)}
     recogniser = load_recogniser("pocketsphinx")
     args.out.mkdir(parents=True, exist_ok=True)
     results = {"recogniser": recogniser.name, "codec": str(args.checkpoint or args.codec)}
@@ -86,8 +97,8 @@ def main() -> None:
         }
         print(name, json.dumps(judged.summary()), flush=True)
         for i, ((_, wave), back) in enumerate(zip(items[: args.listen], judged.waves, strict=False)):
-            sf.write(args.out / f"{name}_{i}_original.wav", wave, RATE)
-            sf.write(args.out / f"{name}_{i}_decoded.wav", back, RATE)
+            sf.write(args.out / f"{name}_{i}_original.wav", wave, rate)
+            sf.write(args.out / f"{name}_{i}_decoded.wav", back, rate)
     (args.out / "roundtrip.json").write_text(json.dumps(results, indent=1))
 
 

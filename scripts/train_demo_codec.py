@@ -79,9 +79,10 @@ def learning_rate(step: int, args: argparse.Namespace) -> float:
     return args.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-def batch(signal: np.ndarray, rng: np.random.Generator, args: argparse.Namespace) -> torch.Tensor:
-    """Random crops with random gain (-12..0 dB) and polarity: [batch, 1, crop]."""
-    length = args.crop_frames * HOP
+def batch(signal: np.ndarray, rng: np.random.Generator, args: argparse.Namespace, hop: int = HOP) -> torch.Tensor:
+    """Random crops of `args.crop_frames` frames of `hop` samples, with random gain (-12..0 dB) and polarity:
+    [batch, 1, crop]."""
+    length = args.crop_frames * hop
     starts = rng.integers(0, len(signal) - length, size=args.batch)
     crops = np.stack([signal[s : s + length] for s in starts])
     gains = 10 ** (rng.uniform(-12, 0, size=(args.batch, 1)) / 20) * rng.choice([-1.0, 1.0], size=(args.batch, 1))

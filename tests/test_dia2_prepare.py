@@ -156,13 +156,13 @@ def test_the_dia2_demo_runs_from_the_bundled_sample_to_judged_audio(tmp_path):
     assert {final, first} <= set(models.offer.models())
     line, flags = "[S1] Hello there.", ["--temperature", "0.9", "--top-k", "20", "--seed", "3", "--max-seconds", "1"]
     main(["generate", "--model", final, "--text", line, "--out", str(tmp_path / "g.wav"), *flags])
-    rate, wave = speak(models, final, None, line, None, "", None, 0.9, None, 20, 3, 1.0)
+    rate, wave, _ = speak(models, final, None, line, None, "", None, 0.9, None, 20, 3, 1.0)
     # Within the wav writer's rounding and scaling (libsndfile's, 2 steps of 65536); another checkpoint is far off.
     assert rate == 24000 and np.abs(wave - sf.read(tmp_path / "g.wav", dtype="int16")[0].astype(int)).max() <= 2
-    _, earlier = speak(models, first, None, line, None, "", None, 0.9, None, 20, 3, 1.0)
+    _, earlier, _ = speak(models, first, None, line, None, "", None, 0.9, None, 20, 3, 1.0)
     assert len(earlier) != len(wave) or np.abs(earlier - wave.astype(int)).max() > 1000
     clip = str(ROOT / "data/sample/prompts/utt_000_hello_there.flac")
-    _, continued = speak(models, final, None, line, clip, "[S1] Hello there,", None, 0.9, None, 20, 3, 1.0)
+    _, continued, _ = speak(models, final, None, line, clip, "[S1] Hello there,", None, 0.9, None, 20, 3, 1.0)
     assert not np.array_equal(continued, wave)
     with pytest.raises(UserError, match="needs what is said in it"):
         speak(models, final, None, line, clip, "", None, 0.9, None, 20, 3, 1.0)

@@ -20,7 +20,7 @@ from safetensors.torch import load_file
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from dia_tpu.cli import main
-from dia_tpu.config import load
+from dia_tpu.config import load, run_sampling
 from dia_tpu.errors import UserError
 from dia_tpu.families.dia2.files import read_model
 from dia_tpu.training.recipe import train
@@ -99,6 +99,8 @@ def test_dia2_fine_tunes_evaluates_and_exports_in_upstreams_format(dia2_model, d
     assert trained.keys() == base.keys()
     assert not torch.equal(trained["transformer.cb0_head.weight"], base["transformer.cb0_head.weight"])
     read_model(final)  # loads as is
+    # The run's sampling beside upstream's files, which generate below defaults to.
+    assert json.loads((final / "generation_config.json").read_text()) == run_sampling(cfg, "dia2")
     # It spoke while training: samples written and logged, the held-out items generated, judged and logged, and
     # best/ chosen by their word error rate.
     assert [e.step for e in samples_logged(run, "samples/talk")] == [20, 40]

@@ -260,6 +260,11 @@ def test_evaluate_compares_checkpoints_side_by_side_as_generate_samples(tiny_run
         (m, i) for m in ("step_1", "final") for i in ("line_0001", "line_0002")
     ]
     assert all({"wer", "cer", "transcript", "problems", "seconds", "ended"} <= set(r) for r in rows)
+    # No sampling given: each model's own, which for a checkpoint is its run's samples.* (the demo config's
+    # guidance 1.0 and temperature 0.7), as the export holds them; recorded beside each row and summary.
+    runs = {"guidance_scale": 1.0, "temperature": 0.7, "top_p": 0.9, "top_k": 45, "greedy": False, "seed": 3}
+    assert all(r["sampling"] == runs for r in rows) and summaries["step_1"]["sampling"] == runs
+    assert "sampling of final: guidance_scale 1.0, temperature 0.7, top_p 0.9, top_k 45" in table
     # Without a reference, a prompt's expected length is its text at its speaker's pace in the run's data.
     from datasets import load_from_disk
 

@@ -6,6 +6,7 @@ words whether or not such a path exists, and an upload over --max-upload-mb is r
 from __future__ import annotations
 
 import io
+import json
 import os
 import shutil
 import socket
@@ -172,9 +173,11 @@ def test_a_voice_prompt_is_cloned_as_dia_tpu_generate_clones_it(run, studio):
 
     prompt = str(Path(__file__).resolve().parents[1] / "data/sample/prompts/utt_000_hello_there.flac")
     models = Models("cpu", Offer((str(run / "final"),)))
-    rate, wave = speak(
-        models, str(run / "final"), None, SCRIPT, prompt, "[S1] Hello there.", 3.0, 1.8, 0.9, 45, 7, SECONDS
+    # No sampling given: the model's own (the run's samples.*), as generate's without flags.
+    rate, wave, used = speak(
+        models, str(run / "final"), None, SCRIPT, prompt, "[S1] Hello there.", None, None, None, None, 7, SECONDS
     )
+    assert used == {"guidance_scale": 1.0, "temperature": 0.7, "top_p": 0.9, "top_k": 45, "greedy": False, "seed": 7}
     out = run.parent / "cloned.wav"
     write_speech(
         str(run / "final"),
@@ -194,8 +197,8 @@ def test_a_voice_prompt_is_cloned_as_dia_tpu_generate_clones_it(run, studio):
         SCRIPT,
         handle_file(prompt),
         "[S1] Hello there.",
-        3.0,
-        1.8,
+        1.0,
+        0.7,
         0.9,
         45,
         7,
@@ -203,8 +206,9 @@ def test_a_voice_prompt_is_cloned_as_dia_tpu_generate_clones_it(run, studio):
         api_name="/generate",
     )
     np.testing.assert_array_equal(sf.read(served, dtype="int16")[0], wave)
+    assert json.loads(sf.SoundFile(served).comment) == {"dia_tpu_sampling": used}  # the download keeps it
     with pytest.raises(ValueError, match="its transcript is empty"):
-        speak(models, str(run / "final"), None, SCRIPT, prompt, "", 3.0, 1.8, 0.9, 45, 7, SECONDS)
+        speak(models, str(run / "final"), None, SCRIPT, prompt, "", None, None, None, None, 7, SECONDS)
 
 
 def test_a_model_not_offered_is_refused_alike_whether_or_not_it_exists(run, studio, tmp_path):

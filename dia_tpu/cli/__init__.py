@@ -5,6 +5,7 @@ generate, evaluate)."""
 from __future__ import annotations
 
 import argparse
+import sys
 
 from dia_tpu.cli import data, runs, speech
 from dia_tpu.console import quiet_libraries, run_command
@@ -13,8 +14,9 @@ from dia_tpu.console import quiet_libraries, run_command
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="dia-tpu", description="Fine-tune Dia text-to-speech with Accelerate.")
     sub = parser.add_subparsers(dest="command", required=True)
-    for group in (data, runs, speech):
-        group.add(sub)
+    data.add(sub)
+    runs.add(sub)
+    speech.add(sub, sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
     quiet_libraries()
     run_command(f"dia-tpu {args.command}", lambda: args.func(args))

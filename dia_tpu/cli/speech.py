@@ -9,8 +9,8 @@ from dia_tpu.config import DECODINGS, SAMPLING
 from dia_tpu.errors import UserError
 
 
-def add(sub: argparse._SubParsersAction) -> None:
-    """Add this module's subcommands to `dia-tpu`."""
+def add(sub: argparse._SubParsersAction, argv: list[str] = ()) -> None:
+    """Add this module's subcommands to `dia-tpu`; `generate --model M --help` shows M's sampling defaults."""
     p = sub.add_parser("studio", help="a local web app: generate, compare checkpoints, watch a run")
     p.add_argument(
         "--model",
@@ -60,7 +60,7 @@ def add(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="wav file (with --text) or folder (with --text-file)")
     p.add_argument("--audio-prompt", help="voice cloning: audio to continue (any rate; resampled)")
     p.add_argument("--prompt-transcript", help="what is said in --audio-prompt, with [S1]/[S2] tags")
-    _generation_flags(p, "line i of --text-file uses seed + i")
+    _generation_flags(p, "line i of --text-file uses seed + i", _help_defaults(argv))
     dia2 = p.add_argument_group("Dia2", "sampling of Dia2's text stream and guidance (upstream's defaults)")
     dia2.add_argument("--text-temperature", type=float, help="the action (new word or pad): 0.6; 0 is argmax")
     dia2.add_argument("--text-top-k", type=int, help="50")
@@ -122,13 +122,42 @@ def add(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_evaluate, max_seconds=20.0)
 
 
-def _generation_flags(p: argparse.ArgumentParser, seeds: str) -> None:
-    """Sampling flags shared by generate and evaluate, so both sample alike."""
+def _help_defaults(argv: list[str]) -> str | None:
+    """For `generate --model M --help`: M's sampling defaults, as one line of help; None otherwise (or when M
+    cannot be read: generating says why)."""
+    if "generate" not in argv or not {"-h", "--help"} & set(argv):
+        return None
+    model = next((a.split("=", 1)[1] for a in argv if a.startswith("--model=")), None)
+    if model is None and "--model" in argv[:-1]:
+        model = argv[argv.index("--model") + 1]
+    if model is None or not Path(model).is_dir():
+        return None
+    from dia_tpu.generation.defaults import model_defaults
+
+    try:
+        family, values = model_defaults(model)
+    except (ValueError, OSError):
+        return None
+    shown = ", ".join(f"{key} {value}" for key, value in values.items())
+    return f"{model} ({'Dia2' if family == 'dia2' else 'Dia'}) samples by default with {shown}"
+
+
+def _generation_flags(p: argparse.ArgumentParser, seeds: str, model_defaults: str | None = None) -> None:
+    """Sampling flags shared by generate and evaluate, so both sample alike. Not given: the model's own
+    (its generation_config.json, a checkpoint's run's), then its family's published defaults, below."""
     s = SAMPLING
-    p.add_argument("--guidance-scale", type=float, help=f"Dia: {s.guidance_scale}; Dia2 (cfg_scale): 2.0")
-    p.add_argument("--temperature", type=float, help=f"audio; Dia: {s.temperature}; Dia2: 0.8, 0 is argmax")
-    p.add_argument("--top-p", type=float, help=f"Dia only: {s.top_p}")
-    p.add_argument("--top-k", type=int, help=f"audio; Dia: {s.top_k}; Dia2: 50")
+    if model_defaults is not None:
+        p.description = model_defaults + "; a flag given wins"
+    p.add_argument(
+        "--guidance-scale",
+        type=float,
+        help=f"default: the model's own, else Dia's {s.guidance_scale}; Dia2's (cfg_scale) 2.0",
+    )
+    p.add_argument(
+        "--temperature", type=float, help=f"audio; the model's own, else Dia's {s.temperature}; Dia2's 0.8, 0 is argmax"
+    )
+    p.add_argument("--top-p", type=float, help=f"Dia only: the model's own, else {s.top_p}")
+    p.add_argument("--top-k", type=int, help=f"audio; the model's own, else Dia's {s.top_k}; Dia2's 50")
     p.add_argument("--seed", type=int, default=0, help=seeds)
     p.add_argument(
         "--max-seconds",
@@ -160,14 +189,12 @@ def _generation_flags(p: argparse.ArgumentParser, seeds: str) -> None:
 def _settings(args: argparse.Namespace):
     from dia_tpu.generation.synthesize import GenerationSettings
 
-    def given(value, default):
-        return default if value is None else value
-
+    # Sampling not given stays None: the model's own (its generation_config.json), then the family's published.
     return GenerationSettings(
-        guidance_scale=given(args.guidance_scale, SAMPLING.guidance_scale),
-        temperature=given(args.temperature, SAMPLING.temperature),
-        top_p=given(args.top_p, SAMPLING.top_p),
-        top_k=given(args.top_k, SAMPLING.top_k),
+        guidance_scale=args.guidance_scale,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        top_k=args.top_k,
         seed=args.seed,
         max_seconds=args.max_seconds,
         greedy=args.greedy,
@@ -239,10 +266,9 @@ def _dia2_flags(args: argparse.Namespace) -> list[str]:
     return given + (["--trust-remote-code"] if args.trust_remote_code else [])
 
 
-def _dia2_sampling(args: argparse.Namespace):
-    """Dia2's sampling from the flags given; upstream's defaults for the rest (--greedy: argmax for both)."""
-    from dia_tpu.families.dia2.decode import Dia2Sampling
-
+def _dia2_sampling(args: argparse.Namespace) -> dict:
+    """Dia2's sampling flags (None: not given; the model's own, then upstream's defaults; --greedy: argmax for
+    both streams)."""
     # evaluate has the shared flags only: its Dia2 models sample the text stream at upstream's defaults.
     text_temperature, text_top_k = getattr(args, "text_temperature", None), getattr(args, "text_top_k", None)
     given = {
@@ -254,7 +280,7 @@ def _dia2_sampling(args: argparse.Namespace):
         "guidance_top_k": getattr(args, "guidance_top_k", None),
         "seed": args.seed,
     }
-    return Dia2Sampling(**{name: value for name, value in given.items() if value is not None})
+    return given
 
 
 def _evaluate(args: argparse.Namespace) -> None:

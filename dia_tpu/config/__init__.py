@@ -3,9 +3,17 @@ config dia_tpu wrote), the checks, and the redaction of credentials in URLs (`se
 
 from dia_tpu.config.checks import check_run_files, sampling_problems, validate
 from dia_tpu.config.load import load, read_saved
+from dia_tpu.config.sampling import (
+    DIA2_SAMPLING,
+    GENERATION_FILE,
+    SAMPLING,
+    published,
+    read_generation_file,
+    run_sampling,
+    unguided_warning,
+)
 from dia_tpu.config.schema import (
     DECODINGS,
-    SAMPLING,
     Config,
     ConfigError,
     DataConfig,
@@ -23,6 +31,8 @@ from dia_tpu.config.stages import PRECISIONS, SOURCE_KINDS, PrepareConfig, Trans
 
 __all__ = [
     "DECODINGS",
+    "DIA2_SAMPLING",
+    "GENERATION_FILE",
     "PRECISIONS",
     "SAMPLING",
     "SOURCE_KINDS",
@@ -38,6 +48,10 @@ __all__ = [
     "SamplePrompt",
     "SamplesConfig",
     "TrainConfig",
+    "published",
+    "read_generation_file",
+    "run_sampling",
+    "unguided_warning",
     "TranscribeConfig",
     "check_run_files",
     "load",

@@ -33,19 +33,6 @@ def path_field(default: str | None, kind: Literal["path", "source", "url"] = "pa
     return field(default=default, metadata={PATH_KIND: kind})
 
 
-@dataclass(frozen=True)
-class Sampling:
-    """Dia-1.6B's published sampling settings: the defaults of `dia-tpu generate`, of training samples and
-    of the generation config written with every export."""
-
-    guidance_scale: float = 3.0  # classifier-free guidance; 1.0 turns it off
-    temperature: float = 1.8  # divides the logits before sampling
-    top_p: float = 0.90  # nucleus sampling; 1.0 keeps every token
-    top_k: int = 45  # sample among this many tokens; also the candidate set of Dia's guidance step
-
-
-SAMPLING = Sampling()
-
 # How speech is decoded (`dia-tpu generate --decoding`), each giving the same codes, tested token for token:
 # "dia_tpu": dia_tpu's own loop (`dia_tpu.generation.decode`), without generate's per-step bookkeeping;
 # "transformers": transformers' Dia generate; "compiled": generate with a static KV cache and transformers' compiled

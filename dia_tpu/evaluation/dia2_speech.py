@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dia_tpu.config import Config, SamplesConfig
+from dia_tpu.config import Config, SamplesConfig, published, run_sampling
 from dia_tpu.data.audio import load_audio
 from dia_tpu.errors import UserError
 from dia_tpu.evaluation.judge import Prompt
@@ -38,12 +38,16 @@ class Dia2Settings:
 
 def for_training(cfg: Config, model_config: Dia2Config, device: torch.device | str) -> Dia2Speech:
     """The speech of the run's model, its tokenizer and codec named by `model.pretrained`'s folder."""
-    return Dia2Speech(source_folder(cfg.model.pretrained), model_config, device)
+    return Dia2Speech(source_folder(cfg.model.pretrained), model_config, device, run_sampling(cfg, "dia2"))
 
 
 class Dia2Speech:
-    def __init__(self, folder: Path, model_config: Dia2Config, device: torch.device | str):
-        self.config = model_config
+    def __init__(
+        self, folder: Path, model_config: Dia2Config, device: torch.device | str, defaults: dict | None = None
+    ):
+        """`defaults`: the sampling settings() falls back to (a run's, or a folder's generation_config.json);
+        upstream's for what they leave out."""
+        self.config, self.defaults = model_config, published("dia2") | (defaults or {})
         tokenizer = load_tokenizer(folder, model_config)
         self.tokenize = lambda words: tokenizer.encode(words, add_special_tokens=False)
         self.ids = text_ids(model_config, tokenizer)
@@ -53,8 +57,8 @@ class Dia2Speech:
     def settings(self, s: SamplesConfig, max_seconds: float | None) -> Dia2Settings:
         if s.top_p is not None:
             raise UserError(f"samples.top_p={s.top_p}: Dia2 samples by top-k alone; leave top_p out")
-        given = {key: getattr(s, key) for key in ("temperature", "top_k", "guidance_scale")}
-        return Dia2Settings(Dia2Sampling(**{k: v for k, v in given.items() if v is not None}), max_seconds)
+        given = {key: value for key in self.defaults if (value := getattr(s, key)) is not None}
+        return Dia2Settings(Dia2Sampling(**(self.defaults | given)), max_seconds)
 
     def load(self, request: Request) -> tuple[Prompt, Prefix | None]:
         prompt, voice = dataclasses.replace(request.prompt), None

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from transformers import DacModel
+from transformers import DacModel, MimiModel
 
 from dia_tpu.data.audio import decode, encode
 from dia_tpu.evaluation.judge import Judges, Prompt, Row, Sums, judge
@@ -16,8 +16,12 @@ from dia_tpu.evaluation.spectra import mel_distance
 from dia_tpu.listen.asr import Recogniser
 
 
-def round_trip(codec: DacModel, wave: np.ndarray) -> np.ndarray:
+def round_trip(codec: DacModel | MimiModel, wave: np.ndarray) -> np.ndarray:
     """`wave` (mono, at the codec's rate) encoded to codes and decoded back."""
+    if isinstance(codec, MimiModel):
+        with torch.no_grad():
+            codes = codec.encode(torch.from_numpy(np.asarray(wave, dtype=np.float32))[None, None]).audio_codes
+            return codec.decode(codes).audio_values[0, 0, : len(wave)].numpy()
     (codes,) = encode(codec, [np.asarray(wave, dtype=np.float32)])
     return decode(codec, torch.from_numpy(codes.astype(np.int64)))[: len(wave)]
 
@@ -41,7 +45,9 @@ class RoundTrip:
         return out
 
 
-def measure_round_trips(codec: DacModel, items: list[tuple[str, np.ndarray]], recogniser: Recogniser) -> RoundTrip:
+def measure_round_trips(
+    codec: DacModel | MimiModel, items: list[tuple[str, np.ndarray]], recogniser: Recogniser
+) -> RoundTrip:
     """Round-trip each (script, wave) through `codec`; judge originals and reconstructions alike, each against
     its script, with the original as the reconstruction's reference clip."""
     rate = codec.config.sampling_rate

@@ -30,11 +30,11 @@ from dia_tpu.evaluation.judge import Judges, judge, summarise
 from dia_tpu.evaluation.prompts import Request, generate, load_request, run_pace, with_pace
 from dia_tpu.evaluation.speech import speak_each
 from dia_tpu.families import is_dia2_source
-from dia_tpu.families.dia2.decode import Dia2Sampling
 from dia_tpu.families.dia2.files import read_model
 from dia_tpu.families.dia2.source import source_folder
+from dia_tpu.generation.defaults import dia2_sampling
 from dia_tpu.generation.speak import check_flags
-from dia_tpu.generation.synthesize import GenerationSettings
+from dia_tpu.generation.synthesize import GenerationSettings, sampling_of, with_model_sampling
 from dia_tpu.model.load import language_tags_of, load_for_inference
 
 
@@ -48,8 +48,10 @@ def evaluate_models(
     device: str | None = None,
     dia2=None,
 ) -> dict[str, dict]:
-    """Generate and judge `requests` with each model; write the files; returns {model label: summary}. A Dia2
-    model samples with `dia2` (a `Dia2Sampling`; upstream's defaults when None), one prompt at a time."""
+    """Generate and judge `requests` with each model; write the files; returns {model label: summary}. Sampling
+    `settings` leaves out (None) is each model's own (`with_model_sampling`). A Dia2 model samples with the
+    flags in `dia2` (a dict; None: not given), then its folder's generation_config.json, then upstream's, one
+    prompt at a time. Each row and summary records the sampling its model used."""
     check_flags(settings, batch_size)
     out, device = Path(out), device or ("cuda" if torch.cuda.is_available() else "cpu")
     # Rows, summaries and wavs are written over: only into a new or empty folder, or an earlier evaluation.
@@ -57,7 +59,7 @@ def evaluate_models(
     summaries, rows = {}, []
     for label, source in zip(labels(models), models, strict=True):
         if is_dia2_source(source):
-            prompts, waves, codes, ended, rate = _speak_dia2(source, requests, settings, dia2 or Dia2Sampling(), device)
+            prompts, waves, codes, ended, rate, used = _speak_dia2(source, requests, settings, dia2 or {}, device)
         else:
             artifact = open_artifact(source)
             model, codec = load_for_inference(artifact, device)
@@ -66,13 +68,15 @@ def evaluate_models(
             voiced = [load_request(r, codec, model.config) for r in paced]
             prompts = [p for p, _ in voiced]
             model_settings = dataclasses.replace(settings, language_tags=language_tags_of(artifact))
+            model_settings = with_model_sampling(model_settings, model)
+            used = sampling_of(model_settings)
             waves, codes, ended = generate(model, codec, voiced, model_settings, batch_size)
         found = judge(prompts, waves, codes, ended, rate, judges)
         (out / label).mkdir(exist_ok=True)
         for row, wave in zip(found, waves, strict=True):
             sf.write(out / label / f"{row.id}.wav", wave, rate)
-            rows.append({"model": label, "source": source, **row.to_dict()})
-        summaries[label] = summarise(found)
+            rows.append({"model": label, "source": source, **row.to_dict(), "sampling": used})
+        summaries[label] = summarise(found) | {"sampling": used}
         print(f"evaluated {source}: {len(found)} utterances")
     with open(out / "rows.jsonl", "w") as f:
         f.writelines(json.dumps(row) + "\n" for row in rows)
@@ -84,10 +88,12 @@ def evaluate_models(
     return summaries
 
 
-def _speak_dia2(source: str, requests: list[Request], settings: GenerationSettings, sampling, device: str):
-    """A Dia2 model's prompts, waves, codes, whether each said all its words, and the audio rate: prompt i with
-    seed `sampling.seed` + i, cut at `settings.max_seconds` (or where a held-out clip's prefix leaves less room)."""
+def _speak_dia2(source: str, requests: list[Request], settings: GenerationSettings, given: dict, device: str):
+    """A Dia2 model's prompts, waves, codes, whether each said all its words, the audio rate and the sampling
+    used: prompt i with seed `sampling.seed` + i, cut at `settings.max_seconds` (or where a held-out clip's
+    prefix leaves less room)."""
     folder = source_folder(source)
+    sampling = dia2_sampling(folder, given)
     model = read_model(folder).to(device).eval()
     speech = Dia2Speech(folder, model.config, device)
     loaded = [speech.load(r) for r in requests]
@@ -99,7 +105,7 @@ def _speak_dia2(source: str, requests: list[Request], settings: GenerationSettin
             raise UserError(f"prompt {prompt.id}: {err}") from err
     seeds = [sampling.seed + index for index in range(len(loaded))]
     waves, codes, ended = speak_each(speech, model, loaded, spoken_settings, seeds)
-    return [prompt for prompt, _ in loaded], waves, codes, ended, speech.rate
+    return [prompt for prompt, _ in loaded], waves, codes, ended, speech.rate, dataclasses.asdict(sampling)
 
 
 def _earlier_evaluation(folder: Path) -> bool:
@@ -148,4 +154,7 @@ def summary_table(summaries: dict[str, dict], judges: Judges) -> str:
         counts = [str(summaries[n]["problems"].get(problem, 0)) for n in names]
         lines.append(f"| {problem} | " + " | ".join(counts) + " |")
     lines += [""] + [f"{role}: {name}" for role, name in judges.names().items()]
+    for name in names:
+        if used := summaries[name].get("sampling"):
+            lines.append(f"sampling of {name}: " + ", ".join(f"{key} {value}" for key, value in used.items()))
     return "\n".join(lines)

@@ -15,7 +15,7 @@ from typing import Protocol
 import torch
 from transformers import DiaForConditionalGeneration
 
-from dia_tpu.config import SAMPLING, Config, SamplesConfig
+from dia_tpu.config import Config, SamplesConfig, run_sampling
 from dia_tpu.evaluation.judge import Prompt
 from dia_tpu.evaluation.prompts import Request, generate, load_request
 from dia_tpu.generation.synthesize import GenerationSettings, check_request, script_for
@@ -68,23 +68,17 @@ def for_training(cfg: Config, model_config, device: torch.device | str) -> DiaSp
 class DiaSpeech:
     def __init__(self, cfg: Config, model_config, device: torch.device | str):
         self.config, self.language_tags = model_config, cfg.data.language_tags
+        self.defaults = run_sampling(cfg, "dia")
         self.codec = build_codec(cfg.model).to(device)
         self.rate = self.codec.config.sampling_rate
         self.frame_rate = self.rate / self.codec.config.hop_length
 
     def settings(self, s: SamplesConfig, max_seconds: float | None) -> GenerationSettings:
-        def given(key: str):
-            value = getattr(s, key)
-            return getattr(SAMPLING, key) if value is None else value
-
-        return GenerationSettings(
-            guidance_scale=given("guidance_scale"),
-            temperature=given("temperature"),
-            top_p=given("top_p"),
-            top_k=given("top_k"),
-            max_seconds=max_seconds,
-            language_tags=self.language_tags,
-        )
+        """`s`'s sampling where set, else the run's (what its exports carry)."""
+        chosen = {
+            key: value if (value := getattr(s, key)) is not None else default for key, default in self.defaults.items()
+        }
+        return GenerationSettings(**chosen, max_seconds=max_seconds, language_tags=self.language_tags)
 
     def load(self, request: Request):
         return load_request(request, self.codec, self.config)

@@ -10,13 +10,20 @@ import soundfile as sf
 import torch
 
 from dia_tpu.artifacts import open_artifact
-from dia_tpu.config import sampling_problems
+from dia_tpu.config import sampling_problems, unguided_warning
 from dia_tpu.errors import UserError
 from dia_tpu.families import is_dia2_source
-from dia_tpu.families.dia2.decode import Dia2Sampling, dia2_problems
+from dia_tpu.families.dia2.decode import dia2_problems
 from dia_tpu.families.dia2.source import source_folder
 from dia_tpu.families.dia2.speak import speak as dia2_speak
-from dia_tpu.generation.synthesize import GenerationSettings, load_voice_prompt, synthesize
+from dia_tpu.generation.defaults import dia2_sampling
+from dia_tpu.generation.synthesize import (
+    GenerationSettings,
+    load_voice_prompt,
+    sampling_of,
+    synthesize,
+    with_model_sampling,
+)
 from dia_tpu.model.load import language_tags_of, load_for_inference
 
 
@@ -74,19 +81,21 @@ def write_speech(
     prompt_transcript: str | None = None,
     batch_size: int = 4,
     device: str | None = None,
-    dia2: Dia2Sampling | None = None,
+    dia2: dict | None = None,
     dia_flags: list[str] = (),
     dia2_flags: list[str] = (),
     trust_remote_code: bool = False,
     prefixes: list[str] = (),
 ) -> None:
     """`dia-tpu generate`: load the model once, synthesize `texts` `batch_size` at a time (text i with seed
-    settings.seed + i) and write each to its wav in `outputs`, printing what was written. A Dia2 model samples
-    with `dia2` (upstream's defaults where not given) instead of `settings`; `dia_flags` and `dia2_flags` are the
-    flags given that only one family takes, refused for the other."""
+    settings.seed + i) and write each to its wav in `outputs`, printing what was written. Sampling left out
+    (None) is the model's own (its generation_config.json, a checkpoint's run's), then the family's published.
+    A Dia2 model samples with the flags in `dia2` (None: not given) instead of `settings`; `dia_flags` and
+    `dia2_flags` are the flags given that only one family takes, refused for the other."""
     dia2_model = is_dia2_source(str(model_source))
     if dia2_model:
-        dia2 = dia2 or Dia2Sampling()
+        folder = source_folder(str(model_source))
+        dia2 = dia2_sampling(folder, dia2 or {})
         problems = [f"{', '.join(dia_flags)}: Dia's flags; {model_source} is a Dia2 model"] if dia_flags else []
         problems += dia2_problems(dia2)
         if adapter is not None or audio_prompt is not None:
@@ -102,12 +111,16 @@ def write_speech(
         raise UserError("--audio-prompt and --prompt-transcript go together: the model reads the transcript first")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if dia2_model:
-        folder = source_folder(str(model_source))
+        print("sampling: " + ", ".join(f"{key} {value}" for key, value in dataclasses.asdict(dia2).items()))
         dia2_speak(folder, texts, outputs, dia2, device, settings.max_seconds, trust_remote_code, prefixes)
         return
     artifact = open_artifact(model_source)
     model, codec = load_for_inference(artifact, device, adapter=adapter)
-    settings = dataclasses.replace(settings, language_tags=language_tags_of(artifact))
+    settings = with_model_sampling(dataclasses.replace(settings, language_tags=language_tags_of(artifact)), model)
+    print("sampling: " + ", ".join(f"{key} {value}" for key, value in sampling_of(settings).items()))
+    trained = artifact.config.train.unconditional_frac if artifact.config is not None else None
+    if note := unguided_warning(str(model_source), settings.guidance_scale, trained):
+        print(note)
     prompt = None
     if audio_prompt is not None:
         prompt = load_voice_prompt(codec, audio_prompt, prompt_transcript, model_config=model.config)

@@ -7,6 +7,7 @@ process does with random numbers (training included).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +16,7 @@ import numpy as np
 import torch
 from transformers import CompileConfig, DacModel, DiaForConditionalGeneration
 
-from dia_tpu.config import DECODINGS, SAMPLING
+from dia_tpu.config import DECODINGS, published
 from dia_tpu.data.audio import decode, encode, header_seconds, load_channels
 from dia_tpu.data.clips import AudioRef
 from dia_tpu.data.dataset import prompted_text
@@ -29,17 +30,38 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class GenerationSettings:
-    # Dia's published defaults; what each one does: `dia_tpu.config.Sampling`.
-    guidance_scale: float = SAMPLING.guidance_scale
-    temperature: float = SAMPLING.temperature
-    top_p: float = SAMPLING.top_p
-    top_k: int = SAMPLING.top_k
+    # What each one does: `dia_tpu.config.Sampling`. None: the model's own (`with_model_sampling`).
+    guidance_scale: float | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
     seed: int = 0  # item i of a call uses seed + i
     max_seconds: float | None = None  # a script that never emits EOS stops here; None: all the decoder holds
     greedy: bool = False  # argmax decoding instead of sampling
     language_tags: dict | None = None  # the training run's data.language_tags, so "[de]" reads as it was trained
     # Which loop decodes: one of `dia_tpu.config.DECODINGS`, which all give the same codes.
     decoding: str = "dia_tpu"
+
+
+def with_model_sampling(settings: GenerationSettings, model: DiaForConditionalGeneration) -> GenerationSettings:
+    """`settings` with the sampling it leaves out (None) taken from the model's generation config (an export's
+    holds its run's sampling), then from Dia-1.6B's published settings."""
+    own = model.generation_config
+    fill = {
+        key: published_value if getattr(own, key, None) is None else getattr(own, key)
+        for key, published_value in published("dia").items()
+        if getattr(settings, key) is None
+    }
+    return dataclasses.replace(settings, **fill)
+
+
+def sampling_of(settings: GenerationSettings) -> dict:
+    """What a generation sampled with, for the record beside its output."""
+    return {
+        **{key: getattr(settings, key) for key in published("dia")},
+        "greedy": settings.greedy,
+        "seed": settings.seed,
+    }
 
 
 @dataclass
@@ -121,10 +143,12 @@ def synthesize_codes(
 ) -> list[torch.Tensor]:
     """Undelayed code frames [n, C] per text, cut where the model ended the audio (EOS).
 
-    `frame_rate` (codec frames per second) turns `settings.max_seconds` and prompt limits into frames.
+    `frame_rate` (codec frames per second) turns `settings.max_seconds` and prompt limits into frames; sampling
+    left out of `settings` is the model's (`with_model_sampling`).
     With a prompt, each text is read after the prompt's transcript and the audio continues the prompt's.
     The model's mode is restored afterwards; its weights and dtype are never touched.
     """
+    settings = with_model_sampling(settings, model)
     dec = model.config.decoder_config
     delay = list(model.config.delay_pattern)
     scripts = [script_for(text, prompt) for text in texts]

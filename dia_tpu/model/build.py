@@ -3,6 +3,7 @@ initialised from an architecture, reshaped to stereo or a delay pattern, with it
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import torch
@@ -142,6 +143,13 @@ def check_transformers_source(source: str) -> None:
         raise FileNotFoundError(f"model not found: {source} (neither a directory nor a hub id like org/name)")
     if path.is_dir() and not (path / "config.json").is_file():
         raise FileNotFoundError(f"{path} holds no config.json: not an export, a checkpoint or a native checkpoint")
+
+
+def carrying(generation_config: GenerationConfig, sampling: dict) -> GenerationConfig:
+    """A copy of `generation_config` sampling with `sampling` (guidance_scale, temperature, top_p, top_k)."""
+    out = copy.deepcopy(generation_config)
+    out.update(do_sample=True, **sampling)
+    return out
 
 
 def default_generation_config(config: DiaConfig) -> GenerationConfig:

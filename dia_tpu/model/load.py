@@ -10,9 +10,10 @@ from transformers import DacModel, DiaConfig, DiaForConditionalGeneration
 
 from dia_tpu.artifacts import Artifact, dia_only, open_artifact
 from dia_tpu.artifacts.weights import is_sharded, read_weights, refusing_code
+from dia_tpu.config import run_sampling
 from dia_tpu.hub import from_hub
 from dia_tpu.model.adapters import check_trained_names, import_bitsandbytes_quietly, merged, setup_training
-from dia_tpu.model.build import build_model, default_generation_config, plain_model
+from dia_tpu.model.build import build_model, carrying, default_generation_config, plain_model
 from dia_tpu.model.codec import build_codec
 from dia_tpu.model.native_files import load_native_model
 from dia_tpu.model.shapes import restore_attention_scale
@@ -23,11 +24,15 @@ def load_for_inference(
 ) -> tuple[DiaForConditionalGeneration, DacModel]:
     """Load (model, codec) from anything `open_artifact` opens; `adapter` folds a LoRA adapter folder (peft
     format) into the model. The codec is the one saved inside an export, else the one its run's config
-    names, else Dia's (`descript/dac_44khz`)."""
+    names, else Dia's (`descript/dac_44khz`). The model's generation config holds the sampling generation
+    defaults to: an export's own file, a checkpoint's run's (`run_sampling`), else Dia-1.6B's published one."""
     artifact = source if isinstance(source, Artifact) else open_artifact(source)
     model = load_model(artifact, adapter).to(device).eval()
     if model.generation_config.guidance_scale is None:
         model.generation_config = default_generation_config(model.config)
+    if artifact.kind in ("checkpoint", "lora_checkpoint") and artifact.config is not None:
+        # A checkpoint samples as its run did, as the run's exports do (theirs is in generation_config.json).
+        model.generation_config = carrying(model.generation_config, run_sampling(artifact.config, "dia"))
     return model, build_codec(artifact.codec).to(device)
 
 

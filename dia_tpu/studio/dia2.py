@@ -4,18 +4,20 @@ spoken through the Dia2 speech training's samples use (`evaluation.dia2_speech`)
 
 A voice to continue is an uploaded recording and what is said in it: its words are placed in it by the espeak
 aligner (`dia-tpu prepare`'s), which a Dia2 voice prefix needs, and its first speaker tag says whose voice it is.
-Sampling left unset is upstream's (audio 0.8 / top-k 50, guidance 2.0); Dia2 has no top-p.
+Sampling left unset is the model's own (a checkpoint's run's, a folder's generation_config.json), then upstream's
+(audio 0.8 / top-k 50, guidance 2.0); Dia2 has no top-p.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
 
 from dia_tpu.artifacts import CONFIG_FILE
 from dia_tpu.artifacts.opening import is_checkpoint
-from dia_tpu.config import SamplesConfig, read_saved
+from dia_tpu.config import SamplesConfig, read_generation_file, read_saved, run_sampling
 from dia_tpu.data.audio import load_audio
 from dia_tpu.errors import UserError
 from dia_tpu.evaluation.dia2_speech import Dia2Speech
@@ -38,11 +40,17 @@ class Dia2Voice:
     def __init__(self, source: str, device: str):
         folder = Path(source)
         if is_checkpoint(folder) and (folder / CONFIG_FILE).is_file():  # a run's checkpoint: its base has the assets
-            model, assets = load_trained(folder), source_folder(read_saved(folder / CONFIG_FILE).model.pretrained)
+            run = read_saved(folder / CONFIG_FILE)
+            model, assets, defaults = (
+                load_trained(folder),
+                source_folder(run.model.pretrained),
+                run_sampling(run, "dia2"),
+            )
         else:
-            model, assets = read_model(source_folder(source)), source_folder(source)
+            assets = source_folder(source)
+            model, defaults = read_model(assets), read_generation_file(assets, "dia2")
         self.model = merged(model).to(device).eval()
-        self.speech = Dia2Speech(assets, self.model.config, device)
+        self.speech = Dia2Speech(assets, self.model.config, device, defaults)
 
     def speak(
         self,
@@ -52,15 +60,16 @@ class Dia2Voice:
         sampling: dict,
         seed: int,
         max_seconds: float | None,
-    ) -> tuple[int, np.ndarray]:
-        """(rate, int16 wave) of `text` after the voice in `prompt_audio` (what is said in it: `prompt_transcript`);
-        `sampling`: guidance_scale, temperature, top_k, each None for upstream's."""
+    ) -> tuple[int, np.ndarray, dict]:
+        """(rate, int16 wave, the sampling used) of `text` after the voice in `prompt_audio` (what is said in it:
+        `prompt_transcript`); `sampling`: guidance_scale, temperature, top_k, each None for the model's own."""
         settings = self.speech.settings(SamplesConfig(**sampling), max_seconds)
         prompt = Prompt(id="studio", text=text)
         voice = self._voice(prompt_audio, prompt_transcript) if prompt_audio else None
         self.speech.check(prompt, voice, settings)
         wave, _, _ = self.speech.generate(self.model, prompt, voice, settings, seed)
-        return self.speech.rate, np.clip(np.round(wave * 32767), -32768, 32767).astype(np.int16)
+        used = {**dataclasses.asdict(settings.sampling), "seed": seed}
+        return self.speech.rate, np.clip(np.round(wave * 32767), -32768, 32767).astype(np.int16), used
 
     def _voice(self, audio: str, transcript: str):
         if not transcript.strip():

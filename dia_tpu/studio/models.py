@@ -14,7 +14,6 @@ from pathlib import Path
 import numpy as np
 
 from dia_tpu.artifacts import RunFolder, completion_mark, open_artifact
-from dia_tpu.config import SAMPLING
 from dia_tpu.errors import UserError
 from dia_tpu.studio.dia2 import Dia2Voice
 
@@ -113,12 +112,18 @@ def speak(
     top_k: int | None,
     seed: int,
     max_seconds: float | None,
-) -> tuple[int, np.ndarray]:
-    """One script to (rate, wave) as `dia-tpu generate --seed SEED` writes it; ValueError/FileNotFoundError name
-    what is wrong. Sampling left None is the model family's published settings (Dia2 has no top-p: it is not read
-    for a Dia2 model)."""
+) -> tuple[int, np.ndarray, dict]:
+    """One script to (rate, 16-bit wave, the sampling used) as `dia-tpu generate --seed SEED` writes it;
+    ValueError/FileNotFoundError name what is wrong. Sampling left None is the model's own, then its family's
+    published settings, as generate's (Dia2 has no top-p: it is not read for a Dia2 model)."""
     from dia_tpu.config import sampling_problems
-    from dia_tpu.generation.synthesize import GenerationSettings, load_voice_prompt, synthesize
+    from dia_tpu.generation.synthesize import (
+        GenerationSettings,
+        load_voice_prompt,
+        sampling_of,
+        synthesize,
+        with_model_sampling,
+    )
 
     if not source:
         raise UserError("choose a model from the list: the studio offers those named with --model and the run's")
@@ -130,14 +135,15 @@ def speak(
         return loaded.speak(text.strip(), prompt_audio, prompt_transcript or "", given, int(seed), max_seconds or None)
     model, codec, tags = loaded
     settings = GenerationSettings(
-        guidance_scale=SAMPLING.guidance_scale if guidance_scale is None else guidance_scale,
-        temperature=SAMPLING.temperature if temperature is None else temperature,
-        top_p=SAMPLING.top_p if top_p is None else top_p,
-        top_k=int(SAMPLING.top_k if top_k is None else top_k),
+        guidance_scale=guidance_scale,
+        temperature=temperature,
+        top_p=top_p,
+        top_k=None if top_k is None else int(top_k),
         seed=int(seed),
         max_seconds=max_seconds or None,
         language_tags=tags,
     )
+    settings = with_model_sampling(settings, model)
     if problems := sampling_problems(settings, lambda field: field.replace("_", " ")):
         raise UserError("; ".join(problems))
     prompt = None
@@ -145,7 +151,25 @@ def speak(
         prompt = load_voice_prompt(codec, prompt_audio, prompt_transcript or "", model_config=model.config)
     (wave,) = synthesize(model, codec, [text.strip()], settings, prompt)
     # 16-bit samples as `dia-tpu generate`'s wav holds them: given floats, Gradio would rescale them to full scale.
-    return codec.config.sampling_rate, np.clip(np.round(wave * 32767), -32768, 32767).astype(np.int16)
+    return codec.config.sampling_rate, sixteen_bits(wave), sampling_of(settings)
+
+
+def sixteen_bits(wave: np.ndarray) -> np.ndarray:
+    return np.clip(np.round(wave * 32767), -32768, 32767).astype(np.int16)
+
+
+def wav_bytes(rate: int, wave: np.ndarray, sampling: dict) -> bytes:
+    """A 16-bit wav file of `wave`, the sampling that made it in its comment (what a download keeps)."""
+    import io
+    import json
+
+    import soundfile as sf
+
+    out = io.BytesIO()
+    with sf.SoundFile(out, "w", rate, 1 if wave.ndim == 1 else wave.shape[1], "PCM_16", format="WAV") as f:
+        f.comment = json.dumps({"dia_tpu_sampling": sampling})
+        f.write(wave)
+    return out.getvalue()
 
 
 def run_models(run_dir: str | Path) -> list[str]:

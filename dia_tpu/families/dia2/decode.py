@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from dia_tpu.config import DIA2_SAMPLING
 from dia_tpu.families.dia2.model import Dia2Model, rotary
 from dia_tpu.families.dia2.script import INITIAL_PADDING, MAX_PADDING, Entry, ScriptMachine, TextIds
 
@@ -29,13 +30,13 @@ UNGENERATED = -2  # a position of the audio buffer nothing has written yet
 
 @dataclass(frozen=True)
 class Dia2Sampling:
-    """Upstream's defaults: text 0.6 / 50, audio 0.8 / 50, guidance 2.0 with its top 50."""
+    """Upstream's defaults: text 0.6 / 50, audio 0.8 / 50 (`DIA2_SAMPLING`), guidance 2.0 with its top 50."""
 
-    temperature: float = 0.8  # audio
-    top_k: int = 50
+    temperature: float = DIA2_SAMPLING.temperature  # audio
+    top_k: int = DIA2_SAMPLING.top_k
     text_temperature: float = 0.6
     text_top_k: int = 50
-    guidance_scale: float = 2.0  # 1.0: off
+    guidance_scale: float = DIA2_SAMPLING.guidance_scale  # 1.0: off
     guidance_top_k: int = 50
     initial_padding: int = INITIAL_PADDING
     seed: int = 0

@@ -1,6 +1,7 @@
 """A trained Dia2 written in upstream's format: `config.json` and `model.safetensors` (upstream's names, its
 safetensors metadata kept), the tokenizer's files beside them when it was a local one, a local Mimi codec in
-`mimi/`, `dia2_assets.json` naming what upstream's `Dia2.from_repo` reads, the run's `config.yaml`, and for a
+`mimi/`, `dia2_assets.json` naming what upstream's `Dia2.from_repo` reads, `generation_config.json` (the sampling
+the run's samples used: `run_sampling`), the run's `config.yaml`, and for a
 LoRA fine-tune the adapter alone in `adapter/` (peft's format) beside the model with it folded in.
 
 A tokenizer named by hub id stays named in `assets.tokenizer`; a local one is saved at the folder's root with
@@ -21,7 +22,7 @@ from transformers import AutoTokenizer, MimiModel
 
 from dia_tpu.artifacts import ADAPTER_DIR, CONFIG_FILE
 from dia_tpu.artifacts.owner import EXPORT, check_replaceable
-from dia_tpu.config import Config
+from dia_tpu.config import GENERATION_FILE, Config, run_sampling
 from dia_tpu.export import building_beside, save_adapter
 from dia_tpu.families.dia2.adapters import merged
 from dia_tpu.families.dia2.assets import ASSETS_FILE, DEFAULT_MIMI, manifest_entry, resolve, tokenizer_source
@@ -59,4 +60,6 @@ def export_dia2(model: torch.nn.Module, cfg: Config, source: Path, out_dir: Path
             assets["mimi"] = MIMI_DIR
         (building / "config.json").write_text(json.dumps(raw, indent=2) + "\n")
         (building / ASSETS_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
+        # The run's sampling, which generate, evaluate and the studio default to for this folder.
+        (building / GENERATION_FILE).write_text(json.dumps(run_sampling(cfg, "dia2"), indent=2) + "\n")
         cfg.save(building / CONFIG_FILE)

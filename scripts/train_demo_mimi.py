@@ -1,0 +1,285 @@
+"""Train a demo codec for Dia2: a small transformers `MimiModel` of the real codec's interface (24 kHz, 12.5
+frames a second, a split residual quantizer: one semantic codebook, the rest acoustic) on the espeak-ng speech
+speech_corpus.py makes, then export it for `MimiModel.from_pretrained`.
+
+    python scripts/train_demo_mimi.py --work runs/demo-mimi --out codecs/demo-mimi
+
+transformers' Mimi has no training path: its codebooks are buffers (a running sum of the vectors each entry
+won, and how often it won), read only by nearest-neighbour lookup. This script trains them as Kyutai's codec
+keeps them, by exponential moving averages of those two buffers, with entries that stop winning re-seeded
+from the batch; the encoder sees the quantizer as the identity (straight-through) and is pulled towards its
+codes by a commitment loss. Losses otherwise as the demo DAC's (multi-scale log-mel L1 and log-STFT); no
+adversarial loss and no semantic distillation (the teacher Kyutai distils from is not reachable here), so the
+"semantic" codebook is one more codebook. As train_demo_codec.py: a re-run resumes the checkpoint in --work
+exactly, `log.jsonl` and `recipe.json` beside it, and --autoencoder-steps first trains without quantization
+and then fits the codebooks by k-means.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import soxr
+import torch
+import torch.nn.functional as F
+from speech_corpus import RATE as CORPUS_RATE
+from speech_corpus import bundled_sentences, training_audio
+from train_demo_codec import MEL_WEIGHT, STFT_WEIGHT, batch, learning_rate, save_checkpoint
+from transformers import MimiConfig, MimiModel
+
+from dia_tpu.evaluation.spectra import mel_loss, stft_loss
+
+ARCHITECTURE = {
+    "sampling_rate": 24000,
+    "hidden_size": 128,
+    "num_filters": 24,
+    "num_residual_layers": 1,
+    "upsampling_ratios": [8, 6, 5, 4],
+    "upsample_groups": 128,
+    "codebook_size": 1024,
+    "codebook_dim": 32,
+    "vector_quantization_hidden_dimension": 32,
+    "num_quantizers": 8,
+    "num_semantic_quantizers": 1,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 4,
+    "head_dim": 32,
+    "intermediate_size": 512,
+    "sliding_window": 64,
+    "use_cache": True,  # as upstream Dia2 decodes: the codec returns its cache beside the audio
+}
+RATE = ARCHITECTURE["sampling_rate"]
+HOP = math.prod(ARCHITECTURE["upsampling_ratios"]) * 2  # the SEANet's strides, then the latent's stride of 2
+COMMITMENT = 1.0
+DEAD = 0.1  # an entry whose moving usage falls below this share of its fair share is re-seeded
+
+
+def parse() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--work", type=Path, default=Path("runs/demo-mimi"), help="checkpoint, log and recipe")
+    p.add_argument("--out", type=Path, default=Path("codecs/demo-mimi"), help="the exported codec folder")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--passages", type=int, default=300, help="corpus passages, each in one voice")
+    p.add_argument("--sentences", type=int, default=10, help="sentences per passage")
+    p.add_argument("--steps", type=int, default=3000)
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--crop-frames", type=int, default=16, help="training crop length in codec frames")
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--warmup", type=int, default=100)
+    p.add_argument("--decay", type=float, default=0.99, help="the codebooks' moving-average decay")
+    p.add_argument("--save-every", type=int, default=200)
+    p.add_argument("--log-every", type=int, default=20)
+    p.add_argument("--max-minutes", type=float, default=None, help="stop (with a checkpoint) after this long")
+    p.add_argument("--autoencoder-steps", type=int, default=300, help="steps without quantization first")
+    return p.parse_args()
+
+
+def stages(model: MimiModel) -> list:
+    """The split quantizer's two residual quantizers: semantic, then acoustic. Each quantizes the whole latent."""
+    q = model.quantizer
+    return [q.semantic_residual_vector_quantizer, q.acoustic_residual_vector_quantizer]
+
+
+def reset_cache(codebook) -> None:
+    codebook._embed = None  # Mimi caches embed_sum / cluster_usage on first use
+
+
+def quantize(stage, latent: torch.Tensor, decay: float) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+    """One residual quantizer over `latent` [B, H, T], differentiable: returns its output projection of the
+    quantized latent (straight-through, so the encoder's gradient passes as if unquantized), the commitment
+    loss, and each codebook's entries in use; the codebooks are updated by moving averages of this `decay`."""
+    projected = stage.input_proj(latent)
+    flat = projected.transpose(1, 2).reshape(-1, projected.shape[1])
+    residual, total, commitment, used = flat, torch.zeros_like(flat), flat.new_zeros(()), []
+    for layer in stage.layers:
+        book = layer.codebook
+        nearest = torch.cdist(residual.detach(), book.embed).argmin(1)
+        chosen = book.embed[nearest]
+        commitment = commitment + F.mse_loss(residual, chosen.detach())
+        used.append(int(nearest.unique().numel()))
+        update(book, residual.detach(), nearest, decay)
+        total = total + chosen.detach()
+        residual = residual - chosen.detach()
+    quantized = flat + (total - flat).detach()
+    back = quantized.reshape(projected.shape[0], projected.shape[2], -1).transpose(1, 2)
+    return stage.output_proj(back), commitment / len(stage.layers), used
+
+
+@torch.no_grad()
+def update(book, vectors: torch.Tensor, nearest: torch.Tensor, decay: float) -> None:
+    """Moving averages of each entry's wins and of the vectors it won; entries nearly never winning take a
+    random vector of this batch, so none stays dead."""
+    size = book.cluster_usage.shape[0]
+    counts = torch.bincount(nearest, minlength=size).float()
+    sums = torch.zeros_like(book.embed_sum).index_add_(0, nearest, vectors)
+    book.cluster_usage.mul_(decay).add_(counts, alpha=1 - decay)
+    book.embed_sum.mul_(decay).add_(sums, alpha=1 - decay)
+    fair = len(vectors) / size
+    dead = book.cluster_usage < DEAD * fair
+    if dead.any():
+        seeds = vectors[torch.randint(len(vectors), (int(dead.sum()),), device=vectors.device)]
+        book.cluster_usage[dead] = fair
+        book.embed_sum[dead] = seeds * fair
+    reset_cache(book)
+
+
+def autoencode(stage, latent: torch.Tensor) -> torch.Tensor:
+    return stage.output_proj(stage.input_proj(latent))
+
+
+def forward(model: MimiModel, x: torch.Tensor, mode: str, decay: float) -> tuple[torch.Tensor, torch.Tensor, list]:
+    """Audio [B, 1, S] through encoder, quantizer ("autoencoder": none) and decoder: (decoded [B, S'],
+    commitment loss, entries in use per codebook)."""
+    latent = model.encoder(x).latents
+    if mode == "autoencoder":
+        decoded_latent, commitment, used = sum(autoencode(s, latent) for s in stages(model)), latent.new_zeros(()), []
+    else:
+        parts = [quantize(s, latent, decay) for s in stages(model)]
+        decoded_latent = sum(p[0] for p in parts)
+        commitment, used = sum(p[1] for p in parts) / len(parts), [u for p in parts for u in p[2]]
+    return model.decoder(decoded_latent).audio_values.squeeze(1), commitment, used
+
+
+@torch.no_grad()
+def init_codebooks(model: MimiModel, x: torch.Tensor, fair: float, rounds: int = 10) -> list[int]:
+    """Each codebook from k-means of what the codebooks before it in its stage leave of the projected latents
+    of the crops `x`; entries are cluster means, each with the `fair` usage (a training batch's vectors over
+    the entries). Returns the entries in use."""
+    latent, used = model.encoder(x).latents, []
+    for stage in stages(model):
+        projected = stage.input_proj(latent)
+        residual = projected.transpose(1, 2).reshape(-1, projected.shape[1])
+        for layer in stage.layers:
+            book = layer.codebook
+            entries = residual[torch.randperm(len(residual))[: book.cluster_usage.shape[0]]].clone()
+            for _ in range(rounds):
+                nearest = torch.cdist(residual, entries).argmin(1)
+                sums = torch.zeros_like(entries).index_add_(0, nearest, residual)
+                counts = torch.bincount(nearest, minlength=len(entries))
+                entries = torch.where(counts[:, None] > 0, sums / counts.clamp(min=1)[:, None], entries)
+            book.embed_sum.copy_(entries * fair)
+            book.cluster_usage.fill_(fair)
+            reset_cache(book)
+            nearest = torch.cdist(residual, entries).argmin(1)
+            used.append(int(nearest.unique().numel()))
+            residual = residual - entries[nearest]
+    return used
+
+
+def export(model: MimiModel, out: Path, recipe: dict, summary: dict) -> None:
+    """fp32 safetensors and config.json for MimiModel.from_pretrained, with the recipe beside them. Each
+    codebook is stored as its entries with usage one (the lookup is the same; a moving usage near zero would
+    lose its entry to rounding in any lower precision)."""
+    with torch.no_grad():
+        for stage in stages(model):
+            for layer in stage.layers:
+                book = layer.codebook
+                book.embed_sum.copy_(book.embed)
+                book.cluster_usage.fill_(1.0)
+                reset_cache(book)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    (out / "training.json").write_text(json.dumps({"recipe": recipe, "summary": summary}, indent=1))
+
+
+def corpus(args: argparse.Namespace) -> tuple[np.ndarray, list[dict]]:
+    signal, passages = training_audio(args.seed, args.passages, args.sentences, exclude=bundled_sentences())
+    return soxr.resample(signal, CORPUS_RATE, RATE).astype(np.float32), passages
+
+
+def main() -> None:
+    args = parse()
+    args.work.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(args.seed)
+    began = time.perf_counter()
+    signal, passages = corpus(args)
+    hours = len(signal) / RATE / 3600
+    print(f"corpus: {len(passages)} passages, {hours:.2f} h in {time.perf_counter() - began:.0f} s", flush=True)
+    settings = ("steps", "autoencoder_steps", "batch", "crop_frames", "lr", "warmup", "decay")
+    recipe = {
+        "seed": args.seed,
+        "corpus": {"passages": args.passages, "sentences_per_passage": args.sentences, "hours": round(hours, 3)},
+        "architecture": ARCHITECTURE,
+        "training": {k: getattr(args, k) for k in settings},
+        "losses": {"mel_l1": MEL_WEIGHT, "log_stft_and_convergence": STFT_WEIGHT, "commitment": COMMITMENT},
+    }
+    (args.work / "recipe.json").write_text(json.dumps({**recipe, "passages": passages}, indent=1))
+
+    model = MimiModel(MimiConfig(**ARCHITECTURE)).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.8, 0.99), weight_decay=0.0)
+    rng, step = np.random.default_rng(args.seed), 0
+    if (args.work / "checkpoint").exists():
+        state = torch.load(args.work / "checkpoint" / "state.pt", weights_only=True)
+        model.load_state_dict(state["model"])
+        for stage in stages(model):
+            for layer in stage.layers:
+                reset_cache(layer.codebook)
+        optimizer.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["torch_rng"])
+        progress = json.loads((args.work / "checkpoint" / "progress.json").read_text())
+        step, rng.bit_generator.state = progress["step"], progress["sampler"]
+        print(f"resumed at step {step}", flush=True)
+
+    log = (args.work / "log.jsonl").open("a")
+    started = time.perf_counter()
+    sums, used = np.zeros(3), []
+    while step < args.steps:
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(step, args)
+        if step == args.autoencoder_steps > 0:
+            crops = torch.cat([batch(signal, rng, args, HOP) for _ in range(16)])
+            fair = args.batch * args.crop_frames / ARCHITECTURE["codebook_size"]
+            print(f"codebooks fitted by k-means: entries in use {init_codebooks(model, crops, fair)}", flush=True)
+        x = batch(signal, rng, args, HOP)
+        mode = "autoencoder" if step < args.autoencoder_steps else "quantized"
+        decoded, commitment, used = forward(model, x, mode, args.decay)
+        decoded = decoded[..., : x.shape[-1]]
+        target = x[:, 0, : decoded.shape[-1]]
+        mel, stft = mel_loss(decoded, target, RATE), stft_loss(decoded, target)
+        loss = MEL_WEIGHT * mel + STFT_WEIGHT * stft + COMMITMENT * commitment
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
+        optimizer.step()
+        step += 1
+        sums += [mel.item(), stft.item(), commitment.item()]
+        if step % args.log_every == 0:
+            row = {
+                "step": step,
+                "mel": sums[0] / args.log_every,
+                "stft": sums[1] / args.log_every,
+                "commitment": sums[2] / args.log_every,
+                "entries_used": used,
+                "grad_norm": float(norm),
+                "lr": learning_rate(step - 1, args),
+                "minutes": round((time.perf_counter() - started) / 60, 2),
+            }
+            log.write(json.dumps(row) + "\n")
+            log.flush()
+            print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()), flush=True)
+            sums[:] = 0
+        out_of_time = args.max_minutes is not None and time.perf_counter() - started > args.max_minutes * 60
+        if step % args.save_every == 0 or step == args.steps or out_of_time:
+            save_checkpoint(args.work, model, optimizer, step, rng)
+        if out_of_time:
+            print(f"stopped after {args.max_minutes} minutes at step {step}; re-run to continue", flush=True)
+            return
+    rows = [json.loads(line) for line in (args.work / "log.jsonl").read_text().splitlines()]
+    summary = {
+        "steps": step,
+        "minutes_this_session": round((time.perf_counter() - started) / 60, 1),
+        "final": rows[-1] if rows else None,
+        "parameters": sum(p.numel() for p in model.parameters()),
+    }
+    export(model.eval(), args.out, recipe, summary)
+    print(f"exported to {args.out}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
