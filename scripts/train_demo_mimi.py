@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from speech_corpus import RATE as CORPUS_RATE
 from speech_corpus import bundled_sentences, training_audio
-from train_demo_codec import MEL_WEIGHT, STFT_WEIGHT, batch, learning_rate, save_checkpoint
+from train_demo_codec import MEL_WEIGHT, STFT_WEIGHT, batch, init_training, learning_rate, save_checkpoint
 from transformers import MimiConfig, MimiModel
 
 from dia_tpu.evaluation.spectra import mel_loss, stft_loss
@@ -41,9 +41,11 @@ ARCHITECTURE = {
     "num_residual_layers": 1,
     "upsampling_ratios": [8, 6, 5, 4],
     "upsample_groups": 128,
-    "codebook_size": 1024,
-    "codebook_dim": 32,
-    "vector_quantization_hidden_dimension": 32,
+    # 2.3 h of audio at 12.5 frames a second is about 100,000 frames: enough to place 256 entries a codebook, not
+    # 1024 (tried: with 1024 of dimension 32, a few dozen entries took every frame within 150 steps).
+    "codebook_size": 256,
+    "codebook_dim": 16,
+    "vector_quantization_hidden_dimension": 16,
     "num_quantizers": 8,
     "num_semantic_quantizers": 1,
     "num_hidden_layers": 2,
@@ -57,7 +59,8 @@ ARCHITECTURE = {
 RATE = ARCHITECTURE["sampling_rate"]
 HOP = math.prod(ARCHITECTURE["upsampling_ratios"]) * 2  # the SEANet's strides, then the latent's stride of 2
 COMMITMENT = 1.0
-DEAD = 0.1  # an entry whose moving usage falls below this share of its fair share is re-seeded
+DEAD = 0.25  # an entry whose moving usage falls below this share of its fair share is re-seeded
+RECENT = 4096  # the latest residuals each codebook keeps, to re-seed entries from
 
 
 def parse() -> argparse.Namespace:
@@ -77,6 +80,12 @@ def parse() -> argparse.Namespace:
     p.add_argument("--log-every", type=int, default=20)
     p.add_argument("--max-minutes", type=float, default=None, help="stop (with a checkpoint) after this long")
     p.add_argument("--autoencoder-steps", type=int, default=300, help="steps without quantization first")
+    p.add_argument(
+        "--init",
+        type=Path,
+        default=None,
+        help="start from this codec's weights and codebooks (a MimiModel folder), with a fresh optimiser and schedule",
+    )
     return p.parse_args()
 
 
@@ -113,17 +122,19 @@ def quantize(stage, latent: torch.Tensor, decay: float) -> tuple[torch.Tensor, t
 
 @torch.no_grad()
 def update(book, vectors: torch.Tensor, nearest: torch.Tensor, decay: float) -> None:
-    """Moving averages of each entry's wins and of the vectors it won; entries nearly never winning take a
-    random vector of this batch, so none stays dead."""
+    """Moving averages of each entry's wins and of the vectors it won; entries nearly never winning take one of
+    the codebook's RECENT latest vectors (a batch alone, 128 frames, is too few to seed many), so none stays dead."""
     size = book.cluster_usage.shape[0]
     counts = torch.bincount(nearest, minlength=size).float()
     sums = torch.zeros_like(book.embed_sum).index_add_(0, nearest, vectors)
     book.cluster_usage.mul_(decay).add_(counts, alpha=1 - decay)
     book.embed_sum.mul_(decay).add_(sums, alpha=1 - decay)
     fair = len(vectors) / size
+    recent = getattr(book, "recent", None)
+    book.recent = vectors if recent is None else torch.cat([vectors, recent])[:RECENT]
     dead = book.cluster_usage < DEAD * fair
     if dead.any():
-        seeds = vectors[torch.randint(len(vectors), (int(dead.sum()),), device=vectors.device)]
+        seeds = book.recent[torch.randint(len(book.recent), (int(dead.sum()),), device=vectors.device)]
         book.cluster_usage[dead] = fair
         book.embed_sum[dead] = seeds * fair
     reset_cache(book)
@@ -195,6 +206,8 @@ def corpus(args: argparse.Namespace) -> tuple[np.ndarray, list[dict]]:
 
 def main() -> None:
     args = parse()
+    if args.init is not None:
+        args.autoencoder_steps = 0  # the codebooks come trained
     args.work.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(args.seed)
     began = time.perf_counter()
@@ -206,14 +219,27 @@ def main() -> None:
         "seed": args.seed,
         "corpus": {"passages": args.passages, "sentences_per_passage": args.sentences, "hours": round(hours, 3)},
         "architecture": ARCHITECTURE,
+        "init": str(args.init) if args.init else None,
+        "init_training": init_training(args.init),
         "training": {k: getattr(args, k) for k in settings},
         "losses": {"mel_l1": MEL_WEIGHT, "log_stft_and_convergence": STFT_WEIGHT, "commitment": COMMITMENT},
     }
     (args.work / "recipe.json").write_text(json.dumps({**recipe, "passages": passages}, indent=1))
 
     model = MimiModel(MimiConfig(**ARCHITECTURE)).train()
+    if args.init is not None:
+        model.load_state_dict(MimiModel.from_pretrained(args.init, dtype=torch.float32).state_dict())
+        fair = args.batch * args.crop_frames / ARCHITECTURE["codebook_size"]
+        with torch.no_grad():  # exported entries have usage one: scaled to a batch's fair share, entries kept
+            for stage in stages(model):
+                for layer in stage.layers:
+                    layer.codebook.embed_sum.mul_(fair)
+                    layer.codebook.cluster_usage.fill_(fair)
+                    reset_cache(layer.codebook)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.8, 0.99), weight_decay=0.0)
-    rng, step = np.random.default_rng(args.seed), 0
+    # A continued run draws other crops than the run it starts from did.
+    previous = recipe["init_training"]["summary"]["steps"] if recipe["init_training"] else 0
+    rng, step = np.random.default_rng([args.seed, previous] if previous else args.seed), 0
     if (args.work / "checkpoint").exists():
         state = torch.load(args.work / "checkpoint" / "state.pt", weights_only=True)
         model.load_state_dict(state["model"])

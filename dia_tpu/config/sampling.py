@@ -88,6 +88,6 @@ def unguided_warning(model: str, guidance_scale: float | None, unconditional_fra
     if guidance_scale is None or guidance_scale <= 1 or unconditional_frac != 0:
         return None
     return (
-        f"note: {model} was trained with train.unconditional_frac 0, so guidance (here {guidance_scale}) mixes in "
-        "an unconditional prediction it never learnt; its own default is 1 (off)"
+        f"note: {model} has train.unconditional_frac 0 (training without text dropout), so guidance {guidance_scale} "
+        "mixes in an unconditional prediction the model never learns; its default guidance is 1 (off)"
     )

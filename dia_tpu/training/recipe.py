@@ -13,7 +13,7 @@ from pathlib import Path
 from accelerate.logging import get_logger
 from tqdm.auto import tqdm
 
-from dia_tpu.config import Config
+from dia_tpu.config import Config, unguided_warning
 from dia_tpu.evaluation.selection import selection_score
 from dia_tpu.training.checkpoint import save_checkpoint
 from dia_tpu.training.evaluate import evaluate
@@ -33,6 +33,8 @@ def train(cfg: Config) -> Path:
     with contextlib.ExitStack() as held:
         session = open_run(cfg, held)
         built = set_up(session)
+        if note := unguided_warning("this run's config", cfg.samples.guidance_scale, cfg.train.unconditional_frac):
+            say(session.accelerator, note)
         state = restore(session, built)
         start_tracking(session, built)
         stopped = train_loop(session, built, state)

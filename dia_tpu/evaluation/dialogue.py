@@ -1,0 +1,129 @@
+"""A dialogue's turns: the script's (`script_turns`), where the recogniser heard each of them (`place_turns`), and
+the error rate that does not care which voice label the hypothesis gave whom (`cp_word_errors`, concatenated
+minimum-permutation WER, as dialogue evaluations report it).
+
+A turn is a run of the script between speaker tags, consecutive same-speaker runs joined. The recogniser's words
+are lined up with the script's words by the same alignment the word error rate counts (jiwer's); a heard word
+matched to a script word (the same word, or a substitution) belongs to that word's turn, and a turn none of whose
+words was heard is a dropped (swallowed) turn. A turn's span runs from its first heard word's start to its last
+heard word's end, so its audio can be cut out and judged on its own (its voice, its pace).
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import jiwer
+
+from dia_tpu.evaluation.text import Errors, spoken_text, word_errors
+from dia_tpu.listen.asr import TimedWord
+
+_SPEAKER = re.compile(r"\[(S\d+)\]")
+
+
+@dataclass(frozen=True)
+class Turn:
+    speaker: str  # "S1", "S2", ...
+    text: str  # what the turn says aloud (tags and non-verbal cues removed)
+
+
+@dataclass(frozen=True)
+class PlacedTurn:
+    """A script turn and where it was heard: its words heard (matched to its script words) and their span."""
+
+    turn: Turn
+    heard: int  # script words of this turn matched by a heard word
+    start: float | None  # seconds; None when none of its words was heard
+    end: float | None
+
+    @property
+    def found(self) -> bool:
+        return self.heard > 0
+
+
+def script_turns(script: str) -> list[Turn]:
+    """The speaker turns of a script; text before the first tag is the first speaker's (S1 when untagged)."""
+    parts = _SPEAKER.split(script)
+    turns: list[Turn] = []
+    speaker = "S1"
+    for i, part in enumerate(parts):
+        if i % 2 == 1:
+            speaker = part
+            continue
+        text = spoken_text(part)
+        if not text:
+            continue
+        if turns and turns[-1].speaker == speaker:
+            turns[-1] = Turn(speaker, f"{turns[-1].text} {text}")
+        else:
+            turns.append(Turn(speaker, text))
+    return turns
+
+
+def cp_word_errors(
+    reference: list[Turn], hypothesis: list[Turn], normalise: Callable[[str], str] = lambda t: t
+) -> Errors:
+    """Concatenated minimum-permutation word errors: each speaker's words joined on either side, the hypothesis's
+    speaker labels mapped to the reference's by the permutation with the fewest errors (a label either side lacks
+    speaks nothing), errors summed over speakers."""
+
+    def joined(turns: list[Turn]) -> dict[str, str]:
+        out: dict[str, list[str]] = {}
+        for turn in turns:
+            out.setdefault(turn.speaker, []).append(normalise(turn.text))
+        return {speaker: " ".join(" ".join(texts).split()) for speaker, texts in out.items()}
+
+    ref, hyp = joined(reference), joined(hypothesis)
+    ref_labels, hyp_labels = list(ref), list(hyp)
+    size = max(len(ref_labels), len(hyp_labels))
+    ref_labels += [None] * (size - len(ref_labels))
+    hyp_labels += [None] * (size - len(hyp_labels))
+    best = None
+    for order in itertools.permutations(hyp_labels):
+        total = Errors(0, 0)
+        for r, h in zip(ref_labels, order, strict=True):
+            total = total + _errors_or_empty(ref.get(r, ""), hyp.get(h, ""))
+        if best is None or total.errors < best.errors:
+            best = total
+    return best if best is not None else Errors(0, 0)
+
+
+def _errors_or_empty(reference: str, hypothesis: str) -> Errors:
+    if not reference:
+        inserted = len(hypothesis.split())
+        return Errors(inserted, 0, insertions=inserted)
+    if not hypothesis:
+        deleted = len(reference.split())
+        return Errors(deleted, deleted, deletions=deleted)
+    return word_errors(reference, hypothesis)
+
+
+def place_turns(turns: list[Turn], words: list[TimedWord], normalise: Callable[[str], str]) -> list[PlacedTurn]:
+    """Where each script turn was heard, from the recogniser's timed words (`normalise`: the recogniser's own)."""
+    script_words, owner = [], []
+    for index, turn in enumerate(turns):
+        for word in normalise(turn.text).split():
+            script_words.append(word)
+            owner.append(index)
+    heard_words, spans = [], []
+    for word in words:
+        for piece in normalise(word.text).split():
+            heard_words.append(piece)
+            spans.append((word.start, word.end))
+    matched: list[list[int]] = [[] for _ in turns]  # per turn: the heard words matched to its words
+    if script_words and heard_words:
+        alignment = jiwer.process_words(" ".join(script_words), " ".join(heard_words)).alignments[0]
+        for chunk in alignment:
+            if chunk.type in ("equal", "substitute"):
+                for offset in range(chunk.ref_end_idx - chunk.ref_start_idx):
+                    matched[owner[chunk.ref_start_idx + offset]].append(chunk.hyp_start_idx + offset)
+    placed = []
+    for turn, heard in zip(turns, matched, strict=True):
+        if heard:
+            placed.append(PlacedTurn(turn, len(heard), spans[min(heard)][0], spans[max(heard)][1]))
+        else:
+            placed.append(PlacedTurn(turn, 0, None, None))
+    return placed
