@@ -3,9 +3,18 @@ concatenated minimum-permutation word errors (which do not care how the hypothes
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
-from dia_tpu.evaluation.dialogue import Turn, cp_word_errors, place_turns, script_turns
+from dia_tpu.evaluation.dialogue import (
+    Turn,
+    cp_word_errors,
+    drift,
+    place_turns,
+    script_turns,
+    turn_voices,
+    voice_spread,
+)
 from dia_tpu.evaluation.text import word_errors
 from dia_tpu.listen.asr import TimedWord, basic_normalise
 
@@ -57,3 +66,41 @@ def test_turns_are_placed_where_their_words_were_heard_and_a_swallowed_turn_is_n
     assert [p.found for p in placed] == [True, False, True] and placed[0].heard == 3
     assert (placed[2].start, placed[2].end) == pytest.approx((1.0, 1.6))
     assert not any(p.found for p in place_turns(turns, [], basic_normalise))
+
+
+def unit(*values: float) -> np.ndarray:
+    v = np.array(values, dtype=np.float32)
+    return v / np.linalg.norm(v)
+
+
+VOICES = {"S1": unit(1, 0, 0), "S2": unit(0, 1, 0)}
+
+
+def test_each_turns_voice_is_judged_against_every_speakers():
+    speakers = ["S1", "S2", "S1"]
+    near_own = [unit(0.9, 0.1, 0.2), unit(0.1, 0.9, 0.2), unit(0.8, 0.3, 0.1)]
+    right = turn_voices(near_own, speakers, VOICES).figures(speakers)
+    assert right["turn_voice_accuracy"] == 1.0 and right["similarity_margin"] > 0.5
+    # The second speaker's turn in the first speaker's voice: one turn wrong, the margin falls.
+    one_swapped = turn_voices([near_own[0], near_own[0], near_own[2]], speakers, VOICES).figures(speakers)
+    assert one_swapped["turn_voice_accuracy"] == pytest.approx(2 / 3)
+    assert one_swapped["similarity_margin"] < right["similarity_margin"] - 0.4
+    # Every voice swapped: no turn right, and the margin negative.
+    swapped = turn_voices([near_own[1], near_own[0], near_own[1]], speakers, VOICES).figures(speakers)
+    assert swapped["turn_voice_accuracy"] == 0.0 and swapped["similarity_margin"] < -0.5
+    # A swallowed turn counts against the accuracy and is left out of the similarities.
+    dropped = turn_voices([near_own[0], None, near_own[2]], speakers, VOICES).figures(speakers)
+    assert dropped["turn_voice_accuracy"] == pytest.approx(2 / 3)
+    assert dropped["similarity_own"] == pytest.approx(np.mean([near_own[0] @ VOICES["S1"], near_own[2] @ VOICES["S1"]]))
+
+
+def test_drift_and_spread_of_a_voice():
+    steady, moved = unit(1, 0.1, 0), unit(0.2, 1, 0)
+    assert drift([steady, unit(0, 1, 0), steady], ["S1", "S2", "S1"]) == pytest.approx(1.0)
+    assert drift([steady, unit(0, 1, 0), moved], ["S1", "S2", "S1"]) < 0.4
+    assert drift([steady, None, moved], ["S1", "S2", "S2"]) is None  # no speaker with two turns found
+    same = np.stack([steady] * 4)
+    assert voice_spread(same) == pytest.approx(0.0, abs=1e-6)
+    assert voice_spread(np.stack([unit(1, 0, 0), unit(0, 1, 0), unit(0, 0, 1)])) == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="two or more"):
+        voice_spread(same[:1])

@@ -7,6 +7,11 @@ are lined up with the script's words by the same alignment the word error rate c
 matched to a script word (the same word, or a substitution) belongs to that word's turn, and a turn none of whose
 words was heard is a dropped (swallowed) turn. A turn's span runs from its first heard word's start to its last
 heard word's end, so its audio can be cut out and judged on its own (its voice, its pace).
+
+A turn's voice is judged against every speaker's voice (`turn_voices`): closest to its own speaker's is right,
+and its similarity to its own minus that to the closest other speaker's is negative when voices are swapped.
+Within one generation a voice may drift (`drift`: a speaker's first turn against its last); across calls with the
+same script, prompt and settings at different seeds it may wander (`voice_spread`).
 """
 
 from __future__ import annotations
@@ -17,9 +22,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import jiwer
+import numpy as np
 
 from dia_tpu.evaluation.text import Errors, spoken_text, word_errors
 from dia_tpu.listen.asr import TimedWord
+from dia_tpu.listen.speaker import similarity
 
 _SPEAKER = re.compile(r"\[(S\d+)\]")
 
@@ -127,3 +134,77 @@ def place_turns(turns: list[Turn], words: list[TimedWord], normalise: Callable[[
         else:
             placed.append(PlacedTurn(turn, 0, None, None))
     return placed
+
+
+def turn_audio(wave: np.ndarray, rate: int, placed: PlacedTurn, margin: float = 0.05) -> np.ndarray | None:
+    """A found turn's audio, its span widened by `margin` seconds either side; None for a turn not found."""
+    if not placed.found:
+        return None
+    start = max(0, round((placed.start - margin) * rate))
+    return wave[start : round((placed.end + margin) * rate)]
+
+
+@dataclass(frozen=True)
+class TurnVoices:
+    """Each turn's voice against the speakers': similarity to its own speaker's voice and to the closest other
+    speaker's, and whose voice it is closest to (None for a turn not found)."""
+
+    own: list[float | None]
+    other: list[float | None]
+    closest: list[str | None]
+
+    def figures(self, speakers: list[str]) -> dict[str, float | None]:
+        """turn_voice_accuracy (turns closest to their own speaker's voice, of all the script's turns: a swallowed
+        turn is a wrong one), similarity_own and similarity_other (means over the found turns) and
+        similarity_margin, their difference (the published dialogue evaluations' similarity minus
+        dis-similarity: negative when the voices are swapped)."""
+        found = [i for i, own in enumerate(self.own) if own is not None]
+        right = sum(self.closest[i] == speakers[i] for i in found)
+        out = {"turn_voice_accuracy": right / len(speakers) if speakers else None}
+        own = [self.own[i] for i in found]
+        other = [self.other[i] for i in found if self.other[i] is not None]
+        out["similarity_own"] = float(np.mean(own)) if own else None
+        out["similarity_other"] = float(np.mean(other)) if other else None
+        margins = [self.own[i] - self.other[i] for i in found if self.other[i] is not None]
+        out["similarity_margin"] = float(np.mean(margins)) if margins else None
+        return out
+
+
+def turn_voices(embeddings: list[np.ndarray | None], speakers: list[str], voices: dict[str, np.ndarray]) -> TurnVoices:
+    """Turn embeddings (None: not found) against each speaker's voice embedding (a prompt's or reference's)."""
+    own, other, closest = [], [], []
+    names = list(voices)
+    for embedding, speaker in zip(embeddings, speakers, strict=True):
+        if embedding is None or speaker not in voices:
+            own.append(None)
+            other.append(None)
+            closest.append(None)
+            continue
+        scores = {name: float(similarity(embedding, voices[name])[0]) for name in names}
+        own.append(scores[speaker])
+        others = [scores[name] for name in names if name != speaker]
+        other.append(max(others) if others else None)
+        closest.append(max(scores, key=scores.get))
+    return TurnVoices(own, other, closest)
+
+
+def drift(embeddings: list[np.ndarray | None], speakers: list[str]) -> float | None:
+    """How far a voice moves within one generation: the similarity of each speaker's first and last found turns,
+    averaged over the speakers with two or more found (1: unchanged); None when no speaker has two."""
+    found: dict[str, list[np.ndarray]] = {}
+    for embedding, speaker in zip(embeddings, speakers, strict=True):
+        if embedding is not None:
+            found.setdefault(speaker, []).append(embedding)
+    pairs = [(turns[0], turns[-1]) for turns in found.values() if len(turns) > 1]
+    return float(np.mean([similarity(a, b)[0] for a, b in pairs])) if pairs else None
+
+
+def voice_spread(embeddings: np.ndarray) -> float:
+    """The spread of K embeddings of one voice (the same script and prompt at K seeds): the mean cosine distance
+    (1 - similarity) over all pairs; 0 when every call gives the same voice."""
+    count = len(embeddings)
+    if count < 2:
+        raise ValueError(f"a voice's spread needs two or more calls, got {count}")
+    unit = embeddings / np.linalg.norm(embeddings, axis=1, keepdims=True).clip(1e-9)
+    cos = unit @ unit.T
+    return float((1 - cos[np.triu_indices(count, 1)]).mean())
