@@ -16,7 +16,7 @@ from dia_tpu.cli import main
 from dia_tpu.config import published, run_sampling, unguided_warning
 from dia_tpu.errors import UserError
 from dia_tpu.export import export
-from dia_tpu.generation.defaults import dia2_sampling, model_defaults
+from dia_tpu.generation.defaults import dia2_sampling, model_defaults, own_sampling
 from dia_tpu.generation.synthesize import GenerationSettings, synthesize_codes, with_model_sampling
 from dia_tpu.model.load import load_for_inference
 
@@ -52,6 +52,18 @@ def test_a_runs_sampling_is_its_samples_then_guidance_off_without_text_dropout(c
         "temperature": 0.7,
         "top_k": 50,  # upstream Dia2's; Dia2 has no top_p
     }
+    # A training checkpoint (no generation_config.json of its own) samples as its run's config says.
+    checkpoint = tmp_path / "checkpoints" / "step_2"
+    checkpoint.mkdir(parents=True)
+    (checkpoint / "optimizer.bin").write_bytes(b"")
+    tiny(codes_dir, tmp_path, "train.unconditional_frac=0", "samples.top_k=9").save(checkpoint / "config.yaml")
+    assert own_sampling(checkpoint, "dia") == {
+        **published("dia"),
+        "guidance_scale": 1.0,
+        "temperature": 0.7,
+        "top_k": 9,
+    }
+    assert own_sampling(tmp_path, "dia") == {}
     assert "unconditional_frac 0" in unguided_warning("m", 3.0, 0.0)
     assert unguided_warning("m", 1.0, 0.0) is None and unguided_warning("m", 3.0, 0.15) is None
 

@@ -17,7 +17,7 @@ import numpy as np
 
 from dia_tpu.artifacts import CONFIG_FILE
 from dia_tpu.artifacts.opening import is_checkpoint
-from dia_tpu.config import SamplesConfig, read_generation_file, read_saved, run_sampling
+from dia_tpu.config import SamplesConfig, read_saved
 from dia_tpu.data.audio import load_audio
 from dia_tpu.errors import UserError
 from dia_tpu.evaluation.dia2_speech import Dia2Speech
@@ -30,6 +30,7 @@ from dia_tpu.families.dia2.files import read_model
 from dia_tpu.families.dia2.prefix import recording_plan
 from dia_tpu.families.dia2.source import source_folder
 from dia_tpu.families.dia2.timings import aligned
+from dia_tpu.generation.defaults import own_sampling
 from dia_tpu.listen.align import load_aligner
 from dia_tpu.listen.asr import TimedWord
 
@@ -40,15 +41,10 @@ class Dia2Voice:
     def __init__(self, source: str, device: str):
         folder = Path(source)
         if is_checkpoint(folder) and (folder / CONFIG_FILE).is_file():  # a run's checkpoint: its base has the assets
-            run = read_saved(folder / CONFIG_FILE)
-            model, assets, defaults = (
-                load_trained(folder),
-                source_folder(run.model.pretrained),
-                run_sampling(run, "dia2"),
-            )
+            model, assets = load_trained(folder), source_folder(read_saved(folder / CONFIG_FILE).model.pretrained)
         else:
-            assets = source_folder(source)
-            model, defaults = read_model(assets), read_generation_file(assets, "dia2")
+            model, assets = read_model(source_folder(source)), source_folder(source)
+        defaults = own_sampling(folder if folder.is_dir() else assets, "dia2")
         self.model = merged(model).to(device).eval()
         self.speech = Dia2Speech(assets, self.model.config, device, defaults)
 
