@@ -58,7 +58,6 @@ ARCHITECTURE = {
 }
 RATE = ARCHITECTURE["sampling_rate"]
 HOP = math.prod(ARCHITECTURE["upsampling_ratios"]) * 2  # the SEANet's strides, then the latent's stride of 2
-COMMITMENT = 1.0
 DEAD = 0.25  # an entry whose moving usage falls below this share of its fair share is re-seeded
 RECENT = 4096  # the latest residuals each codebook keeps, to re-seed entries from
 
@@ -76,6 +75,13 @@ def parse() -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--warmup", type=int, default=100)
     p.add_argument("--decay", type=float, default=0.99, help="the codebooks' moving-average decay")
+    p.add_argument(
+        "--quantized-share",
+        type=float,
+        default=1.0,
+        help="share of training items decoded from quantized latents (Kyutai's Mimi: 0.5); the rest unquantized",
+    )
+    p.add_argument("--commitment", type=float, default=1.0, help="weight of the commitment loss")
     p.add_argument("--save-every", type=int, default=200)
     p.add_argument("--log-every", type=int, default=20)
     p.add_argument("--max-minutes", type=float, default=None, help="stop (with a checkpoint) after this long")
@@ -144,15 +150,21 @@ def autoencode(stage, latent: torch.Tensor) -> torch.Tensor:
     return stage.output_proj(stage.input_proj(latent))
 
 
-def forward(model: MimiModel, x: torch.Tensor, mode: str, decay: float) -> tuple[torch.Tensor, torch.Tensor, list]:
+def forward(
+    model: MimiModel, x: torch.Tensor, mode: str, decay: float, unquantized: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor, list]:
     """Audio [B, 1, S] through encoder, quantizer ("autoencoder": none) and decoder: (decoded [B, S'],
-    commitment loss, entries in use per codebook)."""
+    commitment loss, entries in use per codebook). `unquantized` [B] (bool): items the decoder gets unquantized
+    (as Kyutai trains Mimi, quantizing only part of the time); the codebooks still learn from every item."""
     latent = model.encoder(x).latents
     if mode == "autoencoder":
         decoded_latent, commitment, used = sum(autoencode(s, latent) for s in stages(model)), latent.new_zeros(()), []
     else:
         parts = [quantize(s, latent, decay) for s in stages(model)]
         decoded_latent = sum(p[0] for p in parts)
+        if unquantized is not None and unquantized.any():
+            plain = sum(autoencode(s, latent) for s in stages(model))
+            decoded_latent = torch.where(unquantized[:, None, None], plain, decoded_latent)
         commitment, used = sum(p[1] for p in parts) / len(parts), [u for p in parts for u in p[2]]
     return model.decoder(decoded_latent).audio_values.squeeze(1), commitment, used
 
@@ -214,7 +226,7 @@ def main() -> None:
     signal, passages = corpus(args)
     hours = len(signal) / RATE / 3600
     print(f"corpus: {len(passages)} passages, {hours:.2f} h in {time.perf_counter() - began:.0f} s", flush=True)
-    settings = ("steps", "autoencoder_steps", "batch", "crop_frames", "lr", "warmup", "decay")
+    settings = ("steps", "autoencoder_steps", "batch", "crop_frames", "lr", "warmup", "decay", "quantized_share")
     recipe = {
         "seed": args.seed,
         "corpus": {"passages": args.passages, "sentences_per_passage": args.sentences, "hours": round(hours, 3)},
@@ -222,7 +234,7 @@ def main() -> None:
         "init": str(args.init) if args.init else None,
         "init_training": init_training(args.init),
         "training": {k: getattr(args, k) for k in settings},
-        "losses": {"mel_l1": MEL_WEIGHT, "log_stft_and_convergence": STFT_WEIGHT, "commitment": COMMITMENT},
+        "losses": {"mel_l1": MEL_WEIGHT, "log_stft_and_convergence": STFT_WEIGHT, "commitment": args.commitment},
     }
     (args.work / "recipe.json").write_text(json.dumps({**recipe, "passages": passages}, indent=1))
 
@@ -264,11 +276,12 @@ def main() -> None:
             print(f"codebooks fitted by k-means: entries in use {init_codebooks(model, crops, fair)}", flush=True)
         x = batch(signal, rng, args, HOP)
         mode = "autoencoder" if step < args.autoencoder_steps else "quantized"
-        decoded, commitment, used = forward(model, x, mode, args.decay)
+        unquantized = torch.from_numpy(rng.random(len(x)) >= args.quantized_share) if args.quantized_share < 1 else None
+        decoded, commitment, used = forward(model, x, mode, args.decay, unquantized)
         decoded = decoded[..., : x.shape[-1]]
         target = x[:, 0, : decoded.shape[-1]]
         mel, stft = mel_loss(decoded, target, RATE), stft_loss(decoded, target)
-        loss = MEL_WEIGHT * mel + STFT_WEIGHT * stft + COMMITMENT * commitment
+        loss = MEL_WEIGHT * mel + STFT_WEIGHT * stft + args.commitment * commitment
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
