@@ -79,6 +79,7 @@ TINY = [
     "data.max_audio_frames=48",
     "data.random_crop=true",
     "train.unconditional_frac=0.3",
+    "samples.temperature=0.7",  # the tests' runs sample at a temperature of their own, whatever the demo's
     # fp32 on every machine: the demo config's `auto` would train in bf16 where the CPU has it, and the tests'
     # exact comparisons are of fp32 runs.
     "train.mixed_precision=no",
