@@ -42,21 +42,27 @@ MEL_WEIGHT, STFT_WEIGHT = 15.0, 1.0
 HOP = math.prod(ARCHITECTURE["downsampling_ratios"])
 
 
-def parse() -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--work", type=Path, default=Path("runs/demo-codec"), help="checkpoint, log and recipe")
-    p.add_argument("--out", type=Path, default=Path("codecs/demo-dac"), help="the exported codec folder")
+def arguments(description: str, work: str, out: str, steps: int, crop_frames: int) -> argparse.ArgumentParser:
+    """The flags both demo codec trainers take: folders, corpus, schedule, batches, logging and time."""
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--work", type=Path, default=Path(work), help="checkpoint, log and recipe")
+    p.add_argument("--out", type=Path, default=Path(out), help="the exported codec folder")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--passages", type=int, default=300, help="corpus passages, each in one voice")
     p.add_argument("--sentences", type=int, default=10, help="sentences per passage")
-    p.add_argument("--steps", type=int, default=2000)
+    p.add_argument("--steps", type=int, default=steps)
     p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--crop-frames", type=int, default=36, help="training crop length in codec frames")
+    p.add_argument("--crop-frames", type=int, default=crop_frames, help="training crop length in codec frames")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--warmup", type=int, default=100)
     p.add_argument("--save-every", type=int, default=200)
     p.add_argument("--log-every", type=int, default=20)
     p.add_argument("--max-minutes", type=float, default=None, help="stop (with a checkpoint) after this long")
+    return p
+
+
+def parse() -> argparse.Namespace:
+    p = arguments(__doc__.split("\n\n")[0], "runs/demo-codec", "codecs/demo-dac", steps=2000, crop_frames=36)
     p.add_argument(
         "--autoencoder-steps",
         type=int,
@@ -149,6 +155,66 @@ def save_checkpoint(
     partial.rename(final)
 
 
+def resume(work: Path, model, optimizer, rng: np.random.Generator) -> int:
+    """The run's checkpoint in `work`, when there is one, loaded into the model, optimiser and samplers; returns
+    the step to go on from (0 without one)."""
+    if not (work / "checkpoint").exists():
+        return 0
+    state = torch.load(work / "checkpoint" / "state.pt", weights_only=True)
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    torch.set_rng_state(state["torch_rng"])
+    progress = json.loads((work / "checkpoint" / "progress.json").read_text())
+    rng.bit_generator.state = progress["sampler"]
+    print(f"resumed at step {progress['step']}", flush=True)
+    return progress["step"]
+
+
+def optimise(model, optimizer, loss: torch.Tensor) -> torch.Tensor:
+    """One optimiser step on `loss`, the gradient norm clipped at 10; returns the norm before clipping."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
+    optimizer.step()
+    return norm
+
+
+def logged(args: argparse.Namespace, step: int, sums: dict, norm: torch.Tensor, started: float, **extra) -> dict:
+    """The row logged at `step`: each loss's mean over the last --log-every steps, then `extra`, the gradient norm,
+    the learning rate and the minutes since the session started."""
+    row = {"step": step, **{name: float(total) / args.log_every for name, total in sums.items()}, **extra}
+    minutes = round((time.perf_counter() - started) / 60, 2)
+    return row | {"grad_norm": float(norm), "lr": learning_rate(step - 1, args), "minutes": minutes}
+
+
+def write_row(log, row: dict) -> None:
+    """One logged step: a line of log.jsonl and of the console."""
+    log.write(json.dumps(row) + "\n")
+    log.flush()
+    print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()), flush=True)
+
+
+def save_or_stop(args: argparse.Namespace, model, optimizer, step: int, rng, started: float) -> bool:
+    """A checkpoint every --save-every steps, at the last step and once --max-minutes are spent; True then."""
+    out_of_time = args.max_minutes is not None and time.perf_counter() - started > args.max_minutes * 60
+    if step % args.save_every == 0 or step == args.steps or out_of_time:
+        save_checkpoint(args.work, model, optimizer, step, rng)
+    if out_of_time:
+        print(f"stopped after {args.max_minutes} minutes at step {step}; re-run to continue", flush=True)
+    return out_of_time
+
+
+def run_summary(args: argparse.Namespace, model, step: int, started: float) -> dict:
+    """What the export's training.json records of this run: its steps, minutes, last logged row, parameters."""
+    rows = [json.loads(line) for line in (args.work / "log.jsonl").read_text().splitlines()]
+    return {
+        "steps": step,
+        "minutes_this_session": round((time.perf_counter() - started) / 60, 1),
+        "final": rows[-1] if rows else None,
+        "parameters": sum(p.numel() for p in model.parameters()),
+    }
+
+
 def export(model: DacModel, out: Path, recipe: dict, summary: dict) -> None:
     """fp16 safetensors and config.json for DacModel.from_pretrained, with the recipe beside them. The model
     is converted in place: it is the last thing done with it."""
@@ -197,15 +263,7 @@ def main() -> None:
     # A continued run draws other crops than the run it starts from did.
     previous_steps = recipe["init_training"]["summary"]["steps"] if recipe["init_training"] else 0
     rng = np.random.default_rng([args.seed, previous_steps] if previous_steps else args.seed)
-    step = 0
-    if (args.work / "checkpoint").exists():
-        state = torch.load(args.work / "checkpoint" / "state.pt", weights_only=True)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        torch.set_rng_state(state["torch_rng"])
-        progress = json.loads((args.work / "checkpoint" / "progress.json").read_text())
-        step, rng.bit_generator.state = progress["step"], progress["sampler"]
-        print(f"resumed at step {step}", flush=True)
+    step = resume(args.work, model, optimizer, rng)
 
     log = (args.work / "log.jsonl").open("a")
     started = time.perf_counter()
@@ -226,41 +284,17 @@ def main() -> None:
         target = x[:, 0, : decoded.shape[-1]]
         mel, stft = mel_loss(decoded, target, RATE), stft_loss(decoded, target)
         loss = MEL_WEIGHT * mel + STFT_WEIGHT * stft + quant
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
-        optimizer.step()
+        norm = optimise(model, optimizer, loss)
         step += 1
         sums += [mel.item(), stft.item(), quant.item()]
         if step % args.log_every == 0:
-            row = {
-                "step": step,
-                "mel": sums[0] / args.log_every,
-                "stft": sums[1] / args.log_every,
-                "quantizer": sums[2] / args.log_every,
-                "grad_norm": float(norm),
-                "lr": learning_rate(step - 1, args),
-                "minutes": round((time.perf_counter() - started) / 60, 2),
-            }
-            log.write(json.dumps(row) + "\n")
-            log.flush()
-            print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()), flush=True)
+            write_row(
+                log, logged(args, step, dict(zip(("mel", "stft", "quantizer"), sums, strict=True)), norm, started)
+            )
             sums[:] = 0
-        out_of_time = args.max_minutes is not None and time.perf_counter() - started > args.max_minutes * 60
-        if step % args.save_every == 0 or step == args.steps or out_of_time:
-            save_checkpoint(args.work, model, optimizer, step, rng)
-        if out_of_time:
-            print(f"stopped after {args.max_minutes} minutes at step {step}; re-run to continue", flush=True)
+        if save_or_stop(args, model, optimizer, step, rng, started):
             return
-    spent = time.perf_counter() - started
-    rows = [json.loads(line) for line in (args.work / "log.jsonl").read_text().splitlines()]
-    summary = {
-        "steps": step,
-        "minutes_this_session": round(spent / 60, 1),
-        "final": rows[-1] if rows else None,
-        "parameters": sum(p.numel() for p in model.parameters()),
-    }
-    export(model.eval(), args.out, recipe, summary)
+    export(model.eval(), args.out, recipe, run_summary(args, model, step, started))
     print(f"exported to {args.out}", flush=True)
 
 

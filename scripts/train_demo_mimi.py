@@ -29,7 +29,20 @@ import torch
 import torch.nn.functional as F
 from speech_corpus import RATE as CORPUS_RATE
 from speech_corpus import bundled_sentences, training_audio
-from train_demo_codec import MEL_WEIGHT, STFT_WEIGHT, batch, init_training, learning_rate, save_checkpoint
+from train_demo_codec import (
+    MEL_WEIGHT,
+    STFT_WEIGHT,
+    arguments,
+    batch,
+    init_training,
+    learning_rate,
+    logged,
+    optimise,
+    resume,
+    run_summary,
+    save_or_stop,
+    write_row,
+)
 from transformers import MimiConfig, MimiModel
 
 from dia_tpu.evaluation.spectra import mel_loss, stft_loss
@@ -63,17 +76,7 @@ RECENT = 4096  # the latest residuals each codebook keeps, to re-seed entries fr
 
 
 def parse() -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--work", type=Path, default=Path("runs/demo-mimi"), help="checkpoint, log and recipe")
-    p.add_argument("--out", type=Path, default=Path("codecs/demo-mimi"), help="the exported codec folder")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--passages", type=int, default=300, help="corpus passages, each in one voice")
-    p.add_argument("--sentences", type=int, default=10, help="sentences per passage")
-    p.add_argument("--steps", type=int, default=3000)
-    p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--crop-frames", type=int, default=16, help="training crop length in codec frames")
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--warmup", type=int, default=100)
+    p = arguments(__doc__.split("\n\n")[0], "runs/demo-mimi", "codecs/demo-mimi", steps=3000, crop_frames=16)
     p.add_argument("--decay", type=float, default=0.99, help="the codebooks' moving-average decay")
     p.add_argument(
         "--quantized-share",
@@ -82,9 +85,6 @@ def parse() -> argparse.Namespace:
         help="share of training items decoded from quantized latents (Kyutai's Mimi: 0.5); the rest unquantized",
     )
     p.add_argument("--commitment", type=float, default=1.0, help="weight of the commitment loss")
-    p.add_argument("--save-every", type=int, default=200)
-    p.add_argument("--log-every", type=int, default=20)
-    p.add_argument("--max-minutes", type=float, default=None, help="stop (with a checkpoint) after this long")
     p.add_argument("--autoencoder-steps", type=int, default=300, help="steps without quantization first")
     p.add_argument(
         "--init",
@@ -251,18 +251,11 @@ def main() -> None:
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.8, 0.99), weight_decay=0.0)
     # A continued run draws other crops than the run it starts from did.
     previous = recipe["init_training"]["summary"]["steps"] if recipe["init_training"] else 0
-    rng, step = np.random.default_rng([args.seed, previous] if previous else args.seed), 0
-    if (args.work / "checkpoint").exists():
-        state = torch.load(args.work / "checkpoint" / "state.pt", weights_only=True)
-        model.load_state_dict(state["model"])
-        for stage in stages(model):
-            for layer in stage.layers:
-                reset_cache(layer.codebook)
-        optimizer.load_state_dict(state["optimizer"])
-        torch.set_rng_state(state["torch_rng"])
-        progress = json.loads((args.work / "checkpoint" / "progress.json").read_text())
-        step, rng.bit_generator.state = progress["step"], progress["sampler"]
-        print(f"resumed at step {step}", flush=True)
+    rng = np.random.default_rng([args.seed, previous] if previous else args.seed)
+    step = resume(args.work, model, optimizer, rng)
+    for stage in stages(model):
+        for layer in stage.layers:
+            reset_cache(layer.codebook)
 
     log = (args.work / "log.jsonl").open("a")
     started = time.perf_counter()
@@ -282,41 +275,16 @@ def main() -> None:
         target = x[:, 0, : decoded.shape[-1]]
         mel, stft = mel_loss(decoded, target, RATE), stft_loss(decoded, target)
         loss = MEL_WEIGHT * mel + STFT_WEIGHT * stft + args.commitment * commitment
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
-        optimizer.step()
+        norm = optimise(model, optimizer, loss)
         step += 1
         sums += [mel.item(), stft.item(), commitment.item()]
         if step % args.log_every == 0:
-            row = {
-                "step": step,
-                "mel": sums[0] / args.log_every,
-                "stft": sums[1] / args.log_every,
-                "commitment": sums[2] / args.log_every,
-                "entries_used": used,
-                "grad_norm": float(norm),
-                "lr": learning_rate(step - 1, args),
-                "minutes": round((time.perf_counter() - started) / 60, 2),
-            }
-            log.write(json.dumps(row) + "\n")
-            log.flush()
-            print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()), flush=True)
+            means = dict(zip(("mel", "stft", "commitment"), sums, strict=True))
+            write_row(log, logged(args, step, means, norm, started, entries_used=used))
             sums[:] = 0
-        out_of_time = args.max_minutes is not None and time.perf_counter() - started > args.max_minutes * 60
-        if step % args.save_every == 0 or step == args.steps or out_of_time:
-            save_checkpoint(args.work, model, optimizer, step, rng)
-        if out_of_time:
-            print(f"stopped after {args.max_minutes} minutes at step {step}; re-run to continue", flush=True)
+        if save_or_stop(args, model, optimizer, step, rng, started):
             return
-    rows = [json.loads(line) for line in (args.work / "log.jsonl").read_text().splitlines()]
-    summary = {
-        "steps": step,
-        "minutes_this_session": round((time.perf_counter() - started) / 60, 1),
-        "final": rows[-1] if rows else None,
-        "parameters": sum(p.numel() for p in model.parameters()),
-    }
-    export(model.eval(), args.out, recipe, summary)
+    export(model.eval(), args.out, recipe, run_summary(args, model, step, started))
     print(f"exported to {args.out}", flush=True)
 
 

@@ -138,15 +138,17 @@ def test_the_dia2_demo_runs_from_the_bundled_sample_to_judged_audio(tmp_path):
     main(["train", "--config", config, *paths, *shorter, "samples.every=20", "samples.max_seconds=1"])
     assert sorted(p.name for p in (run / "samples" / "step_000020").glob("*.wav")) == ["clone.wav", "plan.wav"]
     assert (run / "final" / "config.json").is_file() and (run / "final" / "mimi").is_dir()
-    main(["generate", "--model", str(run / "final"), "--text", "[S1] Hello there.", "--out", str(tmp_path / "x.wav")])
-    assert sf.info(tmp_path / "x.wav").samplerate == 24000
+    x, limit = tmp_path / "x.wav", ["--max-seconds", "2"]
+    main(["generate", "--model", str(run / "final"), "--text", "[S1] Hello there.", "--out", str(x), *limit])
+    assert sf.info(x).samplerate == 24000
     main(["report", str(run)])
     page = (run / "report.html").read_text()
     assert "<audio" in page and ">clone<" in page  # the samples' players
     prompts = tmp_path / "prompts.jsonl"
     lines = (ROOT / "configs/demo-prompts.jsonl").read_text().splitlines()
     prompts.write_text("\n".join(line.replace("../data", str(ROOT / "data")) for line in lines[-2:]) + "\n")
-    main(["evaluate", "--model", str(run / "final"), "--prompts", str(prompts), "--out", str(tmp_path / "judged")])
+    judged = ["--out", str(tmp_path / "judged"), "--max-seconds", "4"]
+    main(["evaluate", "--model", str(run / "final"), "--prompts", str(prompts), *judged])
     rows = [json.loads(line) for line in (tmp_path / "judged" / "rows.jsonl").read_text().splitlines()]
     assert [row["id"] for row in rows] == ["camp", "clone"] and all(row["wer"] is not None for row in rows)
 
