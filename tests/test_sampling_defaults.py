@@ -90,6 +90,11 @@ def test_an_export_samples_as_its_run_did_unless_a_flag_says_otherwise(exported,
     model, _ = load_for_inference(bare)
     fallback = with_model_sampling(GenerationSettings(), model)
     assert {key: getattr(fallback, key) for key in RUNS} == published("dia") == model_defaults(str(bare))[1]
+    # A file that asks for what sampling cannot do is refused as the flag would be, naming the file.
+    model.generation_config.temperature = -1.0
+    with pytest.raises(UserError, match=r"generation_config\.json temperature must be a number > 0, got -1\.0"):
+        with_model_sampling(GenerationSettings(), model)
+    assert with_model_sampling(GenerationSettings(temperature=0.5), model).temperature == 0.5  # a flag over it
 
 
 def test_generate_says_which_sampling_it_uses_and_warns_of_guidance_the_model_never_learnt(exported, tmp_path, capsys):

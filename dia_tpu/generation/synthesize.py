@@ -11,12 +11,13 @@ import dataclasses
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import torch
 from transformers import CompileConfig, DacModel, DiaForConditionalGeneration
 
-from dia_tpu.config import DECODINGS, published
+from dia_tpu.config import DECODINGS, published, sampling_problems
 from dia_tpu.data.audio import decode, encode, header_seconds, load_channels
 from dia_tpu.data.clips import AudioRef
 from dia_tpu.data.dataset import prompted_text
@@ -52,6 +53,10 @@ def with_model_sampling(settings: GenerationSettings, model: DiaForConditionalGe
         for key, published_value in published("dia").items()
         if getattr(settings, key) is None
     }
+    # A model folder is data: what its file says is checked as a flag would be.
+    filled = SimpleNamespace(**({key: None for key in published("dia")} | fill), max_seconds=None)
+    if problems := sampling_problems(filled, lambda key: f"the model's generation_config.json {key}"):
+        raise UserError("; ".join(problems))
     return dataclasses.replace(settings, **fill)
 
 
