@@ -92,20 +92,10 @@ def cp_word_errors(
     for order in itertools.permutations(hyp_labels):
         total = Errors(0, 0)
         for r, h in zip(ref_labels, order, strict=True):
-            total = total + _errors_or_empty(ref.get(r, ""), hyp.get(h, ""))
+            total = total + word_errors(ref.get(r, ""), hyp.get(h, ""))
         if best is None or total.errors < best.errors:
             best = total
     return best if best is not None else Errors(0, 0)
-
-
-def _errors_or_empty(reference: str, hypothesis: str) -> Errors:
-    if not reference:
-        inserted = len(hypothesis.split())
-        return Errors(inserted, 0, insertions=inserted)
-    if not hypothesis:
-        deleted = len(reference.split())
-        return Errors(deleted, deleted, deletions=deleted)
-    return word_errors(reference, hypothesis)
 
 
 def place_turns(turns: list[Turn], words: list[TimedWord], normalise: Callable[[str], str]) -> list[PlacedTurn]:
