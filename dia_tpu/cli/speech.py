@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from dia_tpu.config import DECODINGS, SAMPLING
+from dia_tpu.config import DECODINGS, SAMPLING, described
 from dia_tpu.errors import UserError
 
 
@@ -138,8 +138,7 @@ def _help_defaults(argv: list[str]) -> str | None:
         family, values = model_defaults(model)
     except (ValueError, OSError):
         return None
-    shown = ", ".join(f"{key} {value}" for key, value in values.items())
-    return f"{model} ({'Dia2' if family == 'dia2' else 'Dia'}) samples by default with {shown}"
+    return f"{model} ({'Dia2' if family == 'dia2' else 'Dia'}) samples by default with {described(values)}"
 
 
 def _generation_flags(p: argparse.ArgumentParser, seeds: str, model_defaults: str | None = None) -> None:

@@ -83,6 +83,11 @@ def read_generation_file(folder: str | Path, family: str) -> dict:
     return found
 
 
+def described(sampling: dict) -> str:
+    """Sampling settings as one line of words: `guidance_scale 1.0, temperature 0.7, ...`."""
+    return ", ".join(f"{key} {value}" for key, value in sampling.items())
+
+
 def unguided_warning(model: str, guidance_scale: float | None, unconditional_frac: float | None) -> str | None:
     """A note for guidance above 1 asked of a model trained without text dropout, or None."""
     if guidance_scale is None or guidance_scale <= 1 or unconditional_frac != 0:

@@ -24,6 +24,7 @@ import torch
 from dia_tpu.artifacts import open_artifact
 from dia_tpu.artifacts.names import file_name
 from dia_tpu.artifacts.owner import EVALUATION, claim
+from dia_tpu.config import described
 from dia_tpu.errors import UserError
 from dia_tpu.evaluation.dia2_speech import Dia2Settings, Dia2Speech
 from dia_tpu.evaluation.judge import Judges, judge, summarise
@@ -156,5 +157,5 @@ def summary_table(summaries: dict[str, dict], judges: Judges) -> str:
     lines += [""] + [f"{role}: {name}" for role, name in judges.names().items()]
     for name in names:
         if used := summaries[name].get("sampling"):
-            lines.append(f"sampling of {name}: " + ", ".join(f"{key} {value}" for key, value in used.items()))
+            lines.append(f"sampling of {name}: {described(used)}")
     return "\n".join(lines)

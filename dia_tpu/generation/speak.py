@@ -10,7 +10,7 @@ import soundfile as sf
 import torch
 
 from dia_tpu.artifacts import open_artifact
-from dia_tpu.config import sampling_problems, unguided_warning
+from dia_tpu.config import described, sampling_problems, unguided_warning
 from dia_tpu.errors import UserError
 from dia_tpu.families import is_dia2_source
 from dia_tpu.families.dia2.decode import dia2_problems
@@ -111,13 +111,13 @@ def write_speech(
         raise UserError("--audio-prompt and --prompt-transcript go together: the model reads the transcript first")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if dia2_model:
-        print("sampling: " + ", ".join(f"{key} {value}" for key, value in dataclasses.asdict(dia2).items()))
+        print("sampling: " + described(dataclasses.asdict(dia2)))
         dia2_speak(folder, texts, outputs, dia2, device, settings.max_seconds, trust_remote_code, prefixes)
         return
     artifact = open_artifact(model_source)
     model, codec = load_for_inference(artifact, device, adapter=adapter)
     settings = with_model_sampling(dataclasses.replace(settings, language_tags=language_tags_of(artifact)), model)
-    print("sampling: " + ", ".join(f"{key} {value}" for key, value in sampling_of(settings).items()))
+    print("sampling: " + described(sampling_of(settings)))
     trained = artifact.config.train.unconditional_frac if artifact.config is not None else None
     if note := unguided_warning(str(model_source), settings.guidance_scale, trained):
         print(note)
