@@ -6,14 +6,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
-from types import SimpleNamespace
 
 from dia_tpu.config import SAMPLING
 from dia_tpu.console import first_line
 from dia_tpu.errors import UserError
 from dia_tpu.studio.models import NO_ADAPTER, Models, Offer, evaluation_figures, speak, wav_bytes
 
-SLIDER_KEYS = ("guidance_scale", "temperature", "top_p", "top_k")
 DEFAULT_TEXT = "[S1] Hello, this is my fine-tuned voice. [S2] And this is the other speaker."
 
 
@@ -25,7 +23,7 @@ def build_app(models: Models, run_dir: str | None = None):
 
     choices, adapters = models.offer.models(), [NO_ADAPTER, *models.offer.adapters]
 
-    def own_defaults(model) -> SimpleNamespace:
+    def own_defaults(model) -> dict:
         """The model's sampling defaults, for the sliders: Dia's published ones where it has none of its own or
         cannot be read (generating then says why); a Dia2 model's top p stays Dia's (Dia2 reads none)."""
         values = asdict(SAMPLING)
@@ -33,7 +31,7 @@ def build_app(models: Models, run_dir: str | None = None):
             values |= model_defaults(models.offer.model(model))[1]
         except (ValueError, OSError):
             pass
-        return SimpleNamespace(**values)
+        return values
 
     def guarded(work):
         """Errors the user can fix appear in the page instead of a dead page."""
@@ -75,11 +73,13 @@ def build_app(models: Models, run_dir: str | None = None):
                 prompt_audio = gr.Audio(type="filepath", sources=["upload", "microphone"], label="voice to continue")
                 prompt_transcript = gr.Textbox(label="what is said in it, with [S1]/[S2]")
             with gr.Accordion("sampling (set to the chosen model's own defaults)", open=False):
-                s = own_defaults(choices[-1]) if choices else SAMPLING
-                guidance = gr.Slider(1.0, 6.0, s.guidance_scale, step=0.1, label="guidance scale", elem_id="guidance")
-                temperature = gr.Slider(0.0, 2.5, s.temperature, step=0.05, label="temperature", elem_id="temp")
-                top_p = gr.Slider(0.1, 1.0, s.top_p, step=0.01, label="top p (Dia only)", elem_id="top-p")
-                top_k = gr.Slider(1, 200, s.top_k, step=1, label="top k", elem_id="top-k")
+                s = own_defaults(choices[-1]) if choices else asdict(SAMPLING)
+                guidance = gr.Slider(
+                    1.0, 6.0, s["guidance_scale"], step=0.1, label="guidance scale", elem_id="guidance"
+                )
+                temperature = gr.Slider(0.0, 2.5, s["temperature"], step=0.05, label="temperature", elem_id="temp")
+                top_p = gr.Slider(0.1, 1.0, s["top_p"], step=0.01, label="top p (Dia only)", elem_id="top-p")
+                top_k = gr.Slider(1, 200, s["top_k"], step=1, label="top k", elem_id="top-k")
             sliders = [guidance, temperature, top_p, top_k]
             go = gr.Button("Generate", variant="primary", elem_id="generate")
             audio = gr.Audio(label="speech", type="numpy", interactive=False, elem_id="speech")
@@ -89,9 +89,8 @@ def build_app(models: Models, run_dir: str | None = None):
                 voice = prompt_audio.preprocess(gr.FileData(**voice)) if voice else None
                 return wav_bytes(*speak(models, model, lora, script, voice, *rest))
 
-            def to_defaults(model):
-                values = vars(own_defaults(model))
-                return [gr.update(value=values[key]) for key in SLIDER_KEYS]
+            def to_defaults(model):  # the sliders in SAMPLING's order
+                return [gr.update(value=value) for value in own_defaults(model).values()]
 
             source.change(to_defaults, source, sliders, api_visibility="private")
 

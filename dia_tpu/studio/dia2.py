@@ -57,7 +57,7 @@ class Dia2Voice:
         seed: int,
         max_seconds: float | None,
     ) -> tuple[int, np.ndarray, dict]:
-        """(rate, int16 wave, the sampling used) of `text` after the voice in `prompt_audio` (what is said in it:
+        """(rate, wave, the sampling used) of `text` after the voice in `prompt_audio` (what is said in it:
         `prompt_transcript`); `sampling`: guidance_scale, temperature, top_k, each None for the model's own."""
         settings = self.speech.settings(SamplesConfig(**sampling), max_seconds)
         prompt = Prompt(id="studio", text=text)
@@ -65,7 +65,7 @@ class Dia2Voice:
         self.speech.check(prompt, voice, settings)
         wave, _, _ = self.speech.generate(self.model, prompt, voice, settings, seed)
         used = {**dataclasses.asdict(settings.sampling), "seed": seed}
-        return self.speech.rate, np.clip(np.round(wave * 32767), -32768, 32767).astype(np.int16), used
+        return self.speech.rate, wave, used
 
     def _voice(self, audio: str, transcript: str):
         if not transcript.strip():

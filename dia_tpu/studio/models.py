@@ -132,7 +132,10 @@ def speak(
     loaded = models.get(source, adapter)
     if isinstance(loaded, Dia2Voice):
         given = {"guidance_scale": guidance_scale, "temperature": temperature, "top_k": top_k}
-        return loaded.speak(text.strip(), prompt_audio, prompt_transcript or "", given, int(seed), max_seconds or None)
+        rate, wave, used = loaded.speak(
+            text.strip(), prompt_audio, prompt_transcript or "", given, int(seed), max_seconds or None
+        )
+        return rate, sixteen_bits(wave), used
     model, codec, tags = loaded
     settings = GenerationSettings(
         guidance_scale=guidance_scale,
@@ -150,11 +153,11 @@ def speak(
     if prompt_audio:
         prompt = load_voice_prompt(codec, prompt_audio, prompt_transcript or "", model_config=model.config)
     (wave,) = synthesize(model, codec, [text.strip()], settings, prompt)
-    # 16-bit samples as `dia-tpu generate`'s wav holds them: given floats, Gradio would rescale them to full scale.
     return codec.config.sampling_rate, sixteen_bits(wave), sampling_of(settings)
 
 
 def sixteen_bits(wave: np.ndarray) -> np.ndarray:
+    """16-bit samples as `dia-tpu generate`'s wav holds them: given floats, Gradio would rescale them to full scale."""
     return np.clip(np.round(wave * 32767), -32768, 32767).astype(np.int16)
 
 
