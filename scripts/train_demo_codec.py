@@ -187,6 +187,17 @@ def logged(args: argparse.Namespace, step: int, sums: dict, norm: torch.Tensor, 
     return row | {"grad_norm": float(norm), "lr": learning_rate(step - 1, args), "minutes": minutes}
 
 
+def log_when_due(
+    log, args: argparse.Namespace, step: int, names: tuple, sums: np.ndarray, norm, started: float, **extra
+) -> None:
+    """Every --log-every steps, the `logged` row of the losses `names` (`sums`: each summed since the last row,
+    then reset) as a line of log.jsonl and of the console."""
+    if step % args.log_every:
+        return
+    write_row(log, logged(args, step, dict(zip(names, sums, strict=True)), norm, started, **extra))
+    sums[:] = 0
+
+
 def write_row(log, row: dict) -> None:
     """One logged step: a line of log.jsonl and of the console."""
     log.write(json.dumps(row) + "\n")
@@ -287,11 +298,7 @@ def main() -> None:
         norm = optimise(model, optimizer, loss)
         step += 1
         sums += [mel.item(), stft.item(), quant.item()]
-        if step % args.log_every == 0:
-            write_row(
-                log, logged(args, step, dict(zip(("mel", "stft", "quantizer"), sums, strict=True)), norm, started)
-            )
-            sums[:] = 0
+        log_when_due(log, args, step, ("mel", "stft", "quantizer"), sums, norm, started)
         if save_or_stop(args, model, optimizer, step, rng, started):
             return
     export(model.eval(), args.out, recipe, run_summary(args, model, step, started))

@@ -36,12 +36,11 @@ from train_demo_codec import (
     batch,
     init_training,
     learning_rate,
-    logged,
+    log_when_due,
     optimise,
     resume,
     run_summary,
     save_or_stop,
-    write_row,
 )
 from transformers import MimiConfig, MimiModel
 
@@ -278,10 +277,7 @@ def main() -> None:
         norm = optimise(model, optimizer, loss)
         step += 1
         sums += [mel.item(), stft.item(), commitment.item()]
-        if step % args.log_every == 0:
-            means = dict(zip(("mel", "stft", "commitment"), sums, strict=True))
-            write_row(log, logged(args, step, means, norm, started, entries_used=used))
-            sums[:] = 0
+        log_when_due(log, args, step, ("mel", "stft", "commitment"), sums, norm, started, entries_used=used)
         if save_or_stop(args, model, optimizer, step, rng, started):
             return
     export(model.eval(), args.out, recipe, run_summary(args, model, step, started))
